@@ -1,0 +1,34 @@
+# All set-up happens here: `make demo` and `make test` create .venv themselves and are idempotent.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.vla-export-installed
+TORCH  ?= torch==2.13.0
+DEMO   ?= demo-out
+
+.PHONY: install demo test test-gpu clean
+
+install: $(STAMP)
+
+# torch goes in first, on its own: any other route makes pip resolve the newest CUDA build.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+demo: install
+	@rm -rf $(DEMO) && mkdir -p $(DEMO)
+	$(BIN)/vla-export init --preset tiny -o $(DEMO)/tiny.pt --seed 0
+	$(BIN)/vla-export inspect $(DEMO)/tiny.pt --json $(DEMO)/tiny.inspect.json
+	@echo "demo: OK (artifacts in $(DEMO)/)"
+
+test: install
+	$(BIN)/python -m pytest -q
+
+# Tests that need TensorRT and/or a CUDA GPU; they skip with the reason elsewhere.
+test-gpu: install
+	$(BIN)/python -m pytest -q -m "trt or gpu" -rs
+
+clean:
+	rm -rf $(DEMO) build *.egg-info .pytest_cache

@@ -1,0 +1,1 @@
+"""Backend runners: one interface (activate / infer / deactivate) for torch, ONNX Runtime and TensorRT."""

@@ -1,0 +1,135 @@
+"""PyTorch backend: eager fp32/fp16/bf16, optionally CUDA-graph replay or torch.compile."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from vla_export.backends.base import Runner
+from vla_export.data.source import INPUT_NAMES
+from vla_export.errors import RunnerError
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+class TorchRunner(Runner):
+    """Runs a policy module (or a loader returning one) with inputs from :data:`INPUT_NAMES`.
+
+    ``debug_outputs=True`` also returns the per-frame ``features`` (to catch a broken backbone that a
+    near-constant head would hide).
+    """
+
+    def __init__(
+        self,
+        policy_or_loader: Any,
+        *,
+        device: str = "cpu",
+        dtype: str = "float32",
+        cuda_graph: bool = False,
+        compile: bool = False,
+        debug_outputs: bool = False,
+    ):
+        super().__init__()
+        if dtype not in DTYPES:
+            raise RunnerError(f"torch dtype must be one of {DTYPES}, got {dtype!r}")
+        if cuda_graph and not device.startswith("cuda"):
+            raise RunnerError("CUDA-graph capture needs device='cuda'")
+        self._source = policy_or_loader
+        self._device, self.dtype = device, dtype
+        self.cuda_graph, self.compile, self.debug_outputs = cuda_graph, compile, debug_outputs
+        mode = "+cudagraph" if cuda_graph else "+compile" if compile else ""
+        self.name = f"torch-{device.split(':')[0]}-{dtype.replace('float', 'fp').replace('bfp', 'bf')}{mode}"
+        self._graph = None
+        self._static_in: dict[str, Any] | None = None
+        self._static_out: Any = None
+
+    @property
+    def input_names(self) -> Sequence[str]:
+        return INPUT_NAMES
+
+    @property
+    def output_names(self) -> Sequence[str]:
+        return ("actions", "features") if self.debug_outputs else ("actions",)
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self._device.startswith("cuda") else "cpu"
+
+    def describe(self) -> dict[str, Any]:
+        import torch
+
+        info = super().describe() | {"dtype": self.dtype, "cuda_graph": self.cuda_graph, "compile": self.compile, "torch": torch.__version__}
+        if self.device == "cuda":
+            info["gpu"] = torch.cuda.get_device_name(self._device)
+        return info
+
+    def _activate(self) -> None:
+        import torch
+
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise RunnerError(f"{self.name}: CUDA is not available to torch {torch.__version__}")
+        policy = self._source() if callable(self._source) and not isinstance(self._source, torch.nn.Module) else self._source
+        policy = getattr(policy, "policy", policy)  # a LoadedPolicy from a loader
+        self.policy = policy.to(device=self._device, dtype=getattr(torch, self.dtype)).eval()
+        self._fn: Callable = self.policy
+        if self.compile:
+            self._fn = torch.compile(self.policy, mode="max-autotune-no-cudagraphs" if self.cuda_graph else "default")
+
+    def _deactivate(self) -> None:
+        self._graph = self._static_in = self._static_out = None
+        self.policy = self._fn = None
+
+    def stage(self, feed):
+        import torch
+
+        out = {}
+        for name in self.input_names:
+            t = torch.from_numpy(np.ascontiguousarray(feed[name])).to(self._device, non_blocking=True)
+            if t.is_floating_point():
+                t = t.to(getattr(torch, self.dtype))
+            out[name] = t
+        return out
+
+    def _forward(self, staged):
+        return self._fn(staged["pixel_values"], staged["input_ids"], staged["attention_mask"], return_features=self.debug_outputs)
+
+    def _execute(self, staged):
+        import torch
+
+        with torch.inference_mode():
+            if not self.cuda_graph:
+                out = self._forward(staged)
+            else:
+                out = self._replay(staged)
+        return dict(zip(self.output_names, out if isinstance(out, tuple) else (out,)))
+
+    def _replay(self, staged):
+        import torch
+
+        shapes = {k: tuple(v.shape) for k, v in staged.items()}
+        if self._graph is None or {k: tuple(v.shape) for k, v in self._static_in.items()} != shapes:
+            self._static_in = {k: v.clone() for k, v in staged.items()}
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(3):  # warm-up outside the graph, as capture requires
+                    self._forward(self._static_in)
+            torch.cuda.current_stream().wait_stream(stream)
+            self._graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self._graph):
+                self._static_out = self._forward(self._static_in)
+        for k, v in staged.items():
+            self._static_in[k].copy_(v, non_blocking=True)
+        self._graph.replay()
+        return self._static_out
+
+    def synchronize(self) -> None:
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize(self._device)
+
+    def to_host(self, outputs):
+        return {k: v.detach().float().cpu().numpy() for k, v in outputs.items()}

@@ -1,0 +1,1 @@
+"""Command-line interfaces: thin Typer layers over the Python API."""

@@ -1,0 +1,1 @@
+"""Inputs: the shared preprocessing, the seeded synthetic source, episodes and tokenisation."""

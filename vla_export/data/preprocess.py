@@ -1,0 +1,73 @@
+"""The one preprocessing path: what the policy sees at run time, in parity, calibration and benchmarks.
+
+NumPy only (the runtime must work without torch). A camera frame, uint8 HWC RGB of any size, is
+resized to the model's square input (bilinear, the whole frame: no crop) and normalised with the
+CLIP mean and std that Kosmos-2 and CLIP share.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vla_export.errors import DataError
+
+CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
+CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
+PROMPT_TEMPLATE = "<grounding>An image of a robot {instruction}"
+DEFAULT_INSTRUCTION = "go to the cup"
+
+
+def _axis_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and weights for half-pixel-centred bilinear resampling along one axis."""
+    scale = n_in / n_out
+    x = (np.arange(n_out, dtype=np.float64) + 0.5) * scale - 0.5
+    x = np.clip(x, 0, n_in - 1)
+    lo = np.floor(x).astype(np.int64)
+    hi = np.minimum(lo + 1, n_in - 1)
+    return lo, hi, (x - lo).astype(np.float32)
+
+
+def resize_bilinear(frame: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [H, W, 3] -> float32 [size, size, 3] in 0..255."""
+    h, w = frame.shape[:2]
+    if h > 2 * size or w > 2 * size:
+        # Area-average first so downscaling a 720x1280 frame does not alias; then bilinear.
+        fy, fx = max(h // size, 1), max(w // size, 1)
+        hh, ww = (h // fy) * fy, (w // fx) * fx
+        frame = frame[:hh, :ww].reshape(hh // fy, fy, ww // fx, fx, 3).mean(axis=(1, 3), dtype=np.float32)
+        return resize_bilinear_float(frame, size)
+    return resize_bilinear_float(frame.astype(np.float32), size)
+
+
+def resize_bilinear_float(img: np.ndarray, size: int) -> np.ndarray:
+    h, w = img.shape[:2]
+    y0, y1, wy = _axis_weights(h, size)
+    x0, x1, wx = _axis_weights(w, size)
+    rows = img[y0] * (1 - wy)[:, None, None] + img[y1] * wy[:, None, None]
+    return rows[:, x0] * (1 - wx)[None, :, None] + rows[:, x1] * wx[None, :, None]
+
+
+def check_frame(frame: np.ndarray) -> None:
+    if not isinstance(frame, np.ndarray):
+        raise DataError(f"a frame must be a numpy array, got {type(frame).__name__}")
+    if frame.dtype != np.uint8:
+        raise DataError(f"a frame must be uint8 RGB, got dtype {frame.dtype}")
+    if frame.ndim != 3 or frame.shape[2] != 3:
+        raise DataError(f"a frame must be [H, W, 3] (HWC RGB), got shape {tuple(frame.shape)}")
+
+
+def preprocess_frame(frame: np.ndarray, image_size: int = 224) -> np.ndarray:
+    """uint8 [H, W, 3] RGB -> float32 [3, image_size, image_size], CLIP-normalised."""
+    check_frame(frame)
+    img = resize_bilinear(frame, image_size) / np.float32(255.0)
+    img = (img - CLIP_MEAN) / CLIP_STD
+    return np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32)
+
+
+def preprocess_frames(frames: np.ndarray, image_size: int = 224) -> np.ndarray:
+    """uint8 [T, H, W, 3] -> float32 [T, 3, S, S]."""
+    return np.stack([preprocess_frame(f, image_size) for f in frames])
+
+
+def prompt_for(instruction: str | None) -> str:
+    return PROMPT_TEMPLATE.format(instruction=(instruction or DEFAULT_INSTRUCTION).strip())

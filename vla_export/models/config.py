@@ -1,0 +1,221 @@
+"""Policy architectures described as data: a frozen config dataclass and named presets.
+
+The policy is RoboVLMs-style: Kosmos-2 (vision tower, image-to-text projection, text model),
+optionally a CLIP vision encoder, an LSTM over a window of frames and an MLP action head.
+Presets are plain values; nothing here touches torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from vla_export.errors import ConfigError
+
+POOLINGS = ("last", "mean")
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """A CLIP-style ViT (used for both the Kosmos-2 vision tower and the CLIP encoder)."""
+
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    image_size: int = 224
+    patch_size: int = 14
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """The Kosmos-2 text decoder (no lm_head: the policy never generates text)."""
+
+    embed_dim: int
+    num_layers: int
+    num_heads: int
+    ffn_dim: int
+    vocab_size: int
+    max_position_embeddings: int = 2048
+
+
+@dataclass(frozen=True)
+class TokenIds:
+    """Special token ids the model uses to build the Kosmos-2 image prefix itself.
+
+    The sequence fed to the text model is ``<s> <image> [latent_query_num image slots] </image>``
+    followed by the caller's ``input_ids`` (the tokenised prompt without ``<s>``).
+    """
+
+    bos: int = 0
+    pad: int = 1
+    eos: int = 2
+    image_start: int = 64003
+    image_end: int = 64004
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Everything needed to build the policy and its example inputs."""
+
+    name: str
+    kosmos_vision: VisionConfig
+    kosmos_text: TextConfig
+    latent_query_num: int = 64
+    clip_vision: VisionConfig | None = None
+    feature_proj: int | None = None
+    pooling: str = "last"
+    lstm_hidden: int = 1024
+    lstm_layers: int = 4
+    head_hidden: tuple[int, ...] = (1024, 512, 256)
+    head_tanh: bool = True
+    action_dim: int = 2
+    window: int = 8
+    max_text_len: int = 256
+    tokens: TokenIds = field(default_factory=TokenIds)
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.action_dim < 1 or self.window < 1 or self.lstm_layers < 1:
+            raise ConfigError("action_dim, window and lstm_layers must be positive")
+        if self.clip_vision is not None and self.clip_vision.image_size != self.kosmos_vision.image_size:
+            raise ConfigError("the Kosmos-2 and CLIP towers must take the same image size (one pixel_values input)")
+
+    @property
+    def image_size(self) -> int:
+        return self.kosmos_vision.image_size
+
+    @property
+    def frame_feature_dim(self) -> int:
+        """Width of the per-frame feature fed to the LSTM (after the optional projection)."""
+        if self.feature_proj:
+            return self.feature_proj
+        return self.kosmos_text.embed_dim + (self.clip_vision.hidden_size if self.clip_vision else 0)
+
+    @property
+    def prefix_len(self) -> int:
+        """Tokens the model prepends: <s>, <image>, the image slots, </image>."""
+        return self.latent_query_num + 3
+
+    def replace(self, **changes: Any) -> PolicyConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PolicyConfig:
+        try:
+            data = dict(data)
+            data["kosmos_vision"] = VisionConfig(**data["kosmos_vision"])
+            data["kosmos_text"] = TextConfig(**data["kosmos_text"])
+            if data.get("clip_vision") is not None:
+                data["clip_vision"] = VisionConfig(**data["clip_vision"])
+            if "tokens" in data:
+                data["tokens"] = TokenIds(**data["tokens"])
+            if "head_hidden" in data:
+                data["head_hidden"] = tuple(data["head_hidden"])
+            return cls(**data)
+        except (KeyError, TypeError) as exc:
+            raise ConfigError(f"invalid policy config: {exc}") from exc
+
+
+def load_config(path: str | Path) -> PolicyConfig:
+    """Read a config JSON file (as written by ``inspect --json`` under ``config``, or by :func:`PolicyConfig.to_dict`)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a readable JSON config ({exc})") from None
+    if isinstance(data, dict) and "config" in data and "kosmos_vision" not in data:
+        data = data["config"]
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object")
+    return PolicyConfig.from_dict(data)
+
+
+_TINY_TOKENS = TokenIds(bos=0, pad=1, eos=2, image_start=3, image_end=4)
+
+_KOSMOS2_VISION = VisionConfig(hidden_size=1024, num_layers=24, num_heads=16, intermediate_size=4096, patch_size=14)
+_KOSMOS2_TEXT = TextConfig(embed_dim=2048, num_layers=24, num_heads=32, ffn_dim=8192, vocab_size=65037)
+_CLIP_B32 = VisionConfig(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072, patch_size=32)
+
+PRESETS: MappingProxyType[str, PolicyConfig] = MappingProxyType(
+    {
+        # Under 1M parameters, same structure as mobile-vla (with CLIP): tests and the demo.
+        "tiny": PolicyConfig(
+            name="tiny",
+            kosmos_vision=VisionConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, patch_size=32),
+            kosmos_text=TextConfig(embed_dim=48, num_layers=2, num_heads=2, ffn_dim=96, vocab_size=512),
+            latent_query_num=8,
+            clip_vision=VisionConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, patch_size=32),
+            lstm_hidden=32,
+            lstm_layers=2,
+            head_hidden=(32, 16),
+            action_dim=3,
+            window=4,
+            max_text_len=32,
+            tokens=_TINY_TOKENS,
+        ),
+        # The Kosmos-only layout (no CLIP), tiny.
+        "tiny-kosmos": PolicyConfig(
+            name="tiny-kosmos",
+            kosmos_vision=VisionConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, patch_size=32),
+            kosmos_text=TextConfig(embed_dim=48, num_layers=2, num_heads=2, ffn_dim=96, vocab_size=512),
+            latent_query_num=8,
+            lstm_hidden=32,
+            lstm_layers=2,
+            head_hidden=(32, 16),
+            action_dim=2,
+            window=4,
+            max_text_len=32,
+            tokens=_TINY_TOKENS,
+        ),
+        # Same structure scaled to ~150M parameters: CPU benchmarks and quantization accuracy.
+        "small": PolicyConfig(
+            name="small",
+            kosmos_vision=VisionConfig(hidden_size=512, num_layers=8, num_heads=8, intermediate_size=2048, patch_size=14),
+            kosmos_text=TextConfig(embed_dim=768, num_layers=8, num_heads=12, ffn_dim=3072, vocab_size=8192),
+            latent_query_num=32,
+            clip_vision=VisionConfig(hidden_size=384, num_layers=6, num_heads=6, intermediate_size=1536, patch_size=32),
+            lstm_hidden=512,
+            lstm_layers=2,
+            head_hidden=(512, 256, 128),
+            action_dim=3,
+            window=8,
+            max_text_len=64,
+            tokens=TokenIds(bos=0, pad=1, eos=2, image_start=3, image_end=4),
+        ),
+        # Kosmos-2 patch14-224 + CLIP ViT-B/32 + LSTM 4x1024 + MLP 1024-512-256 (Tanh), 2 actions.
+        "mobile-vla": PolicyConfig(
+            name="mobile-vla",
+            kosmos_vision=_KOSMOS2_VISION,
+            kosmos_text=_KOSMOS2_TEXT,
+            clip_vision=_CLIP_B32,
+        ),
+        # The Kosmos-only variant: exactly the published 1,703,973,122 parameters.
+        "mobile-vla-kosmos": PolicyConfig(
+            name="mobile-vla-kosmos",
+            kosmos_vision=_KOSMOS2_VISION,
+            kosmos_text=_KOSMOS2_TEXT,
+        ),
+    }
+)
+
+
+def get_preset(name: str) -> PolicyConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
