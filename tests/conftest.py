@@ -1,0 +1,63 @@
+"""Shared fixtures: tiny checkpoints made once per session, and a CLI runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_policy():
+    from vla_export.models.config import get_preset
+    from vla_export.models.loader import init_policy
+
+    return init_policy(get_preset("tiny"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory, tiny_policy) -> Path:
+    """A tiny policy in the Mobile VLA training format (the same file `vla-export init` writes)."""
+    from vla_export.models.loader import save_training_checkpoint
+
+    return save_training_checkpoint(tiny_policy, tmp_path_factory.mktemp("ckpt") / "tiny.pt")
+
+
+@pytest.fixture(scope="session")
+def tiny_kosmos_ckpt(tmp_path_factory) -> Path:
+    from vla_export.models.config import get_preset
+    from vla_export.models.loader import init_policy, save_training_checkpoint
+
+    policy = init_policy(get_preset("tiny-kosmos"), seed=1)
+    return save_training_checkpoint(policy, tmp_path_factory.mktemp("ckpt") / "tiny-kosmos.pt")
+
+
+class CliResult:
+    def __init__(self, code: int, out: str, err: str):
+        self.exit_code, self.stdout, self.stderr = code, out, err
+
+    def __repr__(self) -> str:
+        return f"CliResult(exit={self.exit_code}, stdout={self.stdout[-2000:]!r}, stderr={self.stderr[-2000:]!r})"
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run `vla-export ARGS` (or `vla-bench` with app='bench') in-process, the way the console script does."""
+    from vla_export.cli import common
+
+    def run(*args: str, app: str = "main") -> CliResult:
+        if app == "bench":
+            from vla_export.cli.bench import app as typer_app
+        else:
+            from vla_export.cli.main import app as typer_app
+        capsys.readouterr()
+        # Rich consoles were created at import; point them at the captured streams.
+        import sys
+
+        common.console.file = sys.stdout
+        common.err_console.file = sys.stderr
+        code = common.run_app(typer_app, [str(a) for a in args])
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
