@@ -1,0 +1,189 @@
+"""The streaming policy a robot calls once per control step.
+
+Each step brings one camera frame. The backbone part turns it (with the instruction's tokens, fixed
+since :meth:`Policy.reset`) into one per-frame feature; a ring buffer keeps the last ``window``
+features; the head part maps that window to the action. The backbone therefore runs on one frame
+per step instead of the whole window.
+
+Warm-up rule (before ``window`` frames exist): the window is padded at the front by repeating the
+FIRST frame's feature. After k+1 frames (k < window-1) the head sees
+``[f0] * (window-k-1) + [f0, ..., fk]``. The full policy gives the same action when it is fed the
+equivalently padded frame window, whose frame indices :func:`window_indices` returns; replay and the
+tests compare against exactly that. Padding keeps the head's input shape fixed, which static
+TensorRT profiles need.
+
+NumPy only: no torch import here.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from vla_export.backends.base import Runner
+from vla_export.data.preprocess import check_frame, preprocess_frame, prompt_for
+from vla_export.errors import RunnerError
+
+#: Tensor names of the split parts (the ONNX files, engines and torch part runners all use them).
+BACKBONE_INPUTS = ("pixel_values", "input_ids", "attention_mask")
+BACKBONE_OUTPUTS = ("feature",)
+HEAD_INPUTS = ("features",)
+HEAD_OUTPUTS = ("actions",)
+
+
+def window_indices(step: int, window: int) -> list[int]:
+    """Frame indices of the window the head sees at ``step`` (0-based), under the warm-up rule.
+
+    ``window_indices(1, 4) == [0, 0, 0, 1]``; from ``step >= window - 1`` on it is the last ``window`` frames.
+    """
+    if step < 0 or window < 1:
+        raise ValueError(f"step must be >= 0 and window >= 1, got step={step}, window={window}")
+    return [max(0, step - window + 1 + i) for i in range(window)]
+
+
+class FeatureRing:
+    """The last ``window`` per-frame features. The first push fills every slot (the warm-up rule)."""
+
+    def __init__(self, window: int):
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self.window = window
+        self._buf: np.ndarray | None = None
+        self._oldest = 0  # slot holding the oldest feature
+        self.count = 0  # features pushed since the last clear
+
+    def clear(self) -> None:
+        self._buf, self._oldest, self.count = None, 0, 0
+
+    def push(self, feature: np.ndarray) -> None:
+        feature = np.asarray(feature, dtype=np.float32).reshape(-1)
+        if self._buf is None or self._buf.shape[1] != feature.shape[0]:
+            self._buf = np.repeat(feature[None], self.window, axis=0)
+            self._oldest = 0
+        else:
+            self._buf[self._oldest] = feature
+            self._oldest = (self._oldest + 1) % self.window
+        self.count += 1
+
+    def array(self) -> np.ndarray:
+        """The window, oldest first: float32 [window, F]."""
+        if self._buf is None:
+            raise RunnerError("the feature window is empty: push a feature first")
+        return np.concatenate((self._buf[self._oldest :], self._buf[: self._oldest]))
+
+
+@dataclass(frozen=True)
+class StepTiming:
+    """Wall-clock milliseconds of the last step; runner ``infer`` synchronises, so these are complete."""
+
+    preprocess_ms: float
+    backbone_ms: float
+    head_ms: float
+    total_ms: float
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+class Policy:
+    """``reset(instruction)`` once per episode, then ``step(frame) -> action`` once per control step.
+
+    ``backbone`` and ``head`` are runners for the two parts (torch, ONNX Runtime or TensorRT, chosen
+    per part). ``tokenizer`` is anything with ``encode(prompt, max_len) -> (input_ids, attention_mask)``
+    (:func:`vla_export.data.tokenizer.tokenizer_for`); ``text_len`` pads the prompt to a fixed length
+    (needed by engines with a static text shape), None keeps its own length.
+    """
+
+    def __init__(
+        self,
+        backbone: Runner,
+        head: Runner,
+        *,
+        tokenizer: Any,
+        window: int,
+        image_size: int,
+        action_dim: int | None = None,
+        text_len: int | None = None,
+    ):
+        for role, runner, names in (("backbone", backbone, BACKBONE_INPUTS), ("head", head, HEAD_INPUTS)):
+            if tuple(runner.input_names) != names:
+                raise RunnerError(f"{role} runner {runner.name} takes {list(runner.input_names)}, expected {list(names)}")
+        self.backbone, self.head = backbone, head
+        self.tokenizer, self.window, self.image_size = tokenizer, window, image_size
+        self.action_dim, self.text_len = action_dim, text_len
+        self.ring = FeatureRing(window)
+        self.instruction: str | None = None
+        self._prompt: dict[str, np.ndarray] | None = None
+        self.steps = 0
+        self.last_timing: StepTiming | None = None
+
+    # --- lifecycle ---
+    def activate(self) -> Policy:
+        for runner in (self.backbone, self.head):
+            if not runner.is_active:
+                runner.activate()
+        return self
+
+    def close(self) -> None:
+        for runner in (self.backbone, self.head):
+            runner.deactivate()
+
+    def __enter__(self) -> Policy:
+        return self.activate()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- control loop ---
+    def prompt_feed(self, instruction: str | None) -> dict[str, np.ndarray]:
+        """The backbone's text inputs [1, L] for ``instruction`` (the shared prompt template)."""
+        ids, mask = self.tokenizer.encode(prompt_for(instruction), self.text_len)
+        return {"input_ids": np.asarray(ids, dtype=np.int64).reshape(1, -1), "attention_mask": np.asarray(mask, dtype=np.int64).reshape(1, -1)}
+
+    def reset(self, instruction: str | None) -> None:
+        """Start an episode: tokenise the instruction once and empty the feature window."""
+        self._prompt = self.prompt_feed(instruction)
+        self.instruction = instruction
+        self.ring.clear()
+        self.steps = 0
+        self.last_timing = None
+
+    def step(self, frame: np.ndarray) -> np.ndarray:
+        """One uint8 [H, W, 3] RGB camera frame -> the action, float32 [action_dim]."""
+        if self._prompt is None:
+            raise RunnerError("Policy.step() before Policy.reset(instruction): call reset() at the start of each episode")
+        check_frame(frame)
+        t0 = time.perf_counter()
+        pixels = preprocess_frame(frame, self.image_size)[None]
+        t1 = time.perf_counter()
+        feature = self.backbone.infer({"pixel_values": pixels, **self._prompt})[BACKBONE_OUTPUTS[0]]
+        t2 = time.perf_counter()
+        self.ring.push(feature[0])
+        actions = self.head.infer({HEAD_INPUTS[0]: self.ring.array()[None]})[HEAD_OUTPUTS[0]]
+        t3 = time.perf_counter()
+        action = np.asarray(actions, dtype=np.float32).reshape(-1)
+        if self.action_dim is not None and action.shape[0] != self.action_dim:
+            raise RunnerError(f"head {self.head.name} returned {action.shape[0]} actions, expected {self.action_dim}")
+        self.steps += 1
+        ms = 1e3
+        self.last_timing = StepTiming((t1 - t0) * ms, (t2 - t1) * ms, (t3 - t2) * ms, (t3 - t0) * ms)
+        return action
+
+    @property
+    def last_latency_ms(self) -> float | None:
+        """Total milliseconds of the last ``step`` (preprocessing, backbone, head); None before one."""
+        return None if self.last_timing is None else self.last_timing.total_ms
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "window": self.window,
+            "warmup": "pad with the first frame's feature",
+            "text_len": self.text_len,
+            "tokenizer": getattr(self.tokenizer, "name", type(self.tokenizer).__name__),
+            "backbone": self.backbone.describe(),
+            "head": self.head.describe(),
+        }
+
