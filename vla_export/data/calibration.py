@@ -1,0 +1,165 @@
+"""Calibration sets: N seeded windows of recorded frames, preprocessed exactly as at run time.
+
+``make_calibration_set`` samples :class:`~vla_export.data.episodes.EpisodeSource` and writes the
+feeds (one ``.npz``: each input stacked along a leading sample axis, plus a JSON record of where
+every sample came from). :class:`CalibrationSet` reads it back and checks it against the model it
+is about to calibrate, so an empty or mismatched set fails before any quantizer or builder runs.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vla_export.data.episodes import EpisodeSource
+from vla_export.data.source import INPUT_NAMES
+from vla_export.data.tokenizer import Tokenizer
+from vla_export.errors import DataError
+from vla_export.fileio import atomic_write
+from vla_export.models.config import PolicyConfig
+
+META_KEY = "__meta__"
+FORMAT = "vla-export/calibration/1"
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One model input: name, dtype (numpy name) and shape with ``None`` or a string for dynamic dims."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str | None, ...]
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """Feeds (``{input name: [N, ...]}``) and the record of how they were made."""
+
+    path: Path
+    arrays: Mapping[str, np.ndarray]
+    meta: Mapping[str, Any]
+
+    def __len__(self) -> int:
+        return len(next(iter(self.arrays.values())))
+
+    def feed(self, i: int) -> dict[str, np.ndarray]:
+        return {k: v[i] for k, v in self.arrays.items()}
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return (self.feed(i) for i in range(len(self)))
+
+    def check_inputs(self, specs: Sequence[InputSpec], model: str | Path) -> None:
+        """Raise DataError unless every feed fits ``specs`` (names, dtypes, static dims) of ``model``."""
+        expected = {s.name for s in specs}
+        if set(self.arrays) != expected:
+            raise DataError(
+                f"{self.path}: calibration inputs {sorted(self.arrays)} do not match the inputs of {model}: {sorted(expected)}"
+            )
+        for spec in specs:
+            arr = self.arrays[spec.name]
+            if arr.dtype != np.dtype(spec.dtype):
+                raise DataError(f"{self.path}: '{spec.name}' is {arr.dtype}, {model} takes {spec.dtype}")
+            shape = arr.shape[1:]
+            if len(shape) != len(spec.shape) or any(isinstance(d, int) and d != s for d, s in zip(spec.shape, shape)):
+                raise DataError(
+                    f"{self.path}: '{spec.name}' has shape {list(shape)} per sample, {model} takes "
+                    f"{[d if isinstance(d, int) else '?' for d in spec.shape]} (image size, window or text length differ; "
+                    "remake the set with matching --window/--text-len)"
+                )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path), "samples": len(self),
+            "shapes": {k: list(v.shape[1:]) for k, v in self.arrays.items()}, **{k: v for k, v in self.meta.items() if k != "samples"},
+        }
+
+
+def make_calibration_set(
+    episodes: Sequence[str | Path] | str | Path,
+    config: PolicyConfig,
+    output: str | Path,
+    *,
+    count: int = 32,
+    seed: int = 0,
+    tokenizer: Tokenizer | None = None,
+    window: int | None = None,
+    text_len: int | None = None,
+) -> CalibrationSet:
+    """Sample ``count`` windows across ``episodes`` and write them to ``output`` (.npz), atomically."""
+    if count < 1:
+        raise DataError(f"a calibration set needs at least one sample, got count={count}")
+    source = EpisodeSource(episodes, config, tokenizer=tokenizer, seed=seed, window=window, text_len=text_len)
+    feeds = [source.sample(i) for i in range(count)]
+    arrays = {k: np.stack([f[k] for f in feeds]) for k in INPUT_NAMES}
+    meta = {
+        "format": FORMAT,
+        "config": config.name,
+        "image_size": config.image_size,
+        "window": source.T,
+        "text_len": source.L,
+        "seed": seed,
+        "samples": count,
+        "tokenizer": source.tokenizer.name,
+        "episodes": [e.name for e in source.episodes],
+        "windows": [r.to_dict() for i in range(count) for r in source.locate(i)],
+    }
+    output = Path(output)
+    if output.suffix != ".npz":
+        raise DataError(f"{output}: calibration sets are written as .npz")
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as fh:  # a file object: np.savez would append .npz to a path
+            np.savez(fh, **arrays, **{META_KEY: np.array(json.dumps(meta))})
+
+    atomic_write(output, write)
+    return CalibrationSet(output, arrays, meta)
+
+
+def load_calibration_set(path: str | Path) -> CalibrationSet:
+    """Read a set written by :func:`make_calibration_set`; DataError if missing, foreign, truncated or empty."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: calibration set not found (make one with `vla-export calib`)")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path}: not a readable calibration set ({exc}); the file may be truncated") from None
+    if META_KEY not in arrays:
+        raise DataError(f"{path}: not a vla-export calibration set (no {META_KEY} record)")
+    meta = json.loads(str(arrays.pop(META_KEY)))
+    if meta.get("format") != FORMAT:
+        raise DataError(f"{path}: calibration format {meta.get('format')!r}, expected {FORMAT!r}")
+    if not arrays or min(len(a) for a in arrays.values()) == 0:
+        raise DataError(f"{path}: the calibration set is empty")
+    if len({len(a) for a in arrays.values()}) != 1:
+        raise DataError(f"{path}: inputs hold different numbers of samples: { {k: len(a) for k, a in arrays.items()} }")
+    return CalibrationSet(path, arrays, meta)
+
+
+def onnx_input_specs(onnx_path: str | Path) -> list[InputSpec]:
+    """The graph inputs of an ONNX file (initializers excluded), read without its external weights."""
+    from vla_export.errors import ArtifactError
+    from vla_export.lazy import lazy_import
+
+    onnx = lazy_import("onnx", purpose="reading ONNX inputs")
+    onnx_path = Path(onnx_path)
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError, OSError, ... for a bad file
+        raise ArtifactError(f"{onnx_path}: not a readable ONNX model ({exc})") from None
+    inits = {i.name for i in model.graph.initializer}
+    specs = []
+    for inp in model.graph.input:
+        if inp.name in inits:
+            continue
+        t = inp.type.tensor_type
+        dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim)
+        specs.append(InputSpec(inp.name, onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name, dims))
+    return specs

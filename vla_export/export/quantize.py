@@ -1,0 +1,289 @@
+"""Explicit quantization of an exported ONNX: INT8 Q/DQ (calibrated) and FP16, both runnable on any CPU.
+
+INT8 uses onnxruntime.quantization (static, QDQ format, symmetric per-channel weights and symmetric
+activations, as TensorRT requires for explicit quantization); FP16 uses onnxruntime's float16
+converter with fp32 inputs and outputs. Both keep the ops that break in low precision out of it:
+LayerNorm, Softmax, the attention-mask arithmetic (Kosmos-2 builds masks from the float32 minimum,
+which is -inf in FP16) and, for INT8, residual adds. TensorRT builds either result strongly typed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vla_export.data.calibration import CalibrationSet, onnx_input_specs
+from vla_export.errors import ArtifactError, DataError
+from vla_export.lazy import lazy_import
+
+FP16_MAX = 65504.0
+PROTOBUF_LIMIT = 2**31 - 1
+#: Op types whose inputs get Q/DQ by default: the matrix products carry almost all the compute.
+INT8_OP_TYPES = ("MatMul", "Gemm", "Conv")
+NORM_OPS = ("LayerNormalization", "SimplifiedLayerNormalization", "SkipLayerNormalization", "GroupNormalization")
+SOFTMAX_OPS = ("Softmax", "LogSoftmax")
+#: The mask closure stops at these ops: past them values are activations again, not mask arithmetic.
+MASK_STOP_OPS = (*SOFTMAX_OPS, "MatMul", "Gemm", *NORM_OPS)
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+def load_onnx(path: str | Path, *, load_external_data: bool = True):
+    """Load an ONNX model; ArtifactError for a missing file, a bad protobuf or missing external data."""
+    onnx = lazy_import("onnx", purpose="reading ONNX models")
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: ONNX file not found")
+    try:
+        return onnx.load(str(path), load_external_data=load_external_data)
+    except FileNotFoundError as exc:
+        raise ArtifactError(f"{path}: external data file missing ({Path(exc.filename or str(exc)).name}); copy it beside the model") from None
+    except Exception as exc:  # DecodeError, ValidationError, OSError: all mean "not this file"
+        raise ArtifactError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+
+
+def _constant_arrays(model) -> dict[str, np.ndarray]:
+    from onnx import numpy_helper
+
+    arrays = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if not i.external_data}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    arrays[node.output[0]] = numpy_helper.to_array(attr.t)
+    return arrays
+
+
+def _out_of_fp16_range(a: np.ndarray) -> bool:
+    return a.dtype.kind == "f" and a.size > 0 and bool(np.nanmax(np.abs(a[np.isfinite(a)]), initial=0) > FP16_MAX)
+
+
+def precision_sensitive_nodes(model, *, residual_adds: bool = True) -> dict[str, str]:
+    """Node name -> reason ("layernorm", "softmax", "mask", "residual-add") for nodes to keep in FP32.
+
+    Mask arithmetic is every node downstream of a constant outside the FP16 range, up to (not past)
+    the next Softmax, matrix product or normalisation. A residual add is an Add of two activations
+    (neither input a constant) that is not mask arithmetic.
+    """
+    consts = _constant_arrays(model)
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    reasons: dict[str, str] = {}
+    for node in model.graph.node:
+        if node.op_type in NORM_OPS:
+            reasons[node.name] = "layernorm"
+        elif node.op_type in SOFTMAX_OPS:
+            reasons[node.name] = "softmax"
+    frontier = [n for name, a in consts.items() if _out_of_fp16_range(a) for n in consumers.get(name, [])]
+    while frontier:
+        node = frontier.pop()
+        if node.op_type in MASK_STOP_OPS or reasons.get(node.name) == "mask":
+            continue
+        reasons[node.name] = "mask"
+        frontier += [c for out in node.output for c in consumers.get(out, [])]
+    if residual_adds:
+        initializers = {i.name for i in model.graph.initializer}
+        for node in model.graph.node:
+            if node.op_type == "Add" and node.name not in reasons and not any(i in consts or i in initializers for i in node.input):
+                reasons[node.name] = "residual-add"
+    return reasons
+
+
+def ensure_node_names(model) -> None:
+    """Give unnamed nodes a unique name (exclusion lists and TensorRT layer names refer to them)."""
+    taken = {n.name for n in model.graph.node if n.name}
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{i}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
+
+
+def _has_external(model) -> bool:
+    return any(i.external_data for i in model.graph.initializer)
+
+
+def _needs_external_data(model) -> bool:
+    """True when the source kept its weights outside or the protobuf would pass the 2 GB limit."""
+    return _has_external(model) or model.ByteSize() > PROTOBUF_LIMIT - (64 << 20)
+
+
+def save_onnx(model, path: Path, *, external: bool | None = None) -> list[Path]:
+    """Save ``model`` to ``path``; weights go to ``path.name + '.data'`` when over the protobuf limit."""
+    onnx = lazy_import("onnx", purpose="writing ONNX models")
+    external = _needs_external_data(model) if external is None else external
+    if external:
+        location = path.name + ".data"
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=location, size_threshold=1024)
+        return [path, path.with_name(location)]
+    onnx.save_model(model, str(path))
+    return [path]
+
+
+def publish_files(output: Path, write) -> list[Path]:
+    """Atomically publish a model that may span files: ``write(tmp_model_path)`` inside a temporary
+    folder beside ``output``; external data files move first and the ``.onnx`` last, so a model file
+    never points at data that is not there yet. Returns the final paths."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
+    try:
+        write(tmpdir / output.name)
+        produced = sorted(tmpdir.iterdir(), key=lambda p: p.name == output.name)
+        if not produced or produced[-1].name != output.name:
+            raise ArtifactError(f"{output}: the writer produced no model file")
+        final = []
+        for p in produced:
+            target = output.parent / p.name
+            p.replace(target)
+            final.append(target)
+        return final
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+@dataclass
+class QuantizeResult:
+    """What a quantization pass wrote and kept out of low precision."""
+
+    source: str
+    output: str
+    precision: str
+    files: list[str]
+    bytes: int
+    seconds: float
+    kept_fp32: dict[str, int]
+    nodes: dict[str, int] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _count_ops(model) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def _reason_counts(reasons: Mapping[str, str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in reasons.values():
+        counts[r] = counts.get(r, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def _result(source: Path, files: list[Path], precision: str, start: float, reasons, options) -> QuantizeResult:
+    model = load_onnx(files[-1], load_external_data=False)  # publish_files lists the model file last
+    return QuantizeResult(
+        source=str(source), output=str(files[-1]), precision=precision, files=[str(f) for f in files],
+        bytes=sum(f.stat().st_size for f in files), seconds=round(time.perf_counter() - start, 3),
+        kept_fp32=_reason_counts(reasons), nodes=_count_ops(model), options=options,
+    )
+
+
+def convert_fp16(onnx_path: str | Path, output: str | Path, *, keep_sensitive_fp32: bool = True) -> QuantizeResult:
+    """FP16 weights and compute, fp32 inputs and outputs; LayerNorm, Softmax and mask arithmetic stay FP32."""
+    f16 = lazy_import("onnxruntime.transformers.float16", purpose="FP16 conversion")
+    start = time.perf_counter()
+    onnx_path, output = Path(onnx_path), Path(output)
+    model = load_onnx(onnx_path)
+    ensure_node_names(model)
+    reasons = precision_sensitive_nodes(model, residual_adds=False) if keep_sensitive_fp32 else {}
+    op_block = list(f16.DEFAULT_OP_BLOCK_LIST)
+    external = _needs_external_data(model)
+    model = f16.convert_float_to_float16(
+        model, keep_io_types=True, op_block_list=op_block, node_block_list=sorted(reasons), disable_shape_infer=external,
+    )
+    files = publish_files(output, lambda tmp: save_onnx(model, tmp, external=external))
+    return _result(onnx_path, files, "fp16", start, reasons, {"keep_sensitive_fp32": keep_sensitive_fp32, "external_data": external})
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader protocol over a calibration set (made lazily: ORT is optional)."""
+
+    def __init__(self, calib: CalibrationSet):
+        self._calib, self._i = calib, 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._i >= len(self._calib):
+            return None
+        self._i += 1
+        return self._calib.feed(self._i - 1)
+
+    def rewind(self) -> None:
+        self._i = 0
+
+
+def calibration_reader(calib: CalibrationSet):
+    """A ``CalibrationDataReader`` for onnxruntime.quantization yielding the set's feeds in order."""
+    q = lazy_import("onnxruntime.quantization", purpose="INT8 quantization")
+    return type("CalibrationSetReader", (_Reader, q.CalibrationDataReader), {})(calib)
+
+
+def quantize_int8(
+    onnx_path: str | Path,
+    calib: CalibrationSet,
+    output: str | Path,
+    *,
+    per_channel: bool = True,
+    method: str = "minmax",
+    op_types: Sequence[str] = INT8_OP_TYPES,
+    keep_sensitive_fp32: bool = True,
+    exclude: Iterable[str] = (),
+) -> QuantizeResult:
+    """Static INT8 Q/DQ: symmetric int8 weights (per channel) and activations, calibrated on ``calib``."""
+    q = lazy_import("onnxruntime.quantization", purpose="INT8 quantization")
+    if method not in CALIBRATION_METHODS:
+        raise DataError(f"calibration method must be one of {CALIBRATION_METHODS}, got {method!r}")
+    if len(calib) == 0:
+        raise DataError(f"{calib.path}: the calibration set is empty")
+    start = time.perf_counter()
+    onnx_path, output = Path(onnx_path), Path(output)
+    model = load_onnx(onnx_path)
+    calib.check_inputs(onnx_input_specs(onnx_path), onnx_path)
+    ensure_node_names(model)
+    reasons = precision_sensitive_nodes(model) if keep_sensitive_fp32 else {}
+    reasons.update({name: "user" for name in exclude})
+    external = _needs_external_data(model)
+    methods = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy, "percentile": q.CalibrationMethod.Percentile}
+
+    def write(tmp: Path) -> None:
+        with tempfile.TemporaryDirectory(prefix="vla-quant-") as work:
+            named = Path(work) / "named.onnx"
+            save_onnx(model, named, external=external)
+            q.quantize_static(
+                str(named), str(tmp), calibration_reader(calib),
+                quant_format=q.QuantFormat.QDQ,
+                op_types_to_quantize=list(op_types),
+                nodes_to_exclude=sorted(reasons),
+                per_channel=per_channel,
+                activation_type=q.QuantType.QInt8,
+                weight_type=q.QuantType.QInt8,
+                calibrate_method=methods[method],
+                use_external_data_format=external,
+                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+            )
+
+    files = publish_files(output, write)
+    options = {
+        "per_channel": per_channel, "method": method, "op_types": list(op_types), "calibration": str(calib.path),
+        "calibration_samples": len(calib), "keep_sensitive_fp32": keep_sensitive_fp32, "external_data": external,
+    }
+    return _result(onnx_path, files, "int8", start, reasons, options)
+
+
+def default_output(onnx_path: str | Path, precision: str) -> Path:
+    """``model.onnx`` -> ``model.int8.onnx`` / ``model.fp16.onnx``."""
+    p = Path(onnx_path)
+    return p.with_name(f"{p.stem}.{precision}.onnx")
