@@ -78,7 +78,8 @@ def render_inspect(report: dict[str, Any]) -> None:
         console.print(f"  assumed: {note}", style="yellow", markup=False)
     if "load" in report:
         ld = report["load"]
-        console.print(f"full load: {ld['seconds']:.2f} s, peak RSS {_fmt_bytes(ld['peak_rss_bytes'])}")
+        ratio = ld["peak_rss_bytes"] / max(ld["weights_bytes"], 1)
+        console.print(f"full load (all weights read): {ld['seconds']:.2f} s, peak RSS {_fmt_bytes(ld['peak_rss_bytes'])} ({ratio:.2f}x the weights)")
     verdict = "[green]loadable (strict)[/]" if report["loadable"] else "[red]NOT loadable[/]"
     console.print(f"verdict: {verdict}")
 

@@ -31,7 +31,8 @@ def inspect_checkpoint(
     """Report sizes per component, metadata, the inferred config and the strict-load verdict.
 
     The verdict compares names and shapes with a meta-device model (no weights are copied). With
-    ``load=True`` the policy is also fully loaded, and load time and peak RSS are reported.
+    ``load=True`` the policy is also fully loaded and every weight read, and load time and peak RSS
+    (with all weights resident) are reported.
     """
     t0 = time.perf_counter()
     ckpt = read_checkpoint(path, trust=trust)
@@ -81,11 +82,17 @@ def inspect_checkpoint(
         report["reason"] = f"strict load failed for config '{cfg.name}': {check.summary()}"
     report["inspect_seconds"] = round(time.perf_counter() - t0, 3)
     if load and check.ok:
+        import torch
+
         t1 = time.perf_counter()
         loaded = load_policy(ckpt, config=cfg, renames=renames)
+        # Memory-mapped weights cost nothing until read: read every one so the peak RSS is honest.
+        checksum = float(sum(p.detach().sum(dtype=torch.float64) for p in loaded.policy.parameters()))
         report["load"] = {
             "seconds": round(time.perf_counter() - t1 + report["inspect_seconds"], 3),
             "peak_rss_bytes": peak_rss_bytes(),
+            "weights_bytes": report["total_bytes"],
             "params_loaded": sum(p.numel() for p in loaded.policy.parameters()),
+            "weights_checksum": checksum,
         }
     return report

@@ -1,0 +1,59 @@
+"""Optional GPU stacks are never imported at module import time."""
+
+import pkgutil
+import subprocess
+import sys
+
+import pytest
+
+import vla_export
+from vla_export.errors import MissingDependencyError
+from vla_export.lazy import lazy_import
+
+BLOCKED = ["tensorrt", "pycuda", "polygraphy", "onnxruntime", "cuda", "onnxslim"]
+BLOCK = f"import sys\nfor m in {BLOCKED!r}: sys.modules[m] = None\n"
+
+
+def _run(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", BLOCK + code], capture_output=True, text=True, timeout=300)
+
+
+def test_import_and_help_without_optional_stacks():
+    r = _run(
+        "import vla_export\n"
+        "from vla_export.cli.main import app, main\n"
+        "from vla_export.cli import bench\n"
+        "sys.argv = ['vla-export', '--help']\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
+        "sys.argv = ['vla-bench', '--help']\n"
+        "try:\n    bench.main()\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
+        "assert not any(m in sys.modules and sys.modules[m] is not None for m in " + repr(BLOCKED) + ")\n"
+    )
+    assert r.returncode == 0, r.stderr
+    assert "inspect" in r.stdout
+
+
+def test_every_module_imports_without_optional_stacks():
+    names = [m.name for m in pkgutil.walk_packages(vla_export.__path__, "vla_export.")]
+    r = _run("import importlib\nfor n in " + repr(names) + ":\n    importlib.import_module(n)\n")
+    assert r.returncode == 0, r.stderr
+
+
+def test_missing_dependency_error_names_install_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(MissingDependencyError, match=r"building engines needs the Python module 'tensorrt'.*apt install.*pip install"):
+        lazy_import("tensorrt", purpose="building engines")
+
+
+def test_cli_reports_missing_dependency_in_one_line():
+    r = subprocess.run(
+        [sys.executable, "-c", BLOCK + "from vla_export.lazy import lazy_import\n"
+         "from vla_export.cli.common import run_app, new_app\n"
+         "app = new_app('t')\n@app.command()\ndef go():\n    lazy_import('polygraphy', purpose='go')\n"
+         "@app.command()\ndef other():\n    pass\n"
+         "sys.exit(run_app(app, ['go']))\n"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith("error: go needs the Python module 'polygraphy'") and "pip install polygraphy" in r.stderr
+    assert "Traceback" not in r.stderr
