@@ -29,15 +29,6 @@ FORMAT = "vla-export/calibration/1"
 
 
 @dataclass(frozen=True)
-class InputSpec:
-    """One model input: name, dtype (numpy name) and shape with ``None`` or a string for dynamic dims."""
-
-    name: str
-    dtype: str
-    shape: tuple[int | str | None, ...]
-
-
-@dataclass(frozen=True)
 class CalibrationSet:
     """Feeds (``{input name: [N, ...]}``) and the record of how they were made."""
 
@@ -54,23 +45,23 @@ class CalibrationSet:
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         return (self.feed(i) for i in range(len(self)))
 
-    def check_inputs(self, specs: Sequence[InputSpec], model: str | Path) -> None:
-        """Raise DataError unless every feed fits ``specs`` (names, dtypes, static dims) of ``model``."""
-        expected = {s.name for s in specs}
+    def check_inputs(self, inputs: Sequence[Mapping[str, Any]], model: str | Path) -> None:
+        """Raise DataError unless every feed fits ``inputs`` of ``model`` (``io_signature(model)["inputs"]``:
+        names, dtypes, and every dimension that is a fixed integer)."""
+        expected = {i["name"] for i in inputs}
         if set(self.arrays) != expected:
             raise DataError(
                 f"{self.path}: calibration inputs {sorted(self.arrays)} do not match the inputs of {model}: {sorted(expected)}"
             )
-        for spec in specs:
-            arr = self.arrays[spec.name]
-            if arr.dtype != np.dtype(spec.dtype):
-                raise DataError(f"{self.path}: '{spec.name}' is {arr.dtype}, {model} takes {spec.dtype}")
-            shape = arr.shape[1:]
-            if len(shape) != len(spec.shape) or any(isinstance(d, int) and d != s for d, s in zip(spec.shape, shape)):
+        for spec in inputs:
+            arr = self.arrays[spec["name"]]
+            if arr.dtype != np.dtype(spec["dtype"]):
+                raise DataError(f"{self.path}: '{spec['name']}' is {arr.dtype}, {model} takes {spec['dtype']}")
+            shape, dims = arr.shape[1:], spec["shape"]
+            if len(shape) != len(dims) or any(isinstance(d, int) and d != s for d, s in zip(dims, shape)):
                 raise DataError(
-                    f"{self.path}: '{spec.name}' has shape {list(shape)} per sample, {model} takes "
-                    f"{[d if isinstance(d, int) else '?' for d in spec.shape]} (image size, window or text length differ; "
-                    "remake the set with matching --window/--text-len)"
+                    f"{self.path}: '{spec['name']}' has shape {list(shape)} per sample, {model} takes {dims} "
+                    "(image size, window or text length differ; remake the set with matching --window/--text-len)"
                 )
 
     def to_dict(self) -> dict[str, Any]:
@@ -141,25 +132,3 @@ def load_calibration_set(path: str | Path) -> CalibrationSet:
     if len({len(a) for a in arrays.values()}) != 1:
         raise DataError(f"{path}: inputs hold different numbers of samples: { {k: len(a) for k, a in arrays.items()} }")
     return CalibrationSet(path, arrays, meta)
-
-
-def onnx_input_specs(onnx_path: str | Path) -> list[InputSpec]:
-    """The graph inputs of an ONNX file (initializers excluded), read without its external weights."""
-    from vla_export.errors import ArtifactError
-    from vla_export.lazy import lazy_import
-
-    onnx = lazy_import("onnx", purpose="reading ONNX inputs")
-    onnx_path = Path(onnx_path)
-    try:
-        model = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError, OSError, ... for a bad file
-        raise ArtifactError(f"{onnx_path}: not a readable ONNX model ({exc})") from None
-    inits = {i.name for i in model.graph.initializer}
-    specs = []
-    for inp in model.graph.input:
-        if inp.name in inits:
-            continue
-        t = inp.type.tensor_type
-        dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim)
-        specs.append(InputSpec(inp.name, onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name, dims))
-    return specs

@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from vla_export.data.calibration import CalibrationSet, onnx_input_specs
+from vla_export.data.calibration import CalibrationSet
 from vla_export.errors import ArtifactError, DataError
+from vla_export.export.onnx import data_file, external_data_files, io_signature, op_counts
 from vla_export.lazy import lazy_import
 
 FP16_MAX = 65504.0
@@ -41,11 +42,16 @@ def load_onnx(path: str | Path, *, load_external_data: bool = True):
     if not path.is_file():
         raise ArtifactError(f"{path}: ONNX file not found")
     try:
-        return onnx.load(str(path), load_external_data=load_external_data)
-    except FileNotFoundError as exc:
-        raise ArtifactError(f"{path}: external data file missing ({Path(exc.filename or str(exc)).name}); copy it beside the model") from None
-    except Exception as exc:  # DecodeError, ValidationError, OSError: all mean "not this file"
+        locations = external_data_files(path)
+    except Exception as exc:  # DecodeError, OSError: not an ONNX protobuf
         raise ArtifactError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+    missing = [loc for loc in locations if not (path.parent / loc).exists()]
+    if missing:
+        raise ArtifactError(f"{path}: external data file {path.parent / missing[0]} is missing; copy it beside the model")
+    try:
+        return onnx.load(str(path), load_external_data=load_external_data)
+    except Exception as exc:  # a short or corrupt external data file
+        raise ArtifactError(f"{path}: cannot load its weights ({type(exc).__name__}: {exc})") from None
 
 
 def _constant_arrays(model) -> dict[str, np.ndarray]:
@@ -119,13 +125,13 @@ def _needs_external_data(model) -> bool:
 
 
 def save_onnx(model, path: Path, *, external: bool | None = None) -> list[Path]:
-    """Save ``model`` to ``path``; weights go to ``path.name + '.data'`` when over the protobuf limit."""
+    """Save ``model`` to ``path``; weights go to ``data_file(path)`` when over the protobuf limit."""
     onnx = lazy_import("onnx", purpose="writing ONNX models")
     external = _needs_external_data(model) if external is None else external
     if external:
-        location = path.name + ".data"
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=location, size_threshold=1024)
-        return [path, path.with_name(location)]
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data_file(path).name, size_threshold=1024)
+        return [path, data_file(path)]
     onnx.save_model(model, str(path))
     return [path]
 
@@ -169,11 +175,36 @@ class QuantizeResult:
         return asdict(self)
 
 
-def _count_ops(model) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for node in model.graph.node:
-        counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return dict(sorted(counts.items()))
+def _publish(source: Path, output: Path, precision: str, write_model, reasons: Mapping[str, str], options: dict[str, Any], start: float) -> QuantizeResult:
+    """Write the model (``write_model(tmp_path)``) and its manifest in a temporary folder, then move
+    them into place, the ``.onnx`` last. The manifest carries the source's (config, window, ...) with
+    this precision, so ``vla-export parity`` applies the right tolerance."""
+    from vla_export.export.manifest import build_manifest, manifest_path, read_manifest, versions, write_manifest
+    from vla_export.fileio import sha256_file
+
+    state: dict[str, Any] = {}
+
+    def write(tmp: Path) -> None:
+        write_model(tmp)
+        files = [tmp] + ([data_file(tmp)] if data_file(tmp).exists() else [])
+        state["result"] = QuantizeResult(
+            source=str(source), output=str(output), precision=precision, files=[str(output.parent / f.name) for f in files],
+            bytes=sum(f.stat().st_size for f in files), seconds=round(time.perf_counter() - start, 3),
+            kept_fp32=_reason_counts(reasons), nodes=op_counts(tmp), options=options,
+        )
+        inherited = read_manifest(source, kind="onnx", required=False) or {}
+        keep = {k: v for k, v in inherited.items() if k not in ("schema", "kind", "artifact", "files", "parity", "ops", "io", "versions")}
+        data = build_manifest(
+            "onnx", tmp, files, **keep,
+            precision=precision,
+            quantized_from={"path": str(source), "sha256": sha256_file(source)},
+            quantization=state["result"].to_dict(),
+            io=io_signature(tmp), ops=state["result"].nodes, parity={}, versions=versions(),
+        )
+        write_manifest(tmp, data, path=manifest_path(tmp))
+
+    publish_files(output, write)
+    return state["result"]
 
 
 def _reason_counts(reasons: Mapping[str, str]) -> dict[str, int]:
@@ -181,15 +212,6 @@ def _reason_counts(reasons: Mapping[str, str]) -> dict[str, int]:
     for r in reasons.values():
         counts[r] = counts.get(r, 0) + 1
     return dict(sorted(counts.items()))
-
-
-def _result(source: Path, files: list[Path], precision: str, start: float, reasons, options) -> QuantizeResult:
-    model = load_onnx(files[-1], load_external_data=False)  # publish_files lists the model file last
-    return QuantizeResult(
-        source=str(source), output=str(files[-1]), precision=precision, files=[str(f) for f in files],
-        bytes=sum(f.stat().st_size for f in files), seconds=round(time.perf_counter() - start, 3),
-        kept_fp32=_reason_counts(reasons), nodes=_count_ops(model), options=options,
-    )
 
 
 def convert_fp16(onnx_path: str | Path, output: str | Path, *, keep_sensitive_fp32: bool = True) -> QuantizeResult:
@@ -200,13 +222,13 @@ def convert_fp16(onnx_path: str | Path, output: str | Path, *, keep_sensitive_fp
     model = load_onnx(onnx_path)
     ensure_node_names(model)
     reasons = precision_sensitive_nodes(model, residual_adds=False) if keep_sensitive_fp32 else {}
-    op_block = list(f16.DEFAULT_OP_BLOCK_LIST)
     external = _needs_external_data(model)
     model = f16.convert_float_to_float16(
-        model, keep_io_types=True, op_block_list=op_block, node_block_list=sorted(reasons), disable_shape_infer=external,
+        model, keep_io_types=True, op_block_list=list(f16.DEFAULT_OP_BLOCK_LIST), node_block_list=sorted(reasons),
+        disable_shape_infer=external,
     )
-    files = publish_files(output, lambda tmp: save_onnx(model, tmp, external=external))
-    return _result(onnx_path, files, "fp16", start, reasons, {"keep_sensitive_fp32": keep_sensitive_fp32, "external_data": external})
+    options = {"keep_sensitive_fp32": keep_sensitive_fp32, "external_data": external}
+    return _publish(onnx_path, output, "fp16", lambda tmp: save_onnx(model, tmp, external=external), reasons, options, start)
 
 
 class _Reader:
@@ -246,12 +268,10 @@ def quantize_int8(
     q = lazy_import("onnxruntime.quantization", purpose="INT8 quantization")
     if method not in CALIBRATION_METHODS:
         raise DataError(f"calibration method must be one of {CALIBRATION_METHODS}, got {method!r}")
-    if len(calib) == 0:
-        raise DataError(f"{calib.path}: the calibration set is empty")
     start = time.perf_counter()
     onnx_path, output = Path(onnx_path), Path(output)
     model = load_onnx(onnx_path)
-    calib.check_inputs(onnx_input_specs(onnx_path), onnx_path)
+    calib.check_inputs(io_signature(onnx_path)["inputs"], onnx_path)
     ensure_node_names(model)
     reasons = precision_sensitive_nodes(model) if keep_sensitive_fp32 else {}
     reasons.update({name: "user" for name in exclude})
@@ -275,12 +295,11 @@ def quantize_int8(
                 extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
             )
 
-    files = publish_files(output, write)
     options = {
         "per_channel": per_channel, "method": method, "op_types": list(op_types), "calibration": str(calib.path),
         "calibration_samples": len(calib), "keep_sensitive_fp32": keep_sensitive_fp32, "external_data": external,
     }
-    return _result(onnx_path, files, "int8", start, reasons, options)
+    return _publish(onnx_path, output, "int8", write, reasons, options, start)
 
 
 def default_output(onnx_path: str | Path, precision: str) -> Path:
