@@ -1,0 +1,124 @@
+"""ONNX Runtime backend: CPU, or CUDA with onnxruntime-gpu; reports the provider that actually runs."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vla_export.backends.base import Runner
+from vla_export.errors import ArtifactError, RunnerError
+from vla_export.lazy import lazy_import
+
+log = logging.getLogger(__name__)
+
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+
+def default_providers(available: Sequence[str]) -> list[str]:
+    """CUDA first when this onnxruntime has it, then CPU (ORT's own TensorRT provider is opt-in)."""
+    return (["CUDAExecutionProvider"] if "CUDAExecutionProvider" in available else []) + ["CPUExecutionProvider"]
+
+
+class OnnxrtRunner(Runner):
+    """Runs an ONNX file with onnxruntime.
+
+    onnxruntime-gpu silently falls back to CPU when the CUDA libraries cannot be loaded; ``describe()``
+    names the provider that was requested and the one that actually runs, and a warning is logged.
+    """
+
+    def __init__(self, path: str | Path, providers: Sequence[str] | None = None, *, threads: int | None = None):
+        super().__init__()
+        self.path = Path(path)
+        self.requested = list(providers) if providers else None
+        self.threads = threads
+        self.session = None
+        self.provider = "not active"
+        self.name = f"onnxrt:{self.path.name}"
+
+    def _activate(self) -> None:
+        from vla_export.export.onnx import external_data_files
+
+        ort = lazy_import("onnxruntime", purpose="running ONNX models")
+        if not self.path.exists():
+            raise ArtifactError(f"{self.path}: ONNX file not found")
+        try:
+            locations = external_data_files(self.path)
+        except Exception as exc:
+            raise ArtifactError(f"{self.path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+        for loc in locations:
+            if not (self.path.parent / loc).exists():
+                raise ArtifactError(f"{self.path}: its external data file {self.path.parent / loc} is missing")
+        available = ort.get_available_providers()
+        requested = self.requested or default_providers(available)
+        unknown = [p for p in requested if p not in available]
+        if unknown:
+            raise RunnerError(f"{self.path.name}: onnxruntime {ort.__version__} has no {unknown} (available: {available})")
+        opts = ort.SessionOptions()
+        if self.threads:
+            opts.intra_op_num_threads = self.threads
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=requested)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            raise ArtifactError(f"{self.path}: onnxruntime cannot load it: {str(exc).splitlines()[0]}") from None
+        actual = self.session.get_providers()
+        self.provider = actual[0]
+        self.fallback = requested[0] != actual[0]
+        if self.fallback:
+            log.warning("%s: requested %s but onnxruntime runs on %s (CUDA libraries missing?)", self.path.name, requested[0], actual[0])
+        self._requested_providers = requested
+        self._inputs = [i.name for i in self.session.get_inputs()]
+        self._outputs = [o.name for o in self.session.get_outputs()]
+        self.name = f"onnxrt-{self.provider.replace('ExecutionProvider', '').lower()}"
+
+    def _deactivate(self) -> None:
+        self.session = None
+
+    def _meta(self):
+        self._require_active()
+        return self.session
+
+    @property
+    def input_names(self) -> Sequence[str]:
+        return self._inputs if self.session else ()
+
+    @property
+    def output_names(self) -> Sequence[str]:
+        return self._outputs if self.session else ()
+
+    @property
+    def input_shapes(self) -> dict[str, list[Any]]:
+        """Input name -> shape, with dim names (str) for dynamic axes."""
+        return {i.name: list(i.shape) for i in self._meta().get_inputs()}
+
+    @property
+    def output_shapes(self) -> dict[str, list[Any]]:
+        return {o.name: list(o.shape) for o in self._meta().get_outputs()}
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.provider in GPU_PROVIDERS else "cpu"
+
+    def describe(self) -> dict[str, Any]:
+        import onnxruntime as ort  # activated, so importable
+
+        info = super().describe() | {"path": str(self.path), "provider": self.provider, "onnxruntime": ort.__version__}
+        if self.session is not None:
+            info["requested_providers"] = self._requested_providers
+            info["fallback"] = self.fallback
+        return info
+
+    def stage(self, feed):
+        return {k: np.ascontiguousarray(feed[k]) for k in self.input_names}
+
+    def _execute(self, staged):
+        if self.session is None:
+            raise RunnerError(f"{self.name}: not active")
+        # session.run returns host arrays after the work is done, so synchronize() has nothing to wait for.
+        try:
+            return dict(zip(self._outputs, self.session.run(self._outputs, staged)))
+        except Exception as exc:  # onnxruntime's InvalidArgument etc.: wrong shapes or dtypes for this graph
+            raise RunnerError(f"{self.path.name}: onnxruntime run failed: {str(exc).splitlines()[0]}") from None

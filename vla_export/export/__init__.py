@@ -1,0 +1,1 @@
+"""Exporters: PyTorch modules and policies to ONNX (and, elsewhere, ONNX to TensorRT engines)."""

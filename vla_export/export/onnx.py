@@ -1,0 +1,418 @@
+"""PyTorch -> ONNX, atomically: any module (:func:`export_module`) and the whole policy (:func:`export_policy`).
+
+The low-level :func:`export_module` knows nothing about policies, so other parts (a backbone or a
+head exported on its own) use it too. The policy-level export adds everything that makes the result
+trustworthy: checker and shape inference by path, the completeness proof, an ONNX Runtime run at
+batch 1 and 3 with parity against PyTorch, optional onnxslim simplification (re-checked), and a
+manifest. All of that happens in a temporary directory beside the target; only a fully verified
+export is moved into place, the ``.onnx`` last, so a failure leaves nothing that looks finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vla_export.errors import ArtifactError, ConfigError
+from vla_export.lazy import lazy_import
+
+log = logging.getLogger(__name__)
+
+EXPORTERS = ("dynamo", "torchscript")
+DEFAULT_OPSET = 18
+TWO_GB = 2**31 - 1  # protobuf's hard limit for one serialised message
+MANIFEST_KIND = "onnx"
+#: Exported with this batch: dynamo given batch 1 silently specialises the batch axis to 1.
+EXPORT_BATCH = 2
+
+
+def data_file(path: str | Path) -> Path:
+    """The single external-data file beside ``path``: ``x.onnx`` -> ``x.onnx.data``."""
+    path = Path(path)
+    return path.with_name(path.name + ".data")
+
+
+def external_data_files(path: str | Path) -> list[str]:
+    """Locations of the external data files an ONNX file refers to (weights are not loaded)."""
+    onnx = lazy_import("onnx", purpose="reading ONNX models")
+    model = onnx.load(str(path), load_external_data=False)
+    locations = []
+    for t in model.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            loc = next((e.value for e in t.external_data if e.key == "location"), None)
+            if loc and loc not in locations:
+                locations.append(loc)
+    return locations
+
+
+def _module_bytes(module) -> int:
+    seen, total = set(), 0
+    for t in (*module.parameters(), *module.buffers()):
+        if id(t) not in seen:
+            seen.add(id(t))
+            total += t.numel() * t.element_size()
+    return total
+
+
+def _dynamo_shapes(example_inputs: Mapping[str, Any], dynamic: Mapping[str, Mapping[int, str]]):
+    """{input: {axis: name}} -> torch.export.Dim objects, one per name (shared names tie axes together)."""
+    import torch
+
+    dims: dict[str, Any] = {}
+    out = {}
+    for name in example_inputs:
+        axes = dynamic.get(name, {})
+        out[name] = {axis: dims.setdefault(dim, torch.export.Dim(dim)) for axis, dim in axes.items()} or None
+    return out
+
+
+def export_module(
+    module,
+    example_inputs: Mapping[str, Any],
+    path: str | Path,
+    *,
+    output_names: Sequence[str],
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
+    opset: int = DEFAULT_OPSET,
+    exporter: str = "dynamo",
+    external_data: bool | None = None,
+    optimize: bool = True,
+    verify: Callable[[Path], None] | None = None,
+    extra_files: Callable[[Path], Sequence[Path]] | None = None,
+) -> Path:
+    """Export ``module`` (called with ``example_inputs`` as positional arguments, in order) to ``path``.
+
+    ``dynamic_axes`` maps input and output names to ``{axis: dim name}``; a name shared by several
+    axes makes them one dimension. ``external_data``: ``None`` puts the weights in ONE file
+    ``path.data`` beside the model when they exceed 2 GB, ``True`` always, ``False`` never.
+    ``verify(tmp_onnx)`` runs on the export in its temporary directory and may raise to abort;
+    ``extra_files(tmp_onnx)`` returns more files to move into place (e.g. a manifest). The ``.onnx``
+    is moved last, so it only appears when everything else is in place.
+    """
+    import torch
+
+    if exporter not in EXPORTERS:
+        raise ConfigError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
+    path = Path(path)
+    if path.suffix != ".onnx":
+        raise ConfigError(f"{path}: the output must end in .onnx")
+    dynamic_axes = dict(dynamic_axes or {})
+    if external_data is None:
+        external_data = _module_bytes(module) > TWO_GB
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    try:
+        tmp = tmpdir / path.name
+        args = tuple(example_inputs.values())
+        with torch.no_grad():
+            if exporter == "dynamo":
+                program = torch.onnx.export(
+                    module, args, dynamo=True, input_names=list(example_inputs), output_names=list(output_names),
+                    dynamic_shapes=_dynamo_shapes(example_inputs, dynamic_axes), opset_version=opset, optimize=optimize,
+                )
+                program.save(str(tmp), external_data=external_data)
+                del program
+            else:
+                _export_torchscript(module, args, tmp, list(example_inputs), list(output_names), dynamic_axes, opset, external_data)
+        made = sorted(p.name for p in tmpdir.iterdir())
+        expected = sorted([tmp.name] + ([data_file(tmp).name] if external_data else []))
+        if made != expected:
+            raise ArtifactError(f"{path}: the exporter wrote {made}, expected {expected}")
+        if verify is not None:
+            verify(tmp)
+        extras = list(extra_files(tmp)) if extra_files else []
+        _move_into_place(tmp, path, extras)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    return path
+
+
+def _export_torchscript(module, args, tmp: Path, input_names, output_names, dynamic_axes, opset, external_data) -> None:
+    """The legacy exporter; its per-tensor external files are consolidated into one ``.data`` file."""
+    import torch
+
+    onnx = lazy_import("onnx", purpose="exporting ONNX models")
+    scratch = tmp.parent / "torchscript"
+    scratch.mkdir()
+    raw = scratch / tmp.name
+    torch.onnx.export(
+        module, args, str(raw), dynamo=False, input_names=input_names, output_names=output_names,
+        dynamic_axes={k: dict(v) for k, v in dynamic_axes.items()}, opset_version=opset, do_constant_folding=True,
+    )
+    model = onnx.load(str(raw))  # loads any external tensors the exporter split out
+    onnx.save_model(model, str(tmp), save_as_external_data=external_data, all_tensors_to_one_file=True,
+                    location=data_file(tmp).name, size_threshold=0)
+    del model
+    shutil.rmtree(scratch)
+
+
+def _move_into_place(tmp: Path, path: Path, extras: Sequence[Path]) -> None:
+    if path.exists():
+        path.unlink()  # an old model must not sit beside new data
+    stale = data_file(path)
+    if stale.exists() and not data_file(tmp).exists():
+        stale.unlink()
+    if data_file(tmp).exists():
+        os.replace(data_file(tmp), stale)
+    for extra in extras:
+        os.replace(extra, path.parent / extra.name)
+    os.replace(tmp, path)
+
+
+# --- checks ---------------------------------------------------------------------------------------
+
+def check_model(path: str | Path) -> None:
+    """onnx.checker and shape inference, both by path so external data (and > 2 GB models) work."""
+    onnx = lazy_import("onnx", purpose="checking ONNX models")
+    path = Path(path)
+    for loc in external_data_files(path):
+        if not (path.parent / loc).exists():
+            raise ArtifactError(f"{path}: external data file {path.parent / loc} is missing")
+    try:
+        onnx.checker.check_model(str(path), full_check=False)
+    except onnx.checker.ValidationError as exc:
+        raise ArtifactError(f"{path}: onnx.checker failed: {str(exc).splitlines()[0]}") from None
+    fd, inferred = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
+    os.close(fd)
+    try:
+        onnx.shape_inference.infer_shapes_path(str(path), inferred)
+    except Exception as exc:  # onnx raises InferenceError and RuntimeError
+        raise ArtifactError(f"{path}: shape inference failed: {str(exc).splitlines()[0]}") from None
+    finally:
+        os.unlink(inferred)
+
+
+def io_signature(path: str | Path) -> dict[str, list[dict[str, Any]]]:
+    """Inputs and outputs of an ONNX file: name, shape (ints, or dim names for dynamic axes), dtype."""
+    onnx = lazy_import("onnx", purpose="reading ONNX models")
+    model = onnx.load(str(path), load_external_data=False)
+
+    def describe(values):
+        out = []
+        for v in values:
+            tt = v.type.tensor_type
+            shape = [d.dim_param or (d.dim_value if d.HasField("dim_value") else "?") for d in tt.shape.dim]
+            out.append({"name": v.name, "shape": shape, "dtype": onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name})
+        return out
+
+    return {"inputs": describe(model.graph.input), "outputs": describe(model.graph.output)}
+
+
+def op_counts(path: str | Path) -> dict[str, int]:
+    onnx = lazy_import("onnx", purpose="reading ONNX models")
+    counts: dict[str, int] = {}
+    for node in onnx.load(str(path), load_external_data=False).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+#: Ops TensorRT handles badly or that signal a data-dependent shape (HF's boolean scatter exports to these).
+UNFRIENDLY_OPS = ("NonZero", "ScatterND")
+
+
+def simplify(path: Path) -> None:
+    """Rewrite ``path`` with onnxslim (constant folding, dead-node removal), keeping one external data file."""
+    onnx = lazy_import("onnx", purpose="--simplify")
+    onnxslim = lazy_import("onnxslim", purpose="--simplify")
+    external = data_file(path).exists()
+    model = onnxslim.slim(str(path))
+    if model is None:
+        raise ArtifactError(f"{path}: onnxslim returned no model")
+    for stale in (path, data_file(path)):
+        if stale.exists():
+            stale.unlink()  # onnx appends to an existing external data file
+    onnx.save_model(model, str(path), save_as_external_data=external, all_tensors_to_one_file=True,
+                    location=data_file(path).name, size_threshold=0 if external else 1024)
+    if not external and data_file(path).exists():
+        raise ArtifactError(f"{path}: onnxslim output unexpectedly wrote external data")
+
+
+# --- the policy ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class OnnxExportOptions:
+    """How to export a policy. ``window=None`` uses the config's window."""
+
+    opset: int = DEFAULT_OPSET
+    exporter: str = "dynamo"
+    window: int | None = None
+    dynamic_window: bool = False
+    debug_outputs: bool = False
+    external_data: bool | None = None
+    simplify: bool = False
+    optimize: bool = True
+    ort_check: bool = True
+    parity_samples: int = 2
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        import dataclasses
+
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class OnnxExportResult:
+    path: Path
+    files: list[dict[str, Any]]
+    seconds: float
+    completeness: Any  # Completeness
+    parity: list[Any] = field(default_factory=list)  # ParityResult per stage ("export", "simplified")
+    ops: dict[str, int] = field(default_factory=dict)
+    io: dict[str, Any] = field(default_factory=dict)
+    manifest_path: Path | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.completeness.passed and all(p.passed for p in self.parity)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "files": self.files,
+            "seconds": self.seconds,
+            "completeness": self.completeness.to_dict(),
+            "parity": [p.to_dict() for p in self.parity],
+            "ops": self.ops,
+            "io": self.io,
+            "manifest": str(self.manifest_path) if self.manifest_path else None,
+        }
+
+
+def policy_graph(policy, debug_outputs: bool):
+    """The policy behind a forward that takes exactly the graph inputs and returns the graph outputs."""
+    import torch
+
+    class PolicyGraph(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.policy = policy
+
+        def forward(self, pixel_values, input_ids, attention_mask):
+            return self.policy(pixel_values, input_ids, attention_mask, return_features=debug_outputs)
+
+    return PolicyGraph().eval()
+
+
+def policy_output_names(debug_outputs: bool) -> tuple[str, ...]:
+    return ("actions", "features") if debug_outputs else ("actions",)
+
+
+def export_policy(loaded, path: str | Path, options: OnnxExportOptions = OnnxExportOptions()) -> OnnxExportResult:
+    """Export a loaded policy (:class:`~vla_export.models.loader.LoadedPolicy`) to ``path`` and verify it.
+
+    Raises :class:`ArtifactError` (nothing left at ``path``) when the graph is incomplete, fails the
+    checker or shape inference, holds ops TensorRT cannot take, or disagrees with PyTorch.
+    """
+    import torch
+
+    from vla_export.data.source import INPUT_NAMES, SyntheticSource
+    from vla_export.export.manifest import build_manifest, manifest_path, versions, write_manifest
+    from vla_export.fileio import sha256_file
+
+    path = Path(path)
+    cfg, policy = loaded.config, loaded.policy
+    window = options.window or cfg.window
+    if window < 1:
+        raise ConfigError(f"--window must be positive, got {window}")
+    example = SyntheticSource(cfg, seed=options.seed, batch=EXPORT_BATCH, window=window).sample(0)
+    example_t = {k: torch.from_numpy(example[k]) for k in INPUT_NAMES}
+    dyn = {"pixel_values": {0: "batch"}, "input_ids": {0: "batch", 1: "text_len"}, "attention_mask": {0: "batch", 1: "text_len"}}
+    if options.dynamic_window:
+        dyn["pixel_values"][1] = "window"
+    outputs = policy_output_names(options.debug_outputs)
+    state: dict[str, Any] = {"parity": []}
+    start = time.perf_counter()
+
+    def verify(tmp: Path) -> None:
+        state["export_seconds"] = time.perf_counter() - start
+        log.info("exported in %.1f s; checking", state["export_seconds"])
+        _verify_stage(tmp, loaded, options, window, state, "export")
+        if options.simplify:
+            simplify(tmp)
+            _verify_stage(tmp, loaded, options, window, state, "simplified")
+
+    def manifest(tmp: Path) -> list[Path]:
+        files = [tmp] + ([data_file(tmp)] if data_file(tmp).exists() else [])
+        ckpt = loaded.checkpoint.path
+        data = build_manifest(
+            MANIFEST_KIND, tmp, files,
+            source={"checkpoint": str(ckpt), "sha256": sha256_file(ckpt), "bytes": Path(ckpt).stat().st_size},
+            config=cfg.to_dict(),
+            window=window,
+            options=options.to_dict(),
+            opset=options.opset,
+            exporter=options.exporter,
+            parameters=state["completeness"].to_dict(),
+            io=state["io"],
+            ops=state["ops"],
+            parity={p.label: p.to_dict() for p in state["parity"]},
+            export_seconds=state["export_seconds"],
+            versions=versions(),
+        )
+        out = manifest_path(tmp)
+        write_manifest(tmp, data, path=out)
+        state["files"] = data["files"]
+        return [out]
+
+    with torch.no_grad():
+        # A quick sanity check of the example through PyTorch before paying for the export.
+        policy(*example_t.values())
+    export_module(
+        policy_graph(policy, options.debug_outputs), example_t, path, output_names=outputs, dynamic_axes=dyn,
+        opset=options.opset, exporter=options.exporter, external_data=options.external_data, optimize=options.optimize,
+        verify=verify, extra_files=manifest,
+    )
+    return OnnxExportResult(
+        path=path, files=state["files"], seconds=time.perf_counter() - start, completeness=state["completeness"],
+        parity=state["parity"], ops=state["ops"], io=state["io"], manifest_path=manifest_path(path),
+    )
+
+
+def _verify_stage(tmp: Path, loaded, options: OnnxExportOptions, window: int, state: dict[str, Any], label: str) -> None:
+    from vla_export.export.completeness import require_complete
+
+    check_model(tmp)
+    state["completeness"] = require_complete(tmp, loaded.policy)
+    state["ops"] = op_counts(tmp)
+    bad = [op for op in UNFRIENDLY_OPS if op in state["ops"]]
+    if bad:
+        raise ArtifactError(f"{tmp.name}: the graph contains {bad}, which TensorRT handles badly")
+    state["io"] = io_signature(tmp)
+    if options.ort_check:
+        state["parity"].append(ort_parity(tmp, loaded, window=window, debug_outputs=options.debug_outputs,
+                                          samples=options.parity_samples, seed=options.seed, label=label))
+        result = state["parity"][-1]
+        if not result.passed:
+            raise ArtifactError(f"{tmp.name}: ONNX Runtime disagrees with PyTorch after {label}: {result.summary()}")
+
+
+def ort_parity(path: Path, loaded, *, window: int, debug_outputs: bool, samples: int, seed: int, label: str):
+    """ONNX Runtime vs PyTorch on ``samples`` feeds at batch 1 and ``samples`` at batch 3 (other text lengths than the export)."""
+    from vla_export.backends.onnxrt import OnnxrtRunner
+    from vla_export.backends.torch_runner import TorchRunner
+    from vla_export.data.source import SyntheticSource
+    from vla_export.parity import compare_runners
+
+    cfg = loaded.config
+    feeds = [SyntheticSource(cfg, seed=seed + 1, batch=1, window=window, text_len=min(7, cfg.max_text_len)).sample(i) for i in range(samples)]
+    feeds += [SyntheticSource(cfg, seed=seed + 2, batch=3, window=window, text_len=min(11, cfg.max_text_len)).sample(i) for i in range(samples)]
+    with TorchRunner(loaded.policy, debug_outputs=debug_outputs) as ref, OnnxrtRunner(path) as cand:
+        return compare_runners(ref, cand, feeds, precision="fp32", label=label)
+
+
+class OnnxFromPolicy:
+    """A lazy step: calling it loads the policy (from ``policy_loader``), exports and verifies it."""
+
+    def __init__(self, policy_loader: Callable[[], Any], path: str | Path, options: OnnxExportOptions = OnnxExportOptions()):
+        self.policy_loader, self.path, self.options = policy_loader, Path(path), options
+
+    def __call__(self) -> OnnxExportResult:
+        return export_policy(self.policy_loader(), self.path, self.options)
