@@ -21,6 +21,8 @@ demo: install
 	@rm -rf $(DEMO) && mkdir -p $(DEMO)
 	$(BIN)/vla-export init --preset tiny -o $(DEMO)/tiny.pt --seed 0
 	$(BIN)/vla-export inspect $(DEMO)/tiny.pt --json $(DEMO)/tiny.inspect.json
+	$(BIN)/vla-export onnx $(DEMO)/tiny.pt -o $(DEMO)/tiny.onnx --debug-outputs --json $(DEMO)/tiny.onnx.report.json
+	$(BIN)/vla-export parity $(DEMO)/tiny.pt $(DEMO)/tiny.onnx --samples 8 --json $(DEMO)/tiny.parity.json
 	@echo "demo: OK (artifacts in $(DEMO)/)"
 
 test: install

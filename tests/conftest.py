@@ -32,6 +32,20 @@ def tiny_kosmos_ckpt(tmp_path_factory) -> Path:
     return save_training_checkpoint(policy, tmp_path_factory.mktemp("ckpt") / "tiny-kosmos.pt")
 
 
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory, tiny_ckpt) -> Path:
+    """`tiny_ckpt` exported once per session (dynamo, opset 18, output `actions`), verified, with its manifest.
+
+    Read-only: copy it before modifying it.
+    """
+    from vla_export.export.onnx import OnnxExportOptions, OnnxFromPolicy
+    from vla_export.models.loader import PolicyFromCheckpoint
+
+    path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    OnnxFromPolicy(PolicyFromCheckpoint(tiny_ckpt), path, OnnxExportOptions(parity_samples=1))()
+    return path
+
+
 class CliResult:
     def __init__(self, code: int, out: str, err: str):
         self.exit_code, self.stdout, self.stderr = code, out, err

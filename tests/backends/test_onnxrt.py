@@ -1,0 +1,78 @@
+"""The ONNX Runtime runner and runner selection by artifact suffix."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vla_export.errors import ArtifactError, MissingDependencyError, RunnerError
+
+
+def test_runner_reports_provider_and_matches_torch(tiny_onnx, tiny_policy):
+    from vla_export.backends.onnxrt import OnnxrtRunner
+    from vla_export.backends.torch_runner import TorchRunner
+    from vla_export.data.source import SyntheticSource
+
+    feed = SyntheticSource(tiny_policy.cfg, batch=2).sample(3)
+    runner = OnnxrtRunner(tiny_onnx)
+    with pytest.raises(RunnerError, match="activate"):
+        runner.infer(feed)
+    with runner, TorchRunner(tiny_policy) as ref:
+        info = runner.describe()
+        assert info["provider"] == "CPUExecutionProvider" and info["fallback"] is False and info["device"] == "cpu"
+        assert list(runner.input_names) == ["pixel_values", "input_ids", "attention_mask"]
+        assert runner.input_shapes["pixel_values"] == ["batch", 4, 3, 224, 224]
+        staged = runner.stage(feed)
+        out = runner.to_host(runner.execute(staged))
+        runner.synchronize()
+        np.testing.assert_allclose(out["actions"], ref.infer(feed)["actions"], atol=1e-5)
+        with pytest.raises(RunnerError, match="inputs do not match"):
+            runner.infer({"pixel_values": feed["pixel_values"]})
+
+
+def test_unavailable_provider_is_an_error(tiny_onnx):
+    from vla_export.backends.onnxrt import OnnxrtRunner
+
+    with pytest.raises(RunnerError, match="has no"):
+        OnnxrtRunner(tiny_onnx, providers=["NoSuchExecutionProvider"]).activate()
+
+
+def test_default_providers():
+    from vla_export.backends.onnxrt import default_providers
+
+    assert default_providers(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    assert default_providers(["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]) == [
+        "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_bad_files(tmp_path):
+    from vla_export.backends.onnxrt import OnnxrtRunner
+
+    with pytest.raises(ArtifactError, match="not found"):
+        OnnxrtRunner(tmp_path / "none.onnx").activate()
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(ArtifactError, match="junk.onnx"):
+        OnnxrtRunner(junk).activate()
+
+
+def test_select_by_suffix(tiny_onnx, tiny_ckpt, tmp_path, monkeypatch):
+    from vla_export.backends.onnxrt import OnnxrtRunner
+    from vla_export.backends.select import artifact_kind, runner_for_artifact
+    from vla_export.backends.torch_runner import TorchRunner
+
+    assert isinstance(runner_for_artifact(tiny_onnx), OnnxrtRunner)
+    torch_runner = runner_for_artifact(tiny_ckpt, debug_outputs=True)
+    assert isinstance(torch_runner, TorchRunner)
+    with torch_runner:
+        assert torch_runner.output_names == ("actions", "features")
+    assert artifact_kind("x.plan") == "engine"
+    with pytest.raises(ArtifactError, match="unknown artifact type"):
+        runner_for_artifact(tmp_path / "x.txt")
+    with pytest.raises(ArtifactError, match="not found"):
+        runner_for_artifact(tmp_path / "x.onnx")
+    engine = tmp_path / "x.engine"
+    engine.write_bytes(b"\0")
+    monkeypatch.setitem(__import__("sys").modules, "vla_export.backends.tensorrt", None)  # unimportable
+    with pytest.raises(MissingDependencyError, match="TensorRT"):
+        runner_for_artifact(engine)
