@@ -136,8 +136,10 @@ def test_runners_with_the_wrong_inputs_are_refused(tiny_policy, tokenizer):
     from vla_export.runtime.parts import torch_part_runners
 
     backbone, head = torch_part_runners(tiny_policy)
-    with pytest.raises(RunnerError, match="expected"):
-        Policy(head, backbone, tokenizer=tokenizer, window=4, image_size=32)
+    swapped = Policy(head, backbone, tokenizer=tokenizer, window=4, image_size=32)
+    with pytest.raises(RunnerError, match="a backbone part takes"):
+        swapped.activate()
+    swapped.close()
 
 
 NO_TORCH = """

@@ -76,6 +76,22 @@ class FeatureRing:
 
 
 @dataclass(frozen=True)
+class FixedPrompt:
+    """A tokenizer stand-in that returns given token ids whatever the prompt.
+
+    For configs without a local tokenizer (the full Kosmos-2 vocabulary) in benchmarks and export
+    checks, which need the backbone's inputs, not a meaningful instruction.
+    """
+
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    name: str = "fixed-ids"
+
+    def encode(self, prompt: str, max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        return np.asarray(self.input_ids).reshape(-1), np.asarray(self.attention_mask).reshape(-1)
+
+
+@dataclass(frozen=True)
 class StepTiming:
     """Wall-clock milliseconds of the last step; runner ``infer`` synchronises, so these are complete."""
 
@@ -108,9 +124,6 @@ class Policy:
         action_dim: int | None = None,
         text_len: int | None = None,
     ):
-        for role, runner, names in (("backbone", backbone, BACKBONE_INPUTS), ("head", head, HEAD_INPUTS)):
-            if tuple(runner.input_names) != names:
-                raise RunnerError(f"{role} runner {runner.name} takes {list(runner.input_names)}, expected {list(names)}")
         self.backbone, self.head = backbone, head
         self.tokenizer, self.window, self.image_size = tokenizer, window, image_size
         self.action_dim, self.text_len = action_dim, text_len
@@ -119,13 +132,28 @@ class Policy:
         self._prompt: dict[str, np.ndarray] | None = None
         self.steps = 0
         self.last_timing: StepTiming | None = None
+        self._checked = False
 
     # --- lifecycle ---
     def activate(self) -> Policy:
+        """Activate both runners (those not active yet) and check their inputs and outputs."""
         for runner in (self.backbone, self.head):
             if not runner.is_active:
                 runner.activate()
+        self._check_runners()
         return self
+
+    def _check_runners(self) -> None:
+        parts = (("backbone", self.backbone, BACKBONE_INPUTS, BACKBONE_OUTPUTS), ("head", self.head, HEAD_INPUTS, HEAD_OUTPUTS))
+        for role, runner, inputs, outputs in parts:
+            if not runner.is_active:
+                raise RunnerError(f"the {role} runner {runner.name} is not active: use the Policy as a context manager or call activate()")
+            if set(runner.input_names) != set(inputs) or outputs[0] not in runner.output_names:
+                raise RunnerError(
+                    f"the {role} runner {runner.name} takes {list(runner.input_names)} and gives {list(runner.output_names)}; "
+                    f"a {role} part takes {list(inputs)} and gives {list(outputs)} (was it exported with --split?)"
+                )
+        self._checked = True
 
     def close(self) -> None:
         for runner in (self.backbone, self.head):
@@ -156,6 +184,8 @@ class Policy:
         if self._prompt is None:
             raise RunnerError("Policy.step() before Policy.reset(instruction): call reset() at the start of each episode")
         check_frame(frame)
+        if not self._checked:
+            self._check_runners()
         t0 = time.perf_counter()
         pixels = preprocess_frame(frame, self.image_size)[None]
         t1 = time.perf_counter()

@@ -1,0 +1,214 @@
+"""Streaming benchmark: what one control step costs (backbone on one frame + head on the window).
+
+The claim under test: with the split runtime a step costs about one single-frame backbone pass,
+whatever the window T, instead of T backbone passes. For each T the benchmark times, interleaved
+iteration by iteration so that load changes on a shared machine hit all of them alike:
+
+* ``backbone``: the backbone part alone on one frame, right after preprocessing it untimed, as in a
+  step (the reference cost);
+* ``step``: :meth:`Policy.step` (backbone + head, as :class:`StepTiming` splits it; preprocessing,
+  identical for any way of running the policy, is reported apart in ``step_total``);
+* ``head``: the head part inside that step;
+* ``full_window`` (optional): the unsplit policy over all T frames, what a step would cost without
+  the split.
+
+Runner ``infer`` synchronises before it returns, so wall-clock time around it is complete.
+The target is ``step p50 <= 1.10 x backbone p50`` for every T.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from vla_export.backends.base import Runner
+from vla_export.bench.env import capture_environment
+from vla_export.bench.stats import LatencyStats
+from vla_export.data.preprocess import preprocess_frame
+from vla_export.data.source import SyntheticSource
+from vla_export.models.config import PolicyConfig
+from vla_export.runtime.policy import FixedPrompt, Policy
+
+TARGET_RATIO = 1.10
+
+
+@dataclass
+class WindowTiming:
+    window: int
+    step: LatencyStats
+    step_total: LatencyStats
+    head: LatencyStats
+    full_window: LatencyStats | None
+    backbone_p50_ms: float
+
+    @property
+    def ratio(self) -> float:
+        """Step p50 over single-frame backbone p50."""
+        return self.step.p50_ms / self.backbone_p50_ms
+
+    @property
+    def within_target(self) -> bool:
+        return self.ratio <= TARGET_RATIO
+
+    @property
+    def speedup_vs_full(self) -> float | None:
+        return None if self.full_window is None else self.full_window.p50_ms / self.step.p50_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "window": self.window,
+            "ratio_step_to_backbone": self.ratio,
+            "within_target": self.within_target,
+            "speedup_vs_full_window": self.speedup_vs_full,
+            "step": self.step.to_dict(),
+            "step_total_with_preprocess": self.step_total.to_dict(),
+            "head": self.head.to_dict(),
+            "full_window": None if self.full_window is None else self.full_window.to_dict(),
+        }
+
+
+@dataclass
+class StreamingResult:
+    """One streaming benchmark: the single-frame backbone and, per window, step/head/full-window latency."""
+
+    model: str
+    backbone: LatencyStats
+    windows: list[WindowTiming]
+    runners: dict[str, Any]
+    settings: dict[str, Any]
+    environment: dict[str, Any] = field(default_factory=dict)
+    command: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return all(w.within_target for w in self.windows)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "streaming",
+            "model": self.model,
+            "target": f"step p50 <= {TARGET_RATIO:.2f} x single-frame backbone p50, for every window",
+            "passed": self.passed,
+            "command": self.command,
+            "backbone_single_frame": self.backbone.to_dict(),
+            "windows": [w.to_dict() for w in self.windows],
+            "runners": self.runners,
+            "settings": self.settings,
+            "environment": self.environment,
+        }
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def bench_streaming(
+    backbone: Runner,
+    heads: Mapping[int, Runner],
+    *,
+    config: PolicyConfig,
+    full: Mapping[int, Runner] | None = None,
+    warmup: int = 3,
+    iters: int = 20,
+    seed: int = 0,
+    frame_hw: tuple[int, int] = (480, 640),
+    command: str | None = None,
+) -> StreamingResult:
+    """Time active runners: ``heads`` and ``full`` map each window T to a runner for it.
+
+    One runner per T lets shape-specialised backends (CUDA graphs, static engines) keep one shape.
+    """
+    source = SyntheticSource(config, seed=seed, frame_hw=frame_hw)
+    sample = source.sample(0)
+    prompt = FixedPrompt(sample["input_ids"], sample["attention_mask"])
+    rng = np.random.default_rng(seed)
+    frames = [source.frame(rng) for _ in range(4)]
+    pixels = preprocess_frame(frames[0], config.image_size)[None]  # the full-window input: T copies
+    text = {"input_ids": sample["input_ids"], "attention_mask": sample["attention_mask"]}
+    policies = {
+        t: Policy(backbone, head, tokenizer=prompt, window=t, image_size=config.image_size, action_dim=config.action_dim)
+        for t, head in heads.items()
+    }
+    windows = {t: np.repeat(pixels[:, None], t, axis=1) for t in heads}
+    for p in policies.values():
+        p.reset(None)
+
+    samples: dict[str, list[float]] = {"backbone": []}
+    for i in range(warmup + iters):
+        keep = i >= warmup
+        # Preprocess (untimed) first, as a step does: a step's backbone call follows the NumPy resize,
+        # which cools caches and lets idle intra-op threads sleep; the reference sees the same.
+        frame_pixels = preprocess_frame(frames[i % len(frames)], config.image_size)[None]
+        dt = _timed(lambda: backbone.infer({"pixel_values": frame_pixels, **text}))
+        if keep:
+            samples["backbone"].append(dt)
+        for t, policy in policies.items():
+            policy.step(frames[i % len(frames)])
+            if keep:
+                timing = policy.last_timing
+                samples.setdefault(f"step{t}", []).append((timing.backbone_ms + timing.head_ms) / 1e3)
+                samples.setdefault(f"total{t}", []).append(timing.total_ms / 1e3)
+                samples.setdefault(f"head{t}", []).append(timing.head_ms / 1e3)
+            if full is not None and t in full:
+                dt = _timed(lambda: full[t].infer({"pixel_values": windows[t], **text}))
+                if keep:
+                    samples.setdefault(f"full{t}", []).append(dt)
+
+    backbone_stats = LatencyStats.from_seconds(samples["backbone"])
+    result = StreamingResult(
+        model=config.name,
+        backbone=backbone_stats,
+        windows=[
+            WindowTiming(
+                window=t,
+                step=LatencyStats.from_seconds(samples[f"step{t}"]),
+                step_total=LatencyStats.from_seconds(samples[f"total{t}"]),
+                head=LatencyStats.from_seconds(samples[f"head{t}"]),
+                full_window=LatencyStats.from_seconds(samples[f"full{t}"]) if f"full{t}" in samples else None,
+                backbone_p50_ms=backbone_stats.p50_ms,
+            )
+            for t in heads
+        ],
+        runners={"backbone": backbone.describe(), "head": next(iter(heads.values())).describe()}
+        | ({"full_window": next(iter(full.values())).describe()} if full else {}),
+        settings={"warmup": warmup, "iters": iters, "seed": seed, "frame_hw": list(frame_hw), "text_len": int(sample["input_ids"].shape[-1]),
+                  "interleaved": True, "timer": "perf_counter around synchronous infer()"},
+        environment=capture_environment(),
+        command=command,
+    )
+    return result
+
+
+def bench_torch_streaming(
+    policy: Any,
+    *,
+    windows: Sequence[int],
+    device: str = "cpu",
+    dtype: str = "float32",
+    cuda_graph: bool = False,
+    full_window: bool = True,
+    **kwargs: Any,
+) -> StreamingResult:
+    """:func:`bench_streaming` with PyTorch runners for both parts (and the unsplit policy) of ``policy``."""
+    from vla_export.backends.torch_runner import TorchRunner
+    from vla_export.runtime.parts import torch_part_runners
+
+    policy = getattr(policy, "policy", policy)
+    opts = {"device": device, "dtype": dtype, "cuda_graph": cuda_graph}
+    backbone, head = torch_part_runners(policy, **opts)
+    heads = {t: head if i == 0 else torch_part_runners(policy, **opts)[1] for i, t in enumerate(windows)}
+    full = {t: TorchRunner(policy, **opts) for t in windows} if full_window else {}
+    runners = [backbone, *heads.values(), *full.values()]
+    try:
+        for r in runners:
+            r.activate()
+        return bench_streaming(backbone, heads, config=policy.cfg, full=full or None, **kwargs)
+    finally:
+        for r in runners:
+            r.deactivate()

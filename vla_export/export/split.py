@@ -1,0 +1,301 @@
+"""Split export for streaming: ``NAME.backbone.onnx`` (one frame + prompt -> feature) and ``NAME.head.onnx``.
+
+Each part goes through :func:`~vla_export.export.onnx.export_module` and is verified in its
+temporary directory before it appears: onnx.checker and shape inference, a completeness proof
+against the part's own parameters, no TensorRT-unfriendly ops, and ONNX Runtime vs the PyTorch part.
+Each part gets a manifest (``NAME.backbone.onnx.json``, kind ``onnx``, with ``part``). Then:
+
+* the parts' parameter counts must add up to the policy's (each parameter in exactly one part);
+* the two ONNX parts, composed by the streaming :class:`~vla_export.runtime.Policy`, must give the
+  full PyTorch policy's actions over a short synthetic stream (warm-up steps included).
+
+Only then is ``NAME.split.json`` written; it is what ``vla-export replay`` and ``vla-bench
+--streaming`` read. The head has a dynamic window axis, so one head file serves any T.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vla_export.errors import ArtifactError, ConfigError
+from vla_export.export.manifest import SCHEMA, build_manifest, manifest_path, read_manifest, versions, write_manifest
+from vla_export.export.onnx import (
+    DEFAULT_OPSET,
+    EXPORT_BATCH,
+    MANIFEST_KIND,
+    UNFRIENDLY_OPS,
+    check_model,
+    data_file,
+    export_module,
+    io_signature,
+    op_counts,
+)
+from vla_export.models.config import PolicyConfig
+from vla_export.runtime.policy import BACKBONE_INPUTS, BACKBONE_OUTPUTS, HEAD_INPUTS, HEAD_OUTPUTS
+
+log = logging.getLogger(__name__)
+
+PARTS = ("backbone", "head")
+SPLIT_KIND = "split"
+STREAM_CHECK_EXTRA_FRAMES = 2  # frames past the window in the composed check, so the ring wraps
+
+
+def split_paths(prefix: str | Path) -> dict[str, Path]:
+    """``out/tiny`` (or ``out/tiny.onnx``) -> the part files and ``out/tiny.split.json``."""
+    prefix = Path(prefix)
+    if prefix.suffix == ".onnx":
+        prefix = prefix.with_suffix("")
+    return {
+        "backbone": prefix.with_name(prefix.name + ".backbone.onnx"),
+        "head": prefix.with_name(prefix.name + ".head.onnx"),
+        "split": prefix.with_name(prefix.name + ".split.json"),
+    }
+
+
+@dataclass(frozen=True)
+class SplitOptions:
+    opset: int = DEFAULT_OPSET
+    exporter: str = "dynamo"
+    window: int | None = None  # the runtime window recorded in the manifest (default: the config's)
+    external_data: bool | None = None
+    optimize: bool = True
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        import dataclasses
+
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class PartExport:
+    part: str
+    path: Path
+    completeness: Any  # Completeness
+    parity: Any  # ParityResult
+    io: dict[str, Any]
+    ops: dict[str, int]
+    parameters: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "part": self.part, "path": str(self.path), "parameters": self.parameters,
+            "completeness": self.completeness.to_dict(), "parity": self.parity.to_dict(), "io": self.io, "ops": self.ops,
+        }
+
+
+@dataclass
+class SplitExportResult:
+    backbone: PartExport
+    head: PartExport
+    policy_parameters: int
+    stream_check: Any  # ReplayResult over synthetic frames
+    manifest_path: Path
+    seconds: float
+    parts: dict[str, PartExport] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.parts = {"backbone": self.backbone, "head": self.head}
+
+    @property
+    def passed(self) -> bool:
+        return all(p.completeness.passed and p.parity.passed for p in self.parts.values()) and self.stream_check.passed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "manifest": str(self.manifest_path),
+            "seconds": self.seconds,
+            "parameters": {"policy": self.policy_parameters, **{k: p.parameters for k, p in self.parts.items()}},
+            "parts": {k: p.to_dict() for k, p in self.parts.items()},
+            "stream_check": self.stream_check.to_dict(),
+        }
+
+
+def _part_inputs(loaded, *, seed: int, batch: int, window: int, text_len: int | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """Inputs of both parts from one synthetic sample: its first frames, and the PyTorch features of its window."""
+    import torch
+
+    from vla_export.data.source import SyntheticSource
+
+    cfg = loaded.config
+    s = SyntheticSource(cfg, seed=seed, batch=batch, window=window, text_len=text_len and min(text_len, cfg.max_text_len)).sample(0)
+    with torch.no_grad():
+        _, feats = loaded.policy(*(torch.from_numpy(s[k]) for k in BACKBONE_INPUTS), return_features=True)
+    return {
+        "backbone": {"pixel_values": s["pixel_values"][:, 0], "input_ids": s["input_ids"], "attention_mask": s["attention_mask"]},
+        "head": {"features": feats.numpy()},
+    }
+
+
+#: Parity feeds (batch, text length, window as a multiple of the runtime window), other than the export's.
+PARITY_CASES = ((1, 7, 1.0), (3, 11, 0.5), (1, 5, 2.0))
+
+
+def compare_parts(reference, candidate, feeds, *, label: str):
+    """PyTorch part vs ONNX part on every feed, per output (fp32 tolerance of :mod:`vla_export.parity`)."""
+    from vla_export.parity import ParityResult, compare_output, tolerance_for
+
+    tol = tolerance_for("fp32")
+    names = list(reference.output_names)
+    refs: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    cands: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for feed in feeds:
+        r, c = reference.infer(feed), candidate.infer(feed)
+        for n in names:
+            if r[n].shape != c[n].shape:
+                raise ArtifactError(f"{label}: output '{n}' has shape {c[n].shape}, PyTorch gives {r[n].shape}")
+            refs[n].append(r[n].reshape(r[n].shape[0], -1))
+            cands[n].append(c[n].reshape(c[n].shape[0], -1))
+    outputs = {n: compare_output(n, np.concatenate(refs[n]), np.concatenate(cands[n]), tol) for n in names}
+    return ParityResult(reference.describe(), candidate.describe(), "fp32", tol, len(feeds), outputs, label)
+
+
+def export_split(loaded, prefix: str | Path, options: SplitOptions = SplitOptions()) -> SplitExportResult:
+    """Export a loaded policy as two verified parts beside ``prefix`` and write ``prefix.split.json``.
+
+    Raises :class:`ArtifactError` when a part is incomplete, fails a check or disagrees with PyTorch,
+    when the parts' parameters do not add up to the policy's, or when the composed parts disagree
+    with the full policy; ``prefix.split.json`` then does not appear.
+    """
+    import torch
+
+    from vla_export.backends.onnxrt import OnnxrtRunner
+    from vla_export.export.completeness import require_complete
+    from vla_export.fileio import sha256_file
+    from vla_export.runtime.parts import TorchPartRunner, split_policy
+
+    cfg, policy = loaded.config, loaded.policy
+    window = options.window or cfg.window
+    if window < 1:
+        raise ConfigError(f"--window must be positive, got {window}")
+    paths = split_paths(prefix)
+    stale = paths["split"]
+    if stale.exists():
+        stale.unlink()  # the old record must not describe new parts
+    start = time.perf_counter()
+    modules = dict(zip(PARTS, split_policy(policy)))
+    cases = [_part_inputs(loaded, seed=options.seed + 1 + i, batch=b, window=max(1, round(f * window)), text_len=n)
+             for i, (b, n, f) in enumerate(PARITY_CASES)]
+    feeds = {part: [c[part] for c in cases] for part in PARTS}
+    # batch EXPORT_BATCH: the exporter specialises an axis it sees as 1
+    example = {part: {k: torch.from_numpy(v) for k, v in inputs.items()}
+               for part, inputs in _part_inputs(loaded, seed=options.seed, batch=EXPORT_BATCH, window=window).items()}
+    names = {"backbone": (BACKBONE_INPUTS, BACKBONE_OUTPUTS), "head": (HEAD_INPUTS, HEAD_OUTPUTS)}
+    dynamic = {
+        "backbone": {"pixel_values": {0: "batch"}, "input_ids": {0: "batch", 1: "text_len"}, "attention_mask": {0: "batch", 1: "text_len"}},
+        "head": {"features": {0: "batch", 1: "window"}},
+    }
+    ckpt = Path(loaded.checkpoint.path)
+    source = {"checkpoint": str(ckpt), "sha256": sha256_file(ckpt), "bytes": ckpt.stat().st_size}
+    results: dict[str, PartExport] = {}
+    for part in PARTS:
+        module, path = modules[part], paths[part]
+        state: dict[str, Any] = {}
+
+        def verify(tmp: Path, part=part, module=module, state=state) -> None:
+            check_model(tmp)
+            state["completeness"] = require_complete(tmp, module)
+            state["ops"] = op_counts(tmp)
+            bad = [op for op in UNFRIENDLY_OPS if op in state["ops"]]
+            if bad:
+                raise ArtifactError(f"{tmp.name}: the graph contains {bad}, which TensorRT handles badly")
+            state["io"] = io_signature(tmp)
+            inputs, outputs = names[part]
+            with TorchPartRunner(module, inputs, outputs, label=part) as ref, OnnxrtRunner(tmp) as cand:
+                state["parity"] = compare_parts(ref, cand, feeds[part], label=f"{part} part")
+            if not state["parity"].passed:
+                raise ArtifactError(f"{tmp.name}: ONNX Runtime disagrees with the PyTorch {part}: {state['parity'].summary()}")
+
+        def manifest(tmp: Path, part=part, state=state) -> list[Path]:
+            files = [tmp] + ([data_file(tmp)] if data_file(tmp).exists() else [])
+            data = build_manifest(
+                MANIFEST_KIND, tmp, files, part=part, source=source, config=cfg.to_dict(), window=window,
+                options=options.to_dict(), opset=options.opset, exporter=options.exporter,
+                parameters=state["completeness"].to_dict(), io=state["io"], ops=state["ops"],
+                parity={"fp32": state["parity"].to_dict()}, versions=versions(),
+            )
+            out = manifest_path(tmp)
+            write_manifest(tmp, data, path=out)
+            return [out]
+
+        log.info("exporting the %s part to %s", part, path)
+        export_module(
+            module, example[part], path, output_names=names[part][1], dynamic_axes=dynamic[part], opset=options.opset,
+            exporter=options.exporter, external_data=options.external_data, optimize=options.optimize,
+            verify=verify, extra_files=manifest,
+        )
+        results[part] = PartExport(
+            part, path, state["completeness"], state["parity"], state["io"], state["ops"], state["completeness"].total_parameters
+        )
+
+    total = sum(p.numel() for p in policy.parameters())
+    summed = results["backbone"].parameters + results["head"].parameters
+    if summed != total:
+        raise ArtifactError(
+            f"{paths['split']}: the parts hold {results['backbone'].parameters:,} + {results['head'].parameters:,} = "
+            f"{summed:,} parameters, the policy has {total:,}"
+        )
+    check = stream_check(loaded, paths["backbone"], paths["head"], window=window, seed=options.seed)
+    if not check.passed:
+        raise ArtifactError(
+            f"{paths['split']}: the ONNX parts composed by the streaming runtime disagree with the full policy at steps "
+            f"{check.failed_steps} (max abs error {check.max_abs_err:.3g} > {check.atol:g})"
+        )
+    record = {
+        "schema": SCHEMA,
+        "kind": SPLIT_KIND,
+        "parts": {part: {"path": paths[part].name, "parameters": results[part].parameters} for part in PARTS},
+        "parameters": {"policy": total, "sum_of_parts": summed},
+        "window": window,
+        "warmup": "pad the window with the first frame's feature",
+        "config": cfg.to_dict(),
+        "source": source,
+        "stream_check": {k: v for k, v in check.to_dict().items() if k != "steps"},
+        "versions": versions(),
+    }
+    write_manifest(paths["split"], record, path=paths["split"])
+    return SplitExportResult(results["backbone"], results["head"], total, check, paths["split"], time.perf_counter() - start)
+
+
+def stream_check(loaded, backbone: Path, head: Path, *, window: int, seed: int = 0, atol: float | None = None):
+    """The ONNX parts in the streaming :class:`Policy` vs the full PyTorch policy, over synthetic frames."""
+    from vla_export.backends.onnxrt import OnnxrtRunner
+    from vla_export.backends.torch_runner import TorchRunner
+    from vla_export.data.source import SyntheticSource
+    from vla_export.parity import tolerance_for
+    from vla_export.runtime.policy import FixedPrompt, Policy
+    from vla_export.runtime.replay import replay_frames
+
+    cfg = loaded.config
+    source = SyntheticSource(cfg, seed=seed + 7)
+    sample = source.sample(0)
+    rng = np.random.default_rng(seed + 7)
+    frames = np.stack([source.frame(rng) for _ in range(window + STREAM_CHECK_EXTRA_FRAMES)])
+    prompt = FixedPrompt(sample["input_ids"], sample["attention_mask"])
+    policy = Policy(OnnxrtRunner(backbone), OnnxrtRunner(head), tokenizer=prompt, window=window,
+                    image_size=cfg.image_size, action_dim=cfg.action_dim)
+    with policy, TorchRunner(loaded.policy) as reference:
+        return replay_frames(policy, reference, frames, instruction=None, atol=atol or tolerance_for("fp32").atol,
+                             info={"frames": f"synthetic (seed {seed + 7})", "num_frames": len(frames)})
+
+
+def read_split(path: str | Path) -> dict[str, Any]:
+    """The split record at ``path`` (``NAME.split.json``, the prefix ``NAME``, or a folder holding one)."""
+    path = Path(path)
+    if path.is_dir():
+        found = sorted(path.glob("*.split.json"))
+        if len(found) != 1:
+            raise ArtifactError(f"{path}: expected one *.split.json in the folder, found {len(found)} (run `vla-export onnx --split`)")
+        path = found[0]
+    elif not path.name.endswith(".split.json"):
+        path = split_paths(path)["split"]
+    data = read_manifest(path.with_name(path.name[: -len(".json")]), kind=SPLIT_KIND)
+    data["_path"] = str(path)
+    return data

@@ -1,0 +1,137 @@
+"""Episode replay parity: stream a recorded episode through :class:`Policy`, check every step.
+
+At step k the streaming action is compared with the full policy's action (a reference runner that
+takes the whole window, normally PyTorch fp32) on the same frames, padded by the warm-up rule
+(:func:`~vla_export.runtime.policy.window_indices`). Errors are kept per step, so drift over an
+episode shows. The MAE against the recorded actions is reported for information only: a randomly
+initialised or differently trained policy is not expected to match them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from vla_export.backends.base import Runner
+from vla_export.data.preprocess import preprocess_frames
+from vla_export.runtime.policy import Policy, window_indices
+
+DEFAULT_ATOL = 1e-3
+
+
+@dataclass(frozen=True)
+class ReplayStep:
+    index: int
+    window: list[int]  # the frame indices the head saw
+    action: list[float]
+    reference: list[float]
+    max_abs_err: float
+    recorded: list[float]
+    latency_ms: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class ReplayResult:
+    """Per-step actions and errors of one episode; ``passed`` when every step is within ``atol``."""
+
+    episode: dict[str, Any]
+    atol: float
+    policy: dict[str, Any]
+    reference: dict[str, Any]
+    steps: list[ReplayStep] = field(default_factory=list)
+
+    @property
+    def max_abs_err(self) -> float:
+        return max((s.max_abs_err for s in self.steps), default=0.0)
+
+    @property
+    def failed_steps(self) -> list[int]:
+        return [s.index for s in self.steps if not s.max_abs_err <= self.atol]  # NaN fails too
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.steps) and not self.failed_steps
+
+    @property
+    def compared_dims(self) -> int:
+        """Action dimensions compared with the recording (the policy may output fewer than the file's 3)."""
+        if not self.steps:
+            return 0
+        return min(len(self.steps[0].action), len(self.steps[0].recorded))
+
+    @property
+    def mae_vs_recorded(self) -> float | None:
+        d = self.compared_dims
+        if not d:
+            return None
+        a = np.array([s.action[:d] for s in self.steps])
+        r = np.array([s.recorded[:d] for s in self.steps])
+        return float(np.abs(a - r).mean())
+
+    @property
+    def median_step_ms(self) -> float | None:
+        # the first step includes lazy initialisation in some backends; it is still a real step
+        return float(np.median([s.latency_ms for s in self.steps])) if self.steps else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "atol": self.atol,
+            "max_abs_err": self.max_abs_err,
+            "failed_steps": self.failed_steps,
+            "mae_vs_recorded": self.mae_vs_recorded,
+            "mae_dims": self.compared_dims,
+            "median_step_ms": self.median_step_ms,
+            "episode": self.episode,
+            "policy": self.policy,
+            "reference": self.reference,
+            "steps": [s.to_dict() for s in self.steps],
+        }
+
+
+def replay_frames(
+    policy: Policy,
+    reference: Runner,
+    frames: np.ndarray,
+    *,
+    instruction: str | None,
+    recorded: np.ndarray | None = None,
+    atol: float = DEFAULT_ATOL,
+    info: dict[str, Any] | None = None,
+) -> ReplayResult:
+    """Stream uint8 ``frames`` [N, H, W, 3] through the active ``policy``, checking every step.
+
+    ``reference`` is an active runner of the full policy (inputs ``pixel_values`` [1, T, 3, S, S],
+    ``input_ids``, ``attention_mask``; output ``actions``); it sees the same frames, window by window,
+    padded by the warm-up rule, with the same tokens.
+    """
+    pixels = preprocess_frames(frames, policy.image_size)
+    prompt = policy.prompt_feed(instruction)
+    result = ReplayResult(episode=dict(info or {}), atol=atol, policy=policy.describe(), reference=reference.describe())
+    policy.reset(instruction)
+    for k, frame in enumerate(frames):
+        action = policy.step(frame)
+        window = window_indices(k, policy.window)
+        ref = np.asarray(reference.infer({"pixel_values": pixels[window][None], **prompt})["actions"][0], dtype=np.float32)
+        result.steps.append(
+            ReplayStep(
+                index=k, window=window, action=action.tolist(), reference=ref.tolist(),
+                max_abs_err=float(np.abs(action - ref).max()),
+                recorded=[] if recorded is None else np.asarray(recorded[k], dtype=np.float32).tolist(),
+                latency_ms=float(policy.last_latency_ms or 0.0),
+            )
+        )
+    return result
+
+
+def replay_episode(policy: Policy, reference: Runner, episode: Any, *, atol: float = DEFAULT_ATOL) -> ReplayResult:
+    """:func:`replay_frames` over a recorded :class:`~vla_export.data.episodes.Episode`, under its instruction."""
+    return replay_frames(
+        policy, reference, episode.frames(), instruction=episode.instruction, recorded=episode.actions(), atol=atol,
+        info=episode.to_dict(),
+    )
