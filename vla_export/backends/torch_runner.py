@@ -1,4 +1,10 @@
-"""PyTorch backend: eager fp32/fp16/bf16, optionally CUDA-graph replay or torch.compile."""
+"""PyTorch backend: eager fp32/fp16/bf16, optionally torch.compile and/or CUDA-graph replay.
+
+This is the fast path for users without TensorRT. ``cuda_graph=True`` captures the whole forward once
+per input shape and replays it (one launch instead of about a thousand kernels at batch 1).
+``compile`` takes a torch.compile mode; with ``cuda_graph`` too, inductor's own graphs are turned
+off and the compiled forward is captured here, so there is exactly one capture.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,9 @@ from vla_export.data.source import INPUT_NAMES
 from vla_export.errors import RunnerError
 
 DTYPES = ("float32", "float16", "bfloat16")
+#: torch.compile modes; the two with inductor's CUDA graphs cannot be combined with ``cuda_graph``.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+_INDUCTOR_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 class TorchRunner(Runner):
@@ -28,7 +37,7 @@ class TorchRunner(Runner):
         device: str = "cpu",
         dtype: str = "float32",
         cuda_graph: bool = False,
-        compile: bool = False,
+        compile: bool | str = False,
         debug_outputs: bool = False,
     ):
         super().__init__()
@@ -36,10 +45,18 @@ class TorchRunner(Runner):
             raise RunnerError(f"torch dtype must be one of {DTYPES}, got {dtype!r}")
         if cuda_graph and not device.startswith("cuda"):
             raise RunnerError("CUDA-graph capture needs device='cuda'")
+        compile_mode = "default" if compile is True else (compile or None)
+        if compile_mode is not None and compile_mode not in COMPILE_MODES:
+            raise RunnerError(f"torch.compile mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
+        if cuda_graph and compile_mode in _INDUCTOR_GRAPH_MODES:
+            raise RunnerError(
+                f"compile mode {compile_mode!r} already captures CUDA graphs; use it without cuda_graph, "
+                "or 'max-autotune-no-cudagraphs' with cuda_graph"
+            )
         self._source = policy_or_loader
         self._device, self.dtype = device, dtype
-        self.cuda_graph, self.compile, self.debug_outputs = cuda_graph, compile, debug_outputs
-        mode = "+cudagraph" if cuda_graph else "+compile" if compile else ""
+        self.cuda_graph, self.compile, self.debug_outputs = cuda_graph, compile_mode, debug_outputs
+        mode = ("+compile" + ("" if compile_mode == "default" else f"-{compile_mode}") if compile_mode else "") + ("+cudagraph" if cuda_graph else "")
         self.name = f"torch-{device.split(':')[0]}-{dtype.replace('float', 'fp').replace('bfp', 'bf')}{mode}"
         self._graph = None
         self._static_in: dict[str, Any] | None = None
@@ -56,6 +73,11 @@ class TorchRunner(Runner):
     @property
     def device(self) -> str:
         return "cuda" if self._device.startswith("cuda") else "cpu"
+
+    @property
+    def config(self):
+        """The policy config of the active module (None before activation or for a module without one)."""
+        return getattr(getattr(self, "policy", None), "cfg", None)
 
     def describe(self) -> dict[str, Any]:
         import torch
@@ -75,11 +97,16 @@ class TorchRunner(Runner):
         self.policy = policy.to(device=self._device, dtype=getattr(torch, self.dtype)).eval()
         self._fn: Callable = self.policy
         if self.compile:
-            self._fn = torch.compile(self.policy, mode="max-autotune-no-cudagraphs" if self.cuda_graph else "default")
+            # Static shapes: a new input shape recompiles rather than running a slower dynamic kernel.
+            self._fn = torch.compile(self.policy, mode=self.compile, dynamic=False, fullgraph=False)
 
     def _deactivate(self) -> None:
         self._graph = self._static_in = self._static_out = None
         self.policy = self._fn = None
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()  # so the next runner's peak-memory figure starts clean
 
     def stage(self, feed):
         import torch
@@ -111,6 +138,9 @@ class TorchRunner(Runner):
         shapes = {k: tuple(v.shape) for k, v in staged.items()}
         if self._graph is None or {k: tuple(v.shape) for k, v in self._static_in.items()} != shapes:
             self._static_in = {k: v.clone() for k, v in staged.items()}
+            if self.compile:  # compile (and autotune) on the default stream, before the capture warm-up
+                self._forward(self._static_in)
+                torch.cuda.synchronize(self._device)
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):

@@ -1,13 +1,142 @@
-"""The ``vla-bench`` command (benchmarks across backends)."""
+"""The ``vla-bench`` command: latency and FPS of a policy across backends, with a physical-limit check.
+
+A thin layer over :mod:`vla_export.bench`: it plans the (artifact, backend) targets, runs them one at
+a time, renders one Rich table and writes the report JSON. Exit code 3 means a row is not a valid
+measurement (under the physical floor, or non-finite outputs); the JSON is still written.
+"""
 
 from __future__ import annotations
 
+import shlex
 import sys
+from pathlib import Path
+from typing import Any, Optional
 
-from vla_export.cli.common import debug_option_callback, new_app, run_app
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from vla_export.cli.common import DEBUG_FLAG, console, err_console, new_app, run_app, write_json
 
 app = new_app("Honest latency and FPS of a policy across backends, with a physical-limit check.")
-app.callback()(debug_option_callback)
+INVALID_EXIT = 3
+
+
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}" if x < 10 else f"{x:.2f}" if x < 100 else f"{x:.1f}"
+
+
+def render_report(report: Any) -> None:
+    """One table for all rows and modes, then per-row details (what ran, memory, phases, warnings)."""
+    table = Table(title=f"vla-bench: batch {report.settings.batch}, window {report.settings.window}, floor on {report.device_peak.name}")
+    for col in ("backend", "mode", "p50 ms", "p90", "p99", "FPS", "vs 1st", "floor", "x floor", ""):
+        table.add_column(col, justify="left" if col in ("backend", "mode", "") else "right")
+    one_artifact = len({r.artifact for r in report.results}) == 1
+    if one_artifact:
+        table.title += f"\n{report.results[0].artifact}"
+    for mode in report.settings.modes:
+        ratios = report.ratios(mode)
+        for r, ratio in zip(report.results, ratios):
+            m = r.modes.get(mode)
+            if m is None:
+                continue
+            s, f = m.stats, m.floor
+            flag = "[red]BELOW FLOOR[/]" if f and f.below_floor else "[red]NON-FINITE[/]" if not r.outputs_finite else ""
+            table.add_row(
+                r.backend if one_artifact else r.label, mode, _ms(s.p50_ms), _ms(s.p90_ms), _ms(s.p99_ms), f"{s.fps:.1f}",
+                "-" if ratio is None else f"{ratio:.2f}x", _ms(f.floor_ms if f else None),
+                "-" if f is None else f"{f.ratio:.1f}", flag,
+            )
+    # Piped into a log file, Rich would squeeze the table into 80 columns: give it room there.
+    out = console if console.is_terminal else Console(file=console.file, width=max(console.width, 132), highlight=False)
+    out.print(table)
+    for r in report.results:
+        what = ", ".join(f"{k}={v}" for k, v in r.runner.items() if k not in ("name",))
+        mem = f"peak RSS {r.peak_rss_bytes / 1e9:.2f} GB" + (f", peak GPU {r.peak_gpu_bytes / 1e9:.2f} GB" if r.peak_gpu_bytes else "")
+        console.print(f"{r.label}: {r.runner.get('name')} ({what}); activate {r.activate_s:.1f} s, warm-up {r.warmup_s:.1f} s; {mem}", markup=False)
+        if r.cost:
+            flops = f"{r.cost.total_flops / 1e9:.4g} GFLOP" if r.cost.total_flops else "FLOPs unknown"
+            console.print(f"  per inference: {flops}, {r.cost.weight_bytes / 1e6:.4g} MB of weights ({r.cost.source})", markup=False)
+        for name, m in r.modes.items():
+            console.print(f"  {name}: min {_ms(m.stats.min_ms)}, mean {_ms(m.stats.mean_ms)}, max {_ms(m.stats.max_ms)} ms over {m.stats.n}", markup=False)
+        if "e2e" in r.modes and r.modes["e2e"].phases_ms:
+            phases = ", ".join(f"{k} {v:.2f}" for k, v in r.modes["e2e"].phases_ms.items())
+            console.print(f"  e2e phases (p50 ms): {phases}", markup=False)
+        if r.profile:
+            p = r.profile
+            dev = f"{p.device_time_ms_per_iter:.3f} ms kernel time and {p.kernels_per_iter:.0f} kernels per inference, " if p.device_time_ms_per_iter is not None else ""
+            console.print(f"  profile: {dev}{p.cpu_time_ms_per_iter:.3f} ms host time (top ops in the JSON)", markup=False)
+        for w in r.warnings:
+            err_console.print(f"  warning: {w}", style="yellow", markup=False)
+
+
+def _peak(name: Optional[str]):
+    from vla_export.bench.env import gpu_info, jetson_model_name
+    from vla_export.bench.floor import detect_peak, get_peak
+
+    if name is None:
+        gpu = gpu_info()
+        name = detect_peak(gpu.get("name") if gpu else None, jetson_model_name()) or "cpu"
+    return get_peak(name)
+
+
+@app.command()
+def bench(
+    artifacts: list[str] = typer.Argument(..., metavar="ARTIFACT_OR_CKPT...", help="Checkpoints, .onnx files, TensorRT engines, or preset:NAME (random weights built on the device)."),
+    backend: Optional[list[str]] = typer.Option(
+        None, "--backend", "-b",
+        help="Repeatable: torch[:cpu|cuda][:fp32|fp16|bf16][:cudagraph][:compile[=MODE]], onnxrt[:cpu|cuda|trt], trt. Default: one per artifact kind.",
+    ),
+    batch: int = typer.Option(1, "--batch", help="Batch size."),
+    window: int = typer.Option(1, "--window", help="Frames per inference (the policy's window; 1 = one new frame)."),
+    text_len: int = typer.Option(16, "--text-len", help="Prompt tokens (the model adds its 67-token image prefix)."),
+    warmup: int = typer.Option(10, "--warmup", help="Untimed iterations first (compilation and CUDA-graph capture happen here)."),
+    iters: Optional[int] = typer.Option(None, "--iters", help="Timed iterations per mode (default 100)."),
+    duration: Optional[float] = typer.Option(None, "--duration", help="Time each mode for this many seconds instead of --iters."),
+    mode: Optional[list[str]] = typer.Option(None, "--mode", help="compute (inputs already on the device) and/or e2e (raw 720x1280 frame to action on host). Default both."),
+    device_peak: Optional[str] = typer.Option(None, "--device-peak", help="Device for the floor: h200, agx-orin-64gb, orin-nx-16gb, orin-nano-8gb, orin-nano-super, cpu (measured). Default: detected."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Policy config JSON (for artifacts whose manifest has none, or to override inference)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the synthetic inputs and preset weights."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the report JSON here (e.g. benchmarks/results/NAME.json)."),
+    profile: bool = typer.Option(False, "--profile", help="Also profile each row's compute loop (torch.profiler): kernel time, kernel count, top ops."),
+    debug: bool = typer.Option(False, DEBUG_FLAG, help="Show full tracebacks on errors."),
+) -> int:
+    """Time each artifact on each backend; one table with ratios to the first row and the physical floor."""
+    from vla_export.bench.core import MODES, BenchSettings, run_benchmark
+    from vla_export.bench.env import capture_environment
+    from vla_export.bench.targets import plan_targets
+    from vla_export.errors import ConfigError
+    from vla_export.models.config import load_config
+
+    if iters is not None and duration is not None:
+        raise ConfigError("give --iters or --duration, not both")
+    settings = BenchSettings(
+        batch=batch, window=window, warmup=warmup, iters=None if duration is not None else (iters or 100),
+        duration_s=duration, modes=tuple(mode or MODES), seed=seed, text_len=text_len,
+    )
+    targets = plan_targets(artifacts, backend or [], config=load_config(config) if config else None, seed=seed)
+    peak = _peak(device_peak)
+    # The command as an explicit, reproducible line (every setting spelled out), not whatever argv held.
+    words = ["vla-bench", *artifacts, *(w for b in backend or [] for w in ("-b", b)), "--batch", batch, "--window", window,
+             "--text-len", text_len, "--warmup", warmup, *(("--duration", duration) if duration is not None else ("--iters", settings.iters)),
+             *(w for m in settings.modes for w in ("--mode", m)), "--seed", seed, *(("--device-peak", device_peak) if device_peak else ()),
+             *(("--config", config) if config else ()), *(("--json", json_path) if json_path else ()), *(("--profile",) if profile else ())]
+    command = " ".join(shlex.quote(str(w)) for w in words)
+
+    def progress(r: Any) -> None:
+        err_console.print(f"done: {r.label}", style="dim", markup=False)
+
+    report = run_benchmark(targets, settings, peak=peak, environment={}, command=command, on_result=progress, profile=profile)
+    report.environment = capture_environment()  # after the runs: CUDA is initialised and every library is loaded
+    render_report(report)
+    if json_path:
+        write_json(json_path, report.to_dict())
+        console.print(f"wrote {json_path}")
+    invalid = [r.label for r in report.results if r.below_floor or not r.outputs_finite]
+    if invalid:
+        err_console.print(f"error: not valid measurements of the full model: {', '.join(invalid)}", style="red", markup=False)
+        return INVALID_EXIT
+    return 0
 
 
 def main() -> None:

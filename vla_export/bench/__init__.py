@@ -1,0 +1,1 @@
+"""Benchmarks: timing loops over runners, latency statistics, the environment, and the physical floor."""

@@ -1,0 +1,351 @@
+"""Timing loops and result values.
+
+Two modes, both at batch 1 by default:
+
+- ``compute``: inputs are staged on the device once; each iteration times ``execute`` followed by
+  ``synchronize`` (so asynchronous GPU work is inside the timed region).
+- ``e2e``: what a robot step costs. Each iteration takes a raw 720x1280 uint8 camera frame through
+  the shared preprocessing, pushes it into the window of preprocessed frames, then ``infer``
+  (host-to-device copy, execution, synchronisation, the action back on the host). The phases are
+  timed too, so the report says where end-to-end time goes.
+
+Warm-up iterations (which also trigger lazy compilation and CUDA-graph capture) are never timed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import resource
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from vla_export.backends.base import Runner
+from vla_export.bench.floor import DTYPE_BYTES, DevicePeak, FloorCheck, ModelCost, check_floor, onnx_weight_bytes, policy_cost
+from vla_export.bench.stats import LatencyStats
+from vla_export.bench.targets import Target
+from vla_export.data.preprocess import preprocess_frame
+from vla_export.data.source import SyntheticSource
+from vla_export.errors import ConfigError, RunnerError
+from vla_export.models.config import PolicyConfig
+
+SCHEMA = "vla-export/bench/1"
+MODES = ("compute", "e2e")
+CAMERA_HW = (720, 1280)
+N_FRAMES = 4  # distinct raw frames cycled in e2e, so no cache sees the same input twice in a row
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    batch: int = 1
+    window: int = 1
+    warmup: int = 10
+    iters: int | None = 100
+    duration_s: float | None = None
+    modes: tuple[str, ...] = MODES
+    seed: int = 0
+    text_len: int = 16
+
+    def __post_init__(self) -> None:
+        if self.batch < 1 or self.window < 1 or self.warmup < 0 or self.text_len < 1:
+            raise ConfigError("batch, window and text length must be >= 1 and warm-up >= 0")
+        if (self.iters is None) == (self.duration_s is None):
+            raise ConfigError("give exactly one of iterations or duration")
+        if (self.iters is not None and self.iters < 1) or (self.duration_s is not None and self.duration_s <= 0):
+            raise ConfigError("iterations and duration must be positive")
+        unknown = [m for m in self.modes if m not in MODES]
+        if unknown or not self.modes:
+            raise ConfigError(f"modes must be among {MODES}, got {list(self.modes)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ModeResult:
+    stats: LatencyStats
+    floor: FloorCheck | None
+    phases_ms: dict[str, float] = field(default_factory=dict)  # median of each e2e phase
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"latency": self.stats.to_dict(), "floor": self.floor.to_dict() if self.floor else None, "phases_p50_ms": self.phases_ms}
+
+
+@dataclass
+class BackendResult:
+    """One (artifact, backend) row: what ran, its latencies per mode, the floor, memory and warnings."""
+
+    label: str
+    artifact: str
+    backend: str
+    runner: dict[str, Any]
+    activate_s: float
+    warmup_s: float
+    modes: dict[str, ModeResult]
+    cost: ModelCost | None
+    peak_rss_bytes: int
+    peak_gpu_bytes: int | None
+    outputs_finite: bool
+    warnings: list[str] = field(default_factory=list)
+    profile: Any = None  # a ProfileSummary when asked for
+
+    @property
+    def below_floor(self) -> bool:
+        return any(m.floor is not None and m.floor.below_floor for m in self.modes.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "artifact": self.artifact,
+            "backend": self.backend,
+            "runner": self.runner,
+            "activate_s": self.activate_s,
+            "warmup_s": self.warmup_s,
+            "modes": {k: v.to_dict() for k, v in self.modes.items()},
+            "cost": self.cost.to_dict() if self.cost else None,
+            "peak_rss_bytes": self.peak_rss_bytes,
+            "peak_rss_note": "process peak so far (includes earlier rows of this run)",
+            "peak_gpu_bytes": self.peak_gpu_bytes,
+            "peak_gpu_note": "torch allocator peak during this row; None for non-torch runtimes",
+            "outputs_finite": self.outputs_finite,
+            "below_floor": self.below_floor,
+            "valid": self.outputs_finite and not self.below_floor,
+            "warnings": self.warnings,
+            "profile": self.profile.to_dict() if self.profile else None,
+        }
+
+
+@dataclass
+class BenchReport:
+    command: str
+    settings: BenchSettings
+    environment: dict[str, Any]
+    device_peak: DevicePeak
+    results: list[BackendResult]
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    def ratios(self, mode: str) -> list[float | None]:
+        """Each row's p50 over the first row's p50, for ``mode``."""
+        base = next((r.modes[mode].stats.p50_ms for r in self.results if mode in r.modes), None)
+        return [r.modes[mode].stats.p50_ms / base if base and mode in r.modes else None for r in self.results]
+
+    def to_dict(self) -> dict[str, Any]:
+        rows = []
+        for i, r in enumerate(self.results):
+            row = r.to_dict()
+            row["ratio_to_first_p50"] = {m: self.ratios(m)[i] for m in r.modes}
+            rows.append(row)
+        return {
+            "schema": SCHEMA,
+            "created": self.created,
+            "command": self.command,
+            "settings": self.settings.to_dict(),
+            "environment": self.environment,
+            "device_peak": self.device_peak.to_dict(),
+            "results": rows,
+        }
+
+
+# --- timing ----------------------------------------------------------------------------------------
+
+def time_loop(step: Callable[[], Any], *, warmup: int, iters: int | None, duration_s: float | None) -> tuple[list[float], float]:
+    """Run ``step`` ``warmup`` times untimed, then time each call; returns (seconds per call, warm-up seconds)."""
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    warm = time.perf_counter() - t0
+    samples: list[float] = []
+    deadline = time.perf_counter() + duration_s if duration_s is not None else None
+    while (iters is not None and len(samples) < iters) or (deadline is not None and time.perf_counter() < deadline):
+        start = time.perf_counter()
+        step()
+        samples.append(time.perf_counter() - start)
+    return samples, warm
+
+
+def _raw_frames(settings: BenchSettings) -> list[np.ndarray]:
+    rng = np.random.default_rng([settings.seed, 720])
+    return [rng.integers(0, 256, size=(*CAMERA_HW, 3), dtype=np.uint8) for _ in range(N_FRAMES)]
+
+
+class EndToEnd:
+    """One robot step per call: preprocess a new raw frame, shift it into the window, infer, action on host."""
+
+    def __init__(self, runner: Runner, feed: dict[str, np.ndarray], config: PolicyConfig, settings: BenchSettings):
+        self.runner, self.config, self.settings = runner, config, settings
+        self.frames = _raw_frames(settings)
+        self.window = np.array(feed["pixel_values"], copy=True)  # [B, T, 3, S, S], the last T preprocessed frames
+        self.prompt = {k: v for k, v in feed.items() if k != "pixel_values"}  # tokenised once per session
+        self.i = 0
+        self.phases: dict[str, list[float]] = {"preprocess": [], "stage": [], "execute+sync": [], "to_host": []}
+        self.record = False
+
+    def __call__(self) -> dict[str, np.ndarray]:
+        r, t = self.runner, [time.perf_counter()]
+        pix = preprocess_frame(self.frames[self.i % N_FRAMES], self.config.image_size)
+        self.i += 1
+        self.window[:, :-1] = self.window[:, 1:]
+        self.window[:, -1] = pix
+        t.append(time.perf_counter())
+        staged = r.stage({"pixel_values": self.window, **self.prompt})
+        t.append(time.perf_counter())
+        out = r.execute(staged)
+        r.synchronize()
+        t.append(time.perf_counter())
+        host = r.to_host(out)
+        t.append(time.perf_counter())
+        if self.record:
+            for name, a, b in zip(self.phases, t, t[1:]):
+                self.phases[name].append(b - a)
+        return host
+
+
+def _torch_cuda():
+    torch = sys.modules.get("torch")
+    return torch if torch is not None and torch.cuda.is_available() else None
+
+
+def _resolve_config(target: Target, runner: Runner) -> PolicyConfig:
+    cfg = target.config or getattr(runner, "config", None)
+    if cfg is None and target.kind in ("onnx", "engine"):
+        from vla_export.export.manifest import read_manifest
+
+        manifest = read_manifest(target.artifact, required=False)
+        if manifest and isinstance(manifest.get("config"), dict):
+            cfg = PolicyConfig.from_dict(manifest["config"])
+    if cfg is None:
+        raise ConfigError(f"{target.artifact}: the policy config is unknown (no manifest with one); pass --config or --preset")
+    return cfg
+
+
+#: Fastest first: when a runtime may compute in several precisions, the floor takes the fastest, so it stays a lower bound.
+_FASTEST = ("int8", "float16", "bfloat16", "float32")
+
+
+def _declared_dtype(info: dict[str, Any]) -> str | None:
+    d = info.get("dtype") or info.get("precision")
+    d = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}.get(str(d), d)
+    return d if d in DTYPE_BYTES else None
+
+
+def _cost(target: Target, cfg: PolicyConfig, info: dict[str, Any], settings: BenchSettings) -> ModelCost:
+    """FLOPs from the config; weight bytes and precision from what actually runs.
+
+    torch: its dtype. ONNX: the graph's initializers (exact for any precision, Q/DQ included) and the
+    fastest element type among them. Otherwise the runner's declared precision, or int8 when it
+    declares none (the lowest floor, so a real measurement is never flagged).
+    """
+    dtype = _declared_dtype(info)
+    if target.kind == "onnx":
+        by_type = onnx_weight_bytes(target.artifact)
+        present = [d for d in _FASTEST if any(f"({d})" in k for k in by_type)] or ["float32"]
+        cost = policy_cost(cfg, window=settings.window, text_len=settings.text_len, dtype=dtype or present[0])
+        return dataclasses.replace(cost, weight_bytes_by_part=by_type, source="onnx initializers (bytes), config (FLOPs)")
+    return policy_cost(cfg, window=settings.window, text_len=settings.text_len, dtype=dtype or _FASTEST[0])
+
+
+def fallback_warnings(info: dict[str, Any]) -> list[str]:
+    """Say it when a runtime ran on something other than what was asked (onnxruntime's silent CPU fallback)."""
+    requested, actual = info.get("requested_providers"), info.get("provider")
+    if requested and actual and requested[0] != actual:
+        return [f"asked for {requested[0]} but {actual} ran (silent fallback: are the CUDA/TensorRT libraries installed?)"]
+    return []
+
+
+def bench_target(target: Target, settings: BenchSettings, peak: DevicePeak, *, profile: bool = False) -> BackendResult:
+    """Activate the target's runner, time each mode, deactivate; the floor is checked for each mode.
+
+    ``profile`` adds a torch.profiler pass over the compute-only loop after the timed runs (never timed).
+    """
+    runner = target.make_runner()
+    torch = _torch_cuda()
+    if torch is not None:
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    runner.activate()
+    activate_s = time.perf_counter() - t0
+    try:
+        cfg = _resolve_config(target, runner)
+        feed = SyntheticSource(cfg, seed=settings.seed, batch=settings.batch, window=settings.window, text_len=settings.text_len).sample(0)
+        info = runner.describe()
+        if "actions" not in runner.output_names:
+            raise ConfigError(f"{target.artifact}: outputs {list(runner.output_names)} have no 'actions': not a whole policy (time a split part with --streaming)")
+        cost = _cost(target, cfg, info, settings)
+        outputs = runner.infer(feed)
+        finite = all(bool(np.all(np.isfinite(v))) for v in outputs.values())
+        warnings = fallback_warnings(info)
+        if not finite:
+            warnings.append("outputs are not finite (NaN/Inf): the timings below are of a broken computation")
+        modes: dict[str, ModeResult] = {}
+        warm_total = 0.0
+        for mode in settings.modes:
+            phases: dict[str, float] = {}
+            if mode == "compute":
+                staged = runner.stage(feed)
+
+                def step() -> None:
+                    runner.execute(staged)
+                    runner.synchronize()
+
+                samples, warm = time_loop(step, warmup=settings.warmup, iters=settings.iters, duration_s=settings.duration_s)
+            else:
+                e2e = EndToEnd(runner, feed, cfg, settings)
+                _, warm = time_loop(e2e, warmup=settings.warmup, iters=0, duration_s=None)
+                e2e.record = True
+                samples, _ = time_loop(e2e, warmup=0, iters=settings.iters, duration_s=settings.duration_s)
+                phases = {k: float(np.median(v)) * 1e3 for k, v in e2e.phases.items()}
+            warm_total += warm
+            stats = LatencyStats.from_seconds(samples)
+            floor = check_floor(cost, peak, stats.p50_ms)
+            warnings += floor.notes if floor.below_floor else []
+            modes[mode] = ModeResult(stats, floor, phases)
+        summary = None
+        if profile:
+            from vla_export.bench.profile import profile_runner
+
+            summary = profile_runner(runner, runner.stage(feed))
+        peak_gpu = int(torch.cuda.max_memory_allocated()) if torch is not None and runner.device == "cuda" else None
+    finally:
+        runner.deactivate()
+    return BackendResult(
+        label=target.label,
+        artifact=target.artifact,
+        backend=target.spec.text,
+        runner=info,
+        activate_s=activate_s,
+        warmup_s=warm_total,
+        modes=modes,
+        cost=cost,
+        peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        peak_gpu_bytes=peak_gpu,
+        outputs_finite=finite,
+        warnings=warnings,
+        profile=summary,
+    )
+
+
+def run_benchmark(
+    targets: Sequence[Target],
+    settings: BenchSettings,
+    *,
+    peak: DevicePeak,
+    environment: dict[str, Any],
+    command: str,
+    on_result: Callable[[BackendResult], None] | None = None,
+    profile: bool = False,
+) -> BenchReport:
+    """Benchmark each target in turn (one runner active at a time) into one report."""
+    if not targets:
+        raise RunnerError("nothing to benchmark")
+    results = []
+    for target in targets:
+        result = bench_target(target, settings, peak, profile=profile)
+        results.append(result)
+        if on_result:
+            on_result(result)
+    return BenchReport(command, settings, environment, peak, results)

@@ -1,0 +1,134 @@
+"""The environment a benchmark ran in: CPU, GPU, driver, library versions, threads, Jetson power state.
+
+Every recorded figure carries this. Nothing here imports an optional heavy module: library versions
+come from package metadata, the GPU from torch only if torch is already imported, the driver and
+the Jetson state from their command-line tools when present.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+LIBRARIES = ("vla-export", "torch", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt", "polygraphy", "numpy")
+TOOL_TIMEOUT_S = 5.0
+
+
+def _run(cmd: list[str]) -> str | None:
+    """Output of a diagnostic tool, or None if it is missing or fails (the report then says 'absent')."""
+    if shutil.which(cmd[0]) is None:
+        return None
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=TOOL_TIMEOUT_S, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def library_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def gpu_info() -> dict[str, Any] | None:
+    """GPU name, memory, driver and CUDA version via torch (if CUDA is usable) and nvidia-smi."""
+    info: dict[str, Any] = {}
+    smi = _run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm", "--format=csv,noheader"])
+    if smi:
+        name, driver, mem, clock = (s.strip() for s in smi.splitlines()[0].split(","))
+        info |= {"name": name, "driver": driver, "memory_total": mem, "sm_clock_max": clock}
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info |= {
+            "name": props.name,
+            "multiprocessors": props.multi_processor_count,
+            "compute_capability": f"{props.major}.{props.minor}",
+            "memory_bytes": props.total_memory,
+            "cuda_runtime": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version(),
+        }
+    return info or None
+
+
+def jetson_info() -> dict[str, Any] | None:
+    """On a Jetson: board, L4T release, power mode, clock lock and one tegrastats line; None elsewhere."""
+    model_file = Path("/proc/device-tree/model")
+    try:
+        model = model_file.read_text().strip("\x00\n ")
+    except OSError:
+        return None
+    if "jetson" not in model.lower() and "orin" not in model.lower():
+        return None
+    info: dict[str, Any] = {"model": model}
+    try:
+        info["l4t"] = Path("/etc/nv_tegra_release").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        info["l4t"] = None
+    info["nvpmodel"] = _run(["nvpmodel", "-q"])
+    info["jetson_clocks"] = _run(["jetson_clocks", "--show"])
+    info["tegrastats"] = _tegrastats_line()
+    if info["jetson_clocks"] is None:
+        info["warning"] = "clock lock unknown (jetson_clocks --show needs root): latencies may include DVFS ramp-up"
+    return info
+
+
+def _tegrastats_line() -> str | None:
+    if shutil.which("tegrastats") is None:
+        return None
+    try:
+        proc = subprocess.Popen(["tegrastats", "--interval", "100"], stdout=subprocess.PIPE, text=True)
+    except OSError:
+        return None
+    try:
+        return proc.stdout.readline().strip() if proc.stdout else None
+    finally:
+        proc.terminate()
+        proc.wait(timeout=TOOL_TIMEOUT_S)
+
+
+def jetson_model_name() -> str | None:
+    info = jetson_info()
+    return info["model"] if info else None
+
+
+def capture_environment() -> dict[str, Any]:
+    """Everything a figure needs to be reproduced or compared."""
+    torch = sys.modules.get("torch")
+    threads: dict[str, Any] = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    if torch is not None:
+        threads["torch_intra_op"] = torch.get_num_threads()
+        threads["torch_tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
+    return {
+        "host": platform.node(),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "threads": threads,
+        "gpu": gpu_info(),
+        "jetson": jetson_info(),
+        "libraries": library_versions(),
+    }

@@ -1,0 +1,156 @@
+"""What to benchmark: artifacts (checkpoint, preset, ONNX, engine) crossed with backend specs -> lazy runners.
+
+A backend spec is ``NAME[:OPTION...]``:
+
+- ``torch[:cpu|cuda][:fp32|fp16|bf16][:cudagraph][:compile[=MODE]]`` for checkpoints and presets;
+- ``onnxrt[:cpu|cuda|trt]`` for ``.onnx`` files (the onnxruntime execution provider);
+- ``trt`` for TensorRT engines (``.engine``/``.plan``).
+
+An artifact ``preset:NAME`` is a policy of that preset with random weights, built directly on the
+target device (no multi-GB checkpoint to copy). Nothing is loaded until a runner is activated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vla_export.backends.base import Runner
+from vla_export.errors import ArtifactError, ConfigError
+from vla_export.models.config import PolicyConfig, get_preset
+
+PRESET_PREFIX = "preset:"
+#: Which backends run which artifact kind; the first is the default.
+BACKENDS_FOR_KIND = {"checkpoint": ("torch",), "preset": ("torch",), "onnx": ("onnxrt",), "engine": ("trt",)}
+_DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+_ORT_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "trt": "TensorrtExecutionProvider"}
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """A parsed backend spec (see the module docstring)."""
+
+    kind: str  # torch | onnxrt | trt
+    device: str = "cpu"
+    dtype: str = "float32"
+    cuda_graph: bool = False
+    compile: str | None = None
+    provider: str | None = None
+    text: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> BackendSpec:
+        name, *opts = text.strip().split(":")
+        if name == "torch":
+            fields: dict[str, Any] = {}
+            for opt in opts:
+                if opt in ("cpu", "cuda") or opt.startswith("cuda"):
+                    fields["device"] = opt
+                elif opt in _DTYPE_ALIASES:
+                    fields["dtype"] = _DTYPE_ALIASES[opt]
+                elif opt == "cudagraph":
+                    fields["cuda_graph"] = True
+                elif opt == "compile" or opt.startswith("compile="):
+                    fields["compile"] = opt.partition("=")[2] or "default"
+                else:
+                    raise ConfigError(f"backend {text!r}: unknown torch option {opt!r} (cpu, cuda, fp32, fp16, bf16, cudagraph, compile[=MODE])")
+            if fields.get("cuda_graph") and "device" not in fields:
+                fields["device"] = "cuda"
+            return cls("torch", text=text, **fields)
+        if name == "onnxrt":
+            if len(opts) > 1 or (opts and opts[0] not in _ORT_PROVIDERS):
+                raise ConfigError(f"backend {text!r}: expected onnxrt[:cpu|cuda|trt]")
+            key = opts[0] if opts else "cpu"
+            return cls("onnxrt", device="cpu" if key == "cpu" else "cuda", provider=_ORT_PROVIDERS[key], text=text)
+        if name == "trt":
+            if opts:
+                raise ConfigError(f"backend {text!r}: 'trt' takes no options (precision is fixed when the engine is built)")
+            return cls("trt", device="cuda", text=text)
+        raise ConfigError(f"unknown backend {text!r}; use torch[:...], onnxrt[:cpu|cuda|trt] or trt")
+
+
+def artifact_kind(artifact: str) -> str:
+    """'preset' for ``preset:NAME``, else the runner selector's kind from the suffix."""
+    from vla_export.backends.select import artifact_kind as file_kind
+
+    return "preset" if artifact.startswith(PRESET_PREFIX) else file_kind(artifact)
+
+
+class PresetPolicy:
+    """A lazy loader: a preset's policy with seeded random weights, built on ``device`` directly."""
+
+    def __init__(self, config: PolicyConfig, *, device: str = "cpu", seed: int = 0):
+        self.config, self.device, self.seed = config, device, seed
+
+    def __call__(self):
+        import torch
+
+        from vla_export.models.loader import build_policy
+
+        torch.manual_seed(self.seed)
+        return build_policy(self.config, device=self.device)
+
+
+@dataclass
+class Target:
+    """One (artifact, backend) pair to time; ``make_runner`` builds the runner without activating it."""
+
+    artifact: str
+    kind: str
+    spec: BackendSpec
+    make_runner: Callable[[], Runner] = field(repr=False)
+    config: PolicyConfig | None = None  # known before activation (presets, --config); else read from the runner
+
+    @property
+    def label(self) -> str:
+        name = self.artifact if self.kind == "preset" else Path(self.artifact).name
+        return f"{name} [{self.spec.text}]"
+
+
+def _runner_factory(artifact: str, kind: str, spec: BackendSpec, config: PolicyConfig | None, seed: int) -> Callable[[], Runner]:
+    if spec.kind == "torch":
+        from vla_export.backends.torch_runner import TorchRunner
+
+        if kind == "preset":
+            loader: Any = PresetPolicy(config, device=spec.device, seed=seed)  # type: ignore[arg-type]
+        else:
+            from vla_export.models.loader import PolicyFromCheckpoint
+
+            loader = PolicyFromCheckpoint(artifact, config=config)
+        return lambda: TorchRunner(loader, device=spec.device, dtype=spec.dtype, cuda_graph=spec.cuda_graph, compile=spec.compile or False)
+
+    def artifact_runner() -> Runner:
+        from vla_export.backends.select import runner_for_artifact
+
+        opts = {"providers": [spec.provider]} if spec.provider else {}
+        return runner_for_artifact(artifact, **opts)
+
+    return artifact_runner
+
+
+def plan_targets(
+    artifacts: Sequence[str], backends: Sequence[str], *, config: PolicyConfig | None = None, seed: int = 0
+) -> list[Target]:
+    """Every artifact with every backend that can run it (each kind's default when no backend is given).
+
+    A backend that fits none of the artifacts is an error rather than a silently shorter table.
+    """
+    specs = [BackendSpec.parse(b) for b in backends]
+    targets: list[Target] = []
+    used: set[str] = set()
+    for artifact in artifacts:
+        kind = artifact_kind(artifact)
+        if kind not in ("preset",) and not Path(artifact).exists():
+            raise ArtifactError(f"{artifact}: file not found")
+        cfg = get_preset(artifact[len(PRESET_PREFIX):]) if kind == "preset" else config
+        allowed = BACKENDS_FOR_KIND[kind]
+        chosen = [s for s in specs if s.kind in allowed] if specs else [BackendSpec.parse(allowed[0])]
+        for spec in chosen:
+            used.add(spec.text)
+            targets.append(Target(artifact, kind, spec, _runner_factory(artifact, kind, spec, cfg, seed), cfg))
+    unused = [s.text for s in specs if s.text not in used]
+    if unused:
+        raise ConfigError(f"backend(s) {', '.join(unused)} fit none of the artifacts given ({', '.join(artifacts)})")
+    return targets
