@@ -18,7 +18,9 @@ NumPy only: no torch import here.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -127,12 +129,53 @@ class Policy:
         self.backbone, self.head = backbone, head
         self.tokenizer, self.window, self.image_size = tokenizer, window, image_size
         self.action_dim, self.text_len = action_dim, text_len
+        self.config: Any = None  # the PolicyConfig, when the policy was made from artifacts that record it
         self.ring = FeatureRing(window)
         self.instruction: str | None = None
         self._prompt: dict[str, np.ndarray] | None = None
         self.steps = 0
         self.last_timing: StepTiming | None = None
         self._checked = False
+
+    @classmethod
+    def from_artifacts(
+        cls,
+        split: str | Path,
+        *,
+        backbone: str | Path | None = None,
+        head: str | Path | None = None,
+        tokenizer: Any = None,
+        tokenizer_dir: str | Path | None = None,
+        window: int | None = None,
+        text_len: int | None = None,
+        providers: Sequence[str] | None = None,
+    ) -> Policy:
+        """A policy over the parts of a split export (``NAME.split.json``, its prefix ``NAME``, or its folder).
+
+        ``backbone``/``head`` replace a part's ONNX file by another artifact, e.g. a TensorRT engine built
+        from it (``.engine``); the runner follows the suffix. ``providers`` go to ONNX Runtime parts.
+        Not activated: use it as a context manager.
+        """
+        from vla_export.backends.select import artifact_kind, runner_for_artifact
+        from vla_export.data.tokenizer import tokenizer_for
+        from vla_export.export.split import read_split
+        from vla_export.models.config import PolicyConfig
+
+        record = read_split(split)
+        cfg = PolicyConfig.from_dict(record["config"])
+        folder = Path(record["_path"]).parent
+        chosen = {"backbone": backbone, "head": head}
+        runners = {}
+        for part in ("backbone", "head"):
+            path = Path(chosen[part]) if chosen[part] is not None else folder / record["parts"][part]["path"]
+            opts = {"providers": list(providers)} if providers and artifact_kind(path) == "onnx" else {}
+            runners[part] = runner_for_artifact(path, **opts)
+        policy = cls(
+            runners["backbone"], runners["head"], tokenizer=tokenizer or tokenizer_for(cfg, tokenizer_dir),
+            window=window or int(record["window"]), image_size=cfg.image_size, action_dim=cfg.action_dim, text_len=text_len,
+        )
+        policy.config = cfg
+        return policy
 
     # --- lifecycle ---
     def activate(self) -> Policy:

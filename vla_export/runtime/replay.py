@@ -135,3 +135,61 @@ def replay_episode(policy: Policy, reference: Runner, episode: Any, *, atol: flo
         policy, reference, episode.frames(), instruction=episode.instruction, recorded=episode.actions(), atol=atol,
         info=episode.to_dict(),
     )
+
+
+PRECISION_ORDER = ("fp32", "fp16", "int8")
+
+
+def parts_precision(policy: Policy) -> str:
+    """The loosest precision the parts' manifests record (ONNX parts without one are fp32)."""
+    from vla_export.export.manifest import read_manifest
+
+    found = ["fp32"]
+    for runner in (policy.backbone, policy.head):
+        path = getattr(runner, "path", None)
+        manifest = read_manifest(path, required=False) if path is not None else None
+        found.append((manifest or {}).get("precision") or "fp32")
+    return max(found, key=PRECISION_ORDER.index)
+
+
+def replay_check(
+    policy_loader: Any,
+    split: Any,
+    episode_path: Any,
+    *,
+    backbone: Any = None,
+    head: Any = None,
+    precision: str | None = None,
+    atol: float | None = None,
+    tokenizer_dir: Any = None,
+    text_len: int | None = None,
+    providers: Any = None,
+) -> ReplayResult:
+    """Replay ``episode_path`` through the split artifacts against the checkpoint's full PyTorch policy.
+
+    The tolerance is ``atol`` or the default absolute tolerance of ``precision`` (default: the loosest
+    precision the parts record, fp32 for ONNX parts) from :mod:`vla_export.parity`.
+    """
+    from vla_export.backends.torch_runner import TorchRunner
+    from vla_export.data.episodes import open_episode
+    from vla_export.errors import ArtifactError
+    from vla_export.parity import tolerance_for
+
+    episode = open_episode(episode_path)
+    loaded = policy_loader()
+    policy = Policy.from_artifacts(
+        split, backbone=backbone, head=head, tokenizer_dir=tokenizer_dir, text_len=text_len, providers=providers
+    )
+    cfg, art = loaded.config, policy.config
+    mine = (cfg.image_size, cfg.frame_feature_dim, cfg.action_dim)
+    theirs = (art.image_size, art.frame_feature_dim, art.action_dim)
+    if mine != theirs:
+        raise ArtifactError(
+            f"{split}: the parts were exported from a policy with (image size, feature width, actions) {theirs}, "
+            f"the checkpoint's policy has {mine}"
+        )
+    with policy, TorchRunner(loaded.policy) as reference:
+        tol = atol if atol is not None else tolerance_for(precision or parts_precision(policy)).atol
+        result = replay_episode(policy, reference, episode, atol=tol)
+    result.reference["checkpoint"] = str(loaded.checkpoint.path)
+    return result

@@ -1,0 +1,74 @@
+"""``vla-export replay`` and ``vla-bench --streaming``: thin layers over vla_export.runtime and vla_export.bench.streaming."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.table import Table
+
+from vla_export.cli.checkpoint_cmds import ConfigOpt, RenameOpt, TrustOpt, policy_source_options
+from vla_export.cli.common import console, write_json
+
+
+def _vec(values: list[float]) -> str:
+    return " ".join(f"{v:+.4f}" for v in values)
+
+
+def render_replay(r: dict[str, Any]) -> None:
+    ep = r["episode"]
+    table = Table(
+        title=f"replay {ep.get('name', '?')} ({ep.get('num_frames', len(r['steps']))} frames, window {r['policy']['window']}): "
+        f"{r['policy']['backbone']['name']} + {r['policy']['head']['name']} vs {r['reference']['name']} full window, atol {r['atol']:g}"
+    )
+    for col in ("step", "frames", "streaming action", "full-window action", "max abs err", "recorded", "step ms"):
+        table.add_column(col, justify="right" if col in ("step", "max abs err", "step ms") else "left")
+    for s in r["steps"]:
+        ok = s["max_abs_err"] <= r["atol"]
+        err = f"[{'green' if ok else 'red'}]{s['max_abs_err']:.2e}[/]"
+        table.add_row(str(s["index"]), ",".join(map(str, s["window"])), _vec(s["action"]), _vec(s["reference"]), err,
+                      _vec(s["recorded"]), f"{s['latency_ms']:.2f}")
+    console.print(table)
+    console.print(f"instruction: {ep.get('instruction')!r}; warm-up: {r['policy']['warmup']}", markup=False)
+    if r["mae_vs_recorded"] is not None:
+        console.print(
+            f"MAE vs the recorded actions (first {r['mae_dims']} dims, for information only): {r['mae_vs_recorded']:.4f}", markup=False
+        )
+    verdict = "[green]pass[/]" if r["passed"] else f"[red]FAIL at steps {r['failed_steps']}[/]"
+    console.print(f"replay: {verdict}: max abs error {r['max_abs_err']:.3g} over {len(r['steps'])} steps; median step {r['median_step_ms']:.2f} ms")
+
+
+def replay(
+    checkpoint: Path = typer.Argument(..., help="The PyTorch policy checkpoint (the full-window reference)."),
+    artifacts: Path = typer.Argument(..., help="The split export: NAME.split.json, its prefix NAME, or its folder (`vla-export onnx --split`)."),
+    episode: Path = typer.Argument(..., help="A recorded episode (HDF5, Mobile VLA format)."),
+    backbone: Optional[Path] = typer.Option(None, "--backbone", help="Run this artifact as the backbone instead (e.g. NAME.backbone.engine)."),
+    head: Optional[Path] = typer.Option(None, "--head", help="Run this artifact as the head instead (e.g. NAME.head.engine)."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32, fp16 or int8: picks the default tolerance (default: from the parts' manifests)."),
+    atol: Optional[float] = typer.Option(None, "--atol", help="Maximum absolute action error per step (overrides --precision)."),
+    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Local Kosmos-2 tokenizer directory (the tiny and small presets have their own)."),
+    text_len: Optional[int] = typer.Option(None, "--text-len", help="Pad the prompt to this many tokens (engines with a static text shape)."),
+    providers: Optional[list[str]] = typer.Option(None, "--provider", help="onnxruntime execution provider for ONNX parts (repeatable)."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the per-step result as JSON."),
+    config: Optional[Path] = ConfigOpt,
+    rename: Optional[list[str]] = RenameOpt,
+    trust_checkpoint: bool = TrustOpt,
+) -> None:
+    """Stream an episode through the split runtime; at every step compare with the full-window PyTorch policy. Exit 1 on a failed step."""
+    from vla_export.models.loader import PolicyFromCheckpoint
+    from vla_export.runtime.replay import replay_check
+
+    cfg, renames = policy_source_options(config, rename)
+    result = replay_check(
+        PolicyFromCheckpoint(checkpoint, config=cfg, renames=renames, trust=trust_checkpoint), artifacts, episode,
+        backbone=backbone, head=head, precision=precision, atol=atol, tokenizer_dir=tokenizer, text_len=text_len,
+        providers=providers,
+    )
+    report = result.to_dict()
+    render_replay(report)
+    if json_path:
+        write_json(json_path, report)
+        console.print(f"wrote {json_path}")
+    if not result.passed:
+        raise typer.Exit(1)
