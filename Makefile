@@ -4,9 +4,12 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.vla-export-installed
 TORCH  ?= torch==2.13.0
+# The oldest supported transformers major: its Kosmos-2/CLIP key layout differs from 5.x.
+COMPAT ?= $(VENV)/compat-transformers4
+COMPAT_PKGS ?= "transformers==4.57.*" "huggingface_hub<1.0" "tokenizers<0.23"
 DEMO   ?= demo-out
 
-.PHONY: install demo test test-gpu clean
+.PHONY: install demo test test-compat test-gpu clean
 
 install: $(STAMP)
 
@@ -27,6 +30,12 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+	$(MAKE) --no-print-directory test-compat
+
+# The checkpoint and model tests again under transformers 4.x (installed beside, not over, 5.x).
+test-compat: install
+	@test -f $(COMPAT)/.ok || ($(BIN)/python -m pip install -q --target $(COMPAT) $(COMPAT_PKGS) && touch $(COMPAT)/.ok)
+	PYTHONPATH=$(COMPAT) $(BIN)/python -m pytest -q -p no:cacheprovider tests/models tests/cli/test_checkpoint_cmds.py
 
 # Tests that need TensorRT and/or a CUDA GPU; they skip with the reason elsewhere.
 test-gpu: install

@@ -20,7 +20,7 @@ INSTALL_HINTS = MappingProxyType(
         "onnxscript": "`pip install onnxscript`",
         "h5py": "`pip install h5py`",
         "torch": "`pip install torch`",
-        "transformers": "`pip install 'transformers>=4.46,<6'`",
+        "transformers": "`pip install 'transformers>=4.57,<6'`",
         "safetensors": "`pip install safetensors`",
         "psutil": "`pip install psutil`",
     }

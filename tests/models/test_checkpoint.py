@@ -87,12 +87,13 @@ def test_safetensors(tmp_path, sd, tiny_policy, inputs):
     _assert_same_policy(path, tiny_policy, inputs)
 
 
-def test_transformers_4x_clip_layout_loads(tmp_path, sd, tiny_policy, inputs):
-    """transformers 4.x kept a `vision_model.` level inside CLIPVisionModel; 5.x dropped it."""
-    old = OrderedDict((("clip.vision_model." + k[5:]) if k.startswith("clip.") else k, v) for k, v in sd.items())
-    assert any(k.startswith("clip.vision_model.") for k in old)
-    path = tmp_path / "t4.pt"
-    torch.save({"model_state_dict": old}, path)
+@pytest.mark.parametrize("layout", ["nested", "flat"], ids=["transformers-4.x-keys", "transformers-5.x-keys"])
+def test_both_clip_layouts_load(tmp_path, sd, tiny_policy, inputs, layout):
+    """transformers 4.x kept a `vision_model.` level inside CLIPVisionModel; 5.x dropped it. Either file loads."""
+    keyed = OrderedDict(normalize_keys(sd, clip_layout=layout))
+    assert any(k.startswith("clip.vision_model.") for k in keyed) == (layout == "nested")
+    path = tmp_path / f"{layout}.pt"
+    torch.save({"model_state_dict": keyed}, path)
     _assert_same_policy(path, tiny_policy, inputs)
 
 

@@ -20,9 +20,11 @@ def test_every_preset_is_recovered(name):
     assert inferred.matched_preset == name and inferred.assumptions == []
 
 
+@pytest.mark.parametrize("layout", ["nested", "flat"], ids=["transformers-4.x-keys", "transformers-5.x-keys"])
 @pytest.mark.parametrize("name", ["tiny", "mobile-vla"])
-def test_transformers_4x_clip_keys(name):
-    sd = {("clip.vision_model." + k[5:] if k.startswith("clip.") else k): v for k, v in _meta_sd(PRESETS[name]).items()}
+def test_both_clip_key_layouts(name, layout):
+    sd = normalize_keys(_meta_sd(PRESETS[name]), clip_layout=layout)
+    assert any(k.startswith("clip.vision_model.") for k in sd) == (layout == "nested")
     assert infer_config(sd).config == PRESETS[name]
 
 
