@@ -9,6 +9,7 @@ which is -inf in FP16) and, for INT8, residual adds. TensorRT builds either resu
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 import time
@@ -26,8 +27,12 @@ from vla_export.lazy import lazy_import
 
 FP16_MAX = 65504.0
 PROTOBUF_LIMIT = 2**31 - 1
-#: Op types whose inputs get Q/DQ by default: the matrix products carry almost all the compute.
-INT8_OP_TYPES = ("MatMul", "Gemm", "Conv")
+#: Op types whose inputs get Q/DQ by default: the backbones' matrix products and patch embeddings carry
+#: almost all the compute. The policy head (Gemm, LSTM) stays in float, see :data:`HEAD_WEIGHTS`.
+INT8_OP_TYPES = ("MatMul", "Conv")
+#: Weights of the policy head (feature projection, LSTM, MLP): about 3% of the parameters, and its errors
+#: land directly on the actions (on the tiny preset, INT8 head layers alone triple the action error).
+HEAD_WEIGHTS = re.compile(r"(^|\.)(action|rnn|proj)\.")
 NORM_OPS = ("LayerNormalization", "SimplifiedLayerNormalization", "SkipLayerNormalization", "GroupNormalization")
 SOFTMAX_OPS = ("Softmax", "LogSoftmax")
 #: The mask closure stops at these ops: past them values are activations again, not mask arithmetic.
@@ -70,12 +75,13 @@ def _out_of_fp16_range(a: np.ndarray) -> bool:
     return a.dtype.kind == "f" and a.size > 0 and bool(np.nanmax(np.abs(a[np.isfinite(a)]), initial=0) > FP16_MAX)
 
 
-def precision_sensitive_nodes(model, *, residual_adds: bool = True) -> dict[str, str]:
-    """Node name -> reason ("layernorm", "softmax", "mask", "residual-add") for nodes to keep in FP32.
+def precision_sensitive_nodes(model, *, int8: bool = True) -> dict[str, str]:
+    """Node name -> reason ("layernorm", "softmax", "mask", and for INT8 "residual-add", "head") for
+    nodes to keep out of low precision.
 
     Mask arithmetic is every node downstream of a constant outside the FP16 range, up to (not past)
     the next Softmax, matrix product or normalisation. A residual add is an Add of two activations
-    (neither input a constant) that is not mask arithmetic.
+    (neither input a constant) that is not mask arithmetic. Head nodes take a policy-head weight.
     """
     consts = _constant_arrays(model)
     consumers: dict[str, list] = {}
@@ -95,11 +101,15 @@ def precision_sensitive_nodes(model, *, residual_adds: bool = True) -> dict[str,
             continue
         reasons[node.name] = "mask"
         frontier += [c for out in node.output for c in consumers.get(out, [])]
-    if residual_adds:
+    if int8:
         initializers = {i.name for i in model.graph.initializer}
         for node in model.graph.node:
-            if node.op_type == "Add" and node.name not in reasons and not any(i in consts or i in initializers for i in node.input):
+            if node.name in reasons:
+                continue
+            if node.op_type == "Add" and not any(i in consts or i in initializers for i in node.input):
                 reasons[node.name] = "residual-add"
+            elif any(i in initializers and HEAD_WEIGHTS.search(i) for i in node.input):
+                reasons[node.name] = "head"
     return reasons
 
 
@@ -221,7 +231,7 @@ def convert_fp16(onnx_path: str | Path, output: str | Path, *, keep_sensitive_fp
     onnx_path, output = Path(onnx_path), Path(output)
     model = load_onnx(onnx_path)
     ensure_node_names(model)
-    reasons = precision_sensitive_nodes(model, residual_adds=False) if keep_sensitive_fp32 else {}
+    reasons = precision_sensitive_nodes(model, int8=False) if keep_sensitive_fp32 else {}
     external = _needs_external_data(model)
     model = f16.convert_float_to_float16(
         model, keep_io_types=True, op_block_list=list(f16.DEFAULT_OP_BLOCK_LIST), node_block_list=sorted(reasons),

@@ -1,0 +1,213 @@
+"""``vla-export episodes``, ``calib``, ``quantize`` and ``trt``: thin layers over vla_export.data and vla_export.export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.table import Table
+
+from vla_export.cli.checkpoint_cmds import _fmt_bytes
+from vla_export.cli.common import console, write_json
+from vla_export.errors import ConfigError
+
+JsonOpt = typer.Option(None, "--json", help="Also write the report as JSON.")
+
+
+def _size(text: str) -> tuple[int, int]:
+    from vla_export.export.trt import parse_shape
+
+    dims = parse_shape(text)
+    if len(dims) != 2:
+        raise ConfigError(f"--size takes HEIGHTxWIDTH, got {text!r}")
+    return dims[0], dims[1]
+
+
+def episodes(
+    output: Path = typer.Option(Path("episodes"), "-o", "--output", help="Folder for the episode files."),
+    count: int = typer.Option(4, "--count", help="Number of episodes (cycling through the scenarios)."),
+    frames: int = typer.Option(18, "--frames", help="Frames per episode (the recorded episodes have 18)."),
+    size: str = typer.Option("720x1280", "--size", help="Frame size HEIGHTxWIDTH (the robot's camera: 720x1280)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the scenes."),
+) -> None:
+    """Write synthetic episodes in the recorded HDF5 format (moving scenes, key-press actions)."""
+    from vla_export.data.episodes import instruction_for, write_synthetic_episodes
+
+    paths = write_synthetic_episodes(output, count, seed=seed, frames=frames, frame_hw=_size(size))
+    for p in paths:
+        console.print(f"wrote {p} ({_fmt_bytes(p.stat().st_size)}): \"{instruction_for(p.stem)}\"", markup=False)
+
+
+def _calib_config(onnx: Optional[Path], preset: Optional[str], config: Optional[Path]):
+    """The policy config a calibration set is made for: from the ONNX manifest, a preset or a config file."""
+    from vla_export.models.config import PolicyConfig, get_preset, load_config
+
+    if sum(x is not None for x in (onnx, preset, config)) != 1:
+        raise ConfigError("give exactly one of --onnx MODEL.onnx, --preset NAME or --config FILE")
+    if preset:
+        return get_preset(preset), None
+    if config:
+        return load_config(config), None
+    from vla_export.export.manifest import read_manifest
+
+    manifest = read_manifest(onnx, kind="onnx")
+    if not manifest.get("config"):
+        raise ConfigError(f"{onnx}: its manifest records no policy config; pass --preset or --config")
+    return PolicyConfig.from_dict(manifest["config"]), manifest.get("window")
+
+
+def calib(
+    data: list[Path] = typer.Argument(..., help="Episode files (HDF5) or folders of them."),
+    output: Path = typer.Option(Path("calibration/calib.npz"), "-o", "--output", help="Calibration set to write (.npz)."),
+    onnx: Optional[Path] = typer.Option(None, "--onnx", help="The ONNX to calibrate: config and window from its manifest; the set is checked against its inputs."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Or a config preset."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Or a policy config JSON."),
+    samples: int = typer.Option(32, "--samples", help="Number of windows to sample across the episodes."),
+    seed: int = typer.Option(0, "--seed", help="Sampling seed."),
+    window: Optional[int] = typer.Option(None, "--window", help="Frames per sample (default: the ONNX's or the config's window)."),
+    text_len: Optional[int] = typer.Option(None, "--text-len", help="Pad prompts to this length (default: the longest prompt)."),
+    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Local Kosmos-2 tokenizer directory (needed for the full-size vocabulary)."),
+    json_path: Optional[Path] = JsonOpt,
+) -> None:
+    """Sample N windows of recorded frames, preprocessed exactly as at run time, into a calibration set."""
+    from vla_export.data.calibration import make_calibration_set
+    from vla_export.data.tokenizer import tokenizer_for
+
+    cfg, onnx_window = _calib_config(onnx, preset, config)
+    calib_set = make_calibration_set(
+        data, cfg, output, count=samples, seed=seed, tokenizer=tokenizer_for(cfg, tokenizer),
+        window=window or onnx_window, text_len=text_len,
+    )
+    if onnx is not None:
+        from vla_export.export.onnx import io_signature
+
+        calib_set.check_inputs(io_signature(onnx)["inputs"], onnx)
+    report = calib_set.to_dict()
+    shapes = ", ".join(f"{k} {v}" for k, v in report["shapes"].items())
+    console.print(f"wrote {output} ({_fmt_bytes(output.stat().st_size)}): {len(calib_set)} samples from "
+                  f"{len(report['episodes'])} episodes, tokenizer {report['tokenizer']}; per sample {shapes}", markup=False)
+    if json_path:
+        write_json(json_path, report)
+
+
+def render_quantize(r: dict[str, Any]) -> None:
+    kept = ", ".join(f"{n} {k}" for k, n in r["kept_fp32"].items()) or "none"
+    q, dq = r["nodes"].get("QuantizeLinear", 0), r["nodes"].get("DequantizeLinear", 0)
+    extra = f"; {q} QuantizeLinear, {dq} DequantizeLinear" if r["precision"] == "int8" else ""
+    console.print(f"wrote {r['output']} ({r['precision']}, {_fmt_bytes(r['bytes'])}, {r['seconds']:.1f} s); kept in FP32: {kept}{extra}", markup=False)
+
+
+def quantize(
+    onnx: Path = typer.Argument(..., help="The exported fp32 ONNX."),
+    int8: bool = typer.Option(False, "--int8", help="Static INT8 Q/DQ (needs --calib)."),
+    fp16: bool = typer.Option(False, "--fp16", help="FP16 weights and compute with fp32 inputs/outputs."),
+    calib_path: Optional[Path] = typer.Option(None, "--calib", help="Calibration set (.npz from `vla-export calib`)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output ONNX (default MODEL.int8.onnx / MODEL.fp16.onnx)."),
+    method: str = typer.Option("minmax", "--method", help="INT8 calibration: minmax, entropy or percentile."),
+    per_channel: bool = typer.Option(True, "--per-channel/--per-tensor", help="Per-channel INT8 weights."),
+    keep_fp32: bool = typer.Option(True, "--keep-fp32/--all-low-precision", help="Keep LayerNorm, Softmax, mask arithmetic (and residual adds for INT8) out of low precision."),
+    exclude: Optional[list[str]] = typer.Option(None, "--exclude", help="Also keep this ONNX node out of INT8 (repeatable)."),
+    json_path: Optional[Path] = JsonOpt,
+) -> None:
+    """Explicit quantization: a Q/DQ INT8 or an FP16 ONNX that ONNX Runtime (CPU) and TensorRT (strongly typed) both run."""
+    from vla_export.export.quantize import convert_fp16, default_output, quantize_int8
+
+    if int8 == fp16:
+        raise ConfigError("choose one of --int8 or --fp16")
+    precision = "int8" if int8 else "fp16"
+    output = output or default_output(onnx, precision)
+    if int8:
+        if calib_path is None:
+            raise ConfigError("--int8 needs --calib DATA (make it with `vla-export calib`): INT8 without calibration data is guesswork")
+        from vla_export.data.calibration import load_calibration_set
+
+        result = quantize_int8(onnx, load_calibration_set(calib_path), output, per_channel=per_channel, method=method,
+                               keep_sensitive_fp32=keep_fp32, exclude=exclude or ())
+    else:
+        result = convert_fp16(onnx, output, keep_sensitive_fp32=keep_fp32)
+    render_quantize(result.to_dict())
+    console.print(f"check it: vla-export parity CHECKPOINT {output}", style="dim", markup=False)
+    if json_path:
+        write_json(json_path, result.to_dict())
+
+
+def render_build(r: dict[str, Any]) -> None:
+    plan = r["plan"]
+    table = Table(title=f"{r['engine']}: TensorRT {r['tensorrt']} via {r['builder']} on {r['gpu'].get('name')} "
+                        f"(sm {r['gpu'].get('compute_capability')})")
+    table.add_column("setting")
+    table.add_column("value")
+    table.add_row("precision", f"{plan['precision']}{' (strongly typed)' if plan['strongly_typed'] else ''}")
+    table.add_row("flags", ", ".join(plan["flags"]) or "none")
+    for name, prof in plan["profiles"].items():
+        table.add_row(f"profile {name}", f"min {prof['min']} opt {prof['opt']} max {prof['max']}")
+    for rule in plan["layer_rules"]:
+        table.add_row(f"keep {rule['precision']}", f"{rule['reason']} ({r['layer_rules_applied'].get(rule['reason'], 0)} layers)")
+    console.print(table)
+    console.print(f"built in {r['seconds']:.1f} s, {_fmt_bytes(r['bytes'])}; manifest {r['manifest']}", markup=False)
+
+
+def trt(
+    onnx: Path = typer.Argument(..., help="The ONNX to build (external data is read from beside it)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Engine to write, e.g. engines/NAME.engine (manifest NAME.engine.json beside it)."),
+    fp16: bool = typer.Option(False, "--fp16", help="FP16 (LayerNorm, Softmax and mask arithmetic stay FP32 unless --fp16-all)."),
+    int8: bool = typer.Option(False, "--int8", help="INT8 with FP16 fallback: calibrated with --calib, or from the ONNX's Q/DQ nodes."),
+    fp16_all: bool = typer.Option(False, "--fp16-all", help="Drop the FP32 layer precision constraints."),
+    calib_path: Optional[Path] = typer.Option(None, "--calib", help="Calibration set for implicit INT8 (entropy calibration; cache in its folder)."),
+    calib_cache: Optional[Path] = typer.Option(None, "--calib-cache", help="Calibration cache file (default: beside the calibration set)."),
+    typing_: str = typer.Option("auto", "--typing", help="auto (strongly typed for Q/DQ or FP16 ONNX, and on TensorRT 11), strong or weak."),
+    shape: Optional[list[str]] = typer.Option(None, "--shape", help="Profile NAME=MIN:OPT:MAX, e.g. input_ids=1x1:1x16:1x64 (repeatable; default from the ONNX)."),
+    max_batch: int = typer.Option(1, "--max-batch", help="Largest batch in the default profiles."),
+    workspace: int = typer.Option(2048, "--workspace", help="Workspace limit in MiB."),
+    timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="Timing cache file, read if present and updated after the build."),
+    opt_level: Optional[int] = typer.Option(None, "--opt-level", help="Builder optimization level 0-5 (TensorRT default 3)."),
+    version_compatible: bool = typer.Option(False, "--version-compatible", help="Engine runs on later TensorRT versions of the same major."),
+    exclude_lean_runtime: bool = typer.Option(False, "--exclude-lean-runtime", help="With --version-compatible: do not embed the lean runtime."),
+    hardware_compat: str = typer.Option("none", "--hardware-compat", help="none or ampere+ (runs on any Ampere or newer GPU)."),
+    dla_core: Optional[int] = typer.Option(None, "--dla-core", help="Run on this DLA core (Jetson), with GPU fallback."),
+    print_trtexec: bool = typer.Option(False, "--print-trtexec", help="Print the equivalent trtexec command and exit (needs no TensorRT)."),
+    parity_ckpt: Optional[Path] = typer.Option(None, "--parity", help="After building, check parity against this checkpoint and record it in the manifest."),
+    samples: int = typer.Option(8, "--samples", help="Parity samples."),
+    json_path: Optional[Path] = JsonOpt,
+) -> None:
+    """Build a TensorRT engine for this GPU from an ONNX, with its manifest."""
+    from vla_export.export.trt import (
+        EngineFromOnnx, TrtBuildOptions, make_plan, parse_profile, read_onnx_facts, record_parity, trtexec_command,
+    )
+
+    if fp16 and int8:
+        raise ConfigError("choose one of --fp16 or --int8 (INT8 already enables FP16 for the layers kept out of INT8)")
+    options = TrtBuildOptions(
+        precision="int8" if int8 else "fp16" if fp16 else "fp32", fp16_all=fp16_all, typing=typing_,
+        shapes=dict(parse_profile(s) for s in shape or []), max_batch=max_batch, workspace_mib=workspace,
+        timing_cache=timing_cache, optimization_level=opt_level, version_compatible=version_compatible,
+        exclude_lean_runtime=exclude_lean_runtime, hardware_compatibility=hardware_compat, dla_core=dla_core,
+        calib=calib_path, calib_cache=calib_cache,
+    )
+    if print_trtexec:
+        facts = read_onnx_facts(onnx)
+        calib_shapes = None
+        if calib_path is not None and int8:
+            from vla_export.data.calibration import load_calibration_set
+
+            calib_shapes = {k: tuple(v.shape[1:]) for k, v in load_calibration_set(calib_path).arrays.items()}
+        plan = make_plan(facts, options, calib_shapes=calib_shapes)
+        console.print(" ".join(trtexec_command(plan, onnx, output)), markup=False, soft_wrap=True)
+        return
+    result = EngineFromOnnx(onnx, output, options)()
+    report = result.to_dict()
+    render_build(report)
+    if parity_ckpt is not None:
+        from vla_export.cli.onnx_cmds import render_parity
+        from vla_export.models.loader import PolicyFromCheckpoint
+        from vla_export.parity import parity_check
+
+        parity = parity_check(PolicyFromCheckpoint(parity_ckpt), output, samples=samples)
+        record_parity(output, parity.to_dict())
+        report["parity"] = parity.to_dict()
+        render_parity(report["parity"])
+        if not parity.passed:
+            raise typer.Exit(1)
+    if json_path:
+        write_json(json_path, report)

@@ -1,0 +1,642 @@
+"""ONNX -> TensorRT engine for the GPU it runs on (Jetson Orin with JetPack 6 / TensorRT 10.3, x86 TensorRT 10.x).
+
+Three layers, so all the decisions are testable without TensorRT:
+
+1. :class:`TrtBuildOptions` (what the user asked for) + the ONNX -> :class:`BuildPlan` (pure data: network
+   typing, builder flags, memory pools, optimization profiles, layer precision rules, DLA, compatibility).
+2. Translators: :func:`apply_plan` makes exactly the TensorRT 10 ``IBuilderConfig`` calls for a plan
+   (tests pass a recording fake), :func:`trtexec_command` writes the equivalent trtexec command line.
+3. Builders: :func:`build_engine` uses the TensorRT Python API (``OnnxParser.parse_from_file``, so
+   external data is read from beside the model; ``build_serialized_network``), Polygraphy's
+   ``Calibrator`` for implicit INT8 calibration; without the bindings it runs ``trtexec`` with the same
+   plan; with neither it says how to install TensorRT.
+
+TensorRT 11 drops the FP16/INT8 builder flags and implicit calibration: there, and whenever the ONNX
+already carries its precision (Q/DQ nodes from ``vla-export quantize --int8`` or FP16 weights from
+``--fp16``), the network is built strongly typed and the ONNX decides every layer's type.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vla_export.errors import ArtifactError, ConfigError, DataError, MissingDependencyError
+from vla_export.fileio import atomic_write
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "fp16", "int8")
+TYPINGS = ("auto", "strong", "weak")
+HARDWARE_COMPAT = ("none", "ampere+")
+MANIFEST_KIND = "engine"
+DEFAULT_WORKSPACE_MIB = 2048
+TRTEXEC = "trtexec"
+INSTALL_TRT = (
+    "TensorRT is not installed: on Jetson install JetPack's TensorRT (`sudo apt install nvidia-tensorrt`, "
+    "Python bindings `python3-libnvinfer`); on x86 `pip install 'vla-export[trt]'` (or put `trtexec` on PATH)"
+)
+#: Where each policy input's dynamic dimensions get their defaults: (input, axis) -> role.
+DIM_ROLES = {("pixel_values", 0): "batch", ("pixel_values", 1): "window", ("input_ids", 0): "batch",
+             ("input_ids", 1): "text", ("attention_mask", 0): "batch", ("attention_mask", 1): "text"}
+DEFAULT_TEXT_OPT = 16
+
+
+# --- options and plan ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Profile:
+    """One input's optimization profile shapes."""
+
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if not (len(self.min) == len(self.opt) == len(self.max)):
+            raise ConfigError(f"profile shapes differ in rank: {self.min} {self.opt} {self.max}")
+        if any(not (a <= b <= c) or a < 0 for a, b, c in zip(self.min, self.opt, self.max)):
+            raise ConfigError(f"profile needs 0 <= min <= opt <= max per dimension, got {self.min} {self.opt} {self.max}")
+
+    def to_dict(self) -> dict[str, list[int]]:
+        return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``"1x16"`` -> (1, 16)."""
+    try:
+        return tuple(int(d) for d in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"a shape is written like 1x4x3x224x224, got {text!r}") from None
+
+
+def parse_profile(spec: str) -> tuple[str, Profile]:
+    """``"input_ids=1x1:1x16:1x64"`` (min:opt:max) or ``"input_ids=1x16"`` (static) -> (name, Profile)."""
+    name, sep, shapes = spec.partition("=")
+    parts = shapes.split(":")
+    if not sep or not name or len(parts) not in (1, 3):
+        raise ConfigError(f"--shape takes NAME=MIN:OPT:MAX or NAME=SHAPE (e.g. input_ids=1x1:1x16:1x64), got {spec!r}")
+    dims = [parse_shape(p) for p in parts]
+    return name, Profile(dims[0], dims[-2 if len(dims) == 3 else 0], dims[-1])
+
+
+@dataclass(frozen=True)
+class TrtBuildOptions:
+    """What to build. Precision ``fp16`` keeps LayerNorm, Softmax and mask arithmetic in FP32 with layer
+    precision constraints unless ``fp16_all``; ``int8`` also enables FP16 for the layers that stay out of
+    INT8 and needs ``calib`` (a calibration set) unless the ONNX has Q/DQ nodes."""
+
+    precision: str = "fp32"
+    fp16_all: bool = False
+    typing: str = "auto"
+    shapes: Mapping[str, Profile] = field(default_factory=dict)
+    max_batch: int = 1
+    workspace_mib: int = DEFAULT_WORKSPACE_MIB
+    timing_cache: Path | None = None
+    optimization_level: int | None = None
+    version_compatible: bool = False
+    exclude_lean_runtime: bool = False
+    hardware_compatibility: str = "none"
+    dla_core: int | None = None
+    calib: Path | None = None
+    calib_cache: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.typing not in TYPINGS:
+            raise ConfigError(f"typing must be one of {TYPINGS}, got {self.typing!r}")
+        if self.hardware_compatibility not in HARDWARE_COMPAT:
+            raise ConfigError(f"hardware compatibility must be one of {HARDWARE_COMPAT}, got {self.hardware_compatibility!r}")
+        if self.optimization_level is not None and not 0 <= self.optimization_level <= 5:
+            raise ConfigError(f"builder optimization level must be 0..5, got {self.optimization_level}")
+        if self.workspace_mib < 1 or self.max_batch < 1:
+            raise ConfigError("workspace and max batch must be positive")
+        if self.exclude_lean_runtime and not self.version_compatible:
+            raise ConfigError("--exclude-lean-runtime needs --version-compatible")
+        if self.dla_core is not None and self.dla_core < 0:
+            raise ConfigError(f"--dla-core must be >= 0, got {self.dla_core}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["shapes"] = {k: v.to_dict() for k, v in self.shapes.items()}
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
+
+
+@dataclass(frozen=True)
+class OnnxFacts:
+    """What the plan needs from the ONNX: inputs, whether it carries its own precision, sensitive nodes."""
+
+    path: Path
+    inputs: list[dict[str, Any]]
+    has_qdq: bool
+    has_fp16: bool
+    sensitive: dict[str, str]  # node name -> reason (see quantize.precision_sensitive_nodes)
+    config: dict[str, Any] | None = None  # the policy config from the ONNX manifest, when there is one
+
+    @property
+    def typed(self) -> bool:
+        return self.has_qdq or self.has_fp16
+
+
+def read_onnx_facts(path: str | Path) -> OnnxFacts:
+    """Read the facts from an ONNX file (weights not loaded) and its manifest, if any."""
+    from vla_export.export.manifest import read_manifest
+    from vla_export.export.onnx import io_signature
+    from vla_export.export.quantize import ensure_node_names, load_onnx, precision_sensitive_nodes
+    from vla_export.lazy import lazy_import
+
+    onnx = lazy_import("onnx", purpose="reading ONNX models")
+    path = Path(path)
+    model = load_onnx(path, load_external_data=False)  # also checks that external data files exist
+    ensure_node_names(model)
+    ops = {n.op_type for n in model.graph.node}
+    fp16 = onnx.TensorProto.FLOAT16
+    has_fp16 = any(t.data_type == fp16 for t in model.graph.initializer) or any(
+        n.op_type == "Cast" and any(a.name == "to" and a.i == fp16 for a in n.attribute) for n in model.graph.node
+    )
+    manifest = read_manifest(path, kind="onnx", required=False) or {}
+    return OnnxFacts(
+        path=path,
+        inputs=io_signature(path)["inputs"],
+        has_qdq=bool({"QuantizeLinear", "DequantizeLinear"} & ops),
+        has_fp16=has_fp16,
+        sensitive=precision_sensitive_nodes(model),
+        config=manifest.get("config"),
+    )
+
+
+@dataclass(frozen=True)
+class LayerRule:
+    """Keep matching layers at ``precision``: by TensorRT layer type or by ONNX node name."""
+
+    precision: str  # "fp32" or "fp16"
+    layer_types: tuple[str, ...] = ()
+    names: tuple[str, ...] = ()
+    reason: str = ""
+
+
+@dataclass
+class BuildPlan:
+    """Everything a builder does, as data (written to the manifest as the build's flags)."""
+
+    strongly_typed: bool
+    flags: list[str]
+    workspace_bytes: int
+    profiles: dict[str, Profile]
+    calibration_profile: dict[str, Profile] | None
+    layer_rules: list[LayerRule]
+    timing_cache: str | None
+    optimization_level: int | None
+    hardware_compatibility: str
+    dla_core: int | None
+    calib: str | None
+    calib_cache: str | None
+    precision: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "precision": self.precision,
+            "strongly_typed": self.strongly_typed,
+            "flags": self.flags,
+            "workspace_bytes": self.workspace_bytes,
+            "profiles": {k: v.to_dict() for k, v in self.profiles.items()},
+            "calibration_profile": {k: v.to_dict() for k, v in self.calibration_profile.items()} if self.calibration_profile else None,
+            "layer_rules": [asdict(r) | {"names": len(r.names)} for r in self.layer_rules],
+            "timing_cache": self.timing_cache,
+            "optimization_level": self.optimization_level,
+            "hardware_compatibility": self.hardware_compatibility,
+            "dla_core": self.dla_core,
+            "calib": self.calib,
+            "calib_cache": self.calib_cache,
+        }
+
+
+def derive_profiles(facts: OnnxFacts, options: TrtBuildOptions, text_opt: int | None = None) -> dict[str, Profile]:
+    """A profile for every input with a dynamic dimension: from ``options.shapes``, else defaults.
+
+    Defaults by role: batch 1..``max_batch`` (opt 1: the robot runs one request at a time); window
+    1..W (opt W, the config's window); text 1..max_text_len (opt ``text_opt`` or 16). Static inputs need
+    no profile; a flag for an unknown input, a wrong rank or a contradiction of a static dim is an error.
+    """
+    names = {i["name"] for i in facts.inputs}
+    unknown = sorted(set(options.shapes) - names)
+    if unknown:
+        raise ConfigError(f"--shape for {unknown}, but {facts.path.name} has inputs {sorted(names)}")
+    cfg = facts.config or {}
+    window = int(cfg.get("window", 8))
+    max_text = int(cfg.get("max_text_len", 256))
+    profiles: dict[str, Profile] = {}
+    for spec in facts.inputs:
+        name, dims = spec["name"], spec["shape"]
+        if name in options.shapes:
+            prof = options.shapes[name]
+            if len(prof.min) != len(dims):
+                raise ConfigError(f"--shape {name}: rank {len(prof.min)}, the ONNX input has rank {len(dims)} {dims}")
+            for axis, d in enumerate(dims):
+                if isinstance(d, int) and not (prof.min[axis] == prof.opt[axis] == prof.max[axis] == d):
+                    raise ConfigError(f"--shape {name}: axis {axis} is fixed at {d} in the ONNX")
+            profiles[name] = prof
+            continue
+        if all(isinstance(d, int) for d in dims):
+            continue
+        lo, mid, hi = [], [], []
+        for axis, d in enumerate(dims):
+            if isinstance(d, int):
+                lo.append(d), mid.append(d), hi.append(d)
+                continue
+            role = DIM_ROLES.get((name, axis))
+            if role == "batch":
+                bounds = (1, 1, options.max_batch)
+            elif role == "window":
+                bounds = (1, window, window)
+            elif role == "text":
+                opt = min(text_opt or DEFAULT_TEXT_OPT, max_text)
+                bounds = (1, opt, max_text)
+            else:
+                raise ConfigError(f"{facts.path.name}: input {name} axis {axis} ({d}) is dynamic; give its range with --shape {name}=MIN:OPT:MAX")
+            lo.append(bounds[0]), mid.append(bounds[1]), hi.append(bounds[2])
+        profiles[name] = Profile(tuple(lo), tuple(mid), tuple(hi))
+    return profiles
+
+
+def trt_major(version: str) -> int:
+    m = re.match(r"(\d+)", version)
+    return int(m.group(1)) if m else 0
+
+
+def make_plan(facts: OnnxFacts, options: TrtBuildOptions, *, trt_version: str = "10", calib_shapes: Mapping[str, tuple[int, ...]] | None = None) -> BuildPlan:
+    """Decide the build. Raises ConfigError for combinations TensorRT would reject or silently ignore."""
+    major = trt_major(trt_version)
+    if major and major < 10:
+        raise ConfigError(f"TensorRT {trt_version} is too old: vla-export builds with the TensorRT 10 API (JetPack 6 ships 10.3)")
+    p = options.precision
+    if options.typing == "strong" or (options.typing == "auto" and (major >= 11 or (facts.typed and p == "fp32"))):
+        strong = True
+    else:
+        strong = False
+    if strong and p != "fp32":
+        why = f"TensorRT {trt_version} has no FP16/INT8 builder flags" if major >= 11 else "a strongly typed build takes its precision from the ONNX"
+        raise ConfigError(
+            f"{why}: run `vla-export quantize {facts.path.name} --{p}{' --calib DATA' if p == 'int8' else ''}` "
+            "and build the ONNX it writes without --fp16/--int8"
+        )
+    if major >= 11 and options.typing == "weak":
+        raise ConfigError(f"TensorRT {trt_version} builds strongly typed networks only; drop --weakly-typed")
+    flags: list[str] = []
+    rules: list[LayerRule] = []
+    if p in ("fp16", "int8"):
+        flags.append("FP16")
+    if p == "int8":
+        flags.append("INT8")
+        if not facts.has_qdq and options.calib is None:
+            raise DataError(
+                f"INT8 without Q/DQ nodes in {facts.path.name} needs calibration data: pass --calib DATA "
+                "(make it with `vla-export calib`), or quantize explicitly with `vla-export quantize --int8`"
+            )
+    if p != "fp32" and not options.fp16_all:
+        by_reason: dict[str, list[str]] = {}
+        for name, reason in facts.sensitive.items():
+            by_reason.setdefault(reason, []).append(name)
+        rules.append(LayerRule("fp32", layer_types=("NORMALIZATION", "SOFTMAX"),
+                               names=tuple(sorted(by_reason.get("layernorm", []) + by_reason.get("softmax", []))), reason="layernorm+softmax"))
+        rules.append(LayerRule("fp32", names=tuple(sorted(by_reason.get("mask", []))), reason="attention-mask arithmetic"))
+        if p == "int8":
+            rules.append(LayerRule("fp16", names=tuple(sorted(by_reason.get("residual-add", []))), reason="residual adds out of INT8"))
+            rules.append(LayerRule("fp16", names=tuple(sorted(by_reason.get("head", []))), reason="policy head out of INT8"))
+        flags.append("OBEY_PRECISION_CONSTRAINTS")
+    if options.dla_core is not None:
+        if p == "fp32" and not (strong and facts.typed):
+            raise ConfigError("DLA runs FP16 or INT8 only: add --fp16 or --int8 to use --dla-core")
+        flags.append("GPU_FALLBACK")
+    if options.version_compatible:
+        flags.append("VERSION_COMPATIBLE")
+    if options.exclude_lean_runtime:
+        flags.append("EXCLUDE_LEAN_RUNTIME")
+    profiles = derive_profiles(facts, options, text_opt=(calib_shapes or {}).get("input_ids", (0, None))[-1])
+    calib_profile = None
+    if p == "int8" and not facts.has_qdq and calib_shapes:
+        # Implicit calibration runs at one shape per input: the calibration set's.
+        calib_profile = {n: Profile(s, s, s) for n, s in calib_shapes.items()}
+    calib_cache = options.calib_cache
+    if p == "int8" and options.calib is not None and calib_cache is None:
+        calib_cache = default_calib_cache(options.calib, facts.path, trt_version)
+    return BuildPlan(
+        strongly_typed=strong, flags=flags, workspace_bytes=options.workspace_mib << 20, profiles=profiles,
+        calibration_profile=calib_profile, layer_rules=rules,
+        timing_cache=str(options.timing_cache) if options.timing_cache else None,
+        optimization_level=options.optimization_level, hardware_compatibility=options.hardware_compatibility,
+        dla_core=options.dla_core, calib=str(options.calib) if options.calib else None,
+        calib_cache=str(calib_cache) if calib_cache else None, precision=p,
+    )
+
+
+def default_calib_cache(calib: str | Path, onnx: str | Path, trt_version: str) -> Path:
+    """``calibration/set.npz`` -> ``calibration/set.<onnx stem>.trt<version>.cache``: caches are tied to
+    the network and the TensorRT version, so both are in the name."""
+    calib = Path(calib)
+    return calib.with_name(f"{calib.stem}.{Path(onnx).stem}.trt{trt_version}.cache")
+
+
+# --- translators -----------------------------------------------------------------------------------------
+
+def network_flags(plan: BuildPlan, trt) -> int:
+    """The ``create_network`` flags: TensorRT 10 networks are explicit-batch by default."""
+    return (1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)) if plan.strongly_typed else 0
+
+
+def apply_plan(plan: BuildPlan, builder, config, trt, timing_cache_bytes: bytes = b"") -> Any:
+    """Make the ``IBuilderConfig`` calls for ``plan`` (TensorRT 10 API). Returns the timing cache object.
+    Layer precisions are set on the network by :func:`apply_layer_rules`."""
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan.workspace_bytes)
+    for flag in plan.flags:
+        config.set_flag(getattr(trt.BuilderFlag, flag))
+    if plan.optimization_level is not None:
+        config.builder_optimization_level = plan.optimization_level
+    if plan.hardware_compatibility == "ampere+":
+        config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
+    if plan.dla_core is not None:
+        available = builder.num_DLA_cores
+        if plan.dla_core >= available:
+            raise ConfigError(f"--dla-core {plan.dla_core}: this device has {available} DLA cores")
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = plan.dla_core
+    if plan.profiles:
+        profile = builder.create_optimization_profile()
+        for name, prof in plan.profiles.items():
+            profile.set_shape(name, prof.min, prof.opt, prof.max)
+        config.add_optimization_profile(profile)
+    if plan.calibration_profile:
+        cal = builder.create_optimization_profile()
+        for name, prof in plan.calibration_profile.items():
+            cal.set_shape(name, prof.min, prof.opt, prof.max)
+        config.set_calibration_profile(cal)
+    cache = config.create_timing_cache(timing_cache_bytes)
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    return cache
+
+
+def _is_float(dtype, trt) -> bool:
+    return dtype in (trt.float32, trt.float16)
+
+
+def apply_layer_rules(rules: Sequence[LayerRule], network, trt) -> dict[str, int]:
+    """Pin matching layers (and their float outputs) to a precision. Returns how many each rule pinned.
+
+    Only layers whose outputs are all floating point are pinned: a constraint on a shape or boolean
+    layer would make the build fail under OBEY_PRECISION_CONSTRAINTS.
+    """
+    counts = {r.reason: 0 for r in rules}
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        outputs = [layer.get_output(j) for j in range(layer.num_outputs)]
+        if not outputs or not all(_is_float(o.dtype, trt) for o in outputs):
+            continue
+        for rule in rules:
+            by_type = any(layer.type == getattr(trt.LayerType, t) for t in rule.layer_types)
+            if by_type or layer.name in rule.names or any(layer.name.startswith(n + "_") for n in rule.names):
+                dtype = trt.float32 if rule.precision == "fp32" else trt.float16
+                layer.precision = dtype
+                for j in range(layer.num_outputs):
+                    layer.set_output_type(j, dtype)
+                counts[rule.reason] += 1
+                break
+    return counts
+
+
+def _shape_arg(shape: Sequence[int]) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+def trtexec_command(plan: BuildPlan, onnx: str | Path, engine: str | Path, trtexec: str = TRTEXEC) -> list[str]:
+    """The trtexec (TensorRT 10) command line for ``plan``; implicit INT8 calibration needs an existing cache."""
+    cmd = [trtexec, f"--onnx={onnx}", f"--saveEngine={engine}", f"--memPoolSize=workspace:{plan.workspace_bytes >> 20}M", "--skipInference"]
+    flag_args = {"FP16": "--fp16", "INT8": "--int8", "GPU_FALLBACK": "--allowGPUFallback",
+                 "VERSION_COMPATIBLE": "--versionCompatible", "EXCLUDE_LEAN_RUNTIME": "--excludeLeanRuntime",
+                 "OBEY_PRECISION_CONSTRAINTS": "--precisionConstraints=obey"}
+    if plan.strongly_typed:
+        cmd.append("--stronglyTyped")
+    cmd += [flag_args[f] for f in plan.flags]
+    if plan.profiles:
+        for which in ("min", "opt", "max"):
+            spec = ",".join(f"{n}:{_shape_arg(getattr(p, which))}" for n, p in plan.profiles.items())
+            cmd.append(f"--{which}Shapes={spec}")
+    if plan.calibration_profile:
+        spec = ",".join(f"{n}:{_shape_arg(p.opt)}" for n, p in plan.calibration_profile.items())
+        cmd.append(f"--optShapesCalib={spec}")
+    specs = [f"{n}:{r.precision}" for r in plan.layer_rules for n in r.names]
+    if specs:
+        cmd.append(f"--layerPrecisions={','.join(specs)}")
+        cmd.append(f"--layerOutputTypes={','.join(specs)}")
+    if plan.timing_cache:
+        cmd.append(f"--timingCacheFile={plan.timing_cache}")
+    if plan.optimization_level is not None:
+        cmd.append(f"--builderOptimizationLevel={plan.optimization_level}")
+    if plan.hardware_compatibility != "none":
+        cmd.append(f"--hardwareCompatibilityLevel={plan.hardware_compatibility}")
+    if plan.dla_core is not None:
+        cmd.append(f"--useDLACore={plan.dla_core}")
+    if plan.calib_cache and "INT8" in plan.flags:
+        cmd.append(f"--calib={plan.calib_cache}")
+    return cmd
+
+
+# --- building --------------------------------------------------------------------------------------------
+
+@dataclass
+class TrtBuildResult:
+    engine: Path
+    manifest: Path
+    builder: str  # "tensorrt-python" or "trtexec"
+    tensorrt: str
+    gpu: dict[str, Any]
+    plan: dict[str, Any]
+    seconds: float
+    bytes: int
+    layer_rules_applied: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["engine"], d["manifest"] = str(self.engine), str(self.manifest)
+        return d
+
+
+def find_builder() -> str:
+    """'tensorrt-python' when the bindings import, else 'trtexec' when on PATH; else MissingDependencyError."""
+    try:
+        import tensorrt  # noqa: F401  (probing only; the builder imports it lazily again)
+    except ImportError:
+        if shutil.which(TRTEXEC):
+            return "trtexec"
+        raise MissingDependencyError(INSTALL_TRT) from None
+    return "tensorrt-python"
+
+
+def trtexec_version(trtexec: str = TRTEXEC) -> str:
+    """The TensorRT version trtexec reports in its banner (``[TensorRT v100300]`` -> ``10.3.0``)."""
+    out = subprocess.run([trtexec, "--help"], capture_output=True, text=True, timeout=60)
+    m = re.search(r"TensorRT v(\d+)", out.stdout + out.stderr)
+    if not m:
+        return "unknown"
+    v = int(m.group(1))
+    return f"{v // 10000}.{v // 100 % 100}.{v % 100}" if v >= 10000 else f"{v // 1000}.{v // 100 % 10}.{v % 100}"
+
+
+class _TrtLogger:
+    """Routes TensorRT messages to vla-export's log (made lazily: needs trt.ILogger)."""
+
+    @staticmethod
+    def make(trt):
+        class Logger(trt.ILogger):
+            def __init__(self):
+                trt.ILogger.__init__(self)
+                self.errors: list[str] = []
+
+            def log(self, severity, msg):
+                if severity <= trt.ILogger.Severity.ERROR:
+                    self.errors.append(msg)
+                    log.error("tensorrt: %s", msg)
+                elif severity <= trt.ILogger.Severity.WARNING:
+                    log.warning("tensorrt: %s", msg)
+                else:
+                    log.debug("tensorrt: %s", msg)
+
+        return Logger()
+
+
+def _calib_shapes(calib_path: Path | None, facts: OnnxFacts) -> tuple[Any, dict[str, tuple[int, ...]] | None]:
+    if calib_path is None:
+        return None, None
+    from vla_export.data.calibration import load_calibration_set
+
+    calib = load_calibration_set(calib_path)
+    calib.check_inputs(facts.inputs, facts.path)
+    return calib, {k: tuple(v.shape[1:]) for k, v in calib.arrays.items()}
+
+
+def build_engine(onnx: str | Path, output: str | Path, options: TrtBuildOptions = TrtBuildOptions()) -> TrtBuildResult:
+    """Build ``output`` (and ``output.json``) from ``onnx``. Nothing appears at ``output`` unless it succeeds."""
+    onnx, output = Path(onnx), Path(output)
+    builder_kind = find_builder()
+    facts = read_onnx_facts(onnx)
+    calib, calib_shapes = _calib_shapes(options.calib, facts) if options.precision == "int8" else (None, None)
+    start = time.perf_counter()
+    if builder_kind == "tensorrt-python":
+        from vla_export.lazy import lazy_import
+
+        trt = lazy_import("tensorrt", purpose="building TensorRT engines")
+        version = trt.__version__
+        plan = make_plan(facts, options, trt_version=version, calib_shapes=calib_shapes)
+        applied = _build_python(trt, plan, facts, output, calib)
+    else:
+        version = trtexec_version()
+        plan = make_plan(facts, options, trt_version=version, calib_shapes=calib_shapes)
+        applied = {}
+        _build_trtexec(plan, facts, output)
+    seconds = time.perf_counter() - start
+    from vla_export.backends.tensorrt import gpu_info
+
+    gpu = gpu_info()
+    manifest = write_engine_manifest(output, facts, plan, version, gpu, seconds, builder_kind, options)
+    return TrtBuildResult(output, manifest, builder_kind, version, gpu, plan.to_dict(), round(seconds, 2), output.stat().st_size, applied)
+
+
+def _build_python(trt, plan: BuildPlan, facts: OnnxFacts, output: Path, calib) -> dict[str, int]:
+    logger = _TrtLogger.make(trt)
+    builder = trt.Builder(logger)
+    network = builder.create_network(network_flags(plan, trt))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(facts.path)):  # by path: external data is read from beside the model
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ArtifactError(f"{facts.path}: TensorRT's ONNX parser failed: {errors or 'no details'}")
+    config = builder.create_builder_config()
+    cache_path = Path(plan.timing_cache) if plan.timing_cache else None
+    cache_bytes = cache_path.read_bytes() if cache_path and cache_path.exists() else b""
+    cache = apply_plan(plan, builder, config, trt, cache_bytes)
+    applied = apply_layer_rules(plan.layer_rules, network, trt) if plan.layer_rules else {}
+    calibrator = None
+    if calib is not None and plan.calibration_profile:
+        from vla_export.lazy import lazy_import
+
+        polygraphy_trt = lazy_import("polygraphy.backend.trt", purpose="INT8 calibration")
+        calibrator = polygraphy_trt.Calibrator(calib, cache=plan.calib_cache)
+        config.int8_calibrator = calibrator
+    serialized = builder.build_serialized_network(network, config)
+    if calibrator is not None:
+        calibrator.free()
+    if serialized is None:
+        raise ArtifactError(f"{facts.path}: TensorRT could not build an engine: {'; '.join(logger.errors[-3:]) or 'see the log above'}")
+    atomic_write(output, lambda tmp: tmp.write_bytes(memoryview(serialized)))
+    if cache_path is not None:
+        atomic_write(cache_path, lambda tmp: tmp.write_bytes(memoryview(cache.serialize())))
+    return applied
+
+
+def _build_trtexec(plan: BuildPlan, facts: OnnxFacts, output: Path) -> None:
+    if "INT8" in plan.flags and not facts.has_qdq and not (plan.calib_cache and Path(plan.calib_cache).exists()):
+        raise ConfigError(
+            "trtexec cannot calibrate from data: quantize explicitly (`vla-export quantize --int8 --calib DATA`, then build "
+            "that ONNX), or build once where the TensorRT Python bindings are installed to write the calibration cache"
+        )
+
+    def write(tmp: Path) -> None:
+        cmd = trtexec_command(plan, facts.path, tmp)
+        log.info("running %s", " ".join(cmd))
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0 or not tmp.stat().st_size:
+            tail = " | ".join((proc.stdout + proc.stderr).strip().splitlines()[-3:])
+            raise ArtifactError(f"{facts.path}: trtexec failed (exit {proc.returncode}): {tail}")
+
+    atomic_write(output, write)
+
+
+def write_engine_manifest(engine: Path, facts: OnnxFacts, plan: BuildPlan, version: str, gpu: Mapping[str, Any],
+                          seconds: float, builder_kind: str, options: TrtBuildOptions) -> Path:
+    """``NAME.engine.json``: TensorRT version, GPU, precision and flags, profiles, ONNX sha256, build time."""
+    from vla_export.export.manifest import build_manifest, versions, write_manifest
+    from vla_export.fileio import sha256_file
+
+    data = build_manifest(
+        MANIFEST_KIND, engine, [engine],
+        tensorrt=version,
+        gpu=dict(gpu),
+        precision=plan.precision,
+        strongly_typed=plan.strongly_typed,
+        flags=plan.flags,
+        profiles={k: v.to_dict() for k, v in plan.profiles.items()},
+        plan=plan.to_dict(),
+        options=options.to_dict(),
+        onnx={"path": str(facts.path), "sha256": sha256_file(facts.path), "typed": facts.typed},
+        config=facts.config,  # the policy config travels on, for parity and the runtime
+        builder=builder_kind,
+        build_seconds=round(seconds, 2),
+        parity=None,
+        versions=versions(("vla-export", "tensorrt", "polygraphy", "onnx", "numpy")),
+    )
+    return write_manifest(engine, data)
+
+
+def record_parity(engine: str | Path, parity: Mapping[str, Any]) -> Path:
+    """Store a parity result (``ParityResult.to_dict()``) in the engine's manifest."""
+    from vla_export.export.manifest import read_manifest, write_manifest
+
+    data = read_manifest(engine, kind=MANIFEST_KIND)
+    data["parity"] = dict(parity)
+    return write_manifest(engine, data)
+
+
+class EngineFromOnnx:
+    """A lazy step: calling it builds the engine (ONNX -> engine), for the CLI to compose."""
+
+    def __init__(self, onnx: str | Path, output: str | Path, options: TrtBuildOptions = TrtBuildOptions()):
+        self.onnx, self.output, self.options = Path(onnx), Path(output), options
+
+    def __call__(self) -> TrtBuildResult:
+        return build_engine(self.onnx, self.output, self.options)
