@@ -23,11 +23,60 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 _INDUCTOR_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
+def _patch_matmul_class():
+    """Defined lazily so this module imports without torch."""
+    from torch import nn
+
+    class PatchMatmul(nn.Module):
+        """A non-overlapping patch convolution (stride == kernel, no padding) computed as one matmul.
+
+        Same parameters (``weight`` [out, in, kh, kw], ``bias``) and same result as the convolution it
+        replaces. At batch 1 the ViT patch embedding is a GEMM with K = 3*14*14 = 588, which cuDNN runs
+        through a slow unaligned convolution path (0.18 ms per call on an H200), cuBLAS in microseconds.
+        """
+
+        def __init__(self, conv: nn.Conv2d):
+            super().__init__()
+            self.weight, self.bias = conv.weight, conv.bias
+            self.kh, self.kw = conv.kernel_size
+
+        def forward(self, x):
+            b, c, h, w = x.shape
+            gh, gw = h // self.kh, w // self.kw
+            x = x[:, :, : gh * self.kh, : gw * self.kw].reshape(b, c, gh, self.kh, gw, self.kw)
+            x = x.permute(0, 2, 4, 1, 3, 5).reshape(b, gh * gw, c * self.kh * self.kw)
+            y = nn.functional.linear(x, self.weight.reshape(self.weight.shape[0], -1), self.bias)
+            return y.transpose(1, 2).reshape(b, -1, gh, gw)
+
+    return PatchMatmul
+
+
+def rewrite_patch_convs(module) -> int:
+    """Replace every non-overlapping patch ``Conv2d`` in ``module`` by :class:`PatchMatmul`; returns how many."""
+    from torch import nn
+
+    cls = _patch_matmul_class()
+    count = 0
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if (
+                isinstance(child, nn.Conv2d)
+                and child.stride == child.kernel_size
+                and child.padding in ((0, 0), "valid")
+                and child.dilation == (1, 1)
+                and child.groups == 1
+            ):
+                setattr(parent, name, cls(child))
+                count += 1
+    return count
+
+
 class TorchRunner(Runner):
     """Runs a policy module (or a loader returning one) with inputs from :data:`INPUT_NAMES`.
 
     ``debug_outputs=True`` also returns the per-frame ``features`` (to catch a broken backbone that a
-    near-constant head would hide).
+    near-constant head would hide). ``patch_matmul=True`` computes the ViT patch embeddings as matmuls
+    (:func:`rewrite_patch_convs`; same weights, same result).
     """
 
     def __init__(
@@ -39,6 +88,7 @@ class TorchRunner(Runner):
         cuda_graph: bool = False,
         compile: bool | str = False,
         debug_outputs: bool = False,
+        patch_matmul: bool = False,
     ):
         super().__init__()
         if dtype not in DTYPES:
@@ -56,7 +106,8 @@ class TorchRunner(Runner):
         self._source = policy_or_loader
         self._device, self.dtype = device, dtype
         self.cuda_graph, self.compile, self.debug_outputs = cuda_graph, compile_mode, debug_outputs
-        mode = ("+compile" + ("" if compile_mode == "default" else f"-{compile_mode}") if compile_mode else "") + ("+cudagraph" if cuda_graph else "")
+        self.patch_matmul = patch_matmul
+        mode = ("+patchmm" if patch_matmul else "") + ("+compile" + ("" if compile_mode == "default" else f"-{compile_mode}") if compile_mode else "") + ("+cudagraph" if cuda_graph else "")
         self.name = f"torch-{device.split(':')[0]}-{dtype.replace('float', 'fp').replace('bfp', 'bf')}{mode}"
         self._graph = None
         self._static_in: dict[str, Any] | None = None
@@ -82,7 +133,9 @@ class TorchRunner(Runner):
     def describe(self) -> dict[str, Any]:
         import torch
 
-        info = super().describe() | {"dtype": self.dtype, "cuda_graph": self.cuda_graph, "compile": self.compile, "torch": torch.__version__}
+        info = super().describe() | {
+            "dtype": self.dtype, "cuda_graph": self.cuda_graph, "compile": self.compile, "patch_matmul": self.patch_matmul, "torch": torch.__version__,
+        }
         if self.device == "cuda":
             info["gpu"] = torch.cuda.get_device_name(self._device)
         return info
@@ -95,6 +148,11 @@ class TorchRunner(Runner):
         policy = self._source() if callable(self._source) and not isinstance(self._source, torch.nn.Module) else self._source
         policy = getattr(policy, "policy", policy)  # a LoadedPolicy from a loader
         self.policy = policy.to(device=self._device, dtype=getattr(torch, self.dtype)).eval()
+        for module in self.policy.modules():
+            if isinstance(module, torch.nn.RNNBase):
+                module.flatten_parameters()  # .to() leaves cuDNN's LSTM weights in separate chunks
+        if self.patch_matmul:
+            rewrite_patch_convs(self.policy)
         self._fn: Callable = self.policy
         if self.compile:
             # Static shapes: a new input shape recompiles rather than running a slower dynamic kernel.

@@ -2,7 +2,8 @@
 
 A backend spec is ``NAME[:OPTION...]``:
 
-- ``torch[:cpu|cuda][:fp32|fp16|bf16][:cudagraph][:compile[=MODE]]`` for checkpoints and presets;
+- ``torch[:cpu|cuda][:fp32|fp16|bf16][:cudagraph][:compile[=MODE]][:patchmm]`` for checkpoints and presets
+  (``patchmm``: ViT patch embeddings as matmuls, see :func:`~vla_export.backends.torch_runner.rewrite_patch_convs`);
 - ``onnxrt[:cpu|cuda|trt]`` for ``.onnx`` files (the onnxruntime execution provider);
 - ``trt`` for TensorRT engines (``.engine``/``.plan``).
 
@@ -37,6 +38,7 @@ class BackendSpec:
     dtype: str = "float32"
     cuda_graph: bool = False
     compile: str | None = None
+    patch_matmul: bool = False
     provider: str | None = None
     text: str = ""
 
@@ -46,16 +48,18 @@ class BackendSpec:
         if name == "torch":
             fields: dict[str, Any] = {}
             for opt in opts:
-                if opt in ("cpu", "cuda") or opt.startswith("cuda"):
+                if opt in ("cpu", "cuda"):
                     fields["device"] = opt
                 elif opt in _DTYPE_ALIASES:
                     fields["dtype"] = _DTYPE_ALIASES[opt]
                 elif opt == "cudagraph":
                     fields["cuda_graph"] = True
+                elif opt == "patchmm":
+                    fields["patch_matmul"] = True
                 elif opt == "compile" or opt.startswith("compile="):
                     fields["compile"] = opt.partition("=")[2] or "default"
                 else:
-                    raise ConfigError(f"backend {text!r}: unknown torch option {opt!r} (cpu, cuda, fp32, fp16, bf16, cudagraph, compile[=MODE])")
+                    raise ConfigError(f"backend {text!r}: unknown torch option {opt!r} (cpu, cuda, fp32, fp16, bf16, cudagraph, compile[=MODE], patchmm)")
             if fields.get("cuda_graph") and "device" not in fields:
                 fields["device"] = "cuda"
             return cls("torch", text=text, **fields)
@@ -119,7 +123,8 @@ def _runner_factory(artifact: str, kind: str, spec: BackendSpec, config: PolicyC
             from vla_export.models.loader import PolicyFromCheckpoint
 
             loader = PolicyFromCheckpoint(artifact, config=config)
-        return lambda: TorchRunner(loader, device=spec.device, dtype=spec.dtype, cuda_graph=spec.cuda_graph, compile=spec.compile or False)
+        return lambda: TorchRunner(loader, device=spec.device, dtype=spec.dtype, cuda_graph=spec.cuda_graph, compile=spec.compile or False,
+                                   patch_matmul=spec.patch_matmul)
 
     def artifact_runner() -> Runner:
         from vla_export.backends.select import runner_for_artifact

@@ -85,7 +85,7 @@ def bench(
     artifacts: list[str] = typer.Argument(..., metavar="ARTIFACT_OR_CKPT...", help="Checkpoints, .onnx files, TensorRT engines, or preset:NAME (random weights built on the device)."),
     backend: Optional[list[str]] = typer.Option(
         None, "--backend", "-b",
-        help="Repeatable: torch[:cpu|cuda][:fp32|fp16|bf16][:cudagraph][:compile[=MODE]], onnxrt[:cpu|cuda|trt], trt. Default: one per artifact kind.",
+        help="Repeatable: torch[:cpu|cuda][:fp32|fp16|bf16][:cudagraph][:compile[=MODE]][:patchmm], onnxrt[:cpu|cuda|trt], trt. Default: one per artifact kind.",
     ),
     batch: int = typer.Option(1, "--batch", help="Batch size."),
     window: int = typer.Option(1, "--window", help="Frames per inference (the policy's window; 1 = one new frame)."),
@@ -124,7 +124,8 @@ def bench(
     command = " ".join(shlex.quote(str(w)) for w in words)
 
     def progress(r: Any) -> None:
-        err_console.print(f"done: {r.label}", style="dim", markup=False)
+        p50 = ", ".join(f"{m} p50 {_ms(v.stats.p50_ms)} ms" for m, v in r.modes.items())
+        err_console.print(f"done: {r.label}: {p50}", style="dim", markup=False)
 
     report = run_benchmark(targets, settings, peak=peak, environment={}, command=command, on_result=progress, profile=profile)
     report.environment = capture_environment()  # after the runs: CUDA is initialised and every library is loaded
