@@ -302,7 +302,10 @@ def quantize_int8(
                 weight_type=q.QuantType.QInt8,
                 calibrate_method=methods[method],
                 use_external_data_format=external,
-                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+                # Q/DQ on the inputs of the quantized ops only (TensorRT's pattern): a quantized MatMul output
+                # would put attention scores on the int8 grid right before the Softmax kept out of INT8.
+                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                               "OpTypesToExcludeOutputQuantization": list(op_types)},
             )
 
     options = {

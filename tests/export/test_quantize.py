@@ -1,0 +1,151 @@
+"""Explicit quantization: INT8 Q/DQ and FP16 ONNX that ONNX Runtime runs, with the sensitive ops kept in FP32."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from vla_export.data.calibration import load_calibration_set, make_calibration_set
+from vla_export.data.episodes import write_synthetic_episodes
+from vla_export.errors import ArtifactError, DataError
+from vla_export.export import quantize as Q
+from vla_export.export.manifest import read_manifest
+from vla_export.models.config import get_preset
+from vla_export.models.loader import PolicyFromCheckpoint
+from vla_export.parity import parity_check
+
+KEPT_OPS = ("LayerNormalization", "Softmax")
+
+
+@pytest.fixture(scope="module")
+def calib(tmp_path_factory):
+    root = tmp_path_factory.mktemp("quant")
+    write_synthetic_episodes(root / "episodes", 2, seed=0, frames=8, frame_hw=(48, 64))
+    return make_calibration_set(root / "episodes", get_preset("tiny"), root / "calib.npz", count=4)
+
+
+@pytest.fixture(scope="module")
+def int8_onnx(tiny_onnx, calib, tmp_path_factory):
+    out = tmp_path_factory.mktemp("int8") / "tiny.int8.onnx"
+    return Q.quantize_int8(tiny_onnx, calib, out)
+
+
+@pytest.fixture(scope="module")
+def fp16_onnx(tiny_onnx, tmp_path_factory):
+    return Q.convert_fp16(tiny_onnx, tmp_path_factory.mktemp("fp16") / "tiny.fp16.onnx")
+
+
+def _producers(model):
+    return {out: node for node in model.graph.node for out in node.output}
+
+
+def test_int8_graph_has_qdq_and_keeps_sensitive_ops_out(int8_onnx, tiny_onnx):
+    model = onnx.load(int8_onnx.output)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QuantizeLinear") > 10 and ops.count("DequantizeLinear") > 10
+    producers = _producers(model)
+    reasons = Q.precision_sensitive_nodes(Q.load_onnx(tiny_onnx))
+    assert {"layernorm", "softmax", "mask", "residual-add", "head"} <= set(reasons.values())
+    for node in model.graph.node:
+        fed_by_dq = [i for i in node.input if i in producers and producers[i].op_type == "DequantizeLinear"]
+        if node.op_type in KEPT_OPS or reasons.get(node.name) in ("residual-add", "head", "mask"):
+            assert not fed_by_dq, f"{node.name} ({node.op_type}) was quantized"
+    quantized_matmuls = [n for n in model.graph.node if n.op_type == "MatMul" and any(
+        i in producers and producers[i].op_type == "DequantizeLinear" for i in n.input)]
+    assert quantized_matmuls
+    # symmetric int8 (TensorRT's requirement) and per-channel weights
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    zero_points = [inits[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+    assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)
+    assert any(inits[n.input[1]].size > 1 for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[1] in inits)
+
+
+def test_int8_manifest_and_parity_in_onnx_runtime(int8_onnx, tiny_ckpt):
+    manifest = read_manifest(int8_onnx.output, kind="onnx")
+    assert manifest["precision"] == "int8" and manifest["config"]["name"] == "tiny"
+    assert manifest["quantization"]["kept_fp32"]["layernorm"] > 0 and manifest["parity"] == {}
+    result = parity_check(PolicyFromCheckpoint(tiny_ckpt), int8_onnx.output, samples=4)
+    assert result.precision == "int8"
+    assert result.passed, result.summary()
+    assert result.outputs["actions"].max_abs > 1e-6  # it really is a different (quantized) model
+
+
+def test_fp16_graph_keeps_io_fp32_and_sensitive_ops_fp32(fp16_onnx, tiny_ckpt):
+    model = onnx.load(fp16_onnx.output)
+    assert all(v.type.tensor_type.elem_type != TensorProto.FLOAT16 for v in (*model.graph.input, *model.graph.output))
+    assert any(i.data_type == TensorProto.FLOAT16 for i in model.graph.initializer)
+    inits = {i.name: i for i in model.graph.initializer}
+    norms = [n for n in model.graph.node if n.op_type == "LayerNormalization"]
+    assert norms and all(inits[n.input[1]].data_type == TensorProto.FLOAT for n in norms if n.input[1] in inits)
+    assert fp16_onnx.kept_fp32["mask"] > 0
+    result = parity_check(PolicyFromCheckpoint(tiny_ckpt), fp16_onnx.output, samples=4)
+    assert result.precision == "fp16" and result.passed, result.summary()
+
+
+def _graph(nodes, inits):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])
+    return helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits))
+
+
+def test_sensitive_node_rules_on_a_handmade_graph():
+    lowest = helper.make_tensor("lowest", TensorProto.FLOAT, [1], [-3.4028235e38])
+    bias = helper.make_tensor("bias", TensorProto.FLOAT, [2], [0.1, 0.2])
+    head_w = helper.make_tensor("policy.action.0.weight", TensorProto.FLOAT, [2, 2], [1, 0, 0, 1])
+    nodes = [
+        helper.make_node("Less", ["x", "bias"], ["cond"], name="less"),
+        helper.make_node("Where", ["cond", "lowest", "x"], ["masked"], name="mask_fill"),
+        helper.make_node("Add", ["x", "masked"], ["scores"], name="scores_plus_mask"),
+        helper.make_node("Softmax", ["scores"], ["probs"], name="softmax"),
+        helper.make_node("MatMul", ["probs", "x"], ["attn"], name="attn"),
+        helper.make_node("Add", ["attn", "bias"], ["biased"], name="bias_add"),
+        helper.make_node("Add", ["biased", "x"], ["res"], name="residual"),
+        helper.make_node("Gemm", ["res", "policy.action.0.weight"], ["y"], name="head"),
+    ]
+    reasons = Q.precision_sensitive_nodes(_graph(nodes, [lowest, bias, head_w]))
+    assert reasons == {"mask_fill": "mask", "scores_plus_mask": "mask", "softmax": "softmax",
+                       "residual": "residual-add", "head": "head"}
+    assert "residual" not in Q.precision_sensitive_nodes(_graph(nodes, [lowest, bias, head_w]), int8=False)
+
+
+def test_external_data_is_written_and_runs(tiny_onnx, calib, tmp_path, monkeypatch):
+    monkeypatch.setattr(Q, "_needs_external_data", lambda model: True)  # as for a > 2 GB model
+    result = Q.quantize_int8(tiny_onnx, calib, tmp_path / "ext.int8.onnx")
+    assert [p.rsplit("/", 1)[-1] for p in result.files] == ["ext.int8.onnx", "ext.int8.onnx.data"]
+    import onnxruntime as ort
+
+    out = ort.InferenceSession(result.output).run(None, calib.feed(0))[0]
+    assert out.shape == (1, 3) and np.isfinite(out).all()
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_missing_external_data_and_mismatched_calibration_are_clear_errors(tiny_onnx, calib, tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    src.mkdir()
+    model = Q.load_onnx(tiny_onnx)
+    Q.save_onnx(model, src / "m.onnx", external=True)
+    (src / "m.onnx.data").unlink()
+    with pytest.raises(ArtifactError, match="external data file .*m.onnx.data is missing"):
+        Q.convert_fp16(src / "m.onnx", tmp_path / "m.fp16.onnx")
+    episodes = sorted({w["episode"] for w in calib.meta["windows"]})
+    short = make_calibration_set(episodes, get_preset("tiny"), tmp_path / "short.npz", count=1, window=2)
+    with pytest.raises(DataError, match="--window"):
+        Q.quantize_int8(tiny_onnx, load_calibration_set(short.path), tmp_path / "bad.int8.onnx")
+    assert not (tmp_path / "bad.int8.onnx").exists() and not list(tmp_path.glob(".bad*"))
+
+
+def test_quantize_command(cli, tiny_onnx, calib, tmp_path):
+    onnx_copy = tmp_path / "tiny.onnx"
+    shutil.copy(tiny_onnx, onnx_copy)
+    shutil.copy(tiny_onnx.with_name("tiny.onnx.json"), tmp_path / "tiny.onnx.json")
+    r = cli("quantize", onnx_copy, "--int8")
+    assert r.exit_code == 2 and "--calib" in r.stderr
+    r = cli("quantize", onnx_copy, "--fp16")
+    assert r.exit_code == 0, r
+    assert (tmp_path / "tiny.fp16.onnx").exists() and read_manifest(tmp_path / "tiny.fp16.onnx")["precision"] == "fp16"
+    r = cli("quantize", onnx_copy, "--int8", "--calib", calib.path, "--per-tensor", "-o", tmp_path / "q.onnx")
+    assert r.exit_code == 0 and "QuantizeLinear" in r.stdout, r
