@@ -46,6 +46,18 @@ def tiny_onnx(tmp_path_factory, tiny_ckpt) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_split(tmp_path_factory, tiny_ckpt):
+    """`tiny_ckpt` split-exported once per session: the SplitExportResult (parts, manifests, NAME.split.json).
+
+    Read-only: copy the files before modifying them.
+    """
+    from vla_export.export.split import export_split
+    from vla_export.models.loader import load_policy
+
+    return export_split(load_policy(tiny_ckpt), tmp_path_factory.mktemp("split") / "tiny")
+
+
 class CliResult:
     def __init__(self, code: int, out: str, err: str):
         self.exit_code, self.stdout, self.stderr = code, out, err
@@ -70,7 +82,12 @@ def cli(capsys):
 
         common.console.file = sys.stdout
         common.err_console.file = sys.stderr
-        code = common.run_app(typer_app, [str(a) for a in args])
+        try:
+            code = common.run_app(typer_app, [str(a) for a in args])
+        finally:
+            # Back to "whatever sys.stdout/stderr is": the captured streams close after this test, and a
+            # later session fixture that logs (through the CLI's log handler) must not write to them.
+            common.console.file = common.err_console.file = None
         captured = capsys.readouterr()
         return CliResult(code, captured.out, captured.err)
 

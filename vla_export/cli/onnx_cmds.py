@@ -61,6 +61,7 @@ def onnx(
     ort_check: bool = typer.Option(True, "--ort-check/--no-ort-check", help="Run ONNX Runtime at batch 1 and 3 and compare with PyTorch."),
     samples: int = typer.Option(2, "--samples", help="Parity samples per batch size in the ORT check."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the export report as JSON."),
+    split: bool = typer.Option(False, "--split", help="Streaming parts instead: NAME.backbone.onnx (one frame -> feature), NAME.head.onnx (window of features -> action), NAME.split.json."),
     config: Optional[Path] = ConfigOpt,
     rename: Optional[list[str]] = RenameOpt,
     trust_checkpoint: bool = TrustOpt,
@@ -73,6 +74,14 @@ def onnx(
         raise ConfigError("--samples must be at least 1")
     cfg, renames = policy_source_options(config, rename)
     output = output or Path("engines") / f"{checkpoint.stem}.onnx"
+    if split:
+        from vla_export.cli.runtime_cmds import export_split_cmd
+
+        return export_split_cmd(
+            checkpoint, output, loader_options={"config": cfg, "renames": renames, "trust": trust_checkpoint},
+            unsupported={"--dynamic-window": dynamic_window, "--debug-outputs": debug_outputs, "--simplify": simplify, "--no-ort-check": not ort_check},
+            json_path=json_path, opset=opset, exporter=exporter, window=window, external_data=external_data, optimize=optimize,
+        )
     options = OnnxExportOptions(
         opset=opset, exporter=exporter, window=window, dynamic_window=dynamic_window, debug_outputs=debug_outputs,
         external_data=external_data, simplify=simplify, optimize=optimize, ort_check=ort_check, parity_samples=samples,

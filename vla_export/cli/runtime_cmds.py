@@ -22,15 +22,16 @@ def render_replay(r: dict[str, Any]) -> None:
         title=f"replay {ep.get('name', '?')} ({ep.get('num_frames', len(r['steps']))} frames, window {r['policy']['window']}): "
         f"{r['policy']['backbone']['name']} + {r['policy']['head']['name']} vs {r['reference']['name']} full window, atol {r['atol']:g}"
     )
-    for col in ("step", "frames", "streaming action", "full-window action", "max abs err", "recorded", "step ms"):
-        table.add_column(col, justify="right" if col in ("step", "max abs err", "step ms") else "left")
+    for col in ("step", "frames", "streaming action", "full-window action", "max abs err", "recorded", "step ms", "model ms"):
+        table.add_column(col, justify="right" if col in ("step", "max abs err", "step ms", "model ms") else "left")
     for s in r["steps"]:
         ok = s["max_abs_err"] <= r["atol"]
         err = f"[{'green' if ok else 'red'}]{s['max_abs_err']:.2e}[/]"
         table.add_row(str(s["index"]), ",".join(map(str, s["window"])), _vec(s["action"]), _vec(s["reference"]), err,
-                      _vec(s["recorded"]), f"{s['latency_ms']:.2f}")
+                      _vec(s["recorded"]), f"{s['latency_ms']:.2f}", f"{s['model_ms']:.2f}")
     console.print(table)
-    console.print(f"instruction: {ep.get('instruction')!r}; warm-up: {r['policy']['warmup']}", markup=False)
+    console.print(f"instruction: {ep.get('instruction')!r}; warm-up: {r['policy']['warmup']}; "
+                  "step ms includes preprocessing the camera frame, model ms is backbone + head", markup=False)
     if r["mae_vs_recorded"] is not None:
         console.print(
             f"MAE vs the recorded actions (first {r['mae_dims']} dims, for information only): {r['mae_vs_recorded']:.4f}", markup=False
@@ -72,3 +73,34 @@ def replay(
         console.print(f"wrote {json_path}")
     if not result.passed:
         raise typer.Exit(1)
+
+
+def export_split_cmd(
+    checkpoint: Path, output: Path, *, loader_options: dict[str, Any], unsupported: dict[str, bool], json_path: Optional[Path], **options: Any
+) -> None:
+    """``vla-export onnx --split``: the backbone and head parts, verified, with their manifests and NAME.split.json."""
+    from vla_export.cli.onnx_cmds import render_completeness, render_parity
+    from vla_export.errors import ConfigError
+    from vla_export.export.split import SplitOptions, export_split
+    from vla_export.models.loader import PolicyFromCheckpoint
+
+    given = [flag for flag, on in unsupported.items() if on]
+    if given:
+        raise ConfigError(f"--split does not take {', '.join(given)} (each part is always checked against PyTorch)")
+    result = export_split(PolicyFromCheckpoint(checkpoint, **loader_options)(), output, SplitOptions(**options))
+    report = result.to_dict()
+    for part, p in report["parts"].items():
+        console.print(f"[bold]{part}[/]: {p['path']}")
+        render_completeness(p["completeness"])
+        render_parity(p["parity"])
+    n = report["parameters"]
+    console.print(f"parameters: backbone {n['backbone']:,} + head {n['head']:,} = {n['backbone'] + n['head']:,} = the policy's {n['policy']:,}")
+    check = report["stream_check"]
+    console.print(
+        f"streaming check (ONNX parts in the runtime vs the full PyTorch policy, {len(check['steps'])} steps incl. warm-up): "
+        f"max abs error {check['max_abs_err']:.3g} <= {check['atol']:g}"
+    )
+    console.print(f"wrote {result.manifest_path} in {result.seconds:.1f} s")
+    if json_path:
+        write_json(json_path, report)
+        console.print(f"wrote {json_path}")

@@ -296,6 +296,8 @@ def read_split(path: str | Path) -> dict[str, Any]:
         path = found[0]
     elif not path.name.endswith(".split.json"):
         path = split_paths(path)["split"]
+    if not path.exists():
+        raise ArtifactError(f"{path}: split export not found (write one with `vla-export onnx CKPT --split -o NAME.onnx`)")
     data = read_manifest(path.with_name(path.name[: -len(".json")]), kind=SPLIT_KIND)
     data["_path"] = str(path)
     return data

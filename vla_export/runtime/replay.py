@@ -29,7 +29,8 @@ class ReplayStep:
     reference: list[float]
     max_abs_err: float
     recorded: list[float]
-    latency_ms: float
+    latency_ms: float  # the whole step: preprocessing, backbone, head
+    model_ms: float  # backbone + head
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -123,7 +124,7 @@ def replay_frames(
                 index=k, window=window, action=action.tolist(), reference=ref.tolist(),
                 max_abs_err=float(np.abs(action - ref).max()),
                 recorded=[] if recorded is None else np.asarray(recorded[k], dtype=np.float32).tolist(),
-                latency_ms=float(policy.last_latency_ms or 0.0),
+                latency_ms=policy.last_timing.total_ms, model_ms=policy.last_timing.backbone_ms + policy.last_timing.head_ms,
             )
         )
     return result

@@ -1,0 +1,107 @@
+"""Split export: two verified parts whose parameters add up to the policy's, and a record the runtime reads."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from vla_export.errors import ArtifactError
+from vla_export.export.manifest import read_manifest, validate_files
+from vla_export.export.split import read_split, split_paths
+
+
+def test_parts_hold_the_whole_policy(tiny_split, tiny_policy):
+    total = sum(p.numel() for p in tiny_policy.parameters())
+    b, h = tiny_split.backbone, tiny_split.head
+    assert b.parameters + h.parameters == total == tiny_split.policy_parameters
+    assert b.completeness.passed and h.completeness.passed
+    assert set(b.completeness.components) == {"kosmos_vision", "projection", "kosmos_text", "clip_vision"}
+    assert set(h.completeness.components) == {"lstm", "action_head"}
+    assert tiny_split.passed
+
+
+def test_parts_have_the_streaming_signatures(tiny_split, tiny_policy):
+    cfg = tiny_policy.cfg
+    b = tiny_split.backbone.io
+    assert [i["name"] for i in b["inputs"]] == ["pixel_values", "input_ids", "attention_mask"]
+    assert b["inputs"][0]["shape"][1:] == [3, cfg.image_size, cfg.image_size]
+    assert b["outputs"][0]["name"] == "feature" and b["outputs"][0]["shape"][-1] == cfg.frame_feature_dim
+    h = tiny_split.head.io
+    assert h["inputs"][0]["name"] == "features"
+    assert isinstance(h["inputs"][0]["shape"][1], str)  # dynamic window: one head file for any T
+    assert h["outputs"][0]["shape"][-1] == cfg.action_dim
+
+
+def test_each_part_agrees_with_pytorch(tiny_split):
+    for part in (tiny_split.backbone, tiny_split.head):
+        assert part.parity.passed, part.parity.summary()
+        out = next(iter(part.parity.outputs.values()))
+        assert out.max_abs < 1e-4 and out.ref_std > 1e-3  # compared on inputs that vary
+
+
+def test_composed_parts_match_the_full_policy_through_warm_up(tiny_split, tiny_policy):
+    check = tiny_split.stream_check
+    assert check.passed and len(check.steps) > tiny_policy.cfg.window
+    assert check.steps[0].window == [0] * tiny_policy.cfg.window
+
+
+def test_manifests(tiny_split):
+    record = read_split(tiny_split.manifest_path)
+    assert record["kind"] == "split"
+    assert record["parameters"]["sum_of_parts"] == record["parameters"]["policy"]
+    assert record["window"] == 4 and record["config"]["name"] == "tiny"
+    for part in ("backbone", "head"):
+        path = tiny_split.manifest_path.parent / record["parts"][part]["path"]
+        manifest = read_manifest(path, kind="onnx")
+        assert manifest["part"] == part and manifest["config"]["name"] == "tiny"
+        validate_files(path, manifest)
+    # the prefix and the folder find the same record
+    prefix = tiny_split.manifest_path.with_name("tiny")
+    assert read_split(prefix)["parts"] == record["parts"] == read_split(prefix.parent)["parts"]
+
+
+def test_split_paths():
+    paths = split_paths("out/tiny.onnx")
+    assert [p.name for p in paths.values()] == ["tiny.backbone.onnx", "tiny.head.onnx", "tiny.split.json"]
+
+
+def test_missing_or_foreign_records_are_clear_errors(tmp_path, tiny_onnx):
+    with pytest.raises(ArtifactError, match="split export not found"):
+        read_split(tmp_path / "nothing")
+    with pytest.raises(ArtifactError, match=r"expected one \*\.split\.json"):
+        read_split(tmp_path)
+    foreign = tmp_path / "x.split.json"
+    shutil.copy(tiny_onnx.with_name(tiny_onnx.name + ".json"), foreign)
+    with pytest.raises(ArtifactError, match="expected 'split'"):
+        read_split(foreign)
+
+
+def test_a_failed_export_leaves_no_record(tmp_path, tiny_ckpt, monkeypatch):
+    """A part that disagrees with PyTorch aborts the export: no part file, no NAME.split.json."""
+    from vla_export.export import split
+    from vla_export.models.loader import load_policy
+    from vla_export.parity import Tolerance
+
+    monkeypatch.setattr(split, "PARITY_CASES", ((1, 7, 1.0),))
+    monkeypatch.setattr(
+        "vla_export.parity.tolerance_for", lambda precision, **kw: Tolerance(atol=0.0, rtol=0.0, min_cosine=1.1, min_sign_agreement=1.0)
+    )
+    with pytest.raises(ArtifactError, match="disagrees with the PyTorch backbone"):
+        split.export_split(load_policy(tiny_ckpt), tmp_path / "tiny")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_cli_split(cli, tiny_split, tiny_ckpt, tmp_path, monkeypatch):
+    """--split routes to the split export and renders both parts; options it cannot honour are refused."""
+    calls = []
+    monkeypatch.setattr("vla_export.export.split.export_split", lambda loaded, out, options: calls.append((out, options)) or tiny_split)
+    result = cli("onnx", tiny_ckpt, "--split", "-o", tmp_path / "x.onnx", "--window", "6", "--json", tmp_path / "r.json")
+    assert result.exit_code == 0, result
+    assert calls[0][0] == tmp_path / "x.onnx" and calls[0][1].window == 6
+    assert "backbone" in result.stdout and "head" in result.stdout and "= the policy's 324,979" in result.stdout
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["passed"] and set(report["parts"]) == {"backbone", "head"}
+    refused = cli("onnx", tiny_ckpt, "--split", "--simplify", "-o", tmp_path / "y.onnx")
+    assert refused.exit_code == 2 and "--split does not take --simplify" in refused.stderr
