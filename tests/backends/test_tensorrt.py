@@ -1,0 +1,244 @@
+"""TrtRunner: manifest checks, refusals and the binding/execution logic, against a stand-in TensorRT and
+stand-in device memory (the real thing runs only where TensorRT and a GPU exist: see tests/export/test_trt.py)."""
+
+from __future__ import annotations
+
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from vla_export.backends import tensorrt as B
+from vla_export.backends.select import runner_for_artifact
+from vla_export.errors import ArtifactError, MissingDependencyError, RunnerError
+from vla_export.export.manifest import build_manifest, write_manifest
+
+GPU = {"name": "Orin", "compute_capability": "8.7"}
+ENGINE_BYTES = b"FAKE-ENGINE"
+WINDOW = 2
+
+
+class FakeMemory:
+    """Host arrays standing in for device buffers; pointers are indices into a shared table."""
+
+    name = "fake"
+    table: dict[int, np.ndarray] = {}
+    next_ptr = [1]
+
+    def __init__(self, *args):
+        self.stream_handle = 7
+        self.synced = 0
+
+    def alloc(self, nbytes):
+        ptr = self.next_ptr[0]
+        self.next_ptr[0] += 1
+        self.table[ptr] = np.zeros(nbytes, np.uint8)
+        return ptr
+
+    def ptr(self, buf):
+        return buf
+
+    def htod(self, buf, host):
+        self.table[buf][: host.nbytes] = host.reshape(-1).view(np.uint8)
+
+    def dtoh(self, host, buf):
+        host.reshape(-1).view(np.uint8)[:] = self.table[buf][: host.nbytes]
+
+    def sync(self):
+        self.synced += 1
+
+    def free(self, buf):
+        self.table.pop(buf)
+
+    def close(self):
+        pass
+
+
+INPUT, OUTPUT = "INPUT", "OUTPUT"
+TENSORS = {
+    "pixel_values": (INPUT, np.float32, (-1, WINDOW, 3, 8, 8)),
+    "input_ids": (INPUT, np.int64, (-1, -1)),
+    "attention_mask": (INPUT, np.int64, (-1, -1)),
+    "actions": (OUTPUT, np.float32, (-1, 3)),
+}
+
+
+class FakeContext:
+    def __init__(self):
+        self.shapes, self.addresses = {}, {}
+
+    def set_input_shape(self, name, shape):
+        if shape[0] > 2:
+            return False  # outside the profile
+        self.shapes[name] = tuple(shape)
+        return True
+
+    def get_tensor_shape(self, name):
+        return (self.shapes["pixel_values"][0], 3)
+
+    def set_tensor_address(self, name, ptr):
+        self.addresses[name] = ptr
+
+    def execute_async_v3(self, stream):
+        assert stream == 7
+        b = self.shapes["pixel_values"][0]
+        pv = FakeMemory.table[self.addresses["pixel_values"]][: b * WINDOW * 3 * 64 * 4].view(np.float32).reshape(b, -1)
+        ids = FakeMemory.table[self.addresses["input_ids"]].view(np.int64)[: b * self.shapes["input_ids"][1]].reshape(b, -1)
+        out = np.stack([pv.mean(1), pv.max(1), ids.sum(1).astype(np.float32)], axis=1).astype(np.float32)
+        FakeMemory.table[self.addresses["actions"]][: out.nbytes] = out.reshape(-1).view(np.uint8)
+        return True
+
+
+class FakeEngine:
+    names = list(TENSORS)
+    num_io_tensors = len(TENSORS)
+
+    def get_tensor_name(self, i):
+        return self.names[i]
+
+    def get_tensor_mode(self, name):
+        return TENSORS[name][0]
+
+    def get_tensor_dtype(self, name):
+        return TENSORS[name][1]
+
+    def get_tensor_shape(self, name):
+        return TENSORS[name][2]
+
+    def create_execution_context(self):
+        return FakeContext()
+
+
+def make_fake_trt(version="10.3.0"):
+    class Runtime:
+        def __init__(self, logger):
+            self.engine_host_code_allowed = False
+
+        def deserialize_cuda_engine(self, data):
+            return FakeEngine() if data == ENGINE_BYTES else None
+
+    return SimpleNamespace(
+        __version__=version, Logger=SimpleNamespace(WARNING=2, __call__=None), Runtime=Runtime,
+        TensorIOMode=SimpleNamespace(INPUT=INPUT, OUTPUT=OUTPUT), nptype=lambda t: t,
+    )
+
+
+@pytest.fixture
+def fake_stack(monkeypatch):
+    def install(version="10.3.0", gpu=GPU):
+        trt = make_fake_trt(version)
+        trt.Logger = lambda level: None
+        trt.Logger.WARNING = 2
+        monkeypatch.setitem(sys.modules, "tensorrt", trt)
+        monkeypatch.setattr(B, "gpu_info", lambda device=0: dict(gpu))
+        monkeypatch.setattr(B, "device_memory", lambda pref="auto", device=0: FakeMemory())
+        return trt
+
+    return install
+
+
+def write_engine(path, data=ENGINE_BYTES, *, tensorrt="10.3.0", gpu=GPU, flags=(), hw="none", recorded_bytes=None):
+    path.write_bytes(data)
+    m = build_manifest("engine", path, [path], tensorrt=tensorrt, gpu=dict(gpu), precision="fp16", flags=list(flags),
+                       plan={"flags": list(flags), "hardware_compatibility": hw}, onnx={"path": "engines/tiny.onnx"})
+    if recorded_bytes is not None:
+        m["files"][0]["bytes"] = recorded_bytes
+    write_manifest(path, m)
+    return path
+
+
+def feed(batch=1, text=5, seed=0):
+    rng = np.random.default_rng(seed)
+    return {
+        "pixel_values": rng.normal(size=(batch, WINDOW, 3, 8, 8)).astype(np.float32),
+        "input_ids": rng.integers(5, 50, size=(batch, text)),
+        "attention_mask": np.ones((batch, text), np.int64),
+    }
+
+
+def test_runner_binds_buffers_runs_and_returns_numpy(fake_stack, tmp_path):
+    fake_stack()
+    engine = write_engine(tmp_path / "tiny.engine")
+    with runner_for_artifact(engine) as runner:
+        assert isinstance(runner, B.TrtRunner)
+        assert list(runner.input_names) == ["pixel_values", "input_ids", "attention_mask"] and list(runner.output_names) == ["actions"]
+        assert runner.input_shapes["input_ids"] == ["dynamic", "dynamic"] and runner.device == "cuda"
+        for batch, text in ((1, 5), (2, 9), (1, 3)):  # shapes change between calls: buffers grow and rebind
+            x = feed(batch, text, seed=batch + text)
+            out = runner.infer(x)["actions"]
+            pv = x["pixel_values"].reshape(batch, -1)
+            expected = np.stack([pv.mean(1), pv.max(1), x["input_ids"].sum(1)], axis=1)
+            np.testing.assert_allclose(out, expected, rtol=1e-5)
+        staged = runner.stage(feed(1, 4))  # the pieces benchmarks time separately
+        runner.execute(staged)
+        runner.synchronize()
+        assert runner.to_host(staged)["actions"].shape == (1, 3)
+        info = runner.describe()
+        assert info["tensorrt"] == "10.3.0" and info["gpu"] == "Orin" and info["built_with"] == "10.3.0"
+        with pytest.raises(RunnerError, match="outside the engine's optimization profile"):
+            runner.infer(feed(3, 4))
+
+
+def test_engine_from_another_tensorrt_version_is_refused(fake_stack, tmp_path):
+    fake_stack(version="10.7.0")
+    engine = write_engine(tmp_path / "tiny.engine", tensorrt="10.3.0")
+    with pytest.raises(ArtifactError, match=r"built with TensorRT 10.3.0, this machine has TensorRT 10.7.0; rebuild .*vla-export trt engines/tiny.onnx -o"):
+        B.TrtRunner(engine).activate()
+    compatible = write_engine(tmp_path / "vc.engine", tensorrt="10.3.0", flags=("VERSION_COMPATIBLE",))
+    with B.TrtRunner(compatible) as runner:  # a version-compatible engine runs on a later 10.x
+        assert runner.infer(feed())["actions"].shape == (1, 3)
+
+
+def test_engine_for_another_gpu_is_refused(fake_stack, tmp_path):
+    fake_stack(gpu={"name": "RTX 3090", "compute_capability": "8.6"})
+    engine = write_engine(tmp_path / "tiny.engine")
+    with pytest.raises(ArtifactError, match=r"built for Orin \(compute capability 8.7\), this GPU is RTX 3090 \(8.6\); rebuild"):
+        B.TrtRunner(engine).activate()
+    portable = write_engine(tmp_path / "hw.engine", hw="ampere+")
+    with B.TrtRunner(portable):
+        pass
+
+
+def test_truncated_engine_is_refused_before_tensorrt_loads(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    engine = write_engine(tmp_path / "tiny.engine", recorded_bytes=len(ENGINE_BYTES) + 100)
+    with pytest.raises(ArtifactError, match="changed or truncated"):
+        B.TrtRunner(engine).activate()
+    (tmp_path / "empty.engine").write_bytes(b"")
+    with pytest.raises(ArtifactError, match="empty"):
+        B.TrtRunner(tmp_path / "empty.engine").activate()
+    with pytest.raises(MissingDependencyError, match="tensorrt"):
+        B.TrtRunner(write_engine(tmp_path / "ok.engine")).activate()
+
+
+def test_undeserializable_engine_without_manifest(fake_stack, tmp_path):
+    fake_stack()
+    bad = tmp_path / "other.engine"
+    bad.write_bytes(b"engine from somewhere else")
+    with pytest.raises(ArtifactError, match="cannot deserialize it .*rebuild"):
+        B.TrtRunner(bad).activate()
+    with pytest.raises(ArtifactError, match="manifest not found"):
+        B.TrtRunner(bad, require_manifest=True).activate()
+
+
+def test_compat_rules():
+    m = {"tensorrt": "10.3.0", "gpu": GPU, "plan": {"flags": ["VERSION_COMPATIBLE"], "hardware_compatibility": "none"}}
+    B.check_engine_compat("e", m, "10.3.0", GPU)
+    B.check_engine_compat("e", m, "10.8.0", GPU)
+    with pytest.raises(ArtifactError):
+        B.check_engine_compat("e", m, "10.2.0", GPU)  # older runtime
+    with pytest.raises(ArtifactError):
+        B.check_engine_compat("e", m, "11.0.0", GPU)  # other major
+
+
+def test_no_cuda_buffers_and_no_gpu(monkeypatch):
+    def broken(device):
+        raise ImportError("not installed")
+
+    monkeypatch.setattr(B, "_MEMORY", {name: broken for name in B.MEMORY_BACKENDS})
+    with pytest.raises(MissingDependencyError, match="none of .*pycuda.*cuda-python.*torch"):
+        B.device_memory()
+    for probe in ("_gpu_cuda_python", "_gpu_pycuda", "_gpu_torch", "_gpu_nvidia_smi"):
+        monkeypatch.setattr(B, probe, broken)
+    assert B.gpu_info()["name"] is None
