@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -189,26 +190,70 @@ def bench_torch_streaming(
     policy: Any,
     *,
     windows: Sequence[int],
-    device: str = "cpu",
-    dtype: str = "float32",
-    cuda_graph: bool = False,
+    runner_opts: Mapping[str, Any] | None = None,
     full_window: bool = True,
     **kwargs: Any,
 ) -> StreamingResult:
-    """:func:`bench_streaming` with PyTorch runners for both parts (and the unsplit policy) of ``policy``."""
+    """:func:`bench_streaming` with PyTorch runners for both parts (and the unsplit policy) of ``policy``.
+
+    ``runner_opts`` go to every :class:`TorchRunner` (device, dtype, cuda_graph, compile, patch_matmul).
+    """
     from vla_export.backends.torch_runner import TorchRunner
     from vla_export.runtime.parts import torch_part_runners
 
     policy = getattr(policy, "policy", policy)
-    opts = {"device": device, "dtype": dtype, "cuda_graph": cuda_graph}
-    backbone, head = torch_part_runners(policy, **opts)
-    heads = {t: head if i == 0 else torch_part_runners(policy, **opts)[1] for i, t in enumerate(windows)}
+    opts = dict(runner_opts or {})
+    backbone, _ = torch_part_runners(policy, **opts)
+    heads = {t: torch_part_runners(policy, **opts)[1] for t in windows}
     full = {t: TorchRunner(policy, **opts) for t in windows} if full_window else {}
     runners = [backbone, *heads.values(), *full.values()]
     try:
         for r in runners:
             r.activate()
         return bench_streaming(backbone, heads, config=policy.cfg, full=full or None, **kwargs)
+    finally:
+        for r in runners:
+            r.deactivate()
+
+
+def part_paths(split: Any, backend: str) -> tuple[dict[str, Any], dict[str, Path]]:
+    """The split record and its part files for ``backend``: the ONNX parts, or for 'trt' the engines
+    built from them beside them (``NAME.backbone.engine``, ``NAME.head.engine``)."""
+    from vla_export.errors import ArtifactError
+    from vla_export.export.split import read_split
+
+    record = read_split(split)
+    folder = Path(record["_path"]).parent
+    paths = {part: folder / record["parts"][part]["path"] for part in ("backbone", "head")}
+    if backend == "trt":
+        paths = {part: p.with_suffix(".engine") for part, p in paths.items()}
+        missing = [str(p) for p in paths.values() if not p.exists()]
+        if missing:
+            raise ArtifactError(
+                f"no engines {', '.join(missing)}: build each part first, e.g. `vla-export trt {folder / record['parts']['backbone']['path']} "
+                f"--precision fp16 -o {paths['backbone']}` (see the README's streaming section)"
+            )
+    return record, paths
+
+
+def bench_split_streaming(split: Any, *, windows: Sequence[int], backend: str = "onnxrt", providers: Sequence[str] | None = None, **kwargs: Any) -> StreamingResult:
+    """:func:`bench_streaming` over a split export's parts (ONNX Runtime, or TensorRT engines built from them).
+
+    No unsplit model is timed here (a split export holds none); the full-window figure comes from the
+    PyTorch variant or from ``vla-bench`` on a whole-policy artifact.
+    """
+    from vla_export.backends.select import runner_for_artifact
+    from vla_export.models.config import PolicyConfig
+
+    record, paths = part_paths(split, backend)
+    opts = {"providers": list(providers)} if providers and backend == "onnxrt" else {}
+    backbone = runner_for_artifact(paths["backbone"], **opts)
+    heads = {t: runner_for_artifact(paths["head"], **opts) for t in windows}
+    runners = [backbone, *heads.values()]
+    try:
+        for r in runners:
+            r.activate()
+        return bench_streaming(backbone, heads, config=PolicyConfig.from_dict(record["config"]), **kwargs)
     finally:
         for r in runners:
             r.deactivate()

@@ -99,6 +99,8 @@ def bench(
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic inputs and preset weights."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the report JSON here (e.g. benchmarks/results/NAME.json)."),
     profile: bool = typer.Option(False, "--profile", help="Also profile each row's compute loop (torch.profiler): kernel time, kernel count, top ops."),
+    streaming: bool = typer.Option(False, "--streaming", help="Time one control step of the split runtime (backbone on one frame + head on the window) against the single-frame backbone, per window T. Artifacts: checkpoints/preset:NAME (torch) or split exports (NAME.split.json, onnxrt or trt)."),
+    windows: Optional[str] = typer.Option(None, "--windows", help="With --streaming: comma-separated windows T, e.g. 1,8,16 (default: the policy's window)."),
     debug: bool = typer.Option(False, DEBUG_FLAG, help="Show full tracebacks on errors."),
 ) -> int:
     """Time each artifact on each backend; one table with ratios to the first row and the physical floor."""
@@ -114,6 +116,13 @@ def bench(
         batch=batch, window=window, warmup=warmup, iters=None if duration is not None else (iters or 100),
         duration_s=duration, modes=tuple(mode or MODES), seed=seed, text_len=text_len,
     )
+    if streaming:
+        from vla_export.cli.runtime_cmds import bench_streaming_cmd
+
+        words = ["vla-bench", "--streaming", *artifacts, *(w for b in backend or [] for w in ("-b", b)), *(("--windows", windows) if windows else ()),
+                 "--warmup", warmup, "--iters", settings.iters, "--seed", seed, *(("--json", json_path) if json_path else ())]
+        return bench_streaming_cmd(artifacts, backend or [], windows=windows, warmup=warmup, iters=settings.iters or 100, seed=seed,
+                                   config=config, json_path=json_path, command=" ".join(shlex.quote(str(w)) for w in words))
     targets = plan_targets(artifacts, backend or [], config=load_config(config) if config else None, seed=seed)
     peak = _peak(device_peak)
     # The command as an explicit, reproducible line (every setting spelled out), not whatever argv held.

@@ -104,3 +104,72 @@ def export_split_cmd(
     if json_path:
         write_json(json_path, report)
         console.print(f"wrote {json_path}")
+
+
+def render_streaming(r: dict[str, Any]) -> None:
+    b = r["backbone_single_frame"]
+    table = Table(title=f"vla-bench --streaming: {r['model']}, backbone {r['runners']['backbone']['name']}, head {r['runners']['head']['name']}\n"
+                        f"single-frame backbone p50 {b['p50_ms']:.3f} ms (p90 {b['p90_ms']:.3f}); target: step <= {r['target'].split('<= ')[1]}")
+    for col in ("window T", "step p50 ms", "p90", "p99", "head p50", "step / backbone", "full window p50", "speed-up", ""):
+        table.add_column(col, justify="right" if col else "left")
+    for w in r["windows"]:
+        full = w["full_window"]
+        table.add_row(
+            str(w["window"]), f"{w['step']['p50_ms']:.3f}", f"{w['step']['p90_ms']:.3f}", f"{w['step']['p99_ms']:.3f}",
+            f"{w['head']['p50_ms']:.3f}", f"{w['ratio_step_to_backbone']:.3f}x", "-" if full is None else f"{full['p50_ms']:.3f}",
+            "-" if w["speedup_vs_full_window"] is None else f"{w['speedup_vs_full_window']:.2f}x",
+            "[green]within target[/]" if w["within_target"] else "[red]over target[/]",
+        )
+    console.print(table)
+    s = r["settings"]
+    console.print(f"{s['iters']} timed steps per window after {s['warmup']} warm-up, interleaved; step = backbone + head inside "
+                  f"Policy.step (preprocessing of a {s['frame_hw'][0]}x{s['frame_hw'][1]} frame reported apart in the JSON)", markup=False)
+
+
+def bench_streaming_cmd(
+    artifacts: list[str], backends: list[str], *, windows: Optional[str], warmup: int, iters: int, seed: int,
+    config: Optional[Path], json_path: Optional[Path], command: str,
+) -> int:
+    """``vla-bench --streaming``: one control step per window T, for each (artifact, backend)."""
+    from vla_export.bench.streaming import bench_split_streaming, bench_torch_streaming
+    from vla_export.bench.targets import PRESET_PREFIX, BackendSpec, PresetPolicy
+    from vla_export.errors import ConfigError
+    from vla_export.models.config import get_preset, load_config
+    from vla_export.models.loader import PolicyFromCheckpoint
+
+    try:
+        ts = [int(t) for t in windows.split(",")] if windows else []
+    except ValueError:
+        raise ConfigError(f"--windows takes comma-separated integers, e.g. 1,8,16, got {windows!r}") from None
+    if any(t < 1 for t in ts):
+        raise ConfigError("--windows must be positive")
+    specs = [BackendSpec.parse(b) for b in backends]
+    cfg = load_config(config) if config else None
+    reports = []
+    for artifact in artifacts:
+        is_model = artifact.startswith(PRESET_PREFIX) or Path(artifact).suffix in (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
+        kinds = ("torch",) if is_model else ("onnxrt", "trt")
+        chosen = [s for s in specs if s.kind in kinds] or [BackendSpec.parse(kinds[0])]
+        for spec in chosen:
+            common = {"warmup": warmup, "iters": iters, "seed": seed, "command": command}
+            if spec.kind == "torch":
+                if artifact.startswith(PRESET_PREFIX):
+                    policy = PresetPolicy(get_preset(artifact[len(PRESET_PREFIX):]), device=spec.device, seed=seed)()
+                else:
+                    policy = PolicyFromCheckpoint(artifact, config=cfg)().policy
+                opts = {"device": spec.device, "dtype": spec.dtype, "cuda_graph": spec.cuda_graph,
+                        "compile": spec.compile or False, "patch_matmul": spec.patch_matmul}
+                result = bench_torch_streaming(policy, windows=ts or [policy.cfg.window], runner_opts=opts, **common)
+            else:
+                from vla_export.export.split import read_split
+
+                result = bench_split_streaming(
+                    artifact, windows=ts or [int(read_split(artifact)["window"])], backend=spec.kind,
+                    providers=[spec.provider] if spec.provider else None, **common,
+                )
+            render_streaming(result.to_dict())
+            reports.append(result.to_dict() | {"artifact": artifact, "backend": spec.text})
+    if json_path:
+        write_json(json_path, reports[0] if len(reports) == 1 else {"kind": "streaming", "runs": reports})
+        console.print(f"wrote {json_path}")
+    return 0
