@@ -26,6 +26,11 @@ demo: install
 	$(BIN)/vla-export inspect $(DEMO)/tiny.pt --json $(DEMO)/tiny.inspect.json
 	$(BIN)/vla-export onnx $(DEMO)/tiny.pt -o $(DEMO)/tiny.onnx --debug-outputs --json $(DEMO)/tiny.onnx.report.json
 	$(BIN)/vla-export parity $(DEMO)/tiny.pt $(DEMO)/tiny.onnx --samples 8 --json $(DEMO)/tiny.parity.json
+	$(BIN)/vla-export episodes -o $(DEMO)/episodes --count 2 --frames 8 --size 180x320
+	$(BIN)/vla-export calib $(DEMO)/episodes --onnx $(DEMO)/tiny.onnx -o $(DEMO)/calibration/tiny.npz --samples 8
+	$(BIN)/vla-export quantize $(DEMO)/tiny.onnx --int8 --calib $(DEMO)/calibration/tiny.npz
+	$(BIN)/vla-export parity $(DEMO)/tiny.pt $(DEMO)/tiny.int8.onnx --samples 8 --data $(DEMO)/episodes --json $(DEMO)/tiny.int8.parity.json
+	$(BIN)/vla-export trt $(DEMO)/tiny.onnx -o $(DEMO)/tiny.engine --fp16 --print-trtexec
 	@echo "demo: OK (artifacts in $(DEMO)/)"
 
 test: install
