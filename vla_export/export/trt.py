@@ -472,7 +472,7 @@ def find_builder() -> str:
     """'tensorrt-python' when the bindings import, else 'trtexec' when on PATH; else MissingDependencyError."""
     try:
         import tensorrt  # noqa: F401  (probing only; the builder imports it lazily again)
-    except ImportError:
+    except (ImportError, OSError):  # OSError: bindings present but libnvinfer missing
         if shutil.which(TRTEXEC):
             return "trtexec"
         raise MissingDependencyError(INSTALL_TRT) from None
@@ -500,10 +500,10 @@ class _TrtLogger:
                 self.errors: list[str] = []
 
             def log(self, severity, msg):
-                if severity <= trt.ILogger.Severity.ERROR:
+                if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR):
                     self.errors.append(msg)
                     log.error("tensorrt: %s", msg)
-                elif severity <= trt.ILogger.Severity.WARNING:
+                elif severity == trt.ILogger.Severity.WARNING:
                     log.warning("tensorrt: %s", msg)
                 else:
                     log.debug("tensorrt: %s", msg)
@@ -566,6 +566,8 @@ def _build_python(trt, plan: BuildPlan, facts: OnnxFacts, output: Path, calib) -
         from vla_export.lazy import lazy_import
 
         polygraphy_trt = lazy_import("polygraphy.backend.trt", purpose="INT8 calibration")
+        if plan.calib_cache and Path(plan.calib_cache).exists():
+            log.warning("INT8 scales from the existing cache %s, not from %s (delete the cache to recalibrate)", plan.calib_cache, plan.calib)
         calibrator = polygraphy_trt.Calibrator(calib, cache=plan.calib_cache)
         config.int8_calibrator = calibrator
     serialized = builder.build_serialized_network(network, config)
