@@ -87,14 +87,14 @@ def test_missing_external_data_is_an_error(full_export, tmp_path, cli, tiny_ckpt
     assert r.exit_code != 0 and "tiny.onnx.data is missing" in r.stderr
 
 
-def _linear_export(path, **kw):
+def _linear_export(path, width=4, **kw):
     import torch
 
     from vla_export.export.onnx import export_module
 
     torch.manual_seed(0)
-    module = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh()).eval()
-    return export_module(module, {"x": torch.randn(2, 4)}, path, output_names=["y"], dynamic_axes={"x": {0: "batch"}}, **kw)
+    module = torch.nn.Sequential(torch.nn.Linear(width, 3), torch.nn.Tanh()).eval()
+    return export_module(module, {"x": torch.randn(2, width)}, path, output_names=["y"], dynamic_axes={"x": {0: "batch"}}, **kw)
 
 
 def test_export_module_is_generic_and_dynamic(tmp_path):
@@ -127,9 +127,9 @@ def test_reexport_without_external_data_removes_stale_data(tmp_path):
 def test_torchscript_fallback(tmp_path):
     import onnxruntime as ort
 
-    path = _linear_export(tmp_path / "ts.onnx", exporter="torchscript", external_data=True)
+    path = _linear_export(tmp_path / "ts.onnx", width=512, exporter="torchscript", external_data=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ts.onnx", "ts.onnx.data"]
-    assert ort.InferenceSession(str(path)).run(None, {"x": np.ones((3, 4), np.float32)})[0].shape == (3, 3)
+    assert ort.InferenceSession(str(path)).run(None, {"x": np.ones((3, 512), np.float32)})[0].shape == (3, 3)
 
 
 def test_bad_options(tmp_path):

@@ -272,10 +272,10 @@ def require_complete(path: str | Path, module, *, min_coverage: float = MIN_COVE
     """:func:`check_completeness`, raising :class:`ArtifactError` when coverage is too low."""
     result = check_completeness(path, module, min_coverage=min_coverage)
     if not result.passed:
-        worst = sorted(result.components.items(), key=lambda kv: kv[1].coverage)[:3]
+        worst = sorted(result.components.items(), key=lambda kv: kv[1].in_graph - kv[1].parameters)[:3]
         parts = ", ".join(f"{k} {100 * c.coverage:.1f}%" for k, c in worst)
         raise ArtifactError(
             f"{path}: incomplete export: {result.summary()}, below the required {100 * min_coverage:.1f}% "
-            f"(lowest components: {parts})"
+            f"(most missing: {parts})"
         )
     return result
