@@ -31,6 +31,9 @@ demo: install
 	$(BIN)/vla-export quantize $(DEMO)/tiny.onnx --int8 --calib $(DEMO)/calibration/tiny.npz
 	$(BIN)/vla-export parity $(DEMO)/tiny.pt $(DEMO)/tiny.int8.onnx --samples 8 --data $(DEMO)/episodes --json $(DEMO)/tiny.int8.parity.json
 	$(BIN)/vla-export trt $(DEMO)/tiny.onnx -o $(DEMO)/tiny.engine --fp16 --print-trtexec
+	$(BIN)/vla-export onnx $(DEMO)/tiny.pt --split -o $(DEMO)/tiny.onnx --json $(DEMO)/tiny.split.report.json
+	$(BIN)/vla-export episodes -o $(DEMO)/replay-episode --count 1 --frames 12 --size 360x640 --seed 1
+	$(BIN)/vla-export replay $(DEMO)/tiny.pt $(DEMO)/tiny.split.json $(DEMO)/replay-episode/*.h5 --json $(DEMO)/tiny.replay.json
 	@echo "demo: OK (artifacts in $(DEMO)/)"
 
 test: install

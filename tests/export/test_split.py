@@ -105,3 +105,14 @@ def test_cli_split(cli, tiny_split, tiny_ckpt, tmp_path, monkeypatch):
     assert report["passed"] and set(report["parts"]) == {"backbone", "head"}
     refused = cli("onnx", tiny_ckpt, "--split", "--simplify", "-o", tmp_path / "y.onnx")
     assert refused.exit_code == 2 and "--split does not take --simplify" in refused.stderr
+
+
+def test_each_part_gets_its_own_trt_precision(cli, tiny_split, tiny_policy, tmp_path):
+    """Per-part TensorRT builds (backbone FP16, head FP32), checked as trtexec plans (no TensorRT needed)."""
+    backbone = cli("trt", tiny_split.backbone.path, "-o", tmp_path / "b.engine", "--fp16", "--print-trtexec")
+    assert backbone.exit_code == 0, backbone
+    assert "--fp16" in backbone.stdout and "pixel_values:1x3x" in backbone.stdout
+    t, f = tiny_policy.cfg.window, tiny_policy.cfg.frame_feature_dim
+    head = cli("trt", tiny_split.head.path, "-o", tmp_path / "h.engine", "--shape", f"features=1x{t}x{f}", "--print-trtexec")
+    assert head.exit_code == 0, head
+    assert "--fp16" not in head.stdout and f"features:1x{t}x{f}" in head.stdout
