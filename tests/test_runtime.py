@@ -188,3 +188,13 @@ def test_runtime_runs_without_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_ros2_example_is_valid_python_over_the_public_api():
+    """The ROS 2 node is not run here (no rclpy); it must at least compile and use the runtime's API."""
+    from pathlib import Path
+
+    source = (Path(__file__).parents[1] / "examples" / "ros2_policy_node.py").read_text()
+    compile(source, "ros2_policy_node.py", "exec")
+    for used in ("Policy.from_artifacts", ".reset(", ".step(", "last_timing"):
+        assert used in source
