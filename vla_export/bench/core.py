@@ -85,6 +85,7 @@ class BackendResult:
     backend: str
     runner: dict[str, Any]
     activate_s: float
+    first_infer_s: float  # the first inference: lazy compilation and CUDA-graph capture happen here
     warmup_s: float
     modes: dict[str, ModeResult]
     cost: ModelCost | None
@@ -105,6 +106,7 @@ class BackendResult:
             "backend": self.backend,
             "runner": self.runner,
             "activate_s": self.activate_s,
+            "first_infer_s": self.first_infer_s,
             "warmup_s": self.warmup_s,
             "modes": {k: v.to_dict() for k, v in self.modes.items()},
             "cost": self.cost.to_dict() if self.cost else None,
@@ -127,6 +129,7 @@ class BenchReport:
     environment: dict[str, Any]
     device_peak: DevicePeak
     results: list[BackendResult]
+    complete: bool = True  # False while rows are still to come (a partial report saved along the way)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     def ratios(self, mode: str) -> list[float | None]:
@@ -144,6 +147,7 @@ class BenchReport:
             "schema": SCHEMA,
             "created": self.created,
             "command": self.command,
+            "complete": self.complete,
             "settings": self.settings.to_dict(),
             "environment": self.environment,
             "device_peak": self.device_peak.to_dict(),
@@ -276,7 +280,9 @@ def bench_target(target: Target, settings: BenchSettings, peak: DevicePeak, *, p
         if "actions" not in runner.output_names:
             raise ConfigError(f"{target.artifact}: outputs {list(runner.output_names)} have no 'actions': not a whole policy (time a split part with --streaming)")
         cost = _cost(target, cfg, info, settings)
+        t0 = time.perf_counter()
         outputs = runner.infer(feed)
+        first_infer_s = time.perf_counter() - t0
         finite = all(bool(np.all(np.isfinite(v))) for v in outputs.values())
         warnings = fallback_warnings(info)
         if not finite:
@@ -318,6 +324,7 @@ def bench_target(target: Target, settings: BenchSettings, peak: DevicePeak, *, p
         backend=target.spec.text,
         runner=info,
         activate_s=activate_s,
+        first_infer_s=first_infer_s,
         warmup_s=warm_total,
         modes=modes,
         cost=cost,
@@ -336,16 +343,20 @@ def run_benchmark(
     peak: DevicePeak,
     environment: dict[str, Any],
     command: str,
-    on_result: Callable[[BackendResult], None] | None = None,
+    on_result: Callable[[BenchReport], None] | None = None,
     profile: bool = False,
 ) -> BenchReport:
-    """Benchmark each target in turn (one runner active at a time) into one report."""
+    """Benchmark each target in turn (one runner active at a time) into one report.
+
+    ``on_result`` sees the report after each row (``complete`` False until the last), so a caller can
+    save partial results of a long run.
+    """
     if not targets:
         raise RunnerError("nothing to benchmark")
-    results = []
-    for target in targets:
-        result = bench_target(target, settings, peak, profile=profile)
-        results.append(result)
+    report = BenchReport(command, settings, environment, peak, [], complete=False)
+    for i, target in enumerate(targets):
+        report.results.append(bench_target(target, settings, peak, profile=profile))
+        report.complete = i == len(targets) - 1
         if on_result:
-            on_result(result)
-    return BenchReport(command, settings, environment, peak, results)
+            on_result(report)
+    return report

@@ -53,7 +53,7 @@ def render_report(report: Any) -> None:
     for r in report.results:
         what = ", ".join(f"{k}={v}" for k, v in r.runner.items() if k not in ("name",))
         mem = f"peak RSS {r.peak_rss_bytes / 1e9:.2f} GB" + (f", peak GPU {r.peak_gpu_bytes / 1e9:.2f} GB" if r.peak_gpu_bytes else "")
-        console.print(f"{r.label}: {r.runner.get('name')} ({what}); activate {r.activate_s:.1f} s, warm-up {r.warmup_s:.1f} s; {mem}", markup=False)
+        console.print(f"{r.label}: {r.runner.get('name')} ({what}); activate {r.activate_s:.1f} s, first inference {r.first_infer_s:.1f} s, warm-up {r.warmup_s:.1f} s; {mem}", markup=False)
         if r.cost:
             flops = f"{r.cost.total_flops / 1e9:.4g} GFLOP" if r.cost.total_flops else "FLOPs unknown"
             console.print(f"  per inference: {flops}, {r.cost.weight_bytes / 1e6:.4g} MB of weights ({r.cost.source})", markup=False)
@@ -132,15 +132,18 @@ def bench(
              *(("--config", config) if config else ()), *(("--json", json_path) if json_path else ()), *(("--profile",) if profile else ())]
     command = " ".join(shlex.quote(str(w)) for w in words)
 
-    def progress(r: Any) -> None:
+    def progress(report: Any) -> None:
+        r = report.results[-1]
         p50 = ", ".join(f"{m} p50 {_ms(v.stats.p50_ms)} ms" for m, v in r.modes.items())
         err_console.print(f"done: {r.label}: {p50}", style="dim", markup=False)
+        # Environment after each row: CUDA is initialised and the runtimes are loaded by then.
+        report.environment = capture_environment()
+        if json_path:  # rewritten after every row, so a long run that dies keeps what it measured
+            write_json(json_path, report.to_dict())
 
     report = run_benchmark(targets, settings, peak=peak, environment={}, command=command, on_result=progress, profile=profile)
-    report.environment = capture_environment()  # after the runs: CUDA is initialised and every library is loaded
     render_report(report)
     if json_path:
-        write_json(json_path, report.to_dict())
         console.print(f"wrote {json_path}")
     invalid = [r.label for r in report.results if r.below_floor or not r.outputs_finite]
     if invalid:
