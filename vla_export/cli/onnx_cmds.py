@@ -32,12 +32,16 @@ def render_parity(p: dict[str, Any]) -> None:
     tol = p["tolerance"]
     table = Table(title=f"{p.get('label', 'parity')}: {p['reference']['name']} vs {p['candidate']['name']}, {p['samples']} samples, {p['precision']} "
                         f"(atol {tol['atol']:g}, rtol {tol['rtol']:g}, cosine >= {tol['min_cosine']:g})")
-    for col in ("output", "max abs", "mean abs", "p99 abs", "max rel", "cosine", "ref spread", "result"):
-        table.add_column(col, justify="left" if col == "output" else "right")
+    # Abs errors, then max rel, cosine and the reference's spread across samples (parity of a constant proves little).
+    for col in ("output", "max abs", "mean abs", "p99 abs", "max rel", "cosine", "spread", "result"):
+        table.add_column(col, justify="left" if col == "output" else "right", no_wrap=True)
     for o in p["outputs"].values():
-        table.add_row(o["name"], f"{o['max_abs']:.3g}", f"{o['mean_abs']:.3g}", f"{o['p99_abs']:.3g}", f"{o['max_rel']:.3g}",
-                      f"{o['cosine']:.6f}", f"{o['ref_std']:.3g}", "[green]pass[/]" if o["passed"] else f"[red]FAIL ({o['violations']} out of tolerance)[/]")
+        table.add_row(o["name"], f"{o['max_abs']:.2g}", f"{o['mean_abs']:.2g}", f"{o['p99_abs']:.2g}", f"{o['max_rel']:.2g}",
+                      f"{o['cosine']:.6f}", f"{o['ref_std']:.2g}", "[green]pass[/]" if o["passed"] else "[red]FAIL[/]")
     console.print(table)
+    for o in p["outputs"].values():
+        if not o["passed"]:
+            console.print(f"{o['name']}: {o['violations']} elements out of tolerance", style="red")
     actions = p["outputs"].get("actions")
     if actions and actions["mae_per_dim"] is not None:
         dims = ", ".join(f"[{i}] MAE {m:.3g} sign {100 * s:.1f}%" for i, (m, s) in enumerate(zip(actions["mae_per_dim"], actions["sign_agreement"])))
