@@ -242,3 +242,27 @@ def test_no_cuda_buffers_and_no_gpu(monkeypatch):
     for probe in ("_gpu_cuda_python", "_gpu_pycuda", "_gpu_torch", "_gpu_nvidia_smi"):
         monkeypatch.setattr(B, probe, broken)
     assert B.gpu_info()["name"] is None
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", B.MEMORY_BACKENDS)
+def test_device_memory_roundtrip_on_a_real_gpu(backend):
+    try:
+        mem = B.device_memory(backend)
+    except MissingDependencyError as exc:
+        pytest.skip(f"{backend}: {exc}")
+    try:
+        host = {"f": np.arange(1000, dtype=np.float32).reshape(10, 100), "i": np.arange(7, dtype=np.int64)}
+        bufs = {k: mem.alloc(v.nbytes) for k, v in host.items()}
+        for k, v in host.items():
+            mem.htod(bufs[k], v)
+        back = {k: np.empty_like(v) for k, v in host.items()}
+        for k, v in back.items():
+            mem.dtoh(v, bufs[k])
+        mem.sync()
+        for k in host:
+            np.testing.assert_array_equal(back[k], host[k])
+            mem.free(bufs[k])
+    finally:
+        mem.close()
+    assert B.gpu_info()["compute_capability"]
