@@ -253,6 +253,18 @@ def _cost(target: Target, cfg: PolicyConfig, info: dict[str, Any], settings: Ben
     return policy_cost(cfg, window=settings.window, text_len=settings.text_len, dtype=dtype or _FASTEST[0])
 
 
+def _check_fixed_shapes(target: Target, runner: Runner, settings: BenchSettings) -> None:
+    """A graph exported with a fixed batch or window runs only at that size: say so instead of failing inside the runtime."""
+    shapes = getattr(runner, "input_shapes", None)
+    pixels = shapes.get("pixel_values") if isinstance(shapes, dict) else None
+    if not pixels or len(pixels) != 5:
+        return
+    for axis, (name, wanted) in enumerate((("--batch", settings.batch), ("--window", settings.window))):
+        fixed = pixels[axis]
+        if isinstance(fixed, int) and fixed != wanted:
+            raise ConfigError(f"{target.artifact}: exported for {name} {fixed} (a fixed axis), asked for {wanted}; run with {name} {fixed}")
+
+
 def fallback_warnings(info: dict[str, Any]) -> list[str]:
     """Say it when a runtime ran on something other than what was asked (onnxruntime's silent CPU fallback)."""
     requested, actual = info.get("requested_providers"), info.get("provider")
@@ -275,6 +287,7 @@ def bench_target(target: Target, settings: BenchSettings, peak: DevicePeak, *, p
     activate_s = time.perf_counter() - t0
     try:
         cfg = _resolve_config(target, runner)
+        _check_fixed_shapes(target, runner, settings)
         feed = SyntheticSource(cfg, seed=settings.seed, batch=settings.batch, window=settings.window, text_len=settings.text_len).sample(0)
         info = runner.describe()
         if "actions" not in runner.output_names:
