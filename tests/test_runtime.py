@@ -138,8 +138,9 @@ def test_runners_with_the_wrong_inputs_are_refused(tiny_policy, tokenizer):
     backbone, head = torch_part_runners(tiny_policy)
     swapped = Policy(head, backbone, tokenizer=tokenizer, window=4, image_size=32)
     with pytest.raises(RunnerError, match="a backbone part takes"):
-        swapped.activate()
-    swapped.close()
+        with swapped:
+            pass
+    assert not backbone.is_active and not head.is_active  # a failed activation releases both
 
 
 NO_TORCH = """

@@ -89,5 +89,5 @@ def torch_streaming_policy(loaded: Any, *, tokenizer: Any, window: int | None = 
     backbone, head = torch_part_runners(policy, **runner_kwargs)
     return Policy(
         backbone, head, tokenizer=tokenizer, window=window or cfg.window, image_size=cfg.image_size,
-        action_dim=cfg.action_dim, text_len=text_len,
+        action_dim=cfg.action_dim, text_len=text_len, config=cfg,
     )

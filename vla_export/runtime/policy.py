@@ -125,11 +125,12 @@ class Policy:
         image_size: int,
         action_dim: int | None = None,
         text_len: int | None = None,
+        config: Any = None,
     ):
         self.backbone, self.head = backbone, head
         self.tokenizer, self.window, self.image_size = tokenizer, window, image_size
         self.action_dim, self.text_len = action_dim, text_len
-        self.config: Any = None  # the PolicyConfig, when the policy was made from artifacts that record it
+        self.config = config  # the PolicyConfig, where known (artifacts record it)
         self.ring = FeatureRing(window)
         self.instruction: str | None = None
         self._prompt: dict[str, np.ndarray] | None = None
@@ -170,20 +171,23 @@ class Policy:
             path = Path(chosen[part]) if chosen[part] is not None else folder / record["parts"][part]["path"]
             opts = {"providers": list(providers)} if providers and artifact_kind(path) == "onnx" else {}
             runners[part] = runner_for_artifact(path, **opts)
-        policy = cls(
+        return cls(
             runners["backbone"], runners["head"], tokenizer=tokenizer or tokenizer_for(cfg, tokenizer_dir),
             window=window or int(record["window"]), image_size=cfg.image_size, action_dim=cfg.action_dim, text_len=text_len,
+            config=cfg,
         )
-        policy.config = cfg
-        return policy
 
     # --- lifecycle ---
     def activate(self) -> Policy:
         """Activate both runners (those not active yet) and check their inputs and outputs."""
-        for runner in (self.backbone, self.head):
-            if not runner.is_active:
-                runner.activate()
-        self._check_runners()
+        try:
+            for runner in (self.backbone, self.head):
+                if not runner.is_active:
+                    runner.activate()
+            self._check_runners()
+        except BaseException:
+            self.close()  # a context manager whose __enter__ fails gets no __exit__
+            raise
         return self
 
     def _check_runners(self) -> None:
