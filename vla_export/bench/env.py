@@ -127,6 +127,8 @@ def capture_environment() -> dict[str, Any]:
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        # Other work on the machine while it ran (a shared CI box makes CPU latencies noisy).
+        "load_average_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "threads": threads,
         "gpu": gpu_info(),
         "jetson": jetson_info(),
