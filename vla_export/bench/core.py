@@ -113,7 +113,7 @@ class BackendResult:
             "peak_rss_bytes": self.peak_rss_bytes,
             "peak_rss_note": "process peak so far (includes earlier rows of this run)",
             "peak_gpu_bytes": self.peak_gpu_bytes,
-            "peak_gpu_note": "torch allocator peak during this row; None for non-torch runtimes",
+            "peak_gpu_note": "torch allocator peak over the warm-up and timed runs (after loading); None for non-torch runtimes",
             "outputs_finite": self.outputs_finite,
             "below_floor": self.below_floor,
             "valid": self.outputs_finite and not self.below_floor,
@@ -279,9 +279,6 @@ def bench_target(target: Target, settings: BenchSettings, peak: DevicePeak, *, p
     ``profile`` adds a torch.profiler pass over the compute-only loop after the timed runs (never timed).
     """
     runner = target.make_runner()
-    torch = _torch_cuda()
-    if torch is not None:
-        torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     runner.activate()
     activate_s = time.perf_counter() - t0
@@ -296,6 +293,9 @@ def bench_target(target: Target, settings: BenchSettings, peak: DevicePeak, *, p
         t0 = time.perf_counter()
         outputs = runner.infer(feed)
         first_infer_s = time.perf_counter() - t0
+        torch = _torch_cuda()
+        if torch is not None:  # steady state: weights, activations and graph pools, not the load's transient copies
+            torch.cuda.reset_peak_memory_stats()
         finite = all(bool(np.all(np.isfinite(v))) for v in outputs.values())
         warnings = fallback_warnings(info)
         if not finite:
