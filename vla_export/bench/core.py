@@ -28,7 +28,7 @@ import numpy as np
 from vla_export.backends.base import Runner
 from vla_export.bench.floor import DTYPE_BYTES, DevicePeak, FloorCheck, ModelCost, check_floor, onnx_weight_bytes, policy_cost
 from vla_export.bench.stats import LatencyStats
-from vla_export.bench.targets import Target
+from vla_export.bench.targets import DTYPE_ALIASES, Target
 from vla_export.data.preprocess import preprocess_frame
 from vla_export.data.source import SyntheticSource
 from vla_export.errors import ConfigError, RunnerError
@@ -223,7 +223,7 @@ def _resolve_config(target: Target, runner: Runner) -> PolicyConfig:
         if manifest and isinstance(manifest.get("config"), dict):
             cfg = PolicyConfig.from_dict(manifest["config"])
     if cfg is None:
-        raise ConfigError(f"{target.artifact}: the policy config is unknown (no manifest with one); pass --config or --preset")
+        raise ConfigError(f"{target.artifact}: the policy config is unknown (no manifest with one); pass --config")
     return cfg
 
 
@@ -233,7 +233,7 @@ _FASTEST = ("int8", "float16", "bfloat16", "float32")
 
 def _declared_dtype(info: dict[str, Any]) -> str | None:
     d = info.get("dtype") or info.get("precision")
-    d = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}.get(str(d), d)
+    d = DTYPE_ALIASES.get(str(d), d)
     return d if d in DTYPE_BYTES else None
 
 

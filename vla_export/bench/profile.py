@@ -8,7 +8,7 @@ as the memory allows.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from vla_export.backends.base import Runner
@@ -25,13 +25,9 @@ class ProfileSummary:
     table: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "iters": self.iters,
-            "device_time_ms_per_iter": self.device_time_ms_per_iter,
-            "kernels_per_iter": self.kernels_per_iter,
-            "cpu_time_ms_per_iter": self.cpu_time_ms_per_iter,
-            "top_ops": self.table,
-        }
+        d = asdict(self)
+        d["top_ops"] = d.pop("table")
+        return d
 
 
 def profile_runner(runner: Runner, staged: Any, *, iters: int = 5) -> ProfileSummary:

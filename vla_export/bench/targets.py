@@ -25,7 +25,7 @@ from vla_export.models.config import PolicyConfig, get_preset
 PRESET_PREFIX = "preset:"
 #: Which backends run which artifact kind; the first is the default.
 BACKENDS_FOR_KIND = {"checkpoint": ("torch",), "preset": ("torch",), "onnx": ("onnxrt",), "engine": ("trt",)}
-_DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 _ORT_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "trt": "TensorrtExecutionProvider"}
 
 
@@ -50,8 +50,8 @@ class BackendSpec:
             for opt in opts:
                 if opt in ("cpu", "cuda"):
                     fields["device"] = opt
-                elif opt in _DTYPE_ALIASES:
-                    fields["dtype"] = _DTYPE_ALIASES[opt]
+                elif opt in DTYPE_ALIASES:
+                    fields["dtype"] = DTYPE_ALIASES[opt]
                 elif opt == "cudagraph":
                     fields["cuda_graph"] = True
                 elif opt == "patchmm":
