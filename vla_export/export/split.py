@@ -226,6 +226,9 @@ def export_split(loaded, prefix: str | Path, options: SplitOptions = SplitOption
             return [out]
 
         log.info("exporting the %s part to %s", part, path)
+        # The head runs MobileVLAPolicy.head's code object; a trace of it cached by an earlier export in
+        # this process (the whole policy, static window) makes the exporter fix the window axis.
+        torch._dynamo.reset()
         export_module(
             module, example[part], path, output_names=names[part][1], dynamic_axes=dynamic[part], opset=options.opset,
             exporter=options.exporter, external_data=options.external_data, optimize=options.optimize,
