@@ -49,10 +49,10 @@ def test_int8_graph_has_qdq_and_keeps_sensitive_ops_out(int8_onnx, tiny_onnx):
     assert ops.count("QuantizeLinear") > 10 and ops.count("DequantizeLinear") > 10
     producers = _producers(model)
     reasons = Q.precision_sensitive_nodes(Q.load_onnx(tiny_onnx))
-    assert {"layernorm", "softmax", "mask", "residual-add", "head"} <= set(reasons.values())
+    assert {"layernorm", "softmax", "mask", "residual-add", "attention-matmul", "head"} <= set(reasons.values())
     for node in model.graph.node:
         fed_by_dq = [i for i in node.input if i in producers and producers[i].op_type == "DequantizeLinear"]
-        if node.op_type in KEPT_OPS or reasons.get(node.name) in ("residual-add", "head", "mask"):
+        if node.op_type in KEPT_OPS or reasons.get(node.name) in ("residual-add", "attention-matmul", "head", "mask"):
             assert not fed_by_dq, f"{node.name} ({node.op_type}) was quantized"
     quantized_matmuls = [n for n in model.graph.node if n.op_type == "MatMul" and any(
         i in producers and producers[i].op_type == "DequantizeLinear" for i in n.input)]
@@ -107,7 +107,7 @@ def test_sensitive_node_rules_on_a_handmade_graph():
         helper.make_node("Gemm", ["res", "policy.action.0.weight"], ["y"], name="head"),
     ]
     reasons = Q.precision_sensitive_nodes(_graph(nodes, [lowest, bias, head_w]))
-    assert reasons == {"mask_fill": "mask", "scores_plus_mask": "mask", "softmax": "softmax",
+    assert reasons == {"mask_fill": "mask", "scores_plus_mask": "mask", "softmax": "softmax", "attn": "attention-matmul",
                        "residual": "residual-add", "head": "head"}
     assert "residual" not in Q.precision_sensitive_nodes(_graph(nodes, [lowest, bias, head_w]), int8=False)
 

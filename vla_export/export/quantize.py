@@ -76,12 +76,14 @@ def _out_of_fp16_range(a: np.ndarray) -> bool:
 
 
 def precision_sensitive_nodes(model, *, int8: bool = True) -> dict[str, str]:
-    """Node name -> reason ("layernorm", "softmax", "mask", and for INT8 "residual-add", "head") for
-    nodes to keep out of low precision.
+    """Node name -> reason ("layernorm", "softmax", "mask", and for INT8 "residual-add",
+    "attention-matmul", "head") for nodes to keep out of low precision.
 
     Mask arithmetic is every node downstream of a constant outside the FP16 range, up to (not past)
     the next Softmax, matrix product or normalisation. A residual add is an Add of two activations
-    (neither input a constant) that is not mask arithmetic. Head nodes take a policy-head weight.
+    (neither input a constant) that is not mask arithmetic; an attention MatMul multiplies two
+    activations (Q.K^T, probabilities.V: per-tensor INT8 on both sides; on the small preset keeping
+    them out halved the INT8 action error). Head nodes take a policy-head weight.
     """
     consts = _constant_arrays(model)
     consumers: dict[str, list] = {}
@@ -106,8 +108,11 @@ def precision_sensitive_nodes(model, *, int8: bool = True) -> dict[str, str]:
         for node in model.graph.node:
             if node.name in reasons:
                 continue
-            if node.op_type == "Add" and not any(i in consts or i in initializers for i in node.input):
+            activations_only = not any(i in consts or i in initializers for i in node.input)
+            if node.op_type == "Add" and activations_only:
                 reasons[node.name] = "residual-add"
+            elif node.op_type == "MatMul" and activations_only:
+                reasons[node.name] = "attention-matmul"
             elif any(i in initializers and HEAD_WEIGHTS.search(i) for i in node.input):
                 reasons[node.name] = "head"
     return reasons

@@ -311,6 +311,7 @@ def make_plan(facts: OnnxFacts, options: TrtBuildOptions, *, trt_version: str = 
         if p == "int8":
             rules.append(LayerRule("fp16", names=tuple(sorted(by_reason.get("residual-add", []))), reason="residual adds out of INT8"))
             rules.append(LayerRule("fp16", names=tuple(sorted(by_reason.get("head", []))), reason="policy head out of INT8"))
+            rules.append(LayerRule("fp16", names=tuple(sorted(by_reason.get("attention-matmul", []))), reason="attention matmuls out of INT8"))
         flags.append("OBEY_PRECISION_CONSTRAINTS")
     if options.dla_core is not None:
         if p == "fp32" and not (strong and facts.typed):
