@@ -30,6 +30,29 @@ def test_runner_reports_provider_and_matches_torch(tiny_onnx, tiny_policy):
             runner.infer({"pixel_values": feed["pixel_values"]})
 
 
+def test_silent_cpu_fallback_is_reported(tiny_onnx, monkeypatch, caplog):
+    """onnxruntime-gpu without CUDA libraries creates a CPU session when CUDA was asked for."""
+    import logging
+
+    import onnxruntime as ort
+
+    from vla_export.backends.onnxrt import OnnxrtRunner
+
+    real = ort.InferenceSession
+
+    def cpu_session(path, sess_options=None, providers=None):
+        return real(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", cpu_session)
+    logging.getLogger("vla_export").propagate = True  # the CLI turns propagation off; caplog listens at the root
+    with caplog.at_level(logging.WARNING, logger="vla_export"), OnnxrtRunner(tiny_onnx) as runner:
+        info = runner.describe()
+    assert info["requested_providers"][0] == "CUDAExecutionProvider"
+    assert info["provider"] == "CPUExecutionProvider" and info["fallback"] is True and info["device"] == "cpu"
+    assert "requested CUDAExecutionProvider but onnxruntime runs on CPUExecutionProvider" in caplog.text
+
+
 def test_unavailable_provider_is_an_error(tiny_onnx):
     from vla_export.backends.onnxrt import OnnxrtRunner
 

@@ -125,6 +125,7 @@ def export_module(
         allowed = [tmp.name] + ([data_file(tmp).name] if external_data else [])
         if tmp.name not in made or set(made) - set(allowed):
             raise ArtifactError(f"{path}: the exporter wrote {made}, expected {allowed}")
+        _check_dynamic_axes(tmp, dynamic_axes)
         if verify is not None:
             verify(tmp)
         extras = list(extra_files(tmp)) if extra_files else []
@@ -132,6 +133,21 @@ def export_module(
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     return path
+
+
+def _check_dynamic_axes(path: Path, dynamic_axes: Mapping[str, Mapping[int, str]]) -> None:
+    """Every axis asked to be dynamic is symbolic in the graph.
+
+    torch.onnx "refines" a dynamic axis that the trace specialised into a constant, without an
+    error. With torch 2.13 this happens to the LSTM's window axis when an earlier export ran in the
+    same process (the first export of a process keeps it dynamic).
+    """
+    shapes = {v["name"]: v["shape"] for v in io_signature(path)["inputs"] + io_signature(path)["outputs"]}
+    for name, axes in dynamic_axes.items():
+        for axis, dim in axes.items():
+            got = shapes.get(name, [])[axis] if axis < len(shapes.get(name, [])) else None
+            if isinstance(got, int):
+                raise ArtifactError(f"{path.name}: the exporter fixed the dynamic axis '{dim}' of '{name}' at {got}")
 
 
 def _export_torchscript(module, args, tmp: Path, input_names, output_names, dynamic_axes, opset, external_data) -> None:
@@ -392,14 +408,18 @@ def _verify_stage(tmp: Path, loaded, options: OnnxExportOptions, window: int, st
     state.update(static_checks(tmp, loaded.policy))
     if options.ort_check:
         state["parity"].append(ort_parity(tmp, loaded, window=window, debug_outputs=options.debug_outputs,
-                                          samples=options.parity_samples, seed=options.seed, label=label))
+                                          samples=options.parity_samples, seed=options.seed, label=label,
+                                          other_window=window + 1 if options.dynamic_window else window))
         result = state["parity"][-1]
         if not result.passed:
             raise ArtifactError(f"{tmp.name}: ONNX Runtime disagrees with PyTorch after {label}: {result.summary()}")
 
 
-def ort_parity(path: Path, loaded, *, window: int, debug_outputs: bool, samples: int, seed: int, label: str):
-    """ONNX Runtime vs PyTorch on ``samples`` feeds at batch 1 and ``samples`` at batch 3 (other text lengths than the export)."""
+def ort_parity(path: Path, loaded, *, window: int, debug_outputs: bool, samples: int, seed: int, label: str,
+               other_window: int | None = None):
+    """ONNX Runtime vs PyTorch on ``samples`` feeds at batch 1 and ``samples`` at batch 3 (that at
+    ``other_window`` frames, for a dynamic window), with other text lengths than the export's.
+    """
     from vla_export.backends.onnxrt import OnnxrtRunner
     from vla_export.backends.torch_runner import TorchRunner
     from vla_export.data.source import SyntheticSource
@@ -407,7 +427,8 @@ def ort_parity(path: Path, loaded, *, window: int, debug_outputs: bool, samples:
 
     cfg = loaded.config
     feeds = [SyntheticSource(cfg, seed=seed + 1, batch=1, window=window, text_len=min(7, cfg.max_text_len)).sample(i) for i in range(samples)]
-    feeds += [SyntheticSource(cfg, seed=seed + 2, batch=3, window=window, text_len=min(11, cfg.max_text_len)).sample(i) for i in range(samples)]
+    feeds += [SyntheticSource(cfg, seed=seed + 2, batch=3, window=other_window or window, text_len=min(11, cfg.max_text_len)).sample(i)
+              for i in range(samples)]
     with TorchRunner(loaded.policy, debug_outputs=debug_outputs) as ref, OnnxrtRunner(path) as cand:
         return compare_runners(ref, cand, feeds, precision="fp32", label=label)
 
