@@ -109,8 +109,12 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.dot(a, b) / (na * nb))
 
 
-def compare_output(name: str, ref: np.ndarray, cand: np.ndarray, tol: Tolerance) -> OutputParity:
-    """Compare stacked outputs ``[N, ...]`` (N rows over all samples)."""
+def _rows(arrays: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate([a.reshape(-1, a.shape[-1]) if a.ndim > 1 else a.reshape(-1, 1) for a in arrays])
+
+
+def compare_output(name: str, ref: np.ndarray, cand: np.ndarray, tol: Tolerance, *, shape: list[int] | None = None) -> OutputParity:
+    """Compare stacked outputs ``[N, ...]`` (N rows over all samples); ``shape`` is one sample's, for the report."""
     ref = ref.astype(np.float64)
     cand = cand.astype(np.float64)
     diff = np.abs(cand - ref)
@@ -130,7 +134,7 @@ def compare_output(name: str, ref: np.ndarray, cand: np.ndarray, tol: Tolerance)
             signs.append(float(agree.mean()) if meaningful.any() else 1.0)
         passed = passed and min(signs) >= tol.min_sign_agreement
     return OutputParity(
-        name=name, shape=list(ref.shape[1:]),
+        name=name, shape=shape if shape is not None else list(ref.shape[1:]),
         max_abs=float(np.nanmax(diff)) if diff.size else 0.0, mean_abs=float(np.nanmean(diff)) if diff.size else 0.0,
         p99_abs=float(np.nanpercentile(diff, 99)) if diff.size else 0.0, max_rel=float(np.nanmax(rel)) if rel.size else 0.0,
         cosine=cos, ref_std=float(ref.std(axis=0).mean()) if ref.shape[0] > 1 else 0.0,
@@ -178,7 +182,10 @@ def compare_runners(
         samples += 1
     if samples == 0:
         raise ConfigError("parity needs at least one sample")
-    outputs = {n: compare_output(n, np.concatenate(refs[n]), np.concatenate(cands[n]), tol) for n in names}
+    # Rows of the last axis (frames for features [B, T, F]): samples may differ in batch and window.
+    outputs = {
+        n: compare_output(n, _rows(refs[n]), _rows(cands[n]), tol, shape=list(refs[n][0].shape[1:])) for n in names
+    }
     return ParityResult(reference.describe(), candidate.describe(), precision, tol, samples, outputs, label)
 
 
