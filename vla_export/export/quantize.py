@@ -82,8 +82,8 @@ def precision_sensitive_nodes(model, *, int8: bool = True) -> dict[str, str]:
     Mask arithmetic is every node downstream of a constant outside the FP16 range, up to (not past)
     the next Softmax, matrix product or normalisation. A residual add is an Add of two activations
     (neither input a constant) that is not mask arithmetic; an attention MatMul multiplies two
-    activations (Q.K^T, probabilities.V: per-tensor INT8 on both sides; on the small preset keeping
-    them out halved the INT8 action error). Head nodes take a policy-head weight.
+    activations (Q.K^T, probabilities.V: per-tensor INT8 on both sides, no per-channel weights to
+    help; see benchmarks/quantization.md for what it changed). Head nodes take a policy-head weight.
     """
     consts = _constant_arrays(model)
     consumers: dict[str, list] = {}
