@@ -56,6 +56,7 @@ def test_manifests(tiny_split):
         path = tiny_split.manifest_path.parent / record["parts"][part]["path"]
         manifest = read_manifest(path, kind="onnx")
         assert manifest["part"] == part and manifest["config"]["name"] == "tiny"
+        assert manifest["exporter"] == {"backbone": "dynamo", "head": "torchscript"}[part]
         validate_files(path, manifest)
     # the prefix and the folder find the same record
     prefix = tiny_split.manifest_path.with_name("tiny")
@@ -88,7 +89,7 @@ def test_a_failed_export_leaves_no_record(tmp_path, tiny_ckpt, monkeypatch):
     monkeypatch.setattr(
         "vla_export.parity.tolerance_for", lambda precision, **kw: Tolerance(atol=0.0, rtol=0.0, min_cosine=1.1, min_sign_agreement=1.0)
     )
-    with pytest.raises(ArtifactError, match="disagrees with the PyTorch backbone"):
+    with pytest.raises(ArtifactError, match="disagrees with the PyTorch head"):
         split.export_split(load_policy(tiny_ckpt), tmp_path / "tiny")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 

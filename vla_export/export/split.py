@@ -61,7 +61,11 @@ def split_paths(prefix: str | Path) -> dict[str, Path]:
 @dataclass(frozen=True)
 class SplitOptions:
     opset: int = DEFAULT_OPSET
-    exporter: str = "dynamo"
+    exporter: str = "dynamo"  # the backbone's
+    # The head's exporter. With torch 2.13 the dynamo exporter fixed the head's window axis at the
+    # example's T whenever a whole policy had been exported earlier in the same process (dynamo and
+    # compiler resets did not help); the legacy exporter keeps it dynamic, and its LSTM is the ONNX LSTM op.
+    head_exporter: str = "torchscript"
     window: int | None = None  # the runtime window recorded in the manifest (default: the config's)
     external_data: bool | None = None
     optimize: bool = True
@@ -195,7 +199,7 @@ def export_split(loaded, prefix: str | Path, options: SplitOptions = SplitOption
     ckpt = Path(loaded.checkpoint.path)
     source = {"checkpoint": str(ckpt), "sha256": sha256_file(ckpt), "bytes": ckpt.stat().st_size}
     results: dict[str, PartExport] = {}
-    for part in PARTS:
+    for part in reversed(PARTS):  # the small head first: a failure there costs seconds, not a backbone export
         module, path = modules[part], paths[part]
         state: dict[str, Any] = {}
 
@@ -217,7 +221,7 @@ def export_split(loaded, prefix: str | Path, options: SplitOptions = SplitOption
             files = [tmp] + ([data_file(tmp)] if data_file(tmp).exists() else [])
             data = build_manifest(
                 MANIFEST_KIND, tmp, files, part=part, source=source, config=cfg.to_dict(), window=window,
-                options=options.to_dict(), opset=options.opset, exporter=options.exporter,
+                options=options.to_dict(), opset=options.opset, exporter=options.head_exporter if part == "head" else options.exporter,
                 parameters=state["completeness"].to_dict(), io=state["io"], ops=state["ops"],
                 parity={"fp32": state["parity"].to_dict()}, versions=versions(),
             )
@@ -226,12 +230,10 @@ def export_split(loaded, prefix: str | Path, options: SplitOptions = SplitOption
             return [out]
 
         log.info("exporting the %s part to %s", part, path)
-        # The head runs MobileVLAPolicy.head's code object; a trace of it cached by an earlier export in
-        # this process (the whole policy, static window) makes the exporter fix the window axis.
-        torch._dynamo.reset()
+        exporter = options.head_exporter if part == "head" else options.exporter
         export_module(
             module, example[part], path, output_names=names[part][1], dynamic_axes=dynamic[part], opset=options.opset,
-            exporter=options.exporter, external_data=options.external_data, optimize=options.optimize,
+            exporter=exporter, external_data=options.external_data, optimize=options.optimize,
             verify=verify, extra_files=manifest,
         )
         results[part] = PartExport(
