@@ -117,3 +117,11 @@ def test_each_part_gets_its_own_trt_precision(cli, tiny_split, tiny_policy, tmp_
     head = cli("trt", tiny_split.head.path, "-o", tmp_path / "h.engine", "--shape", f"features=1x{t}x{f}", "--print-trtexec")
     assert head.exit_code == 0, head
     assert "--fp16" not in head.stdout and f"features:1x{t}x{f}" in head.stdout
+
+
+def test_head_profile_defaults_to_windows_up_to_T(cli, tiny_split, tiny_policy, tmp_path):
+    t, f = tiny_policy.cfg.window, tiny_policy.cfg.frame_feature_dim
+    head = cli("trt", tiny_split.head.path, "-o", tmp_path / "h.engine", "--print-trtexec")
+    assert head.exit_code == 0, head
+    line = " ".join(head.stdout.split())
+    assert f"--minShapes=features:1x1x{f}" in line and f"--optShapes=features:1x{t}x{f}" in line and f"--maxShapes=features:1x{t}x{f}" in line

@@ -45,7 +45,8 @@ INSTALL_TRT = (
 )
 #: Where each policy input's dynamic dimensions get their defaults: (input, axis) -> role.
 DIM_ROLES = {("pixel_values", 0): "batch", ("pixel_values", 1): "window", ("input_ids", 0): "batch",
-             ("input_ids", 1): "text", ("attention_mask", 0): "batch", ("attention_mask", 1): "text"}
+             ("input_ids", 1): "text", ("attention_mask", 0): "batch", ("attention_mask", 1): "text",
+             ("features", 0): "batch", ("features", 1): "window"}  # the split head's window of features
 DEFAULT_TEXT_OPT = 16
 
 
