@@ -147,7 +147,11 @@ def _check_dynamic_axes(path: Path, dynamic_axes: Mapping[str, Mapping[int, str]
         for axis, dim in axes.items():
             got = shapes.get(name, [])[axis] if axis < len(shapes.get(name, [])) else None
             if isinstance(got, int):
-                raise ArtifactError(f"{path.name}: the exporter fixed the dynamic axis '{dim}' of '{name}' at {got}")
+                raise ArtifactError(
+                    f"{path.name}: the exporter fixed the dynamic axis '{dim}' of '{name}' at {got} (dynamo does this to an "
+                    "LSTM's window after an earlier export in the same process: export in a fresh process or with "
+                    "--exporter torchscript)"
+                )
 
 
 def _export_torchscript(module, args, tmp: Path, input_names, output_names, dynamic_axes, opset, external_data) -> None:
