@@ -151,38 +151,28 @@ _KOSMOS2_VISION = VisionConfig(hidden_size=1024, num_layers=24, num_heads=16, in
 _KOSMOS2_TEXT = TextConfig(embed_dim=2048, num_layers=24, num_heads=32, ffn_dim=8192, vocab_size=65037)
 _CLIP_B32 = VisionConfig(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072, patch_size=32)
 
+_TINY = PolicyConfig(
+    name="tiny",
+    kosmos_vision=VisionConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, patch_size=32),
+    kosmos_text=TextConfig(embed_dim=48, num_layers=2, num_heads=2, ffn_dim=96, vocab_size=512),
+    latent_query_num=8,
+    clip_vision=VisionConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, patch_size=32),
+    lstm_hidden=32,
+    lstm_layers=2,
+    head_hidden=(32, 16),
+    action_dim=3,
+    window=4,
+    max_text_len=32,
+    tokens=_TINY_TOKENS,
+)
+
 PRESETS: MappingProxyType[str, PolicyConfig] = MappingProxyType(
     {
         # Under 1M parameters, same structure as mobile-vla (with CLIP): tests and the demo.
-        "tiny": PolicyConfig(
-            name="tiny",
-            kosmos_vision=VisionConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, patch_size=32),
-            kosmos_text=TextConfig(embed_dim=48, num_layers=2, num_heads=2, ffn_dim=96, vocab_size=512),
-            latent_query_num=8,
-            clip_vision=VisionConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, patch_size=32),
-            lstm_hidden=32,
-            lstm_layers=2,
-            head_hidden=(32, 16),
-            action_dim=3,
-            window=4,
-            max_text_len=32,
-            tokens=_TINY_TOKENS,
-        ),
+        "tiny": _TINY,
         # The Kosmos-only layout (no CLIP), tiny.
-        "tiny-kosmos": PolicyConfig(
-            name="tiny-kosmos",
-            kosmos_vision=VisionConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, patch_size=32),
-            kosmos_text=TextConfig(embed_dim=48, num_layers=2, num_heads=2, ffn_dim=96, vocab_size=512),
-            latent_query_num=8,
-            lstm_hidden=32,
-            lstm_layers=2,
-            head_hidden=(32, 16),
-            action_dim=2,
-            window=4,
-            max_text_len=32,
-            tokens=_TINY_TOKENS,
-        ),
-        # Same structure scaled to ~150M parameters: CPU benchmarks and quantization accuracy.
+        "tiny-kosmos": _TINY.replace(name="tiny-kosmos", clip_vision=None, action_dim=2),
+        # Same structure scaled to ~109M parameters: CPU benchmarks and quantization accuracy.
         "small": PolicyConfig(
             name="small",
             kosmos_vision=VisionConfig(hidden_size=512, num_layers=8, num_heads=8, intermediate_size=2048, patch_size=14),
@@ -195,7 +185,7 @@ PRESETS: MappingProxyType[str, PolicyConfig] = MappingProxyType(
             action_dim=3,
             window=8,
             max_text_len=64,
-            tokens=TokenIds(bos=0, pad=1, eos=2, image_start=3, image_end=4),
+            tokens=_TINY_TOKENS,
         ),
         # Kosmos-2 patch14-224 + CLIP ViT-B/32 + LSTM 4x1024 + MLP 1024-512-256 (Tanh), 2 actions.
         "mobile-vla": PolicyConfig(
