@@ -46,18 +46,16 @@ def _allowed_globals() -> list[Any]:
     import argparse
     import pathlib
 
-    allowed: list[Any] = [argparse.Namespace, pathlib.PosixPath, pathlib.PurePosixPath, pathlib.WindowsPath, pathlib.PureWindowsPath]
-    try:  # numpy scalars (val_mae is often np.float64) and their dtypes
-        import numpy as np
+    import numpy as np
 
-        try:
-            from numpy._core.multiarray import scalar
-        except ImportError:  # numpy < 2
-            from numpy.core.multiarray import scalar  # type: ignore[no-redef]
-        allowed += [scalar, np.dtype]
-        allowed += [type(np.dtype(name)) for name in ("float64", "float32", "float16", "int64", "int32", "bool")]
-    except ImportError:
-        pass
+    try:
+        from numpy._core.multiarray import scalar
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import scalar  # type: ignore[no-redef]
+    allowed: list[Any] = [argparse.Namespace, pathlib.PosixPath, pathlib.PurePosixPath, pathlib.WindowsPath, pathlib.PureWindowsPath]
+    # numpy scalars (val_mae is often np.float64) and their dtypes
+    allowed += [scalar, np.dtype]
+    allowed += [type(np.dtype(name)) for name in ("float64", "float32", "float16", "int64", "int32", "bool")]
     return allowed
 
 
