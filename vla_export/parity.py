@@ -144,13 +144,14 @@ def compare_output(name: str, ref: np.ndarray, cand: np.ndarray, tol: Tolerance,
 
 def check_compatible(reference, candidate) -> list[str]:
     """Outputs to compare: those the two runners share. Raises :class:`ArtifactError` on mismatched I/O."""
+    what = getattr(candidate, "path", None) or candidate.name
     if set(reference.input_names) != set(candidate.input_names):
         raise ArtifactError(
-            f"{candidate.name}: inputs {list(candidate.input_names)} do not match the policy's {list(reference.input_names)}"
+            f"{what}: inputs {list(candidate.input_names)} do not match the policy's {list(reference.input_names)}"
         )
     shared = [n for n in reference.output_names if n in candidate.output_names]
     if "actions" not in shared:
-        raise ArtifactError(f"{candidate.name}: outputs {list(candidate.output_names)} have no 'actions'")
+        raise ArtifactError(f"{what}: outputs {list(candidate.output_names)} have no 'actions'")
     return shared
 
 
