@@ -77,6 +77,10 @@ class TorchRunner(Runner):
     ``debug_outputs=True`` also returns the per-frame ``features`` (to catch a broken backbone that a
     near-constant head would hide). ``patch_matmul=True`` computes the ViT patch embeddings as matmuls
     (:func:`rewrite_patch_convs`; same weights, same result).
+
+    A module passed in (rather than a loader) is moved, cast and rewritten in place, not copied: a
+    full-size policy has no room for a second copy. Give each runner its own loader when runners of
+    different dtypes or devices must coexist.
     """
 
     def __init__(

@@ -15,7 +15,6 @@ Warm-up iterations (which also trigger lazy compilation and CUDA-graph capture) 
 from __future__ import annotations
 
 import dataclasses
-import resource
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from vla_export.backends.base import Runner
+from vla_export.bench.env import peak_rss_bytes
 from vla_export.bench.floor import DTYPE_BYTES, DevicePeak, FloorCheck, ModelCost, check_floor, onnx_weight_bytes, policy_cost
 from vla_export.bench.stats import LatencyStats
 from vla_export.bench.targets import DTYPE_ALIASES, Target
@@ -341,7 +341,7 @@ def bench_target(target: Target, settings: BenchSettings, peak: DevicePeak, *, p
         warmup_s=warm_total,
         modes=modes,
         cost=cost,
-        peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        peak_rss_bytes=peak_rss_bytes(),
         peak_gpu_bytes=peak_gpu,
         outputs_finite=finite,
         warnings=warnings,

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import resource
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from vla_export.bench.env import peak_rss_bytes
 from vla_export.errors import ArchitectureError
 from vla_export.models.checkpoint import normalize_keys, read_checkpoint, tensor_bytes
 from vla_export.models.components import COMPONENTS, OTHER, component_of
 from vla_export.models.config import PolicyConfig
 from vla_export.models.loader import check_keys, load_policy, model_shapes, resolve_config
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def inspect_checkpoint(

@@ -96,7 +96,7 @@ def _materialize_buffers(policy) -> None:
     """Recreate the non-persistent buffers a meta-built model leaves behind (position tables, prefix ids)."""
     import torch
 
-    from vla_export.models.policy import MobileVLAPolicy
+    from vla_export.models.policy import MobileVLAPolicy, prefix_ids
 
     for module in policy.modules():
         for name, buf in list(module._buffers.items()):
@@ -108,9 +108,7 @@ def _materialize_buffers(policy) -> None:
             elif name == "position_ids":
                 module._buffers[name] = torch.arange(buf.shape[-1]).expand(buf.shape).clone()
             elif name == "prefix_ids" and isinstance(module, MobileVLAPolicy):
-                t = module.cfg.tokens
-                ids = [t.bos, t.image_start] + [t.pad] * module.cfg.latent_query_num + [t.image_end]
-                module._buffers[name] = torch.tensor(ids, dtype=torch.long)
+                module._buffers[name] = prefix_ids(module.cfg)
             else:
                 raise ArchitectureError(f"internal: cannot materialise buffer {name!r} of {type(module).__name__}")
 

@@ -73,6 +73,12 @@ def _set_attn(hf_config, impl: str) -> None:
             sub._attn_implementation = impl
 
 
+def prefix_ids(cfg: PolicyConfig) -> torch.Tensor:
+    """``<s> <image> [image slots] </image>``: the token ids the model prepends to every prompt."""
+    t = cfg.tokens
+    return torch.tensor([t.bos, t.image_start] + [t.pad] * cfg.latent_query_num + [t.image_end], dtype=torch.long)
+
+
 class MobileVLAPolicy(nn.Module):
     """Kosmos-2 (+ optional CLIP) per-frame features -> LSTM over the window -> MLP -> actions.
 
@@ -103,9 +109,7 @@ class MobileVLAPolicy(nn.Module):
         if cfg.head_tanh:
             layers.append(nn.Tanh())
         self.action = nn.Sequential(*layers)
-        t = cfg.tokens
-        prefix = [t.bos, t.image_start] + [t.pad] * cfg.latent_query_num + [t.image_end]
-        self.register_buffer("prefix_ids", torch.tensor(prefix, dtype=torch.long), persistent=False)
+        self.register_buffer("prefix_ids", prefix_ids(cfg), persistent=False)
 
     def encode_frames(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Per-frame features [N, frame_feature_dim] for N frames, each with its own prompt row."""
