@@ -7,11 +7,35 @@ these. The CLI prints the message as a single line and exits non-zero; traceback
 
 from __future__ import annotations
 
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """The exit codes of every command of both entry points (documented in the README).
+
+    Scripts and CI pipelines branch on these, so they never change meaning.
+    """
+
+    OK = 0
+    #: The command ran and a check it makes failed: parity, replay, an accuracy budget, a result
+    #: below the physical floor (not a valid measurement of the full model).
+    CHECK_FAILED = 1
+    #: Usage or input the command cannot accept: a bad option, a missing, truncated, foreign or
+    #: mismatched file, an output location that cannot be written.
+    BAD_INPUT = 2
+    #: The environment cannot run the command: a missing optional dependency, no GPU, a runtime
+    #: that refuses an engine built elsewhere.
+    ENVIRONMENT = 3
+    #: An internal error (a bug in vla-export): the message asks for ``--debug``.
+    INTERNAL = 4
+    #: Interrupted (Ctrl-C), as shells report SIGINT.
+    INTERRUPTED = 130
+
 
 class VlaExportError(Exception):
     """Base class: the message is complete and meant for the user."""
 
-    exit_code = 2
+    exit_code: int = ExitCode.BAD_INPUT
 
 
 class CheckpointError(VlaExportError):
@@ -42,5 +66,11 @@ class RunnerError(VlaExportError):
     """A backend runner was used wrongly (inactive, wrong inputs)."""
 
 
-class MissingDependencyError(VlaExportError, ImportError):
+class EnvironmentProblem(VlaExportError):
+    """This machine cannot run the command (no GPU, an engine built for another runtime)."""
+
+    exit_code = ExitCode.ENVIRONMENT
+
+
+class MissingDependencyError(EnvironmentProblem, ImportError):
     """An optional dependency is not importable; the message names the install command."""

@@ -17,9 +17,10 @@ from rich.console import Console
 from rich.table import Table
 
 from vla_export.cli.common import DEBUG_FLAG, console, err_console, new_app, run_app, write_json
+from vla_export.errors import ExitCode
 
 app = new_app("Honest latency and FPS of a policy across backends, with a physical-limit check.")
-INVALID_EXIT = 3
+INVALID_EXIT = ExitCode.CHECK_FAILED  # below the floor: not a valid measurement
 
 
 def _ms(x: float | None) -> str:

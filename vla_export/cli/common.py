@@ -13,7 +13,7 @@ import click
 import typer
 from rich.console import Console
 
-from vla_export.errors import VlaExportError
+from vla_export.errors import ExitCode, VlaExportError
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -65,7 +65,7 @@ def run_app(app: typer.Typer, argv: Sequence[str] | None = None, prog_name: str 
         return exc.exit_code
     except click.exceptions.Abort:
         err_console.print("aborted", style="red")
-        return 130
+        return ExitCode.INTERRUPTED
     except VlaExportError as exc:
         if debug:
             raise
@@ -73,7 +73,7 @@ def run_app(app: typer.Typer, argv: Sequence[str] | None = None, prog_name: str 
         return exc.exit_code
     except KeyboardInterrupt:
         err_console.print("interrupted", style="red")
-        return 130
+        return ExitCode.INTERRUPTED
     except Exception as exc:  # an internal bug: still one line unless --debug
         if debug:
             raise
@@ -81,7 +81,7 @@ def run_app(app: typer.Typer, argv: Sequence[str] | None = None, prog_name: str 
             f"error: unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
             style="red", markup=False, soft_wrap=True,
         )
-        return 1
+        return ExitCode.INTERNAL
 
 
 def write_json(path: str | Path, data: Any) -> Path:
