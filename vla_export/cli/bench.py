@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from vla_export.cli.common import DEBUG_FLAG, console, err_console, new_app, run_app, write_json
+from vla_export.cli.common import DEBUG_FLAG, console, err_console, new_app, run_app, write_json, wrote
 from vla_export.errors import ExitCode
 
 app = new_app("Honest latency and FPS of a policy across backends, with a physical-limit check.")
@@ -145,7 +145,7 @@ def bench(
     report = run_benchmark(targets, settings, peak=peak, environment={}, command=command, on_result=progress, profile=profile)
     render_report(report)
     if json_path:
-        console.print(f"wrote {json_path}")
+        wrote(json_path)
     invalid = [r.label for r in report.results if r.below_floor or not r.outputs_finite]
     if invalid:
         err_console.print(f"error: not valid measurements of the full model: {', '.join(invalid)}", style="red", markup=False)

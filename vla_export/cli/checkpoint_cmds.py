@@ -8,7 +8,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from vla_export.cli.common import console, write_json
+from vla_export.cli.common import console, write_json, wrote
 from vla_export.errors import VlaExportError
 
 RenameOpt = typer.Option(None, "--rename", help="Rename key prefixes, OLD=NEW (repeatable), for checkpoints from other code bases.")
@@ -99,7 +99,7 @@ def inspect(
     report = inspect_checkpoint(checkpoint, config=cfg, renames=renames, trust=trust_checkpoint, load=load)
     render_inspect(report)
     if json_path:
-        write_json(json_path, report)
-        console.print(f"wrote {json_path}")
+        write_json(json_path, report, "inspect")
+        wrote(json_path)
     if not report["loadable"]:
         raise VlaExportError(f"{checkpoint}: cannot be loaded as a policy: {report['reason']}")

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from vla_export.cli.checkpoint_cmds import ConfigOpt, RenameOpt, TrustOpt, _fmt_bytes, policy_source_options
-from vla_export.cli.common import console, write_json
+from vla_export.cli.common import console, write_json, wrote
 from vla_export.errors import ConfigError
 
 
@@ -100,8 +100,8 @@ def onnx(
     files = ", ".join(f"{f['name']} ({_fmt_bytes(f['bytes'])})" for f in report["files"])
     console.print(f"wrote {result.path} in {result.seconds:.1f} s: {files}; manifest {result.manifest_path}")
     if json_path:
-        write_json(json_path, report)
-        console.print(f"wrote {json_path}")
+        write_json(json_path, report, "onnx-export")
+        wrote(json_path)
 
 
 def parity(
@@ -145,7 +145,7 @@ def parity(
     report = result.to_dict()
     render_parity(report)
     if json_path:
-        write_json(json_path, report)
-        console.print(f"wrote {json_path}")
+        write_json(json_path, report, "parity")
+        wrote(json_path)
     if not result.passed:
         raise typer.Exit(1)

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from vla_export.cli.checkpoint_cmds import ConfigOpt, RenameOpt, TrustOpt, policy_source_options
-from vla_export.cli.common import console, write_json
+from vla_export.cli.common import console, write_json, wrote
 
 
 def _vec(values: list[float]) -> str:
@@ -69,8 +69,8 @@ def replay(
     report = result.to_dict()
     render_replay(report)
     if json_path:
-        write_json(json_path, report)
-        console.print(f"wrote {json_path}")
+        write_json(json_path, report, "replay")
+        wrote(json_path)
     if not result.passed:
         raise typer.Exit(1)
 
@@ -102,8 +102,8 @@ def export_split_cmd(
     )
     console.print(f"wrote {result.manifest_path} in {result.seconds:.1f} s")
     if json_path:
-        write_json(json_path, report)
-        console.print(f"wrote {json_path}")
+        write_json(json_path, report, "split-export")
+        wrote(json_path)
 
 
 def render_streaming(r: dict[str, Any]) -> None:
@@ -170,6 +170,6 @@ def bench_streaming_cmd(
             render_streaming(result.to_dict())
             reports.append(result.to_dict() | {"artifact": artifact, "backend": spec.text})
     if json_path:
-        write_json(json_path, reports[0] if len(reports) == 1 else {"kind": "streaming", "runs": reports})
-        console.print(f"wrote {json_path}")
+        write_json(json_path, reports[0] if len(reports) == 1 else {"kind": "streaming", "runs": reports}, "bench-streaming")
+        wrote(json_path)
     return 0

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from vla_export.cli.checkpoint_cmds import _fmt_bytes
-from vla_export.cli.common import console, write_json
+from vla_export.cli.common import console, write_json, wrote
 from vla_export.errors import ConfigError
 
 JsonOpt = typer.Option(None, "--json", help="Also write the report as JSON.")
@@ -88,7 +88,7 @@ def calib(
     console.print(f"wrote {output} ({_fmt_bytes(output.stat().st_size)}): {len(calib_set)} samples from "
                   f"{len(report['episodes'])} episodes, tokenizer {report['tokenizer']}; per sample {shapes}", markup=False)
     if json_path:
-        write_json(json_path, report)
+        write_json(json_path, report, "calib")
 
 
 def render_quantize(r: dict[str, Any]) -> None:
@@ -129,7 +129,7 @@ def quantize(
     render_quantize(result.to_dict())
     console.print(f"check it: vla-export parity CHECKPOINT {output}", style="dim", markup=False)
     if json_path:
-        write_json(json_path, result.to_dict())
+        write_json(json_path, result.to_dict(), "quantize")
 
 
 def render_build(r: dict[str, Any]) -> None:
@@ -210,4 +210,4 @@ def trt(
         if not parity.passed:
             raise typer.Exit(1)
     if json_path:
-        write_json(json_path, report)
+        write_json(json_path, report, "trt-build")
