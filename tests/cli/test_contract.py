@@ -81,3 +81,64 @@ def test_parity_table_is_not_cut_in_a_log(tiny_ckpt, tiny_onnx, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "…" not in r.stdout and "result" in r.stdout and "parity: pass" in r.stdout
     assert json.loads((tmp_path / "p.json").read_text())["schema"] == "vla-export/parity/1"
+
+
+def _junit(path):
+    import xml.etree.ElementTree as ET
+
+    suite = ET.parse(path).getroot().find("testsuite")
+    return suite, {c.get("name"): c for c in suite.findall("testcase")}
+
+
+def test_parity_junit_fails_on_a_perturbed_graph(cli, tiny_ckpt, tiny_onnx, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    ok = tmp_path / "ok.xml"
+    r = cli("parity", tiny_ckpt, tiny_onnx, "--samples", "3", "--junit", ok)
+    assert r.exit_code == 0, r
+    suite, cases = _junit(ok)
+    assert suite.get("failures") == "0" and "actions" in cases and cases["actions"].find("failure") is None
+
+    model = onnx.load(str(tiny_onnx))
+    init = next(i for i in model.graph.initializer if i.name.endswith("action.4.bias"))
+    w = numpy_helper.to_array(init).copy()
+    w.flat[0] += 0.05
+    init.CopyFrom(numpy_helper.from_array(w, init.name))
+    bad = tmp_path / "perturbed.onnx"
+    onnx.save(model, str(bad))
+    xml = tmp_path / "bad.xml"
+    r = cli("parity", tiny_ckpt, bad, "--samples", "3", "--junit", xml)
+    assert r.exit_code == ExitCode.CHECK_FAILED, r
+    suite, cases = _junit(xml)
+    failure = cases["actions"].find("failure")
+    assert suite.get("failures") == "1" and failure is not None and "max abs" in failure.get("message")
+
+
+def test_replay_junit_has_a_case_per_step(cli, tiny_ckpt, tiny_split, tmp_path):
+    from vla_export.data.episodes import write_synthetic_episodes
+
+    ep = write_synthetic_episodes(tmp_path / "eps", count=1, frames=3, frame_hw=(90, 160), seed=0)[0]
+    xml = tmp_path / "replay.xml"
+    r = cli("replay", tiny_ckpt, tiny_split.manifest_path, ep, "--junit", xml)
+    assert r.exit_code == 0, r
+    suite, cases = _junit(xml)
+    assert len(cases) == 3 and suite.get("failures") == "0"
+
+
+def test_bench_junit_flags_a_result_below_the_floor(tmp_path):
+    from vla_export.cli.junit import bench_cases
+
+    row = {"label": "fake", "valid": False, "outputs_finite": True, "modes": {"compute": {"latency": {"p50_ms": 0.36}}}}
+    good = dict(row, label="real", valid=True)
+    cases = {c.name: c for c in bench_cases({"results": [row, good]})}
+    assert not cases["fake"].passed and "physical floor" in cases["fake"].message and cases["real"].passed
+
+
+def test_failed_command_still_writes_its_json(cli, tmp_path):
+    out = tmp_path / "report.json"
+    r = cli("onnx", tmp_path / "missing.pt", "--json", out)
+    assert r.exit_code == ExitCode.BAD_INPUT, r
+    report = json.loads(out.read_text())
+    assert report["schema"] == "vla-export/failure/1" and report["passed"] is False
+    assert report["exit_code"] == 2 and "missing.pt" in report["error"] and report["command"] == "onnx"

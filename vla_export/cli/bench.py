@@ -16,7 +16,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from vla_export.cli.common import DEBUG_FLAG, console, err_console, new_app, run_app, write_json, wrote
+from vla_export.cli.common import DEBUG_FLAG, console, err_console, new_app, run_app, write_json, wrote, JunitOpt
+from vla_export.cli.junit import bench_cases, write_junit
 from vla_export.errors import ExitCode
 
 app = new_app("Honest latency and FPS of a policy across backends, with a physical-limit check.")
@@ -98,7 +99,8 @@ def bench(
     device_peak: Optional[str] = typer.Option(None, "--device-peak", help="Device for the floor: h200, agx-orin-64gb, orin-nx-16gb, orin-nano-8gb, orin-nano-super, cpu (measured). Default: detected."),
     config: Optional[Path] = typer.Option(None, "--config", help="Policy config JSON (for artifacts whose manifest has none, or to override inference)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic inputs and preset weights."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the report JSON here (e.g. benchmarks/results/NAME.json)."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the report JSON here (e.g. benchmarks/results/NAME.json; - for standard output)."),
+    junit: Optional[Path] = JunitOpt,
     profile: bool = typer.Option(False, "--profile", help="Also profile each row's compute loop (torch.profiler): kernel time, kernel count, top ops."),
     streaming: bool = typer.Option(False, "--streaming", help="Time one control step of the split runtime (backbone on one frame + head on the window) against the single-frame backbone, per window T. Artifacts: checkpoints/preset:NAME (torch) or split exports (NAME.split.json, onnxrt or trt)."),
     windows: Optional[str] = typer.Option(None, "--windows", help="With --streaming: comma-separated windows T, e.g. 1,8,16 (default: the policy's window)."),
@@ -146,6 +148,9 @@ def bench(
     render_report(report)
     if json_path:
         wrote(json_path)
+    if junit:
+        write_junit(junit, "vla-bench floor check", bench_cases(report.to_dict()), classname="vla-bench.floor")
+        wrote(junit)
     invalid = [r.label for r in report.results if r.below_floor or not r.outputs_finite]
     if invalid:
         err_console.print(f"error: not valid measurements of the full model: {', '.join(invalid)}", style="red", markup=False)

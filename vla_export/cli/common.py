@@ -51,6 +51,8 @@ class _Console(Console):
         super().print(*objects, **kwargs)
 
 
+JunitOpt = typer.Option(None, "--junit", help="Also write the checks as JUnit XML (one test case per checked output, step or row) for CI.")
+
 console = _Console(highlight=False)
 console.report_file = None  # where ``--json -`` goes while a command runs (the real standard output)
 err_console = _Console(stderr=True, highlight=False)
@@ -157,6 +159,7 @@ def run_app(app: typer.Typer, argv: Sequence[str] | None = None, prog_name: str 
         err_console.print("aborted", style="red")
         return ExitCode.INTERRUPTED
     except VlaExportError as exc:
+        _failure_report(options, exc.exit_code, str(exc))
         if debug:
             raise
         err_console.print(f"error: {exc}", style="red", markup=False, soft_wrap=True)
@@ -165,19 +168,35 @@ def run_app(app: typer.Typer, argv: Sequence[str] | None = None, prog_name: str 
         err_console.print("interrupted", style="red")
         return ExitCode.INTERRUPTED
     except OSError as exc:  # the file system said no: a user-facing problem, not a bug
+        where = f": {exc.filename}" if exc.filename else ""
+        message = f"{exc.strerror or exc}{where}"
+        _failure_report(options, ExitCode.BAD_INPUT, message)
         if debug:
             raise
-        where = f": {exc.filename}" if exc.filename else ""
-        err_console.print(f"error: {exc.strerror or exc}{where}", style="red", markup=False, soft_wrap=True)
+        err_console.print(f"error: {message}", style="red", markup=False, soft_wrap=True)
         return ExitCode.BAD_INPUT
     except Exception as exc:  # an internal bug: still one line unless --debug
+        message = f"internal error {type(exc).__name__}: {exc} (a bug in vla-export; rerun with --debug for the traceback)"
+        _failure_report(options, ExitCode.INTERNAL, message)
         if debug:
             raise
-        err_console.print(
-            f"error: internal error {type(exc).__name__}: {exc} (a bug in vla-export; rerun with --debug for the traceback)",
-            style="red", markup=False, soft_wrap=True,
-        )
+        err_console.print(f"error: {message}", style="red", markup=False, soft_wrap=True)
         return ExitCode.INTERNAL
+
+
+def _failure_report(options: list[str], exit_code: int, message: str) -> None:
+    """A command that fails still leaves its ``--json`` report, saying why it failed."""
+    path = next((b for a, b in zip(options, options[1:]) if a == "--json"), None)
+    path = path or next((a.split("=", 1)[1] for a in options if a.startswith("--json=")), None)
+    if not path:
+        return
+    command = next((a for a in options if not a.startswith("-")), None)
+    report = {"schema": "vla-export/failure/1", "command": command, "argv": options, "passed": False,
+              "exit_code": int(exit_code), "error": message}
+    try:
+        write_json(path, report)
+    except OSError as exc:  # the report cannot be written either: say so beside the real error
+        err_console.print(f"warning: could not write the failure report to {path}: {exc}", style="yellow", markup=False)
 
 
 def _json_to_stdout(options: list[str]) -> bool:

@@ -9,8 +9,9 @@ import typer
 from rich.table import Table
 
 from vla_export.cli.checkpoint_cmds import ConfigOpt, RenameOpt, TrustOpt, _fmt_bytes, policy_source_options
-from vla_export.cli.common import console, write_json, wrote
-from vla_export.errors import ConfigError
+from vla_export.cli.common import JunitOpt, console, write_json, wrote
+from vla_export.cli.junit import parity_cases, write_junit
+from vla_export.errors import ConfigError, ExitCode
 
 
 def render_completeness(c: dict[str, Any]) -> None:
@@ -117,7 +118,8 @@ def parity(
     min_cosine: Optional[float] = typer.Option(None, "--min-cosine", help="Override the minimum cosine similarity."),
     min_sign_agreement: Optional[float] = typer.Option(None, "--min-sign-agreement", help="Override the minimum sign agreement of actions."),
     providers: Optional[list[str]] = typer.Option(None, "--provider", help="onnxruntime execution provider (repeatable; default CUDA if available, else CPU)."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the result as JSON."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the result as JSON (- for standard output)."),
+    junit: Optional[Path] = JunitOpt,
     config: Optional[Path] = ConfigOpt,
     rename: Optional[list[str]] = RenameOpt,
     trust_checkpoint: bool = TrustOpt,
@@ -147,5 +149,8 @@ def parity(
     if json_path:
         write_json(json_path, report, "parity")
         wrote(json_path)
+    if junit:
+        write_junit(junit, f"parity {artifact.name}", parity_cases(report), classname="vla-export.parity")
+        wrote(junit)
     if not result.passed:
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.CHECK_FAILED)

@@ -9,7 +9,9 @@ import typer
 from rich.table import Table
 
 from vla_export.cli.checkpoint_cmds import ConfigOpt, RenameOpt, TrustOpt, policy_source_options
-from vla_export.cli.common import console, write_json, wrote
+from vla_export.cli.common import JunitOpt, console, write_json, wrote
+from vla_export.cli.junit import replay_cases, write_junit
+from vla_export.errors import ExitCode
 
 
 def _vec(values: list[float]) -> str:
@@ -51,7 +53,8 @@ def replay(
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Local Kosmos-2 tokenizer directory (the tiny and small presets have their own)."),
     text_len: Optional[int] = typer.Option(None, "--text-len", help="Pad the prompt to this many tokens (engines with a static text shape)."),
     providers: Optional[list[str]] = typer.Option(None, "--provider", help="onnxruntime execution provider for ONNX parts (repeatable)."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the per-step result as JSON."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the per-step result as JSON (- for standard output)."),
+    junit: Optional[Path] = JunitOpt,
     config: Optional[Path] = ConfigOpt,
     rename: Optional[list[str]] = RenameOpt,
     trust_checkpoint: bool = TrustOpt,
@@ -71,8 +74,11 @@ def replay(
     if json_path:
         write_json(json_path, report, "replay")
         wrote(json_path)
+    if junit:
+        write_junit(junit, f"replay {episode.name}", replay_cases(report), classname="vla-export.replay")
+        wrote(junit)
     if not result.passed:
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.CHECK_FAILED)
 
 
 def export_split_cmd(

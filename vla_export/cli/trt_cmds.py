@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from vla_export.cli.checkpoint_cmds import _fmt_bytes
+from vla_export.errors import ExitCode
 from vla_export.cli.common import console, write_json, wrote
 from vla_export.errors import ConfigError
 
@@ -207,7 +208,7 @@ def trt(
         record_parity(output, parity.to_dict())
         report["parity"] = parity.to_dict()
         render_parity(report["parity"])
-        if not parity.passed:
-            raise typer.Exit(1)
-    if json_path:
+    if json_path:  # written before the verdict, so a failed parity still leaves the report
         write_json(json_path, report, "trt-build")
+    if not report.get("parity", {"passed": True})["passed"]:
+        raise typer.Exit(ExitCode.CHECK_FAILED)
