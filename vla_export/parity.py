@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from vla_export.errors import ArtifactError, ConfigError
+from vla_export.progress import reported
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -155,6 +156,7 @@ def check_compatible(reference, candidate) -> list[str]:
     return shared
 
 
+@reported("running the reference and the candidate")
 def compare_runners(
     reference,
     candidate,

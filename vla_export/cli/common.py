@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import sys
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -14,11 +15,13 @@ from typing import Any
 
 import typer
 from rich.console import Console, ConsoleDimensions
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from vla_export import __version__
 from vla_export.errors import ExitCode, VlaExportError
 from vla_export.fileio import atomic_write
+from vla_export.progress import listening
 
 DEBUG_FLAG = "--debug"
 VERBOSE_FLAGS = ("--verbose", "-v")
@@ -77,6 +80,43 @@ def debug_option_callback(
     version: bool = typer.Option(False, VERSION_FLAG, help="Print the version and exit."),
 ) -> None:
     """Options every command accepts; ``run_app`` acts on them before Typer parses the line."""
+
+
+class _StepDisplay:
+    """Shows :mod:`vla_export.progress` steps on standard error.
+
+    On a terminal: a spinner per running step with its elapsed time (Rich), nested steps indented.
+    Elsewhere (a CI log): one line per finished step with its time, so a log shows where time went.
+    """
+
+    def __init__(self, out: Console) -> None:
+        self.out = out
+        self.live: Progress | None = None
+        self.depth = 0
+
+    @contextlib.contextmanager
+    def __call__(self, label: str) -> Iterator[None]:
+        start = time.perf_counter()
+        task = None
+        if self.out.is_terminal:
+            if self.live is None:
+                self.live = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=self.out, transient=True)
+                self.live.start()
+            task = self.live.add_task("  " * self.depth + label, total=None)
+        self.depth += 1
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            self.depth -= 1
+            if task is not None and self.live is not None:
+                self.live.remove_task(task)
+            if self.depth == 0 and self.live is not None:
+                self.live.stop()
+                self.live = None
+            status = "" if ok else " (failed)"
+            self.out.print(f"{'  ' * self.depth}{label}: {time.perf_counter() - start:.1f} s{status}", style="dim", markup=False)
 
 
 class _RichLogHandler(logging.Handler):
@@ -148,7 +188,7 @@ def run_app(app: typer.Typer, argv: Sequence[str] | None = None, prog_name: str 
             command.context_settings.setdefault("terminal_width", LOG_WIDTH // 5)
         # Help goes through Click's own echo to sys.stdout, so it is never held back.
         quiet = verbose or any(a in ("-h", "--help") for a in options)
-        with _streams(quiet, json_to_stdout=_json_to_stdout(options)):
+        with _streams(quiet, json_to_stdout=_json_to_stdout(options)), listening(_StepDisplay(err_console)):
             result = command.main(args=args, prog_name=prog_name, standalone_mode=False)
         return int(result) if isinstance(result, int) else ExitCode.OK
     except typer.Exit as exc:

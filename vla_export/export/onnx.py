@@ -22,6 +22,7 @@ from typing import Any
 
 from vla_export.errors import ArtifactError, ConfigError
 from vla_export.lazy import lazy_import
+from vla_export.progress import reported
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ def _dynamo_shapes(example_inputs: Mapping[str, Any], dynamic: Mapping[str, Mapp
     )
 
 
+@reported("exporting to ONNX and verifying")
 def export_module(
     module,
     example_inputs: Mapping[str, Any],
@@ -237,6 +239,7 @@ def op_counts(path: str | Path) -> dict[str, int]:
 UNFRIENDLY_OPS = ("NonZero", "ScatterND")
 
 
+@reported("simplifying with onnxslim")
 def simplify(path: Path) -> None:
     """Rewrite ``path`` with onnxslim (constant folding, dead-node removal), keeping one external data file."""
     onnx = lazy_import("onnx", purpose="--simplify")
@@ -393,6 +396,7 @@ def export_policy(loaded, path: str | Path, options: OnnxExportOptions = OnnxExp
     )
 
 
+@reported("checking the graph (checker, shape inference, completeness)")
 def static_checks(path: Path, module) -> dict[str, Any]:
     """Checks that need no inference: checker, shape inference, completeness against ``module``, no
     TensorRT-unfriendly ops. Returns ``completeness``, ``ops`` and ``io`` for the manifest.
@@ -419,6 +423,7 @@ def _verify_stage(tmp: Path, loaded, options: OnnxExportOptions, window: int, st
             raise ArtifactError(f"{tmp.name}: ONNX Runtime disagrees with PyTorch after {label}: {result.summary()}")
 
 
+@reported("ONNX Runtime vs PyTorch")
 def ort_parity(path: Path, loaded, *, window: int, debug_outputs: bool, samples: int, seed: int, label: str,
                other_window: int | None = None):
     """ONNX Runtime vs PyTorch on ``samples`` feeds at batch 1 and ``samples`` at batch 3 (that at

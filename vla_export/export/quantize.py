@@ -24,6 +24,7 @@ from vla_export.data.calibration import CalibrationSet
 from vla_export.errors import ArtifactError, DataError
 from vla_export.export.onnx import data_file, external_data_files, io_signature, op_counts
 from vla_export.lazy import lazy_import
+from vla_export.progress import reported
 
 FP16_MAX = 65504.0
 PROTOBUF_LIMIT = 2**31 - 1
@@ -229,6 +230,7 @@ def _reason_counts(reasons: Mapping[str, str]) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+@reported("converting to FP16")
 def convert_fp16(onnx_path: str | Path, output: str | Path, *, keep_sensitive_fp32: bool = True) -> QuantizeResult:
     """FP16 weights and compute, fp32 inputs and outputs; LayerNorm, Softmax and mask arithmetic stay FP32."""
     f16 = lazy_import("onnxruntime.transformers.float16", purpose="FP16 conversion")
@@ -268,6 +270,7 @@ def calibration_reader(calib: CalibrationSet):
     return type("CalibrationSetReader", (_Reader, q.CalibrationDataReader), {})(calib)
 
 
+@reported("quantizing to INT8 (calibrating)")
 def quantize_int8(
     onnx_path: str | Path,
     calib: CalibrationSet,

@@ -18,6 +18,7 @@ from vla_export.models.checkpoint import Checkpoint, normalize_keys, read_checkp
 from vla_export.models.components import COMPONENTS, OTHER, component_of, group_by_component
 from vla_export.models.config import PolicyConfig
 from vla_export.models.infer import InferredConfig, infer_config
+from vla_export.progress import reported
 
 SHOW_PER_GROUP = 3
 
@@ -128,6 +129,7 @@ def resolve_config(state_dict: Mapping[str, Any], config: PolicyConfig | None) -
     return inferred.config, inferred
 
 
+@reported("loading the checkpoint")
 def load_policy(
     checkpoint: Checkpoint | str | Path,
     *,
