@@ -41,7 +41,10 @@ def render_parity(p: dict[str, Any]) -> None:
                       f"{o['cosine']:.6f}", f"{o['ref_std']:.2g}", "[green]pass[/]" if o["passed"] else "[red]FAIL[/]")
     console.print(table)
     for o in p["outputs"].values():
-        if not o["passed"]:
+        if o.get("rule") == "relative":
+            console.print(f"{o['name']}: judged by relative error per row, max {o['max_row_rel']:.3g} "
+                          f"(<= {tol['max_row_rel_error']:g}) and cosine; elementwise bounds apply to actions only", markup=False)
+        elif not o["passed"]:
             console.print(f"{o['name']}: {o['violations']} elements out of tolerance", style="red")
     actions = p["outputs"].get("actions")
     if actions and actions["mae_per_dim"] is not None:
@@ -49,6 +52,13 @@ def render_parity(p: dict[str, Any]) -> None:
         console.print(f"actions per dimension: {dims}")
     if p["candidate"].get("fallback"):
         console.print(f"warning: {p['candidate']['name']} fell back from {p['candidate']['requested_providers'][0]}", style="yellow")
+    if p["candidate"].get("qdq_arithmetic") and p["precision"] == "int8":
+        console.print(f"Q/DQ arithmetic: {p['candidate']['qdq_arithmetic']} (the verdict's)", markup=False)
+    kernels = p.get("also_measured", {}).get("qdq_kernels")
+    if kernels:
+        a = kernels["outputs"]["actions"]
+        console.print(f"also measured, not for the verdict: onnxruntime int8 kernels: actions max abs {a['max_abs']:.3g}, "
+                      f"mean abs {a['mean_abs']:.3g}, cosine {a['cosine']:.6f} ({'pass' if kernels['passed'] else 'FAIL'})", markup=False)
     console.print(f"parity: {'[green]pass[/]' if p['passed'] else '[red]FAIL[/]'}")
 
 
@@ -117,6 +127,8 @@ def parity(
     rtol: Optional[float] = typer.Option(None, "--rtol", help="Override the relative tolerance."),
     min_cosine: Optional[float] = typer.Option(None, "--min-cosine", help="Override the minimum cosine similarity."),
     min_sign_agreement: Optional[float] = typer.Option(None, "--min-sign-agreement", help="Override the minimum sign agreement of actions."),
+    max_rel_error: Optional[float] = typer.Option(None, "--max-rel-error", help="Override the per-row relative error bound of intermediate outputs (INT8 features)."),
+    qdq: str = typer.Option("exact", "--qdq", help="Q/DQ ONNX: exact (the quantization's own arithmetic, the default), kernels (onnxruntime's fused int8 CPU kernels) or both (verdict on exact)."),
     providers: Optional[list[str]] = typer.Option(None, "--provider", help="onnxruntime execution provider (repeatable; default CUDA if available, else CPU)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the result as JSON (- for standard output)."),
     junit: Optional[Path] = JunitOpt,
@@ -133,16 +145,17 @@ def parity(
         raise ConfigError("--samples and --batch must be at least 1")
     cfg, renames = policy_source_options(config, rename)
     tolerance = None
-    if precision or any(v is not None for v in (atol, rtol, min_cosine, min_sign_agreement)):
+    if precision or any(v is not None for v in (atol, rtol, min_cosine, min_sign_agreement, max_rel_error)):
         from vla_export.export.manifest import read_manifest
 
         base = precision or (read_manifest(artifact, required=False) or {}).get("precision", "fp32")
-        tolerance = tolerance_for(base, atol=atol, rtol=rtol, min_cosine=min_cosine, min_sign_agreement=min_sign_agreement)
+        tolerance = tolerance_for(base, atol=atol, rtol=rtol, min_cosine=min_cosine, min_sign_agreement=min_sign_agreement,
+                                  max_row_rel_error=max_rel_error)
     runner_opts = {"providers": providers} if providers and artifact_kind(artifact) == "onnx" else {}
     result = parity_check(
         PolicyFromCheckpoint(checkpoint, config=cfg, renames=renames, trust=trust_checkpoint), artifact,
         samples=samples, data=list(data) if data else None, seed=seed, batch=batch, precision=precision,
-        tolerance=tolerance, runner_opts=runner_opts,
+        tolerance=tolerance, runner_opts=runner_opts, qdq=qdq,
     )
     report = result.to_dict()
     render_parity(report)
