@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vla_export.backends.onnx_files import external_data_files, require_external_data
 from vla_export.errors import ArtifactError, ConfigError
 from vla_export.fileio import check_output_path, staging_dir
 from vla_export.lazy import lazy_import
@@ -38,19 +39,6 @@ def data_file(path: str | Path) -> Path:
     """The single external-data file beside ``path``: ``x.onnx`` -> ``x.onnx.data``."""
     path = Path(path)
     return path.with_name(path.name + ".data")
-
-
-def external_data_files(path: str | Path) -> list[str]:
-    """Locations of the external data files an ONNX file refers to (weights are not loaded)."""
-    onnx = lazy_import("onnx", purpose="reading ONNX models")
-    model = onnx.load(str(path), load_external_data=False)
-    locations = []
-    for t in model.graph.initializer:
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            loc = next((e.value for e in t.external_data if e.key == "location"), None)
-            if loc and loc not in locations:
-                locations.append(loc)
-    return locations
 
 
 def _module_bytes(module) -> int:
@@ -252,9 +240,7 @@ def check_model(path: str | Path) -> None:
     """onnx.checker and shape inference, both by path so external data (and > 2 GB models) work."""
     onnx = lazy_import("onnx", purpose="checking ONNX models")
     path = Path(path)
-    for loc in external_data_files(path):
-        if not (path.parent / loc).exists():
-            raise ArtifactError(f"{path}: external data file {path.parent / loc} is missing")
+    require_external_data(path, recorded_sizes(path))
     try:
         onnx.checker.check_model(str(path), full_check=False)
     except onnx.checker.ValidationError as exc:
@@ -267,6 +253,14 @@ def check_model(path: str | Path) -> None:
         raise ArtifactError(f"{path}: shape inference failed: {str(exc).splitlines()[0]}") from None
     finally:
         os.unlink(inferred)
+
+
+def recorded_sizes(path: str | Path) -> dict[str, int]:
+    """File name -> bytes, as the manifest beside ``path`` records them (empty without one)."""
+    from vla_export.export.manifest import read_manifest
+
+    manifest = read_manifest(path, required=False) or {}
+    return {f["name"]: int(f["bytes"]) for f in manifest.get("files", []) if "name" in f and "bytes" in f}
 
 
 def io_signature(path: str | Path) -> dict[str, list[dict[str, Any]]]:
