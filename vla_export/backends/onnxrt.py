@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from vla_export.backends.base import Runner
+from vla_export.backends.onnx_files import require_external_data
 from vla_export.errors import ArtifactError, RunnerError
 from vla_export.lazy import lazy_import
 
@@ -51,18 +52,8 @@ class OnnxrtRunner(Runner):
         self.name = f"onnxrt:{self.path.name}"
 
     def _activate(self) -> None:
-        from vla_export.export.onnx import external_data_files
-
         ort = lazy_import("onnxruntime", purpose="running ONNX models")
-        if not self.path.exists():
-            raise ArtifactError(f"{self.path}: ONNX file not found")
-        try:
-            locations = external_data_files(self.path)
-        except Exception as exc:
-            raise ArtifactError(f"{self.path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
-        for loc in locations:
-            if not (self.path.parent / loc).exists():
-                raise ArtifactError(f"{self.path}: its external data file {self.path.parent / loc} is missing")
+        require_external_data(self.path)
         available = ort.get_available_providers()
         requested = self.requested or default_providers(available)
         unknown = [p for p in requested if p not in available]

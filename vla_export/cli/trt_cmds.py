@@ -27,8 +27,8 @@ def _size(text: str) -> tuple[int, int]:
 
 def episodes(
     output: Path = typer.Option(Path("episodes"), "-o", "--output", help="Folder for the episode files."),
-    count: int = typer.Option(4, "--count", help="Number of episodes (cycling through the scenarios)."),
-    frames: int = typer.Option(18, "--frames", help="Frames per episode (the recorded episodes have 18)."),
+    count: int = typer.Option(4, "--count", min=1, help="Number of episodes (cycling through the scenarios)."),
+    frames: int = typer.Option(18, "--frames", min=1, help="Frames per episode (the recorded episodes have 18)."),
     size: str = typer.Option("720x1280", "--size", help="Frame size HEIGHTxWIDTH (the robot's camera: 720x1280)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the scenes."),
 ) -> None:
@@ -64,10 +64,10 @@ def calib(
     onnx: Optional[Path] = typer.Option(None, "--onnx", help="The ONNX to calibrate: config and window from its manifest; the set is checked against its inputs."),
     preset: Optional[str] = typer.Option(None, "--preset", help="Or a config preset."),
     config: Optional[Path] = typer.Option(None, "--config", help="Or a policy config JSON."),
-    samples: int = typer.Option(32, "--samples", help="Number of windows to sample across the episodes."),
+    samples: int = typer.Option(32, "--samples", min=1, help="Number of windows to sample across the episodes."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed."),
-    window: Optional[int] = typer.Option(None, "--window", help="Frames per sample (default: the ONNX's or the config's window)."),
-    text_len: Optional[int] = typer.Option(None, "--text-len", help="Pad prompts to this length (default: the longest prompt)."),
+    window: Optional[int] = typer.Option(None, "--window", min=1, help="Frames per sample (default: the ONNX's or the config's window)."),
+    text_len: Optional[int] = typer.Option(None, "--text-len", min=1, help="Pad prompts to this length (default: the longest prompt)."),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Local Kosmos-2 tokenizer directory (needed for the full-size vocabulary)."),
     json_path: Optional[Path] = JsonOpt,
 ) -> None:
@@ -78,7 +78,7 @@ def calib(
     cfg, onnx_window = _calib_config(onnx, preset, config)
     calib_set = make_calibration_set(
         data, cfg, output, count=samples, seed=seed, tokenizer=tokenizer_for(cfg, tokenizer),
-        window=window or onnx_window, text_len=text_len,
+        window=onnx_window if window is None else window, text_len=text_len,
     )
     if onnx is not None:
         from vla_export.export.onnx import io_signature
@@ -169,7 +169,7 @@ def trt(
     dla_core: Optional[int] = typer.Option(None, "--dla-core", help="Run on this DLA core (Jetson), with GPU fallback."),
     print_trtexec: bool = typer.Option(False, "--print-trtexec", help="Print the equivalent trtexec command and exit (needs no TensorRT)."),
     parity_ckpt: Optional[Path] = typer.Option(None, "--parity", help="After building, check parity against this checkpoint and record it in the manifest."),
-    samples: int = typer.Option(8, "--samples", help="Parity samples."),
+    samples: int = typer.Option(8, "--samples", min=1, help="Parity samples."),
     json_path: Optional[Path] = JsonOpt,
 ) -> None:
     """Build a TensorRT engine for this GPU from an ONNX, with its manifest."""
