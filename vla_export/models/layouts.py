@@ -32,6 +32,8 @@ class KeyLayout:
     name: str
     written_by: str
     renames: tuple[tuple[str, str], ...] = ()
+    #: Config values the code base's module classes imply, as (field, value, why); still unconfirmable from weights.
+    hints: tuple[tuple[str, object, str], ...] = ()
 
 
 #: The layouts recognised automatically, tried in order (docs: README "Checkpoints from other code bases").
@@ -41,6 +43,8 @@ KNOWN_LAYOUTS: tuple[KeyLayout, ...] = (
         "robovlms",
         "RoboVLMs (RoboKosMos: backbone = Kosmos-2; LSTMDecoder: act_head.rnn, act_head.actions.mlp)",
         (("backbone.", "kosmos_model."), ("act_head.rnn.", "rnn."), ("act_head.actions.mlp.", "action.")),
+        (("head_tanh", True, "RoboVLMs' LSTMDecoder builds act_head.actions as MLPTanhHead, which ends in a Tanh "
+                             "(MLPNohHead has the same names and none)"),),
     ),
 )
 #: Whole-model wrappers around a known layout (PyTorch Lightning keeps the policy as ``model``).
@@ -62,6 +66,7 @@ class KeyMapping:
     renames: list[tuple[str, str]] = field(default_factory=list)  # raw key prefix -> toolkit prefix, user's first
     dropped: list[dict[str, Any]] = field(default_factory=list)
     clip_names: str | None = None  # "nested" (transformers 4.x) or "flat" (5.x) in the file
+    hints: tuple[tuple[str, object, str], ...] = ()  # from the matched layout
 
     @property
     def recognised(self) -> bool:
@@ -129,7 +134,7 @@ def map_keys(state_dict: Mapping[str, Any], renames: Sequence[tuple[str, str]] =
             names = clip_names(mapped)
             mapped, dropped = _drop_unused(mapped)
             name = layout.name if not (user and layout.name == "vla-export" and wrapper is None) else "--rename"
-            return KeyMapping(match_clip_layout(mapped, clip_layout), name, wrapper, user + pairs, dropped, names)
+            return KeyMapping(match_clip_layout(mapped, clip_layout), name, wrapper, user + pairs, dropped, names, layout.hints)
     names = clip_names(base)
     return KeyMapping(match_clip_layout(base, clip_layout) if names else base, None, None, user, [], names)
 

@@ -219,6 +219,12 @@ def resolve_model(ckpt: Checkpoint, options: LoadOptions = LoadOptions()) -> tup
     else:
         inferred = infer_config(sd)
         cfg, source, fields, matched = inferred.config, "inferred from tensor shapes", inferred.assumptions, inferred.matched_preset
+        if mapping.hints:  # what the matched code base's classes imply: still a guess, said as one
+            cfg = apply_sets(cfg, [(n, v) for n, v, _ in mapping.hints])
+            names = {n for n, _, _ in mapping.hints}
+            fields = [f for f in fields if f.field not in names] + [
+                FieldSource(n, v, "assumed", f"layout {mapping.layout}: {why}", warn=True) for n, v, why in mapping.hints
+            ]
     if options.sets:
         cfg = apply_sets(cfg, options.sets)
         names = {n for n, _ in options.sets}
@@ -261,11 +267,11 @@ def _layout_error(ckpt: Checkpoint, options: LoadOptions, mapping: KeyMapping, e
     if ok:
         replace = " (instead of your --rename options)" if options.renames else ""
         lines.append(f"these options map every tensor and load strictly (checked against the shapes){replace}: {render_renames(proposal)}")
-    elif proposal:
-        lines.append(f"a partial mapping ({render_renames(proposal)}) does not load: {why}; map the rest with --rename OLD=NEW")
     elif mapping.recognised:
         lines.append("these have no counterpart in this policy (another architecture, or extra training state); "
                      "a --rename can only map tensors onto the policy's modules")
+    elif proposal:
+        lines.append(f"a partial mapping ({render_renames(proposal)}) does not load: {why}; map the rest with --rename OLD=NEW")
     else:
         lines.append(f"no --rename could be proposed ({why}); map these prefixes with --rename OLD=NEW (README: known layouts)")
     return LayoutError("\n".join(lines), groups, proposal, ok)
