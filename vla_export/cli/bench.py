@@ -16,9 +16,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from vla_export.cli.common import DEBUG_FLAG, console, err_console, new_app, run_app, write_json, wrote, JunitOpt
+from vla_export.cli.common import DEBUG_FLAG, JunitOpt, console, err_console, new_app, run_app, write_json, wrote
 from vla_export.cli.junit import bench_cases, write_junit
+from vla_export.cli.loading import with_loading_options
 from vla_export.errors import ExitCode
+from vla_export.models.resolve import LoadOptions
 
 app = new_app("Honest latency and FPS of a policy across backends, with a physical-limit check.")
 INVALID_EXIT = ExitCode.CHECK_FAILED  # below the floor: not a valid measurement
@@ -83,6 +85,7 @@ def _peak(name: Optional[str]):
 
 
 @app.command()
+@with_loading_options
 def bench(
     artifacts: list[str] = typer.Argument(..., metavar="ARTIFACT_OR_CKPT...", help="Checkpoints, .onnx files, TensorRT engines, or preset:NAME (random weights built on the device)."),
     backend: Optional[list[str]] = typer.Option(
@@ -94,10 +97,10 @@ def bench(
     text_len: int = typer.Option(16, "--text-len", min=1, help="Prompt tokens (the model adds its 67-token image prefix)."),
     warmup: int = typer.Option(10, "--warmup", min=0, help="Untimed iterations first (compilation and CUDA-graph capture happen here)."),
     iters: Optional[int] = typer.Option(None, "--iters", min=1, help="Timed iterations per mode (default 100)."),
-    duration: Optional[float] = typer.Option(None, "--duration", min=0.0, min_open=True, help="Time each mode for this many seconds instead of --iters."),
+    duration: Optional[float] = typer.Option(None, "--duration", help="Time each mode for this many seconds instead of --iters."),
     mode: Optional[list[str]] = typer.Option(None, "--mode", help="compute (inputs already on the device) and/or e2e (raw 720x1280 frame to action on host). Default both."),
     device_peak: Optional[str] = typer.Option(None, "--device-peak", help="Device for the floor: h200, agx-orin-64gb, orin-nx-16gb, orin-nano-8gb, orin-nano-super, cpu (measured). Default: detected."),
-    config: Optional[Path] = typer.Option(None, "--config", help="Policy config JSON (for artifacts whose manifest has none, or to override inference)."),
+    load: LoadOptions = LoadOptions(),
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic inputs and preset weights."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the report JSON here (e.g. benchmarks/results/NAME.json; - for standard output)."),
     junit: Optional[Path] = JunitOpt,
@@ -111,7 +114,6 @@ def bench(
     from vla_export.bench.env import capture_environment
     from vla_export.bench.targets import plan_targets
     from vla_export.errors import ConfigError
-    from vla_export.models.config import load_config
 
     if iters is not None and duration is not None:
         raise ConfigError("give --iters or --duration, not both")
@@ -125,14 +127,15 @@ def bench(
         words = ["vla-bench", "--streaming", *artifacts, *(w for b in backend or [] for w in ("-b", b)), *(("--windows", windows) if windows else ()),
                  "--warmup", warmup, "--iters", settings.iters, "--seed", seed, *(("--json", json_path) if json_path else ())]
         return bench_streaming_cmd(artifacts, backend or [], windows=windows, warmup=warmup, iters=settings.iters or 100, seed=seed,
-                                   config=config, json_path=json_path, command=" ".join(shlex.quote(str(w)) for w in words))
-    targets = plan_targets(artifacts, backend or [], config=load_config(config) if config else None, seed=seed)
+                                   load=load, json_path=json_path, command=" ".join(shlex.quote(str(w)) for w in words))
+    targets = plan_targets(artifacts, backend or [], config=load.config, seed=seed, load=load)
     peak = _peak(device_peak)
     # The command as an explicit, reproducible line (every setting spelled out), not whatever argv held.
     words = ["vla-bench", *artifacts, *(w for b in backend or [] for w in ("-b", b)), "--batch", batch, "--window", window,
              "--text-len", text_len, "--warmup", warmup, *(("--duration", duration) if duration is not None else ("--iters", settings.iters)),
              *(w for m in settings.modes for w in ("--mode", m)), "--seed", seed, *(("--device-peak", device_peak) if device_peak else ()),
-             *(("--config", config) if config else ()), *(("--json", json_path) if json_path else ()), *(("--profile",) if profile else ())]
+             *(("--config", load.config_file) if load.config_file else ()), *(w for a, b in load.renames for w in ("--rename", f"{a}={b}")),
+             *(w for k, v in load.sets for w in ("--set", f"{k}={v}")), *(("--json", json_path) if json_path else ()), *(("--profile",) if profile else ())]
     command = " ".join(shlex.quote(str(w)) for w in words)
 
     def progress(report: Any) -> None:

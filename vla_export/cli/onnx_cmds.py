@@ -8,10 +8,12 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from vla_export.cli.checkpoint_cmds import ConfigOpt, RenameOpt, TrustOpt, _fmt_bytes, policy_source_options
+from vla_export.cli.checkpoint_cmds import _fmt_bytes
 from vla_export.cli.common import JunitOpt, console, write_json, wrote
 from vla_export.cli.junit import parity_cases, write_junit
 from vla_export.errors import ConfigError, ExitCode
+from vla_export.cli.loading import with_loading_options
+from vla_export.models.resolve import LoadOptions
 
 
 def render_completeness(c: dict[str, Any]) -> None:
@@ -62,6 +64,7 @@ def render_parity(p: dict[str, Any]) -> None:
     console.print(f"parity: {'[green]pass[/]' if p['passed'] else '[red]FAIL[/]'}")
 
 
+@with_loading_options
 def onnx(
     checkpoint: Path = typer.Argument(..., help="Policy checkpoint (.pt/.pth/.ckpt or .safetensors)."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="ONNX file to write (default engines/CHECKPOINT.onnx)."),
@@ -77,9 +80,7 @@ def onnx(
     samples: int = typer.Option(2, "--samples", min=1, help="Parity samples per batch size in the ORT check."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the export report as JSON."),
     split: bool = typer.Option(False, "--split", help="Streaming parts instead: NAME.backbone.onnx (one frame -> feature), NAME.head.onnx (window of features -> action), NAME.split.json."),
-    config: Optional[Path] = ConfigOpt,
-    rename: Optional[list[str]] = RenameOpt,
-    trust_checkpoint: bool = TrustOpt,
+    load: LoadOptions = LoadOptions(),
 ) -> None:
     """Export the whole policy to ONNX, prove the graph holds all its weights, check it and record a manifest."""
     from vla_export.export.onnx import OnnxExportOptions, OnnxFromPolicy
@@ -87,13 +88,12 @@ def onnx(
 
     if samples < 1:
         raise ConfigError("--samples must be at least 1")
-    cfg, renames = policy_source_options(config, rename)
     output = output or Path("engines") / f"{checkpoint.stem}.onnx"
     if split:
         from vla_export.cli.runtime_cmds import export_split_cmd
 
         return export_split_cmd(
-            checkpoint, output, loader_options={"config": cfg, "renames": renames, "trust": trust_checkpoint},
+            checkpoint, output, loader_options={"options": load},
             unsupported={"--dynamic-window": dynamic_window, "--debug-outputs": debug_outputs, "--simplify": simplify, "--no-ort-check": not ort_check},
             json_path=json_path, opset=opset, exporter=exporter, window=window, external_data=external_data, optimize=optimize,
         )
@@ -101,7 +101,7 @@ def onnx(
         opset=opset, exporter=exporter, window=window, dynamic_window=dynamic_window, debug_outputs=debug_outputs,
         external_data=external_data, simplify=simplify, optimize=optimize, ort_check=ort_check, parity_samples=samples,
     )
-    result = OnnxFromPolicy(PolicyFromCheckpoint(checkpoint, config=cfg, renames=renames, trust=trust_checkpoint), output, options)()
+    result = OnnxFromPolicy(PolicyFromCheckpoint(checkpoint, options=load), output, options)()
     report = result.to_dict()
     render_completeness(report["completeness"])
     for p in report["parity"]:
@@ -115,6 +115,7 @@ def onnx(
         wrote(json_path)
 
 
+@with_loading_options
 def parity(
     checkpoint: Path = typer.Argument(..., help="The PyTorch policy checkpoint (the reference)."),
     artifact: Path = typer.Argument(..., help="The artifact to check: .onnx, .engine/.plan, or another checkpoint."),
@@ -132,9 +133,7 @@ def parity(
     providers: Optional[list[str]] = typer.Option(None, "--provider", help="onnxruntime execution provider (repeatable; default CUDA if available, else CPU)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the result as JSON (- for standard output)."),
     junit: Optional[Path] = JunitOpt,
-    config: Optional[Path] = ConfigOpt,
-    rename: Optional[list[str]] = RenameOpt,
-    trust_checkpoint: bool = TrustOpt,
+    load: LoadOptions = LoadOptions(),
 ) -> None:
     """Compare an artifact with the PyTorch policy on the same inputs; exit 0 on pass, 1 on fail."""
     from vla_export.backends.select import artifact_kind
@@ -143,7 +142,6 @@ def parity(
 
     if samples < 1 or batch < 1:
         raise ConfigError("--samples and --batch must be at least 1")
-    cfg, renames = policy_source_options(config, rename)
     tolerance = None
     if precision or any(v is not None for v in (atol, rtol, min_cosine, min_sign_agreement, max_rel_error)):
         from vla_export.export.manifest import read_manifest
@@ -153,7 +151,7 @@ def parity(
                                   max_row_rel_error=max_rel_error)
     runner_opts = {"providers": providers} if providers and artifact_kind(artifact) == "onnx" else {}
     result = parity_check(
-        PolicyFromCheckpoint(checkpoint, config=cfg, renames=renames, trust=trust_checkpoint), artifact,
+        PolicyFromCheckpoint(checkpoint, options=load), artifact,
         samples=samples, data=list(data) if data else None, seed=seed, batch=batch, precision=precision,
         tolerance=tolerance, runner_opts=runner_opts, qdq=qdq,
     )

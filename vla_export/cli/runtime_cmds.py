@@ -8,10 +8,11 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from vla_export.cli.checkpoint_cmds import ConfigOpt, RenameOpt, TrustOpt, policy_source_options
 from vla_export.cli.common import JunitOpt, console, write_json, wrote
 from vla_export.cli.junit import replay_cases, write_junit
 from vla_export.errors import ExitCode
+from vla_export.cli.loading import with_loading_options
+from vla_export.models.resolve import LoadOptions
 
 
 def _vec(values: list[float]) -> str:
@@ -42,6 +43,7 @@ def render_replay(r: dict[str, Any]) -> None:
     console.print(f"replay: {verdict}: max abs error {r['max_abs_err']:.3g} over {len(r['steps'])} steps; median step {r['median_step_ms']:.2f} ms")
 
 
+@with_loading_options
 def replay(
     checkpoint: Path = typer.Argument(..., help="The PyTorch policy checkpoint (the full-window reference)."),
     artifacts: Path = typer.Argument(..., help="The split export: NAME.split.json, its prefix NAME, or its folder (`vla-export onnx --split`)."),
@@ -55,17 +57,14 @@ def replay(
     providers: Optional[list[str]] = typer.Option(None, "--provider", help="onnxruntime execution provider for ONNX parts (repeatable)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the per-step result as JSON (- for standard output)."),
     junit: Optional[Path] = JunitOpt,
-    config: Optional[Path] = ConfigOpt,
-    rename: Optional[list[str]] = RenameOpt,
-    trust_checkpoint: bool = TrustOpt,
+    load: LoadOptions = LoadOptions(),
 ) -> None:
     """Stream an episode through the split runtime; at every step compare with the full-window PyTorch policy. Exit 1 on a failed step."""
     from vla_export.models.loader import PolicyFromCheckpoint
     from vla_export.runtime.replay import replay_check
 
-    cfg, renames = policy_source_options(config, rename)
     result = replay_check(
-        PolicyFromCheckpoint(checkpoint, config=cfg, renames=renames, trust=trust_checkpoint), artifacts, episode,
+        PolicyFromCheckpoint(checkpoint, options=load), artifacts, episode,
         backbone=backbone, head=head, precision=precision, atol=atol, tokenizer_dir=tokenizer, text_len=text_len,
         providers=providers,
     )
@@ -134,13 +133,13 @@ def render_streaming(r: dict[str, Any]) -> None:
 
 def bench_streaming_cmd(
     artifacts: list[str], backends: list[str], *, windows: Optional[str], warmup: int, iters: int, seed: int,
-    config: Optional[Path], json_path: Optional[Path], command: str,
+    load: LoadOptions, json_path: Optional[Path], command: str,
 ) -> int:
     """``vla-bench --streaming``: one control step per window T, for each (artifact, backend)."""
     from vla_export.bench.streaming import bench_split_streaming, bench_torch_streaming
     from vla_export.bench.targets import PRESET_PREFIX, BackendSpec, PresetPolicy
     from vla_export.errors import ConfigError
-    from vla_export.models.config import get_preset, load_config
+    from vla_export.models.config import get_preset
     from vla_export.models.loader import PolicyFromCheckpoint
 
     try:
@@ -150,7 +149,6 @@ def bench_streaming_cmd(
     if any(t < 1 for t in ts):
         raise ConfigError("--windows must be positive")
     specs = [BackendSpec.parse(b) for b in backends]
-    cfg = load_config(config) if config else None
     reports = []
     for artifact in artifacts:
         is_model = artifact.startswith(PRESET_PREFIX) or Path(artifact).suffix in (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
@@ -162,7 +160,7 @@ def bench_streaming_cmd(
                 if artifact.startswith(PRESET_PREFIX):
                     policy = PresetPolicy(get_preset(artifact[len(PRESET_PREFIX):]), device=spec.device, seed=seed)()
                 else:
-                    policy = PolicyFromCheckpoint(artifact, config=cfg)().policy
+                    policy = PolicyFromCheckpoint(artifact, options=load)().policy
                 opts = {"device": spec.device, "dtype": spec.dtype, "cuda_graph": spec.cuda_graph,
                         "compile": spec.compile or False, "patch_matmul": spec.patch_matmul}
                 result = bench_torch_streaming(policy, windows=ts or [policy.cfg.window], runner_opts=opts, **common)

@@ -11,6 +11,8 @@ from rich.table import Table
 from vla_export.cli.checkpoint_cmds import _fmt_bytes
 from vla_export.errors import ExitCode
 from vla_export.cli.common import console, write_json, wrote
+from vla_export.cli.loading import with_loading_options
+from vla_export.models.resolve import LoadOptions
 from vla_export.errors import ConfigError
 
 JsonOpt = typer.Option(None, "--json", help="Also write the report as JSON.")
@@ -149,6 +151,7 @@ def render_build(r: dict[str, Any]) -> None:
     console.print(f"built in {r['seconds']:.1f} s, {_fmt_bytes(r['bytes'])}; manifest {r['manifest']}", markup=False)
 
 
+@with_loading_options
 def trt(
     onnx: Path = typer.Argument(..., help="The ONNX to build (external data is read from beside it)."),
     output: Path = typer.Option(..., "-o", "--output", help="Engine to write, e.g. engines/NAME.engine (manifest NAME.engine.json beside it)."),
@@ -168,7 +171,8 @@ def trt(
     hardware_compat: str = typer.Option("none", "--hardware-compat", help="none or ampere+ (runs on any Ampere or newer GPU)."),
     dla_core: Optional[int] = typer.Option(None, "--dla-core", help="Run on this DLA core (Jetson), with GPU fallback."),
     print_trtexec: bool = typer.Option(False, "--print-trtexec", help="Print the equivalent trtexec command and exit (needs no TensorRT)."),
-    parity_ckpt: Optional[Path] = typer.Option(None, "--parity", help="After building, check parity against this checkpoint and record it in the manifest."),
+    parity_ckpt: Optional[Path] = typer.Option(None, "--parity", help="After building, check parity against this checkpoint (loaded with --config/--rename/--set) and record it in the manifest."),
+    load: LoadOptions = LoadOptions(),
     samples: int = typer.Option(8, "--samples", min=1, help="Parity samples."),
     json_path: Optional[Path] = JsonOpt,
 ) -> None:
@@ -204,7 +208,7 @@ def trt(
         from vla_export.models.loader import PolicyFromCheckpoint
         from vla_export.parity import parity_check
 
-        parity = parity_check(PolicyFromCheckpoint(parity_ckpt), output, samples=samples)
+        parity = parity_check(PolicyFromCheckpoint(parity_ckpt, options=load), output, samples=samples)
         record_parity(output, parity.to_dict())
         report["parity"] = parity.to_dict()
         render_parity(report["parity"])
