@@ -37,13 +37,13 @@ def inspect_artifact(path: str | Path, **checkpoint_options: Any) -> dict[str, A
     """Report on ``path`` by its kind; ``checkpoint_options`` go to the checkpoint inspector only."""
     path = Path(path)
     kind = detect_kind(path)
-    if not path.exists():
-        raise ArtifactError(f"{path}: not found")
     if kind == "checkpoint":
         from vla_export.models.inspect import inspect_checkpoint  # torch: only for checkpoints
 
         body = inspect_checkpoint(path, **checkpoint_options)
     else:
+        if not path.is_file():
+            raise ArtifactError(f"{path}: not found")
         body = _INSPECTORS[kind](path)
     return {"schema": SCHEMA, "kind": kind, **body}
 
