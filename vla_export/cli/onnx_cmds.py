@@ -134,6 +134,10 @@ def parity(
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the result as JSON (- for standard output)."),
     junit: Optional[Path] = JunitOpt,
     load: LoadOptions = LoadOptions(),
+    locate: bool = typer.Option(False, "--locate", help="Also compare every component boundary (each layer of each tower, projection, text model, CLIP, LSTM, head) and name where the error first exceeds the tolerance (ONNX artifacts)."),
+    locate_all: bool = typer.Option(False, "--locate-all", help="With --locate: compare the output of every module, not only the boundaries."),
+    locate_samples: int = typer.Option(2, "--locate-samples", help="Samples for --locate (each keeps every intermediate tensor)."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="With --locate: draw the per-layer error curve into this PNG (needs matplotlib)."),
 ) -> None:
     """Compare an artifact with the PyTorch policy on the same inputs; exit 0 on pass, 1 on fail."""
     from vla_export.backends.select import artifact_kind
@@ -142,6 +146,8 @@ def parity(
 
     if samples < 1 or batch < 1:
         raise ConfigError("--samples and --batch must be at least 1")
+    if (locate_all or plot) and not locate:
+        raise ConfigError("--locate-all and --plot go with --locate")
     tolerance = None
     if precision or any(v is not None for v in (atol, rtol, min_cosine, min_sign_agreement, max_rel_error)):
         from vla_export.export.manifest import read_manifest
@@ -157,6 +163,21 @@ def parity(
     )
     report = result.to_dict()
     render_parity(report)
+    if locate:
+        from vla_export.cli.locate_cmds import render_locate
+        from vla_export.export.locate import locate as locate_layers
+
+        found = locate_layers(
+            PolicyFromCheckpoint(checkpoint, options=load), artifact,
+            level="all" if locate_all else "boundaries", samples=locate_samples, data=list(data) if data else None, seed=seed,
+            precision=precision, tolerance=tolerance, providers=providers,
+        )
+        report["locate"] = found.to_dict()
+        render_locate(report["locate"])
+        if plot:
+            from vla_export.plots import plot_locate
+
+            console.print(f"wrote {plot_locate(report['locate'], plot)}")
     if json_path:
         write_json(json_path, report, "parity")
         wrote(json_path)
