@@ -66,7 +66,7 @@ def test_fleet_start_step_end_and_isolated_errors(template, tiny_split):
                         StepRequest(2, f[0].astype(np.float32), start=True),  # wrong dtype: that robot only
                         StepRequest(3, f[0])])  # no START
     assert ok[0].error is None and ok[0].steps == 1
-    assert "uint8" in ok[1].error and "START" in ok[2].error
+    assert "uint8" in ok[1].error and "START" in ok[2].error and sorted(fleet.robots) == [1]  # the refused START made no state
     too_long = fleet.execute([StepRequest(2, f[0], start=True, instruction="go " * 40), StepRequest(1, f[1])])
     assert "tokens" in too_long[0].error and too_long[1].error is None and too_long[1].steps == 2
     want = reference_actions(tiny_split.manifest_path, "go to the cup", f[:2])

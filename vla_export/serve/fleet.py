@@ -112,8 +112,8 @@ class Fleet:
             try:
                 if any(req.robot == requests[j].robot for j, _ in batch):
                     raise DataError(f"robot {req.robot}: two requests in one batch (send the next step after the answer)")
+                check_frame(req.frame)  # before START: a refused request changes no state
                 policy = self.start(req.robot, req.instruction) if req.start else self.policy(req.robot)
-                check_frame(req.frame)
                 batch.append((i, policy))
             except DataError as exc:
                 results[i] = StepResult(req.robot, error=str(exc))
