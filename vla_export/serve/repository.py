@@ -101,8 +101,6 @@ def validate_config(text: str, *, where: str) -> Any:
         problems.append("no name")
     if bool(config.backend) == bool(config.platform):
         problems.append("exactly one of backend and platform must be set")
-    if config.HasField("dynamic_batching") and config.HasField("sequence_batching"):
-        problems.append("dynamic_batching and sequence_batching cannot be combined")
     if config.HasField("dynamic_batching") and config.max_batch_size < 1:
         problems.append("dynamic batching needs max_batch_size >= 1")
     names = [t.name for t in list(config.input) + list(config.output)]
