@@ -4,6 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.vla-export-installed
 TORCH  ?= torch==2.13.0
+PYTRITON ?= nvidia-pytriton==0.7.0
 # The oldest supported transformers major: its Kosmos-2/CLIP key layout differs from 5.x.
 COMPAT ?= $(VENV)/compat-transformers4
 COMPAT_PKGS ?= "transformers==4.57.*" "huggingface_hub<1.0" "tokenizers<0.23"
@@ -22,6 +23,8 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH)"
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	@# The Triton server for `vla-export serve` and its tests: the wheel's files only, numpy 2 kept (see pyproject's serve extra).
+	@$(BIN)/python -m pip install -q --no-deps "$(PYTRITON)" || echo "note: no $(PYTRITON) wheel for this platform; the serve tests will skip"
 	@touch $(STAMP)
 
 demo: install

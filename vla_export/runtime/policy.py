@@ -218,6 +218,11 @@ class Policy:
         ids, mask = self.tokenizer.encode(prompt_for(instruction), self.text_len)
         return {"input_ids": np.asarray(ids, dtype=np.int64).reshape(1, -1), "attention_mask": np.asarray(mask, dtype=np.int64).reshape(1, -1)}
 
+    @property
+    def prompt(self) -> dict[str, np.ndarray] | None:
+        """The backbone's text inputs [1, L] set by the last :meth:`reset` (None before one)."""
+        return self._prompt
+
     def reset(self, instruction: str | None) -> None:
         """Start an episode: tokenise the instruction once and empty the feature window."""
         self._prompt = self.prompt_feed(instruction)
