@@ -75,7 +75,8 @@ def render_report(report: Any) -> None:
 
 
 def _peak(name: Optional[str]):
-    from vla_export.bench.env import gpu_info, jetson_model_name
+    from vla_export.bench.env import jetson_model_name
+    from vla_export.system import gpu_info
     from vla_export.bench.floor import detect_peak, get_peak
 
     if name is None:

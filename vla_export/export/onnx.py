@@ -259,7 +259,7 @@ def check_model(path: str | Path) -> None:
 
 def recorded_sizes(path: str | Path) -> dict[str, int]:
     """File name -> bytes, as the manifest beside ``path`` records them (empty without one)."""
-    from vla_export.export.manifest import read_manifest
+    from vla_export.manifest import read_manifest
 
     manifest = read_manifest(path, required=False) or {}
     return {f["name"]: int(f["bytes"]) for f in manifest.get("files", []) if "name" in f and "bytes" in f}
@@ -391,7 +391,7 @@ def export_policy(loaded, path: str | Path, options: OnnxExportOptions = OnnxExp
     import torch
 
     from vla_export.data.source import INPUT_NAMES, SyntheticSource
-    from vla_export.export.manifest import build_manifest, manifest_path, versions, write_manifest
+    from vla_export.manifest import build_manifest, manifest_path, versions, write_manifest
     from vla_export.fileio import sha256_file
 
     path = Path(path)
