@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from vla_export.backends.base import Runner
-from vla_export.data.source import INPUT_NAMES
+from vla_export.data.iospec import INPUT_NAMES
 from vla_export.errors import ArtifactError, MissingDependencyError, RunnerError
 from vla_export.lazy import lazy_import
 from vla_export.system import INSTALL_CUDA, cudart, gpu_info

@@ -40,6 +40,7 @@ from vla_export.export.onnx import (
     stage_module,
     written_opset,
 )
+from vla_export.data.iospec import BACKBONE, HEAD, POLICY, dummy_inputs
 from vla_export.fileio import check_output_path, output_errors, staging_dir
 from vla_export.models.config import PolicyConfig
 from vla_export.runtime.policy import BACKBONE_INPUTS, BACKBONE_OUTPUTS, HEAD_INPUTS, HEAD_OUTPUTS
@@ -118,16 +119,11 @@ def _part_inputs(loaded, *, seed: int, batch: int, window: int, text_len: int | 
     """Inputs of both parts from one synthetic sample: its first frames, and the PyTorch features of its window."""
     import torch
 
-    from vla_export.data.source import SyntheticSource
-
     cfg = loaded.config
-    s = SyntheticSource(cfg, seed=seed, batch=batch, window=window, text_len=text_len and min(text_len, cfg.max_text_len)).sample(0)
+    s = dummy_inputs(POLICY, cfg, batch=batch, window=window, text_len=text_len and min(text_len, cfg.max_text_len), seed=seed)
     with torch.no_grad():
         _, feats = loaded.policy(*(torch.from_numpy(s[k]) for k in BACKBONE_INPUTS), return_features=True)
-    return {
-        "backbone": {"pixel_values": s["pixel_values"][:, 0], "input_ids": s["input_ids"], "attention_mask": s["attention_mask"]},
-        "head": {"features": feats.numpy()},
-    }
+    return {"backbone": {**s, "pixel_values": s["pixel_values"][:, 0]}, "head": {"features": feats.numpy()}}
 
 
 #: Parity feeds (batch, text length, window as a multiple of the runtime window), other than the export's.
@@ -197,10 +193,7 @@ def _export_split_staged(loaded, paths: dict[str, Path], tmpdir: Path, window: i
     example = {part: {k: torch.from_numpy(v) for k, v in inputs.items()}
                for part, inputs in _part_inputs(loaded, seed=options.seed, batch=EXPORT_BATCH, window=window).items()}
     names = {"backbone": (BACKBONE_INPUTS, BACKBONE_OUTPUTS), "head": (HEAD_INPUTS, HEAD_OUTPUTS)}
-    dynamic = {
-        "backbone": {"pixel_values": {0: "batch"}, "input_ids": {0: "batch", 1: "text_len"}, "attention_mask": {0: "batch", 1: "text_len"}},
-        "head": {"features": {0: "batch", 1: "window"}},
-    }
+    dynamic = {"backbone": BACKBONE.dynamic_axes(), "head": HEAD.dynamic_axes()}
     ckpt = Path(loaded.checkpoint.path)
     source = {"checkpoint": str(ckpt), "sha256": sha256_file(ckpt), "bytes": ckpt.stat().st_size}
     results: dict[str, PartExport] = {}

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vla_export.data.iospec import axis_role
 from vla_export.errors import ArtifactError, ConfigError, DataError, MissingDependencyError
 from vla_export.fileio import atomic_write
 from vla_export.precision import PRECISIONS
@@ -44,10 +45,6 @@ INSTALL_TRT = (
     "TensorRT is not installed: on Jetson install JetPack's TensorRT (`sudo apt install nvidia-tensorrt`, "
     "Python bindings `python3-libnvinfer`); on x86 `pip install 'vla-export[trt]'` (or put `trtexec` on PATH)"
 )
-#: Where each policy input's dynamic dimensions get their defaults: (input, axis) -> role.
-DIM_ROLES = {("pixel_values", 0): "batch", ("pixel_values", 1): "window", ("input_ids", 0): "batch",
-             ("input_ids", 1): "text", ("attention_mask", 0): "batch", ("attention_mask", 1): "text",
-             ("features", 0): "batch", ("features", 1): "window"}  # the split head's window of features
 DEFAULT_TEXT_OPT = 16
 
 
@@ -255,7 +252,7 @@ def derive_profiles(facts: OnnxFacts, options: TrtBuildOptions, text_opt: int | 
             if isinstance(d, int):
                 lo.append(d), mid.append(d), hi.append(d)
                 continue
-            role = DIM_ROLES.get((name, axis))
+            role = axis_role(name, axis)
             if role == "batch":
                 bounds = (1, 1, options.max_batch)
             elif role == "window":
