@@ -92,3 +92,20 @@ def cli(capsys):
         return CliResult(code, captured.out, captured.err)
 
     return run
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The ``error:`` lines of a command's standard error (informational lines, such as the loaded
+    model's summary and finished steps, may come before them)."""
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def assert_one_error(r, code: int, *needles: str) -> str:
+    """The command failed with ``code`` and ended in exactly one ``error:`` line naming ``needles``, no traceback."""
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.exit_code == code, r
+    assert len(error_lines(r.stderr)) == 1 and lines and lines[-1].startswith("error: "), r
+    assert all(n in lines[-1] for n in needles), r
+    assert "Traceback" not in r.stderr + r.stdout, r
+    return lines[-1]
+

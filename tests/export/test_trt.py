@@ -10,7 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from vla_export.errors import ArtifactError, ConfigError, DataError, MissingDependencyError
+from tests.conftest import assert_one_error
+from vla_export.errors import ArtifactError, ConfigError, DataError, ExitCode, MissingDependencyError
 from vla_export.export import trt as T
 from vla_export.manifest import read_manifest
 from vla_export.fileio import sha256_file
@@ -236,7 +237,7 @@ def test_missing_tensorrt_says_how_to_install(no_tensorrt, monkeypatch, tiny_onn
     with pytest.raises(MissingDependencyError, match="JetPack.*pip install"):
         T.build_engine(tiny_onnx, tmp_path / "x.engine")
     r = cli("trt", tiny_onnx, "-o", tmp_path / "x.engine", "--fp16")
-    assert r.exit_code == 2 and "TensorRT is not installed" in r.stderr and len(r.stderr.strip().splitlines()) <= 2
+    assert_one_error(r, ExitCode.ENVIRONMENT, "TensorRT is not installed")
     assert not (tmp_path / "x.engine").exists()
     r = cli("trt", tiny_onnx, "-o", tmp_path / "x.engine", "--fp16", "--print-trtexec")
     assert r.exit_code == 0 and "--fp16" in r.stdout

@@ -115,8 +115,8 @@ class _StepDisplay:
             if self.depth == 0 and self.live is not None:
                 self.live.stop()
                 self.live = None
-            status = "" if ok else " (failed)"
-            self.out.print(f"{'  ' * self.depth}{label}: {time.perf_counter() - start:.1f} s{status}", style="dim", markup=False)
+            if ok:  # a failure is told by the one error line that follows, not by a step line
+                self.out.print(f"{'  ' * self.depth}{label}: {time.perf_counter() - start:.1f} s", style="dim", markup=False)
 
 
 class _RichLogHandler(logging.Handler):
