@@ -268,6 +268,15 @@ def calibration_reader(calib: CalibrationSet):
     return type("CalibrationSetReader", (_Reader, q.CalibrationDataReader), {})(calib)
 
 
+def calibration_record(calib: CalibrationSet) -> dict[str, Any]:
+    """What the manifest of a quantized model records about its calibration set: path, sha256, samples
+    and the episode frames it holds (parity of the model evaluates on windows disjoint from them)."""
+    from vla_export.fileio import sha256_file
+
+    return {"path": str(calib.path), "sha256": sha256_file(calib.path) if Path(calib.path).is_file() else None,
+            "samples": len(calib), "frames": calib.frames_used()}
+
+
 def quantize_int8(
     onnx_path: str | Path,
     calib: CalibrationSet,
@@ -314,7 +323,7 @@ def quantize_int8(
             )
 
     options = {
-        "per_channel": per_channel, "method": method, "op_types": list(op_types), "calibration": str(calib.path),
+        "per_channel": per_channel, "method": method, "op_types": list(op_types), "calibration": calibration_record(calib),
         "calibration_samples": len(calib), "keep_sensitive_fp32": keep_sensitive_fp32, "external_data": external,
     }
     return _publish(onnx_path, output, "int8", write, reasons, options, start)
