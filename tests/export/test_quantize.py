@@ -202,3 +202,21 @@ def test_int8_manifest_records_calibration_and_parity_holds_its_frames_out(int8_
     (tmp_path / "all.int8.onnx.json").write_text(json.dumps(manifest))
     overlap = parity_check(PolicyFromCheckpoint(tiny_ckpt), copy, samples=2, data=episodes)
     assert overlap.candidate["held_out"]["status"] == "NOT held out" and "calibration frames" in overlap.candidate["held_out"]["note"]
+
+
+def _activation_scales(path):
+    """QuantizeLinear input name -> scale, for activations (weights are stored already quantized)."""
+    model = onnx.load(str(path))
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    return {n.input[0]: float(inits[n.input[1]]) for n in model.graph.node if n.op_type == "QuantizeLinear"}
+
+
+def test_entropy_calibration_is_not_minmax(int8_onnx, tiny_onnx, calib, tmp_path):
+    """onnxruntime's quantize_static "Entropy" with its default 128/128 bins equals MinMax byte for byte."""
+    entropy = Q.quantize_int8(tiny_onnx, calib, tmp_path / "entropy.int8.onnx", method="entropy")
+    minmax, clipped = _activation_scales(int8_onnx.output), _activation_scales(entropy.output)
+    assert minmax.keys() == clipped.keys()
+    # KL thresholds lie inside the observed range: never wider, and narrower for some tensors.
+    assert all(clipped[k] <= minmax[k] * (1 + 1e-6) for k in minmax)
+    assert sum(clipped[k] < 0.95 * minmax[k] for k in minmax) >= 1
+    assert read_manifest(entropy.output)["quantization"]["options"]["entropy_bins"] == Q.ENTROPY_BINS
