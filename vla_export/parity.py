@@ -334,7 +334,10 @@ def held_out_source(source, manifest: Mapping[str, Any]):
     window, or no record) the unrestricted source and a record saying so, loudly, in ``status``."""
     from vla_export.errors import DataError
 
-    calib = ((manifest.get("quantization") or {}).get("options") or {}).get("calibration")
+    options = (manifest.get("quantization") or {}).get("options") or {}
+    if options.get("mode") == "weight-only":
+        return source, {"status": "no calibration", "note": "weight-only INT8 is made without calibration data"}
+    calib = options.get("calibration")
     if not isinstance(calib, dict) or "frames" not in calib:
         return source, {"status": "unknown", "note": "the manifest records no calibration frames (quantized by an older "
                                                      "vla-export?): the evaluation windows may include calibration frames"}

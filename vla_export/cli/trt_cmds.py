@@ -95,12 +95,17 @@ def render_quantize(r: dict[str, Any]) -> None:
     kept = ", ".join(f"{n} {k}" for k, n in r["kept_fp32"].items()) or "none"
     q, dq = r["nodes"].get("QuantizeLinear", 0), r["nodes"].get("DequantizeLinear", 0)
     extra = f"; {q} QuantizeLinear, {dq} DequantizeLinear" if r["precision"] == "int8" else ""
+    w = r["options"].get("weight_bytes")
+    if w:
+        extra += (f"; weight-only: {w['quantized_tensors']} weights INT8 ({100 * w['int8_share_of_weight_elements']:.1f}% of weight "
+                  f"elements), weights {_fmt_bytes(w['float_bytes_before'])} -> {_fmt_bytes(w['bytes_after'])}")
     console.print(f"wrote {r['output']} ({r['precision']}, {_fmt_bytes(r['bytes'])}, {r['seconds']:.1f} s); kept in FP32: {kept}{extra}", markup=False)
 
 
 def quantize(
     onnx: Path = typer.Argument(..., help="The exported fp32 ONNX."),
     int8: bool = typer.Option(False, "--int8", help="Static INT8 Q/DQ (needs --calib)."),
+    int8_weights: bool = typer.Option(False, "--int8-weights", help="Weight-only INT8: per-channel INT8 MatMul/Gemm/Conv weights behind DequantizeLinear, activations float (no calibration)."),
     fp16: bool = typer.Option(False, "--fp16", help="FP16 weights and compute with fp32 inputs/outputs."),
     calib_path: Optional[Path] = typer.Option(None, "--calib", help="Calibration set (.npz from `vla-export calib`)."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output ONNX (default MODEL.int8.onnx / MODEL.fp16.onnx)."),
@@ -113,11 +118,17 @@ def quantize(
     """Explicit quantization: a Q/DQ INT8 or an FP16 ONNX that ONNX Runtime (CPU) and TensorRT (strongly typed) both run."""
     from vla_export.export.quantize import convert_fp16, default_output, quantize_int8
 
-    if int8 == fp16:
-        raise ConfigError("choose one of --int8 or --fp16")
-    precision = "int8" if int8 else "fp16"
+    if int8 + fp16 + int8_weights != 1:
+        raise ConfigError("choose one of --int8, --int8-weights or --fp16")
+    precision = "int8" if int8 else "int8w" if int8_weights else "fp16"
     output = output or default_output(onnx, precision)
-    if int8:
+    if int8_weights:
+        from vla_export.export.weight_only import quantize_int8_weights
+
+        if calib_path is not None:
+            raise ConfigError("--int8-weights needs no --calib: only the weights are quantized")
+        result = quantize_int8_weights(onnx, output, keep_sensitive_fp32=keep_fp32, exclude=exclude or ())
+    elif int8:
         if calib_path is None:
             raise ConfigError("--int8 needs --calib DATA (make it with `vla-export calib`): INT8 without calibration data is guesswork")
         from vla_export.data.calibration import load_calibration_set

@@ -366,6 +366,6 @@ def quantize_int8(
 
 
 def default_output(onnx_path: str | Path, precision: str) -> Path:
-    """``model.onnx`` -> ``model.int8.onnx`` / ``model.fp16.onnx``."""
+    """``model.onnx`` -> ``model.int8.onnx`` / ``model.int8w.onnx`` (weight-only) / ``model.fp16.onnx``."""
     p = Path(onnx_path)
     return p.with_name(f"{p.stem}.{precision}.onnx")
