@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from vla_export.cli import checkpoint_cmds, onnx_cmds, runtime_cmds, trt_cmds
+from vla_export.cli import checkpoint_cmds, onnx_cmds, quant_cmds, runtime_cmds, trt_cmds
 from vla_export.cli.common import debug_option_callback, new_app, run_app
 
 app = new_app("Export a VLA policy checkpoint to verified ONNX and TensorRT artifacts.")
@@ -17,6 +17,7 @@ app.command("replay")(runtime_cmds.replay)
 app.command("episodes")(trt_cmds.episodes)
 app.command("calib")(trt_cmds.calib)
 app.command("quantize")(trt_cmds.quantize)
+app.command("sensitivity")(quant_cmds.sensitivity)
 app.command("trt")(trt_cmds.trt)
 
 

@@ -113,6 +113,12 @@ def quantize(
     per_channel: bool = typer.Option(True, "--per-channel/--per-tensor", help="Per-channel INT8 weights."),
     keep_fp32: bool = typer.Option(True, "--keep-fp32/--all-low-precision", help="Keep LayerNorm, Softmax, mask arithmetic (and residual adds for INT8) out of low precision."),
     exclude: Optional[list[str]] = typer.Option(None, "--exclude", help="Also keep this ONNX node out of INT8 (repeatable)."),
+    max_action_error: Optional[float] = typer.Option(None, "--max-action-error", help="INT8 budget: actions max abs error on held-out windows; the most sensitive layers stay float until it holds."),
+    min_cosine: Optional[float] = typer.Option(None, "--min-cosine", help="INT8 budget: minimum cosine of the actions."),
+    max_feature_rel_error: Optional[float] = typer.Option(None, "--max-feature-rel-error", help="INT8 budget: worst frame's relative error of the features (models exported with --debug-outputs)."),
+    data: Optional[list[Path]] = typer.Option(None, "--data", help="With a budget: episodes to evaluate on (default: the calibration set's episodes, other frames)."),
+    eval_samples: int = typer.Option(8, "--eval-samples", help="With a budget: held-out windows to evaluate on."),
+    granularity: str = typer.Option("auto", "--granularity", help="With a budget: layer, block, or auto (blocks, then the layers of the worst blocks)."),
     json_path: Optional[Path] = JsonOpt,
 ) -> None:
     """Explicit quantization: a Q/DQ INT8 or an FP16 ONNX that ONNX Runtime (CPU) and TensorRT (strongly typed) both run."""
@@ -133,7 +139,26 @@ def quantize(
             raise ConfigError("--int8 needs --calib DATA (make it with `vla-export calib`): INT8 without calibration data is guesswork")
         from vla_export.data.calibration import load_calibration_set
 
-        result = quantize_int8(onnx, load_calibration_set(calib_path), output, per_channel=per_channel, method=method,
+        calib_set = load_calibration_set(calib_path)
+        if any(v is not None for v in (max_action_error, min_cosine, max_feature_rel_error)):
+            from vla_export.cli.quant_cmds import eval_feeds, render_budget
+            from vla_export.export.sensitivity import Budget, quantize_int8_with_budget
+
+            budget = Budget(max_action_error, min_cosine, max_feature_rel_error)
+            feeds, record = eval_feeds(onnx, data, calib_set.frames_used(), eval_samples, calib_meta=calib_set.meta)
+            result, search, _ = quantize_int8_with_budget(
+                onnx, calib_set, output, budget, feeds, data=record, granularity=granularity, per_channel=per_channel,
+                method=method, keep_sensitive_fp32=keep_fp32, exclude=exclude or ())
+            render_quantize(result.to_dict())
+            render_budget(search.to_dict(), result.options["int8_share_of_weight_elements"], result.options["int8_share_before_budget"])
+            if json_path:
+                write_json(json_path, result.to_dict())
+            if not search.met:
+                raise typer.Exit(1)
+            return
+        if data or max_feature_rel_error is not None:
+            raise ConfigError("--data and --eval-samples go with a budget (--max-action-error, --min-cosine, --max-feature-rel-error)")
+        result = quantize_int8(onnx, calib_set, output, per_channel=per_channel, method=method,
                                keep_sensitive_fp32=keep_fp32, exclude=exclude or ())
     else:
         result = convert_fp16(onnx, output, keep_sensitive_fp32=keep_fp32)
