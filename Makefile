@@ -36,7 +36,10 @@ demo: install
 	$(BIN)/vla-export episodes -o $(DEMO)/episodes --count 2 --frames 8 --size 180x320
 	$(BIN)/vla-export calib $(DEMO)/episodes --onnx $(DEMO)/tiny.onnx -o $(DEMO)/calibration/tiny.npz --samples 8
 	$(BIN)/vla-export quantize $(DEMO)/tiny.onnx --int8 --calib $(DEMO)/calibration/tiny.npz
-	$(BIN)/vla-export parity $(DEMO)/tiny.pt $(DEMO)/tiny.int8.onnx --samples 8 --data $(DEMO)/episodes --json $(DEMO)/tiny.int8.parity.json
+	$(BIN)/vla-export episodes -o $(DEMO)/held-out --count 2 --frames 8 --size 180x320 --seed 1
+	$(BIN)/vla-export parity $(DEMO)/tiny.pt $(DEMO)/tiny.int8.onnx --samples 8 --data $(DEMO)/held-out --json $(DEMO)/tiny.int8.parity.json
+	$(BIN)/vla-export quantize $(DEMO)/tiny.onnx --int8-weights
+	$(BIN)/vla-export parity $(DEMO)/tiny.pt $(DEMO)/tiny.int8w.onnx --samples 8 --data $(DEMO)/held-out --json $(DEMO)/tiny.int8w.parity.json
 	$(BIN)/vla-bench $(DEMO)/tiny.pt $(DEMO)/tiny.onnx $(DEMO)/tiny.int8.onnx -b torch -b onnxrt:cpu --window 4 --warmup 3 --iters 20 --json $(DEMO)/tiny.bench.json
 	$(BIN)/vla-export trt $(DEMO)/tiny.onnx -o $(DEMO)/tiny.engine --fp16 --print-trtexec
 	$(BIN)/vla-export onnx $(DEMO)/tiny.pt --split -o $(DEMO)/tiny.onnx --json $(DEMO)/tiny.split.report.json

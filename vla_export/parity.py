@@ -269,12 +269,17 @@ def parity_check(
     with runner_for_artifact(artifact, **opts) as cand:
         check_against_config(cand, cfg)
         window = artifact_window(cand, cfg.window)
+        held_out = None
         if data:
             from vla_export.data.episodes import EpisodeSource
 
             source = EpisodeSource(data, cfg, seed=seed, window=window, batch=batch)
+            if (manifest or {}).get("quantization"):
+                source, held_out = held_out_source(source, manifest)
         else:
             source = SyntheticSource(cfg, seed=seed, window=window, batch=batch)
+            if (manifest or {}).get("quantization"):
+                held_out = {"status": "synthetic", "note": "seeded synthetic inputs, not calibration frames"}
         feeds = feeds_from(source, samples)
         with TorchRunner(loaded.policy, debug_outputs="features" in cand.output_names) as ref:
             result = compare_runners(ref, cand, feeds, precision=precision, tolerance=tol)
@@ -288,4 +293,30 @@ def parity_check(
     result.reference["checkpoint"] = str(loaded.checkpoint.path)
     result.candidate["artifact"] = str(artifact)
     result.candidate["data"] = f"episodes {data}" if data else f"synthetic (seed {seed})"
+    if held_out is not None:
+        result.candidate["held_out"] = held_out
     return result
+
+
+def held_out_source(source, manifest: Mapping[str, Any]):
+    """``(source, record)``: for a quantized artifact, the episode source restricted to windows that
+    share no frame with the calibration set its manifest records. When that is impossible (no such
+    window, or no record) the unrestricted source and a record saying so, loudly, in ``status``."""
+    from vla_export.errors import DataError
+
+    options = (manifest.get("quantization") or {}).get("options") or {}
+    if options.get("mode") == "weight-only":
+        return source, {"status": "no calibration", "note": "weight-only INT8 is made without calibration data"}
+    calib = options.get("calibration")
+    if not isinstance(calib, dict) or "frames" not in calib:
+        return source, {"status": "unknown", "note": "the manifest records no calibration frames (quantized by an older "
+                                                     "vla-export?): the evaluation windows may include calibration frames"}
+    restricted = dataclasses.replace(source, exclude_frames=calib["frames"])
+    record = {"calibration": calib.get("path"), "calibration_sha256": calib.get("sha256"),
+              "calibration_frames": sum(len(f) for f in calib["frames"].values())}
+    try:
+        windows = len(restricted.allowed_windows)
+    except DataError as exc:
+        return source, record | {"status": "NOT held out", "note": f"{exc}: evaluated on windows that may include calibration frames"}
+    return restricted, record | {"status": "held out", "windows": windows,
+                                 "note": "evaluation windows share no frame with the calibration set"}

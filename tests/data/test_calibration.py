@@ -97,3 +97,25 @@ def test_episodes_command_writes_the_recorded_format(cli, tmp_path):
     assert r.exit_code == 0, r
     files = sorted(tmp_path.glob("*.h5"))
     assert len(files) == 2 and "leftmost" in r.stdout
+
+
+def test_evaluation_windows_can_be_held_out_from_the_calibration_frames(calib_path, episode_dir):
+    calib = load_calibration_set(calib_path)
+    used = calib.frames_used()
+    assert used and sum(len(f) for f in used.values()) >= 4  # 3 windows of 4 frames, maybe overlapping
+    # Same seed, no exclusion: the evaluation draws exactly the calibration windows.
+    same = EpisodeSource(episode_dir, get_preset("tiny"), seed=5)
+    assert [list(r.frames) for i in range(3) for r in same.locate(i)] == [w["frames"] for w in calib.meta["windows"]]
+    # Three windows of 4 over two 8-frame episodes leave no disjoint window; hold out the first one only.
+    first = calib.meta["windows"][0]
+    excluded = {first["episode"].rsplit("/", 1)[-1]: first["frames"]}
+    held = EpisodeSource(episode_dir, get_preset("tiny"), seed=5, exclude_frames=excluded)
+    assert held.allowed_windows
+    for i in range(10):
+        for ref in held.locate(i):
+            assert not set(ref.frames) & set(excluded.get(ref.episode.rsplit("/", 1)[-1], []))
+    with pytest.raises(DataError, match="disjoint from the excluded"):
+        EpisodeSource(episode_dir, get_preset("tiny"), exclude_frames=used).locate(0)
+    everything = {e.path.name: list(range(e.num_frames)) for e in same.episodes}
+    with pytest.raises(DataError, match="disjoint from the excluded"):
+        EpisodeSource(episode_dir, get_preset("tiny"), exclude_frames=everything).locate(0)

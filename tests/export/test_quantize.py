@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -182,3 +183,40 @@ def test_int8_parity_measures_the_quantization_and_fails_on_a_perturbed_qdq_grap
     perturbed = parity_check(PolicyFromCheckpoint(tiny_ckpt), bad, samples=4)
     assert perturbed.precision == "int8" and not perturbed.passed
     assert not perturbed.outputs["features"].passed and perturbed.outputs["features"].max_row_rel > 0.05
+
+
+def test_int8_manifest_records_calibration_and_parity_holds_its_frames_out(int8_onnx, calib, tiny_ckpt, tmp_path):
+    import json
+
+    record = read_manifest(int8_onnx.output)["quantization"]["options"]["calibration"]
+    assert record["frames"] == calib.frames_used() and record["samples"] == len(calib) and len(record["sha256"]) == 64
+    episodes = sorted({w["episode"] for w in calib.meta["windows"]} | {str(p) for p in (calib.path.parent / "episodes").glob("*.h5")})
+    held_out = write_synthetic_episodes(tmp_path / "held-out", 1, seed=7, frames=8, frame_hw=(48, 64))
+    result = parity_check(PolicyFromCheckpoint(tiny_ckpt), int8_onnx.output, samples=3, data=episodes + held_out)
+    assert result.candidate["held_out"]["status"] == "held out"
+    # A copy whose manifest says every frame was calibrated on: parity says loudly it could not hold out.
+    copy = tmp_path / "all.int8.onnx"
+    shutil.copy(int8_onnx.output, copy)
+    manifest = read_manifest(int8_onnx.output)
+    manifest["quantization"]["options"]["calibration"]["frames"] = {Path(e).name: list(range(8)) for e in episodes}
+    (tmp_path / "all.int8.onnx.json").write_text(json.dumps(manifest))
+    overlap = parity_check(PolicyFromCheckpoint(tiny_ckpt), copy, samples=2, data=episodes)
+    assert overlap.candidate["held_out"]["status"] == "NOT held out" and "calibration frames" in overlap.candidate["held_out"]["note"]
+
+
+def _activation_scales(path):
+    """QuantizeLinear input name -> scale, for activations (weights are stored already quantized)."""
+    model = onnx.load(str(path))
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    return {n.input[0]: float(inits[n.input[1]]) for n in model.graph.node if n.op_type == "QuantizeLinear"}
+
+
+def test_entropy_calibration_is_not_minmax(int8_onnx, tiny_onnx, calib, tmp_path):
+    """onnxruntime's quantize_static "Entropy" with its default 128/128 bins equals MinMax byte for byte."""
+    entropy = Q.quantize_int8(tiny_onnx, calib, tmp_path / "entropy.int8.onnx", method="entropy")
+    minmax, clipped = _activation_scales(int8_onnx.output), _activation_scales(entropy.output)
+    assert minmax.keys() == clipped.keys()
+    # KL thresholds lie inside the observed range: never wider, and narrower for some tensors.
+    assert all(clipped[k] <= minmax[k] * (1 + 1e-6) for k in minmax)
+    assert sum(clipped[k] < 0.95 * minmax[k] for k in minmax) >= 1
+    assert read_manifest(entropy.output)["quantization"]["options"]["entropy_bins"] == Q.ENTROPY_BINS

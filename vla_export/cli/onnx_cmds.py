@@ -17,6 +17,8 @@ from vla_export.cli.loading import with_loading_options
 from vla_export.models.resolve import LoadOptions
 
 
+
+
 @with_loading_options
 def onnx(
     checkpoint: Path = typer.Argument(..., help="Policy checkpoint (.pt/.pth/.ckpt or .safetensors)."),

@@ -47,6 +47,10 @@ def render_parity(p: dict[str, Any]) -> None:
         console.print(f"actions per dimension: {dims}")
     if p["candidate"].get("fallback"):
         console.print(f"warning: {p['candidate']['name']} fell back from {p['candidate']['requested_providers'][0]}", style="yellow")
+    held_out = p["candidate"].get("held_out")
+    if held_out:
+        style = None if held_out["status"] in ("held out", "synthetic", "no calibration") else "yellow"
+        console.print(f"{'warning: ' if style else ''}inputs vs calibration: {held_out['status']}: {held_out['note']}", style=style, markup=False)
     if p["candidate"].get("qdq_arithmetic") and p["precision"] == "int8":
         console.print(f"Q/DQ arithmetic: {p['candidate']['qdq_arithmetic']} (the verdict's)", markup=False)
     kernels = p.get("also_measured", {}).get("qdq_kernels")

@@ -99,12 +99,17 @@ def render_quantize(r: dict[str, Any]) -> None:
     kept = ", ".join(f"{n} {k}" for k, n in r["kept_fp32"].items()) or "none"
     q, dq = r["nodes"].get("QuantizeLinear", 0), r["nodes"].get("DequantizeLinear", 0)
     extra = f"; {q} QuantizeLinear, {dq} DequantizeLinear" if r["precision"] == "int8" else ""
+    w = r["options"].get("weight_bytes")
+    if w:
+        extra += (f"; weight-only: {w['quantized_tensors']} weights INT8 ({100 * w['int8_share_of_weight_elements']:.1f}% of weight "
+                  f"elements), weights {_fmt_bytes(w['float_bytes_before'])} -> {_fmt_bytes(w['bytes_after'])}")
     console.print(f"wrote {r['output']} ({r['precision']}, {_fmt_bytes(r['bytes'])}, {r['seconds']:.1f} s); kept in FP32: {kept}{extra}", markup=False)
 
 
 def quantize(
     onnx: Path = typer.Argument(..., help="The exported fp32 ONNX."),
     int8: bool = typer.Option(False, "--int8", help="Static INT8 Q/DQ (needs --calib)."),
+    int8_weights: bool = typer.Option(False, "--int8-weights", help="Weight-only INT8: per-channel INT8 MatMul/Gemm/Conv weights behind DequantizeLinear, activations float (no calibration)."),
     fp16: bool = typer.Option(False, "--fp16", help="FP16 weights and compute with fp32 inputs/outputs."),
     calib_path: Optional[Path] = typer.Option(None, "--calib", help="Calibration set (.npz from `vla-export calib`)."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output ONNX (default MODEL.int8.onnx / MODEL.fp16.onnx)."),
@@ -112,21 +117,52 @@ def quantize(
     per_channel: bool = typer.Option(True, "--per-channel/--per-tensor", help="Per-channel INT8 weights."),
     keep_fp32: bool = typer.Option(True, "--keep-fp32/--all-low-precision", help="Keep LayerNorm, Softmax, mask arithmetic (and residual adds for INT8) out of low precision."),
     exclude: Optional[list[str]] = typer.Option(None, "--exclude", help="Also keep this ONNX node out of INT8 (repeatable)."),
+    max_action_error: Optional[float] = typer.Option(None, "--max-action-error", help="INT8 budget: actions max abs error on held-out windows; the most sensitive layers stay float until it holds."),
+    min_cosine: Optional[float] = typer.Option(None, "--min-cosine", help="INT8 budget: minimum cosine of the actions."),
+    max_feature_rel_error: Optional[float] = typer.Option(None, "--max-feature-rel-error", help="INT8 budget: worst frame's relative error of the features (models exported with --debug-outputs)."),
+    data: Optional[list[Path]] = typer.Option(None, "--data", help="With a budget: episodes to evaluate on (default: the calibration set's episodes, other frames)."),
+    eval_samples: int = typer.Option(8, "--eval-samples", help="With a budget: held-out windows to evaluate on."),
+    granularity: str = typer.Option("auto", "--granularity", help="With a budget: layer, block, or auto (blocks, then the layers of the worst blocks)."),
     json_path: Optional[Path] = JsonOpt,
 ) -> None:
     """Explicit quantization: a Q/DQ INT8 or an FP16 ONNX that ONNX Runtime (CPU) and TensorRT (strongly typed) both run."""
     from vla_export.export.quantize import convert_fp16, default_output, quantize_int8
 
-    if int8 == fp16:
-        raise ConfigError("choose one of --int8 or --fp16")
-    precision = "int8" if int8 else "fp16"
+    if int8 + fp16 + int8_weights != 1:
+        raise ConfigError("choose one of --int8, --int8-weights or --fp16")
+    precision = "int8" if int8 else "int8w" if int8_weights else "fp16"
     output = output or default_output(onnx, precision)
-    if int8:
+    if int8_weights:
+        from vla_export.export.weight_only import quantize_int8_weights
+
+        if calib_path is not None:
+            raise ConfigError("--int8-weights needs no --calib: only the weights are quantized")
+        result = quantize_int8_weights(onnx, output, keep_sensitive_fp32=keep_fp32, exclude=exclude or ())
+    elif int8:
         if calib_path is None:
             raise ConfigError("--int8 needs --calib DATA (make it with `vla-export calib`): INT8 without calibration data is guesswork")
         from vla_export.data.calibration import load_calibration_set
 
-        result = quantize_int8(onnx, load_calibration_set(calib_path), output, per_channel=per_channel, method=method,
+        calib_set = load_calibration_set(calib_path)
+        if any(v is not None for v in (max_action_error, min_cosine, max_feature_rel_error)):
+            from vla_export.cli.quant_cmds import eval_feeds, render_budget
+            from vla_export.export.sensitivity import Budget, quantize_int8_with_budget
+
+            budget = Budget(max_action_error, min_cosine, max_feature_rel_error)
+            feeds, record = eval_feeds(onnx, data, calib_set.frames_used(), eval_samples, calib_meta=calib_set.meta)
+            result, search, _ = quantize_int8_with_budget(
+                onnx, calib_set, output, budget, feeds, data=record, granularity=granularity, per_channel=per_channel,
+                method=method, keep_sensitive_fp32=keep_fp32, exclude=exclude or ())
+            render_quantize(result.to_dict())
+            render_budget(search.to_dict(), result.options["int8_share_of_weight_elements"], result.options["int8_share_before_budget"])
+            if json_path:
+                write_json(json_path, result.to_dict())
+            if not search.met:
+                raise typer.Exit(1)
+            return
+        if data or max_feature_rel_error is not None:
+            raise ConfigError("--data and --eval-samples go with a budget (--max-action-error, --min-cosine, --max-feature-rel-error)")
+        result = quantize_int8(onnx, calib_set, output, per_channel=per_channel, method=method,
                                keep_sensitive_fp32=keep_fp32, exclude=exclude or ())
     else:
         result = convert_fp16(onnx, output, keep_sensitive_fp32=keep_fp32)

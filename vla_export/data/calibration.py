@@ -65,6 +65,14 @@ class CalibrationSet:
                     "(image size, window or text length differ; remake the set with matching --window/--text-len)"
                 )
 
+    def frames_used(self) -> dict[str, list[int]]:
+        """Episode file name -> the frame indices the set's samples hold (from its record of windows),
+        so evaluation can draw windows disjoint from them (``EpisodeSource(exclude_frames=...)``)."""
+        used: dict[str, set[int]] = {}
+        for w in self.meta.get("windows", []):
+            used.setdefault(Path(w["episode"]).name, set()).update(int(f) for f in w["frames"])
+        return {name: sorted(frames) for name, frames in sorted(used.items())}
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "path": str(self.path), "samples": len(self),

@@ -13,7 +13,7 @@ the tokenised run-time prompt, so parity, calibration and benchmarks can use rec
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -273,6 +273,11 @@ class EpisodeSource:
     ``sample(i)`` draws, from ``np.random.default_rng([seed, i])``, an episode and a window of
     ``window`` consecutive frames (the policy's window by default), preprocessed exactly as at run
     time. ``text_len`` pads every prompt to one length (default: the longest prompt in the set).
+
+    ``exclude_frames`` (episode file name -> frame indices, e.g. a calibration set's
+    :meth:`~vla_export.data.calibration.CalibrationSet.frames_used`) restricts the draw to windows
+    sharing no frame with it, so a quantized model is evaluated on frames it was not calibrated on;
+    a DataError when no such window exists.
     """
 
     paths: Sequence[str | Path] | str | Path
@@ -282,6 +287,7 @@ class EpisodeSource:
     window: int | None = None
     batch: int = 1
     text_len: int | None = None
+    exclude_frames: Mapping[str, Sequence[int]] | None = None
     _episodes: list[Episode] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -316,13 +322,31 @@ class EpisodeSource:
     def L(self) -> int:
         return len(next(iter(self._prompts.values()))[0])
 
+    @cached_property
+    def allowed_windows(self) -> list[tuple[Episode, int]] | None:
+        """(episode, first frame) of every window sharing no frame with ``exclude_frames``; None without it."""
+        if self.exclude_frames is None:
+            return None
+        excluded = {name: set(int(f) for f in frames) for name, frames in self.exclude_frames.items()}
+        allowed = [(ep, start) for ep in self._episodes for start in range(ep.num_frames - self.T + 1)
+                   if not excluded.get(ep.path.name, set()) & set(range(start, start + self.T))]
+        if not allowed:
+            raise DataError(
+                f"no window of {self.T} frames in {[e.path.name for e in self._episodes]} is disjoint from the excluded "
+                f"(calibration) frames; record more or other episodes for evaluation"
+            )
+        return allowed
+
     def locate(self, index: int) -> list[WindowRef]:
         """The windows ``sample(index)`` uses, one per batch row."""
         rng = np.random.default_rng([self.seed, index])
         refs = []
         for _ in range(self.batch):
-            ep = self._episodes[int(rng.integers(len(self._episodes)))]
-            start = int(rng.integers(ep.num_frames - self.T + 1))
+            if self.allowed_windows is not None:
+                ep, start = self.allowed_windows[int(rng.integers(len(self.allowed_windows)))]
+            else:
+                ep = self._episodes[int(rng.integers(len(self._episodes)))]
+                start = int(rng.integers(ep.num_frames - self.T + 1))
             frames = tuple(range(start, start + self.T))
             action = tuple(float(a) for a in ep.actions()[frames[-1]])
             refs.append(WindowRef(str(ep.path), frames, ep.instruction, action))

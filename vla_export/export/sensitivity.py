@@ -1,0 +1,380 @@
+"""Per-layer INT8 sensitivity and the accuracy-budget search built on it.
+
+A W8A8 Q/DQ model and the float ONNX it came from differ only where DequantizeLinear feeds a MatMul or
+Conv. Any mix of the two is made by graph surgery (a node's inputs re-pointed from its DequantizeLinear
+back to the float tensors the float model gives it), so no layer is calibrated twice. Each variant
+runs in onnxruntime with exact Q/DQ arithmetic (``OnnxrtRunner(qdq="exact")``, the same on every CPU)
+on held-out windows and is compared with the float ONNX on the same inputs (which matches PyTorch to
+~1e-6, see ``vla-export parity``).
+
+Sensitivity of a unit (one quantized layer, or one transformer block) is the error of the model with
+ONLY that unit in INT8: what the unit adds by itself. To bound the cost on a 2-core machine the
+``auto`` granularity measures blocks first, then the layers inside the worst blocks.
+
+The budget search keeps the most sensitive units out of INT8, worst first, until the full model meets
+the budget on the held-out windows (or none are left).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from vla_export.errors import ConfigError, DataError
+from vla_export.lazy import lazy_import
+from vla_export.parity import compare_output, tolerance_for
+
+SCHEMA = "vla-export/sensitivity/1"
+GRANULARITIES = ("layer", "block", "auto")
+#: A transformer block in the exporter's module scopes: ``...encoder.layers.3``, ``...model.layers.0``.
+BLOCK_SCOPE = re.compile(r"\.layers\.\d+$")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """Quantized nodes measured together: one layer (its module path) or one block."""
+
+    name: str
+    block: str
+    nodes: tuple[str, ...]
+    weight_elements: int
+
+
+@dataclass(frozen=True)
+class Errors:
+    """A variant's outputs against the float model's on the same windows."""
+
+    actions_max_abs: float
+    actions_mean_abs: float
+    actions_cosine: float
+    features_max_row_rel: float | None = None
+    features_cosine: float | None = None
+
+    def key(self) -> tuple[float, float, float]:
+        """Ranking order: actions max abs, then mean abs, then feature error (worse is larger)."""
+        return (self.actions_max_abs, self.actions_mean_abs, self.features_max_row_rel or 0.0)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What the quantized model must meet on held-out windows; None means unconstrained."""
+
+    max_action_error: float | None = None  # actions max abs
+    min_cosine: float | None = None  # actions cosine
+    max_feature_rel_error: float | None = None  # features, worst frame's relative L2 error
+
+    def __post_init__(self) -> None:
+        if self.max_action_error is None and self.min_cosine is None and self.max_feature_rel_error is None:
+            raise ConfigError("an accuracy budget needs at least one of --max-action-error, --min-cosine, --max-feature-rel-error")
+
+    def holds(self, e: Errors) -> bool:
+        return ((self.max_action_error is None or e.actions_max_abs <= self.max_action_error)
+                and (self.min_cosine is None or e.actions_cosine >= self.min_cosine)
+                and (self.max_feature_rel_error is None or e.features_max_row_rel is None
+                     or e.features_max_row_rel <= self.max_feature_rel_error))
+
+
+@dataclass
+class UnitSensitivity:
+    unit: Unit
+    errors: Errors  # of the model with only this unit in INT8
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self.unit), "nodes": list(self.unit.nodes), **asdict(self.errors)}
+
+
+@dataclass
+class SensitivityResult:
+    """The ranking (worst first) and what it was measured on."""
+
+    qdq: str
+    reference: str
+    windows: int
+    granularity: str
+    full: Errors  # the whole W8A8 model
+    units: list[UnitSensitivity]
+    evaluations: int
+    seconds: float
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA, "qdq": self.qdq, "reference": self.reference, "windows": self.windows,
+            "granularity": self.granularity, "arithmetic": "exact Q/DQ (onnxruntime Q/DQ fusions off)",
+            "data": self.data, "full_int8": asdict(self.full), "evaluations": self.evaluations,
+            "seconds": round(self.seconds, 2), "ranking": [u.to_dict() for u in self.units],
+        }
+
+
+def _producers(model) -> dict[str, Any]:
+    return {out: node for node in model.graph.node for out in node.output}
+
+
+def quantized_nodes(model) -> list[str]:
+    """Names of the nodes an input of which comes from a DequantizeLinear (the quantized layers)."""
+    prod = _producers(model)
+    return [n.name for n in model.graph.node if n.op_type != "DequantizeLinear"
+            and any(i in prod and prod[i].op_type == "DequantizeLinear" for i in n.input)]
+
+
+def _scopes(node) -> list[str]:
+    for p in node.metadata_props:
+        if p.key == "pkg.torch.onnx.name_scopes":
+            try:
+                import ast
+
+                return [s for s in ast.literal_eval(p.value) if isinstance(s, str)]
+            except (ValueError, SyntaxError):
+                return []
+    return []
+
+
+def units_of(model, granularity: str = "layer") -> list[Unit]:
+    """The quantized nodes grouped by layer (module path from the exporter's scopes, else node name) or block."""
+    if granularity not in ("layer", "block"):
+        raise ConfigError(f"granularity must be layer or block here, got {granularity!r}")
+    from onnx import numpy_helper
+
+    by_name = {n.name: n for n in model.graph.node}
+    prod = _producers(model)
+    inits = {i.name: i for i in model.graph.initializer}
+    groups: dict[str, list[str]] = {}
+    blocks: dict[str, str] = {}
+    elements: dict[str, int] = {}
+    for name in quantized_nodes(model):
+        node = by_name[name]
+        scopes = [s for s in _scopes(node) if s]
+        layer = scopes[-2] if len(scopes) >= 2 else name  # the last scope is the op ("linear"), before it the module
+        block = next((s for s in reversed(scopes) if BLOCK_SCOPE.search(s)), layer.rsplit(".", 1)[0] if "." in layer else layer)
+        key = layer if granularity == "layer" else block
+        groups.setdefault(key, []).append(name)
+        blocks[key] = block
+        for i in node.input:
+            dq = prod.get(i)
+            if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in inits:
+                elements[key] = elements.get(key, 0) + int(np.prod(numpy_helper.to_array(inits[dq.input[0]]).shape))
+    return [Unit(k, blocks[k], tuple(v), elements.get(k, 0)) for k, v in groups.items()]
+
+
+def with_float_nodes(qdq_model, float_model, nodes: Iterable[str]):
+    """A copy of ``qdq_model`` where ``nodes`` take the float model's inputs (no INT8), dead Q/DQ pruned."""
+    nodes = set(nodes)
+    model = copy.deepcopy(qdq_model)
+    float_nodes = {n.name: n for n in float_model.graph.node}
+    float_inits = {i.name: i for i in float_model.graph.initializer}
+    have = {i.name for i in model.graph.initializer}
+    prod = _producers(model)
+    for node in model.graph.node:
+        if node.name not in nodes:
+            continue
+        source = float_nodes.get(node.name)
+        if source is None or len(source.input) != len(node.input):
+            raise DataError(f"node {node.name} of the Q/DQ model has no counterpart in the float model: not quantized from it")
+        for k, name in enumerate(node.input):
+            if name in prod and prod[name].op_type == "DequantizeLinear":
+                node.input[k] = source.input[k]
+                if source.input[k] in float_inits and source.input[k] not in have:
+                    model.graph.initializer.append(float_inits[source.input[k]])
+                    have.add(source.input[k])
+    _prune(model)
+    return model
+
+
+def _prune(model) -> None:
+    """Drop nodes and initializers no graph output depends on (the Q/DQ left behind by the surgery)."""
+    needed = {o.name for o in model.graph.output}
+    keep = []
+    for node in reversed(list(model.graph.node)):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(i for i in node.input if i)
+            for attr in node.attribute:  # subgraphs (If/Loop) read outer names
+                for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    needed.update(i for n in g.node for i in n.input)
+    keep.reverse()
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    inits = [i for i in model.graph.initializer if i.name in needed]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(inits)
+
+
+class Evaluator:
+    """Runs model variants (exact Q/DQ arithmetic) on fixed feeds against the float model's outputs."""
+
+    def __init__(self, float_model, feeds: Sequence[Mapping[str, np.ndarray]]):
+        if not feeds:
+            raise DataError("sensitivity needs at least one evaluation window")
+        self.feeds = list(feeds)
+        self.count = 0
+        self.reference = self._run(float_model)
+        self.count = 0
+
+    def _run(self, model) -> dict[str, np.ndarray]:
+        ort = lazy_import("onnxruntime", purpose="running ONNX models")
+        from vla_export.backends.onnxrt import EXACT_QDQ_CONFIG
+
+        opts = ort.SessionOptions()
+        for k, v in EXACT_QDQ_CONFIG.items():
+            opts.add_session_config_entry(k, v)
+        session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs() if o.name in ("actions", "features")]
+        outs: dict[str, list[np.ndarray]] = {n: [] for n in names}
+        for feed in self.feeds:
+            for n, v in zip(names, session.run(names, dict(feed))):
+                outs[n].append(v.reshape(-1, v.shape[-1]))
+        self.count += 1
+        return {n: np.concatenate(v) for n, v in outs.items()}
+
+    def __call__(self, model) -> Errors:
+        out = self._run(model)
+        tol = tolerance_for("int8")
+        a = compare_output("actions", self.reference["actions"], out["actions"], tol)
+        f = compare_output("features", self.reference["features"], out["features"], tol) if "features" in out else None
+        return Errors(a.max_abs, a.mean_abs, a.cosine, f.max_row_rel if f else None, f.cosine if f else None)
+
+
+def _isolated(qdq_model, float_model, all_nodes: Sequence[str], unit: Unit, evaluate: Callable) -> UnitSensitivity:
+    others = set(all_nodes) - set(unit.nodes)
+    return UnitSensitivity(unit, evaluate(with_float_nodes(qdq_model, float_model, others)))
+
+
+def layer_sensitivity(
+    float_model, qdq_model, feeds: Sequence[Mapping[str, np.ndarray]], *, granularity: str = "auto", refine: int = 2,
+    evaluator: Evaluator | None = None, names: tuple[str, str] = ("float", "qdq"),
+) -> SensitivityResult:
+    """Rank the quantized units of ``qdq_model`` by the error each adds alone (worst first).
+
+    ``granularity``: "layer", "block", or "auto" (blocks, then the layers of the ``refine`` worst blocks
+    replace those blocks in the ranking). ``float_model``/``qdq_model`` are ONNX ModelProtos; the Q/DQ
+    model must have been quantized from the float one (same node names).
+    """
+    if granularity not in GRANULARITIES:
+        raise ConfigError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    start = time.perf_counter()
+    evaluate = evaluator or Evaluator(float_model, feeds)
+    all_nodes = quantized_nodes(qdq_model)
+    if not all_nodes:
+        raise DataError(f"{names[1]}: no quantized layers (no DequantizeLinear feeds a node)")
+    full = evaluate(qdq_model)
+    first = "layer" if granularity == "layer" else "block"
+    ranked = [_isolated(qdq_model, float_model, all_nodes, u, evaluate) for u in units_of(qdq_model, first)]
+    ranked.sort(key=lambda s: s.errors.key(), reverse=True)
+    if granularity == "auto":
+        layers = {u.name: u for u in units_of(qdq_model, "layer")}
+        worst = {s.unit.name for s in ranked[:refine] if len(s.unit.nodes) > 1}
+        refined = [_isolated(qdq_model, float_model, all_nodes, u, evaluate) for u in layers.values() if u.block in worst]
+        ranked = [s for s in ranked if s.unit.name not in worst] + refined
+        ranked.sort(key=lambda s: s.errors.key(), reverse=True)
+    return SensitivityResult(names[1], names[0], len(evaluate.feeds), granularity, full, ranked, evaluate.count,
+                             time.perf_counter() - start)
+
+
+@dataclass
+class BudgetSearch:
+    """Which units the budget search kept out of INT8, and the errors after each step."""
+
+    budget: Budget
+    met: bool
+    kept_float: list[str]  # unit names, in the order they were taken out of INT8
+    steps: list[dict[str, Any]]
+    final: Errors
+    float_nodes: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"budget": asdict(self.budget), "met": self.met, "kept_float": self.kept_float, "steps": self.steps,
+                "final": asdict(self.final), "float_nodes": self.float_nodes}
+
+
+def budget_search(float_model, qdq_model, sensitivity: SensitivityResult, budget: Budget, evaluate: Evaluator):
+    """Take units out of INT8, most sensitive first, until ``budget`` holds; returns (model, BudgetSearch)."""
+    steps = [{"kept_float": [], **asdict(sensitivity.full), "holds": budget.holds(sensitivity.full)}]
+    current, taken, nodes = sensitivity.full, [], []
+    model = qdq_model
+    for s in sensitivity.units:
+        if budget.holds(current):
+            break
+        taken.append(s.unit.name)
+        nodes += list(s.unit.nodes)
+        model = with_float_nodes(qdq_model, float_model, nodes)
+        current = evaluate(model)
+        steps.append({"kept_float": list(taken), **asdict(current), "holds": budget.holds(current)})
+    return model, BudgetSearch(budget, budget.holds(current), taken, steps, current, nodes)
+
+
+def held_out_feeds(episodes, config, calib_frames: Mapping[str, Sequence[int]] | None, *, count: int, window: int,
+                   seed: int = 1) -> tuple[list[dict[str, np.ndarray]], dict[str, Any]]:
+    """``count`` windows of ``episodes`` sharing no frame with ``calib_frames``, and a record of them.
+
+    DataError when the episodes leave no such window (pass other episodes for evaluation)."""
+    from vla_export.data.episodes import EpisodeSource
+
+    if count < 1:
+        raise ConfigError(f"the evaluation needs at least one window, got {count}")
+    source = EpisodeSource(episodes, config, seed=seed, window=window, exclude_frames=calib_frames or {})
+    feeds = [source.sample(i) for i in range(count)]
+    record = {"episodes": [e.path.name for e in source.episodes], "windows": count, "seed": seed,
+              "disjoint_from_calibration": calib_frames is not None, "candidate_windows": len(source.allowed_windows or [])}
+    return feeds, record
+
+
+def _weight_elements(model) -> int:
+    from onnx import TensorProto
+
+    return sum(int(np.prod(i.dims)) for i in model.graph.initializer if i.data_type == TensorProto.FLOAT)
+
+
+def quantize_int8_with_budget(
+    onnx_path, calib, output, budget: Budget, feeds: Sequence[Mapping[str, np.ndarray]], *, data: Mapping[str, Any] | None = None,
+    granularity: str = "auto", refine: int = 2, **quantize_options: Any,
+):
+    """W8A8 Q/DQ as :func:`~vla_export.export.quantize.quantize_int8`, then the most sensitive units kept
+    out of INT8 until ``budget`` holds on ``feeds`` (held-out windows). The manifest records the ranking,
+    which units are INT8 and which not and why, the measured errors and the share of weight elements
+    left in INT8. Returns ``(QuantizeResult, BudgetSearch, SensitivityResult)``; the model is written
+    whether or not the budget was met (``BudgetSearch.met`` says)."""
+    import tempfile
+    from pathlib import Path
+
+    from vla_export.export.quantize import (
+        _needs_external_data, _publish, ensure_node_names, load_onnx, precision_sensitive_nodes, quantize_int8, save_onnx,
+    )
+
+    start = time.perf_counter()
+    output = Path(output)
+    float_model = load_onnx(onnx_path)
+    ensure_node_names(float_model)
+    evaluate = Evaluator(float_model, feeds)
+    with tempfile.TemporaryDirectory(prefix="vla-budget-") as work:
+        full = quantize_int8(onnx_path, calib, Path(work) / "full.int8.onnx", **quantize_options)
+        qdq = load_onnx(full.output)
+    sens = layer_sensitivity(float_model, qdq, feeds, granularity=granularity, refine=refine, evaluator=evaluate,
+                             names=(str(onnx_path), "W8A8"))
+    sens.data = dict(data or {})
+    model, search = budget_search(float_model, qdq, sens, budget, evaluate)
+    total = _weight_elements(float_model)
+    out_units = set(search.kept_float)
+    int8_elements = sum(s.unit.weight_elements for s in sens.units if s.unit.name not in out_units)
+    reasons = precision_sensitive_nodes(float_model) if quantize_options.get("keep_sensitive_fp32", True) else {}
+    reasons.update({n: "user" for n in quantize_options.get("exclude", ())})
+    reasons.update({n: "budget" for n in search.float_nodes})
+    options = dict(full.options) | {
+        "budget": search.to_dict(),
+        "held_out": sens.data,
+        "layers": {
+            "int8": [s.unit.name for s in sens.units if s.unit.name not in out_units],
+            "float": {name: "kept out by the accuracy budget (most sensitive first)" for name in search.kept_float},
+        },
+        "int8_share_of_weight_elements": int8_elements / total if total else 0.0,
+        "int8_share_before_budget": sum(s.unit.weight_elements for s in sens.units) / total if total else 0.0,
+        "sensitivity": sens.to_dict(),
+    }
+    external = _needs_external_data(model)
+    result = _publish(Path(onnx_path), output, "int8", lambda tmp: save_onnx(model, tmp, external=external), reasons, options, start)
+    return result, search, sens
