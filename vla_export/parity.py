@@ -14,6 +14,7 @@ drives the robot the other way; signs of near-zero actions are noise and not cou
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,7 @@ import numpy as np
 from vla_export.errors import ArtifactError, ConfigError
 
 PRECISIONS = ("fp32", "fp16", "int8")
+log = logging.getLogger("vla_export")
 
 
 @dataclass(frozen=True)
@@ -80,14 +82,24 @@ class ParityResult:
     samples: int
     outputs: dict[str, OutputParity] = field(default_factory=dict)
     label: str = "parity"
+    strict: bool = False  # an inconclusive comparison (see ``undiscriminating``) fails
+
+    @property
+    def undiscriminating(self) -> list[str]:
+        return undiscriminating_outputs(self)
+
+    @property
+    def conclusive(self) -> bool:
+        return not self.undiscriminating
 
     @property
     def passed(self) -> bool:
-        return bool(self.outputs) and all(o.passed for o in self.outputs.values())
+        return bool(self.outputs) and all(o.passed for o in self.outputs.values()) and (self.conclusive or not self.strict)
 
     def summary(self) -> str:
         parts = [f"{o.name}: max abs {o.max_abs:.3g}, cosine {o.cosine:.6f}{'' if o.passed else ' FAIL'}" for o in self.outputs.values()]
-        return f"{'pass' if self.passed else 'FAIL'} over {self.samples} samples ({'; '.join(parts)})"
+        note = "" if self.conclusive else f"; inconclusive: {', '.join(self.undiscriminating)} barely vary across samples"
+        return f"{'pass' if self.passed else 'FAIL'} over {self.samples} samples ({'; '.join(parts)}){note}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -96,10 +108,28 @@ class ParityResult:
             "precision": self.precision,
             "tolerance": self.tolerance.to_dict(),
             "samples": self.samples,
+            "conclusive": self.conclusive,
+            "undiscriminating": self.undiscriminating,
+            "strict": self.strict,
             "reference": self.reference,
             "candidate": self.candidate,
             "outputs": {k: v.to_dict() for k, v in self.outputs.items()},
         }
+
+
+#: A comparison can tell a broken artifact apart only when the reference's outputs vary across the
+#: samples by well more than the tolerance: at least this many times ``atol``.
+DISCRIMINATION = 10.0
+
+
+def undiscriminating_outputs(result: ParityResult) -> list[str]:
+    """Outputs whose reference spread across samples is under ``DISCRIMINATION * atol``.
+
+    On such outputs a pass proves little: an artifact that returns a constant near the reference's mean
+    (or one sample run with a wrong config) would pass too. One sample always lands here (spread 0).
+    """
+    bound = DISCRIMINATION * result.tolerance.atol
+    return [o.name for o in result.outputs.values() if not o.ref_std > bound]
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -220,6 +250,31 @@ def check_against_config(candidate, config) -> None:
             )
 
 
+def check_same_config(artifact, recorded: Mapping[str, Any] | None, config) -> str:
+    """Refuse an artifact whose recorded policy config differs from the reference's, before any number is compared.
+
+    A different head count, Tanh, width, window, action_dim, pooling, image size or token id makes the
+    pair incomparable: parity could pass or fail for the wrong reason. Raises :class:`ArtifactError`
+    listing every differing field. Returns what was checked (for the report); without a recorded config
+    it warns that the check was not possible.
+    """
+    from vla_export.models.config import config_differences
+
+    if not recorded:
+        msg = f"{artifact}: no manifest with a policy config beside it, so it cannot be checked that it was exported with the reference's config"
+        log.warning("%s", msg)
+        return "not possible: " + msg.split(": ", 1)[1]
+    diffs = config_differences(dict(recorded), config.to_dict())
+    if diffs:
+        shown = "; ".join(f"{k}: artifact {a!r}, checkpoint {b!r}" for k, a, b in diffs)
+        raise ArtifactError(
+            f"{artifact}: not exported from this checkpoint's config: exported from a policy with {len(diffs)} different "
+            f"field{'s' if len(diffs) > 1 else ''} ({shown}); "
+            "load the checkpoint with the artifact's config (--config, --set) or re-export"
+        )
+    return "same config as the reference"
+
+
 def parity_check(
     policy_loader,
     artifact,
@@ -231,8 +286,13 @@ def parity_check(
     precision: str | None = None,
     tolerance: Tolerance | None = None,
     runner_opts: Mapping[str, Any] | None = None,
+    strict: bool = False,
 ) -> ParityResult:
     """PyTorch policy (from ``policy_loader()``) vs the runner for ``artifact`` on ``samples`` inputs.
+
+    The artifact's recorded config must equal the reference's (:func:`check_same_config`). With
+    ``strict``, a comparison that cannot tell a broken artifact apart (:func:`undiscriminating_outputs`)
+    fails instead of passing with a note.
 
     Inputs come from :class:`~vla_export.data.source.SyntheticSource` or, with ``data`` (episode files
     or folders), from recorded frames. ``precision`` defaults to the one the artifact's manifest
@@ -248,6 +308,7 @@ def parity_check(
     tol = tolerance or tolerance_for(precision)
     loaded = policy_loader()
     cfg = loaded.config
+    config_check = check_same_config(artifact, (manifest or {}).get("config"), cfg)
     with runner_for_artifact(artifact, **dict(runner_opts or {})) as cand:
         check_against_config(cand, cfg)
         window = artifact_window(cand, cfg.window)
@@ -261,5 +322,7 @@ def parity_check(
             result = compare_runners(ref, cand, feeds_from(source, samples), precision=precision, tolerance=tol)
     result.reference["checkpoint"] = str(loaded.checkpoint.path)
     result.candidate["artifact"] = str(artifact)
+    result.candidate["config_check"] = config_check
+    result.strict = strict
     result.candidate["data"] = f"episodes {data}" if data else f"synthetic (seed {seed})"
     return result

@@ -24,6 +24,13 @@ def render_completeness(c: dict[str, Any]) -> None:
     style = "green" if c["passed"] else "red"
     table.add_row("[bold]total[/]", f"[bold]{c['parameters']:,}[/]", f"[bold]{c['attributed']:,}[/]", f"[bold {style}]{100 * c['coverage']:.2f}%[/]")
     console.print(table)
+    same = c["total_parameters"] - c["parameters"]
+    console.print(
+        f"parameters: the policy has {c['total_parameters']:,}; the table counts {c['parameters']:,} distinct "
+        + (f"({same:,} are in tensors bitwise identical to another, e.g. fresh LayerNorm ones/zeros, which exporters store once)"
+           if same else "(no tensor repeats another)"),
+        markup=False,
+    )
     console.print(
         f"graph tensors: {c['graph_elements']:,} elements ({c['by_name']:,} matched by name, {c['by_count']:,} by element count, "
         f"{c['unattributed']:,} unattributed, {c['buffers']:,} in buffers, {c['other_constants']:,} in integer constants)"
@@ -50,7 +57,25 @@ def render_parity(p: dict[str, Any]) -> None:
         console.print(f"actions per dimension: {dims}")
     if p["candidate"].get("fallback"):
         console.print(f"warning: {p['candidate']['name']} fell back from {p['candidate']['requested_providers'][0]}", style="yellow")
+    render_discrimination(p)
     console.print(f"parity: {'[green]pass[/]' if p['passed'] else '[red]FAIL[/]'}")
+
+
+def render_discrimination(p: dict[str, Any]) -> None:
+    """Say when the comparison cannot tell a broken artifact apart (and the config check's outcome)."""
+    check = p["candidate"].get("config_check")
+    if check and check.startswith("not possible"):
+        console.print(f"config check {check}", style="yellow", markup=False)
+    if p.get("undiscriminating"):
+        from vla_export.parity import DISCRIMINATION
+
+        what = ", ".join(p["undiscriminating"])
+        console.print(
+            f"inconclusive: the reference's {what} vary across the {p['samples']} samples by less than {DISCRIMINATION:g}x atol "
+            f"({DISCRIMINATION * p['tolerance']['atol']:g}), so this comparison cannot tell a broken artifact apart; "
+            + ("--strict makes this a failure" if p.get("strict") else "use more or more varied samples (--strict fails here)"),
+            style="red" if p.get("strict") else "yellow", markup=False,
+        )
 
 
 @with_loading_options
@@ -119,9 +144,12 @@ def parity(
     min_sign_agreement: Optional[float] = typer.Option(None, "--min-sign-agreement", help="Override the minimum sign agreement of actions."),
     providers: Optional[list[str]] = typer.Option(None, "--provider", help="onnxruntime execution provider (repeatable; default CUDA if available, else CPU)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the result as JSON."),
+    strict: bool = typer.Option(False, "--strict", help="Fail (exit 1) when the comparison cannot tell a broken artifact apart (reference outputs vary too little across samples); for CI."),
     load: LoadOptions = LoadOptions(),
 ) -> None:
-    """Compare an artifact with the PyTorch policy on the same inputs; exit 0 on pass, 1 on fail."""
+    """Compare an artifact with the PyTorch policy on the same inputs; exit 0 on pass, 1 on fail.
+
+    A pair exported with a different config (heads, Tanh, widths, window, ...) is refused first (exit 2)."""
     from vla_export.backends.select import artifact_kind
     from vla_export.models.loader import PolicyFromCheckpoint
     from vla_export.parity import parity_check, tolerance_for
@@ -138,7 +166,7 @@ def parity(
     result = parity_check(
         PolicyFromCheckpoint(checkpoint, options=load), artifact,
         samples=samples, data=list(data) if data else None, seed=seed, batch=batch, precision=precision,
-        tolerance=tolerance, runner_opts=runner_opts,
+        tolerance=tolerance, runner_opts=runner_opts, strict=strict,
     )
     report = result.to_dict()
     render_parity(report)

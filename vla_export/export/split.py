@@ -34,6 +34,7 @@ from vla_export.export.onnx import (
     data_file,
     export_module,
     io_signature,
+    model_record,
     op_counts,
 )
 from vla_export.models.config import PolicyConfig
@@ -220,7 +221,7 @@ def export_split(loaded, prefix: str | Path, options: SplitOptions = SplitOption
         def manifest(tmp: Path, part=part, state=state) -> list[Path]:
             files = [tmp] + ([data_file(tmp)] if data_file(tmp).exists() else [])
             data = build_manifest(
-                MANIFEST_KIND, tmp, files, part=part, source=source, config=cfg.to_dict(), window=window,
+                MANIFEST_KIND, tmp, files, part=part, source=source, config=cfg.to_dict(), model=model_record(loaded), window=window,
                 options=options.to_dict(), opset=options.opset, exporter=options.head_exporter if part == "head" else options.exporter,
                 parameters=state["completeness"].to_dict(), io=state["io"], ops=state["ops"],
                 parity={"fp32": state["parity"].to_dict()}, versions=versions(),
@@ -261,6 +262,7 @@ def export_split(loaded, prefix: str | Path, options: SplitOptions = SplitOption
         "window": window,
         "warmup": "pad the window with the first frame's feature",
         "config": cfg.to_dict(),
+        "model": model_record(loaded),
         "source": source,
         "stream_check": {k: v for k, v in check.to_dict().items() if k != "steps"},
         "versions": versions(),

@@ -129,6 +129,20 @@ class PolicyConfig:
             raise ConfigError(f"invalid policy config: {exc}") from exc
 
 
+def config_differences(recorded: dict[str, Any], actual: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(field, recorded, actual) for every config value that differs (dotted names; the ``name`` label ignored)."""
+    out: list[tuple[str, Any, Any]] = []
+    for key in sorted(set(recorded) | set(actual)):
+        if not prefix and key == "name":
+            continue
+        a, b = recorded.get(key), actual.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, f"{prefix}{key}.")
+        elif (list(a) if isinstance(a, (list, tuple)) else a) != (list(b) if isinstance(b, (list, tuple)) else b):
+            out.append((prefix + key, a, b))
+    return out
+
+
 def load_config(path: str | Path) -> PolicyConfig:
     """Read a config JSON file (as written by ``inspect --json`` under ``config``, or by :func:`PolicyConfig.to_dict`)."""
     path = Path(path)
