@@ -9,12 +9,18 @@ passes when every element does and the cosine similarity of the whole output is 
 ``min_cosine``. For ``actions`` the sign of each action must also agree on at least
 ``min_sign_agreement`` of the elements whose reference magnitude exceeds ``atol`` (a sign flip
 drives the robot the other way; signs of near-zero actions are noise and not counted).
+
+Intermediate outputs (``features``) of an INT8 artifact are judged differently: an INT8 model is a
+different model by design, and an elementwise ``atol`` on an internal feature in arbitrary units
+flags harmless rounding in large elements while saying nothing about direction. With
+``Tolerance.max_row_rel_error`` set (the int8 default), such an output passes when every row (one
+frame's feature vector) has a relative L2 error ``||cand - ref|| / ||ref||`` of at most that bound and
+the whole output reaches ``min_cosine``; actions, in physical units, keep the elementwise rule.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,34 +28,9 @@ from typing import Any
 import numpy as np
 
 from vla_export.errors import ArtifactError, ConfigError
-
-PRECISIONS = ("fp32", "fp16", "int8")
-log = logging.getLogger("vla_export")
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    atol: float
-    rtol: float
-    min_cosine: float
-    min_sign_agreement: float
-
-    def to_dict(self) -> dict[str, float]:
-        return dataclasses.asdict(self)
-
-
-DEFAULT_TOLERANCES: Mapping[str, Tolerance] = {
-    "fp32": Tolerance(atol=1e-4, rtol=1e-3, min_cosine=0.9999, min_sign_agreement=1.0),
-    "fp16": Tolerance(atol=1e-2, rtol=1e-2, min_cosine=0.999, min_sign_agreement=0.99),
-    "int8": Tolerance(atol=5e-2, rtol=5e-2, min_cosine=0.99, min_sign_agreement=0.95),
-}
-
-
-def tolerance_for(precision: str, **overrides: float | None) -> Tolerance:
-    """The default tolerance for ``precision`` with any non-None overrides applied."""
-    if precision not in DEFAULT_TOLERANCES:
-        raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    return dataclasses.replace(DEFAULT_TOLERANCES[precision], **{k: v for k, v in overrides.items() if v is not None})
+from vla_export.models.config import check_same_config  # noqa: F401 - parity's API (used by parity_check)
+from vla_export.precision import DEFAULT_TOLERANCES, PRECISIONS, Tolerance, tolerance_for  # noqa: F401 - parity's API
+from vla_export.progress import reported
 
 
 @dataclass
@@ -68,6 +49,8 @@ class OutputParity:
     passed: bool
     mae_per_dim: list[float] | None = None  # actions only, in action units
     sign_agreement: list[float] | None = None  # actions only, per dimension
+    max_row_rel: float = 0.0  # worst ||cand - ref|| / ||ref|| over rows (one frame's vector, one action)
+    rule: str = "elementwise"  # or "relative" (intermediate outputs under Tolerance.max_row_rel_error)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -82,6 +65,9 @@ class ParityResult:
     samples: int
     outputs: dict[str, OutputParity] = field(default_factory=dict)
     label: str = "parity"
+    #: Other measurements of the same comparison that do NOT decide the verdict (e.g. a Q/DQ model
+    #: through onnxruntime's fused int8 kernels, beside the exact Q/DQ arithmetic the verdict uses).
+    also_measured: dict[str, Any] = field(default_factory=dict)
     strict: bool = False  # an inconclusive comparison (see ``undiscriminating``) fails
 
     @property
@@ -110,10 +96,12 @@ class ParityResult:
             "samples": self.samples,
             "conclusive": self.conclusive,
             "undiscriminating": self.undiscriminating,
+            "discrimination": DISCRIMINATION,
             "strict": self.strict,
             "reference": self.reference,
             "candidate": self.candidate,
             "outputs": {k: v.to_dict() for k, v in self.outputs.items()},
+            "also_measured": self.also_measured,
         }
 
 
@@ -129,7 +117,8 @@ def undiscriminating_outputs(result: ParityResult) -> list[str]:
     (or one sample run with a wrong config) would pass too. One sample always lands here (spread 0).
     """
     bound = DISCRIMINATION * result.tolerance.atol
-    return [o.name for o in result.outputs.values() if not o.ref_std > bound]
+    # Outputs judged by relative error per row (INT8 features) have no atol to compare the spread with.
+    return [o.name for o in result.outputs.values() if o.rule == "elementwise" and not o.ref_std > bound]
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -143,6 +132,18 @@ def _rows(arrays: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([a.reshape(-1, a.shape[-1]) if a.ndim > 1 else a.reshape(-1, 1) for a in arrays])
 
 
+def _max_row_rel(ref: np.ndarray, cand: np.ndarray) -> float:
+    """Worst relative L2 error over rows of the last axis; NaN anywhere gives inf (a failure)."""
+    if ref.size == 0:
+        return 0.0
+    r = ref.reshape(-1, ref.shape[-1]) if ref.ndim > 1 else ref.reshape(1, -1)
+    c = cand.reshape(r.shape)
+    norms = np.linalg.norm(r, axis=1)
+    floor = max(1e-6 * float(norms.mean()), 1e-12)  # an all-zero reference row: absolute error instead
+    rel = np.linalg.norm(c - r, axis=1) / np.maximum(norms, floor)
+    return float(np.max(rel)) if np.isfinite(rel).all() else float("inf")
+
+
 def compare_output(name: str, ref: np.ndarray, cand: np.ndarray, tol: Tolerance, *, shape: list[int] | None = None) -> OutputParity:
     """Compare stacked outputs ``[N, ...]`` (N rows over all samples); ``shape`` is one sample's, for the report."""
     ref = ref.astype(np.float64)
@@ -152,7 +153,12 @@ def compare_output(name: str, ref: np.ndarray, cand: np.ndarray, tol: Tolerance,
     violations = int(np.count_nonzero(~(diff <= bound)))  # NaN counts as a violation
     cos = _cosine(ref.ravel(), cand.ravel())
     rel = diff / np.maximum(np.abs(ref), 1e-6)
-    passed = violations == 0 and cos >= tol.min_cosine
+    max_row_rel = _max_row_rel(ref, cand)
+    rule = "relative" if name != "actions" and tol.max_row_rel_error is not None else "elementwise"
+    if rule == "relative":
+        passed = bool(max_row_rel <= tol.max_row_rel_error) and cos >= tol.min_cosine
+    else:
+        passed = violations == 0 and cos >= tol.min_cosine
     mae = signs = None
     if name == "actions":
         flat_r, flat_c = ref.reshape(ref.shape[0], -1), cand.reshape(cand.shape[0], -1)
@@ -169,6 +175,7 @@ def compare_output(name: str, ref: np.ndarray, cand: np.ndarray, tol: Tolerance,
         p99_abs=float(np.nanpercentile(diff, 99)) if diff.size else 0.0, max_rel=float(np.nanmax(rel)) if rel.size else 0.0,
         cosine=cos, ref_std=float(ref.std(axis=0).mean()) if ref.shape[0] > 1 else 0.0,
         violations=violations, passed=bool(passed), mae_per_dim=mae, sign_agreement=signs,
+        max_row_rel=max_row_rel, rule=rule,
     )
 
 
@@ -185,6 +192,7 @@ def check_compatible(reference, candidate) -> list[str]:
     return shared
 
 
+@reported("running the reference and the candidate")
 def compare_runners(
     reference,
     candidate,
@@ -250,31 +258,6 @@ def check_against_config(candidate, config) -> None:
             )
 
 
-def check_same_config(artifact, recorded: Mapping[str, Any] | None, config) -> str:
-    """Refuse an artifact whose recorded policy config differs from the reference's, before any number is compared.
-
-    A different head count, Tanh, width, window, action_dim, pooling, image size or token id makes the
-    pair incomparable: parity could pass or fail for the wrong reason. Raises :class:`ArtifactError`
-    listing every differing field. Returns what was checked (for the report); without a recorded config
-    it warns that the check was not possible.
-    """
-    from vla_export.models.config import config_differences
-
-    if not recorded:
-        msg = f"{artifact}: no manifest with a policy config beside it, so it cannot be checked that it was exported with the reference's config"
-        log.warning("%s", msg)
-        return "not possible: " + msg.split(": ", 1)[1]
-    diffs = config_differences(dict(recorded), config.to_dict())
-    if diffs:
-        shown = "; ".join(f"{k}: artifact {a!r}, checkpoint {b!r}" for k, a, b in diffs)
-        raise ArtifactError(
-            f"{artifact}: not exported from this checkpoint's config: exported from a policy with {len(diffs)} different "
-            f"field{'s' if len(diffs) > 1 else ''} ({shown}); "
-            "load the checkpoint with the artifact's config (--config, --set) or re-export"
-        )
-    return "same config as the reference"
-
-
 def parity_check(
     policy_loader,
     artifact,
@@ -287,29 +270,41 @@ def parity_check(
     tolerance: Tolerance | None = None,
     runner_opts: Mapping[str, Any] | None = None,
     strict: bool = False,
+    qdq: str = "exact",
 ) -> ParityResult:
     """PyTorch policy (from ``policy_loader()``) vs the runner for ``artifact`` on ``samples`` inputs.
 
-    The artifact's recorded config must equal the reference's (:func:`check_same_config`). With
+    The artifact's recorded config must equal the reference's (:func:`~vla_export.models.config.check_same_config`). With
     ``strict``, a comparison that cannot tell a broken artifact apart (:func:`undiscriminating_outputs`)
     fails instead of passing with a note.
 
     Inputs come from :class:`~vla_export.data.source.SyntheticSource` or, with ``data`` (episode files
     or folders), from recorded frames. ``precision`` defaults to the one the artifact's manifest
     records, else fp32. Per-frame ``features`` are compared too when the artifact exports them.
+
+    ``qdq`` (ONNX artifacts): "exact" runs Q/DQ graphs with onnxruntime's int8 fusions off, so the
+    verdict measures the quantization and not the CPU's int8 kernels (see
+    :data:`vla_export.backends.onnxrt.QDQ_MODES`); "kernels" measures the fused kernels instead;
+    "both" decides on exact and records the kernels' errors in ``also_measured``.
     """
-    from vla_export.backends.select import runner_for_artifact
+    from vla_export.backends.select import artifact_kind, runner_for_artifact
     from vla_export.backends.torch_runner import TorchRunner
     from vla_export.data.source import SyntheticSource
-    from vla_export.export.manifest import read_manifest
+    from vla_export.manifest import read_manifest
 
     manifest = read_manifest(artifact, required=False)
     precision = precision or (manifest or {}).get("precision", "fp32")
     tol = tolerance or tolerance_for(precision)
+    if qdq not in ("exact", "kernels", "both"):
+        raise ConfigError(f"qdq must be exact, kernels or both, got {qdq!r}")
+    opts = dict(runner_opts or {})
+    is_onnx = artifact_kind(artifact) == "onnx"
+    if is_onnx:
+        opts.setdefault("qdq", "kernels" if qdq == "kernels" else "exact")
     loaded = policy_loader()
     cfg = loaded.config
     config_check = check_same_config(artifact, (manifest or {}).get("config"), cfg)
-    with runner_for_artifact(artifact, **dict(runner_opts or {})) as cand:
+    with runner_for_artifact(artifact, **opts) as cand:
         check_against_config(cand, cfg)
         window = artifact_window(cand, cfg.window)
         if data:
@@ -318,8 +313,16 @@ def parity_check(
             source = EpisodeSource(data, cfg, seed=seed, window=window, batch=batch)
         else:
             source = SyntheticSource(cfg, seed=seed, window=window, batch=batch)
+        feeds = feeds_from(source, samples)
         with TorchRunner(loaded.policy, debug_outputs="features" in cand.output_names) as ref:
-            result = compare_runners(ref, cand, feeds_from(source, samples), precision=precision, tolerance=tol)
+            result = compare_runners(ref, cand, feeds, precision=precision, tolerance=tol)
+            if qdq == "both" and is_onnx:
+                with runner_for_artifact(artifact, **(opts | {"qdq": "kernels"})) as kernels:
+                    other = compare_runners(ref, kernels, feeds, precision=precision, tolerance=tol)
+                result.also_measured["qdq_kernels"] = {
+                    "note": "onnxruntime's fused int8 kernels on this CPU; not used for the verdict",
+                    "passed": other.passed, "outputs": {k: v.to_dict() for k, v in other.outputs.items()},
+                }
     result.reference["checkpoint"] = str(loaded.checkpoint.path)
     result.candidate["artifact"] = str(artifact)
     result.candidate["config_check"] = config_check

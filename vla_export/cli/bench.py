@@ -16,7 +16,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from vla_export.cli.common import DEBUG_FLAG, console, err_console, new_app, run_app, write_json
+from vla_export.cli.common import DEBUG_FLAG, JunitOpt, console, err_console, new_app, run_app, write_json, wrote
+from vla_export.cli.junit import bench_cases, write_junit
 from vla_export.cli.loading import with_loading_options
 from vla_export.errors import ExitCode
 from vla_export.models.resolve import LoadOptions
@@ -74,7 +75,8 @@ def render_report(report: Any) -> None:
 
 
 def _peak(name: Optional[str]):
-    from vla_export.bench.env import gpu_info, jetson_model_name
+    from vla_export.bench.env import jetson_model_name
+    from vla_export.system import gpu_info
     from vla_export.bench.floor import detect_peak, get_peak
 
     if name is None:
@@ -91,17 +93,18 @@ def bench(
         None, "--backend", "-b",
         help="Repeatable: torch[:cpu|cuda][:fp32|fp16|bf16][:cudagraph][:compile[=MODE]][:patchmm], onnxrt[:cpu|cuda|trt], trt. Default: one per artifact kind.",
     ),
-    batch: int = typer.Option(1, "--batch", help="Batch size."),
+    batch: int = typer.Option(1, "--batch", min=1, help="Batch size."),
     window: int = typer.Option(1, "--window", help="Frames per inference (the policy's window; 1 = one new frame)."),
-    text_len: int = typer.Option(16, "--text-len", help="Prompt tokens (the model adds its 67-token image prefix)."),
-    warmup: int = typer.Option(10, "--warmup", help="Untimed iterations first (compilation and CUDA-graph capture happen here)."),
-    iters: Optional[int] = typer.Option(None, "--iters", help="Timed iterations per mode (default 100)."),
+    text_len: int = typer.Option(16, "--text-len", min=1, help="Prompt tokens (the model adds its 67-token image prefix)."),
+    warmup: int = typer.Option(10, "--warmup", min=0, help="Untimed iterations first (compilation and CUDA-graph capture happen here)."),
+    iters: Optional[int] = typer.Option(None, "--iters", min=1, help="Timed iterations per mode (default 100)."),
     duration: Optional[float] = typer.Option(None, "--duration", help="Time each mode for this many seconds instead of --iters."),
     mode: Optional[list[str]] = typer.Option(None, "--mode", help="compute (inputs already on the device) and/or e2e (raw 720x1280 frame to action on host). Default both."),
     device_peak: Optional[str] = typer.Option(None, "--device-peak", help="Device for the floor: h200, agx-orin-64gb, orin-nx-16gb, orin-nano-8gb, orin-nano-super, cpu (measured). Default: detected."),
     load: LoadOptions = LoadOptions(),
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic inputs and preset weights."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the report JSON here (e.g. benchmarks/results/NAME.json)."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the report JSON here (e.g. benchmarks/results/NAME.json; - for standard output)."),
+    junit: Optional[Path] = JunitOpt,
     profile: bool = typer.Option(False, "--profile", help="Also profile each row's compute loop (torch.profiler): kernel time, kernel count, top ops."),
     streaming: bool = typer.Option(False, "--streaming", help="Time one control step of the split runtime (backbone on one frame + head on the window) against the single-frame backbone, per window T. Artifacts: checkpoints/preset:NAME (torch) or split exports (NAME.split.json, onnxrt or trt)."),
     windows: Optional[str] = typer.Option(None, "--windows", help="With --streaming: comma-separated windows T, e.g. 1,8,16 (default: the policy's window)."),
@@ -116,7 +119,7 @@ def bench(
     if iters is not None and duration is not None:
         raise ConfigError("give --iters or --duration, not both")
     settings = BenchSettings(
-        batch=batch, window=window, warmup=warmup, iters=None if duration is not None else (iters or 100),
+        batch=batch, window=window, warmup=warmup, iters=None if duration is not None else (100 if iters is None else iters),
         duration_s=duration, modes=tuple(mode or MODES), seed=seed, text_len=text_len,
     )
     if streaming:
@@ -148,7 +151,10 @@ def bench(
     report = run_benchmark(targets, settings, peak=peak, environment={}, command=command, on_result=progress, profile=profile)
     render_report(report)
     if json_path:
-        console.print(f"wrote {json_path}")
+        wrote(json_path)
+    if junit:
+        write_junit(junit, "vla-bench floor check", bench_cases(report.to_dict()), classname="vla-bench.floor")
+        wrote(junit)
     invalid = [r.label for r in report.results if r.below_floor or not r.outputs_finite]
     if invalid:
         err_console.print(f"error: not valid measurements of the full model: {', '.join(invalid)}", style="red", markup=False)

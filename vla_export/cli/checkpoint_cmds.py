@@ -8,7 +8,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from vla_export.cli.common import console, err_console, write_json
+from vla_export.cli.common import console, err_console, write_json, wrote
 from vla_export.cli.loading import with_loading_options
 from vla_export.errors import VlaExportError
 from vla_export.models.resolve import LoadOptions
@@ -92,22 +92,16 @@ def _value(v: Any) -> str:
     return v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
 
 
-@with_loading_options
-def inspect(
-    checkpoint: Path = typer.Argument(..., help="Checkpoint (.pt/.pth/.ckpt or .safetensors)."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON."),
-    save_config: Optional[Path] = typer.Option(None, "--save-config", help="Write the resolved model (config + renames, schema vla-export/model-config/1) for --config."),
-    load: LoadOptions = LoadOptions(),
-    full_load: bool = typer.Option(False, "--load", help="Also load the full policy; report load time and peak RSS."),
-) -> None:
-    """Sizes per component, training metadata, the key layout, the resolved config (every assumption listed) and the strict-load verdict."""
+def inspect_checkpoint_cmd(checkpoint: Path, *, json_path: Optional[Path], save_config: Optional[Path], load: LoadOptions, full_load: bool) -> None:
+    """``vla-export inspect CHECKPOINT``: sizes per component, training metadata, the key layout, the
+    resolved config (every assumption listed) and the strict-load verdict."""
     from vla_export.models.inspect import inspect_checkpoint
 
     report = inspect_checkpoint(checkpoint, options=load, load=full_load)
     render_inspect(report)
     if json_path:
-        write_json(json_path, report)
-        console.print(f"wrote {json_path}")
+        write_json(json_path, report, "inspect")
+        wrote(json_path)
     if not report["loadable"]:
         raise VlaExportError(f"{checkpoint}: cannot be loaded as a policy: {report['reason']}")
     for line in report["warnings"]:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import sys
 
-from vla_export.cli import checkpoint_cmds, onnx_cmds, runtime_cmds, trt_cmds
+from vla_export.cli import checkpoint_cmds, inspect_cmds, onnx_cmds, runtime_cmds, serve_cmds, trt_cmds
 from vla_export.cli.common import debug_option_callback, new_app, run_app
 
 app = new_app("Export a VLA policy checkpoint to verified ONNX and TensorRT artifacts.")
 app.callback()(debug_option_callback)
 app.command("init")(checkpoint_cmds.init)
-app.command("inspect")(checkpoint_cmds.inspect)
+app.command("inspect")(inspect_cmds.inspect)
 app.command("onnx")(onnx_cmds.onnx)
 app.command("parity")(onnx_cmds.parity)
 app.command("replay")(runtime_cmds.replay)
@@ -18,6 +18,8 @@ app.command("episodes")(trt_cmds.episodes)
 app.command("calib")(trt_cmds.calib)
 app.command("quantize")(trt_cmds.quantize)
 app.command("trt")(trt_cmds.trt)
+app.command("triton")(serve_cmds.triton)
+app.command("serve")(serve_cmds.serve)
 
 
 def main() -> None:

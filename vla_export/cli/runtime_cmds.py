@@ -8,7 +8,10 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from vla_export.cli.common import console, write_json
+from vla_export.cli.common import JunitOpt, console, write_json, wrote
+from vla_export.cli.junit import replay_cases, write_junit
+from vla_export.cli.render import render_completeness, render_parity
+from vla_export.errors import ExitCode
 from vla_export.cli.loading import with_loading_options
 from vla_export.models.resolve import LoadOptions
 
@@ -53,7 +56,8 @@ def replay(
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Local Kosmos-2 tokenizer directory (the tiny and small presets have their own)."),
     text_len: Optional[int] = typer.Option(None, "--text-len", help="Pad the prompt to this many tokens (engines with a static text shape)."),
     providers: Optional[list[str]] = typer.Option(None, "--provider", help="onnxruntime execution provider for ONNX parts (repeatable)."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the per-step result as JSON."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the per-step result as JSON (- for standard output)."),
+    junit: Optional[Path] = JunitOpt,
     load: LoadOptions = LoadOptions(),
 ) -> None:
     """Stream an episode through the split runtime; at every step compare with the full-window PyTorch policy. Exit 1 on a failed step."""
@@ -68,17 +72,19 @@ def replay(
     report = result.to_dict()
     render_replay(report)
     if json_path:
-        write_json(json_path, report)
-        console.print(f"wrote {json_path}")
+        write_json(json_path, report, "replay")
+        wrote(json_path)
+    if junit:
+        write_junit(junit, f"replay {episode.name}", replay_cases(report), classname="vla-export.replay")
+        wrote(junit)
     if not result.passed:
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.CHECK_FAILED)
 
 
 def export_split_cmd(
     checkpoint: Path, output: Path, *, loader_options: dict[str, Any], unsupported: dict[str, bool], json_path: Optional[Path], **options: Any
 ) -> None:
     """``vla-export onnx --split``: the backbone and head parts, verified, with their manifests and NAME.split.json."""
-    from vla_export.cli.onnx_cmds import render_completeness, render_parity
     from vla_export.errors import ConfigError
     from vla_export.export.split import SplitOptions, export_split
     from vla_export.models.loader import PolicyFromCheckpoint
@@ -102,8 +108,8 @@ def export_split_cmd(
     )
     console.print(f"wrote {result.manifest_path} in {result.seconds:.1f} s")
     if json_path:
-        write_json(json_path, report)
-        console.print(f"wrote {json_path}")
+        write_json(json_path, report, "split-export")
+        wrote(json_path)
 
 
 def render_streaming(r: dict[str, Any]) -> None:
@@ -160,7 +166,7 @@ def bench_streaming_cmd(
                         "compile": spec.compile or False, "patch_matmul": spec.patch_matmul}
                 result = bench_torch_streaming(policy, windows=ts or [policy.cfg.window], runner_opts=opts, **common)
             else:
-                from vla_export.export.split import read_split
+                from vla_export.manifest import read_split
 
                 result = bench_split_streaming(
                     artifact, windows=ts or [int(read_split(artifact)["window"])], backend=spec.kind,
@@ -169,6 +175,6 @@ def bench_streaming_cmd(
             render_streaming(result.to_dict())
             reports.append(result.to_dict() | {"artifact": artifact, "backend": spec.text})
     if json_path:
-        write_json(json_path, reports[0] if len(reports) == 1 else {"kind": "streaming", "runs": reports})
-        console.print(f"wrote {json_path}")
+        write_json(json_path, reports[0] if len(reports) == 1 else {"kind": "streaming", "runs": reports}, "bench-streaming")
+        wrote(json_path)
     return 0

@@ -30,10 +30,11 @@ from typing import Any
 
 from vla_export.errors import ArtifactError, ConfigError, DataError, MissingDependencyError
 from vla_export.fileio import atomic_write
+from vla_export.precision import PRECISIONS
+from vla_export.progress import reported
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "int8")
 TYPINGS = ("auto", "strong", "weak")
 HARDWARE_COMPAT = ("none", "ampere+")
 MANIFEST_KIND = "engine"
@@ -51,6 +52,7 @@ DEFAULT_TEXT_OPT = 16
 
 
 # --- options and plan ------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -150,7 +152,7 @@ class OnnxFacts:
 
 def read_onnx_facts(path: str | Path) -> OnnxFacts:
     """Read the facts from an ONNX file (weights not loaded) and its manifest, if any."""
-    from vla_export.export.manifest import read_manifest
+    from vla_export.manifest import read_manifest
     from vla_export.export.onnx import io_signature
     from vla_export.export.quantize import ensure_node_names, load_onnx, precision_sensitive_nodes
     from vla_export.lazy import lazy_import
@@ -525,6 +527,7 @@ def _calib_shapes(calib_path: Path | None, facts: OnnxFacts) -> tuple[Any, dict[
     return calib, {k: tuple(v.shape[1:]) for k, v in calib.arrays.items()}
 
 
+@reported("building the TensorRT engine")
 def build_engine(onnx: str | Path, output: str | Path, options: TrtBuildOptions = TrtBuildOptions()) -> TrtBuildResult:
     """Build ``output`` (and ``output.json``) from ``onnx``. Nothing appears at ``output`` unless it succeeds."""
     onnx, output = Path(onnx), Path(output)
@@ -606,7 +609,7 @@ def _build_trtexec(plan: BuildPlan, facts: OnnxFacts, output: Path) -> None:
 def write_engine_manifest(engine: Path, facts: OnnxFacts, plan: BuildPlan, version: str, gpu: Mapping[str, Any],
                           seconds: float, builder_kind: str, options: TrtBuildOptions) -> Path:
     """``NAME.engine.json``: TensorRT version, GPU, precision and flags, profiles, ONNX sha256, build time."""
-    from vla_export.export.manifest import build_manifest, versions, write_manifest
+    from vla_export.manifest import build_manifest, versions, write_manifest
     from vla_export.fileio import sha256_file
 
     data = build_manifest(
@@ -632,7 +635,7 @@ def write_engine_manifest(engine: Path, facts: OnnxFacts, plan: BuildPlan, versi
 
 def record_parity(engine: str | Path, parity: Mapping[str, Any]) -> Path:
     """Store a parity result (``ParityResult.to_dict()``) in the engine's manifest."""
-    from vla_export.export.manifest import read_manifest, write_manifest
+    from vla_export.manifest import read_manifest, write_manifest
 
     data = read_manifest(engine, kind=MANIFEST_KIND)
     data["parity"] = dict(parity)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,8 +120,9 @@ def _torch_load(path: Path, file_format: str, trust: bool) -> Any:
             return torch.load(path, map_location="cpu", mmap=mmap, weights_only=True)
     except pickle.UnpicklingError as exc:
         unsafe = _unsafe_globals(path) if file_format == "torch-zip" else []
-        if unsafe or "Unsupported global" in str(exc):
-            names = ", ".join(unsafe) if unsafe else _first_line(exc)
+        named = _global_in_message(exc)  # the legacy format says "unsupported GLOBAL posix.system ... is blocked"
+        if unsafe or named or "unsupported global" in str(exc).lower():
+            names = ", ".join(unsafe) if unsafe else named or _first_line(exc)
             raise CheckpointError(
                 f"{path}: the pickle needs {names}, which safe loading (weights_only=True) does not allow; "
                 "if you trust this file, rerun with --trust-checkpoint"
@@ -128,6 +130,12 @@ def _torch_load(path: Path, file_format: str, trust: bool) -> Any:
         raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({_first_line(exc)})") from exc
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({_first_line(exc)})") from exc
+
+
+def _global_in_message(exc: BaseException) -> str | None:
+    """The global a weights-only unpickler refused, as its message names it (both file formats)."""
+    match = re.search(r"unsupported GLOBAL ([\w.]+)", str(exc), flags=re.IGNORECASE)
+    return match.group(1) if match else None
 
 
 def _unsafe_globals(path: Path) -> list[str]:

@@ -19,7 +19,8 @@ from vla_export.models.checkpoint import Checkpoint, read_checkpoint
 from vla_export.models.components import COMPONENTS, OTHER, component_of, group_by_component
 from vla_export.models.config import PolicyConfig
 from vla_export.models.infer import InferredConfig, infer_config
-from vla_export.models.resolve import RECORD_KEY, LoadOptions, ResolvedModel, record_for_checkpoint, resolve_model
+from vla_export.progress import reported
+from vla_export.models.resolve import LoadOptions, RECORD_KEY, ResolvedModel, record_for_checkpoint, resolve_model
 
 SHOW_PER_GROUP = 3
 log = logging.getLogger("vla_export")
@@ -131,6 +132,7 @@ def resolve_config(state_dict: Mapping[str, Any], config: PolicyConfig | None) -
     return inferred.config, inferred
 
 
+@reported("loading the checkpoint")
 def load_policy(
     checkpoint: Checkpoint | str | Path,
     *,

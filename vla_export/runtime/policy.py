@@ -159,7 +159,7 @@ class Policy:
         """
         from vla_export.backends.select import artifact_kind, runner_for_artifact
         from vla_export.data.tokenizer import tokenizer_for
-        from vla_export.export.split import read_split
+        from vla_export.manifest import read_split
         from vla_export.models.config import PolicyConfig
 
         record = read_split(split)
@@ -217,6 +217,11 @@ class Policy:
         """The backbone's text inputs [1, L] for ``instruction`` (the shared prompt template)."""
         ids, mask = self.tokenizer.encode(prompt_for(instruction), self.text_len)
         return {"input_ids": np.asarray(ids, dtype=np.int64).reshape(1, -1), "attention_mask": np.asarray(mask, dtype=np.int64).reshape(1, -1)}
+
+    @property
+    def prompt(self) -> dict[str, np.ndarray] | None:
+        """The backbone's text inputs [1, L] set by the last :meth:`reset` (None before one)."""
+        return self._prompt
 
     def reset(self, instruction: str | None) -> None:
         """Start an episode: tokenise the instruction once and empty the feature window."""

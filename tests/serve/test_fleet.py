@@ -1,0 +1,82 @@
+"""The per-robot state of the served policy, without a server: batched steps equal Policy.step."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vla_export.errors import DataError, RunnerError
+from vla_export.parity import tolerance_for
+from vla_export.runtime.batch import step_batch
+from vla_export.runtime.policy import Policy
+from vla_export.serve.fleet import Fleet, StepRequest
+
+ATOL = tolerance_for("fp32").atol
+TEXT_LEN = 32
+INSTRUCTIONS = ("go to the cup", "reach the leftmost box", None)
+
+
+def frames(seed: int, n: int, hw=(48, 64)) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, *hw, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def template(tiny_split):
+    policy = Policy.from_artifacts(tiny_split.manifest_path, text_len=TEXT_LEN)
+    with policy:
+        yield policy
+
+
+def reference_actions(split, instruction, frames_) -> np.ndarray:
+    with Policy.from_artifacts(split, text_len=TEXT_LEN) as p:
+        p.reset(instruction)
+        return np.stack([p.step(f) for f in frames_])
+
+
+def test_step_batch_equals_policy_step(template, tiny_split):
+    streams = [frames(i, 6, hw) for i, hw in enumerate([(48, 64), (120, 160), (48, 64)])]
+    policies = []
+    for instruction in INSTRUCTIONS:
+        p = Policy(template.backbone, template.head, tokenizer=template.tokenizer, window=template.window,
+                   image_size=template.image_size, action_dim=template.action_dim, text_len=TEXT_LEN)
+        p.reset(instruction)
+        policies.append(p)
+    got = np.stack([step_batch(policies, [s[k] for s in streams]) for k in range(6)], axis=1)  # [robot, step, A]
+    for robot, (instruction, stream) in enumerate(zip(INSTRUCTIONS, streams)):
+        want = reference_actions(tiny_split.manifest_path, instruction, stream)
+        np.testing.assert_allclose(got[robot], want, atol=ATOL, rtol=0)
+    assert np.abs(got[0] - got[1]).max() > 10 * ATOL  # robots really differ: a mix-up would show
+    assert [p.steps for p in policies] == [6, 6, 6]
+
+
+def test_step_batch_refuses_unequal_prompts(template):
+    a = Policy(template.backbone, template.head, tokenizer=template.tokenizer, window=4, image_size=template.image_size)
+    b = Policy(template.backbone, template.head, tokenizer=template.tokenizer, window=4, image_size=template.image_size)
+    a.reset("go to the cup")
+    b.reset("reach the leftmost box and then turn left")
+    with pytest.raises(RunnerError, match="fixed text_len"):
+        step_batch([a, b], list(frames(0, 2)))
+
+
+def test_fleet_start_step_end_and_isolated_errors(template, tiny_split):
+    now = [0.0]
+    fleet = Fleet(template, max_robots=2, idle_seconds=5.0, clock=lambda: now[0])
+    f = frames(3, 3)
+    ok = fleet.execute([StepRequest(1, f[0], start=True, instruction="go to the cup"),
+                        StepRequest(2, f[0].astype(np.float32), start=True),  # wrong dtype: that robot only
+                        StepRequest(3, f[0])])  # no START
+    assert ok[0].error is None and ok[0].steps == 1
+    assert "uint8" in ok[1].error and "START" in ok[2].error and sorted(fleet.robots) == [1]  # the refused START made no state
+    too_long = fleet.execute([StepRequest(2, f[0], start=True, instruction="go " * 40), StepRequest(1, f[1])])
+    assert "tokens" in too_long[0].error and too_long[1].error is None and too_long[1].steps == 2
+    want = reference_actions(tiny_split.manifest_path, "go to the cup", f[:2])
+    np.testing.assert_allclose(too_long[1].action, want[1], atol=ATOL, rtol=0)
+    # the limit on robots, END frees a slot, idle robots expire
+    fleet.execute([StepRequest(4, f[0], start=True)])
+    full = fleet.execute([StepRequest(5, f[0], start=True)])
+    assert "limit is 2" in full[0].error
+    fleet.execute([StepRequest(4, f[1], end=True)])
+    assert sorted(fleet.robots) == [1]
+    now[0] = 10.0
+    late = fleet.execute([StepRequest(1, f[2])])
+    assert "START" in late[0].error and fleet.robots == {}

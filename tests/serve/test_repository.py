@@ -1,0 +1,136 @@
+"""`vla-export triton`: the generated repository, its validated configs, atomic publishing and errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] is not installed (make install)")
+
+from vla_export.errors import ArtifactError  # noqa: E402
+from vla_export.manifest import build_manifest, write_manifest  # noqa: E402
+from vla_export.serve.repository import REPOSITORY_SCHEMA, validate_config  # noqa: E402
+
+
+def copy_split(tiny_split, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in tiny_split.manifest_path.parent.glob("tiny.*"):
+        shutil.copy2(f, folder / f.name)
+    return folder / "tiny.split.json"
+
+
+def fake_engine(folder: Path, part: str, gpu=("NVIDIA H100 80GB HBM3", "9.0")) -> Path:
+    """Bytes that are not an engine, with an engine manifest: enough to generate, never to run."""
+    engine = folder / f"tiny.{part}.engine"
+    engine.write_bytes(b"not a real engine")
+    write_manifest(engine, build_manifest("engine", engine, [engine], tensorrt="10.9.0",
+                                          gpu={"name": gpu[0], "compute_capability": gpu[1]}, plan={"hardware_compatibility": "none"}))
+    return engine
+
+
+def test_triton_writes_a_validated_repository(cli, tiny_split, tmp_path):
+    repo = tmp_path / "repo"
+    r = cli("triton", tiny_split.manifest_path, "-o", repo, "--max-robots", "6", "--max-batch", "4", "--json", tmp_path / "t.json")
+    assert r.exit_code == 0, r
+    config = validate_config((repo / "tiny" / "config.pbtxt").read_text(), where="test")
+    seq = config.sequence_batching
+    assert config.backend == "python" and config.max_batch_size == 4
+    assert seq.oldest.max_candidate_sequences == 6 and list(seq.oldest.preferred_batch_size) == [4]
+    assert {c.name for c in seq.control_input} == {"START", "END", "CORRID"} and seq.max_sequence_idle_microseconds == 30_000_000
+    assert [(i.name, list(i.dims)) for i in config.input] == [("FRAME", [-1, -1, 3]), ("INSTRUCTION", [-1])]
+    assert [(o.name, list(o.dims)) for o in config.output] == [("ACTION", [3]), ("STEP", [1])]
+    version = repo / "tiny" / "1"
+    assert {"model.py", "serving.json", "tiny.backbone.onnx", "tiny.head.onnx", "tiny.split.json"} <= {p.name for p in version.iterdir()}
+    settings = json.loads((version / "serving.json").read_text())
+    assert settings["backend"] == "onnxrt" and settings["text_len"] == 32 and settings["window"] == 4
+    assert json.loads((tmp_path / "t.json").read_text())["schema"] == REPOSITORY_SCHEMA
+    assert not list(tmp_path.glob(".repo.*"))  # no temporary folder left
+
+
+@pytest.mark.parametrize("text, problem", [
+    ('name: "x" backend: "python" max_batch_size: 1 sequence_batching { oldest { } } bogus: 1', "bogus"),
+    ('name: "x" backend: "python" max_batch_size: 1 sequence_batching { control_input [ { name: "CORRID" control [ '
+     '{ kind: CONTROL_SEQUENCE_CORRID data_type: TYPE_UINT64 } ] } ] }', "CONTROL_SEQUENCE_START"),
+    ('name: "x" backend: "python" max_batch_size: 1 dynamic_batching { } sequence_batching { }', "another member of oneof"),
+    ('name: "x" backend: "python" max_batch_size: 2 input [ { name: "A" data_type: TYPE_NOPE dims: [ 1 ] } ]', "TYPE_NOPE"),
+    ('name: "x" max_batch_size: 2', "backend and platform"),
+])
+def test_validate_config_rejects_broken_configs(text, problem):
+    with pytest.raises(ArtifactError, match=problem):
+        validate_config(text, where="x/config.pbtxt")
+
+
+def test_repository_is_replaced_as_a_whole_and_foreign_folders_are_refused(cli, tiny_split, tmp_path):
+    repo = tmp_path / "repo"
+    assert cli("triton", tiny_split.manifest_path, "-o", repo, "--max-robots", "3").exit_code == 0
+    assert cli("triton", tiny_split.manifest_path, "-o", repo, "--max-robots", "5", "--name", "fleet").exit_code == 0
+    assert sorted(p.name for p in repo.iterdir()) == ["fleet", "vla-export-repository.json"]
+    broken = copy_split(tiny_split, tmp_path / "broken")
+    (broken.parent / "tiny.head.onnx").unlink()
+    r = cli("triton", broken, "-o", repo)
+    assert r.exit_code == 2 and "head part is missing" in r.stderr
+    assert "max_candidate_sequences: 5" in (repo / "fleet" / "config.pbtxt").read_text()  # the earlier one is intact
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep")
+    r = cli("triton", tiny_split.manifest_path, "-o", foreign)
+    assert r.exit_code == 2 and "not a repository written by" in r.stderr and (foreign / "notes.txt").read_text() == "keep"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_artifacts_without_a_manifest_are_refused(cli, tiny_split, tmp_path):
+    whole = tmp_path / "policy.onnx"
+    whole.write_bytes(b"x")
+    r = cli("triton", whole, "-o", tmp_path / "r1")
+    assert r.exit_code == 2 and "split export" in r.stderr
+    r = cli("triton", tmp_path / "nothing", "-o", tmp_path / "r2")
+    assert r.exit_code == 2 and "split export not found" in r.stderr
+    split = copy_split(tiny_split, tmp_path / "nomanifest")
+    (split.parent / "tiny.backbone.onnx.json").unlink()
+    r = cli("triton", split, "-o", tmp_path / "r3")
+    assert r.exit_code == 2 and "manifest not found" in r.stderr
+    assert not (tmp_path / "r3").exists()
+
+
+def test_tensorrt_plan_variant_is_generated_and_validated(cli, tiny_split, tmp_path):
+    split = copy_split(tiny_split, tmp_path / "art")
+    engine = fake_engine(split.parent, "backbone")
+    repo = tmp_path / "repo"
+    r = cli("triton", split, "-o", repo, "--backend", "tensorrt_plan", "--backbone", engine, "--max-batch", "16")
+    assert r.exit_code == 0, r
+    assert "needs TensorRT and an NVIDIA GPU" in r.stdout
+    plan = validate_config((repo / "tiny_backbone" / "config.pbtxt").read_text(), where="plan")
+    assert plan.platform == "tensorrt_plan" and plan.max_batch_size == 16 and plan.HasField("dynamic_batching")
+    assert [i.name for i in plan.input] == ["pixel_values", "input_ids", "attention_mask"]
+    assert (repo / "tiny_backbone" / "1" / "model.plan").read_bytes() == b"not a real engine"
+    policy = validate_config((repo / "tiny" / "config.pbtxt").read_text(), where="policy")
+    assert policy.HasField("sequence_batching") and policy.instance_group[0].kind == policy.instance_group[0].KIND_GPU
+    settings = json.loads((repo / "tiny" / "1" / "serving.json").read_text())
+    assert settings["backbone_model"] == "tiny_backbone" and "backbone" not in settings["files"]
+    r = cli("triton", split, "-o", tmp_path / "r2", "--backend", "tensorrt_plan")
+    assert r.exit_code == 2 and "needs TensorRT engines" in r.stderr
+
+
+def test_serve_refuses_engines_this_machine_cannot_run(cli, tiny_split, tmp_path, monkeypatch):
+    split = copy_split(tiny_split, tmp_path / "art")
+    repo = tmp_path / "repo"
+    r = cli("triton", split, "-o", repo, "--backend", "trt", "--backbone", fake_engine(split.parent, "backbone"),
+            "--head", fake_engine(split.parent, "head"))
+    assert r.exit_code == 0, r
+    import vla_export.backends.tensorrt as trt_backend
+
+    monkeypatch.setattr(trt_backend, "gpu_info", lambda device=0: {"name": None, "compute_capability": None})
+    r = cli("serve", repo, "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0")
+    assert r.exit_code == 3 and "no NVIDIA GPU" in r.stderr
+    monkeypatch.setattr(trt_backend, "gpu_info", lambda device=0: {"name": "Orin", "compute_capability": "8.7"})
+    r = cli("serve", repo, "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0")
+    assert r.exit_code == 2 and "built for NVIDIA H100 80GB HBM3 (compute capability 9.0), this GPU is Orin" in r.stderr
+
+
+def test_serve_refuses_a_folder_not_written_by_triton(cli, tmp_path):
+    (tmp_path / "m").mkdir()
+    r = cli("serve", tmp_path, "--http-port", "0")
+    assert r.exit_code == 2 and "not a repository written by `vla-export triton`" in r.stderr

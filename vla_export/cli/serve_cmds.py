@@ -1,0 +1,87 @@
+"""``vla-export triton`` (write a Triton model repository) and ``vla-export serve`` (run it on loopback)."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from vla_export.cli.common import console, err_console, write_json
+
+
+def triton(
+    artifact: Path = typer.Argument(..., help="A split export (NAME.split.json, its prefix or folder) or a checkpoint (--backend torch)."),
+    output: Path = typer.Option(..., "-o", "--output", help="The model repository folder to write (replaced as a whole if written by this command)."),
+    name: Optional[str] = typer.Option(None, "--name", help="The policy model's name (default: the artifact's name, e.g. tiny)."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="onnxrt (split default), trt (engines in the Python backend), torch (checkpoint default), tensorrt_plan (Triton's TensorRT backend for the backbone; GPU server only)."),
+    max_robots: int = typer.Option(16, "--max-robots", help="Robots (sequences) one model instance holds state for at once."),
+    max_batch: int = typer.Option(8, "--max-batch", help="Most robots' steps in one execution (max_batch_size)."),
+    preferred_batch: Optional[int] = typer.Option(None, "--preferred-batch", help="Batch size the batcher waits for (default: --max-batch)."),
+    queue_delay_us: int = typer.Option(2000, "--queue-delay-us", help="Longest wait, in microseconds, to fill a batch."),
+    idle_seconds: float = typer.Option(30.0, "--idle-seconds", help="A robot silent this long loses its state (its next request must START again)."),
+    instances: int = typer.Option(1, "--instances", help="Model instances (each holds its own robots)."),
+    text_len: Optional[int] = typer.Option(None, "--text-len", help="Prompt tokens (default: the config's max_text_len); a longer instruction is refused."),
+    backbone: Optional[Path] = typer.Option(None, "--backbone", help="Serve this artifact as the backbone (e.g. NAME.backbone.engine)."),
+    head: Optional[Path] = typer.Option(None, "--head", help="Serve this artifact as the head (e.g. NAME.head.engine)."),
+    providers: Optional[list[str]] = typer.Option(None, "--provider", help="onnxruntime execution provider for ONNX parts (repeatable)."),
+    device: str = typer.Option("cpu", "--device", help="torch backend: cpu or cuda[:N]."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write what was generated as JSON."),
+) -> None:
+    """Write a Triton model repository serving many robots: one sequence (state) per robot, several robots per batch."""
+    from vla_export.serve.repository import TritonOptions, write_repository
+
+    options = TritonOptions(
+        name=name, backend=backend, max_robots=max_robots, max_batch=max_batch, preferred_batch=preferred_batch,
+        queue_delay_us=queue_delay_us, idle_seconds=idle_seconds, instances=instances, text_len=text_len,
+        backbone=str(backbone) if backbone else None, head=str(head) if head else None, providers=tuple(providers or ()), device=device,
+    )
+    result = write_repository(artifact, output, options)
+    for model in result.models:
+        console.print(f"{output}/{model}/config.pbtxt: valid Triton model config", markup=False)
+    s = result.settings
+    console.print(f"wrote {output}: policy model {result.models[0]!r} ({result.backend}), window {s['window']}, text length {s['text_len']}, "
+                  f"up to {options.max_robots} robots, {options.max_batch} per batch", markup=False)
+    if not result.runnable_here:
+        console.print(f"note: the {result.backend} variant needs TensorRT and an NVIDIA GPU in the server (NVIDIA's Triton container); "
+                      "`vla-export serve` cannot run it on a machine without them", markup=False)
+    if json_path:
+        write_json(json_path, result.to_dict())
+        console.print(f"wrote {json_path}")
+
+
+def serve(
+    repository: Path = typer.Argument(..., help="A model repository written by `vla-export triton`."),
+    http_port: int = typer.Option(8000, "--http-port", help="HTTP port on 127.0.0.1 (0: any free port)."),
+    grpc_port: int = typer.Option(8001, "--grpc-port", help="gRPC port on 127.0.0.1 (0: any free port)."),
+    metrics_port: int = typer.Option(8002, "--metrics-port", help="Prometheus metrics port on 127.0.0.1 (0: any free port)."),
+    timeout: float = typer.Option(60.0, "--timeout", help="Seconds to wait for the server and models to become ready."),
+    log: Optional[Path] = typer.Option(None, "--log", help="Write the server's log here (default: a temporary file, shown)."),
+) -> int:
+    """Run a real Triton server (from the nvidia-pytriton wheel) on loopback until Ctrl-C or SIGTERM."""
+    from vla_export.serve.server import TritonServer, free_port
+
+    server = TritonServer(repository, http_port=http_port or free_port(), grpc_port=grpc_port or free_port(),
+                          metrics_port=metrics_port or free_port(), log_path=log, ready_timeout=timeout)
+
+    def terminate(signum, frame):  # SIGTERM stops like Ctrl-C
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        server.start()
+        info = server.server_info()
+        console.print(f"tritonserver {info.get('version')} ready: models {', '.join(server.models)}; HTTP {server.http_url}, "
+                      f"gRPC {server.grpc_url}, metrics {server.metrics_url}; log {server.log_path}", markup=False)
+        console.print("Ctrl-C to stop", markup=False)
+        server.process.wait()
+        err_console.print(f"tritonserver exited by itself with code {server.process.returncode}; log {server.log_path}", markup=False)
+        return 3
+    except KeyboardInterrupt:
+        code = server.stop()
+        console.print(f"stopped (tritonserver exit code {code})", markup=False)
+        return 0
+    finally:
+        server.stop()
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,73 @@
+"""One control step for several robots at once: :meth:`Policy.step` with the backbone and head batched.
+
+A server holds one :class:`Policy` per robot, all sharing the same two runners. Stepping them one by
+one runs the backbone once per robot; :func:`step_batch` does exactly what ``Policy.step`` does for
+each of them (the same frame check, the same shared preprocessing, the same feature ring and warm-up
+rule, the same action check) but feeds all their frames to the backbone in one call and all their
+windows to the head in one call. The parts have a dynamic batch axis, and every prompt must have the
+same length (a fixed ``text_len``), so the results equal the one-by-one steps within float tolerance.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from vla_export.data.preprocess import check_frame, preprocess_frame
+from vla_export.errors import RunnerError
+from vla_export.runtime.policy import BACKBONE_OUTPUTS, HEAD_INPUTS, HEAD_OUTPUTS, Policy, StepTiming
+
+
+def step_batch(policies: Sequence[Policy], frames: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """``policies[i].step(frames[i])`` for every i, with one backbone call and one head call.
+
+    The policies must share their backbone and head runners and have been reset; one policy is just
+    ``Policy.step``. Raises :class:`RunnerError` when they do not share runners or their prompts differ
+    in length (tokenise with a fixed ``text_len``), :class:`~vla_export.errors.DataError` for a bad frame.
+    """
+    if len(policies) != len(frames):
+        raise ValueError(f"{len(policies)} policies but {len(frames)} frames")
+    if not policies:
+        return []
+    if len(policies) == 1:
+        return [policies[0].step(frames[0])]
+    first = policies[0]
+    for p in policies:
+        if p.backbone is not first.backbone or p.head is not first.head:
+            raise RunnerError("step_batch: the policies must share one backbone runner and one head runner")
+        if p.prompt is None:
+            raise RunnerError("Policy.step() before Policy.reset(instruction): call reset() at the start of each episode")
+        if p.prompt["input_ids"].shape != first.prompt["input_ids"].shape:
+            raise RunnerError(
+                f"step_batch: prompts of {p.prompt['input_ids'].shape[1]} and {first.prompt['input_ids'].shape[1]} tokens "
+                "cannot share a batch; tokenise with a fixed text_len"
+            )
+        if p.image_size != first.image_size or p.window != first.window:
+            raise RunnerError("step_batch: the policies differ in image size or window")
+    for frame in frames:
+        check_frame(frame)
+    t0 = time.perf_counter()
+    pixels = np.stack([preprocess_frame(f, first.image_size) for f in frames])
+    t1 = time.perf_counter()
+    feed = {"pixel_values": pixels}
+    for name in first.prompt:
+        feed[name] = np.concatenate([p.prompt[name] for p in policies])
+    features = first.backbone.infer(feed)[BACKBONE_OUTPUTS[0]]
+    t2 = time.perf_counter()
+    for p, feature in zip(policies, features):
+        p.ring.push(feature)
+    windows = np.stack([p.ring.array() for p in policies])
+    actions = np.asarray(first.head.infer({HEAD_INPUTS[0]: windows})[HEAD_OUTPUTS[0]], dtype=np.float32)
+    t3 = time.perf_counter()
+    out = []
+    ms = 1e3
+    timing = StepTiming((t1 - t0) * ms, (t2 - t1) * ms, (t3 - t2) * ms, (t3 - t0) * ms)
+    for p, action in zip(policies, actions.reshape(len(policies), -1)):
+        if p.action_dim is not None and action.shape[0] != p.action_dim:
+            raise RunnerError(f"head {p.head.name} returned {action.shape[0]} actions, expected {p.action_dim}")
+        p.steps += 1
+        p.last_timing = timing
+        out.append(action.copy())
+    return out

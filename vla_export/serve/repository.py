@@ -1,0 +1,378 @@
+"""``vla-export triton``: write the Triton model repository that serves a fleet of robots.
+
+The policy becomes a Python-backend model under Triton's **sequence batcher**: each robot is one
+sequence (its correlation id, CORRID), the START request resets the robot's episode (its instruction,
+UTF-8 bytes in a UINT8 input, is tokenised as ``Policy.reset`` does: this stub corrupts BYTES tensors
+under numpy 2, see the model template), END frees the robot's state, idle sequences
+expire. The ``oldest`` strategy hands several robots' steps to one execute(), where the backbone runs
+on all their frames at once. The model's step is ``vla_export.runtime.Policy.step`` (see
+:mod:`vla_export.serve.fleet`), over the same backends as the robot runtime:
+
+* ``onnxrt``: the split export's ONNX parts (``vla-export onnx --split``);
+* ``trt``: TensorRT engines of the parts, run by the Python backend itself;
+* ``torch``: a checkpoint's parts in PyTorch;
+* ``tensorrt_plan``: the backbone engine as Triton's own TensorRT model (dynamic batching) that the
+  stateful policy model calls (BLS). Needs Triton's TensorRT backend and a GPU: generated and
+  validated here, not runnable on a machine without them.
+
+Every ``config.pbtxt`` is parsed into Triton's own ``ModelConfig`` protobuf (tritonclient ships it)
+before anything is written, and the repository is built in a temporary folder and renamed into place,
+so it appears complete or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vla_export.artifacts import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES, ONNX_SUFFIXES
+from vla_export.errors import ArtifactError, ConfigError
+from vla_export.manifest import read_manifest, validate_files, versions
+from vla_export.manifest import read_split
+from vla_export.lazy import lazy_import
+from vla_export.serve.fleet import SERVING_FILE, SERVING_SCHEMA
+
+REPOSITORY_FILE = "vla-export-repository.json"
+REPOSITORY_SCHEMA = "vla-export/triton-repository/1"
+BACKENDS = ("onnxrt", "trt", "torch", "tensorrt_plan")
+SERVE_INSTALL = "`pip install 'vla-export[serve]'` (or `pip install 'tritonclient[http,grpc]'`)"
+TEMPLATE = Path(__file__).with_name("templates") / "policy_model.py"
+#: Inputs and outputs of the policy model (robots send and receive these).
+FRAME, INSTRUCTION, ACTION, STEP = "FRAME", "INSTRUCTION", "ACTION", "STEP"
+START, END, CORRID = "START", "END", "CORRID"
+
+
+@dataclass(frozen=True)
+class TritonOptions:
+    name: str | None = None  # the policy model's name (default: the artifact's stem)
+    backend: str | None = None  # default: onnxrt for a split export, torch for a checkpoint
+    max_robots: int = 16  # sequences held at once (oldest.max_candidate_sequences)
+    max_batch: int = 8  # robots per execute() (max_batch_size)
+    preferred_batch: int | None = None  # default: max_batch
+    queue_delay_us: int = 2000  # how long the batcher waits to fill a batch
+    idle_seconds: float = 30.0  # a robot silent this long loses its state
+    instances: int = 1
+    text_len: int | None = None  # prompt tokens (default: the config's max_text_len)
+    backbone: str | None = None  # another artifact for a part (e.g. NAME.backbone.engine)
+    head: str | None = None
+    providers: tuple[str, ...] = ()
+    device: str = "cpu"  # torch backend
+
+
+@dataclass
+class TritonRepository:
+    """What was written: the repository, its models and the settings the policy model reads."""
+
+    path: Path
+    models: list[str]
+    backend: str
+    settings: dict[str, Any]
+    configs: dict[str, str] = field(default_factory=dict)
+    runnable_here: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": REPOSITORY_SCHEMA, "path": str(self.path), "models": self.models, "backend": self.backend,
+                "runnable_here": self.runnable_here, "settings": self.settings}
+
+
+def model_config_class():
+    """Triton's ``ModelConfig`` protobuf message class (from tritonclient's generated modules)."""
+    pb2 = lazy_import("tritonclient.grpc.model_config_pb2", purpose="validating Triton model configs", install=SERVE_INSTALL)
+    return pb2.ModelConfig
+
+
+def validate_config(text: str, *, where: str) -> Any:
+    """Parse ``text`` as a Triton ``ModelConfig`` (unknown fields, wrong types and bad enums fail) and check
+    what the parser cannot: names, batching, sequence controls. The parsed message, or ArtifactError.
+    """
+    text_format = lazy_import("google.protobuf.text_format", purpose="validating Triton model configs", install=SERVE_INSTALL)
+    pb2 = lazy_import("tritonclient.grpc.model_config_pb2", purpose="validating Triton model configs", install=SERVE_INSTALL)
+    try:
+        config = text_format.Parse(text, pb2.ModelConfig())
+    except text_format.ParseError as exc:
+        raise ArtifactError(f"{where}: not a valid Triton model config: {exc}") from None
+    problems = []
+    if not config.name:
+        problems.append("no name")
+    if bool(config.backend) == bool(config.platform):
+        problems.append("exactly one of backend and platform must be set")
+    if config.HasField("dynamic_batching") and config.max_batch_size < 1:
+        problems.append("dynamic batching needs max_batch_size >= 1")
+    names = [t.name for t in list(config.input) + list(config.output)]
+    if len(set(names)) != len(names) or not all(names):
+        problems.append(f"input/output names must be unique and non-empty, got {names}")
+    for tensor in list(config.input) + list(config.output):
+        if tensor.data_type == pb2.DataType.TYPE_INVALID or not tensor.dims:
+            problems.append(f"{tensor.name}: needs a data_type and dims")
+    if config.HasField("sequence_batching"):
+        seq = config.sequence_batching
+        kinds = {c.kind for ci in seq.control_input for c in ci.control}
+        for need in ("CONTROL_SEQUENCE_START", "CONTROL_SEQUENCE_END", "CONTROL_SEQUENCE_CORRID"):
+            if pb2.ModelSequenceBatching.Control.Kind.Value(need) not in kinds:
+                problems.append(f"sequence_batching lacks a {need} control input")
+        if seq.HasField("oldest"):
+            if config.max_batch_size < 1:
+                problems.append("the oldest strategy needs max_batch_size >= 1")
+            if any(b > config.max_batch_size for b in seq.oldest.preferred_batch_size):
+                problems.append("a preferred batch size exceeds max_batch_size")
+    if problems:
+        raise ArtifactError(f"{where}: invalid Triton model config: {'; '.join(problems)}")
+    return config
+
+
+def _tensor(name: str, dtype: str, dims: list[int], *, optional: bool = False) -> str:
+    opt = " optional: true" if optional else ""
+    return f'  {{ name: "{name}" data_type: {dtype} dims: [ {", ".join(map(str, dims))} ]{opt} }}'
+
+
+def _control(name: str, kind: str, extra: str) -> str:
+    return f'    {{ name: "{name}" control [ {{ kind: {kind} {extra} }} ] }}'
+
+
+def policy_config(name: str, *, action_dim: int, options: TritonOptions, gpu: bool) -> str:
+    """The stateful policy model's ``config.pbtxt``: sequence batcher (oldest), START/END/CORRID."""
+    preferred = options.preferred_batch or min(options.max_batch, options.max_robots)
+    flag = "int32_false_true: [ 0, 1 ]"
+    return "\n".join([
+        f'name: "{name}"',
+        'backend: "python"',
+        f"max_batch_size: {options.max_batch}",
+        "input [",
+        _tensor(FRAME, "TYPE_UINT8", [-1, -1, 3]) + ",",
+        _tensor(INSTRUCTION, "TYPE_UINT8", [-1], optional=True),
+        "]",
+        "output [",
+        _tensor(ACTION, "TYPE_FP32", [action_dim]) + ",",
+        _tensor(STEP, "TYPE_INT64", [1]),
+        "]",
+        "sequence_batching {",
+        f"  max_sequence_idle_microseconds: {int(options.idle_seconds * 1e6)}",
+        "  control_input [",
+        _control(START, "CONTROL_SEQUENCE_START", flag) + ",",
+        _control(END, "CONTROL_SEQUENCE_END", flag) + ",",
+        _control(CORRID, "CONTROL_SEQUENCE_CORRID", "data_type: TYPE_UINT64"),
+        "  ]",
+        f"  oldest {{ max_candidate_sequences: {options.max_robots} preferred_batch_size: [ {preferred} ] "
+        f"max_queue_delay_microseconds: {options.queue_delay_us} }}",
+        "}",
+        f"instance_group [ {{ count: {options.instances} kind: {'KIND_GPU' if gpu else 'KIND_CPU'} }} ]",
+        "",
+    ])
+
+
+def backbone_plan_config(name: str, *, image_size: int, feature_dim: int, options: TritonOptions) -> str:
+    """The ``tensorrt_plan`` backbone model: Triton's TensorRT backend, dynamic batching across robots."""
+    preferred = options.preferred_batch or options.max_batch
+    return "\n".join([
+        f'name: "{name}"',
+        'platform: "tensorrt_plan"',
+        f"max_batch_size: {options.max_batch}",
+        "input [",
+        _tensor("pixel_values", "TYPE_FP32", [3, image_size, image_size]) + ",",
+        _tensor("input_ids", "TYPE_INT64", [-1]) + ",",
+        _tensor("attention_mask", "TYPE_INT64", [-1]),
+        "]",
+        "output [",
+        _tensor("feature", "TYPE_FP32", [feature_dim]),
+        "]",
+        f"dynamic_batching {{ preferred_batch_size: [ {preferred} ] max_queue_delay_microseconds: {options.queue_delay_us} }}",
+        "instance_group [ { count: 1 kind: KIND_GPU } ]",
+        "",
+    ])
+
+
+def _place(src: Path, dst: Path) -> None:
+    """Hard-link ``src`` to ``dst`` (large parts are not copied), else copy it."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _with_manifest(path: Path, kind: str) -> list[Path]:
+    """``path`` and its manifest, after checking the manifest's kind and listed files."""
+    manifest = read_manifest(path, kind=kind)
+    validate_files(path, manifest)
+    return [path, path.with_name(path.name + ".json")] + [path.parent / f["name"] for f in manifest.get("files", []) if f["name"] != path.name]
+
+
+def _engine_info(path: Path) -> dict[str, Any]:
+    manifest = read_manifest(path, kind="engine")
+    validate_files(path, manifest)
+    return {"file": path.name, "gpu": manifest.get("gpu") or {}, "tensorrt": manifest.get("tensorrt"), "plan": manifest.get("plan") or {}}
+
+
+def _sources(artifact: Path, options: TritonOptions) -> tuple[str, dict[str, Any], dict[str, list[Path]], dict[str, Any]]:
+    """(backend, config dict, files to place per role, engines info) for ``artifact``, all checked."""
+    suffix = artifact.suffix.lower()
+    if suffix in CHECKPOINT_SUFFIXES:
+        backend = options.backend or "torch"
+        if backend != "torch":
+            raise ConfigError(f"{artifact}: a checkpoint serves with --backend torch; for {backend}, export it first "
+                              f"(`vla-export onnx {artifact} --split`) and pass the split export")
+        if not artifact.exists():
+            raise ArtifactError(f"{artifact}: not found")
+        from vla_export.models.loader import load_policy
+
+        cfg = load_policy(artifact).config
+        return backend, cfg.to_dict(), {"checkpoint": [artifact]}, {}
+    if suffix in ONNX_SUFFIXES + ENGINE_SUFFIXES and not artifact.name.endswith(".split.json"):
+        raise ArtifactError(f"{artifact}: a whole-policy {suffix} cannot keep per-robot state; serve a split export "
+                            f"(`vla-export onnx CKPT --split -o NAME.onnx`, then NAME.split.json) or a checkpoint")
+    record = read_split(artifact)
+    backend = options.backend or "onnxrt"
+    if backend == "torch":
+        raise ConfigError(f"{artifact}: --backend torch serves a checkpoint; pass the checkpoint instead of the split export")
+    folder = Path(record["_path"]).parent
+    split_file = Path(record["_path"])
+    chosen = {"backbone": options.backbone, "head": options.head}
+    files: dict[str, list[Path]] = {"split": [split_file]}
+    engines: dict[str, Any] = {}
+    for part in ("backbone", "head"):
+        path = Path(chosen[part]) if chosen[part] else folder / record["parts"][part]["path"]
+        if not path.exists():
+            raise ArtifactError(f"{path}: the {part} part is missing (listed in {split_file.name})" if not chosen[part]
+                                else f"{path}: --{part} not found")
+        if path.suffix.lower() in ENGINE_SUFFIXES:
+            engines[part] = _engine_info(path)
+            files[part] = [path, path.with_name(path.name + ".json")]
+        else:
+            files[part] = _with_manifest(path, "onnx")
+    if backend in ("trt", "tensorrt_plan"):
+        need = ("backbone", "head") if backend == "trt" else ("backbone",)
+        missing = [p for p in need if p not in engines]
+        if missing:
+            raise ConfigError(f"--backend {backend} needs TensorRT engines for {missing}: pass --{missing[0]} NAME.{missing[0]}.engine "
+                              f"(built with `vla-export trt NAME.{missing[0]}.onnx`)")
+    elif engines:
+        raise ConfigError(f"--backend {backend} runs ONNX parts; engines given for {sorted(engines)}: use --backend trt")
+    return backend, record["config"], files, engines
+
+
+def write_repository(artifact: str | Path, output: str | Path, options: TritonOptions = TritonOptions()) -> TritonRepository:
+    """Check ``artifact``, generate and validate every config, and publish the repository at ``output`` atomically.
+
+    ``output`` may hold an earlier repository written by this command (replaced as a whole); any other
+    existing non-empty folder is refused.
+    """
+    from vla_export.models.config import PolicyConfig
+
+    artifact, output = Path(artifact), Path(output)
+    if options.backend is not None and options.backend not in BACKENDS:
+        raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, got {options.backend!r}")
+    for label, value in (("--max-robots", options.max_robots), ("--max-batch", options.max_batch), ("--instances", options.instances)):
+        if value < 1:
+            raise ConfigError(f"{label} must be >= 1, got {value}")
+    if options.preferred_batch is not None and not 1 <= options.preferred_batch <= options.max_batch:
+        raise ConfigError(f"--preferred-batch must be between 1 and --max-batch ({options.max_batch}), got {options.preferred_batch}")
+    if options.idle_seconds <= 0 or options.queue_delay_us < 0:
+        raise ConfigError("--idle-seconds must be positive and --queue-delay-us not negative")
+    if output.exists() and any(output.iterdir()) and not (output / REPOSITORY_FILE).exists():
+        raise ConfigError(f"{output}: exists and is not a repository written by `vla-export triton`; choose an empty or new folder")
+    backend, config, files, engines = _sources(artifact, options)
+    cfg = PolicyConfig.from_dict(config)
+    text_len = options.text_len or cfg.max_text_len
+    if not 1 <= text_len <= cfg.max_text_len:
+        raise ConfigError(f"--text-len must be between 1 and the config's max_text_len ({cfg.max_text_len}), got {text_len}")
+    name = options.name or _default_name(artifact)
+    if not name.replace("_", "").replace("-", "").isalnum():
+        raise ConfigError(f"--name {name!r}: use letters, digits, '_' and '-' only")
+    gpu = backend in ("trt", "tensorrt_plan") or options.device.startswith("cuda") or any("CUDA" in p for p in options.providers)
+    configs = {name: policy_config(name, action_dim=cfg.action_dim, options=options, gpu=gpu)}
+    backbone_model = None
+    if backend == "tensorrt_plan":
+        backbone_model = f"{name}_backbone"
+        configs[backbone_model] = backbone_plan_config(backbone_model, image_size=cfg.image_size, feature_dim=cfg.frame_feature_dim, options=options)
+    for model, text in configs.items():
+        validate_config(text, where=f"{model}/config.pbtxt")
+    role_files = {role: paths[0].name for role, paths in files.items()}
+    if backbone_model:
+        role_files.pop("backbone")
+    settings = {
+        "schema": SERVING_SCHEMA,
+        "backend": backend,
+        "files": role_files,
+        "config": config,
+        "window": int(cfg.window if backend == "torch" else read_split(files["split"][0])["window"]),
+        "text_len": text_len,
+        "max_robots": options.max_robots,
+        "idle_seconds": options.idle_seconds,
+        "providers": list(options.providers),
+        "device": options.device,
+        "backbone_model": backbone_model,
+        "engines": engines,
+        "options": asdict(options),
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
+    try:
+        version = tmp / name / "1"
+        version.mkdir(parents=True)
+        for role, paths in files.items():
+            if role == "backbone" and backbone_model:
+                continue
+            for path in paths:
+                _place(path, version / path.name)
+        shutil.copyfile(TEMPLATE, version / "model.py")
+        (version / SERVING_FILE).write_text(json.dumps(settings, indent=2, default=str) + "\n")
+        if backbone_model:
+            _place(files["backbone"][0], tmp / backbone_model / "1" / "model.plan")
+        for model, text in configs.items():
+            (tmp / model / "config.pbtxt").write_text(text)
+        result = TritonRepository(output, list(configs), backend, settings, configs, runnable_here=backend in ("onnxrt", "torch"))
+        record = result.to_dict() | {"artifact": str(artifact), "policy_model": name, "versions": versions(("vla-export", "tritonclient", "numpy", "onnxruntime", "torch"))}
+        (tmp / REPOSITORY_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
+        _publish(tmp, output)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return result
+
+
+def _default_name(artifact: Path) -> str:
+    stem = artifact.name
+    for tail in (".split.json", *CHECKPOINT_SUFFIXES):
+        if stem.endswith(tail):
+            stem = stem[: -len(tail)]
+    if artifact.is_dir():
+        stem = read_split(artifact)["_path"].rsplit("/", 1)[-1][: -len(".split.json")]
+    return stem.replace(".", "_") or "policy"
+
+
+def _publish(tmp: Path, output: Path) -> None:
+    """Rename the finished repository into place; an earlier one is swapped out, then removed."""
+    old = None
+    if output.exists():
+        old = output.with_name(f".{output.name}.old-{os.getpid()}")
+        os.replace(output, old)
+    try:
+        os.replace(tmp, output)
+    except OSError:
+        if old is not None:
+            os.replace(old, output)
+        raise
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def read_repository(path: str | Path) -> dict[str, Any]:
+    """The record ``vla-export triton`` wrote at the repository's root; ArtifactError when there is none."""
+    path = Path(path)
+    record = path / REPOSITORY_FILE
+    if not path.is_dir():
+        raise ArtifactError(f"{path}: model repository not found (write one with `vla-export triton ARTIFACT -o {path}`)")
+    if not record.exists():
+        raise ArtifactError(f"{path}: no {REPOSITORY_FILE}: not a repository written by `vla-export triton`")
+    try:
+        data = json.loads(record.read_text())
+    except ValueError as exc:
+        raise ArtifactError(f"{record}: not readable JSON ({exc})") from None
+    if data.get("schema") != REPOSITORY_SCHEMA:
+        raise ArtifactError(f"{record}: schema {data.get('schema')!r}, expected {REPOSITORY_SCHEMA!r}")
+    return data

@@ -1,0 +1,129 @@
+"""Triton Python-backend model written by `vla-export triton`: one robot per sequence (correlation id).
+
+Loaded by Triton's Python backend stub only (it imports ``triton_python_backend_utils``). All policy
+logic is vla_export's own: :class:`vla_export.serve.fleet.Fleet` keeps one ``Policy`` per robot and
+steps the robots of one execute() together (``vla_export.runtime.batch.step_batch``, which is
+``Policy.step`` with the backbone batched). This file only converts Triton tensors.
+
+I/O route: with numpy 2 this stub's ``as_numpy()`` silently returns wrong numbers and
+``pb_utils.Tensor(name, ndarray)`` sends no bytes, while DLPack works; with numpy 1 the opposite holds.
+BYTES tensors have no DLPack form, and with numpy 2 this stub's ``as_numpy()`` of a BYTES tensor
+repeats its first byte (b"go to the cup" arrives as 13 x b"\\r"), so the instruction travels as its
+UTF-8 bytes in a UINT8 tensor, which both routes read correctly.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from vla_export.errors import VlaExportError
+from vla_export.serve.fleet import Fleet, StepRequest, policy_from_serving, read_serving
+
+NUMPY2 = int(np.__version__.split(".")[0]) >= 2
+
+
+def _array(tensor):
+    return np.from_dlpack(tensor) if NUMPY2 else tensor.as_numpy()
+
+
+def _tensor(name, array):
+    array = np.ascontiguousarray(array)
+    return pb_utils.Tensor.from_dlpack(name, array) if NUMPY2 else pb_utils.Tensor(name, array)
+
+
+def _input(request, name):
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return None if tensor is None else tensor
+
+
+def _flag(request, name):
+    tensor = _input(request, name)
+    return tensor is not None and bool(_array(tensor).reshape(-1)[0])
+
+
+def _instruction(request):
+    """The START request's instruction: UTF-8 bytes in a UINT8 tensor (None when absent or empty)."""
+    tensor = _input(request, "INSTRUCTION")
+    if tensor is None:
+        return None
+    text = bytes(np.ascontiguousarray(_array(tensor), dtype=np.uint8).reshape(-1)).decode("utf-8")
+    return text or None
+
+
+class BackboneModelRunner:
+    """The backbone as a call to Triton's TensorRT model (BLS): used by the tensorrt_plan variant."""
+
+    name = "triton-bls"
+    is_active = True
+    input_names = ("pixel_values", "input_ids", "attention_mask")
+    output_names = ("feature",)
+
+    def __init__(self, model_name):
+        self.model_name = model_name
+
+    def activate(self):
+        return self
+
+    def deactivate(self):
+        pass
+
+    def describe(self):
+        return {"name": self.name, "device": "triton", "model": self.model_name}
+
+    def infer(self, feed):
+        inputs = [_tensor(name, feed[name]) for name in self.input_names]
+        response = pb_utils.InferenceRequest(model_name=self.model_name, requested_output_names=["feature"], inputs=inputs).exec()
+        if response.has_error():
+            raise RuntimeError(f"{self.model_name}: {response.error().message()}")
+        return {"feature": np.array(_array(pb_utils.get_output_tensor_by_name(response, "feature")))}
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        folder = Path(args["model_repository"]) / args["model_version"]
+        self.settings = read_serving(folder)
+        backbone = None
+        if self.settings.get("backbone_model"):
+            backbone = BackboneModelRunner(self.settings["backbone_model"])
+        template = policy_from_serving(folder, self.settings, backbone=backbone)
+        template.activate()
+        self.fleet = Fleet(template, max_robots=int(self.settings["max_robots"]), idle_seconds=float(self.settings["idle_seconds"]))
+        pb_utils.Logger.log_info(f"vla-export policy ready: {json.dumps(template.describe(), default=str)}; numpy {np.__version__}")
+
+    def execute(self, requests):
+        parsed, errors = [], {}
+        for i, request in enumerate(requests):
+            try:
+                robot = int(_array(_input(request, "CORRID")).reshape(-1)[0])
+                start = _flag(request, "START")
+                frame = np.array(_array(_input(request, "FRAME")))  # a copy: the request's memory goes away
+                if frame.ndim == 4 and frame.shape[0] == 1:
+                    frame = frame[0]  # the batch axis Triton adds (max_batch_size > 0)
+                parsed.append((i, StepRequest(robot, frame, start=start, end=_flag(request, "END"),
+                                              instruction=_instruction(request) if start else None)))
+            except (ValueError, UnicodeDecodeError, VlaExportError) as exc:
+                errors[i] = f"bad request: {exc}"
+        responses = [None] * len(requests)
+        try:
+            results = self.fleet.execute([r for _, r in parsed])
+        except VlaExportError as exc:  # a failure of the batched step itself: every robot of the batch gets it
+            results = None
+            for i, _ in parsed:
+                errors[i] = str(exc)
+        if results is not None:
+            for (i, _), result in zip(parsed, results):
+                if result.error is not None:
+                    errors[i] = result.error
+                else:
+                    responses[i] = pb_utils.InferenceResponse(output_tensors=[
+                        _tensor("ACTION", result.action.astype(np.float32)[None]),
+                        _tensor("STEP", np.array([[result.steps]], dtype=np.int64)),
+                    ])
+        for i, message in errors.items():
+            responses[i] = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
+        return responses
+
+    def finalize(self):
+        self.fleet.template.close()
