@@ -17,6 +17,7 @@ from collections import OrderedDict
 
 import torch
 
+from vla_export.models.checkpoint import match_clip_layout
 from vla_export.models.config import PolicyConfig, TextConfig, TokenIds, VisionConfig
 from vla_export.models.loader import init_policy
 
@@ -60,7 +61,8 @@ def foreign_policy(seed: int = 3):
 
 def save_foreign(policy, path):
     """The Mobile VLA training dict, written with torch.save as the other code base does (no vla-export record)."""
-    sd = _rename(policy.state_dict(), FOREIGN_NAMES)
+    # CLIP in transformers-4 names whatever transformers is installed: flat first, then under `vision_model.`.
+    sd = _rename(match_clip_layout(policy.state_dict(), "flat"), FOREIGN_NAMES)
     torch.save({
         "epoch": 7, "model_state_dict": sd,
         "optimizer_state_dict": {"state": {}, "param_groups": [{"lr": 1e-4, "params": []}]},

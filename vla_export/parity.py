@@ -28,8 +28,10 @@ from typing import Any
 import numpy as np
 
 from vla_export.errors import ArtifactError, ConfigError
+from vla_export.models.config import check_same_config  # noqa: F401 - parity's API (used by parity_check)
 from vla_export.precision import DEFAULT_TOLERANCES, PRECISIONS, Tolerance, tolerance_for  # noqa: F401 - parity's API
 from vla_export.progress import reported
+
 
 @dataclass
 class OutputParity:
@@ -66,14 +68,24 @@ class ParityResult:
     #: Other measurements of the same comparison that do NOT decide the verdict (e.g. a Q/DQ model
     #: through onnxruntime's fused int8 kernels, beside the exact Q/DQ arithmetic the verdict uses).
     also_measured: dict[str, Any] = field(default_factory=dict)
+    strict: bool = False  # an inconclusive comparison (see ``undiscriminating``) fails
+
+    @property
+    def undiscriminating(self) -> list[str]:
+        return undiscriminating_outputs(self)
+
+    @property
+    def conclusive(self) -> bool:
+        return not self.undiscriminating
 
     @property
     def passed(self) -> bool:
-        return bool(self.outputs) and all(o.passed for o in self.outputs.values())
+        return bool(self.outputs) and all(o.passed for o in self.outputs.values()) and (self.conclusive or not self.strict)
 
     def summary(self) -> str:
         parts = [f"{o.name}: max abs {o.max_abs:.3g}, cosine {o.cosine:.6f}{'' if o.passed else ' FAIL'}" for o in self.outputs.values()]
-        return f"{'pass' if self.passed else 'FAIL'} over {self.samples} samples ({'; '.join(parts)})"
+        note = "" if self.conclusive else f"; inconclusive: {', '.join(self.undiscriminating)} barely vary across samples"
+        return f"{'pass' if self.passed else 'FAIL'} over {self.samples} samples ({'; '.join(parts)}){note}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -82,11 +94,31 @@ class ParityResult:
             "precision": self.precision,
             "tolerance": self.tolerance.to_dict(),
             "samples": self.samples,
+            "conclusive": self.conclusive,
+            "undiscriminating": self.undiscriminating,
+            "discrimination": DISCRIMINATION,
+            "strict": self.strict,
             "reference": self.reference,
             "candidate": self.candidate,
             "outputs": {k: v.to_dict() for k, v in self.outputs.items()},
             "also_measured": self.also_measured,
         }
+
+
+#: A comparison can tell a broken artifact apart only when the reference's outputs vary across the
+#: samples by well more than the tolerance: at least this many times ``atol``.
+DISCRIMINATION = 10.0
+
+
+def undiscriminating_outputs(result: ParityResult) -> list[str]:
+    """Outputs whose reference spread across samples is under ``DISCRIMINATION * atol``.
+
+    On such outputs a pass proves little: an artifact that returns a constant near the reference's mean
+    (or one sample run with a wrong config) would pass too. One sample always lands here (spread 0).
+    """
+    bound = DISCRIMINATION * result.tolerance.atol
+    # Outputs judged by relative error per row (INT8 features) have no atol to compare the spread with.
+    return [o.name for o in result.outputs.values() if o.rule == "elementwise" and not o.ref_std > bound]
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -237,9 +269,14 @@ def parity_check(
     precision: str | None = None,
     tolerance: Tolerance | None = None,
     runner_opts: Mapping[str, Any] | None = None,
+    strict: bool = False,
     qdq: str = "exact",
 ) -> ParityResult:
     """PyTorch policy (from ``policy_loader()``) vs the runner for ``artifact`` on ``samples`` inputs.
+
+    The artifact's recorded config must equal the reference's (:func:`~vla_export.models.config.check_same_config`). With
+    ``strict``, a comparison that cannot tell a broken artifact apart (:func:`undiscriminating_outputs`)
+    fails instead of passing with a note.
 
     Inputs come from :class:`~vla_export.data.source.SyntheticSource` or, with ``data`` (episode files
     or folders), from recorded frames. ``precision`` defaults to the one the artifact's manifest
@@ -266,6 +303,7 @@ def parity_check(
         opts.setdefault("qdq", "kernels" if qdq == "kernels" else "exact")
     loaded = policy_loader()
     cfg = loaded.config
+    config_check = check_same_config(artifact, (manifest or {}).get("config"), cfg)
     with runner_for_artifact(artifact, **opts) as cand:
         check_against_config(cand, cfg)
         window = artifact_window(cand, cfg.window)
@@ -292,6 +330,8 @@ def parity_check(
                 }
     result.reference["checkpoint"] = str(loaded.checkpoint.path)
     result.candidate["artifact"] = str(artifact)
+    result.candidate["config_check"] = config_check
+    result.strict = strict
     result.candidate["data"] = f"episodes {data}" if data else f"synthetic (seed {seed})"
     if held_out is not None:
         result.candidate["held_out"] = held_out

@@ -146,3 +146,16 @@ def test_parameter_counts_are_explained(robovlms, tmp_path, cli):
     report = inspect_checkpoint(path)
     assert report["policy_params"] == report["total_params"] == sum(p.numel() for p in robovlms[0].parameters())
     assert "not counted: kosmos_model.text_model.lm_head.* 3,752" in report["params_note"]
+
+
+def test_set_values_are_typed_and_named():
+    from vla_export.errors import ConfigError
+    from vla_export.models.config import get_preset
+    from vla_export.models.resolve import apply_sets, parse_sets
+
+    cfg = apply_sets(get_preset("tiny"), parse_sets(["head_tanh=false", "kosmos_text.num_heads=4", "pooling=mean"]))
+    assert (cfg.head_tanh, cfg.kosmos_text.num_heads, cfg.pooling) == (False, 4, "mean")
+    for bad, why in (("head_tanh=True", "true or false"), ("kosmos_text.num_heads=4.5", "an integer"),
+                     ("nope=1", "unknown field"), ("head_tanh", "FIELD=VALUE")):
+        with pytest.raises(ConfigError, match=why):
+            apply_sets(get_preset("tiny"), parse_sets([bad]))

@@ -7,6 +7,7 @@ not a valid measurement (under the physical floor, or non-finite outputs); the J
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -136,7 +137,7 @@ def bench(
              "--text-len", text_len, "--warmup", warmup, *(("--duration", duration) if duration is not None else ("--iters", settings.iters)),
              *(w for m in settings.modes for w in ("--mode", m)), "--seed", seed, *(("--device-peak", device_peak) if device_peak else ()),
              *(("--config", load.config_file) if load.config_file else ()), *(w for a, b in load.renames for w in ("--rename", f"{a}={b}")),
-             *(w for k, v in load.sets for w in ("--set", f"{k}={v}")), *(("--json", json_path) if json_path else ()), *(("--profile",) if profile else ())]
+             *(w for k, v in load.sets for w in ("--set", f"{k}={v if isinstance(v, str) else json.dumps(v)}")), *(("--json", json_path) if json_path else ()), *(("--profile",) if profile else ())]
     command = " ".join(shlex.quote(str(w)) for w in words)
 
     def progress(report: Any) -> None:

@@ -86,13 +86,16 @@ def parity(
     providers: Optional[list[str]] = typer.Option(None, "--provider", help="onnxruntime execution provider (repeatable; default CUDA if available, else CPU)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the result as JSON (- for standard output)."),
     junit: Optional[Path] = JunitOpt,
+    strict: bool = typer.Option(False, "--strict", help="Fail (exit 1) when the comparison cannot tell a broken artifact apart (reference outputs vary too little across samples); for CI."),
     load: LoadOptions = LoadOptions(),
     locate: bool = typer.Option(False, "--locate", help="Also compare every component boundary (each layer of each tower, projection, text model, CLIP, LSTM, head) and name where the error first exceeds the tolerance (ONNX artifacts)."),
     locate_all: bool = typer.Option(False, "--locate-all", help="With --locate: compare the output of every module, not only the boundaries."),
     locate_samples: int = typer.Option(2, "--locate-samples", help="Samples for --locate (each keeps every intermediate tensor)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="With --locate: draw the per-layer error curve into this PNG (needs matplotlib)."),
 ) -> None:
-    """Compare an artifact with the PyTorch policy on the same inputs; exit 0 on pass, 1 on fail."""
+    """Compare an artifact with the PyTorch policy on the same inputs; exit 0 on pass, 1 on fail.
+
+    A pair exported with a different config (heads, Tanh, widths, window, ...) is refused first (exit 2)."""
     from vla_export.backends.select import artifact_kind
     from vla_export.models.loader import PolicyFromCheckpoint
     from vla_export.parity import parity_check, tolerance_for
@@ -112,7 +115,7 @@ def parity(
     result = parity_check(
         PolicyFromCheckpoint(checkpoint, options=load), artifact,
         samples=samples, data=list(data) if data else None, seed=seed, batch=batch, precision=precision,
-        tolerance=tolerance, runner_opts=runner_opts, qdq=qdq,
+        tolerance=tolerance, runner_opts=runner_opts, qdq=qdq, strict=strict,
     )
     report = result.to_dict()
     render_parity(report)

@@ -18,6 +18,13 @@ def render_completeness(c: dict[str, Any]) -> None:
     style = "green" if c["passed"] else "red"
     table.add_row("[bold]total[/]", f"[bold]{c['parameters']:,}[/]", f"[bold]{c['attributed']:,}[/]", f"[bold {style}]{100 * c['coverage']:.2f}%[/]")
     console.print(table)
+    same = c["total_parameters"] - c["parameters"]
+    console.print(
+        f"parameters: the policy has {c['total_parameters']:,}; the table counts {c['parameters']:,} distinct "
+        + (f"({same:,} are in tensors bitwise identical to another, e.g. fresh LayerNorm ones/zeros, which exporters store once)"
+           if same else "(no tensor repeats another)"),
+        markup=False,
+    )
     console.print(
         f"graph tensors: {c['graph_elements']:,} elements ({c['by_name']:,} matched by name, {c['by_count']:,} by element count, "
         f"{c['unattributed']:,} unattributed, {c['buffers']:,} in buffers, {c['other_constants']:,} in integer constants)"
@@ -58,4 +65,21 @@ def render_parity(p: dict[str, Any]) -> None:
         a = kernels["outputs"]["actions"]
         console.print(f"also measured, not for the verdict: onnxruntime int8 kernels: actions max abs {a['max_abs']:.3g}, "
                       f"mean abs {a['mean_abs']:.3g}, cosine {a['cosine']:.6f} ({'pass' if kernels['passed'] else 'FAIL'})", markup=False)
+    render_discrimination(p)
     console.print(f"parity: {'[green]pass[/]' if p['passed'] else '[red]FAIL[/]'}")
+
+
+def render_discrimination(p: dict[str, Any]) -> None:
+    """Say when the comparison cannot tell a broken artifact apart (and when the config check was not possible)."""
+    check = p["candidate"].get("config_check")
+    if check and check.startswith("not possible"):
+        console.print(f"config check {check}", style="yellow", markup=False)
+    if p.get("undiscriminating"):
+        factor = p.get("discrimination", 10.0)
+        what = ", ".join(p["undiscriminating"])
+        console.print(
+            f"inconclusive: the reference's {what} vary across the {p['samples']} samples by less than {factor:g}x atol "
+            f"({factor * p['tolerance']['atol']:g}), so this comparison cannot tell a broken artifact apart; "
+            + ("--strict makes this a failure" if p.get("strict") else "use more or more varied samples (--strict fails here)"),
+            style="red" if p.get("strict") else "yellow", markup=False,
+        )

@@ -99,7 +99,8 @@ def export_split_cmd(
         render_completeness(p["completeness"])
         render_parity(p["parity"])
     n = report["parameters"]
-    console.print(f"parameters: backbone {n['backbone']:,} + head {n['head']:,} = {n['backbone'] + n['head']:,} = the policy's {n['policy']:,}")
+    console.print(f"parameters: backbone {n['backbone']:,} + head {n['head']:,} = {n['backbone'] + n['head']:,} = the policy's {n['policy']:,} "
+                  "(all tensors; the tables above count each part's distinct tensors)")
     check = report["stream_check"]
     console.print(
         f"streaming check (ONNX parts in the runtime vs the full PyTorch policy, {len(check['steps'])} steps incl. warm-up): "

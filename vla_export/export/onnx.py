@@ -382,6 +382,12 @@ def policy_output_names(debug_outputs: bool) -> tuple[str, ...]:
     return ("actions", "features") if debug_outputs else ("actions",)
 
 
+def model_record(loaded) -> dict[str, Any] | None:
+    """How the exported policy's config was obtained (layout, source, every assumption), for the manifest."""
+    resolved = getattr(loaded, "resolved", None)
+    return resolved.to_dict() if resolved is not None else None
+
+
 def export_policy(loaded, path: str | Path, options: OnnxExportOptions = OnnxExportOptions()) -> OnnxExportResult:
     """Export a loaded policy (:class:`~vla_export.models.loader.LoadedPolicy`) to ``path`` and verify it.
 
@@ -421,6 +427,7 @@ def export_policy(loaded, path: str | Path, options: OnnxExportOptions = OnnxExp
             MANIFEST_KIND, tmp, files,
             source={"checkpoint": str(ckpt), "sha256": sha256_file(ckpt), "bytes": Path(ckpt).stat().st_size},
             config=cfg.to_dict(),
+            model=model_record(loaded),
             window=window,
             options=options.to_dict(),
             opset=written_opset(tmp),

@@ -35,6 +35,7 @@ from vla_export.export.onnx import (
     check_opset,
     data_file,
     io_signature,
+    model_record,
     move_into_place,
     op_counts,
     stage_module,
@@ -219,7 +220,7 @@ def _export_split_staged(loaded, paths: dict[str, Path], tmpdir: Path, window: i
         def manifest(tmp: Path, part=part, state=state) -> list[Path]:
             files = [tmp] + ([data_file(tmp)] if data_file(tmp).exists() else [])
             data = build_manifest(
-                MANIFEST_KIND, tmp, files, part=part, source=source, config=cfg.to_dict(), window=window,
+                MANIFEST_KIND, tmp, files, part=part, source=source, config=cfg.to_dict(), model=model_record(loaded), window=window,
                 options=options.to_dict(), opset=written_opset(tmp), exporter=options.head_exporter if part == "head" else options.exporter,
                 parameters=state["completeness"].to_dict(), io=state["io"], ops=state["ops"],
                 parity={"fp32": state["parity"].to_dict()}, versions=versions(),
@@ -263,6 +264,7 @@ def _export_split_staged(loaded, paths: dict[str, Path], tmpdir: Path, window: i
         "window": window,
         "warmup": "pad the window with the first frame's feature",
         "config": cfg.to_dict(),
+        "model": model_record(loaded),
         "source": source,
         "stream_check": {k: v for k, v in check.to_dict().items() if k != "steps"},
         "versions": versions(),

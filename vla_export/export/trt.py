@@ -140,6 +140,7 @@ class OnnxFacts:
     has_fp16: bool
     sensitive: dict[str, str]  # node name -> reason (see quantize.precision_sensitive_nodes)
     config: dict[str, Any] | None = None  # the policy config from the ONNX manifest, when there is one
+    model: dict[str, Any] | None = None  # how that config was obtained (layout, assumptions), from the ONNX manifest
 
     @property
     def typed(self) -> bool:
@@ -170,6 +171,7 @@ def read_onnx_facts(path: str | Path) -> OnnxFacts:
         has_fp16=has_fp16,
         sensitive=precision_sensitive_nodes(model),
         config=manifest.get("config"),
+        model=manifest.get("model"),
     )
 
 
@@ -619,6 +621,7 @@ def write_engine_manifest(engine: Path, facts: OnnxFacts, plan: BuildPlan, versi
         options=options.to_dict(),
         onnx={"path": str(facts.path), "sha256": sha256_file(facts.path), "typed": facts.typed},
         config=facts.config,  # the policy config travels on, for parity and the runtime
+        model=facts.model,  # and how it was obtained: layout, assumptions
         builder=builder_kind,
         build_seconds=round(seconds, 2),
         parity=None,

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from vla_export.errors import ConfigError
+from vla_export.errors import ArtifactError, ConfigError
+
+log = logging.getLogger("vla_export")
 
 POOLINGS = ("last", "mean")
 
@@ -127,6 +131,43 @@ class PolicyConfig:
             return cls(**data)
         except (KeyError, TypeError) as exc:
             raise ConfigError(f"invalid policy config: {exc}") from exc
+
+
+def config_differences(recorded: dict[str, Any], actual: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(field, recorded, actual) for every config value that differs (dotted names; the ``name`` label ignored)."""
+    out: list[tuple[str, Any, Any]] = []
+    for key in sorted(set(recorded) | set(actual)):
+        if not prefix and key == "name":
+            continue
+        a, b = recorded.get(key), actual.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, f"{prefix}{key}.")
+        elif (list(a) if isinstance(a, (list, tuple)) else a) != (list(b) if isinstance(b, (list, tuple)) else b):
+            out.append((prefix + key, a, b))
+    return out
+
+
+def check_same_config(artifact: Any, recorded: Mapping[str, Any] | None, config: PolicyConfig) -> str:
+    """Refuse an artifact whose recorded policy config differs from the reference's, before any number is compared.
+
+    A different head count, Tanh, width, window, action_dim, pooling, image size or token id makes the
+    pair incomparable: parity could pass or fail for the wrong reason. Raises :class:`ArtifactError`
+    listing every differing field. Returns what was checked (for the report); without a recorded config
+    it warns that the check was not possible.
+    """
+    if not recorded:
+        msg = f"{artifact}: no manifest with a policy config beside it, so it cannot be checked that it was exported with the reference's config"
+        log.warning("%s", msg)
+        return "not possible: " + msg.split(": ", 1)[1]
+    diffs = config_differences(dict(recorded), config.to_dict())
+    if diffs:
+        shown = "; ".join(f"{k}: artifact {a!r}, checkpoint {b!r}" for k, a, b in diffs)
+        raise ArtifactError(
+            f"{artifact}: not exported from this checkpoint's config: exported from a policy with {len(diffs)} different "
+            f"field{'s' if len(diffs) > 1 else ''} ({shown}); "
+            "load the checkpoint with the artifact's config (--config, --set) or re-export"
+        )
+    return "same config as the reference"
 
 
 def load_config(path: str | Path) -> PolicyConfig:

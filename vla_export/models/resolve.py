@@ -76,6 +76,11 @@ def apply_sets(cfg: PolicyConfig, sets: Sequence[tuple[str, Any]]) -> PolicyConf
             node = node[part]
         if parts[-1] not in node:
             raise ConfigError(f"--set {name}: unknown field (choose from {', '.join(sorted(node))})")
+        old = node[parts[-1]]
+        kind, word = next(((k, w) for k, w in ((bool, "true or false"), (int, "an integer"), (str, "a string"), (dict, "a JSON object"))
+                           if isinstance(old, k)), (object, ""))
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ConfigError(f"--set {name}: expects {word}, got {value!r}")
         node[parts[-1]] = value
     return PolicyConfig.from_dict(data)
 

@@ -174,6 +174,7 @@ def replay_check(
     from vla_export.backends.torch_runner import TorchRunner
     from vla_export.data.episodes import open_episode
     from vla_export.errors import ArtifactError
+    from vla_export.models.config import check_same_config
     from vla_export.precision import tolerance_for
 
     episode = open_episode(episode_path)
@@ -182,6 +183,7 @@ def replay_check(
         split, backbone=backbone, head=head, tokenizer_dir=tokenizer_dir, text_len=text_len, providers=providers
     )
     cfg, art = loaded.config, policy.config
+    check_same_config(split, art.to_dict(), cfg)  # the split record's config: refuse a mismatched pair first
     mine = (cfg.image_size, cfg.frame_feature_dim, cfg.action_dim)
     theirs = (art.image_size, art.frame_feature_dim, art.action_dim)
     if mine != theirs:
