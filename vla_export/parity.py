@@ -231,12 +231,14 @@ def parity_check(
     precision: str | None = None,
     tolerance: Tolerance | None = None,
     runner_opts: Mapping[str, Any] | None = None,
+    wrap_reference: Any = None,
 ) -> ParityResult:
     """PyTorch policy (from ``policy_loader()``) vs the runner for ``artifact`` on ``samples`` inputs.
 
     Inputs come from :class:`~vla_export.data.source.SyntheticSource` or, with ``data`` (episode files
     or folders), from recorded frames. ``precision`` defaults to the one the artifact's manifest
     records, else fp32. Per-frame ``features`` are compared too when the artifact exports them.
+    ``wrap_reference`` wraps the PyTorch runner (e.g. :class:`vla_export.reference.RecordingRunner`).
     """
     from vla_export.backends.select import runner_for_artifact
     from vla_export.backends.torch_runner import TorchRunner
@@ -257,7 +259,8 @@ def parity_check(
             source = EpisodeSource(data, cfg, seed=seed, window=window, batch=batch)
         else:
             source = SyntheticSource(cfg, seed=seed, window=window, batch=batch)
-        with TorchRunner(loaded.policy, debug_outputs="features" in cand.output_names) as ref:
+        torch_ref = TorchRunner(loaded.policy, debug_outputs="features" in cand.output_names)
+        with (wrap_reference(torch_ref) if wrap_reference else torch_ref) as ref:
             result = compare_runners(ref, cand, feeds_from(source, samples), precision=precision, tolerance=tol)
     result.reference["checkpoint"] = str(loaded.checkpoint.path)
     result.candidate["artifact"] = str(artifact)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any, Optional
 
@@ -105,7 +106,7 @@ def onnx(
 
 
 def parity(
-    checkpoint: Path = typer.Argument(..., help="The PyTorch policy checkpoint (the reference)."),
+    checkpoint: Path = typer.Argument(..., help="The PyTorch policy checkpoint (the reference), or a saved reference (.npz from --save-reference)."),
     artifact: Path = typer.Argument(..., help="The artifact to check: .onnx, .engine/.plan, or another checkpoint."),
     samples: int = typer.Option(8, "--samples", help="Number of samples."),
     data: Optional[list[Path]] = typer.Option(None, "--data", help="Episode files or folders (HDF5) instead of synthetic inputs."),
@@ -121,10 +122,10 @@ def parity(
     config: Optional[Path] = ConfigOpt,
     rename: Optional[list[str]] = RenameOpt,
     trust_checkpoint: bool = TrustOpt,
+    save_reference: Optional[Path] = typer.Option(None, "--save-reference", help="Also save the inputs and PyTorch outputs (+ config, checkpoint sha256) to this .npz, for `vla-export parity REF.npz ARTIFACT` on the device."),
 ) -> None:
-    """Compare an artifact with the PyTorch policy on the same inputs; exit 0 on pass, 1 on fail."""
+    """Compare an artifact with the PyTorch policy (or a saved reference) on the same inputs; exit 0 on pass, 1 on fail."""
     from vla_export.backends.select import artifact_kind
-    from vla_export.models.loader import PolicyFromCheckpoint
     from vla_export.parity import parity_check, tolerance_for
 
     if samples < 1 or batch < 1:
@@ -137,11 +138,24 @@ def parity(
         base = precision or (read_manifest(artifact, required=False) or {}).get("precision", "fp32")
         tolerance = tolerance_for(base, atol=atol, rtol=rtol, min_cosine=min_cosine, min_sign_agreement=min_sign_agreement)
     runner_opts = {"providers": providers} if providers and artifact_kind(artifact) == "onnx" else {}
-    result = parity_check(
-        PolicyFromCheckpoint(checkpoint, config=cfg, renames=renames, trust=trust_checkpoint), artifact,
-        samples=samples, data=list(data) if data else None, seed=seed, batch=batch, precision=precision,
-        tolerance=tolerance, runner_opts=runner_opts,
-    )
+    if checkpoint.suffix == ".npz":  # a saved reference: no checkpoint, no torch
+        from vla_export.reference import parity_against_reference
+
+        if data or save_reference:
+            raise ConfigError("with a saved reference the inputs are the saved ones: drop --data/--save-reference")
+        result = parity_against_reference(checkpoint, artifact, precision=precision, tolerance=tolerance, runner_opts=runner_opts)
+    else:
+        from vla_export.models.loader import PolicyFromCheckpoint
+        from vla_export.reference import parity_with_saved_reference
+
+        run = parity_check if save_reference is None else partial(parity_with_saved_reference, save_to=save_reference)
+        result = run(
+            PolicyFromCheckpoint(checkpoint, config=cfg, renames=renames, trust=trust_checkpoint), artifact,
+            samples=samples, data=list(data) if data else None, seed=seed, batch=batch, precision=precision,
+            tolerance=tolerance, runner_opts=runner_opts,
+        )
+        if save_reference is not None:
+            console.print(f"wrote {save_reference} (check on the device: vla-export parity {save_reference} ARTIFACT)", markup=False)
     report = result.to_dict()
     render_parity(report)
     if json_path:
