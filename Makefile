@@ -12,7 +12,7 @@ DEMO   ?= demo-out
 # The device profile (JetPack 6.x): a venv that sees the system TensorRT (python3-libnvinfer from apt)
 # and holds what the engine path needs, and no torch (the package itself goes in with --no-deps).
 JETSON_VENV ?= .venv-jetson
-JETSON_PKGS ?= "numpy>=1.24" "onnx>=1.16" "onnxruntime>=1.18" "cuda-python>=12" "polygraphy>=0.49" "typer>=0.12" "rich>=13" "h5py>=3.8" "psutil>=5.9"
+JETSON_PKGS ?= "numpy>=1.24" "onnx>=1.16" "onnxruntime>=1.18" "cuda-python>=12,<13" "polygraphy>=0.49" "typer>=0.12" "rich>=13" "h5py>=3.8" "psutil>=5.9"
 
 .PHONY: install demo test test-compat test-gpu jetson clean
 

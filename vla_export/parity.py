@@ -271,6 +271,7 @@ def parity_check(
     runner_opts: Mapping[str, Any] | None = None,
     strict: bool = False,
     qdq: str = "exact",
+    wrap_reference: Any = None,
 ) -> ParityResult:
     """PyTorch policy (from ``policy_loader()``) vs the runner for ``artifact`` on ``samples`` inputs.
 
@@ -286,6 +287,7 @@ def parity_check(
     verdict measures the quantization and not the CPU's int8 kernels (see
     :data:`vla_export.backends.onnxrt.QDQ_MODES`); "kernels" measures the fused kernels instead;
     "both" decides on exact and records the kernels' errors in ``also_measured``.
+    ``wrap_reference`` wraps the PyTorch runner (e.g. :class:`vla_export.reference.RecordingRunner`).
     """
     from vla_export.backends.select import artifact_kind, runner_for_artifact
     from vla_export.backends.torch_runner import TorchRunner
@@ -319,7 +321,8 @@ def parity_check(
             if (manifest or {}).get("quantization"):
                 held_out = {"status": "synthetic", "note": "seeded synthetic inputs, not calibration frames"}
         feeds = feeds_from(source, samples)
-        with TorchRunner(loaded.policy, debug_outputs="features" in cand.output_names) as ref:
+        torch_ref = TorchRunner(loaded.policy, debug_outputs="features" in cand.output_names)
+        with (wrap_reference(torch_ref) if wrap_reference else torch_ref) as ref:
             result = compare_runners(ref, cand, feeds, precision=precision, tolerance=tol)
             if qdq == "both" and is_onnx:
                 with runner_for_artifact(artifact, **(opts | {"qdq": "kernels"})) as kernels:

@@ -63,6 +63,8 @@ class RecordingRunner(Runner):
     def _activate(self) -> None:
         if not self.inner.is_active:
             self.inner.activate()
+        cfg = getattr(getattr(self.inner, "policy", None), "cfg", None)  # a TorchRunner's PolicyConfig
+        self.config = cfg.to_dict() if cfg is not None else None
 
     def _deactivate(self) -> None:
         self.inner.deactivate()
@@ -206,6 +208,7 @@ def check_config(reference: SavedReference, config: Mapping[str, Any] | None, wh
         log.warning("%s: no policy config recorded beside it; the reference's config (%s) cannot be checked", what,
                     reference.config.get("name"))
         return
+    config = json.loads(json.dumps(dict(config), default=str))  # tuples -> lists, as the file holds them
     keys = sorted(set(config) | set(reference.config))
     differ = [k for k in keys if config.get(k) != reference.config.get(k)]
     if differ:
@@ -223,3 +226,101 @@ def versions_record() -> dict[str, str | None]:
     from vla_export.manifest import versions
 
     return versions(("vla-export", "torch", "transformers", "numpy"))
+
+
+# --- the workflows: record on the workstation, check on the device -------------------------------------
+
+def _meta(recorder: RecordingRunner, checkpoint: Any, **extra: Any) -> dict[str, Any]:
+    if recorder.config is None:
+        raise ConfigError("the reference runner recorded no policy config")
+    return {"config": recorder.config, "checkpoint": checkpoint_record(checkpoint), "reference_runner": recorder.describe(),
+            "versions": versions_record()} | extra
+
+
+def parity_with_saved_reference(policy_loader: Any, artifact: str | Path, save_to: str | Path, **parity_kwargs: Any):
+    """:func:`vla_export.parity.parity_check` that also saves what the PyTorch policy was fed and gave to ``save_to``."""
+    from vla_export.parity import parity_check
+
+    recorders: list[RecordingRunner] = []
+
+    def wrap(runner: Runner) -> RecordingRunner:
+        recorders.append(RecordingRunner(runner))
+        return recorders[-1]
+
+    result = parity_check(policy_loader, artifact, wrap_reference=wrap, **parity_kwargs)
+    data = parity_kwargs.get("data")
+    save_reference(save_to, "parity", recorders[0].records, _meta(
+        recorders[0], result.reference["checkpoint"], made_with={"artifact": str(artifact), "passed": result.passed},
+        source=f"episodes {data}" if data else f"synthetic (seed {parity_kwargs.get('seed', 0)})",
+    ))
+    return result
+
+
+def parity_against_reference(reference_path: str | Path, artifact: str | Path, *, precision: str | None = None,
+                             tolerance: Any = None, runner_opts: Mapping[str, Any] | None = None):
+    """The artifact against a saved parity reference: the same comparison as ``parity CKPT ARTIFACT``, no torch."""
+    from vla_export.backends.select import runner_for_artifact
+    from vla_export.manifest import read_manifest
+    from vla_export.models.config import PolicyConfig
+    from vla_export.parity import check_against_config, compare_runners, tolerance_for
+
+    ref = load_reference(reference_path, "parity")
+    manifest = read_manifest(artifact, required=False) or {}
+    check_config(ref, manifest.get("config"), artifact)
+    precision = precision or manifest.get("precision", "fp32")
+    tol = tolerance or tolerance_for(precision)
+    with runner_for_artifact(artifact, **dict(runner_opts or {})) as cand, ref.playback() as played:
+        check_against_config(cand, PolicyConfig.from_dict(ref.config))
+        if "features" in ref.meta["outputs"] and "features" not in cand.output_names:
+            log.warning("%s has features, %s does not: comparing actions only", reference_path, artifact)
+        result = compare_runners(played, cand, [feed for feed, _ in ref.records], precision=precision, tolerance=tol)
+    result.reference["checkpoint"] = ref.meta["checkpoint"]["path"]
+    result.reference["checkpoint_sha256"] = ref.meta["checkpoint"]["sha256"]
+    result.candidate["artifact"] = str(artifact)
+    result.candidate["data"] = f"saved reference {reference_path} ({ref.meta.get('source')})"
+    return result
+
+
+def replay_with_saved_reference(policy_loader: Any, split: Any, episode_path: str | Path, save_to: str | Path, **replay_kwargs: Any):
+    """:func:`vla_export.runtime.replay.replay_check` that also saves the full-window PyTorch actions per step."""
+    from vla_export.fileio import sha256_file
+    from vla_export.runtime.replay import replay_check
+
+    recorders: list[RecordingRunner] = []
+
+    def wrap(runner: Runner) -> RecordingRunner:
+        recorders.append(RecordingRunner(runner))
+        return recorders[-1]
+
+    result = replay_check(policy_loader, split, episode_path, wrap_reference=wrap, **replay_kwargs)
+    save_reference(save_to, "replay", recorders[0].records, _meta(
+        recorders[0], result.reference["checkpoint"],
+        episode={"path": str(episode_path), "sha256": sha256_file(episode_path), "name": result.episode.get("name")},
+        made_with={"split": str(split), "passed": result.passed},
+    ))
+    return result
+
+
+def replay_against_reference(reference_path: str | Path, split: Any, episode_path: str | Path, *, backbone: Any = None,
+                             head: Any = None, precision: str | None = None, atol: float | None = None,
+                             tokenizer_dir: Any = None, text_len: int | None = None, providers: Any = None):
+    """Replay ``episode_path`` through the split artifacts against the per-step actions of a saved replay reference."""
+    from vla_export.data.episodes import open_episode
+    from vla_export.fileio import sha256_file
+    from vla_export.parity import tolerance_for
+    from vla_export.runtime.policy import Policy
+    from vla_export.runtime.replay import parts_precision, replay_episode
+
+    ref = load_reference(reference_path, "replay")
+    recorded = ref.meta.get("episode") or {}
+    if recorded.get("sha256") and recorded["sha256"] != sha256_file(episode_path):
+        raise ArtifactError(f"{reference_path} was recorded on episode {recorded.get('path')}, not on {episode_path} (sha256 differs)")
+    episode = open_episode(episode_path)
+    policy = Policy.from_artifacts(split, backbone=backbone, head=head, tokenizer_dir=tokenizer_dir, text_len=text_len, providers=providers)
+    check_config(ref, policy.config.to_dict() if policy.config is not None else None, split)
+    with policy, ref.playback() as played:
+        tol = atol if atol is not None else tolerance_for(precision or parts_precision(policy)).atol
+        result = replay_episode(policy, played, episode, atol=tol)
+    result.reference["checkpoint"] = ref.meta["checkpoint"]["path"]
+    result.reference["checkpoint_sha256"] = ref.meta["checkpoint"]["sha256"]
+    return result

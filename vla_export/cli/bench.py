@@ -149,7 +149,14 @@ def bench(
         if json_path:  # rewritten after every row, so a long run that dies keeps what it measured
             write_json(json_path, report.to_dict())
 
-    report = run_benchmark(targets, settings, peak=peak, environment={}, command=command, on_result=progress, profile=profile)
+    from vla_export.bench.env import JetsonTelemetry
+
+    with JetsonTelemetry() as telemetry:  # GPU load, clocks, temperatures, power during the runs (jtop, on a Jetson)
+        report = run_benchmark(targets, settings, peak=peak, environment={}, command=command, on_result=progress, profile=profile)
+    if telemetry.summary() is not None:
+        report.environment["jetson_telemetry"] = telemetry.summary()
+        if json_path:
+            write_json(json_path, report.to_dict())
     render_report(report)
     if json_path:
         wrote(json_path)

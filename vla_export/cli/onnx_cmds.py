@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
@@ -70,7 +71,7 @@ def onnx(
 
 @with_loading_options
 def parity(
-    checkpoint: Path = typer.Argument(..., help="The PyTorch policy checkpoint (the reference)."),
+    checkpoint: Path = typer.Argument(..., help="The PyTorch policy checkpoint (the reference), or a saved reference (.npz from --save-reference)."),
     artifact: Path = typer.Argument(..., help="The artifact to check: .onnx, .engine/.plan, or another checkpoint."),
     samples: int = typer.Option(8, "--samples", min=1, help="Number of samples."),
     data: Optional[list[Path]] = typer.Option(None, "--data", help="Episode files or folders (HDF5) instead of synthetic inputs."),
@@ -88,16 +89,16 @@ def parity(
     junit: Optional[Path] = JunitOpt,
     strict: bool = typer.Option(False, "--strict", help="Fail (exit 1) when the comparison cannot tell a broken artifact apart (reference outputs vary too little across samples); for CI."),
     load: LoadOptions = LoadOptions(),
+    save_reference: Optional[Path] = typer.Option(None, "--save-reference", help="Also save the inputs and PyTorch outputs (+ config, checkpoint sha256) to this .npz, for `vla-export parity REF.npz ARTIFACT` on the device."),
     locate: bool = typer.Option(False, "--locate", help="Also compare every component boundary (each layer of each tower, projection, text model, CLIP, LSTM, head) and name where the error first exceeds the tolerance (ONNX artifacts)."),
     locate_all: bool = typer.Option(False, "--locate-all", help="With --locate: compare the output of every module, not only the boundaries."),
     locate_samples: int = typer.Option(2, "--locate-samples", help="Samples for --locate (each keeps every intermediate tensor)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="With --locate: draw the per-layer error curve into this PNG (needs matplotlib)."),
 ) -> None:
-    """Compare an artifact with the PyTorch policy on the same inputs; exit 0 on pass, 1 on fail.
+    """Compare an artifact with the PyTorch policy (or a saved reference) on the same inputs; exit 0 on pass, 1 on fail.
 
     A pair exported with a different config (heads, Tanh, widths, window, ...) is refused first (exit 2)."""
     from vla_export.backends.select import artifact_kind
-    from vla_export.models.loader import PolicyFromCheckpoint
     from vla_export.parity import parity_check, tolerance_for
 
     if samples < 1 or batch < 1:
@@ -112,16 +113,32 @@ def parity(
         tolerance = tolerance_for(base, atol=atol, rtol=rtol, min_cosine=min_cosine, min_sign_agreement=min_sign_agreement,
                                   max_row_rel_error=max_rel_error)
     runner_opts = {"providers": providers} if providers and artifact_kind(artifact) == "onnx" else {}
-    result = parity_check(
-        PolicyFromCheckpoint(checkpoint, options=load), artifact,
-        samples=samples, data=list(data) if data else None, seed=seed, batch=batch, precision=precision,
-        tolerance=tolerance, runner_opts=runner_opts, qdq=qdq, strict=strict,
-    )
+    if checkpoint.suffix == ".npz":  # a saved reference: no checkpoint, no torch
+        from vla_export.reference import parity_against_reference
+
+        if data or save_reference:
+            raise ConfigError("with a saved reference the inputs are the saved ones: drop --data/--save-reference")
+        if artifact_kind(artifact) == "onnx":
+            runner_opts = {**runner_opts, "qdq": "kernels" if qdq == "kernels" else "exact"}
+        result = parity_against_reference(checkpoint, artifact, precision=precision, tolerance=tolerance, runner_opts=runner_opts)
+    else:
+        from vla_export.models.loader import PolicyFromCheckpoint
+        from vla_export.reference import parity_with_saved_reference
+
+        run = parity_check if save_reference is None else partial(parity_with_saved_reference, save_to=save_reference)
+        result = run(
+            PolicyFromCheckpoint(checkpoint, options=load), artifact,
+            samples=samples, data=list(data) if data else None, seed=seed, batch=batch, precision=precision,
+            tolerance=tolerance, runner_opts=runner_opts, qdq=qdq, strict=strict,
+        )
+        if save_reference is not None:
+            console.print(f"wrote {save_reference} (check on the device: vla-export parity {save_reference} ARTIFACT)", markup=False)
     report = result.to_dict()
     render_parity(report)
     if locate:
         from vla_export.cli.locate_cmds import render_locate
         from vla_export.export.locate import locate as locate_layers
+        from vla_export.models.loader import PolicyFromCheckpoint
 
         found = locate_layers(
             PolicyFromCheckpoint(checkpoint, options=load), artifact,

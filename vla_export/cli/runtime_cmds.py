@@ -46,7 +46,7 @@ def render_replay(r: dict[str, Any]) -> None:
 
 @with_loading_options
 def replay(
-    checkpoint: Path = typer.Argument(..., help="The PyTorch policy checkpoint (the full-window reference)."),
+    checkpoint: Path = typer.Argument(..., help="The PyTorch policy checkpoint (the full-window reference), or a saved replay reference (.npz)."),
     artifacts: Path = typer.Argument(..., help="The split export: NAME.split.json, its prefix NAME, or its folder (`vla-export onnx --split`)."),
     episode: Path = typer.Argument(..., help="A recorded episode (HDF5, Mobile VLA format)."),
     backbone: Optional[Path] = typer.Option(None, "--backbone", help="Run this artifact as the backbone instead (e.g. NAME.backbone.engine)."),
@@ -59,16 +59,28 @@ def replay(
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the per-step result as JSON (- for standard output)."),
     junit: Optional[Path] = JunitOpt,
     load: LoadOptions = LoadOptions(),
+    save_reference: Optional[Path] = typer.Option(None, "--save-reference", help="Also save the per-step full-window PyTorch actions (+ config, checkpoint sha256) to this .npz, for `vla-export replay REF.npz ...` on the device."),
 ) -> None:
-    """Stream an episode through the split runtime; at every step compare with the full-window PyTorch policy. Exit 1 on a failed step."""
-    from vla_export.models.loader import PolicyFromCheckpoint
-    from vla_export.runtime.replay import replay_check
+    """Stream an episode through the split runtime; at every step compare with the full-window PyTorch policy (or a saved reference). Exit 1 on a failed step."""
+    from vla_export import reference as saved
 
-    result = replay_check(
-        PolicyFromCheckpoint(checkpoint, options=load), artifacts, episode,
-        backbone=backbone, head=head, precision=precision, atol=atol, tokenizer_dir=tokenizer, text_len=text_len,
-        providers=providers,
-    )
+    opts = dict(backbone=backbone, head=head, precision=precision, atol=atol, tokenizer_dir=tokenizer, text_len=text_len, providers=providers)
+    if checkpoint.suffix == ".npz":  # a saved reference: no checkpoint, no torch
+        if save_reference:
+            from vla_export.errors import ConfigError
+
+            raise ConfigError("--save-reference needs the checkpoint, not a saved reference")
+        result = saved.replay_against_reference(checkpoint, artifacts, episode, **opts)
+    else:
+        from vla_export.models.loader import PolicyFromCheckpoint
+        from vla_export.runtime.replay import replay_check
+
+        loader = PolicyFromCheckpoint(checkpoint, options=load)
+        if save_reference is None:
+            result = replay_check(loader, artifacts, episode, **opts)
+        else:
+            result = saved.replay_with_saved_reference(loader, artifacts, episode, save_reference, **opts)
+            console.print(f"wrote {save_reference} (check on the device: vla-export replay {save_reference} SPLIT EPISODE)", markup=False)
     report = result.to_dict()
     render_replay(report)
     if json_path:

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from vla_export.cli.checkpoint_cmds import _fmt_bytes
 from vla_export.errors import ExitCode
-from vla_export.cli.common import console, write_json, wrote
+from vla_export.cli.common import console, err_console, write_json, wrote
 from vla_export.cli.render import render_parity
 from vla_export.cli.loading import with_loading_options
 from vla_export.models.resolve import LoadOptions
@@ -208,6 +208,7 @@ def trt(
     hardware_compat: str = typer.Option("none", "--hardware-compat", help="none or ampere+ (runs on any Ampere or newer GPU)."),
     dla_core: Optional[int] = typer.Option(None, "--dla-core", help="Run on this DLA core (Jetson), with GPU fallback."),
     print_trtexec: bool = typer.Option(False, "--print-trtexec", help="Print the equivalent trtexec command and exit (needs no TensorRT)."),
+    trt_version: Optional[str] = typer.Option(None, "--trt-version", help="With --print-trtexec: the TensorRT the line is for (default: the installed one, else 10.3.0 as on JetPack 6)."),
     parity_ckpt: Optional[Path] = typer.Option(None, "--parity", help="After building, check parity against this checkpoint (loaded with --config/--rename/--set) and record it in the manifest."),
     load: LoadOptions = LoadOptions(),
     samples: int = typer.Option(8, "--samples", min=1, help="Parity samples."),
@@ -215,7 +216,8 @@ def trt(
 ) -> None:
     """Build a TensorRT engine for this GPU from an ONNX, with its manifest."""
     from vla_export.export.trt import (
-        EngineFromOnnx, TrtBuildOptions, make_plan, parse_profile, read_onnx_facts, record_parity, trtexec_command,
+        EngineFromOnnx, TrtBuildOptions, make_plan, parse_profile, read_onnx_facts, record_parity, target_trt_version,
+        trtexec_command,
     )
 
     if fp16 and int8:
@@ -234,8 +236,12 @@ def trt(
             from vla_export.data.calibration import load_calibration_set
 
             calib_shapes = {k: tuple(v.shape[1:]) for k, v in load_calibration_set(calib_path).arrays.items()}
-        plan = make_plan(facts, options, calib_shapes=calib_shapes)
-        console.print(" ".join(trtexec_command(plan, onnx, output)), markup=False, soft_wrap=True)
+        version, source = target_trt_version(trt_version)
+        plan = make_plan(facts, options, trt_version=version, calib_shapes=calib_shapes)
+        import shlex
+
+        console.print(shlex.join(trtexec_command(plan, onnx, output)), markup=False, soft_wrap=True)
+        err_console.print(f"(for trtexec {version}, from {source})", style="dim", markup=False)
         return
     result = EngineFromOnnx(onnx, output, options)()
     report = result.to_dict()

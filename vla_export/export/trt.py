@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shlex
 import shutil
 import subprocess
 import time
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from vla_export.data.iospec import axis_role
+from vla_export.backends.tensorrt import engine_version
 from vla_export.errors import ArtifactError, ConfigError, DataError, MissingDependencyError
 from vla_export.fileio import atomic_write
 from vla_export.precision import PRECISIONS
@@ -46,6 +48,11 @@ INSTALL_TRT = (
     "Python bindings `python3-libnvinfer`); on x86 `pip install 'vla-export[trt]'` (or put `trtexec` on PATH)"
 )
 DEFAULT_TEXT_OPT = 16
+#: What a plan is for when nothing says otherwise: JetPack 6.x ships TensorRT 10.3.
+DEFAULT_TRT_VERSION = "10.3.0"
+#: trtexec options that TensorRT 11's trtexec no longer parses ("Unknown option").
+TRTEXEC_GONE_IN_11 = ("--fp16", "--int8", "--precisionConstraints", "--layerPrecisions", "--layerOutputTypes", "--calib",
+                      "--optShapesCalib")
 
 
 # --- options and plan ------------------------------------------------------------------------------------
@@ -141,6 +148,8 @@ class OnnxFacts:
     sensitive: dict[str, str]  # node name -> reason (see quantize.precision_sensitive_nodes)
     config: dict[str, Any] | None = None  # the policy config from the ONNX manifest, when there is one
     model: dict[str, Any] | None = None  # how that config was obtained (layout, assumptions), from the ONNX manifest
+    quantized: frozenset[str] = frozenset()  # Q/DQ nodes and the nodes that take a DequantizeLinear output
+    non_float: frozenset[str] = frozenset()  # nodes with an output that is not floating point (or of unknown type)
 
     @property
     def typed(self) -> bool:
@@ -164,6 +173,9 @@ def read_onnx_facts(path: str | Path) -> OnnxFacts:
         n.op_type == "Cast" and any(a.name == "to" and a.i == fp16 for a in n.attribute) for n in model.graph.node
     )
     manifest = read_manifest(path, kind="onnx", required=False) or {}
+    dq_outputs = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    quantized = {n.name for n in model.graph.node
+                 if n.op_type in ("QuantizeLinear", "DequantizeLinear") or dq_outputs.intersection(n.input)}
     return OnnxFacts(
         path=path,
         inputs=io_signature(path)["inputs"],
@@ -172,7 +184,20 @@ def read_onnx_facts(path: str | Path) -> OnnxFacts:
         sensitive=precision_sensitive_nodes(model),
         config=manifest.get("config"),
         model=manifest.get("model"),
+        quantized=frozenset(quantized),
+        non_float=frozenset(_non_float_nodes(model, onnx)),
     )
+
+
+def _non_float_nodes(model, onnx) -> set[str]:
+    """Nodes with an output whose type is not float/float16/bfloat16 after type inference (or is unknown).
+
+    Layer precision constraints go only on float layers: on a bool, int or shape layer they fail the build.
+    """
+    inferred = onnx.shape_inference.infer_shapes(model)  # types only need the graph, not the weights
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+    types = {v.name: v.type.tensor_type.elem_type for v in (*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input)}
+    return {n.name for n in model.graph.node if any(types.get(o) not in floats for o in n.output if o)}
 
 
 @dataclass(frozen=True)
@@ -202,9 +227,16 @@ class BuildPlan:
     calib: str | None
     calib_cache: str | None
     precision: str
+    tensorrt: str = "10.3.0"  # the TensorRT the plan is for (trtexec lines differ between 10 and 11)
+
+    @property
+    def implicit_int8(self) -> bool:
+        """INT8 from a calibration cache (weakly typed, no Q/DQ): trtexec must be given the real cache."""
+        return "INT8" in self.flags and self.calibration_profile is not None
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "tensorrt": self.tensorrt,
             "precision": self.precision,
             "strongly_typed": self.strongly_typed,
             "flags": self.flags,
@@ -274,17 +306,26 @@ def trt_major(version: str) -> int:
     return int(m.group(1)) if m else 0
 
 
-def make_plan(facts: OnnxFacts, options: TrtBuildOptions, *, trt_version: str = "10", calib_shapes: Mapping[str, tuple[int, ...]] | None = None) -> BuildPlan:
-    """Decide the build. Raises ConfigError for combinations TensorRT would reject or silently ignore."""
+def make_plan(facts: OnnxFacts, options: TrtBuildOptions, *, trt_version: str = DEFAULT_TRT_VERSION,
+              calib_shapes: Mapping[str, tuple[int, ...]] | None = None) -> BuildPlan:
+    """Decide the build for TensorRT ``trt_version``. Raises ConfigError for combinations TensorRT would reject or
+    silently ignore.
+
+    A Q/DQ ONNX builds strongly typed (under ``--typing auto``, with or without ``--int8``): weakly typed with
+    OBEY_PRECISION_CONSTRAINTS, the sensitivity rules would pin its quantized MatMuls to FP16 and de-quantize it.
+    Quantized nodes are never pinned, even with ``--typing weak``; only float layers are.
+    """
+    trt_version = engine_version(trt_version)
     major = trt_major(trt_version)
     if major and major < 10:
         raise ConfigError(f"TensorRT {trt_version} is too old: vla-export builds with the TensorRT 10 API (JetPack 6 ships 10.3)")
     p = options.precision
-    if options.typing == "strong" or (options.typing == "auto" and (major >= 11 or (facts.typed and p == "fp32"))):
+    qdq_int8 = facts.has_qdq and p == "int8" and options.typing != "weak"
+    if options.typing == "strong" or (options.typing == "auto" and (major >= 11 or (facts.typed and p == "fp32") or qdq_int8)):
         strong = True
     else:
         strong = False
-    if strong and p != "fp32":
+    if strong and p != "fp32" and not (qdq_int8 and major < 11):
         why = f"TensorRT {trt_version} has no FP16/INT8 builder flags" if major >= 11 else "a strongly typed build takes its precision from the ONNX"
         raise ConfigError(
             f"{why}: run `vla-export quantize {facts.path.name} --{p}{' --calib DATA' if p == 'int8' else ''}` "
@@ -294,21 +335,24 @@ def make_plan(facts: OnnxFacts, options: TrtBuildOptions, *, trt_version: str = 
         raise ConfigError(f"TensorRT {trt_version} builds strongly typed networks only; drop --weakly-typed")
     flags: list[str] = []
     rules: list[LayerRule] = []
-    if p in ("fp16", "int8"):
+    if p in ("fp16", "int8") and not strong:
         flags.append("FP16")
-    if p == "int8":
+    if p == "int8" and not strong:
         flags.append("INT8")
         if not facts.has_qdq and options.calib is None:
             raise DataError(
                 f"INT8 without Q/DQ nodes in {facts.path.name} needs calibration data: pass --calib DATA "
                 "(make it with `vla-export calib`), or quantize explicitly with `vla-export quantize --int8`"
             )
-    if p != "fp32" and not options.fp16_all:
+    if p != "fp32" and not options.fp16_all and not strong:
+        # By exact ONNX node name only (trtexec's --layerPrecisions matches names, so both paths pin the same
+        # layers), float nodes only, never a quantized one.
         by_reason: dict[str, list[str]] = {}
         for name, reason in facts.sensitive.items():
-            by_reason.setdefault(reason, []).append(name)
-        rules.append(LayerRule("fp32", layer_types=("NORMALIZATION", "SOFTMAX"),
-                               names=tuple(sorted(by_reason.get("layernorm", []) + by_reason.get("softmax", []))), reason="layernorm+softmax"))
+            if name not in facts.quantized and name not in facts.non_float:
+                by_reason.setdefault(reason, []).append(name)
+        rules.append(LayerRule("fp32", names=tuple(sorted(by_reason.get("layernorm", []) + by_reason.get("softmax", []))),
+                               reason="layernorm+softmax"))
         rules.append(LayerRule("fp32", names=tuple(sorted(by_reason.get("mask", []))), reason="attention-mask arithmetic"))
         if p == "int8":
             rules.append(LayerRule("fp16", names=tuple(sorted(by_reason.get("residual-add", []))), reason="residual adds out of INT8"))
@@ -325,11 +369,11 @@ def make_plan(facts: OnnxFacts, options: TrtBuildOptions, *, trt_version: str = 
         flags.append("EXCLUDE_LEAN_RUNTIME")
     profiles = derive_profiles(facts, options, text_opt=(calib_shapes or {}).get("input_ids", (0, None))[-1])
     calib_profile = None
-    if p == "int8" and not facts.has_qdq and calib_shapes:
+    if p == "int8" and not strong and not facts.has_qdq and calib_shapes:
         # Implicit calibration runs at one shape per input: the calibration set's.
         calib_profile = {n: Profile(s, s, s) for n, s in calib_shapes.items()}
     calib_cache = options.calib_cache
-    if p == "int8" and options.calib is not None and calib_cache is None:
+    if p == "int8" and not strong and options.calib is not None and calib_cache is None:
         calib_cache = default_calib_cache(options.calib, facts.path, trt_version)
     return BuildPlan(
         strongly_typed=strong, flags=flags, workspace_bytes=options.workspace_mib << 20, profiles=profiles,
@@ -337,15 +381,16 @@ def make_plan(facts: OnnxFacts, options: TrtBuildOptions, *, trt_version: str = 
         timing_cache=str(options.timing_cache) if options.timing_cache else None,
         optimization_level=options.optimization_level, hardware_compatibility=options.hardware_compatibility,
         dla_core=options.dla_core, calib=str(options.calib) if options.calib else None,
-        calib_cache=str(calib_cache) if calib_cache else None, precision=p,
+        calib_cache=str(calib_cache) if calib_cache else None, precision=p, tensorrt=trt_version,
     )
 
 
 def default_calib_cache(calib: str | Path, onnx: str | Path, trt_version: str) -> Path:
-    """``calibration/set.npz`` -> ``calibration/set.<onnx stem>.trt<version>.cache``: caches are tied to
-    the network and the TensorRT version, so both are in the name."""
+    """``calibration/set.npz`` -> ``calibration/set.<onnx stem>.trt<major.minor.patch>.cache``: caches are tied to
+    the network and the TensorRT version, so both are in the name; the version is the three-part one that
+    trtexec reports and the bindings' four-part ``__version__`` starts with, so both builders name it alike."""
     calib = Path(calib)
-    return calib.with_name(f"{calib.stem}.{Path(onnx).stem}.trt{trt_version}.cache")
+    return calib.with_name(f"{calib.stem}.{Path(onnx).stem}.trt{engine_version(trt_version)}.cache")
 
 
 # --- translators -----------------------------------------------------------------------------------------
@@ -391,26 +436,27 @@ def _is_float(dtype, trt) -> bool:
 
 
 def apply_layer_rules(rules: Sequence[LayerRule], network, trt) -> dict[str, int]:
-    """Pin matching layers (and their float outputs) to a precision. Returns how many each rule pinned.
+    """Pin the layers a rule names exactly (and their outputs) to its precision, as trtexec's ``--layerPrecisions``
+    and ``--layerOutputTypes`` do for the same names. Returns how many each rule pinned.
 
-    Only layers whose outputs are all floating point are pinned: a constraint on a shape or boolean
-    layer would make the build fail under OBEY_PRECISION_CONSTRAINTS.
+    The plan names float ONNX nodes only; a named layer whose TensorRT outputs are not float is skipped with
+    a warning (a constraint there would fail the build under OBEY_PRECISION_CONSTRAINTS).
     """
     counts = {r.reason: 0 for r in rules}
     for i in range(network.num_layers):
         layer = network.get_layer(i)
+        rule = next((r for r in rules if layer.name in r.names), None)  # exact names, as trtexec --layerPrecisions
+        if rule is None:
+            continue
         outputs = [layer.get_output(j) for j in range(layer.num_outputs)]
         if not outputs or not all(_is_float(o.dtype, trt) for o in outputs):
+            log.warning("layer %s: output not FP32/FP16 in TensorRT's network, precision rule %r not applied", layer.name, rule.reason)
             continue
-        for rule in rules:
-            by_type = any(layer.type == getattr(trt.LayerType, t) for t in rule.layer_types)
-            if by_type or layer.name in rule.names or any(layer.name.startswith(n + "_") for n in rule.names):
-                dtype = trt.float32 if rule.precision == "fp32" else trt.float16
-                layer.precision = dtype
-                for j in range(layer.num_outputs):
-                    layer.set_output_type(j, dtype)
-                counts[rule.reason] += 1
-                break
+        dtype = trt.float32 if rule.precision == "fp32" else trt.float16
+        layer.precision = dtype
+        for j in range(layer.num_outputs):
+            layer.set_output_type(j, dtype)
+        counts[rule.reason] += 1
     return counts
 
 
@@ -419,7 +465,9 @@ def _shape_arg(shape: Sequence[int]) -> str:
 
 
 def trtexec_command(plan: BuildPlan, onnx: str | Path, engine: str | Path, trtexec: str = TRTEXEC) -> list[str]:
-    """The trtexec (TensorRT 10) command line for ``plan``; implicit INT8 calibration needs an existing cache."""
+    """The trtexec command line for ``plan`` (for the TensorRT ``plan.tensorrt``), as a list; print it with
+    :func:`shlex.join`. Refuses an implicit-INT8 line without an existing calibration cache: given a
+    missing ``--calib`` file, trtexec silently calibrates on uniform random data."""
     cmd = [trtexec, f"--onnx={onnx}", f"--saveEngine={engine}", f"--memPoolSize=workspace:{plan.workspace_bytes >> 20}M", "--skipInference"]
     flag_args = {"FP16": "--fp16", "INT8": "--int8", "GPU_FALLBACK": "--allowGPUFallback",
                  "VERSION_COMPATIBLE": "--versionCompatible", "EXCLUDE_LEAN_RUNTIME": "--excludeLeanRuntime",
@@ -446,8 +494,19 @@ def trtexec_command(plan: BuildPlan, onnx: str | Path, engine: str | Path, trtex
         cmd.append(f"--hardwareCompatibilityLevel={plan.hardware_compatibility}")
     if plan.dla_core is not None:
         cmd.append(f"--useDLACore={plan.dla_core}")
-    if plan.calib_cache and "INT8" in plan.flags:
+    if plan.implicit_int8:
+        if not (plan.calib_cache and Path(plan.calib_cache).is_file()):
+            raise ConfigError(
+                f"an INT8 trtexec build needs the calibration cache {plan.calib_cache or '(none named)'}, which does not exist "
+                "(without it trtexec calibrates on random data): build once with the TensorRT Python bindings to write it "
+                "(`vla-export trt ... --int8 --calib DATA`), or quantize explicitly (`vla-export quantize --int8 --calib DATA`) "
+                "and build that ONNX"
+            )
         cmd.append(f"--calib={plan.calib_cache}")
+    if trt_major(plan.tensorrt) >= 11:
+        gone = sorted({a.split("=")[0] for a in cmd[1:] if a.split("=")[0] in TRTEXEC_GONE_IN_11})
+        if gone:
+            raise ConfigError(f"trtexec {plan.tensorrt} does not take {', '.join(gone)}: quantize the ONNX instead (`vla-export quantize`)")
     return cmd
 
 
@@ -490,6 +549,22 @@ def trtexec_version(trtexec: str = TRTEXEC) -> str:
         return "unknown"
     v = int(m.group(1))
     return f"{v // 10000}.{v // 100 % 100}.{v % 100}" if v >= 10000 else f"{v // 1000}.{v // 100 % 10}.{v % 100}"
+
+
+def target_trt_version(override: str | None = None) -> tuple[str, str]:
+    """(version, where it came from) of the TensorRT a printed trtexec line is for: ``override``, else the
+    installed bindings, else trtexec on PATH, else JetPack 6's 10.3.0."""
+    if override:
+        return engine_version(override), "--trt-version"
+    try:
+        import tensorrt  # noqa: F401  (probing only)
+    except (ImportError, OSError):
+        pass
+    else:
+        return engine_version(tensorrt.__version__), "the installed TensorRT bindings"
+    if shutil.which(TRTEXEC):
+        return trtexec_version(), "trtexec on PATH"
+    return DEFAULT_TRT_VERSION, "the default (JetPack 6.x); set --trt-version for another"
 
 
 class _TrtLogger:
@@ -536,7 +611,7 @@ def build_engine(onnx: str | Path, output: str | Path, options: TrtBuildOptions 
         from vla_export.lazy import lazy_import
 
         trt = lazy_import("tensorrt", purpose="building TensorRT engines")
-        version = trt.__version__
+        version = engine_version(trt.__version__)  # three parts, as trtexec and the engine record it
         plan = make_plan(facts, options, trt_version=version, calib_shapes=calib_shapes)
         applied = _build_python(trt, plan, facts, output, calib)
     else:
@@ -586,15 +661,11 @@ def _build_python(trt, plan: BuildPlan, facts: OnnxFacts, output: Path, calib) -
 
 
 def _build_trtexec(plan: BuildPlan, facts: OnnxFacts, output: Path) -> None:
-    if "INT8" in plan.flags and not facts.has_qdq and not (plan.calib_cache and Path(plan.calib_cache).exists()):
-        raise ConfigError(
-            "trtexec cannot calibrate from data: quantize explicitly (`vla-export quantize --int8 --calib DATA`, then build "
-            "that ONNX), or build once where the TensorRT Python bindings are installed to write the calibration cache"
-        )
+    trtexec_command(plan, facts.path, output)  # refuses before anything runs (e.g. INT8 without its cache)
 
     def write(tmp: Path) -> None:
         cmd = trtexec_command(plan, facts.path, tmp)
-        log.info("running %s", " ".join(cmd))
+        log.info("running %s", shlex.join(cmd))
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0 or not tmp.stat().st_size:
             tail = " | ".join((proc.stdout + proc.stderr).strip().splitlines()[-3:])

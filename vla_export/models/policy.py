@@ -127,7 +127,11 @@ class MobileVLAPolicy(nn.Module):
         inputs_embeds = torch.cat([prefix[:, :2], image_embeds.to(text.dtype), prefix[:, 2 + q :], text], dim=1)
         mask = torch.cat([torch.ones(n, self.cfg.prefix_len, dtype=attention_mask.dtype, device=attention_mask.device), attention_mask], dim=1)
         # HF's own rule: positions count non-padding tokens from padding_idx + 1; padding sits at padding_idx.
-        position_ids = torch.cumsum(mask, dim=1) * mask + self.cfg.tokens.pad
+        # HF computes cumsum(mask) * mask; for right-padded masks (the prefix is all ones, the prompt is
+        # right-padded) that equals arange(1..L) * mask. The closed form keeps CumSum on INT64 out of the
+        # graph: TensorRT 10.3's ONNX support matrix lists CumSum for float types only.
+        positions = torch.arange(1, mask.shape[1] + 1, dtype=mask.dtype, device=mask.device).unsqueeze(0)
+        position_ids = positions * mask + self.cfg.tokens.pad
         hidden = kosmos.text_model(
             inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=position_ids.long(), return_dict=True
         ).last_hidden_state

@@ -165,6 +165,7 @@ def replay_check(
     tokenizer_dir: Any = None,
     text_len: int | None = None,
     providers: Any = None,
+    wrap_reference: Any = None,
 ) -> ReplayResult:
     """Replay ``episode_path`` through the split artifacts against the checkpoint's full PyTorch policy.
 
@@ -191,7 +192,8 @@ def replay_check(
             f"{split}: the parts were exported from a policy with (image size, feature width, actions) {theirs}, "
             f"the checkpoint's policy has {mine}"
         )
-    with policy, TorchRunner(loaded.policy) as reference:
+    torch_ref = TorchRunner(loaded.policy)
+    with policy, (wrap_reference(torch_ref) if wrap_reference else torch_ref) as reference:
         tol = atol if atol is not None else tolerance_for(precision or parts_precision(policy)).atol
         result = replay_episode(policy, reference, episode, atol=tol)
     result.reference["checkpoint"] = str(loaded.checkpoint.path)
