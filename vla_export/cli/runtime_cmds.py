@@ -52,6 +52,7 @@ def replay(
     text_len: Optional[int] = typer.Option(None, "--text-len", help="Pad the prompt to this many tokens (engines with a static text shape)."),
     providers: Optional[list[str]] = typer.Option(None, "--provider", help="onnxruntime execution provider for ONNX parts (repeatable)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the per-step result as JSON."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Draw streaming vs reference actions per step and the per-step error against the tolerance into this PNG (needs matplotlib)."),
     config: Optional[Path] = ConfigOpt,
     rename: Optional[list[str]] = RenameOpt,
     trust_checkpoint: bool = TrustOpt,
@@ -71,6 +72,10 @@ def replay(
     if json_path:
         write_json(json_path, report)
         console.print(f"wrote {json_path}")
+    if plot:
+        from vla_export.plots import plot_replay
+
+        console.print(f"wrote {plot_replay(report, plot)}")
     if not result.passed:
         raise typer.Exit(1)
 
