@@ -26,8 +26,13 @@ from typing import Any
 
 import numpy as np
 
+from vla_export.artifacts import detect_kind
+from vla_export.backends.onnxrt import OnnxrtRunner
+from vla_export.data.episodes import EpisodeSource
+from vla_export.data.source import SyntheticSource
 from vla_export.errors import ArtifactError, ConfigError
 from vla_export.export.inspect_artifacts import SCOPE_KEY, component_of_onnx_name, node_module_scopes
+from vla_export.export.manifest import read_manifest
 from vla_export.lazy import lazy_import
 from vla_export.parity import Tolerance, tolerance_for
 
@@ -286,13 +291,6 @@ def locate(
     providers: Sequence[str] | None = None,
 ) -> LocateResult:
     """Compare the PyTorch policy and the ONNX ``artifact`` module by module on ``samples`` inputs (batch 1)."""
-    import torch
-
-    from vla_export.artifacts import detect_kind
-    from vla_export.backends.onnxrt import OnnxrtRunner
-    from vla_export.data.source import SyntheticSource
-    from vla_export.export.manifest import read_manifest
-
     artifact = Path(artifact)
     kind = detect_kind(artifact, allowed=("onnx", "engine", "checkpoint"))
     if kind != "onnx":
@@ -317,6 +315,7 @@ def locate(
     precision = precision or manifest.get("precision", "fp32")
     tol = tolerance or tolerance_for(precision)
 
+    torch = lazy_import("torch", purpose="running the PyTorch reference")
     loaded = policy_loader()
     policy, cfg = loaded.policy.eval(), loaded.config
     names = watched_modules(policy, level)
@@ -332,8 +331,6 @@ def locate(
             pv = cand.input_shapes["pixel_values"]
             window = pv[1] if len(pv) == 5 and isinstance(pv[1], int) else cfg.window
             if data:
-                from vla_export.data.episodes import EpisodeSource
-
                 source = EpisodeSource(data, cfg, seed=seed, window=window)
             else:
                 source = SyntheticSource(cfg, seed=seed, window=window)
