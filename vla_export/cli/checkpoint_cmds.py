@@ -1,4 +1,4 @@
-"""``vla-export init`` and ``vla-export inspect``."""
+"""``vla-export init``, the options shared by commands that load a checkpoint, and the checkpoint part of ``inspect``."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from vla_export.cli.common import console, write_json
-from vla_export.errors import VlaExportError
+from vla_export.cli.common import console
 
 RenameOpt = typer.Option(None, "--rename", help="Rename key prefixes, OLD=NEW (repeatable), for checkpoints from other code bases.")
 ConfigOpt = typer.Option(None, "--config", help="Policy config JSON; overrides inference from tensor shapes.")
@@ -83,23 +82,3 @@ def render_inspect(report: dict[str, Any]) -> None:
     verdict = "[green]loadable (strict)[/]" if report["loadable"] else "[red]NOT loadable[/]"
     console.print(f"verdict: {verdict}")
 
-
-def inspect(
-    checkpoint: Path = typer.Argument(..., help="Checkpoint (.pt/.pth/.ckpt or .safetensors)."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON."),
-    config: Optional[Path] = ConfigOpt,
-    rename: Optional[list[str]] = RenameOpt,
-    trust_checkpoint: bool = TrustOpt,
-    load: bool = typer.Option(False, "--load", help="Also load the full policy; report load time and peak RSS."),
-) -> None:
-    """Sizes per component, training metadata, the inferred config and the strict-load verdict."""
-    from vla_export.models.inspect import inspect_checkpoint
-
-    cfg, renames = policy_source_options(config, rename)
-    report = inspect_checkpoint(checkpoint, config=cfg, renames=renames, trust=trust_checkpoint, load=load)
-    render_inspect(report)
-    if json_path:
-        write_json(json_path, report)
-        console.print(f"wrote {json_path}")
-    if not report["loadable"]:
-        raise VlaExportError(f"{checkpoint}: cannot be loaded as a policy: {report['reason']}")
