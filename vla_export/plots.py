@@ -28,10 +28,14 @@ def _pyplot():
     return lazy_import("matplotlib.pyplot", purpose="drawing plots", install=INSTALL)
 
 
-def _save(fig, path: str | Path) -> Path:
+def _png(path: str | Path) -> Path:
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ConfigError(f"{path}: plots are written as .png")
+    return path
+
+
+def _save(fig, path: Path) -> Path:
     plt = _pyplot()
     try:
         atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
@@ -47,6 +51,7 @@ def plot_bench(report: Mapping[str, Any], path: str | Path) -> Path:
 
     Needs the raw per-iteration times (``samples_ms``) that ``vla-bench`` keeps in its JSON.
     """
+    path = _png(path)
     plt = _pyplot()
     rows = report.get("results", [])
     curves = [(r, m, mode) for r in rows for mode, m in r.get("modes", {}).items() if m.get("samples_ms")]
@@ -72,7 +77,7 @@ def plot_bench(report: Mapping[str, Any], path: str | Path) -> Path:
     s = report.get("settings", {})
     ax.set_title(f"latency distribution, batch {s.get('batch', '?')}, window {s.get('window', '?')}")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
     if phased:
         bx = axes[0][1]
         names = list(phased[0][1])
@@ -93,6 +98,7 @@ def plot_bench(report: Mapping[str, Any], path: str | Path) -> Path:
 
 def plot_replay(report: Mapping[str, Any], path: str | Path) -> Path:
     """Streaming vs full-window reference action per dimension over the episode, and the per-step error against atol."""
+    path = _png(path)
     plt = _pyplot()
     steps = report.get("steps", [])
     if not steps:
@@ -112,7 +118,7 @@ def plot_replay(report: Mapping[str, Any], path: str | Path) -> Path:
         ax.grid(True, alpha=0.3)
     axes[0].legend(fontsize=8, loc="best")
     ax = axes[-1]
-    ax.semilogy(idx, np.maximum(err, 1e-12), marker="o", color=colors[2], label="max abs error per step")
+    ax.semilogy(idx, np.maximum(err, 1e-12), marker="o", color=colors[2], label="max abs error per step (0 shown at 1e-12)")
     ax.axhline(report["atol"], color="red", linestyle="--", label=f"tolerance atol {report['atol']:g}")
     warm = int(report.get("policy", {}).get("window", 0) or 0)
     if warm > 1:
@@ -124,6 +130,7 @@ def plot_replay(report: Mapping[str, Any], path: str | Path) -> Path:
     ep = report.get("episode", {})
     verdict = "pass" if report.get("passed") else f"FAIL at steps {report.get('failed_steps')}"
     fig.suptitle(f"replay {ep.get('name', '')}: streaming vs full window ({verdict})", fontsize=10)
+    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -131,6 +138,7 @@ def plot_replay(report: Mapping[str, Any], path: str | Path) -> Path:
 
 def plot_locate(report: Mapping[str, Any], path: str | Path) -> Path:
     """The per-layer error curve: relative max abs error (log) and 1 - cosine per module, in execution order."""
+    path = _png(path)
     plt = _pyplot()
     points = report.get("points", [])
     if not points:
@@ -142,7 +150,7 @@ def plot_locate(report: Mapping[str, Any], path: str | Path) -> Path:
     width = max(8.0, 0.28 * len(points) + 3)
     fig, ax = plt.subplots(figsize=(width, 5.5))
     ax.semilogy(x, np.maximum(rel, floor), marker="o", label="max abs error / max |reference|")
-    ax.semilogy(x, np.maximum(cos_gap, floor), marker="s", linestyle="--", label="1 - cosine similarity")
+    ax.semilogy(x, np.maximum(cos_gap, floor), marker="s", linestyle="--", label="1 - cosine similarity (shown at 1e-9 when smaller)")
     tol = report.get("tolerance", {})
     if tol.get("rtol"):
         ax.axhline(tol["rtol"], color="red", linestyle=":", label=f"tolerance: rtol {tol['rtol']:g} ({report.get('precision')})")

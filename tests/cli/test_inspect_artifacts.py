@@ -131,3 +131,63 @@ def test_inspect_without_torch(tiny_onnx, tiny_split, data):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["onnx", "split", "calibration", "episode"]
+
+
+class _FakeTrt:
+    """The slice of the TensorRT 10 API that engine inspection uses (the real one is not installable here)."""
+
+    __version__ = "10.3.0"
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level):
+            pass
+
+    class LayerInformationFormat:
+        JSON = "json"
+
+    class _Engine:
+        num_io_tensors = 2
+
+        def get_tensor_name(self, i):
+            return ["pixel_values", "actions"][i]
+
+        def get_tensor_mode(self, name):
+            return "TensorIOMode.INPUT" if name == "pixel_values" else "TensorIOMode.OUTPUT"
+
+        def get_tensor_shape(self, name):
+            return [1, 4, 3, 224, 224] if name == "pixel_values" else [1, 3]
+
+        def get_tensor_dtype(self, name):
+            return "DataType.FLOAT"
+
+        def create_engine_inspector(self):
+            class Inspector:
+                def get_engine_information(self, fmt):
+                    assert fmt == "json"
+                    return json.dumps({"Layers": [{"Name": "fc1", "LayerType": "Gemm", "Precision": "HALF"}], "Bindings": []})
+
+            return Inspector()
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, data):
+            return _FakeTrt._Engine() if data.startswith(b"engine") else None
+
+
+def test_engine_layers_through_the_tensorrt_api(cli, tmp_path, monkeypatch):
+    """The IEngineInspector path against a stand-in module: unverified against real TensorRT."""
+    monkeypatch.setitem(sys.modules, "tensorrt", _FakeTrt)
+    engine = tmp_path / "t.engine"
+    engine.write_bytes(b"engine bytes")
+    _, rep = _json(cli, engine, tmp_path / "r.json")
+    t = rep["tensorrt"]
+    assert t["available"] and t["num_layers"] == 1 and t["layers"][0]["Precision"] == "HALF"
+    assert t["io"] == [{"name": "pixel_values", "mode": "INPUT", "shape": [1, 4, 3, 224, 224], "dtype": "FLOAT"},
+                       {"name": "actions", "mode": "OUTPUT", "shape": [1, 3], "dtype": "FLOAT"}]
+    engine.write_bytes(b"garbage")
+    r = cli("inspect", engine)
+    assert r.exit_code == 2 and "cannot deserialize" in r.stderr, r

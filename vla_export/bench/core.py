@@ -71,9 +71,12 @@ class ModeResult:
     stats: LatencyStats
     floor: FloorCheck | None
     phases_ms: dict[str, float] = field(default_factory=dict)  # median of each e2e phase
+    samples_ms: list[float] = field(default_factory=list)  # every timed iteration, in order (plots are redrawn from these)
+    phase_samples_ms: dict[str, list[float]] = field(default_factory=dict)  # every e2e iteration's phases
 
     def to_dict(self) -> dict[str, Any]:
-        return {"latency": self.stats.to_dict(), "floor": self.floor.to_dict() if self.floor else None, "phases_p50_ms": self.phases_ms}
+        return {"latency": self.stats.to_dict(), "floor": self.floor.to_dict() if self.floor else None, "phases_p50_ms": self.phases_ms,
+                "samples_ms": self.samples_ms, "phase_samples_ms": self.phase_samples_ms}
 
 
 @dataclass
@@ -304,6 +307,7 @@ def bench_target(target: Target, settings: BenchSettings, peak: DevicePeak, *, p
         warm_total = 0.0
         for mode in settings.modes:
             phases: dict[str, float] = {}
+            phase_samples: dict[str, list[float]] = {}
             if mode == "compute":
                 staged = runner.stage(feed)
 
@@ -318,11 +322,12 @@ def bench_target(target: Target, settings: BenchSettings, peak: DevicePeak, *, p
                 e2e.record = True
                 samples, _ = time_loop(e2e, warmup=0, iters=settings.iters, duration_s=settings.duration_s)
                 phases = {k: float(np.median(v)) * 1e3 for k, v in e2e.phases.items()}
+                phase_samples = {k: [round(x * 1e3, 6) for x in v] for k, v in e2e.phases.items()}
             warm_total += warm
             stats = LatencyStats.from_seconds(samples)
             floor = check_floor(cost, peak, stats.p50_ms)
             warnings += floor.notes if floor.below_floor else []
-            modes[mode] = ModeResult(stats, floor, phases)
+            modes[mode] = ModeResult(stats, floor, phases, [round(x * 1e3, 6) for x in samples], phase_samples)
         summary = None
         if profile:
             from vla_export.bench.profile import profile_runner

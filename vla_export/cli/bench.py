@@ -109,6 +109,7 @@ def bench(
     profile: bool = typer.Option(False, "--profile", help="Also profile each row's compute loop (torch.profiler): kernel time, kernel count, top ops."),
     streaming: bool = typer.Option(False, "--streaming", help="Time one control step of the split runtime (backbone on one frame + head on the window) against the single-frame backbone, per window T. Artifacts: checkpoints/preset:NAME (torch) or split exports (NAME.split.json, onnxrt or trt)."),
     windows: Optional[str] = typer.Option(None, "--windows", help="With --streaming: comma-separated windows T, e.g. 1,8,16 (default: the policy's window)."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Draw the latency distribution per row (CDF, physical floor marked) and the e2e phases into this PNG (needs matplotlib)."),
     debug: bool = typer.Option(False, DEBUG_FLAG, help="Show full tracebacks on errors."),
 ) -> int:
     """Time each artifact on each backend; one table with ratios to the first row and the physical floor."""
@@ -125,6 +126,9 @@ def bench(
     )
     if streaming:
         from vla_export.cli.runtime_cmds import bench_streaming_cmd
+
+        if plot:
+            raise ConfigError("--plot draws the per-backend benchmark, not --streaming")
 
         words = ["vla-bench", "--streaming", *artifacts, *(w for b in backend or [] for w in ("-b", b)), *(("--windows", windows) if windows else ()),
                  "--warmup", warmup, "--iters", settings.iters, "--seed", seed, *(("--json", json_path) if json_path else ())]
@@ -163,6 +167,10 @@ def bench(
     if junit:
         write_junit(junit, "vla-bench floor check", bench_cases(report.to_dict()), classname="vla-bench.floor")
         wrote(junit)
+    if plot:
+        from vla_export.plots import plot_bench
+
+        wrote(plot_bench(report.to_dict(), plot), "plot")
     invalid = [r.label for r in report.results if r.below_floor or not r.outputs_finite]
     if invalid:
         err_console.print(f"error: not valid measurements of the full model: {', '.join(invalid)}", style="red", markup=False)

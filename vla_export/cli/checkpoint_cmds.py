@@ -1,4 +1,4 @@
-"""``vla-export init`` and ``vla-export inspect``."""
+"""``vla-export init``, the options shared by commands that load a checkpoint, and the checkpoint part of ``inspect``."""
 
 from __future__ import annotations
 

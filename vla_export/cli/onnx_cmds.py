@@ -137,7 +137,7 @@ def parity(
     render_parity(report)
     if locate:
         from vla_export.cli.locate_cmds import render_locate
-        from vla_export.export.locate import locate as locate_layers
+        from vla_export.locate import locate as locate_layers
         from vla_export.models.loader import PolicyFromCheckpoint
 
         found = locate_layers(

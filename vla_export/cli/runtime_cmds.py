@@ -60,6 +60,7 @@ def replay(
     junit: Optional[Path] = JunitOpt,
     load: LoadOptions = LoadOptions(),
     save_reference: Optional[Path] = typer.Option(None, "--save-reference", help="Also save the per-step full-window PyTorch actions (+ config, checkpoint sha256) to this .npz, for `vla-export replay REF.npz ...` on the device."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Draw streaming vs reference actions per step and the per-step error against the tolerance into this PNG (needs matplotlib)."),
 ) -> None:
     """Stream an episode through the split runtime; at every step compare with the full-window PyTorch policy (or a saved reference). Exit 1 on a failed step."""
     from vla_export import reference as saved
@@ -89,6 +90,10 @@ def replay(
     if junit:
         write_junit(junit, f"replay {episode.name}", replay_cases(report), classname="vla-export.replay")
         wrote(junit)
+    if plot:
+        from vla_export.plots import plot_replay
+
+        wrote(plot_replay(report, plot), "plot")
     if not result.passed:
         raise typer.Exit(ExitCode.CHECK_FAILED)
 

@@ -12,7 +12,7 @@ from onnx import numpy_helper
 from vla_export.data.calibration import make_calibration_set
 from vla_export.data.episodes import write_synthetic_episodes
 from vla_export.errors import ArtifactError, ConfigError
-from vla_export.export.locate import locate
+from vla_export.locate import locate
 from vla_export.models.config import get_preset
 from vla_export.models.loader import PolicyFromCheckpoint
 
@@ -79,6 +79,10 @@ def test_locate_runs_on_the_int8_artifact(tiny_ckpt, tiny_onnx, tmp_path):
     assert {p.component for p in r.points} >= {"kosmos_vision", "projection", "kosmos_text", "clip_vision", "lstm", "action_head"}
     assert all(np.isfinite(p.max_abs) for p in r.points)
     assert max(p.rel_err for p in r.points) > 1e-3  # it really is a quantized graph, compared layer by layer
+    # The quantizer's Q/DQ nodes carry no scope: they must not make a module's inner tensor look like its output
+    # (CLIP's pre-LayerNorm output, quantized for the first attention, once passed for CLIP's output).
+    exact = locate(PolicyFromCheckpoint(tiny_ckpt), tiny_onnx, samples=1)
+    assert {p.module: p.onnx_tensor for p in r.points} == {p.module: p.onnx_tensor for p in exact.points}
 
 
 def test_refusals(tiny_ckpt, tiny_onnx, tmp_path):

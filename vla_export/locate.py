@@ -26,8 +26,13 @@ from typing import Any
 
 import numpy as np
 
+from vla_export.artifacts import detect_kind
+from vla_export.backends.onnxrt import OnnxrtRunner
+from vla_export.data.episodes import EpisodeSource
+from vla_export.data.source import SyntheticSource
 from vla_export.errors import ArtifactError, ConfigError
 from vla_export.export.inspect_artifacts import SCOPE_KEY, component_of_onnx_name, node_module_scopes
+from vla_export.manifest import read_manifest
 from vla_export.lazy import lazy_import
 from vla_export.parity import Tolerance, tolerance_for
 
@@ -131,7 +136,11 @@ class _GraphScopes:
 
 
 def graph_scopes(model) -> _GraphScopes:
-    """For every module, the tensors its nodes produce and hand to nodes outside it (or to graph outputs)."""
+    """For every module, the tensors its nodes produce and hand to nodes outside it (or to graph outputs).
+
+    Nodes without a scope (Q/DQ pairs a quantizer inserted, Casts of the FP16 converter) are
+    transparent: a tensor that reaches, through them, only nodes of the same module stays inside it.
+    """
     nodes = list(model.graph.node)
     scopes = [node_module_scopes(n) for n in nodes]
     roots = [s[0] for s in scopes if s]
@@ -141,22 +150,38 @@ def graph_scopes(model) -> _GraphScopes:
             "(the default of `vla-export onnx`) to locate layers; torchscript exports have none"
         )
     root = max(set(roots), key=roots.count)
-    member: list[set[str]] = []
-    for s in scopes:
-        member.append({x[len(root) + 1:] for x in s if x.startswith(root + ".")})
+    member = [{x[len(root) + 1:] for x in s if x.startswith(root + ".")} for s in scopes]
     consumers: dict[str, list[int]] = {}
     for i, n in enumerate(nodes):
         for v in n.input:
             consumers.setdefault(v, []).append(i)
     graph_outputs = {o.name for o in model.graph.output}
+    reach: dict[str, tuple[list[int], bool]] = {}
+
+    def reached(v: str) -> tuple[list[int], bool]:
+        """Scoped nodes that use ``v`` directly or through scope-less nodes, and whether it reaches a graph output."""
+        if v not in reach:
+            reach[v] = ([], False)  # guards against revisiting (graphs are acyclic; this only bounds the work)
+            found, out = [], v in graph_outputs
+            for u in consumers.get(v, []):
+                if scopes[u]:
+                    found.append(u)
+                    continue
+                for w in nodes[u].output:
+                    more, more_out = reached(w)
+                    found += more
+                    out = out or more_out
+            reach[v] = (found, out)
+        return reach[v]
+
     boundary: dict[str, list[tuple[int, str]]] = {}
     for i, n in enumerate(nodes):
-        for module in member[i]:
-            for v in n.output:
-                if not v:
-                    continue
-                users = consumers.get(v, [])
-                if v in graph_outputs or any(module not in member[u] for u in users):
+        for v in n.output:
+            if not v or not member[i]:
+                continue
+            users, to_output = reached(v)
+            for module in member[i]:
+                if to_output or any(module not in member[u] for u in users):
                     boundary.setdefault(module, []).append((i, v))
     return _GraphScopes(root, boundary)
 
@@ -286,13 +311,6 @@ def locate(
     providers: Sequence[str] | None = None,
 ) -> LocateResult:
     """Compare the PyTorch policy and the ONNX ``artifact`` module by module on ``samples`` inputs (batch 1)."""
-    import torch
-
-    from vla_export.artifacts import detect_kind
-    from vla_export.backends.onnxrt import OnnxrtRunner
-    from vla_export.data.source import SyntheticSource
-    from vla_export.manifest import read_manifest
-
     artifact = Path(artifact)
     kind = detect_kind(artifact, allowed=("onnx", "engine", "checkpoint"))
     if kind != "onnx":
@@ -317,6 +335,7 @@ def locate(
     precision = precision or manifest.get("precision", "fp32")
     tol = tolerance or tolerance_for(precision)
 
+    torch = lazy_import("torch", purpose="running the PyTorch reference")
     loaded = policy_loader()
     policy, cfg = loaded.policy.eval(), loaded.config
     names = watched_modules(policy, level)
@@ -332,8 +351,6 @@ def locate(
             pv = cand.input_shapes["pixel_values"]
             window = pv[1] if len(pv) == 5 and isinstance(pv[1], int) else cfg.window
             if data:
-                from vla_export.data.episodes import EpisodeSource
-
                 source = EpisodeSource(data, cfg, seed=seed, window=window)
             else:
                 source = SyntheticSource(cfg, seed=seed, window=window)
