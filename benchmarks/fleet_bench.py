@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("artifact", help="split export (NAME.split.json) or checkpoint (with --backend torch)")
     ap.add_argument("--backend", default=None)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32", help="torch backend dtype")
     ap.add_argument("--robots", default="1,2,4,8", help="fleet sizes, comma-separated")
     ap.add_argument("--rate", type=float, default=10.0, help="control rate per robot in Hz (0: closed loop)")
     ap.add_argument("--seconds", type=float, default=10.0, help="duration per fleet size")
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     hw = tuple(int(v) for v in args.frame.split("x"))
     with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
         repo = write_repository(args.artifact, Path(tmp) / "repo", TritonOptions(
-            backend=args.backend, device=args.device, max_robots=max(sizes), max_batch=args.max_batch,
+            backend=args.backend, device=args.device, dtype=args.dtype, max_robots=max(sizes), max_batch=args.max_batch,
             queue_delay_us=args.queue_delay_us, idle_seconds=60))
         model = repo.models[0]
         rows = []
