@@ -9,8 +9,12 @@ PYTRITON ?= nvidia-pytriton==0.7.0
 COMPAT ?= $(VENV)/compat-transformers4
 COMPAT_PKGS ?= "transformers==4.57.*" "huggingface_hub<1.0" "tokenizers<0.23"
 DEMO   ?= demo-out
+# The device profile (JetPack 6.x): a venv that sees the system TensorRT (python3-libnvinfer from apt)
+# and holds what the engine path needs, and no torch (the package itself goes in with --no-deps).
+JETSON_VENV ?= .venv-jetson
+JETSON_PKGS ?= "numpy>=1.24" "onnx>=1.16" "onnxruntime>=1.18" "cuda-python>=12" "polygraphy>=0.49" "typer>=0.12" "rich>=13" "h5py>=3.8" "psutil>=5.9"
 
-.PHONY: install demo test test-compat test-gpu clean
+.PHONY: install demo test test-compat test-gpu jetson clean
 
 install: $(STAMP)
 
@@ -52,6 +56,15 @@ test-compat: install
 # Tests that need TensorRT and/or a CUDA GPU; they skip with the reason elsewhere.
 test-gpu: install
 	$(BIN)/python -m pytest -q -m "trt or gpu" -rs
+
+jetson:
+	@test -x $(JETSON_VENV)/bin/python || $(PYTHON) -m venv --system-site-packages $(JETSON_VENV)
+	$(JETSON_VENV)/bin/python -m pip install -q $(JETSON_PKGS)
+	$(JETSON_VENV)/bin/python -m pip install -q --no-deps -e .
+	@$(JETSON_VENV)/bin/python -c "import tensorrt; print('TensorRT', tensorrt.__version__, 'from', tensorrt.__file__)" \
+	  || echo "warning: TensorRT's Python bindings are not visible: sudo apt install nvidia-tensorrt python3-libnvinfer"
+	@$(JETSON_VENV)/bin/python -c "import torch" 2>/dev/null && echo "note: a system torch is visible; the engine path does not use it" || true
+	$(JETSON_VENV)/bin/vla-export --help > /dev/null && echo "jetson: OK ($(JETSON_VENV)/bin/vla-export, vla-bench)"
 
 clean:
 	rm -rf $(DEMO) build *.egg-info .pytest_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -104,3 +105,26 @@ def test_tolerances():
     assert tolerance_for("fp32", atol=0.5, rtol=None).atol == 0.5
     with pytest.raises(ConfigError, match="precision"):
         tolerance_for("fp8")
+
+
+def test_int8_features_are_judged_by_relative_error_per_row():
+    """INT8 intermediate outputs: relative error per frame and cosine, not elementwise atol (README "INT8 parity")."""
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(16, 80)) * np.linspace(0.1, 20, 80)  # a feature with a few large elements
+    tol = tolerance_for("int8")
+    # INT8 rounding: an absolute error on the scale of the whole vector (1% of its RMS here). Small
+    # elements break atol + rtol * |ref|; the feature is fine.
+    rms = np.sqrt((ref**2).mean(axis=1, keepdims=True))
+    noisy = ref + 0.01 * rms * rng.normal(size=ref.shape)
+    elementwise = dataclasses.replace(tol, max_row_rel_error=None)
+    assert compare_output("features", ref, noisy, elementwise).violations > 0
+    ok = compare_output("features", ref, noisy, tol)
+    assert ok.rule == "relative" and ok.passed and ok.max_row_rel < 0.02
+    # One frame 10% off: the whole-output cosine (~0.9997) would hide it, the per-row bound does not.
+    bad = noisy.copy()
+    bad[3] += 0.1 * np.linalg.norm(ref[3]) * rng.normal(size=80) / np.sqrt(80)
+    broken = compare_output("features", ref, bad, tol)
+    assert broken.cosine > tol.min_cosine and not broken.passed and broken.max_row_rel > 0.05
+    # Actions keep the elementwise rule at INT8, and NaN fails the relative rule too.
+    assert compare_output("actions", ref[:, :3], noisy[:, :3], tol).rule == "elementwise"
+    assert not compare_output("features", ref, np.full_like(ref, np.nan), tol).passed

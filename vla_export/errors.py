@@ -74,3 +74,7 @@ class EnvironmentProblem(VlaExportError):
 
 class MissingDependencyError(EnvironmentProblem, ImportError):
     """An optional dependency is not importable; the message names the install command."""
+
+
+class OutputError(VlaExportError):
+    """An output location cannot be written: a read-only folder, no space left, a folder where a file is wanted."""

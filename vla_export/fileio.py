@@ -2,12 +2,77 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from vla_export.errors import OutputError
+
+#: errno values that mean "this location cannot take the output", not a bug: reported as OutputError.
+FS_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR,
+                       errno.EDQUOT, errno.EEXIST, errno.EFBIG, errno.ENAMETOOLONG})
+
+
+def fs_error_message(path: str | Path, exc: OSError) -> str:
+    """One line for a file-system error: the path, what went wrong, and what to do about it."""
+    reason = exc.strerror or str(exc)
+    hint = {
+        errno.ENOSPC: "free some space or write elsewhere",
+        errno.EDQUOT: "free some space or write elsewhere",
+        errno.EROFS: "the file system is read-only: write elsewhere",
+        errno.EACCES: "no permission to write there: write elsewhere",
+        errno.EPERM: "no permission to write there: write elsewhere",
+    }.get(exc.errno or 0)
+    where = exc.filename if exc.filename and Path(str(exc.filename)).name != Path(path).name else path
+    return f"{where}: cannot write ({reason})" + (f"; {hint}" if hint else "")
+
+
+def check_output_path(path: str | Path, *, folder: bool = False) -> Path:
+    """Refuse, before any expensive work, an output location that cannot be written.
+
+    ``path`` is a file to write (``folder=True``: a folder to fill). Refused with :class:`OutputError`:
+    a file path that names an existing folder, a folder path that names an existing file, a parent
+    that is a file, and a location where no file can be created (read-only, no permission, no
+    space); the last is found by creating and removing an empty file in the nearest existing folder.
+    Nothing is created.
+    """
+    path = Path(path)
+    if folder:
+        if path.exists() and not path.is_dir():
+            raise OutputError(f"{path}: is a file, but a folder is needed here")
+    elif path.is_dir():
+        raise OutputError(f"{path}: is a folder; give a file name (e.g. {path / ('output' + (path.suffix or ''))})")
+    existing = path if folder and path.is_dir() else path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"{existing}: is a file, but {path} needs it to be a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".vla-export-write-check.", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(fs_error_message(existing, exc)) from exc
+    return path
+
+
+@contextmanager
+def output_errors(path: str | Path) -> Iterator[None]:
+    """Turn a file-system error while writing ``path`` (no space left, read-only) into :class:`OutputError`."""
+    try:
+        yield
+    except OutputError:
+        raise
+    except OSError as exc:
+        if exc.errno not in FS_ERRNOS:
+            raise
+        raise OutputError(fs_error_message(path, exc)) from exc
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
@@ -16,20 +81,38 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
     An interrupted or failed write leaves nothing at ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder; give a file name")
+    with output_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+        os.close(fd)
     tmp_path = Path(tmp)
     try:
-        write(tmp_path)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp_path, path)
+        with output_errors(path):
+            write(tmp_path)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
+            os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
     return path
+
+
+@contextmanager
+def staging_dir(target: str | Path) -> Iterator[Path]:
+    """A temporary folder beside ``target`` (same file system, so moves out of it are renames), removed afterwards."""
+    target = Path(target)
+    with output_errors(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmpdir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    try:
+        with output_errors(target):
+            yield tmpdir
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:

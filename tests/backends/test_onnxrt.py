@@ -99,3 +99,55 @@ def test_select_by_suffix(tiny_onnx, tiny_ckpt, tmp_path, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "vla_export.backends.tensorrt", None)  # unimportable
     with pytest.raises(MissingDependencyError, match="TensorRT"):
         runner_for_artifact(engine)
+
+
+def _qdq_matmul(path):
+    """y = DQ(Q(x)) @ DQ(w_int8): the Q/DQ pattern onnxruntime fuses into an integer MatMul kernel."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).integers(-127, 128, size=(64, 32)).astype(np.int8)
+    inits = [
+        numpy_helper.from_array(w, "w_q"), numpy_helper.from_array(np.full(32, 0.01, np.float32), "w_scale"),
+        numpy_helper.from_array(np.zeros(32, np.int8), "w_zp"), numpy_helper.from_array(np.float32(0.05), "x_scale"),
+        numpy_helper.from_array(np.int8(0), "x_zp"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zp"], ["x_q"]),
+        helper.make_node("DequantizeLinear", ["x_q", "x_scale", "x_zp"], ["x_dq"]),
+        helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zp"], ["w_dq"], axis=1),
+        helper.make_node("MatMul", ["x_dq", "w_dq"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 32])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    return w.astype(np.float64) * 0.01
+
+
+def test_exact_qdq_runs_the_quantized_arithmetic_not_int8_kernels(tmp_path):
+    """qdq="exact" keeps onnxruntime from fusing Q/DQ into its int8 kernels (whose error depends on the CPU)."""
+    import onnx
+    import onnxruntime as ort
+
+    from vla_export.backends.onnxrt import OnnxrtRunner
+
+    w = _qdq_matmul(tmp_path / "qdq.onnx")
+    x = np.random.default_rng(1).normal(size=(8, 64)).astype(np.float32)
+    expected = np.clip(np.round(x / 0.05), -128, 127) * 0.05 @ w  # the Q/DQ graph's own arithmetic
+
+    def fused_ops(runner):
+        opts = ort.SessionOptions()
+        opts.optimized_model_filepath = str(tmp_path / f"{runner.qdq}.opt.onnx")
+        for k, v in runner.session_config().items():
+            opts.add_session_config_entry(k, v)
+        ort.InferenceSession(str(runner.path), opts, providers=["CPUExecutionProvider"])
+        return {n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node}
+
+    kernels, exact = OnnxrtRunner(tmp_path / "qdq.onnx"), OnnxrtRunner(tmp_path / "qdq.onnx", qdq="exact")
+    assert fused_ops(kernels) & {"MatMulIntegerToFloat", "QLinearMatMul", "MatMulInteger"}
+    assert not fused_ops(exact) & {"MatMulIntegerToFloat", "QLinearMatMul", "MatMulInteger", "DynamicQuantizeMatMul"}
+    with exact:
+        assert exact.describe()["qdq_arithmetic"] == "exact"
+        np.testing.assert_allclose(exact.session.run(None, {"x": x})[0], expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(RunnerError, match="qdq"):
+        OnnxrtRunner(tmp_path / "qdq.onnx", qdq="fast")

@@ -12,7 +12,7 @@ import pytest
 from vla_export.backends import tensorrt as B
 from vla_export.backends.select import runner_for_artifact
 from vla_export.errors import ArtifactError, MissingDependencyError, RunnerError
-from vla_export.export.manifest import build_manifest, write_manifest
+from vla_export.export.manifest import build_manifest, read_manifest as read_manifest_json, write_manifest
 
 GPU = {"name": "Orin", "compute_capability": "8.7"}
 ENGINE_BYTES = b"FAKE-ENGINE"
@@ -38,6 +38,9 @@ class FakeMemory:
 
     def ptr(self, buf):
         return buf
+
+    def host_empty(self, shape, dtype):
+        return np.empty(shape, dtype)
 
     def htod(self, buf, host):
         self.table[buf][: host.nbytes] = host.reshape(-1).view(np.uint8)
@@ -101,7 +104,7 @@ class FakeEngine:
         return TENSORS[name][0]
 
     def get_tensor_dtype(self, name):
-        return TENSORS[name][1]
+        return SimpleNamespace(name={np.float32: "FLOAT", np.int64: "INT64"}.get(TENSORS[name][1], TENSORS[name][1]))
 
     def get_tensor_shape(self, name):
         return TENSORS[name][2]
@@ -237,9 +240,9 @@ def test_no_cuda_buffers_and_no_gpu(monkeypatch):
         raise ImportError("not installed")
 
     monkeypatch.setattr(B, "_MEMORY", {name: broken for name in B.MEMORY_BACKENDS})
-    with pytest.raises(MissingDependencyError, match="none of .*pycuda.*cuda-python.*torch"):
+    with pytest.raises(MissingDependencyError, match="none of .*polygraphy.*cuda-python.*torch"):
         B.device_memory()
-    for probe in ("_gpu_cuda_python", "_gpu_pycuda", "_gpu_torch", "_gpu_nvidia_smi"):
+    for probe in ("_gpu_cuda_python", "_gpu_torch", "_gpu_nvidia_smi"):
         monkeypatch.setattr(B, probe, broken)
     assert B.gpu_info()["name"] is None
 
@@ -266,3 +269,95 @@ def test_device_memory_roundtrip_on_a_real_gpu(backend):
     finally:
         mem.close()
     assert B.gpu_info()["compute_capability"]
+
+
+# --- defects found by the conformance review (issue 12, 3.5) ---------------------------------------------
+
+def test_bf16_io_is_refused_by_name_not_a_bare_type_error(fake_stack, tmp_path, monkeypatch):
+    fake_stack()
+    monkeypatch.setitem(TENSORS, "actions", (OUTPUT, "BF16", (-1, 3)))
+    with pytest.raises(ArtifactError, match="'actions' is BF16, which NumPy cannot hold; rebuild"):
+        B.TrtRunner(write_engine(tmp_path / "bf16.engine")).activate()
+    assert B.numpy_dtype(SimpleNamespace(name="HALF"), "x", tmp_path) == np.float16
+    for name in ("FP8", "INT4", "FP4"):
+        with pytest.raises(ArtifactError, match=name):
+            B.numpy_dtype(SimpleNamespace(name=name), "x", tmp_path)
+
+
+def test_four_part_bindings_version_matches_the_three_part_engine_version(fake_stack, tmp_path):
+    fake_stack(version="11.4.0.106")  # trt.__version__ in the wheels; trtexec and engines record 11.4.0
+    engine = write_engine(tmp_path / "tiny.engine", tensorrt="11.4.0")
+    with B.TrtRunner(engine) as runner:
+        assert runner.infer(feed())["actions"].shape == (1, 3)
+    assert B.engine_version("10.3.0.26") == "10.3.0" and B.engine_version("10.3.0") == "10.3.0"
+
+
+def _runtime_recorder(monkeypatch, trt, *, lean_ok=True, context=True):
+    made = []
+
+    class Runtime:
+        def __init__(self, logger):
+            self.log = []
+            made.append(self)
+
+        def __setattr__(self, key, value):
+            if key != "log":
+                self.log.append((key, value))
+            object.__setattr__(self, key, value)
+
+        def load_runtime(self, path):
+            self.log.append(("load_runtime", path))
+            return Runtime(None) if lean_ok else None
+
+        def deserialize_cuda_engine(self, data):
+            self.log.append(("deserialize_cuda_engine",))
+            engine = FakeEngine()
+            if not context:
+                engine.create_execution_context = lambda: None
+            return engine
+
+    monkeypatch.setattr(trt, "Runtime", Runtime)
+    return made
+
+
+def test_dla_core_is_set_before_deserialising(fake_stack, tmp_path, monkeypatch):
+    made = _runtime_recorder(monkeypatch, fake_stack())
+    engine = write_engine(tmp_path / "dla.engine")
+    m = read_manifest_json(engine)
+    m["plan"]["dla_core"] = 1
+    write_manifest(engine, m)
+    with B.TrtRunner(engine):
+        pass
+    assert made[0].log[:2] == [("DLA_core", 1), ("deserialize_cuda_engine",)]
+
+
+def test_version_compatible_engine_without_lean_runtime_loads_it(fake_stack, tmp_path, monkeypatch):
+    trt = fake_stack()
+    made = _runtime_recorder(monkeypatch, trt)
+    engine = write_engine(tmp_path / "vc.engine", flags=("VERSION_COMPATIBLE", "EXCLUDE_LEAN_RUNTIME"))
+    with B.TrtRunner(engine):
+        pass
+    assert ("load_runtime", "libnvinfer_lean.so.10") in made[0].log
+    assert ("deserialize_cuda_engine",) in made[1].log and ("engine_host_code_allowed", True) in made[1].log
+    made = _runtime_recorder(monkeypatch, trt, lean_ok=False)
+    with pytest.raises(ArtifactError, match="needs TensorRT's lean runtime, and /x/lean.so could not be loaded"):
+        B.TrtRunner(engine, lean_runtime="/x/lean.so").activate()
+
+
+def test_missing_execution_context_is_an_error(fake_stack, tmp_path, monkeypatch):
+    _runtime_recorder(monkeypatch, fake_stack(), context=False)
+    with pytest.raises(RunnerError, match="could not create an execution context"):
+        B.TrtRunner(write_engine(tmp_path / "tiny.engine")).activate()
+
+
+def test_host_staging_buffers_are_pinned_and_reused(fake_stack, tmp_path, monkeypatch):
+    fake_stack()
+    allocs = []
+    monkeypatch.setattr(FakeMemory, "host_empty", lambda self, shape, dtype: allocs.append(shape) or np.empty(shape, dtype))
+    with B.TrtRunner(write_engine(tmp_path / "tiny.engine")) as runner:
+        first = runner.infer(feed(1, 5))["actions"]
+        n = len(allocs)
+        assert n == 4  # three inputs and one output, each from the memory backend's page-locked allocator
+        second = runner.infer(feed(1, 5, seed=3))["actions"]
+        assert len(allocs) == n  # same shapes: no new host allocation
+        assert not np.shares_memory(first, second) and not np.array_equal(first, second)  # results are copies

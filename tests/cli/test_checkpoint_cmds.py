@@ -63,7 +63,7 @@ def test_truncated_file(cli, tiny_ckpt, tmp_path):
 def test_foreign_file(cli, tmp_path):
     path = tmp_path / "model.onnx"
     path.write_bytes(b"\x08\x07\x12\x04onnx-ish bytes")
-    _one_error_line(cli("inspect", path), "model.onnx", "not a PyTorch checkpoint")
+    _one_error_line(cli("inspect", path), "model.onnx", "not a readable ONNX model")
 
 
 def test_unknown_architecture(cli, tmp_path):

@@ -149,3 +149,36 @@ def test_quantize_command(cli, tiny_onnx, calib, tmp_path):
     assert (tmp_path / "tiny.fp16.onnx").exists() and read_manifest(tmp_path / "tiny.fp16.onnx")["precision"] == "fp16"
     r = cli("quantize", onnx_copy, "--int8", "--calib", calib.path, "--per-tensor", "-o", tmp_path / "q.onnx")
     assert r.exit_code == 0 and "QuantizeLinear" in r.stdout, r
+
+
+@pytest.fixture(scope="module")
+def int8_debug_onnx(tiny_ckpt, calib, tmp_path_factory):
+    """tiny exported with `features` as a second output, then quantized to W8A8 Q/DQ."""
+    from vla_export.export.onnx import OnnxExportOptions, OnnxFromPolicy
+
+    root = tmp_path_factory.mktemp("int8debug")
+    OnnxFromPolicy(PolicyFromCheckpoint(tiny_ckpt), root / "tiny.onnx", OnnxExportOptions(parity_samples=1, debug_outputs=True))()
+    return Q.quantize_int8(root / "tiny.onnx", calib, root / "tiny.int8.onnx")
+
+
+def test_int8_parity_measures_the_quantization_and_fails_on_a_perturbed_qdq_graph(int8_debug_onnx, tiny_ckpt, tmp_path):
+    from onnx import numpy_helper
+
+    result = parity_check(PolicyFromCheckpoint(tiny_ckpt), int8_debug_onnx.output, samples=4, qdq="both")
+    assert result.passed, result.summary()
+    features = result.outputs["features"]
+    assert features.rule == "relative" and 1e-4 < features.max_row_rel < 0.05
+    assert result.candidate["qdq_arithmetic"] == "exact" and "qdq_kernels" in result.also_measured
+    # The last quantized weight's scale off by 1.5x (what a wrong scale or calibration does): parity fails.
+    model = onnx.load(int8_debug_onnx.output)
+    inits = {i.name: i for i in model.graph.initializer}
+    weight_dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+                 and inits[n.input[0]].data_type == TensorProto.INT8]
+    scale = inits[weight_dq[-1].input[1]]
+    scale.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(scale) * np.float32(1.5), scale.name))
+    bad = tmp_path / "perturbed.int8.onnx"
+    onnx.save(model, str(bad))
+    shutil.copy(str(int8_debug_onnx.output) + ".json", str(bad) + ".json")
+    perturbed = parity_check(PolicyFromCheckpoint(tiny_ckpt), bad, samples=4)
+    assert perturbed.precision == "int8" and not perturbed.passed
+    assert not perturbed.outputs["features"].passed and perturbed.outputs["features"].max_row_rel > 0.05

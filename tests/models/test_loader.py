@@ -39,10 +39,20 @@ def test_missing_keys(tmp_path, sd):
 
 def test_unexpected_keys(tmp_path, sd):
     extra = OrderedDict(sd)
-    extra["kosmos_model.text_model.lm_head.weight"] = torch.zeros(3, 3)
     extra["ema.shadow"] = torch.zeros(2)
-    with pytest.raises(StrictLoadError, match=r"2 unexpected \(kosmos_text: kosmos_model.text_model.lm_head.weight; other: ema.shadow\)"):
+    with pytest.raises(StrictLoadError, match=r"(?s)1 tensors have no place in the policy:.*ema\.\*: 1 tensors, 2 parameters \(e\.g\. ema\.shadow \[2\]\).*no counterpart"):
         load_policy(_save(tmp_path, extra))
+
+
+def test_unused_lm_head_is_dropped_and_reported(tmp_path, sd):
+    """Kosmos-2's text-generation head (Kosmos2ForConditionalGeneration) is never used by the policy: dropped, said."""
+    extra = OrderedDict(sd)
+    extra["kosmos_model.text_model.lm_head.weight"] = torch.zeros(512, 48)
+    loaded = load_policy(_save(tmp_path, extra))
+    assert loaded.resolved.mapping.dropped == [
+        {"prefix": "kosmos_model.text_model.lm_head.", "tensors": 1, "parameters": 512 * 48,
+         "reason": "Kosmos-2's text-generation head (the policy never generates text)"}
+    ]
 
 
 def test_misshaped_keys(tmp_path, sd):

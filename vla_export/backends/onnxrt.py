@@ -10,12 +10,20 @@ from typing import Any
 import numpy as np
 
 from vla_export.backends.base import Runner
+from vla_export.backends.onnx_files import require_external_data
 from vla_export.errors import ArtifactError, RunnerError
 from vla_export.lazy import lazy_import
 
 log = logging.getLogger(__name__)
 
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+#: How Q/DQ (INT8) graphs are computed. "kernels": onnxruntime fuses DequantizeLinear -> MatMul/Conv
+#: into its integer kernels (what a CPU deployment runs; on x86 without VNNI they add an error of their
+#: own, e.g. int16 saturation in the AVX2 u8s8 path). "exact": the Q/DQ fusions are off, so every
+#: DequantizeLinear is computed in float and the result is the quantized model's own arithmetic
+#: (what TensorRT's INT8 GEMMs approximate), the same on every CPU: what accuracy checks must measure.
+QDQ_MODES = ("kernels", "exact")
+EXACT_QDQ_CONFIG = {"session.disable_quant_qdq": "1"}
 
 
 def default_providers(available: Sequence[str]) -> list[str]:
@@ -30,28 +38,22 @@ class OnnxrtRunner(Runner):
     names the provider that was requested and the one that actually runs, and a warning is logged.
     """
 
-    def __init__(self, path: str | Path, providers: Sequence[str] | None = None, *, threads: int | None = None):
+    def __init__(self, path: str | Path, providers: Sequence[str] | None = None, *, threads: int | None = None,
+                 qdq: str = "kernels"):
         super().__init__()
+        if qdq not in QDQ_MODES:
+            raise RunnerError(f"qdq must be one of {QDQ_MODES}, got {qdq!r}")
         self.path = Path(path)
         self.requested = list(providers) if providers else None
         self.threads = threads
+        self.qdq = qdq
         self.session = None
         self.provider = "not active"
         self.name = f"onnxrt:{self.path.name}"
 
     def _activate(self) -> None:
-        from vla_export.export.onnx import external_data_files
-
         ort = lazy_import("onnxruntime", purpose="running ONNX models")
-        if not self.path.exists():
-            raise ArtifactError(f"{self.path}: ONNX file not found")
-        try:
-            locations = external_data_files(self.path)
-        except Exception as exc:
-            raise ArtifactError(f"{self.path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
-        for loc in locations:
-            if not (self.path.parent / loc).exists():
-                raise ArtifactError(f"{self.path}: its external data file {self.path.parent / loc} is missing")
+        require_external_data(self.path)
         available = ort.get_available_providers()
         requested = self.requested or default_providers(available)
         unknown = [p for p in requested if p not in available]
@@ -60,6 +62,8 @@ class OnnxrtRunner(Runner):
         opts = ort.SessionOptions()
         if self.threads:
             opts.intra_op_num_threads = self.threads
+        for key, value in self.session_config().items():
+            opts.add_session_config_entry(key, value)
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=requested)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
@@ -73,6 +77,10 @@ class OnnxrtRunner(Runner):
         self._inputs = [i.name for i in self.session.get_inputs()]
         self._outputs = [o.name for o in self.session.get_outputs()]
         self.name = f"onnxrt-{self.provider.replace('ExecutionProvider', '').lower()}"
+
+    def session_config(self) -> dict[str, str]:
+        """The onnxruntime session config entries this runner sets (see :data:`QDQ_MODES`)."""
+        return dict(EXACT_QDQ_CONFIG) if self.qdq == "exact" else {}
 
     def _deactivate(self) -> None:
         self.session = None
@@ -105,7 +113,8 @@ class OnnxrtRunner(Runner):
     def describe(self) -> dict[str, Any]:
         import onnxruntime as ort  # activated, so importable
 
-        info = super().describe() | {"path": str(self.path), "provider": self.provider, "onnxruntime": ort.__version__}
+        info = super().describe() | {"path": str(self.path), "provider": self.provider, "onnxruntime": ort.__version__,
+                                     "qdq_arithmetic": self.qdq}
         if self.session is not None:
             info["requested_providers"] = self._requested_providers
             info["fallback"] = self.fallback

@@ -10,23 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from vla_export.artifacts import detect_kind
 from vla_export.backends.base import Runner
 from vla_export.errors import ArtifactError
 from vla_export.lazy import lazy_import
 
-ONNX_SUFFIXES = (".onnx",)
-ENGINE_SUFFIXES = (".engine", ".plan")
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
-
 
 def artifact_kind(path: str | Path) -> str:
-    """'onnx', 'engine' or 'checkpoint'; :class:`ArtifactError` for anything else."""
-    suffix = Path(path).suffix.lower()
-    for kind, suffixes in (("onnx", ONNX_SUFFIXES), ("engine", ENGINE_SUFFIXES), ("checkpoint", CHECKPOINT_SUFFIXES)):
-        if suffix in suffixes:
-            return kind
-    known = ", ".join(ONNX_SUFFIXES + ENGINE_SUFFIXES + CHECKPOINT_SUFFIXES)
-    raise ArtifactError(f"{path}: unknown artifact type {suffix or '(no suffix)'!r}; expected one of {known}")
+    """'onnx', 'engine' or 'checkpoint' (the kinds a runner exists for); :class:`ArtifactError` for anything else."""
+    return detect_kind(path, allowed=("onnx", "engine", "checkpoint"))
 
 
 def runner_for_artifact(path: str | Path, **opts: Any) -> Runner:

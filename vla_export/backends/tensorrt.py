@@ -3,8 +3,13 @@
 Engines only run on the TensorRT version and GPU that built them. Before TensorRT sees the file, the
 runner checks it against its manifest (``NAME.engine.json``: size, TensorRT version, compute
 capability) and refuses a mismatch with a message saying how to rebuild; TensorRT's own
-deserialisation failure is reported the same way. Device memory comes from pycuda when installed,
-else cuda-python, else torch (pycuda has no wheel for Jetson).
+deserialisation failure is reported the same way. Device memory and page-locked host staging buffers
+come from Polygraphy's ``polygraphy.cuda`` (the CUDA runtime through ctypes: no compiled package, so it
+installs on a Jetson), else cuda-python, else torch. pycuda is not used: it has no Jetson wheel, and its
+primary-context handling was a source of leaks.
+
+I/O dtypes are mapped by TensorRT ``DataType`` name (``trt.nptype`` knows only seven types and raises a
+bare TypeError for BF16, FP8, INT4, FP4): an engine whose I/O NumPy cannot hold is refused by name.
 """
 
 from __future__ import annotations
@@ -25,8 +30,11 @@ from vla_export.lazy import lazy_import
 
 log = logging.getLogger(__name__)
 
-MEMORY_BACKENDS = ("pycuda", "cuda-python", "torch")
-INSTALL_CUDA = "`pip install cuda-python` (or pycuda, or a CUDA build of torch)"
+MEMORY_BACKENDS = ("polygraphy", "cuda-python", "torch")
+INSTALL_CUDA = "`pip install polygraphy` (uses the CUDA runtime library; or cuda-python, or a CUDA build of torch)"
+#: TensorRT DataType name -> NumPy dtype, for engine I/O. Names outside it have no NumPy type.
+NUMPY_DTYPES = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32, "INT64": np.int64,
+                "BOOL": np.bool_, "UINT8": np.uint8}
 
 
 # --- GPU identity ------------------------------------------------------------------------------------------
@@ -38,14 +46,6 @@ def _gpu_cuda_python(device: int) -> dict[str, Any]:
         raise RunnerError(f"cudaGetDeviceProperties failed: {err}")
     name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
     return {"name": name.rstrip("\x00"), "compute_capability": f"{props.major}.{props.minor}"}
-
-
-def _gpu_pycuda(device: int) -> dict[str, Any]:
-    cuda = lazy_import("pycuda.driver")
-    cuda.init()
-    d = cuda.Device(device)
-    major, minor = d.compute_capability()
-    return {"name": d.name(), "compute_capability": f"{major}.{minor}"}
 
 
 def _gpu_torch(device: int) -> dict[str, Any]:
@@ -70,7 +70,7 @@ def _gpu_nvidia_smi(device: int) -> dict[str, Any]:
 def gpu_info(device: int = 0) -> dict[str, Any]:
     """Name and compute capability of ``device``, from the first source that answers; ``name`` None if none does."""
     tried = []
-    for source, probe in (("cuda-python", _gpu_cuda_python), ("pycuda", _gpu_pycuda), ("torch", _gpu_torch), ("nvidia-smi", _gpu_nvidia_smi)):
+    for source, probe in (("cuda-python", _gpu_cuda_python), ("torch", _gpu_torch), ("nvidia-smi", _gpu_nvidia_smi)):
         try:
             return probe(device) | {"source": source}
         except (ImportError, RunnerError, OSError, subprocess.SubprocessError) as exc:
@@ -84,11 +84,29 @@ def _version_tuple(v: str) -> tuple[int, ...]:
     return tuple(int(p) for p in v.split(".")[:3] if p.isdigit())
 
 
+def engine_version(v: str) -> str:
+    """The three-part version engines and trtexec record: ``11.4.0.106`` (the bindings' ``__version__``) -> ``11.4.0``."""
+    parts = _version_tuple(str(v))
+    return ".".join(str(p) for p in parts) if parts else str(v)
+
+
+def numpy_dtype(trt_dtype: Any, tensor: str, engine: Path) -> np.dtype:
+    """NumPy dtype of an engine I/O tensor, by the TensorRT DataType's name; ArtifactError for BF16, FP8, INT4, FP4..."""
+    name = getattr(trt_dtype, "name", str(trt_dtype).rsplit(".", 1)[-1])
+    if name not in NUMPY_DTYPES:
+        raise ArtifactError(
+            f"{engine}: I/O tensor '{tensor}' is {name}, which NumPy cannot hold; rebuild the engine with FP32/FP16 inputs "
+            "and outputs (keep BF16/FP8/INT4/FP4 inside the network)"
+        )
+    return np.dtype(NUMPY_DTYPES[name])
+
+
 def check_engine_compat(engine: Path, manifest: Mapping[str, Any], trt_version: str, gpu: Mapping[str, Any]) -> None:
     """Refuse an engine built by another TensorRT version or for another GPU (ArtifactError saying how to rebuild)."""
     onnx = (manifest.get("onnx") or {}).get("path", "MODEL.onnx")
     rebuild = f"rebuild it on this machine: vla-export trt {onnx} -o {engine}"
-    built = str(manifest.get("tensorrt", "unknown"))
+    built = engine_version(str(manifest.get("tensorrt", "unknown")))
+    trt_version = engine_version(trt_version)
     plan = manifest.get("plan") or {}
     version_compatible = "VERSION_COMPATIBLE" in (plan.get("flags") or manifest.get("flags") or [])
     if built != trt_version:
@@ -119,41 +137,69 @@ def _cudart():
     return cudart
 
 
-class _PycudaMemory:
-    name = "pycuda"
+def _pinned_array(ptr: int, nbytes: int, shape: Sequence[int], dtype: Any) -> np.ndarray:
+    """A NumPy array over ``nbytes`` of page-locked host memory at ``ptr``."""
+    import ctypes
+
+    raw = (ctypes.c_uint8 * max(nbytes, 1)).from_address(ptr)
+    count = int(np.prod(shape)) if len(shape) else 1
+    return np.frombuffer(raw, dtype=dtype, count=count).reshape(tuple(shape))
+
+
+class _PolygraphyMemory:
+    """Polygraphy's CUDA runtime wrapper (ctypes over libcudart): device buffers, a stream, pinned host memory."""
+
+    name = "polygraphy"
 
     def __init__(self, device: int):
-        self.cuda = lazy_import("pycuda.driver", purpose="CUDA buffers")
-        self.cuda.init()
-        # TensorRT uses the runtime's primary context; a pycuda.autoinit context would be a different one.
-        self.ctx = self.cuda.Device(device).retain_primary_context()
-        self.ctx.push()
-        self.stream = self.cuda.Stream()
+        pcuda = lazy_import("polygraphy.cuda", purpose="CUDA buffers", install=INSTALL_CUDA)
+        self.pcuda = pcuda
+        try:
+            self.cuda = pcuda.wrapper()
+            self.cuda.check(self.cuda.handle.cudaSetDevice(device))
+            self.stream = pcuda.Stream()
+        except Exception as exc:  # Polygraphy raises PolygraphyException (not exported) when libcudart is missing
+            raise RunnerError(f"polygraphy.cuda cannot use the CUDA runtime: {exc}") from exc
+        self._pinned: list[int] = []
 
     @property
     def stream_handle(self) -> int:
-        return self.stream.handle
+        return int(self.stream.ptr)
 
     def alloc(self, nbytes: int):
-        return self.cuda.mem_alloc(max(nbytes, 1))
+        return self.cuda.malloc(max(nbytes, 1))
 
     def ptr(self, buf) -> int:
         return int(buf)
 
+    def host_empty(self, shape: Sequence[int], dtype: Any) -> np.ndarray:
+        import ctypes
+
+        nbytes = max(int(np.prod(shape)) * np.dtype(dtype).itemsize, 1)
+        ptr = ctypes.c_void_p()
+        self.cuda.check(self.cuda.handle.cudaMallocHost(ctypes.byref(ptr), ctypes.c_size_t(nbytes)))
+        self._pinned.append(ptr.value)
+        return _pinned_array(ptr.value, nbytes, shape, dtype)
+
     def htod(self, buf, host: np.ndarray) -> None:
-        self.cuda.memcpy_htod_async(buf, host, self.stream)
+        self.cuda.memcpy(buf, host.ctypes.data, host.nbytes, self.pcuda.MemcpyKind.HostToDevice, self.stream.ptr)
 
     def dtoh(self, host: np.ndarray, buf) -> None:
-        self.cuda.memcpy_dtoh_async(host, buf, self.stream)
+        self.cuda.memcpy(host.ctypes.data, buf, host.nbytes, self.pcuda.MemcpyKind.DeviceToHost, self.stream.ptr)
 
     def sync(self) -> None:
         self.stream.synchronize()
 
     def free(self, buf) -> None:
-        buf.free()
+        self.cuda.free(buf)
 
     def close(self) -> None:
-        self.ctx.pop()
+        import ctypes
+
+        for ptr in self._pinned:
+            self.cuda.check(self.cuda.handle.cudaFreeHost(ctypes.c_void_p(ptr)))
+        self._pinned = []
+        self.stream.free()
 
 
 class _CudaPythonMemory:
@@ -163,6 +209,7 @@ class _CudaPythonMemory:
         self.rt = _cudart()
         self._check(self.rt.cudaSetDevice(device), "cudaSetDevice")
         self.stream = self._check(self.rt.cudaStreamCreate(), "cudaStreamCreate")
+        self._pinned: list[int] = []
 
     def _check(self, result, what: str):
         err = result[0]
@@ -176,6 +223,12 @@ class _CudaPythonMemory:
 
     def alloc(self, nbytes: int):
         return self._check(self.rt.cudaMalloc(max(nbytes, 1)), "cudaMalloc")
+
+    def host_empty(self, shape: Sequence[int], dtype: Any) -> np.ndarray:
+        nbytes = max(int(np.prod(shape)) * np.dtype(dtype).itemsize, 1)
+        ptr = int(self._check(self.rt.cudaMallocHost(nbytes), "cudaMallocHost"))
+        self._pinned.append(ptr)
+        return _pinned_array(ptr, nbytes, shape, dtype)
 
     def ptr(self, buf) -> int:
         return int(buf)
@@ -195,6 +248,9 @@ class _CudaPythonMemory:
         self._check(self.rt.cudaFree(buf), "cudaFree")
 
     def close(self) -> None:
+        for ptr in self._pinned:
+            self._check(self.rt.cudaFreeHost(ptr), "cudaFreeHost")
+        self._pinned = []
         self._check(self.rt.cudaStreamDestroy(self.stream), "cudaStreamDestroy")
 
 
@@ -207,6 +263,7 @@ class _TorchMemory:
             raise RunnerError(f"torch {self.torch.__version__} sees no CUDA device")
         self.device = self.torch.device("cuda", device)
         self.stream = self.torch.cuda.Stream(device=self.device)
+        self._pinned: list[Any] = []
 
     @property
     def stream_handle(self) -> int:
@@ -214,6 +271,12 @@ class _TorchMemory:
 
     def alloc(self, nbytes: int):
         return self.torch.empty(max(nbytes, 1), dtype=self.torch.uint8, device=self.device)
+
+    def host_empty(self, shape: Sequence[int], dtype: Any) -> np.ndarray:
+        nbytes = max(int(np.prod(shape)) * np.dtype(dtype).itemsize, 1)
+        pinned = self.torch.empty(nbytes, dtype=self.torch.uint8, pin_memory=True)
+        self._pinned.append(pinned)  # keeps the memory alive as long as the runner
+        return pinned.numpy()[: int(np.prod(shape)) * np.dtype(dtype).itemsize].view(dtype).reshape(tuple(shape))
 
     def ptr(self, buf) -> int:
         return buf.data_ptr()
@@ -237,14 +300,14 @@ class _TorchMemory:
         del buf
 
     def close(self) -> None:
-        pass
+        self._pinned = []
 
 
-_MEMORY = {"pycuda": _PycudaMemory, "cuda-python": _CudaPythonMemory, "torch": _TorchMemory}
+_MEMORY = {"polygraphy": _PolygraphyMemory, "cuda-python": _CudaPythonMemory, "torch": _TorchMemory}
 
 
 def device_memory(preference: str = "auto", device: int = 0):
-    """The first usable of pycuda, cuda-python, torch (or exactly ``preference``)."""
+    """The first usable of polygraphy.cuda, cuda-python, torch (or exactly ``preference``)."""
     names = MEMORY_BACKENDS if preference == "auto" else (preference,)
     if preference not in ("auto", *MEMORY_BACKENDS):
         raise RunnerError(f"memory backend must be auto or one of {MEMORY_BACKENDS}, got {preference!r}")
@@ -262,9 +325,11 @@ def device_memory(preference: str = "auto", device: int = 0):
 class TrtRunner(Runner):
     """Runs ``NAME.engine``: sets input shapes, binds device buffers, ``execute_async_v3`` on a stream."""
 
-    def __init__(self, engine_path: str | Path, *, device: int = 0, memory: str = "auto", require_manifest: bool = False):
+    def __init__(self, engine_path: str | Path, *, device: int = 0, memory: str = "auto", require_manifest: bool = False,
+                 lean_runtime: str | Path | None = None):
         super().__init__()
         self.path = Path(engine_path)
+        self.lean_runtime = lean_runtime  # for engines built --version-compatible --exclude-lean-runtime
         self.device_index, self.memory_pref, self.require_manifest = device, memory, require_manifest
         self.name = f"tensorrt:{self.path.name}"
         self.manifest: dict[str, Any] | None = None
@@ -321,33 +386,65 @@ class TrtRunner(Runner):
             self._mem.close()
             raise
 
+    def _plan(self) -> Mapping[str, Any]:
+        return (self.manifest or {}).get("plan") or {}
+
+    def _flags(self) -> list[str]:
+        return list(self._plan().get("flags") or (self.manifest or {}).get("flags") or [])
+
+    def _runtime_for(self, trt, logger):
+        """``trt.Runtime``, set up for how the engine was built: DLA core before deserialising; the lean runtime
+        (``load_runtime``) for version-compatible engines built without it; host code allowed for version-compatible ones."""
+        runtime = trt.Runtime(logger)
+        flags = self._flags()
+        dla_core = self._plan().get("dla_core")
+        if dla_core is not None:
+            runtime.DLA_core = int(dla_core)
+        if "VERSION_COMPATIBLE" in flags:
+            runtime.engine_host_code_allowed = True
+        if "EXCLUDE_LEAN_RUNTIME" in flags:
+            major = _version_tuple(trt.__version__)[:1] or (10,)
+            lean = str(self.lean_runtime or f"libnvinfer_lean.so.{major[0]}")
+            loaded = runtime.load_runtime(lean)
+            if loaded is None:
+                raise ArtifactError(
+                    f"{self.path}: built --version-compatible --exclude-lean-runtime, so it needs TensorRT's lean runtime, "
+                    f"and {lean} could not be loaded; pass its path (TrtRunner(lean_runtime=...))"
+                )
+            loaded.engine_host_code_allowed = True
+            if dla_core is not None:
+                loaded.DLA_core = int(dla_core)
+            runtime = loaded
+        return runtime
+
     def _load_engine(self, trt) -> None:
         logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(logger)
-        if self.manifest and "VERSION_COMPATIBLE" in self.manifest.get("flags", []):
-            self._runtime.engine_host_code_allowed = True
+        self._runtime = self._runtime_for(trt, logger)
         self._engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self._engine is None:
             raise ArtifactError(
                 f"{self.path}: TensorRT {trt.__version__} cannot deserialize it (truncated, or built by another TensorRT "
                 f"version or for another GPU); rebuild it on this machine with `vla-export trt MODEL.onnx -o {self.path}`"
             )
-        self._context = self._engine.create_execution_context()
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
+        self._dtypes = {n: numpy_dtype(self._engine.get_tensor_dtype(n), n, self.path) for n in names}
+        self._context = self._engine.create_execution_context()
+        if self._context is None:
+            raise RunnerError(f"{self.path}: TensorRT could not create an execution context (out of device memory?)")
         is_input = {n: self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
         self._inputs = [n for n in names if is_input[n]]
         self._outputs = [n for n in names if not is_input[n]]
-        self._dtypes = {n: np.dtype(trt.nptype(self._engine.get_tensor_dtype(n))) for n in names}
         shapes = {n: [d if d >= 0 else "dynamic" for d in self._engine.get_tensor_shape(n)] for n in names}
         self.input_shapes = {n: shapes[n] for n in self._inputs}
         self.output_shapes = {n: shapes[n] for n in self._outputs}
         self._buffers: dict[str, tuple[Any, int]] = {}
-        self._staged_inputs: dict[str, np.ndarray] = {}
+        self._host: dict[str, np.ndarray] = {}  # page-locked staging, grown as needed: async copies stay async
 
     def _deactivate(self) -> None:
         for buf, _ in getattr(self, "_buffers", {}).values():
             self._mem.free(buf)
         self._buffers = {}
+        self._host = {}
         self._context = self._engine = self._runtime = None
         self._mem.close()
 
@@ -362,21 +459,33 @@ class TrtRunner(Runner):
         self._context.set_tensor_address(name, ptr)
         return buf
 
+    def _host_array(self, name: str, shape: Sequence[int]) -> np.ndarray:
+        """A page-locked host array of ``shape`` for tensor ``name`` (reused; reallocated only to grow)."""
+        dtype = self._dtypes[name]
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        pool = self._host.get(name)
+        if pool is None or pool.nbytes < nbytes:
+            pool = self._mem.host_empty((max(nbytes, 1),), np.uint8)
+            self._host[name] = pool
+        return pool[:nbytes].view(dtype).reshape(tuple(shape))
+
     def stage(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Set input shapes, copy inputs to the device (async) and bind outputs; returns host output arrays."""
+        """Set input shapes, copy inputs through pinned staging buffers to the device (async) and bind outputs;
+        returns the (pinned) host output arrays."""
         self._require_active()
         for name in self._inputs:
-            host = np.ascontiguousarray(feed[name], dtype=self._dtypes[name])
-            if not self._context.set_input_shape(name, host.shape):
-                raise RunnerError(f"{self.path.name}: input '{name}' shape {host.shape} is outside the engine's optimization profile")
+            value = np.asarray(feed[name])
+            if not self._context.set_input_shape(name, value.shape):
+                raise RunnerError(f"{self.path.name}: input '{name}' shape {value.shape} is outside the engine's optimization profile")
+            host = self._host_array(name, value.shape)
+            host[...] = value  # cast to the engine's dtype into page-locked memory
             self._mem.htod(self._buffer(name, host.nbytes), host)
-            self._staged_inputs[name] = host  # kept alive until the async copy has read it
         outputs = {}
         for name in self._outputs:
             shape = tuple(self._context.get_tensor_shape(name))
             if any(d < 0 for d in shape):
                 raise RunnerError(f"{self.path.name}: output '{name}' has an unresolved shape {shape}")
-            outputs[name] = np.empty(shape, dtype=self._dtypes[name])
+            outputs[name] = self._host_array(name, shape)
             self._buffer(name, outputs[name].nbytes)
         return outputs
 
@@ -392,4 +501,5 @@ class TrtRunner(Runner):
         for name, host in outputs.items():
             self._mem.dtoh(host, self._buffers[name][0])
         self._mem.sync()
-        return {k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in outputs.items()}
+        # copies: the pinned buffers are reused by the next inference
+        return {k: v.astype(np.float32) if v.dtype == np.float16 else v.copy() for k, v in outputs.items()}

@@ -113,7 +113,7 @@ class Target:
         return f"{name} [{self.spec.text}]"
 
 
-def _runner_factory(artifact: str, kind: str, spec: BackendSpec, config: PolicyConfig | None, seed: int) -> Callable[[], Runner]:
+def _runner_factory(artifact: str, kind: str, spec: BackendSpec, config: PolicyConfig | None, seed: int, load: Any = None) -> Callable[[], Runner]:
     if spec.kind == "torch":
         from vla_export.backends.torch_runner import TorchRunner
 
@@ -122,7 +122,7 @@ def _runner_factory(artifact: str, kind: str, spec: BackendSpec, config: PolicyC
         else:
             from vla_export.models.loader import PolicyFromCheckpoint
 
-            loader = PolicyFromCheckpoint(artifact, config=config)
+            loader = PolicyFromCheckpoint(artifact, config=config) if load is None else PolicyFromCheckpoint(artifact, options=load)
         return lambda: TorchRunner(loader, device=spec.device, dtype=spec.dtype, cuda_graph=spec.cuda_graph, compile=spec.compile or False,
                                    patch_matmul=spec.patch_matmul)
 
@@ -136,9 +136,11 @@ def _runner_factory(artifact: str, kind: str, spec: BackendSpec, config: PolicyC
 
 
 def plan_targets(
-    artifacts: Sequence[str], backends: Sequence[str], *, config: PolicyConfig | None = None, seed: int = 0
+    artifacts: Sequence[str], backends: Sequence[str], *, config: PolicyConfig | None = None, seed: int = 0, load: Any = None
 ) -> list[Target]:
     """Every artifact with every backend that can run it (each kind's default when no backend is given).
+
+    ``load`` (:class:`~vla_export.models.resolve.LoadOptions`) is how checkpoints are loaded (the CLI's shared options).
 
     A backend that fits none of the artifacts is an error rather than a silently shorter table.
     """
@@ -154,7 +156,7 @@ def plan_targets(
         chosen = [s for s in specs if s.kind in allowed] if specs else [BackendSpec.parse(allowed[0])]
         for spec in chosen:
             used.add(spec.text)
-            targets.append(Target(artifact, kind, spec, _runner_factory(artifact, kind, spec, cfg, seed), cfg))
+            targets.append(Target(artifact, kind, spec, _runner_factory(artifact, kind, spec, cfg, seed, load), cfg))
     unused = [s.text for s in specs if s.text not in used]
     if unused:
         raise ConfigError(f"backend(s) {', '.join(unused)} fit none of the artifacts given ({', '.join(artifacts)})")

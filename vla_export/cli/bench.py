@@ -16,8 +16,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from vla_export.cli.common import DEBUG_FLAG, console, err_console, new_app, run_app, write_json
+from vla_export.cli.common import DEBUG_FLAG, JunitOpt, console, err_console, new_app, run_app, write_json, wrote
+from vla_export.cli.junit import bench_cases, write_junit
+from vla_export.cli.loading import with_loading_options
 from vla_export.errors import ExitCode
+from vla_export.models.resolve import LoadOptions
 
 app = new_app("Honest latency and FPS of a policy across backends, with a physical-limit check.")
 INVALID_EXIT = ExitCode.CHECK_FAILED  # below the floor: not a valid measurement
@@ -82,23 +85,25 @@ def _peak(name: Optional[str]):
 
 
 @app.command()
+@with_loading_options
 def bench(
     artifacts: list[str] = typer.Argument(..., metavar="ARTIFACT_OR_CKPT...", help="Checkpoints, .onnx files, TensorRT engines, or preset:NAME (random weights built on the device)."),
     backend: Optional[list[str]] = typer.Option(
         None, "--backend", "-b",
         help="Repeatable: torch[:cpu|cuda][:fp32|fp16|bf16][:cudagraph][:compile[=MODE]][:patchmm], onnxrt[:cpu|cuda|trt], trt. Default: one per artifact kind.",
     ),
-    batch: int = typer.Option(1, "--batch", help="Batch size."),
+    batch: int = typer.Option(1, "--batch", min=1, help="Batch size."),
     window: int = typer.Option(1, "--window", help="Frames per inference (the policy's window; 1 = one new frame)."),
-    text_len: int = typer.Option(16, "--text-len", help="Prompt tokens (the model adds its 67-token image prefix)."),
-    warmup: int = typer.Option(10, "--warmup", help="Untimed iterations first (compilation and CUDA-graph capture happen here)."),
-    iters: Optional[int] = typer.Option(None, "--iters", help="Timed iterations per mode (default 100)."),
+    text_len: int = typer.Option(16, "--text-len", min=1, help="Prompt tokens (the model adds its 67-token image prefix)."),
+    warmup: int = typer.Option(10, "--warmup", min=0, help="Untimed iterations first (compilation and CUDA-graph capture happen here)."),
+    iters: Optional[int] = typer.Option(None, "--iters", min=1, help="Timed iterations per mode (default 100)."),
     duration: Optional[float] = typer.Option(None, "--duration", help="Time each mode for this many seconds instead of --iters."),
     mode: Optional[list[str]] = typer.Option(None, "--mode", help="compute (inputs already on the device) and/or e2e (raw 720x1280 frame to action on host). Default both."),
     device_peak: Optional[str] = typer.Option(None, "--device-peak", help="Device for the floor: h200, agx-orin-64gb, orin-nx-16gb, orin-nano-8gb, orin-nano-super, cpu (measured). Default: detected."),
-    config: Optional[Path] = typer.Option(None, "--config", help="Policy config JSON (for artifacts whose manifest has none, or to override inference)."),
+    load: LoadOptions = LoadOptions(),
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic inputs and preset weights."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the report JSON here (e.g. benchmarks/results/NAME.json)."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the report JSON here (e.g. benchmarks/results/NAME.json; - for standard output)."),
+    junit: Optional[Path] = JunitOpt,
     profile: bool = typer.Option(False, "--profile", help="Also profile each row's compute loop (torch.profiler): kernel time, kernel count, top ops."),
     streaming: bool = typer.Option(False, "--streaming", help="Time one control step of the split runtime (backbone on one frame + head on the window) against the single-frame backbone, per window T. Artifacts: checkpoints/preset:NAME (torch) or split exports (NAME.split.json, onnxrt or trt)."),
     windows: Optional[str] = typer.Option(None, "--windows", help="With --streaming: comma-separated windows T, e.g. 1,8,16 (default: the policy's window)."),
@@ -109,12 +114,11 @@ def bench(
     from vla_export.bench.env import capture_environment
     from vla_export.bench.targets import plan_targets
     from vla_export.errors import ConfigError
-    from vla_export.models.config import load_config
 
     if iters is not None and duration is not None:
         raise ConfigError("give --iters or --duration, not both")
     settings = BenchSettings(
-        batch=batch, window=window, warmup=warmup, iters=None if duration is not None else (iters or 100),
+        batch=batch, window=window, warmup=warmup, iters=None if duration is not None else (100 if iters is None else iters),
         duration_s=duration, modes=tuple(mode or MODES), seed=seed, text_len=text_len,
     )
     if streaming:
@@ -123,14 +127,15 @@ def bench(
         words = ["vla-bench", "--streaming", *artifacts, *(w for b in backend or [] for w in ("-b", b)), *(("--windows", windows) if windows else ()),
                  "--warmup", warmup, "--iters", settings.iters, "--seed", seed, *(("--json", json_path) if json_path else ())]
         return bench_streaming_cmd(artifacts, backend or [], windows=windows, warmup=warmup, iters=settings.iters or 100, seed=seed,
-                                   config=config, json_path=json_path, command=" ".join(shlex.quote(str(w)) for w in words))
-    targets = plan_targets(artifacts, backend or [], config=load_config(config) if config else None, seed=seed)
+                                   load=load, json_path=json_path, command=" ".join(shlex.quote(str(w)) for w in words))
+    targets = plan_targets(artifacts, backend or [], config=load.config, seed=seed, load=load)
     peak = _peak(device_peak)
     # The command as an explicit, reproducible line (every setting spelled out), not whatever argv held.
     words = ["vla-bench", *artifacts, *(w for b in backend or [] for w in ("-b", b)), "--batch", batch, "--window", window,
              "--text-len", text_len, "--warmup", warmup, *(("--duration", duration) if duration is not None else ("--iters", settings.iters)),
              *(w for m in settings.modes for w in ("--mode", m)), "--seed", seed, *(("--device-peak", device_peak) if device_peak else ()),
-             *(("--config", config) if config else ()), *(("--json", json_path) if json_path else ()), *(("--profile",) if profile else ())]
+             *(("--config", load.config_file) if load.config_file else ()), *(w for a, b in load.renames for w in ("--rename", f"{a}={b}")),
+             *(w for k, v in load.sets for w in ("--set", f"{k}={v}")), *(("--json", json_path) if json_path else ()), *(("--profile",) if profile else ())]
     command = " ".join(shlex.quote(str(w)) for w in words)
 
     def progress(report: Any) -> None:
@@ -145,7 +150,10 @@ def bench(
     report = run_benchmark(targets, settings, peak=peak, environment={}, command=command, on_result=progress, profile=profile)
     render_report(report)
     if json_path:
-        console.print(f"wrote {json_path}")
+        wrote(json_path)
+    if junit:
+        write_junit(junit, "vla-bench floor check", bench_cases(report.to_dict()), classname="vla-bench.floor")
+        wrote(junit)
     invalid = [r.label for r in report.results if r.below_floor or not r.outputs_finite]
     if invalid:
         err_console.print(f"error: not valid measurements of the full model: {', '.join(invalid)}", style="red", markup=False)

@@ -8,20 +8,10 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from vla_export.cli.common import console, write_json
+from vla_export.cli.common import console, err_console, write_json, wrote
+from vla_export.cli.loading import with_loading_options
 from vla_export.errors import VlaExportError
-
-RenameOpt = typer.Option(None, "--rename", help="Rename key prefixes, OLD=NEW (repeatable), for checkpoints from other code bases.")
-ConfigOpt = typer.Option(None, "--config", help="Policy config JSON; overrides inference from tensor shapes.")
-TrustOpt = typer.Option(False, "--trust-checkpoint", help="Allow full unpickling (runs code from the file: only for files you trust).")
-
-
-def policy_source_options(config: Optional[Path], rename: Optional[list[str]]):
-    """Turn the shared --config/--rename options into API arguments."""
-    from vla_export.models.checkpoint import parse_renames
-    from vla_export.models.config import load_config
-
-    return (load_config(config) if config else None), parse_renames(rename or [])
+from vla_export.models.resolve import LoadOptions
 
 
 def init(
@@ -53,6 +43,10 @@ def render_inspect(report: dict[str, Any]) -> None:
     if report["metadata"]:
         meta = ", ".join(f"{k}={v}" for k, v in report["metadata"].items())
         console.print(f"training metadata: {meta}", markup=False)
+    if report.get("key_layout"):
+        kl = report["key_layout"]
+        renames = f" (renames: {' '.join(kl['renames'])})" if kl["renames"] else ""
+        console.print(f"key layout: {kl['description']}{renames}", markup=False)
     table = Table(title="parameters by component")
     table.add_column("component")
     table.add_column("parameters", justify="right")
@@ -63,19 +57,27 @@ def render_inspect(report: dict[str, Any]) -> None:
     console.print(table)
     dtypes = ", ".join(f"{k}: {v:,}" for k, v in report["dtypes"].items())
     console.print(f"dtypes: {dtypes}; optimizer state: {_fmt_bytes(report['optimizer_state_bytes'])}")
+    if report.get("params_note"):
+        console.print(f"parameters: {report['params_note']}", markup=False)
     if report["config"]:
         c = report["config"]
         clip = c["clip_vision"]
+        heads = "/".join(str(t["num_heads"]) for t in (c["kosmos_vision"], c["kosmos_text"], clip) if t)
         console.print(
-            f"config ({report.get('config_source')}; preset match: {report['matched_preset'] or 'none'}): "
+            f"config ({report.get('config_source')}; preset structure: {report['matched_preset'] or 'none'}): "
             f"Kosmos-2 vision {c['kosmos_vision']['hidden_size']}x{c['kosmos_vision']['num_layers']}, "
             f"text {c['kosmos_text']['embed_dim']}x{c['kosmos_text']['num_layers']} vocab {c['kosmos_text']['vocab_size']}, "
-            f"CLIP {str(clip['hidden_size']) + 'x' + str(clip['num_layers']) if clip else 'none'}, "
-            f"LSTM {c['lstm_hidden']}x{c['lstm_layers']}, head {c['head_hidden']}, action_dim {c['action_dim']}",
+            f"CLIP {str(clip['hidden_size']) + 'x' + str(clip['num_layers']) if clip else 'none'}, heads {heads}, "
+            f"LSTM {c['lstm_hidden']}x{c['lstm_layers']}, head {c['head_hidden']}, action_dim {c['action_dim']}, "
+            f"tanh {c['head_tanh']}, pooling {c['pooling']}, window {c['window']}, image {c['kosmos_vision']['image_size']}",
             markup=False,
         )
-    for note in report["assumptions"]:
-        console.print(f"  assumed: {note}", style="yellow", markup=False)
+    for f in report["assumptions"]:
+        style = "yellow" if f["warn"] else "dim" if f["basis"] == "derived" else None
+        note = f"  -> unconfirmed; confirm or correct with {f['confirm_with']}" if f["warn"] else ""
+        console.print(f"  {f['basis']}: {f['field']} = {_value(f['value'])} ({f['source']}){note}", style=style, markup=False)
+    if report["config"] and not report["assumptions"]:
+        console.print(f"  nothing assumed: the config was {report['config_source']}", markup=False)
     if "load" in report:
         ld = report["load"]
         ratio = ld["peak_rss_bytes"] / max(ld["weights_bytes"], 1)
@@ -84,22 +86,26 @@ def render_inspect(report: dict[str, Any]) -> None:
     console.print(f"verdict: {verdict}")
 
 
-def inspect(
-    checkpoint: Path = typer.Argument(..., help="Checkpoint (.pt/.pth/.ckpt or .safetensors)."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON."),
-    config: Optional[Path] = ConfigOpt,
-    rename: Optional[list[str]] = RenameOpt,
-    trust_checkpoint: bool = TrustOpt,
-    load: bool = typer.Option(False, "--load", help="Also load the full policy; report load time and peak RSS."),
-) -> None:
-    """Sizes per component, training metadata, the inferred config and the strict-load verdict."""
+def _value(v: Any) -> str:
+    import json
+
+    return v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
+
+
+def inspect_checkpoint_cmd(checkpoint: Path, *, json_path: Optional[Path], save_config: Optional[Path], load: LoadOptions, full_load: bool) -> None:
+    """``vla-export inspect CHECKPOINT``: sizes per component, training metadata, the key layout, the
+    resolved config (every assumption listed) and the strict-load verdict."""
     from vla_export.models.inspect import inspect_checkpoint
 
-    cfg, renames = policy_source_options(config, rename)
-    report = inspect_checkpoint(checkpoint, config=cfg, renames=renames, trust=trust_checkpoint, load=load)
+    report = inspect_checkpoint(checkpoint, options=load, load=full_load)
     render_inspect(report)
     if json_path:
-        write_json(json_path, report)
-        console.print(f"wrote {json_path}")
+        write_json(json_path, report, "inspect")
+        wrote(json_path)
     if not report["loadable"]:
         raise VlaExportError(f"{checkpoint}: cannot be loaded as a policy: {report['reason']}")
+    for line in report["warnings"]:
+        err_console.print(f"warning: {line}", style="yellow", markup=False)
+    if save_config:
+        write_json(save_config, report["record"])
+        console.print(f"wrote {save_config}: pass it as --config to every command to load exactly this model")

@@ -1,37 +1,122 @@
-"""What every command shares: consoles, one-line errors, ``--debug``, logging."""
+"""What every command shares: consoles, one-line errors, the exit-code table, ``--debug``, ``--verbose``."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import sys
-from collections.abc import Sequence
+import time
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import click
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
+from vla_export import __version__
 from vla_export.errors import ExitCode, VlaExportError
+from vla_export.fileio import atomic_write
+from vla_export.progress import listening
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
 DEBUG_FLAG = "--debug"
+VERBOSE_FLAGS = ("--verbose", "-v")
+VERSION_FLAG = "--version"
+#: What a non-terminal (a CI log, ``| tee``) is given as its width: wide enough that no table is cut.
+LOG_WIDTH = 1000
+
+
+class _Console(Console):
+    """A Rich console that never cuts a number, a verdict or a path.
+
+    On a terminal, table cells fold onto a second line instead of ending in an ellipsis; anywhere
+    else (a CI log, a pipe) the width is taken as unlimited, so lines come out whole.
+    """
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        dims = super().size
+        return dims if self.is_terminal else ConsoleDimensions(LOG_WIDTH, dims.height)
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)  # type: ignore[attr-defined]
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:  # noqa: A003 - Rich's name
+        for obj in objects:
+            if isinstance(obj, Table):
+                for column in obj.columns:
+                    column.overflow = "fold"
+        super().print(*objects, **kwargs)
+
+
+JunitOpt = typer.Option(None, "--junit", help="Also write the checks as JUnit XML (one test case per checked output, step or row) for CI.")
+
+console = _Console(highlight=False)
+console.report_file = None  # where ``--json -`` goes while a command runs (the real standard output)
+err_console = _Console(stderr=True, highlight=False)
 
 
 def new_app(help: str) -> typer.Typer:
+    # Plain Click help: it wraps, where Rich's boxed help cuts paths and defaults on a narrow or
+    # non-terminal output.
     return typer.Typer(
         help=help,
         add_completion=False,
         no_args_is_help=True,
         pretty_exceptions_enable=False,
+        rich_markup_mode=None,
         context_settings={"help_option_names": ["-h", "--help"]},
     )
 
 
-def debug_option_callback(debug: bool = typer.Option(False, DEBUG_FLAG, help="Show full tracebacks on errors.")) -> None:
-    """Shared ``--debug`` flag (it is also accepted anywhere on the command line)."""
+def debug_option_callback(
+    debug: bool = typer.Option(False, DEBUG_FLAG, help="Show full tracebacks on errors (accepted anywhere on the command line)."),
+    verbose: bool = typer.Option(False, *VERBOSE_FLAGS, help="Show the libraries' own output (exporter progress, warnings)."),
+    version: bool = typer.Option(False, VERSION_FLAG, help="Print the version and exit."),
+) -> None:
+    """Options every command accepts; ``run_app`` acts on them before Typer parses the line."""
+
+
+class _StepDisplay:
+    """Shows :mod:`vla_export.progress` steps on standard error.
+
+    On a terminal: a spinner per running step with its elapsed time (Rich), nested steps indented.
+    Elsewhere (a CI log): one line per finished step with its time, so a log shows where time went.
+    """
+
+    def __init__(self, out: Console) -> None:
+        self.out = out
+        self.live: Progress | None = None
+        self.depth = 0
+
+    @contextlib.contextmanager
+    def __call__(self, label: str) -> Iterator[None]:
+        start = time.perf_counter()
+        task = None
+        if self.out.is_terminal:
+            if self.live is None:
+                self.live = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=self.out, transient=True)
+                self.live.start()
+            task = self.live.add_task("  " * self.depth + label, total=None)
+        self.depth += 1
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            self.depth -= 1
+            if task is not None and self.live is not None:
+                self.live.remove_task(task)
+            if self.depth == 0 and self.live is not None:
+                self.live.stop()
+                self.live = None
+            status = "" if ok else " (failed)"
+            self.out.print(f"{'  ' * self.depth}{label}: {time.perf_counter() - start:.1f} s{status}", style="dim", markup=False)
 
 
 class _RichLogHandler(logging.Handler):
@@ -48,25 +133,73 @@ def _setup_logging(debug: bool) -> None:
     log.propagate = False
 
 
+@contextlib.contextmanager
+def _streams(pass_through: bool, json_to_stdout: bool) -> Iterator[None]:
+    """Route output for one command.
+
+    Libraries' own output (exporter progress, FutureWarnings, ``WARNING:root`` lines) is held
+    back unless ``--verbose``; our consoles keep writing to the real streams. With ``--json -``
+    standard output carries only the JSON, and the human-readable output goes to standard error.
+    """
+    out, err = sys.stdout, sys.stderr
+    console.file, err_console.file = (err if json_to_stdout else out), err
+    console.report_file = out
+    root = logging.getLogger()
+    level = root.level
+    try:
+        if pass_through:
+            yield
+            return
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            root.setLevel(logging.ERROR)
+            yield
+    finally:
+        root.setLevel(level)
+        console.file, err_console.file = None, None  # type: ignore[assignment]  # follow sys.stdout/err again
+        console.report_file = None
+
+
+def _usage_error(exc: typer.TyperException) -> int:
+    exc.show()
+    return ExitCode.BAD_INPUT if exc.exit_code not in (0, ExitCode.BAD_INPUT) else exc.exit_code
+
+
 def run_app(app: typer.Typer, argv: Sequence[str] | None = None, prog_name: str | None = None) -> int:
-    """Run a Typer app: user errors become one red line and exit code 2, tracebacks only with --debug."""
+    """Run a Typer app and map every outcome onto the exit-code table (``vla_export.errors.ExitCode``).
+
+    Usage errors print the usage line and the problem (exit 2); user errors one ``error:`` line
+    with the error's code; an internal error one line (exit 4). Tracebacks only with ``--debug``.
+    """
     args = list(sys.argv[1:] if argv is None else argv)
-    debug = DEBUG_FLAG in args
-    if debug:  # accept --debug after the subcommand too
-        args = [DEBUG_FLAG] + [a for a in args if a != DEBUG_FLAG]
+    options = args[: args.index("--")] if "--" in args else args
+    debug = DEBUG_FLAG in options
+    verbose = any(flag in options for flag in VERBOSE_FLAGS)
+    if VERSION_FLAG in options:
+        console.print(f"{prog_name or 'vla-export'} {__version__}", markup=False)
+        return ExitCode.OK
+    # --debug and --verbose are accepted anywhere on the line: hand them to the app's callback.
+    rest = [a for a in options if a != DEBUG_FLAG and a not in VERBOSE_FLAGS] + args[len(options):]
+    args = [*([DEBUG_FLAG] if debug else []), *(["--verbose"] if verbose else []), *rest] if _has_callback(app) else rest
     _setup_logging(debug)
     try:
-        result = app(args=args, prog_name=prog_name, standalone_mode=False)
-        return result if isinstance(result, int) else 0
-    except click.exceptions.Exit as exc:
+        command = typer.main.get_command(app)
+        if not sys.stdout.isatty():  # a log or a pipe: Click's help wraps at this width instead of cutting
+            command.context_settings.setdefault("terminal_width", LOG_WIDTH // 5)
+        # Help goes through Click's own echo to sys.stdout, so it is never held back.
+        quiet = verbose or any(a in ("-h", "--help") for a in options)
+        with _streams(quiet, json_to_stdout=_json_to_stdout(options)), listening(_StepDisplay(err_console)):
+            result = command.main(args=args, prog_name=prog_name, standalone_mode=False)
+        return int(result) if isinstance(result, int) else ExitCode.OK
+    except typer.Exit as exc:
         return exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except click.exceptions.Abort:
+    except typer.TyperException as exc:  # Click's usage errors (typer vendors Click)
+        return _usage_error(exc)
+    except typer.Abort:
         err_console.print("aborted", style="red")
         return ExitCode.INTERRUPTED
     except VlaExportError as exc:
+        _failure_report(options, exc.exit_code, str(exc))
         if debug:
             raise
         err_console.print(f"error: {exc}", style="red", markup=False, soft_wrap=True)
@@ -74,19 +207,67 @@ def run_app(app: typer.Typer, argv: Sequence[str] | None = None, prog_name: str 
     except KeyboardInterrupt:
         err_console.print("interrupted", style="red")
         return ExitCode.INTERRUPTED
-    except Exception as exc:  # an internal bug: still one line unless --debug
+    except OSError as exc:  # the file system said no: a user-facing problem, not a bug
+        where = f": {exc.filename}" if exc.filename else ""
+        message = f"{exc.strerror or exc}{where}"
+        _failure_report(options, ExitCode.BAD_INPUT, message)
         if debug:
             raise
-        err_console.print(
-            f"error: unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
-            style="red", markup=False, soft_wrap=True,
-        )
+        err_console.print(f"error: {message}", style="red", markup=False, soft_wrap=True)
+        return ExitCode.BAD_INPUT
+    except Exception as exc:  # an internal bug: still one line unless --debug
+        message = f"internal error {type(exc).__name__}: {exc} (a bug in vla-export; rerun with --debug for the traceback)"
+        _failure_report(options, ExitCode.INTERNAL, message)
+        if debug:
+            raise
+        err_console.print(f"error: {message}", style="red", markup=False, soft_wrap=True)
         return ExitCode.INTERNAL
 
 
-def write_json(path: str | Path, data: Any) -> Path:
-    """Write a JSON report atomically."""
-    from vla_export.fileio import atomic_write
+def _failure_report(options: list[str], exit_code: int, message: str) -> None:
+    """A command that fails still leaves its ``--json`` report, saying why it failed."""
+    path = next((b for a, b in zip(options, options[1:]) if a == "--json"), None)
+    path = path or next((a.split("=", 1)[1] for a in options if a.startswith("--json=")), None)
+    if not path:
+        return
+    command = next((a for a in options if not a.startswith("-")), None)
+    report = {"schema": "vla-export/failure/1", "command": command, "argv": options, "passed": False,
+              "exit_code": int(exit_code), "error": message}
+    try:
+        write_json(path, report)
+    except OSError as exc:  # the report cannot be written either: say so beside the real error
+        err_console.print(f"warning: could not write the failure report to {path}: {exc}", style="yellow", markup=False)
 
+
+def _json_to_stdout(options: list[str]) -> bool:
+    return any(a == "--json" and b == STDOUT for a, b in zip(options, options[1:])) or "--json=-" in options
+
+
+def _has_callback(app: typer.Typer) -> bool:
+    """Multi-command apps take --debug/--verbose in their callback; a single-command app in its command."""
+    return app.registered_callback is not None
+
+
+STDOUT = "-"
+
+
+def write_json(path: str | Path, data: dict[str, Any], what: str = "report") -> Path:
+    """Write a JSON report atomically; ``-`` writes it to standard output instead.
+
+    Every report names its schema first (``vla-export/<what>/1`` unless ``data`` has its own), so
+    readers can tell what they hold.
+    """
+    data = {"schema": f"vla-export/{what}/1", **data} if "schema" not in data else data
     text = json.dumps(data, indent=2, sort_keys=False, default=str) + "\n"
+    if str(path) == STDOUT:
+        stream = console.report_file or sys.stdout
+        stream.write(text)
+        stream.flush()
+        return Path(STDOUT)
     return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def wrote(path: str | Path, what: str = "") -> None:
+    """Say where a report went, unless it went to standard output (which must hold only the JSON)."""
+    if str(path) != STDOUT:
+        console.print(f"wrote {what + ' ' if what else ''}{path}", markup=False)

@@ -8,9 +8,12 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from vla_export.cli.checkpoint_cmds import ConfigOpt, RenameOpt, TrustOpt, _fmt_bytes, policy_source_options
-from vla_export.cli.common import console, write_json
-from vla_export.errors import ConfigError
+from vla_export.cli.checkpoint_cmds import _fmt_bytes
+from vla_export.cli.common import JunitOpt, console, write_json, wrote
+from vla_export.cli.junit import parity_cases, write_junit
+from vla_export.errors import ConfigError, ExitCode
+from vla_export.cli.loading import with_loading_options
+from vla_export.models.resolve import LoadOptions
 
 
 def render_completeness(c: dict[str, Any]) -> None:
@@ -40,7 +43,10 @@ def render_parity(p: dict[str, Any]) -> None:
                       f"{o['cosine']:.6f}", f"{o['ref_std']:.2g}", "[green]pass[/]" if o["passed"] else "[red]FAIL[/]")
     console.print(table)
     for o in p["outputs"].values():
-        if not o["passed"]:
+        if o.get("rule") == "relative":
+            console.print(f"{o['name']}: judged by relative error per row, max {o['max_row_rel']:.3g} "
+                          f"(<= {tol['max_row_rel_error']:g}) and cosine; elementwise bounds apply to actions only", markup=False)
+        elif not o["passed"]:
             console.print(f"{o['name']}: {o['violations']} elements out of tolerance", style="red")
     actions = p["outputs"].get("actions")
     if actions and actions["mae_per_dim"] is not None:
@@ -48,27 +54,33 @@ def render_parity(p: dict[str, Any]) -> None:
         console.print(f"actions per dimension: {dims}")
     if p["candidate"].get("fallback"):
         console.print(f"warning: {p['candidate']['name']} fell back from {p['candidate']['requested_providers'][0]}", style="yellow")
+    if p["candidate"].get("qdq_arithmetic") and p["precision"] == "int8":
+        console.print(f"Q/DQ arithmetic: {p['candidate']['qdq_arithmetic']} (the verdict's)", markup=False)
+    kernels = p.get("also_measured", {}).get("qdq_kernels")
+    if kernels:
+        a = kernels["outputs"]["actions"]
+        console.print(f"also measured, not for the verdict: onnxruntime int8 kernels: actions max abs {a['max_abs']:.3g}, "
+                      f"mean abs {a['mean_abs']:.3g}, cosine {a['cosine']:.6f} ({'pass' if kernels['passed'] else 'FAIL'})", markup=False)
     console.print(f"parity: {'[green]pass[/]' if p['passed'] else '[red]FAIL[/]'}")
 
 
+@with_loading_options
 def onnx(
     checkpoint: Path = typer.Argument(..., help="Policy checkpoint (.pt/.pth/.ckpt or .safetensors)."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="ONNX file to write (default engines/CHECKPOINT.onnx)."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset."),
     exporter: str = typer.Option("dynamo", "--exporter", help="dynamo (torch.onnx.export(dynamo=True)) or torchscript (fallback)."),
-    window: Optional[int] = typer.Option(None, "--window", help="Frames per window T (default: the config's window)."),
+    window: Optional[int] = typer.Option(None, "--window", min=1, help="Frames per window T (default: the config's window)."),
     dynamic_window: bool = typer.Option(False, "--dynamic-window", help="Make T a dynamic axis too."),
     debug_outputs: bool = typer.Option(False, "--debug-outputs", help="Also output per-frame features [B, T, F] (parity compares them)."),
     external_data: Optional[bool] = typer.Option(None, "--external-data/--no-external-data", help="Weights in one NAME.onnx.data file (default: only over 2 GB)."),
     simplify: bool = typer.Option(False, "--simplify", help="Simplify with onnxslim, then re-check parity."),
     optimize: bool = typer.Option(True, "--optimize/--no-optimize", help="Run the dynamo exporter's graph optimiser."),
     ort_check: bool = typer.Option(True, "--ort-check/--no-ort-check", help="Run ONNX Runtime at batch 1 and 3 and compare with PyTorch."),
-    samples: int = typer.Option(2, "--samples", help="Parity samples per batch size in the ORT check."),
+    samples: int = typer.Option(2, "--samples", min=1, help="Parity samples per batch size in the ORT check."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the export report as JSON."),
     split: bool = typer.Option(False, "--split", help="Streaming parts instead: NAME.backbone.onnx (one frame -> feature), NAME.head.onnx (window of features -> action), NAME.split.json."),
-    config: Optional[Path] = ConfigOpt,
-    rename: Optional[list[str]] = RenameOpt,
-    trust_checkpoint: bool = TrustOpt,
+    load: LoadOptions = LoadOptions(),
 ) -> None:
     """Export the whole policy to ONNX, prove the graph holds all its weights, check it and record a manifest."""
     from vla_export.export.onnx import OnnxExportOptions, OnnxFromPolicy
@@ -76,13 +88,12 @@ def onnx(
 
     if samples < 1:
         raise ConfigError("--samples must be at least 1")
-    cfg, renames = policy_source_options(config, rename)
     output = output or Path("engines") / f"{checkpoint.stem}.onnx"
     if split:
         from vla_export.cli.runtime_cmds import export_split_cmd
 
         return export_split_cmd(
-            checkpoint, output, loader_options={"config": cfg, "renames": renames, "trust": trust_checkpoint},
+            checkpoint, output, loader_options={"options": load},
             unsupported={"--dynamic-window": dynamic_window, "--debug-outputs": debug_outputs, "--simplify": simplify, "--no-ort-check": not ort_check},
             json_path=json_path, opset=opset, exporter=exporter, window=window, external_data=external_data, optimize=optimize,
         )
@@ -90,7 +101,7 @@ def onnx(
         opset=opset, exporter=exporter, window=window, dynamic_window=dynamic_window, debug_outputs=debug_outputs,
         external_data=external_data, simplify=simplify, optimize=optimize, ort_check=ort_check, parity_samples=samples,
     )
-    result = OnnxFromPolicy(PolicyFromCheckpoint(checkpoint, config=cfg, renames=renames, trust=trust_checkpoint), output, options)()
+    result = OnnxFromPolicy(PolicyFromCheckpoint(checkpoint, options=load), output, options)()
     report = result.to_dict()
     render_completeness(report["completeness"])
     for p in report["parity"]:
@@ -100,27 +111,33 @@ def onnx(
     files = ", ".join(f"{f['name']} ({_fmt_bytes(f['bytes'])})" for f in report["files"])
     console.print(f"wrote {result.path} in {result.seconds:.1f} s: {files}; manifest {result.manifest_path}")
     if json_path:
-        write_json(json_path, report)
-        console.print(f"wrote {json_path}")
+        write_json(json_path, report, "onnx-export")
+        wrote(json_path)
 
 
+@with_loading_options
 def parity(
     checkpoint: Path = typer.Argument(..., help="The PyTorch policy checkpoint (the reference)."),
     artifact: Path = typer.Argument(..., help="The artifact to check: .onnx, .engine/.plan, or another checkpoint."),
-    samples: int = typer.Option(8, "--samples", help="Number of samples."),
+    samples: int = typer.Option(8, "--samples", min=1, help="Number of samples."),
     data: Optional[list[Path]] = typer.Option(None, "--data", help="Episode files or folders (HDF5) instead of synthetic inputs."),
     seed: int = typer.Option(0, "--seed", help="Seed of the input source."),
-    batch: int = typer.Option(1, "--batch", help="Batch size per sample."),
+    batch: int = typer.Option(1, "--batch", min=1, help="Batch size per sample."),
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32, fp16 or int8: picks default tolerances (default: from the manifest, else fp32)."),
     atol: Optional[float] = typer.Option(None, "--atol", help="Override the absolute tolerance."),
     rtol: Optional[float] = typer.Option(None, "--rtol", help="Override the relative tolerance."),
     min_cosine: Optional[float] = typer.Option(None, "--min-cosine", help="Override the minimum cosine similarity."),
     min_sign_agreement: Optional[float] = typer.Option(None, "--min-sign-agreement", help="Override the minimum sign agreement of actions."),
+    max_rel_error: Optional[float] = typer.Option(None, "--max-rel-error", help="Override the per-row relative error bound of intermediate outputs (INT8 features)."),
+    qdq: str = typer.Option("exact", "--qdq", help="Q/DQ ONNX: exact (the quantization's own arithmetic, the default), kernels (onnxruntime's fused int8 CPU kernels) or both (verdict on exact)."),
     providers: Optional[list[str]] = typer.Option(None, "--provider", help="onnxruntime execution provider (repeatable; default CUDA if available, else CPU)."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the result as JSON."),
-    config: Optional[Path] = ConfigOpt,
-    rename: Optional[list[str]] = RenameOpt,
-    trust_checkpoint: bool = TrustOpt,
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the result as JSON (- for standard output)."),
+    junit: Optional[Path] = JunitOpt,
+    load: LoadOptions = LoadOptions(),
+    locate: bool = typer.Option(False, "--locate", help="Also compare every component boundary (each layer of each tower, projection, text model, CLIP, LSTM, head) and name where the error first exceeds the tolerance (ONNX artifacts)."),
+    locate_all: bool = typer.Option(False, "--locate-all", help="With --locate: compare the output of every module, not only the boundaries."),
+    locate_samples: int = typer.Option(2, "--locate-samples", help="Samples for --locate (each keeps every intermediate tensor)."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="With --locate: draw the per-layer error curve into this PNG (needs matplotlib)."),
 ) -> None:
     """Compare an artifact with the PyTorch policy on the same inputs; exit 0 on pass, 1 on fail."""
     from vla_export.backends.select import artifact_kind
@@ -129,23 +146,43 @@ def parity(
 
     if samples < 1 or batch < 1:
         raise ConfigError("--samples and --batch must be at least 1")
-    cfg, renames = policy_source_options(config, rename)
+    if (locate_all or plot) and not locate:
+        raise ConfigError("--locate-all and --plot go with --locate")
     tolerance = None
-    if precision or any(v is not None for v in (atol, rtol, min_cosine, min_sign_agreement)):
+    if precision or any(v is not None for v in (atol, rtol, min_cosine, min_sign_agreement, max_rel_error)):
         from vla_export.export.manifest import read_manifest
 
         base = precision or (read_manifest(artifact, required=False) or {}).get("precision", "fp32")
-        tolerance = tolerance_for(base, atol=atol, rtol=rtol, min_cosine=min_cosine, min_sign_agreement=min_sign_agreement)
+        tolerance = tolerance_for(base, atol=atol, rtol=rtol, min_cosine=min_cosine, min_sign_agreement=min_sign_agreement,
+                                  max_row_rel_error=max_rel_error)
     runner_opts = {"providers": providers} if providers and artifact_kind(artifact) == "onnx" else {}
     result = parity_check(
-        PolicyFromCheckpoint(checkpoint, config=cfg, renames=renames, trust=trust_checkpoint), artifact,
+        PolicyFromCheckpoint(checkpoint, options=load), artifact,
         samples=samples, data=list(data) if data else None, seed=seed, batch=batch, precision=precision,
-        tolerance=tolerance, runner_opts=runner_opts,
+        tolerance=tolerance, runner_opts=runner_opts, qdq=qdq,
     )
     report = result.to_dict()
     render_parity(report)
+    if locate:
+        from vla_export.cli.locate_cmds import render_locate
+        from vla_export.export.locate import locate as locate_layers
+
+        found = locate_layers(
+            PolicyFromCheckpoint(checkpoint, options=load), artifact,
+            level="all" if locate_all else "boundaries", samples=locate_samples, data=list(data) if data else None, seed=seed,
+            precision=precision, tolerance=tolerance, providers=providers,
+        )
+        report["locate"] = found.to_dict()
+        render_locate(report["locate"])
+        if plot:
+            from vla_export.plots import plot_locate
+
+            console.print(f"wrote {plot_locate(report['locate'], plot)}")
     if json_path:
-        write_json(json_path, report)
-        console.print(f"wrote {json_path}")
+        write_json(json_path, report, "parity")
+        wrote(json_path)
+    if junit:
+        write_junit(junit, f"parity {artifact.name}", parity_cases(report), classname="vla-export.parity")
+        wrote(junit)
     if not result.passed:
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.CHECK_FAILED)

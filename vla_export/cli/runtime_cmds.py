@@ -8,8 +8,11 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from vla_export.cli.checkpoint_cmds import ConfigOpt, RenameOpt, TrustOpt, policy_source_options
-from vla_export.cli.common import console, write_json
+from vla_export.cli.common import JunitOpt, console, write_json, wrote
+from vla_export.cli.junit import replay_cases, write_junit
+from vla_export.errors import ExitCode
+from vla_export.cli.loading import with_loading_options
+from vla_export.models.resolve import LoadOptions
 
 
 def _vec(values: list[float]) -> str:
@@ -40,6 +43,7 @@ def render_replay(r: dict[str, Any]) -> None:
     console.print(f"replay: {verdict}: max abs error {r['max_abs_err']:.3g} over {len(r['steps'])} steps; median step {r['median_step_ms']:.2f} ms")
 
 
+@with_loading_options
 def replay(
     checkpoint: Path = typer.Argument(..., help="The PyTorch policy checkpoint (the full-window reference)."),
     artifacts: Path = typer.Argument(..., help="The split export: NAME.split.json, its prefix NAME, or its folder (`vla-export onnx --split`)."),
@@ -51,28 +55,29 @@ def replay(
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Local Kosmos-2 tokenizer directory (the tiny and small presets have their own)."),
     text_len: Optional[int] = typer.Option(None, "--text-len", help="Pad the prompt to this many tokens (engines with a static text shape)."),
     providers: Optional[list[str]] = typer.Option(None, "--provider", help="onnxruntime execution provider for ONNX parts (repeatable)."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the per-step result as JSON."),
-    config: Optional[Path] = ConfigOpt,
-    rename: Optional[list[str]] = RenameOpt,
-    trust_checkpoint: bool = TrustOpt,
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the per-step result as JSON (- for standard output)."),
+    junit: Optional[Path] = JunitOpt,
+    load: LoadOptions = LoadOptions(),
 ) -> None:
     """Stream an episode through the split runtime; at every step compare with the full-window PyTorch policy. Exit 1 on a failed step."""
     from vla_export.models.loader import PolicyFromCheckpoint
     from vla_export.runtime.replay import replay_check
 
-    cfg, renames = policy_source_options(config, rename)
     result = replay_check(
-        PolicyFromCheckpoint(checkpoint, config=cfg, renames=renames, trust=trust_checkpoint), artifacts, episode,
+        PolicyFromCheckpoint(checkpoint, options=load), artifacts, episode,
         backbone=backbone, head=head, precision=precision, atol=atol, tokenizer_dir=tokenizer, text_len=text_len,
         providers=providers,
     )
     report = result.to_dict()
     render_replay(report)
     if json_path:
-        write_json(json_path, report)
-        console.print(f"wrote {json_path}")
+        write_json(json_path, report, "replay")
+        wrote(json_path)
+    if junit:
+        write_junit(junit, f"replay {episode.name}", replay_cases(report), classname="vla-export.replay")
+        wrote(junit)
     if not result.passed:
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.CHECK_FAILED)
 
 
 def export_split_cmd(
@@ -102,8 +107,8 @@ def export_split_cmd(
     )
     console.print(f"wrote {result.manifest_path} in {result.seconds:.1f} s")
     if json_path:
-        write_json(json_path, report)
-        console.print(f"wrote {json_path}")
+        write_json(json_path, report, "split-export")
+        wrote(json_path)
 
 
 def render_streaming(r: dict[str, Any]) -> None:
@@ -128,13 +133,13 @@ def render_streaming(r: dict[str, Any]) -> None:
 
 def bench_streaming_cmd(
     artifacts: list[str], backends: list[str], *, windows: Optional[str], warmup: int, iters: int, seed: int,
-    config: Optional[Path], json_path: Optional[Path], command: str,
+    load: LoadOptions, json_path: Optional[Path], command: str,
 ) -> int:
     """``vla-bench --streaming``: one control step per window T, for each (artifact, backend)."""
     from vla_export.bench.streaming import bench_split_streaming, bench_torch_streaming
     from vla_export.bench.targets import PRESET_PREFIX, BackendSpec, PresetPolicy
     from vla_export.errors import ConfigError
-    from vla_export.models.config import get_preset, load_config
+    from vla_export.models.config import get_preset
     from vla_export.models.loader import PolicyFromCheckpoint
 
     try:
@@ -144,7 +149,6 @@ def bench_streaming_cmd(
     if any(t < 1 for t in ts):
         raise ConfigError("--windows must be positive")
     specs = [BackendSpec.parse(b) for b in backends]
-    cfg = load_config(config) if config else None
     reports = []
     for artifact in artifacts:
         is_model = artifact.startswith(PRESET_PREFIX) or Path(artifact).suffix in (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
@@ -156,7 +160,7 @@ def bench_streaming_cmd(
                 if artifact.startswith(PRESET_PREFIX):
                     policy = PresetPolicy(get_preset(artifact[len(PRESET_PREFIX):]), device=spec.device, seed=seed)()
                 else:
-                    policy = PolicyFromCheckpoint(artifact, config=cfg)().policy
+                    policy = PolicyFromCheckpoint(artifact, options=load)().policy
                 opts = {"device": spec.device, "dtype": spec.dtype, "cuda_graph": spec.cuda_graph,
                         "compile": spec.compile or False, "patch_matmul": spec.patch_matmul}
                 result = bench_torch_streaming(policy, windows=ts or [policy.cfg.window], runner_opts=opts, **common)
@@ -170,6 +174,6 @@ def bench_streaming_cmd(
             render_streaming(result.to_dict())
             reports.append(result.to_dict() | {"artifact": artifact, "backend": spec.text})
     if json_path:
-        write_json(json_path, reports[0] if len(reports) == 1 else {"kind": "streaming", "runs": reports})
-        console.print(f"wrote {json_path}")
+        write_json(json_path, reports[0] if len(reports) == 1 else {"kind": "streaming", "runs": reports}, "bench-streaming")
+        wrote(json_path)
     return 0

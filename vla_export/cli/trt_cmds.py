@@ -9,7 +9,10 @@ import typer
 from rich.table import Table
 
 from vla_export.cli.checkpoint_cmds import _fmt_bytes
-from vla_export.cli.common import console, write_json
+from vla_export.errors import ExitCode
+from vla_export.cli.common import console, write_json, wrote
+from vla_export.cli.loading import with_loading_options
+from vla_export.models.resolve import LoadOptions
 from vla_export.errors import ConfigError
 
 JsonOpt = typer.Option(None, "--json", help="Also write the report as JSON.")
@@ -26,8 +29,8 @@ def _size(text: str) -> tuple[int, int]:
 
 def episodes(
     output: Path = typer.Option(Path("episodes"), "-o", "--output", help="Folder for the episode files."),
-    count: int = typer.Option(4, "--count", help="Number of episodes (cycling through the scenarios)."),
-    frames: int = typer.Option(18, "--frames", help="Frames per episode (the recorded episodes have 18)."),
+    count: int = typer.Option(4, "--count", min=1, help="Number of episodes (cycling through the scenarios)."),
+    frames: int = typer.Option(18, "--frames", min=1, help="Frames per episode (the recorded episodes have 18)."),
     size: str = typer.Option("720x1280", "--size", help="Frame size HEIGHTxWIDTH (the robot's camera: 720x1280)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the scenes."),
 ) -> None:
@@ -63,10 +66,10 @@ def calib(
     onnx: Optional[Path] = typer.Option(None, "--onnx", help="The ONNX to calibrate: config and window from its manifest; the set is checked against its inputs."),
     preset: Optional[str] = typer.Option(None, "--preset", help="Or a config preset."),
     config: Optional[Path] = typer.Option(None, "--config", help="Or a policy config JSON."),
-    samples: int = typer.Option(32, "--samples", help="Number of windows to sample across the episodes."),
+    samples: int = typer.Option(32, "--samples", min=1, help="Number of windows to sample across the episodes."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed."),
-    window: Optional[int] = typer.Option(None, "--window", help="Frames per sample (default: the ONNX's or the config's window)."),
-    text_len: Optional[int] = typer.Option(None, "--text-len", help="Pad prompts to this length (default: the longest prompt)."),
+    window: Optional[int] = typer.Option(None, "--window", min=1, help="Frames per sample (default: the ONNX's or the config's window)."),
+    text_len: Optional[int] = typer.Option(None, "--text-len", min=1, help="Pad prompts to this length (default: the longest prompt)."),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Local Kosmos-2 tokenizer directory (needed for the full-size vocabulary)."),
     json_path: Optional[Path] = JsonOpt,
 ) -> None:
@@ -77,7 +80,7 @@ def calib(
     cfg, onnx_window = _calib_config(onnx, preset, config)
     calib_set = make_calibration_set(
         data, cfg, output, count=samples, seed=seed, tokenizer=tokenizer_for(cfg, tokenizer),
-        window=window or onnx_window, text_len=text_len,
+        window=onnx_window if window is None else window, text_len=text_len,
     )
     if onnx is not None:
         from vla_export.export.onnx import io_signature
@@ -88,7 +91,7 @@ def calib(
     console.print(f"wrote {output} ({_fmt_bytes(output.stat().st_size)}): {len(calib_set)} samples from "
                   f"{len(report['episodes'])} episodes, tokenizer {report['tokenizer']}; per sample {shapes}", markup=False)
     if json_path:
-        write_json(json_path, report)
+        write_json(json_path, report, "calib")
 
 
 def render_quantize(r: dict[str, Any]) -> None:
@@ -129,7 +132,7 @@ def quantize(
     render_quantize(result.to_dict())
     console.print(f"check it: vla-export parity CHECKPOINT {output}", style="dim", markup=False)
     if json_path:
-        write_json(json_path, result.to_dict())
+        write_json(json_path, result.to_dict(), "quantize")
 
 
 def render_build(r: dict[str, Any]) -> None:
@@ -148,6 +151,7 @@ def render_build(r: dict[str, Any]) -> None:
     console.print(f"built in {r['seconds']:.1f} s, {_fmt_bytes(r['bytes'])}; manifest {r['manifest']}", markup=False)
 
 
+@with_loading_options
 def trt(
     onnx: Path = typer.Argument(..., help="The ONNX to build (external data is read from beside it)."),
     output: Path = typer.Option(..., "-o", "--output", help="Engine to write, e.g. engines/NAME.engine (manifest NAME.engine.json beside it)."),
@@ -167,8 +171,9 @@ def trt(
     hardware_compat: str = typer.Option("none", "--hardware-compat", help="none or ampere+ (runs on any Ampere or newer GPU)."),
     dla_core: Optional[int] = typer.Option(None, "--dla-core", help="Run on this DLA core (Jetson), with GPU fallback."),
     print_trtexec: bool = typer.Option(False, "--print-trtexec", help="Print the equivalent trtexec command and exit (needs no TensorRT)."),
-    parity_ckpt: Optional[Path] = typer.Option(None, "--parity", help="After building, check parity against this checkpoint and record it in the manifest."),
-    samples: int = typer.Option(8, "--samples", help="Parity samples."),
+    parity_ckpt: Optional[Path] = typer.Option(None, "--parity", help="After building, check parity against this checkpoint (loaded with --config/--rename/--set) and record it in the manifest."),
+    load: LoadOptions = LoadOptions(),
+    samples: int = typer.Option(8, "--samples", min=1, help="Parity samples."),
     json_path: Optional[Path] = JsonOpt,
 ) -> None:
     """Build a TensorRT engine for this GPU from an ONNX, with its manifest."""
@@ -203,11 +208,11 @@ def trt(
         from vla_export.models.loader import PolicyFromCheckpoint
         from vla_export.parity import parity_check
 
-        parity = parity_check(PolicyFromCheckpoint(parity_ckpt), output, samples=samples)
+        parity = parity_check(PolicyFromCheckpoint(parity_ckpt, options=load), output, samples=samples)
         record_parity(output, parity.to_dict())
         report["parity"] = parity.to_dict()
         render_parity(report["parity"])
-        if not parity.passed:
-            raise typer.Exit(1)
-    if json_path:
-        write_json(json_path, report)
+    if json_path:  # written before the verdict, so a failed parity still leaves the report
+        write_json(json_path, report, "trt-build")
+    if not report.get("parity", {"passed": True})["passed"]:
+        raise typer.Exit(ExitCode.CHECK_FAILED)

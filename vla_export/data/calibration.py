@@ -23,6 +23,7 @@ from vla_export.data.tokenizer import Tokenizer
 from vla_export.errors import DataError
 from vla_export.fileio import atomic_write
 from vla_export.models.config import PolicyConfig
+from vla_export.progress import reported
 
 META_KEY = "__meta__"
 FORMAT = "vla-export/calibration/1"
@@ -71,6 +72,7 @@ class CalibrationSet:
         }
 
 
+@reported("sampling the calibration set")
 def make_calibration_set(
     episodes: Sequence[str | Path] | str | Path,
     config: PolicyConfig,

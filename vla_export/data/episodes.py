@@ -285,6 +285,8 @@ class EpisodeSource:
     _episodes: list[Episode] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if self.window is not None and self.window < 1:
+            raise DataError(f"the window must be at least 1 frame, got {self.window}")
         episodes = [open_episode(p) for p in find_episodes(self.paths)]
         short = [e for e in episodes if e.num_frames < self.T]
         if short:
@@ -295,7 +297,7 @@ class EpisodeSource:
 
     @property
     def T(self) -> int:
-        return self.window or self.config.window
+        return self.config.window if self.window is None else self.window
 
     @property
     def episodes(self) -> list[Episode]:

@@ -30,7 +30,7 @@ class SyntheticSource:
 
     @property
     def T(self) -> int:
-        return self.window or self.config.window
+        return self.config.window if self.window is None else self.window
 
     @property
     def L(self) -> int:

@@ -20,8 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vla_export.backends.onnx_files import external_data_files, require_external_data
 from vla_export.errors import ArtifactError, ConfigError
+from vla_export.fileio import check_output_path, staging_dir
 from vla_export.lazy import lazy_import
+from vla_export.progress import reported
 
 log = logging.getLogger(__name__)
 
@@ -37,19 +40,6 @@ def data_file(path: str | Path) -> Path:
     """The single external-data file beside ``path``: ``x.onnx`` -> ``x.onnx.data``."""
     path = Path(path)
     return path.with_name(path.name + ".data")
-
-
-def external_data_files(path: str | Path) -> list[str]:
-    """Locations of the external data files an ONNX file refers to (weights are not loaded)."""
-    onnx = lazy_import("onnx", purpose="reading ONNX models")
-    model = onnx.load(str(path), load_external_data=False)
-    locations = []
-    for t in model.graph.initializer:
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            loc = next((e.value for e in t.external_data if e.key == "location"), None)
-            if loc and loc not in locations:
-                locations.append(loc)
-    return locations
 
 
 def _module_bytes(module) -> int:
@@ -73,6 +63,34 @@ def _dynamo_shapes(example_inputs: Mapping[str, Any], dynamic: Mapping[str, Mapp
     )
 
 
+#: The opsets each exporter can write (torch 2.13): the dynamo exporter builds opset 18 and converts
+#: upwards only; the legacy exporter covers 7 to 20. A requested opset is also compared with the one
+#: the written file declares, so another torch that cannot honour it is refused too.
+OPSET_RANGE = {"dynamo": (18, 23), "torchscript": (7, 20)}
+
+
+def check_opset(opset: int, exporter: str) -> None:
+    """Refuse, before any work, an exporter or opset the export cannot honour."""
+    if exporter not in EXPORTERS:
+        raise ConfigError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
+    low, high = OPSET_RANGE[exporter]
+    if not low <= opset <= high:
+        other = [e for e, (lo, hi) in OPSET_RANGE.items() if e != exporter and lo <= opset <= hi]
+        hint = f", or use --exporter {other[0]}" if other else ""
+        raise ConfigError(f"--opset {opset}: the {exporter} exporter writes opsets {low} to {high}; choose one of those{hint}")
+
+
+def written_opset(path: str | Path) -> int:
+    """The default-domain (ai.onnx) opset an ONNX file declares: what it really holds."""
+    onnx = lazy_import("onnx", purpose="reading ONNX models")
+    model = onnx.load(str(path), load_external_data=False)
+    versions = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    if not versions:
+        raise ArtifactError(f"{path}: declares no ai.onnx opset")
+    return int(versions[0])
+
+
+@reported("exporting to ONNX and verifying")
 def export_module(
     module,
     example_inputs: Mapping[str, Any],
@@ -96,43 +114,74 @@ def export_module(
     ``extra_files(tmp_onnx)`` returns more files to move into place (e.g. a manifest). The ``.onnx``
     is moved last, so it only appears when everything else is in place.
     """
-    import torch
+    path = check_target(path, opset, exporter)
+    with staging_dir(path) as tmpdir:
+        tmp = tmpdir / path.name
+        extras = stage_module(module, example_inputs, tmp, output_names=output_names, dynamic_axes=dynamic_axes, opset=opset,
+                              exporter=exporter, external_data=external_data, optimize=optimize, verify=verify,
+                              extra_files=extra_files)
+        move_into_place(tmp, path, extras)
+    return path
 
-    if exporter not in EXPORTERS:
-        raise ConfigError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
+
+def check_target(path: str | Path, opset: int, exporter: str) -> Path:
+    """The checks of an export's target that need no work: exporter, opset, a writable ``.onnx`` path."""
+    check_opset(opset, exporter)
     path = Path(path)
     if path.suffix != ".onnx":
         raise ConfigError(f"{path}: the output must end in .onnx")
+    return check_output_path(path)
+
+
+def stage_module(
+    module,
+    example_inputs: Mapping[str, Any],
+    tmp: Path,
+    *,
+    output_names: Sequence[str],
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
+    opset: int = DEFAULT_OPSET,
+    exporter: str = "dynamo",
+    external_data: bool | None = None,
+    optimize: bool = True,
+    verify: Callable[[Path], None] | None = None,
+    extra_files: Callable[[Path], Sequence[Path]] | None = None,
+) -> list[Path]:
+    """Export and verify ``module`` at ``tmp``, alone in a fresh staging folder; publish nothing.
+
+    Returns the extra files (``extra_files(tmp)``) to move into place with it. Raises
+    :class:`ArtifactError` when the exporter wrote other files than expected, fixed a dynamic axis, or
+    wrote another opset than ``opset``.
+    """
+    import torch
+
+    check_opset(opset, exporter)
     dynamic_axes = dict(dynamic_axes or {})
     if external_data is None:
         external_data = _module_bytes(module) > TWO_GB
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
-    try:
-        tmp = tmpdir / path.name
-        args = tuple(example_inputs.values())
-        with torch.no_grad():
-            if exporter == "dynamo":
-                program = torch.onnx.export(
-                    module, args, dynamo=True, input_names=list(example_inputs), output_names=list(output_names),
-                    dynamic_shapes=_dynamo_shapes(example_inputs, dynamic_axes), opset_version=opset, optimize=optimize,
-                )
-                program.save(str(tmp), external_data=external_data)
-                del program
-            else:
-                _export_torchscript(module, args, tmp, list(example_inputs), list(output_names), dynamic_axes, opset, external_data)
-        made = sorted(p.name for p in tmpdir.iterdir())
-        allowed = [tmp.name] + ([data_file(tmp).name] if external_data else [])
-        if tmp.name not in made or set(made) - set(allowed):
-            raise ArtifactError(f"{path}: the exporter wrote {made}, expected {allowed}")
-        _check_dynamic_axes(tmp, dynamic_axes)
-        if verify is not None:
-            verify(tmp)
-        extras = list(extra_files(tmp)) if extra_files else []
-        _move_into_place(tmp, path, extras)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
-    return path
+    tmpdir = tmp.parent
+    args = tuple(example_inputs.values())
+    with torch.no_grad():
+        if exporter == "dynamo":
+            program = torch.onnx.export(
+                module, args, dynamo=True, input_names=list(example_inputs), output_names=list(output_names),
+                dynamic_shapes=_dynamo_shapes(example_inputs, dynamic_axes), opset_version=opset, optimize=optimize,
+            )
+            program.save(str(tmp), external_data=external_data)
+            del program
+        else:
+            _export_torchscript(module, args, tmp, list(example_inputs), list(output_names), dynamic_axes, opset, external_data)
+    made = sorted(p.name for p in tmpdir.iterdir())
+    allowed = [tmp.name] + ([data_file(tmp).name] if external_data else [])
+    if tmp.name not in made or set(made) - set(allowed):
+        raise ArtifactError(f"{tmp.name}: the exporter wrote {made}, expected {allowed}")
+    got = written_opset(tmp)
+    if got != opset:
+        raise ArtifactError(f"{tmp.name}: asked for opset {opset}, the {exporter} exporter wrote opset {got}; use --opset {got}")
+    _check_dynamic_axes(tmp, dynamic_axes)
+    if verify is not None:
+        verify(tmp)
+    return list(extra_files(tmp)) if extra_files else []
 
 
 def _check_dynamic_axes(path: Path, dynamic_axes: Mapping[str, Mapping[int, str]]) -> None:
@@ -173,7 +222,8 @@ def _export_torchscript(module, args, tmp: Path, input_names, output_names, dyna
     shutil.rmtree(scratch)
 
 
-def _move_into_place(tmp: Path, path: Path, extras: Sequence[Path]) -> None:
+def move_into_place(tmp: Path, path: Path, extras: Sequence[Path]) -> None:
+    """Publish a staged export: the old model first goes, then data, extras (manifest), the ``.onnx`` last."""
     if path.exists():
         path.unlink()  # an old model must not sit beside new data
     stale = data_file(path)
@@ -192,9 +242,7 @@ def check_model(path: str | Path) -> None:
     """onnx.checker and shape inference, both by path so external data (and > 2 GB models) work."""
     onnx = lazy_import("onnx", purpose="checking ONNX models")
     path = Path(path)
-    for loc in external_data_files(path):
-        if not (path.parent / loc).exists():
-            raise ArtifactError(f"{path}: external data file {path.parent / loc} is missing")
+    require_external_data(path, recorded_sizes(path))
     try:
         onnx.checker.check_model(str(path), full_check=False)
     except onnx.checker.ValidationError as exc:
@@ -207,6 +255,14 @@ def check_model(path: str | Path) -> None:
         raise ArtifactError(f"{path}: shape inference failed: {str(exc).splitlines()[0]}") from None
     finally:
         os.unlink(inferred)
+
+
+def recorded_sizes(path: str | Path) -> dict[str, int]:
+    """File name -> bytes, as the manifest beside ``path`` records them (empty without one)."""
+    from vla_export.export.manifest import read_manifest
+
+    manifest = read_manifest(path, required=False) or {}
+    return {f["name"]: int(f["bytes"]) for f in manifest.get("files", []) if "name" in f and "bytes" in f}
 
 
 def io_signature(path: str | Path) -> dict[str, list[dict[str, Any]]]:
@@ -237,6 +293,7 @@ def op_counts(path: str | Path) -> dict[str, int]:
 UNFRIENDLY_OPS = ("NonZero", "ScatterND")
 
 
+@reported("simplifying with onnxslim")
 def simplify(path: Path) -> None:
     """Rewrite ``path`` with onnxslim (constant folding, dead-node removal), keeping one external data file."""
     onnx = lazy_import("onnx", purpose="--simplify")
@@ -339,7 +396,7 @@ def export_policy(loaded, path: str | Path, options: OnnxExportOptions = OnnxExp
 
     path = Path(path)
     cfg, policy = loaded.config, loaded.policy
-    window = options.window or cfg.window
+    window = cfg.window if options.window is None else options.window
     if window < 1:
         raise ConfigError(f"--window must be positive, got {window}")
     example = SyntheticSource(cfg, seed=options.seed, batch=EXPORT_BATCH, window=window).sample(0)
@@ -368,7 +425,7 @@ def export_policy(loaded, path: str | Path, options: OnnxExportOptions = OnnxExp
             config=cfg.to_dict(),
             window=window,
             options=options.to_dict(),
-            opset=options.opset,
+            opset=written_opset(tmp),
             exporter=options.exporter,
             parameters=state["completeness"].to_dict(),
             io=state["io"],
@@ -393,6 +450,7 @@ def export_policy(loaded, path: str | Path, options: OnnxExportOptions = OnnxExp
     )
 
 
+@reported("checking the graph (checker, shape inference, completeness)")
 def static_checks(path: Path, module) -> dict[str, Any]:
     """Checks that need no inference: checker, shape inference, completeness against ``module``, no
     TensorRT-unfriendly ops. Returns ``completeness``, ``ops`` and ``io`` for the manifest.
@@ -419,6 +477,7 @@ def _verify_stage(tmp: Path, loaded, options: OnnxExportOptions, window: int, st
             raise ArtifactError(f"{tmp.name}: ONNX Runtime disagrees with PyTorch after {label}: {result.summary()}")
 
 
+@reported("ONNX Runtime vs PyTorch")
 def ort_parity(path: Path, loaded, *, window: int, debug_outputs: bool, samples: int, seed: int, label: str,
                other_window: int | None = None):
     """ONNX Runtime vs PyTorch on ``samples`` feeds at batch 1 and ``samples`` at batch 3 (that at

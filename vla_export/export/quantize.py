@@ -22,8 +22,10 @@ import numpy as np
 
 from vla_export.data.calibration import CalibrationSet
 from vla_export.errors import ArtifactError, DataError
-from vla_export.export.onnx import data_file, external_data_files, io_signature, op_counts
+from vla_export.backends.onnx_files import require_external_data
+from vla_export.export.onnx import data_file, io_signature, op_counts, recorded_sizes
 from vla_export.lazy import lazy_import
+from vla_export.progress import reported
 
 FP16_MAX = 65504.0
 PROTOBUF_LIMIT = 2**31 - 1
@@ -44,15 +46,7 @@ def load_onnx(path: str | Path, *, load_external_data: bool = True):
     """Load an ONNX model; ArtifactError for a missing file, a bad protobuf or missing external data."""
     onnx = lazy_import("onnx", purpose="reading ONNX models")
     path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"{path}: ONNX file not found")
-    try:
-        locations = external_data_files(path)
-    except Exception as exc:  # DecodeError, OSError: not an ONNX protobuf
-        raise ArtifactError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
-    missing = [loc for loc in locations if not (path.parent / loc).exists()]
-    if missing:
-        raise ArtifactError(f"{path}: external data file {path.parent / missing[0]} is missing; copy it beside the model")
+    require_external_data(path, recorded_sizes(path))
     try:
         return onnx.load(str(path), load_external_data=load_external_data)
     except Exception as exc:  # a short or corrupt external data file
@@ -229,6 +223,7 @@ def _reason_counts(reasons: Mapping[str, str]) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+@reported("converting to FP16")
 def convert_fp16(onnx_path: str | Path, output: str | Path, *, keep_sensitive_fp32: bool = True) -> QuantizeResult:
     """FP16 weights and compute, fp32 inputs and outputs; LayerNorm, Softmax and mask arithmetic stay FP32."""
     f16 = lazy_import("onnxruntime.transformers.float16", purpose="FP16 conversion")
@@ -268,6 +263,7 @@ def calibration_reader(calib: CalibrationSet):
     return type("CalibrationSetReader", (_Reader, q.CalibrationDataReader), {})(calib)
 
 
+@reported("quantizing to INT8 (calibrating)")
 def quantize_int8(
     onnx_path: str | Path,
     calib: CalibrationSet,

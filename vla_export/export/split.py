@@ -16,6 +16,7 @@ Only then is ``NAME.split.json`` written; it is what ``vla-export replay`` and `
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,11 +32,15 @@ from vla_export.export.onnx import (
     MANIFEST_KIND,
     UNFRIENDLY_OPS,
     check_model,
+    check_opset,
     data_file,
-    export_module,
     io_signature,
+    move_into_place,
     op_counts,
+    stage_module,
+    written_opset,
 )
+from vla_export.fileio import check_output_path, output_errors, staging_dir
 from vla_export.models.config import PolicyConfig
 from vla_export.runtime.policy import BACKBONE_INPUTS, BACKBONE_OUTPUTS, HEAD_INPUTS, HEAD_OUTPUTS
 
@@ -168,6 +173,25 @@ def export_split(loaded, prefix: str | Path, options: SplitOptions = SplitOption
     when the parts' parameters do not add up to the policy's, or when the composed parts disagree
     with the full policy; ``prefix.split.json`` then does not appear.
     """
+    cfg = loaded.config
+    window = cfg.window if options.window is None else options.window
+    if window < 1:
+        raise ConfigError(f"--window must be positive, got {window}")
+    check_opset(options.opset, options.exporter)
+    check_opset(options.opset, options.head_exporter)
+    paths = split_paths(prefix)
+    for p in paths.values():
+        check_output_path(p)
+    with staging_dir(paths["split"]) as tmpdir:
+        return _export_split_staged(loaded, paths, tmpdir, window, options)
+
+
+def _export_split_staged(loaded, paths: dict[str, Path], tmpdir: Path, window: int, options: SplitOptions) -> SplitExportResult:
+    """Export, verify and compose both parts in ``tmpdir``, then publish them as a unit, the record last.
+
+    Until every check has passed nothing at the target changes (an earlier split export there stays
+    whole); then the old record goes first, the parts move in, and the new record appears last.
+    """
     import torch
 
     from vla_export.backends.onnxrt import OnnxrtRunner
@@ -176,13 +200,7 @@ def export_split(loaded, prefix: str | Path, options: SplitOptions = SplitOption
     from vla_export.runtime.parts import TorchPartRunner, split_policy
 
     cfg, policy = loaded.config, loaded.policy
-    window = options.window or cfg.window
-    if window < 1:
-        raise ConfigError(f"--window must be positive, got {window}")
-    paths = split_paths(prefix)
-    stale = paths["split"]
-    if stale.exists():
-        stale.unlink()  # the old record must not describe new parts
+    staged = {part: tmpdir / part / paths[part].name for part in PARTS}
     start = time.perf_counter()
     modules = dict(zip(PARTS, split_policy(policy)))
     cases = [_part_inputs(loaded, seed=options.seed + 1 + i, batch=b, window=max(1, round(f * window)), text_len=n)
@@ -199,6 +217,7 @@ def export_split(loaded, prefix: str | Path, options: SplitOptions = SplitOption
     ckpt = Path(loaded.checkpoint.path)
     source = {"checkpoint": str(ckpt), "sha256": sha256_file(ckpt), "bytes": ckpt.stat().st_size}
     results: dict[str, PartExport] = {}
+    extras: dict[str, list[Path]] = {}
     for part in reversed(PARTS):  # the small head first: a failure there costs seconds, not a backbone export
         module, path = modules[part], paths[part]
         state: dict[str, Any] = {}
@@ -221,7 +240,7 @@ def export_split(loaded, prefix: str | Path, options: SplitOptions = SplitOption
             files = [tmp] + ([data_file(tmp)] if data_file(tmp).exists() else [])
             data = build_manifest(
                 MANIFEST_KIND, tmp, files, part=part, source=source, config=cfg.to_dict(), window=window,
-                options=options.to_dict(), opset=options.opset, exporter=options.head_exporter if part == "head" else options.exporter,
+                options=options.to_dict(), opset=written_opset(tmp), exporter=options.head_exporter if part == "head" else options.exporter,
                 parameters=state["completeness"].to_dict(), io=state["io"], ops=state["ops"],
                 parity={"fp32": state["parity"].to_dict()}, versions=versions(),
             )
@@ -231,8 +250,9 @@ def export_split(loaded, prefix: str | Path, options: SplitOptions = SplitOption
 
         log.info("exporting the %s part to %s", part, path)
         exporter = options.head_exporter if part == "head" else options.exporter
-        export_module(
-            module, example[part], path, output_names=names[part][1], dynamic_axes=dynamic[part], opset=options.opset,
+        staged[part].parent.mkdir()
+        extras[part] = stage_module(
+            module, example[part], staged[part], output_names=names[part][1], dynamic_axes=dynamic[part], opset=options.opset,
             exporter=exporter, external_data=options.external_data, optimize=options.optimize,
             verify=verify, extra_files=manifest,
         )
@@ -247,7 +267,9 @@ def export_split(loaded, prefix: str | Path, options: SplitOptions = SplitOption
             f"{paths['split']}: the parts hold {results['backbone'].parameters:,} + {results['head'].parameters:,} = "
             f"{summed:,} parameters, the policy has {total:,}"
         )
-    check = stream_check(loaded, paths["backbone"], paths["head"], window=window, seed=options.seed)
+    check = stream_check(loaded, staged["backbone"], staged["head"], window=window, seed=options.seed)
+    for part in PARTS:  # the record names where the parts are published, not where they were checked
+        check.policy[part]["path"] = str(paths[part])
     if not check.passed:
         raise ArtifactError(
             f"{paths['split']}: the ONNX parts composed by the streaming runtime disagree with the full policy at steps "
@@ -265,8 +287,24 @@ def export_split(loaded, prefix: str | Path, options: SplitOptions = SplitOption
         "stream_check": {k: v for k, v in check.to_dict().items() if k != "steps"},
         "versions": versions(),
     }
-    write_manifest(paths["split"], record, path=paths["split"])
+    staged_record = tmpdir / paths["split"].name
+    write_manifest(staged_record, record, path=staged_record)
+    publish_split(paths, staged, extras, staged_record)
     return SplitExportResult(results["backbone"], results["head"], total, check, paths["split"], time.perf_counter() - start)
+
+
+def publish_split(paths: dict[str, Path], staged: dict[str, Path], extras: dict[str, list[Path]], record: Path) -> None:
+    """Move verified parts into place as a unit: the old record goes first, the new one comes last.
+
+    Without a record the folder does not hold a split export (``read_split`` refuses it), so an
+    interruption between the moves never leaves a finished-looking mix of old and new parts.
+    """
+    with output_errors(paths["split"]):
+        if paths["split"].exists():
+            paths["split"].unlink()
+        for part in PARTS:
+            move_into_place(staged[part], paths[part], extras[part])
+        os.replace(record, paths["split"])
 
 
 def stream_check(loaded, backbone: Path, head: Path, *, window: int, seed: int = 0, atol: float | None = None):

@@ -30,6 +30,7 @@ from typing import Any
 
 from vla_export.errors import ArtifactError, ConfigError, DataError, MissingDependencyError
 from vla_export.fileio import atomic_write
+from vla_export.progress import reported
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ DEFAULT_TEXT_OPT = 16
 
 
 # --- options and plan ------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -523,6 +525,7 @@ def _calib_shapes(calib_path: Path | None, facts: OnnxFacts) -> tuple[Any, dict[
     return calib, {k: tuple(v.shape[1:]) for k, v in calib.arrays.items()}
 
 
+@reported("building the TensorRT engine")
 def build_engine(onnx: str | Path, output: str | Path, options: TrtBuildOptions = TrtBuildOptions()) -> TrtBuildResult:
     """Build ``output`` (and ``output.json``) from ``onnx``. Nothing appears at ``output`` unless it succeeds."""
     onnx, output = Path(onnx), Path(output)

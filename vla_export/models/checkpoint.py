@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,8 +120,9 @@ def _torch_load(path: Path, file_format: str, trust: bool) -> Any:
             return torch.load(path, map_location="cpu", mmap=mmap, weights_only=True)
     except pickle.UnpicklingError as exc:
         unsafe = _unsafe_globals(path) if file_format == "torch-zip" else []
-        if unsafe or "Unsupported global" in str(exc):
-            names = ", ".join(unsafe) if unsafe else _first_line(exc)
+        named = _global_in_message(exc)  # the legacy format says "unsupported GLOBAL posix.system ... is blocked"
+        if unsafe or named or "unsupported global" in str(exc).lower():
+            names = ", ".join(unsafe) if unsafe else named or _first_line(exc)
             raise CheckpointError(
                 f"{path}: the pickle needs {names}, which safe loading (weights_only=True) does not allow; "
                 "if you trust this file, rerun with --trust-checkpoint"
@@ -128,6 +130,12 @@ def _torch_load(path: Path, file_format: str, trust: bool) -> Any:
         raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({_first_line(exc)})") from exc
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({_first_line(exc)})") from exc
+
+
+def _global_in_message(exc: BaseException) -> str | None:
+    """The global a weights-only unpickler refused, as its message names it (both file formats)."""
+    match = re.search(r"unsupported GLOBAL ([\w.]+)", str(exc), flags=re.IGNORECASE)
+    return match.group(1) if match else None
 
 
 def _unsafe_globals(path: Path) -> list[str]:
@@ -247,18 +255,36 @@ def clip_key_layout() -> str:
     return "nested" if any(k.startswith("vision_model.") for k in tiny.state_dict()) else "flat"
 
 
+def rename_key(key: str, renames: Sequence[tuple[str, str]]) -> str:
+    """``key`` with the first matching (OLD prefix, NEW prefix) pair applied."""
+    for old, new in renames:
+        if key.startswith(old):
+            return new + key[len(old) :]
+    return key
+
+
+def strip_and_rename(state_dict: Mapping[str, Any], renames: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+    """Strip DataParallel / torch.compile prefixes, then apply ``renames``."""
+    return {rename_key(_strip_wrappers(key), renames): value for key, value in state_dict.items()}
+
+
+def clip_names(state_dict: Mapping[str, Any]) -> str | None:
+    """'nested' (transformers 4.x ``clip.vision_model.*``), 'flat' (5.x ``clip.*``), or None without CLIP."""
+    if not any(k.startswith("clip.") for k in state_dict):
+        return None
+    return "nested" if any(k.startswith("clip.vision_model.") for k in state_dict) else "flat"
+
+
 def normalize_keys(
     state_dict: Mapping[str, Any], renames: Sequence[tuple[str, str]] = (), clip_layout: str | None = None
 ) -> dict[str, Any]:
     """Strip DataParallel / torch.compile prefixes, apply user renames, and match the CLIP layout of the installed transformers."""
-    out: dict[str, Any] = {}
-    for key, value in state_dict.items():
-        key = _strip_wrappers(key)
-        for old, new in renames:
-            if key.startswith(old):
-                key = new + key[len(old) :]
-                break
-        out[key] = value
+    return match_clip_layout(strip_and_rename(state_dict, renames), clip_layout)
+
+
+def match_clip_layout(state_dict: Mapping[str, Any], clip_layout: str | None = None) -> dict[str, Any]:
+    """Rename CLIP keys between transformers 4.x (nested) and 5.x (flat) names, to those of the installed version."""
+    out = dict(state_dict)
     if any(k.startswith("clip.") for k in out):
         layout = clip_layout or clip_key_layout()
         nested = any(k.startswith("clip.vision_model.") for k in out)

@@ -7,6 +7,7 @@ materialised afterwards. Nothing ever falls back to random weights.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +19,11 @@ from vla_export.models.checkpoint import Checkpoint, normalize_keys, read_checkp
 from vla_export.models.components import COMPONENTS, OTHER, component_of, group_by_component
 from vla_export.models.config import PolicyConfig
 from vla_export.models.infer import InferredConfig, infer_config
+from vla_export.progress import reported
+from vla_export.models.resolve import LoadOptions, RECORD_KEY, ResolvedModel, record_for_checkpoint, resolve_model
 
 SHOW_PER_GROUP = 3
+log = logging.getLogger("vla_export")
 
 
 @dataclass
@@ -118,7 +122,7 @@ class LoadedPolicy:
     policy: Any  # MobileVLAPolicy
     config: PolicyConfig
     checkpoint: Checkpoint
-    inferred: InferredConfig | None
+    resolved: ResolvedModel | None = None  # how the config was obtained (None for policies not loaded from a file)
 
 
 def resolve_config(state_dict: Mapping[str, Any], config: PolicyConfig | None) -> tuple[PolicyConfig, InferredConfig | None]:
@@ -128,6 +132,7 @@ def resolve_config(state_dict: Mapping[str, Any], config: PolicyConfig | None) -
     return inferred.config, inferred
 
 
+@reported("loading the checkpoint")
 def load_policy(
     checkpoint: Checkpoint | str | Path,
     *,
@@ -135,13 +140,22 @@ def load_policy(
     renames: Sequence[tuple[str, str]] = (),
     trust: bool = False,
     dtype: str = "float32",
+    options: LoadOptions | None = None,
 ):
-    """Strictly load a policy; raise :class:`StrictLoadError` listing any key problem."""
+    """Strictly load a policy; raise :class:`StrictLoadError` listing any key problem.
+
+    ``options`` (the CLI's shared loading options) replaces ``config``/``renames``/``trust``. The
+    resolved model is logged as one line, and every unconfirmed guess that changes outputs as a warning.
+    """
     import torch
 
-    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else read_checkpoint(checkpoint, trust=trust)
-    sd = normalize_keys(ckpt.state_dict, renames)
-    cfg, inferred = resolve_config(sd, config)
+    options = options or LoadOptions(config=config, renames=tuple(renames), trust=trust)
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else read_checkpoint(checkpoint, trust=options.trust)
+    resolved, sd = resolve_model(ckpt, options)
+    log.info("%s", resolved.summary_line())
+    for line in resolved.warning_lines():
+        log.warning("%s", line)
+    cfg = resolved.config
     policy = build_policy(cfg, device="meta")
     check = check_keys({k: tuple(v.shape) for k, v in policy.state_dict().items()}, sd)
     if not check.ok:
@@ -150,17 +164,20 @@ def load_policy(
     sd = {k: (v if v.dtype == target or not v.is_floating_point() else v.to(target)) for k, v in sd.items()}
     policy.load_state_dict(sd, strict=True, assign=True)
     _materialize_buffers(policy)
-    return LoadedPolicy(policy.eval(), cfg, ckpt, inferred)
+    return LoadedPolicy(policy.eval(), cfg, ckpt, resolved)
 
 
 class PolicyFromCheckpoint:
     """A lazy loader: calling it reads the checkpoint and returns the strictly loaded policy."""
 
-    def __init__(self, path: str | Path, *, config: PolicyConfig | None = None, renames: Sequence[tuple[str, str]] = (), trust: bool = False):
-        self.path, self.config, self.renames, self.trust = Path(path), config, tuple(renames), trust
+    def __init__(self, path: str | Path, *, config: PolicyConfig | None = None, renames: Sequence[tuple[str, str]] = (), trust: bool = False,
+                 options: LoadOptions | None = None):
+        self.path = Path(path)
+        self.options = options or LoadOptions(config=config, renames=tuple(renames), trust=trust)
+        self.config, self.renames, self.trust = self.options.config, self.options.renames, self.options.trust
 
     def __call__(self) -> LoadedPolicy:
-        return load_policy(self.path, config=self.config, renames=self.renames, trust=self.trust)
+        return load_policy(self.path, options=self.options)
 
 
 # --- writing ---------------------------------------------------------------------------------------
@@ -224,6 +241,8 @@ def save_training_checkpoint(policy, path: str | Path, *, epoch: int = 0, val_ma
         "optimizer_state_dict": optimizer,
         "val_mae": float(val_mae),
         "args": args,
+        # The config, so that loading this file back assumes nothing (heads, Tanh, pooling, tokens).
+        RECORD_KEY: record_for_checkpoint(policy.cfg),
     }
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
     return path

@@ -17,6 +17,7 @@ import numpy as np
 from vla_export.backends.base import Runner
 from vla_export.data.preprocess import preprocess_frames
 from vla_export.runtime.policy import Policy, window_indices
+from vla_export.progress import reported
 
 DEFAULT_ATOL = 1e-3
 
@@ -95,6 +96,7 @@ class ReplayResult:
         }
 
 
+@reported("replaying the episode")
 def replay_frames(
     policy: Policy,
     reference: Runner,

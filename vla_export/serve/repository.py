@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vla_export.backends.select import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES, ONNX_SUFFIXES
+from vla_export.artifacts import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES, ONNX_SUFFIXES
 from vla_export.bench.targets import PRESET_PREFIX
 from vla_export.errors import ArtifactError, ConfigError
 from vla_export.export.manifest import read_manifest, validate_files, versions

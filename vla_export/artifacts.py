@@ -1,0 +1,44 @@
+"""What kind of artifact a path is: the one place that decides it from the file name.
+
+Low level on purpose (it imports nothing heavy), so every layer can ask it: the runner selector,
+the benchmark planner, ``inspect``. Kinds: ``checkpoint``, ``onnx``, ``engine``, ``split`` (the
+``NAME.split.json`` record of a split export), ``calibration`` (``.npz``) and ``episode`` (HDF5).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vla_export.errors import ArtifactError
+
+ONNX_SUFFIXES = (".onnx",)
+ENGINE_SUFFIXES = (".engine", ".plan")
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
+CALIBRATION_SUFFIXES = (".npz",)
+EPISODE_SUFFIXES = (".h5", ".hdf5")
+SPLIT_SUFFIX = ".split.json"
+
+#: kind -> file-name endings, in the order they are tried (``.split.json`` before any plain suffix).
+KIND_SUFFIXES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("split", (SPLIT_SUFFIX,)),
+    ("onnx", ONNX_SUFFIXES),
+    ("engine", ENGINE_SUFFIXES),
+    ("checkpoint", CHECKPOINT_SUFFIXES),
+    ("calibration", CALIBRATION_SUFFIXES),
+    ("episode", EPISODE_SUFFIXES),
+)
+KINDS: tuple[str, ...] = tuple(kind for kind, _ in KIND_SUFFIXES)
+
+
+def detect_kind(path: str | Path, *, allowed: tuple[str, ...] = KINDS) -> str:
+    """The kind of ``path`` among ``allowed``, from its name; :class:`ArtifactError` for anything else.
+
+    The message lists the endings that would have been accepted, so it fits on one line.
+    """
+    name = Path(path).name.lower()
+    for kind, suffixes in KIND_SUFFIXES:
+        if kind in allowed and name.endswith(suffixes):
+            return kind
+    known = ", ".join(s for kind, suffixes in KIND_SUFFIXES if kind in allowed for s in suffixes)
+    suffix = Path(path).suffix.lower()
+    raise ArtifactError(f"{path}: unknown artifact type {suffix or '(no suffix)'!r}; expected one of {known}")

@@ -1,0 +1,141 @@
+"""``vla-export inspect``: any artifact (checkpoint, ONNX, engine, split record, calibration set, episode)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.table import Table
+
+from vla_export.cli.checkpoint_cmds import _fmt_bytes, inspect_checkpoint_cmd
+from vla_export.cli.loading import with_loading_options
+from vla_export.models.resolve import LoadOptions
+from vla_export.cli.common import console, write_json, wrote
+from vla_export.errors import ConfigError, VlaExportError
+
+
+def _shape(v: dict[str, Any]) -> str:
+    return f"{v['name']} [{', '.join(map(str, v['shape']))}] {v['dtype']}"
+
+
+def _render_manifest(r: dict[str, Any]) -> None:
+    summary, check = r.get("manifest_summary"), r.get("manifest_check") or {}
+    if summary:
+        console.print("manifest: " + ", ".join(f"{k}={v}" for k, v in summary.items()), markup=False)
+    if check.get("matches") is True:
+        console.print(f"[green]the files match the manifest[/] ({check['manifest']})")
+    elif check.get("matches") is False:
+        console.print(f"[red]the files do NOT match the manifest:[/] {'; '.join(check['problems'])}")
+    else:
+        console.print("[yellow]no manifest beside the file[/]")
+
+
+def render_onnx(r: dict[str, Any]) -> None:
+    opset = ", ".join(f"{k} {v}" for k, v in r["opset"].items())
+    console.print(f"[bold]{r['path']}[/]  {_fmt_bytes(r['file_size'])}  ONNX IR {r['ir_version']}, opset {opset}, {r['producer']}")
+    console.print("inputs:  " + "; ".join(_shape(v) for v in r["inputs"]), markup=False)
+    console.print("outputs: " + "; ".join(_shape(v) for v in r["outputs"]), markup=False)
+    p = r["precision"]
+    line = f"precision: {p['label']}"
+    if p["qdq_nodes"]["DequantizeLinear"]:
+        line += (f": {p['qdq_nodes']['QuantizeLinear']} Q + {p['qdq_nodes']['DequantizeLinear']} DQ nodes; {p['quantized_nodes']} of "
+                 f"{p['quantizable_nodes']} MatMul/Conv/Gemm nodes quantized, {p['kept_higher_precision_nodes']} kept in higher precision")
+    elif p["fp16_initializers"]:
+        line += f": {p['fp16_initializers']} fp16 initializers, {p['cast_nodes']} Cast nodes"
+    console.print(line, markup=False)
+    top = ", ".join(f"{k} {v}" for k, v in list(r["ops"].items())[:12])
+    console.print(f"{r['nodes']} nodes: {top}{', ...' if len(r['ops']) > 12 else ''}", markup=False)
+    table = Table(title="initializers by component")
+    table.add_column("component")
+    table.add_column("elements", justify="right")
+    table.add_column("bytes", justify="right")
+    for name, count in r["component_elements"].items():
+        table.add_row(name, f"{count:,}", _fmt_bytes(r["component_bytes"][name]))
+    table.add_row("[bold]total[/]", f"{sum(r['component_elements'].values()):,}", f"[bold]{_fmt_bytes(r['total_initializer_bytes'])}[/]")
+    console.print(table)
+    for f in r["external_data"]:
+        state = _fmt_bytes(f["bytes"]) if f["exists"] else "[red]MISSING[/]"
+        console.print(f"external data: {f['name']} ({f['tensors']} tensors) {state}")
+    _render_manifest(r)
+
+
+def render_engine(r: dict[str, Any]) -> None:
+    console.print(f"[bold]{r['path']}[/]  {_fmt_bytes(r['file_size'])}  TensorRT engine")
+    _render_manifest(r)
+    src = r["source_onnx"]
+    if src["path"]:
+        match = {True: "matches the recorded sha256", False: "[red]differs from the recorded sha256[/]", None: "not found"}[
+            src["matches_recorded_sha256"] if src["exists"] else None]
+        console.print(f"built from {src['path']}: {match}")
+    if r["io_from_onnx"]:
+        console.print("inputs (from the ONNX):  " + "; ".join(_shape(v) for v in r["io_from_onnx"]["inputs"]), markup=False)
+        console.print("outputs (from the ONNX): " + "; ".join(_shape(v) for v in r["io_from_onnx"]["outputs"]), markup=False)
+    t = r["tensorrt"]
+    if t["available"]:
+        console.print(f"TensorRT {t['tensorrt']}: {t['num_layers']} layers ({t['note']})", markup=False)
+        for io in t["io"]:
+            console.print(f"  {io['mode']} {io['name']} {io['shape']} {io['dtype']}", markup=False)
+    else:
+        console.print(f"[yellow]no per-layer information: {t['note']}[/]", markup=False)
+    console.print(r["verified"], style="dim")
+
+
+def render_split(r: dict[str, Any]) -> None:
+    console.print(f"[bold]{r['path']}[/]  split export of '{r['config']}', window {r['window']} ({r['warmup']})")
+    for part, p in r["parts"].items():
+        state = f"{_fmt_bytes(p['bytes'])}, {p['parameters']:,} parameters, {p['precision']}" if p["exists"] else "[red]MISSING[/]"
+        console.print(f"  {part}: {p['path']} {state}")
+    n = r["parameters"] or {}
+    console.print(f"parameters: policy {n.get('policy', 0):,}, sum of parts {n.get('sum_of_parts', 0):,}")
+    sc = r["stream_check"] or {}
+    if sc:
+        console.print(f"stream check at export: {'pass' if sc.get('passed') else 'FAIL'}, max abs error {sc.get('max_abs_err', float('nan')):.3g}")
+
+
+def render_calibration(r: dict[str, Any]) -> None:
+    rec = r["record"]
+    console.print(f"[bold]{r['path']}[/]  {_fmt_bytes(r['file_size'])}  calibration set: {r['samples']} samples for '{rec.get('config')}' "
+                  f"(window {rec.get('window')}, text {rec.get('text_len')}, seed {rec.get('seed')}, tokenizer {rec.get('tokenizer')})")
+    for name, a in r["inputs"].items():
+        rng = f" range {a['min']:.3g}..{a['max']:.3g}" if "min" in a else ""
+        console.print(f"  {name} {a['shape']} {a['dtype']}{rng}", markup=False)
+    console.print(f"from {r['windows']} windows of {len(r['episodes_used'])} episode(s)", markup=False)
+
+
+def render_episode(r: dict[str, Any]) -> None:
+    console.print(f"[bold]{r['path']}[/]  {_fmt_bytes(r['file_size'])}  episode '{r['name']}': {r['num_frames']} frames "
+                  f"{r['frame_hw'][0]}x{r['frame_hw'][1]}, {r['total_duration']:.2f} s ({r['fps']} fps), chunk {r['action_chunk_size']}")
+    a = r["actions"]
+    console.print(f"actions {a['shape']} {a['dtype']} range {a.get('min', 0):.3g}..{a.get('max', 0):.3g}; events: "
+                  + ", ".join(f"{k} {v}" for k, v in r["action_event_types"].items()), markup=False)
+    console.print(f"instruction: {r['instruction']!r}", markup=False)
+
+
+RENDERERS = {"onnx": render_onnx, "engine": render_engine, "split": render_split, "calibration": render_calibration, "episode": render_episode}
+
+
+@with_loading_options
+def inspect(
+    artifact: Path = typer.Argument(..., help="A checkpoint (.pt/.pth/.ckpt/.safetensors), .onnx, .engine/.plan, NAME.split.json, calibration .npz or episode .h5."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON (schema vla-export/inspect/1; - for standard output)."),
+    save_config: Optional[Path] = typer.Option(None, "--save-config", help="Checkpoints: write the resolved model (config + renames, schema vla-export/model-config/1) for --config."),
+    load: LoadOptions = LoadOptions(),
+    full_load: bool = typer.Option(False, "--load", help="Checkpoints: also load the full policy; report load time and peak RSS."),
+) -> None:
+    """What an artifact holds: sizes per component, I/O, precision, manifest check; for checkpoints the key layout, every assumption and the strict-load verdict."""
+    from vla_export.artifacts import detect_kind
+    from vla_export.export.inspect_artifacts import inspect_artifact
+
+    kind = detect_kind(artifact)
+    if kind == "checkpoint":
+        return inspect_checkpoint_cmd(artifact, json_path=json_path, save_config=save_config, load=load, full_load=full_load)
+    given = [flag for flag, on in (("--config/--rename/--set/--trust-checkpoint", load != LoadOptions()), ("--load", full_load),
+                                   ("--save-config", save_config)) if on]
+    if given:
+        raise ConfigError(f"{', '.join(given)} apply to checkpoints only, not to a {kind} file")
+    report = inspect_artifact(artifact)
+    RENDERERS[kind](report)
+    if json_path:
+        write_json(json_path, report, "inspect")
+        wrote(json_path)

@@ -1,0 +1,29 @@
+"""``vla-export parity --locate``: the per-layer error curve, rendered (the work is vla_export.export.locate)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from vla_export.cli.common import console
+
+
+def render_locate(r: dict[str, Any]) -> None:
+    tol = r["tolerance"]
+    table = Table(title=f"where does it diverge? {r['level']}, {r['samples']} samples, {r['precision']} "
+                        f"(over: max abs > {tol['atol']:g} + {tol['rtol']:g} x max|ref|, or cosine < {tol['min_cosine']:g})")
+    for col in ("#", "module", "component", "max abs", "max |ref|", "relative", "cosine", ""):
+        table.add_column(col, justify="left" if col in ("module", "component", "") else "right", no_wrap=True)
+    first = r["first_over"]
+    for i, p in enumerate(r["points"]):
+        flag = "[red]FIRST OVER[/]" if p["module"] == first else "[red]over[/]" if p["over"] else ""
+        table.add_row(str(i), p["module"], p["component"], f"{p['max_abs']:.2e}", f"{p['ref_max_abs']:.3g}", f"{p['rel_err']:.2e}",
+                      f"{p['cosine']:.6f}", flag)
+    # Piped into a log, Rich would squeeze the module names out of an 80-column table: give it room there.
+    (console if console.is_terminal else Console(file=console.file, width=max(console.width, 140), highlight=False)).print(table)
+    for module, why in r["skipped"].items():
+        console.print(f"  not compared: {module}: {why}", style="dim", markup=False)
+    style = "red" if first else "green"
+    console.print(f"locate: [{style}]{r['summary']}[/]")

@@ -1,0 +1,390 @@
+"""Layer-wise parity: where does an ONNX artifact start to disagree with the PyTorch policy?
+
+``parity`` says *that* an output is off; this says *where*. The dynamo exporter records, on every
+ONNX node, the module path it came from (``pkg.torch.onnx.name_scopes``). For each module watched
+(component boundaries: vision tower and its layers, projection, each text layer, the text model,
+CLIP and its layers, feature projection, LSTM, head; or every module), the tensors its nodes
+produce and hand to nodes outside it are that module's outputs in the graph. A copy of the graph
+with those tensors marked as outputs runs in ONNX Runtime; PyTorch forward hooks capture the same
+modules' outputs; the two are paired by shape (the last such tensor the module produces) and
+compared. The report is the per-layer error curve in execution order, the first layer over the
+tolerance and the largest jump.
+
+Quantized (Q/DQ) and FP16 graphs keep the exported nodes and their scopes, so they work too.
+TensorRT engines would need an engine built with the same marked outputs: not done here.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vla_export.errors import ArtifactError, ConfigError
+from vla_export.export.inspect_artifacts import SCOPE_KEY, component_of_onnx_name, node_module_scopes
+from vla_export.lazy import lazy_import
+from vla_export.parity import Tolerance, tolerance_for
+
+SCHEMA = "vla-export/locate/1"
+LEVELS = ("boundaries", "all")
+POLICY_INPUTS = ("pixel_values", "input_ids", "attention_mask")
+#: Component roots compared at the ``boundaries`` level, besides every ``...layers.N`` module.
+BOUNDARY_MODULES = (
+    "kosmos_model.vision_model",
+    "kosmos_model.image_to_text_projection",
+    "kosmos_model.text_model",
+    "clip",
+    "proj",
+    "rnn",
+    "action",
+)
+_LAYER = re.compile(r"\.layers\.\d+$")
+_TINY = 1e-12
+#: The smallest relative error the curve's jumps are measured from (float32 rounding), so noise is no jump.
+JUMP_FLOOR = float(np.finfo(np.float32).eps)
+
+
+@dataclass(frozen=True)
+class LayerPoint:
+    """One module's output: PyTorch (reference) vs the artifact, over all samples."""
+
+    module: str
+    component: str
+    onnx_tensor: str
+    shape: list[int]  # one sample's
+    max_abs: float
+    mean_abs: float
+    ref_max_abs: float
+    rel_err: float  # max_abs / ref_max_abs: comparable across layers of different scale
+    cosine: float
+    over: bool  # outside the tolerance (max_abs > atol + rtol * ref_max_abs, or cosine < min_cosine)
+
+
+@dataclass
+class LocateResult:
+    """The per-layer error curve in execution order, and where it goes wrong."""
+
+    artifact: str
+    checkpoint: str
+    level: str
+    precision: str
+    tolerance: Tolerance
+    samples: int
+    points: list[LayerPoint] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # module -> why it was not compared
+
+    @property
+    def first_over(self) -> LayerPoint | None:
+        return next((p for p in self.points if p.over), None)
+
+    @property
+    def largest_jump(self) -> tuple[LayerPoint, float] | None:
+        """The point whose relative error rises most over the worst before it (both floored at float32 eps)."""
+        best: tuple[LayerPoint, float] | None = None
+        worst_before = JUMP_FLOOR
+        for p in self.points:
+            factor = max(p.rel_err, JUMP_FLOOR) / worst_before
+            if best is None or factor > best[1]:
+                best = (p, factor)
+            worst_before = max(worst_before, p.rel_err)
+        return best
+
+    def summary(self) -> str:
+        first, jump = self.first_over, self.largest_jump
+        if first is not None:
+            return (f"first over tolerance: {first.module} ({first.component}): max abs {first.max_abs:.3g}, "
+                    f"relative {first.rel_err:.3g}, cosine {first.cosine:.6f}")
+        if jump is not None:
+            return f"no layer over tolerance; largest rise of the relative error at {jump[0].module} (x{jump[1]:.3g})"
+        return "no layer compared"
+
+    def to_dict(self) -> dict[str, Any]:
+        first, jump = self.first_over, self.largest_jump
+        return {
+            "schema": SCHEMA,
+            "artifact": self.artifact,
+            "checkpoint": self.checkpoint,
+            "level": self.level,
+            "precision": self.precision,
+            "tolerance": self.tolerance.to_dict(),
+            "samples": self.samples,
+            "first_over": first.module if first else None,
+            "largest_jump": {"module": jump[0].module, "factor": jump[1]} if jump else None,
+            "summary": self.summary(),
+            "points": [asdict(p) for p in self.points],
+            "skipped": self.skipped,
+        }
+
+
+# --- the graph side --------------------------------------------------------------------------------
+
+@dataclass
+class _GraphScopes:
+    root: str  # the wrapper module's attribute the exporter put around the policy ("policy")
+    boundary: dict[str, list[tuple[int, str]]]  # torch module -> [(producing node index, tensor)] leaving it
+
+
+def graph_scopes(model) -> _GraphScopes:
+    """For every module, the tensors its nodes produce and hand to nodes outside it (or to graph outputs)."""
+    nodes = list(model.graph.node)
+    scopes = [node_module_scopes(n) for n in nodes]
+    roots = [s[0] for s in scopes if s]
+    if not roots:
+        raise ArtifactError(
+            f"the graph's nodes carry no module scopes ({SCOPE_KEY}): export it with the dynamo exporter "
+            "(the default of `vla-export onnx`) to locate layers; torchscript exports have none"
+        )
+    root = max(set(roots), key=roots.count)
+    member: list[set[str]] = []
+    for s in scopes:
+        member.append({x[len(root) + 1:] for x in s if x.startswith(root + ".")})
+    consumers: dict[str, list[int]] = {}
+    for i, n in enumerate(nodes):
+        for v in n.input:
+            consumers.setdefault(v, []).append(i)
+    graph_outputs = {o.name for o in model.graph.output}
+    boundary: dict[str, list[tuple[int, str]]] = {}
+    for i, n in enumerate(nodes):
+        for module in member[i]:
+            for v in n.output:
+                if not v:
+                    continue
+                users = consumers.get(v, [])
+                if v in graph_outputs or any(module not in member[u] for u in users):
+                    boundary.setdefault(module, []).append((i, v))
+    return _GraphScopes(root, boundary)
+
+
+def _elem_types(onnx, model, tensors: Sequence[str]) -> dict[str, int]:
+    """Element types of ``tensors``: recorded value infos, else ONNX shape inference (weights need not be loaded)."""
+    types = {v.name: v.type.tensor_type.elem_type for v in (*model.graph.value_info, *model.graph.output, *model.graph.input)}
+    if any(not types.get(t) for t in tensors):
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model)
+        except Exception as exc:  # onnx raises InferenceError and others
+            raise ArtifactError(f"cannot type the intermediate tensors (shape inference failed: {str(exc).splitlines()[0]})") from None
+        types |= {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info if v.type.tensor_type.elem_type}
+    return types
+
+
+FLOAT_TYPES = (1, 10, 11, 16)  # TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
+
+
+def marked_copy(onnx, model, tensors: Sequence[str], folder: Path, source: Path) -> tuple[Path, list[str]]:
+    """Save a copy of ``model`` with the floating-point ``tensors`` as extra graph outputs into ``folder``
+    (external data linked, not copied); returns the copy and the tensors marked."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    types = _elem_types(onnx, model, tensors)
+    existing = {o.name for o in copy.graph.output}
+    marked = [t for t in tensors if types.get(t) in FLOAT_TYPES]
+    for name in marked:
+        if name not in existing:
+            copy.graph.output.append(onnx.helper.make_tensor_value_info(name, types[name], None))
+    for t in copy.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            loc = next((e.value for e in t.external_data if e.key == "location"), None)
+            if loc and not (folder / loc).exists():
+                (folder / loc).parent.mkdir(parents=True, exist_ok=True)
+                (folder / loc).symlink_to((source.parent / loc).resolve())
+    out = folder / "marked.onnx"
+    onnx.save(copy, str(out))
+    return out, marked
+
+
+# --- the PyTorch side ------------------------------------------------------------------------------
+
+def _tensors(obj) -> list[Any]:
+    """Tensors in a module's output, in order (tensors, tuples, lists, dicts and ModelOutputs)."""
+    if hasattr(obj, "detach") and hasattr(obj, "shape"):
+        return [obj]
+    if isinstance(obj, Mapping):
+        return [t for v in obj.values() for t in _tensors(v)]
+    if isinstance(obj, (tuple, list)):
+        return [t for v in obj for t in _tensors(v)]
+    return []
+
+
+def watched_modules(policy, level: str) -> list[str]:
+    """Module names to compare: component roots and every ``...layers.N`` (``boundaries``), or every module (``all``)."""
+    if level not in LEVELS:
+        raise ConfigError(f"locate level must be one of {LEVELS}, got {level!r}")
+    names = [n for n, _ in policy.named_modules() if n]
+    if level == "all":
+        return names
+    return [n for n in names if n in BOUNDARY_MODULES or _LAYER.search(n)]
+
+
+class _Hooks:
+    """Forward hooks that keep each watched module's output tensors, in completion order."""
+
+    def __init__(self, policy, names: Sequence[str]):
+        self.calls: dict[str, int] = {}
+        self.order: list[str] = []
+        self.outputs: dict[str, list[np.ndarray]] = {}
+        modules = dict(policy.named_modules())
+        self.handles = [modules[n].register_forward_hook(self._hook(n)) for n in names]
+
+    def _hook(self, name: str):
+        def hook(module, args, output) -> None:
+            self.calls[name] = self.calls.get(name, 0) + 1
+            if name not in self.order:
+                self.order.append(name)
+            self.outputs[name] = [t.detach().float().cpu().numpy() for t in _tensors(output) if t.is_floating_point()]
+
+        return hook
+
+    def reset(self) -> None:
+        self.calls.clear()
+        self.outputs.clear()
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+# --- the comparison --------------------------------------------------------------------------------
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0.0 or nb == 0.0:
+        return 1.0 if na == nb else 0.0
+    return float(np.dot(a, b) / (na * nb))
+
+
+def _point(module: str, tensor: str, refs: list[np.ndarray], cands: list[np.ndarray], tol: Tolerance) -> LayerPoint:
+    ref = np.concatenate([r.ravel() for r in refs]).astype(np.float64)
+    cand = np.concatenate([c.ravel() for c in cands]).astype(np.float64)
+    diff = np.abs(cand - ref)
+    max_abs = math.inf if np.isnan(diff).any() else float(diff.max()) if diff.size else 0.0
+    ref_max = float(np.abs(ref).max()) if ref.size else 0.0
+    cos = _cosine(ref, cand) if np.isfinite(cand).all() else 0.0
+    return LayerPoint(
+        module=module, component=component_of_onnx_name(module + "."), onnx_tensor=tensor, shape=list(refs[0].shape[1:]),
+        max_abs=max_abs, mean_abs=float(np.nanmean(diff)) if diff.size else 0.0, ref_max_abs=ref_max,
+        rel_err=max_abs / max(ref_max, _TINY), cosine=cos,
+        over=bool(not max_abs <= tol.atol + tol.rtol * ref_max or cos < tol.min_cosine),
+    )
+
+
+def locate(
+    policy_loader,
+    artifact: str | Path,
+    *,
+    level: str = "boundaries",
+    samples: int = 2,
+    data=None,
+    seed: int = 0,
+    precision: str | None = None,
+    tolerance: Tolerance | None = None,
+    providers: Sequence[str] | None = None,
+) -> LocateResult:
+    """Compare the PyTorch policy and the ONNX ``artifact`` module by module on ``samples`` inputs (batch 1)."""
+    import torch
+
+    from vla_export.artifacts import detect_kind
+    from vla_export.backends.onnxrt import OnnxrtRunner
+    from vla_export.data.source import SyntheticSource
+    from vla_export.export.manifest import read_manifest
+
+    artifact = Path(artifact)
+    kind = detect_kind(artifact, allowed=("onnx", "engine", "checkpoint"))
+    if kind != "onnx":
+        raise ConfigError(
+            f"{artifact}: --locate compares ONNX artifacts (through ONNX Runtime); for a TensorRT engine it would need an "
+            "engine built with the same marked outputs, which vla-export does not do (unverified without TensorRT): "
+            "locate on the ONNX the engine was built from (its NAME.engine.json records the path)"
+        )
+    if samples < 1:
+        raise ConfigError("locate needs at least one sample")
+    onnx = lazy_import("onnx", purpose="locating diverging layers")
+    if not artifact.is_file():
+        raise ArtifactError(f"{artifact}: not found")
+    model = onnx.load(str(artifact), load_external_data=False)
+    if [i.name for i in model.graph.input] != list(POLICY_INPUTS) or "actions" not in {o.name for o in model.graph.output}:
+        raise ArtifactError(f"{artifact}: --locate takes a whole-policy graph (inputs {list(POLICY_INPUTS)}, output 'actions')")
+    try:
+        scopes = graph_scopes(model)
+    except ArtifactError as exc:
+        raise ArtifactError(f"{artifact}: {exc}") from None
+    manifest = read_manifest(artifact, required=False) or {}
+    precision = precision or manifest.get("precision", "fp32")
+    tol = tolerance or tolerance_for(precision)
+
+    loaded = policy_loader()
+    policy, cfg = loaded.policy.eval(), loaded.config
+    names = watched_modules(policy, level)
+    tensors = sorted({v for n in names for _, v in scopes.boundary.get(n, [])})
+    result = LocateResult(str(artifact), str(loaded.checkpoint.path), level, precision, tol, samples)
+
+    with tempfile.TemporaryDirectory(prefix="vla-locate-") as tmp:
+        try:
+            marked, _ = marked_copy(onnx, model, tensors, Path(tmp), artifact)
+        except ArtifactError as exc:
+            raise ArtifactError(f"{artifact}: {exc}") from None
+        with OnnxrtRunner(marked, providers=providers) as cand:
+            pv = cand.input_shapes["pixel_values"]
+            window = pv[1] if len(pv) == 5 and isinstance(pv[1], int) else cfg.window
+            if data:
+                from vla_export.data.episodes import EpisodeSource
+
+                source = EpisodeSource(data, cfg, seed=seed, window=window)
+            else:
+                source = SyntheticSource(cfg, seed=seed, window=window)
+            hooks = _Hooks(policy, names)
+            pairs: dict[str, tuple[int, str]] = {}  # module -> (index of its torch output tensor, graph tensor)
+            refs: dict[str, list[np.ndarray]] = {}
+            cands: dict[str, list[np.ndarray]] = {}
+            try:
+                for i in range(samples):
+                    feed = source.sample(i)
+                    hooks.reset()
+                    with torch.inference_mode():
+                        policy(*(torch.from_numpy(np.ascontiguousarray(feed[k])) for k in POLICY_INPUTS))
+                    outs = cand.infer(feed)
+                    if i == 0:
+                        pairs = _pair(names, hooks, scopes, outs, result.skipped)
+                    for module, (ti, tensor) in pairs.items():
+                        refs.setdefault(module, []).append(hooks.outputs[module][ti])
+                        cands.setdefault(module, []).append(np.asarray(outs[tensor]))
+            finally:
+                hooks.remove()
+            order = [n for n in hooks.order if n in pairs]
+    result.points = [_point(n, pairs[n][1], refs[n], cands[n], tol) for n in order]
+    return result
+
+
+def _pair(names, hooks: _Hooks, scopes: _GraphScopes, outs: Mapping[str, np.ndarray], skipped: dict[str, str]) -> dict[str, tuple[int, str]]:
+    """Pair each module's PyTorch output with the graph tensor of the same shape it produces last."""
+    pairs: dict[str, tuple[int, str]] = {}
+    for n in names:
+        calls = hooks.calls.get(n, 0)
+        if calls == 0:  # containers (ModuleList) and modules the forward pass does not call
+            continue
+        if calls > 1:
+            skipped[n] = f"called {calls} times per forward pass (ambiguous)"
+            continue
+        if n not in scopes.boundary:
+            skipped[n] = "no graph tensor carries its scope (folded into others by the exporter)"
+            continue
+        candidates = sorted(scopes.boundary[n], reverse=True)  # last produced first
+        found = None
+        for ti, ref in enumerate(hooks.outputs[n]):
+            for _, v in candidates:
+                out = outs.get(v)
+                if out is not None and np.issubdtype(np.asarray(out).dtype, np.floating) and tuple(out.shape) == ref.shape:
+                    found = (ti, v)
+                    break
+            if found:
+                break
+        if found is None:
+            skipped[n] = "no graph tensor leaving it has the shape of its PyTorch output"
+        else:
+            pairs[n] = found
+    return pairs

@@ -1,0 +1,225 @@
+"""Saved references: PyTorch outputs recorded on the workstation, checked against on the robot without torch.
+
+The checkpoint (7 GB) and torch stay on the workstation. There, ``vla-export parity CKPT ARTIFACT
+--save-reference ref.npz`` (and ``replay ... --save-reference``) records every input the reference
+runner was fed and every output it gave, with the policy config and the checkpoint's sha256. On the
+device, ``vla-export parity ref.npz ENGINE`` replays those recordings through :class:`PlaybackRunner`
+in place of the PyTorch runner, so the comparison is the same code (:func:`vla_export.parity.compare_runners`,
+:func:`vla_export.runtime.replay.replay_episode`) with the same metrics and tolerances.
+
+A reference is refused when its config differs from the artifact's manifest, when it is of the other
+kind (parity vs replay), when its schema is unknown, or when the inputs it is asked for are not the
+inputs it was made from. NumPy only: no torch import here.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vla_export.backends.base import Runner
+from vla_export.errors import ArtifactError, ConfigError
+from vla_export.fileio import atomic_write
+
+log = logging.getLogger(__name__)
+
+SCHEMAS = {"parity": "vla-export/parity-reference/1", "replay": "vla-export/replay-reference/1"}
+#: Float inputs may differ this much from the recorded ones (preprocessing on another CPU); integers must match.
+INPUT_ATOL = 1e-5
+META_KEY = "__meta__"
+
+
+class RecordingRunner(Runner):
+    """Wraps a runner and records every feed and output (the workstation side)."""
+
+    def __init__(self, inner: Runner):
+        super().__init__()
+        self.inner = inner
+        self.name = inner.name
+        self.records: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = []
+
+    @property
+    def input_names(self) -> Sequence[str]:
+        return self.inner.input_names
+
+    @property
+    def output_names(self) -> Sequence[str]:
+        return self.inner.output_names
+
+    @property
+    def device(self) -> str:
+        return self.inner.device
+
+    def describe(self) -> dict[str, Any]:
+        return self.inner.describe()
+
+    def _activate(self) -> None:
+        if not self.inner.is_active:
+            self.inner.activate()
+
+    def _deactivate(self) -> None:
+        self.inner.deactivate()
+
+    def _execute(self, staged: Any) -> Any:
+        feed = {k: np.array(v, copy=True) for k, v in staged.items()}
+        out = self.inner.infer(feed)
+        self.records.append((feed, {k: np.array(v, copy=True) for k, v in out.items()}))
+        return out
+
+
+class PlaybackRunner(Runner):
+    """Gives the recorded outputs, call by call, after checking each feed is the recorded one (the device side)."""
+
+    def __init__(self, records: Sequence[tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]]], *, describe: Mapping[str, Any],
+                 source: str | Path, input_atol: float = INPUT_ATOL):
+        super().__init__()
+        if not records:
+            raise ArtifactError(f"{source}: the reference holds no samples")
+        self.records, self.source, self.input_atol = list(records), Path(source), input_atol
+        self.name = f"reference:{self.source.name}"
+        self._describe = dict(describe)
+        self._next = 0
+
+    @property
+    def input_names(self) -> Sequence[str]:
+        return tuple(self.records[0][0])
+
+    @property
+    def output_names(self) -> Sequence[str]:
+        return tuple(self.records[0][1])
+
+    @property
+    def device(self) -> str:
+        return "saved"
+
+    def describe(self) -> dict[str, Any]:
+        return dict(self._describe) | {"name": self.name, "reference_file": str(self.source)}
+
+    def _activate(self) -> None:
+        self._next = 0
+
+    def _execute(self, staged: Any) -> Any:
+        if self._next >= len(self.records):
+            raise ArtifactError(f"{self.source}: asked for sample {self._next + 1}, the reference holds {len(self.records)}")
+        feed, outputs = self.records[self._next]
+        for name, want in feed.items():
+            got = np.asarray(staged[name])
+            same = got.shape == want.shape and (
+                np.allclose(got, want, rtol=0, atol=self.input_atol) if np.issubdtype(want.dtype, np.floating) else np.array_equal(got, want)
+            )
+            if not same:
+                raise ArtifactError(
+                    f"{self.source}: input '{name}' of sample {self._next} is not the one the reference was made from "
+                    f"(shape {got.shape} vs {want.shape}): another episode, window or prompt?"
+                )
+        self._next += 1
+        return {k: v.copy() for k, v in outputs.items()}
+
+
+@dataclass
+class SavedReference:
+    """A reference file's records and its metadata (``meta['schema']``, config, checkpoint, ...)."""
+
+    path: Path
+    meta: dict[str, Any]
+    records: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]
+
+    @property
+    def kind(self) -> str:
+        return self.meta["kind"]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.meta["config"]
+
+    def playback(self) -> PlaybackRunner:
+        return PlaybackRunner(self.records, describe=self.meta.get("reference_runner", {}), source=self.path)
+
+
+def save_reference(path: str | Path, kind: str, records: Sequence[tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]]],
+                   meta: Mapping[str, Any]) -> Path:
+    """Write ``records`` (feed, outputs) and ``meta`` (needs ``config``) to ``path`` (.npz), atomically."""
+    if kind not in SCHEMAS:
+        raise ConfigError(f"reference kind must be one of {sorted(SCHEMAS)}, got {kind!r}")
+    if not records:
+        raise ConfigError("nothing was recorded: the reference would be empty")
+    if "config" not in meta:
+        raise ConfigError("a reference needs the policy config")
+    arrays: dict[str, np.ndarray] = {}
+    for i, (feed, outputs) in enumerate(records):
+        arrays |= {f"in/{i}/{k}": np.asarray(v) for k, v in feed.items()}
+        arrays |= {f"out/{i}/{k}": np.asarray(v) for k, v in outputs.items()}
+    full = {"schema": SCHEMAS[kind], "kind": kind, "samples": len(records),
+            "inputs": list(records[0][0]), "outputs": list(records[0][1])} | dict(meta)
+    arrays[META_KEY] = np.frombuffer(json.dumps(full, default=str).encode(), dtype=np.uint8)
+    path = Path(path)
+    if path.suffix != ".npz":
+        raise ConfigError(f"{path}: a reference is an .npz file")
+
+    def write(tmp: Path) -> None:
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        tmp.write_bytes(buf.getvalue())
+
+    return atomic_write(path, write)
+
+
+def load_reference(path: str | Path, kind: str) -> SavedReference:
+    """Read a reference of ``kind`` ('parity' or 'replay'); ArtifactError for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: reference not found")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"{path}: not a reference file ({exc})") from exc
+    if META_KEY not in arrays:
+        raise ArtifactError(f"{path}: not a vla-export reference (no metadata)")
+    meta = json.loads(arrays.pop(META_KEY).tobytes().decode())
+    schema = meta.get("schema")
+    if schema not in SCHEMAS.values():
+        raise ArtifactError(f"{path}: unknown reference schema {schema!r} (this vla-export reads {sorted(SCHEMAS.values())})")
+    if meta.get("kind") != kind:
+        raise ArtifactError(f"{path}: a {meta.get('kind')} reference, not a {kind} one")
+    records = []
+    for i in range(int(meta["samples"])):
+        try:
+            feed = {k: arrays[f"in/{i}/{k}"] for k in meta["inputs"]}
+            outputs = {k: arrays[f"out/{i}/{k}"] for k in meta["outputs"]}
+        except KeyError as exc:
+            raise ArtifactError(f"{path}: sample {i} is incomplete ({exc})") from None
+        records.append((feed, outputs))
+    return SavedReference(path, meta, records)
+
+
+def check_config(reference: SavedReference, config: Mapping[str, Any] | None, what: str | Path) -> None:
+    """Refuse a reference made for another policy config than ``what``'s (its manifest's ``config``)."""
+    if config is None:
+        log.warning("%s: no policy config recorded beside it; the reference's config (%s) cannot be checked", what,
+                    reference.config.get("name"))
+        return
+    keys = sorted(set(config) | set(reference.config))
+    differ = [k for k in keys if config.get(k) != reference.config.get(k)]
+    if differ:
+        shown = ", ".join(f"{k}: reference {reference.config.get(k)!r}, artifact {config.get(k)!r}" for k in differ[:5])
+        raise ArtifactError(f"{reference.path} was made for another policy config than {what} ({shown})")
+
+
+def checkpoint_record(checkpoint_path: str | Path) -> dict[str, Any]:
+    from vla_export.fileio import sha256_file
+
+    return {"path": str(checkpoint_path), "sha256": sha256_file(checkpoint_path)}
+
+
+def versions_record() -> dict[str, str | None]:
+    from vla_export.export.manifest import versions
+
+    return versions(("vla-export", "torch", "transformers", "numpy"))
