@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=10.0, help="duration per fleet size")
     ap.add_argument("--frame", default="480x640", help="camera frame HxW")
     ap.add_argument("--max-batch", type=int, default=16)
+    ap.add_argument("--instances", type=int, default=1, help="model instances (each preprocesses its robots' frames in its own process)")
     ap.add_argument("--queue-delay-us", type=int, default=2000)
     ap.add_argument("--raw-seconds", type=float, default=3.0, help="in-process batched step per fleet size (0: skip)")
     ap.add_argument("--json", type=Path, default=None)
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
         repo = write_repository(args.artifact, Path(tmp) / "repo", TritonOptions(
             backend=args.backend, device=args.device, dtype=args.dtype, max_robots=max(sizes), max_batch=args.max_batch,
-            queue_delay_us=args.queue_delay_us, idle_seconds=60))
+            queue_delay_us=args.queue_delay_us, idle_seconds=60, instances=args.instances))
         model = repo.models[0]
         rows = []
         with TritonServer(repo.path, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), ready_timeout=300) as srv:
