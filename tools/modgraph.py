@@ -17,14 +17,14 @@ ROOT = Path(__file__).resolve().parents[1] / "vla_export"
 
 #: Lower layers first; a module may import only from its own layer or below.
 LAYERS = (
-    ("base", ("vla_export", "vla_export.errors", "vla_export.lazy", "vla_export.fileio", "vla_export.progress", "vla_export.system")),
+    ("base", ("vla_export", "vla_export.errors", "vla_export.lazy", "vla_export.fileio", "vla_export.progress",
+              "vla_export.system", "vla_export.artifacts", "vla_export.manifest", "vla_export.precision")),
     ("models", ("vla_export.models",)),
     ("data", ("vla_export.data",)),
-    ("onnxfile", ("vla_export.onnxfile", "vla_export.iospec")),
     ("backends", ("vla_export.backends",)),
-    ("export", ("vla_export.export", "vla_export.parity", "vla_export.verify")),
     ("runtime", ("vla_export.runtime",)),
-    ("bench", ("vla_export.bench",)),
+    ("export", ("vla_export.export", "vla_export.parity", "vla_export.reference")),
+    ("bench", ("vla_export.bench", "vla_export.plots")),
     ("serve", ("vla_export.serve",)),
     ("cli", ("vla_export.cli",)),
 )
@@ -42,7 +42,8 @@ def layer_of(module: str) -> int:
     best, rank = -1, None
     for i, (_, prefixes) in enumerate(LAYERS):
         for p in prefixes:
-            if (module == p or module.startswith(p + ".")) and len(p) > best:
+            # "vla_export" names the package's __init__ only; every other prefix covers its sub-modules.
+            if (module == p or (p != "vla_export" and module.startswith(p + "."))) and len(p) > best:
                 best, rank = len(p), i
     if rank is None:
         raise KeyError(f"{module} is in no layer: add it to LAYERS")

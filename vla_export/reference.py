@@ -220,6 +220,6 @@ def checkpoint_record(checkpoint_path: str | Path) -> dict[str, Any]:
 
 
 def versions_record() -> dict[str, str | None]:
-    from vla_export.export.manifest import versions
+    from vla_export.manifest import versions
 
     return versions(("vla-export", "torch", "transformers", "numpy"))

@@ -12,7 +12,7 @@ import pytest
 from vla_export.backends import tensorrt as B
 from vla_export.backends.select import runner_for_artifact
 from vla_export.errors import ArtifactError, MissingDependencyError, RunnerError
-from vla_export.export.manifest import build_manifest, read_manifest as read_manifest_json, write_manifest
+from vla_export.manifest import build_manifest, read_manifest as read_manifest_json, write_manifest
 
 GPU = {"name": "Orin", "compute_capability": "8.7"}
 ENGINE_BYTES = b"FAKE-ENGINE"
@@ -242,9 +242,11 @@ def test_no_cuda_buffers_and_no_gpu(monkeypatch):
     monkeypatch.setattr(B, "_MEMORY", {name: broken for name in B.MEMORY_BACKENDS})
     with pytest.raises(MissingDependencyError, match="none of .*polygraphy.*cuda-python.*torch"):
         B.device_memory()
+    from vla_export import system
+
     for probe in ("_gpu_cuda_python", "_gpu_torch", "_gpu_nvidia_smi"):
-        monkeypatch.setattr(B, probe, broken)
-    assert B.gpu_info()["name"] is None
+        monkeypatch.setattr(system, probe, broken)
+    assert system.gpu_info()["name"] is None
 
 
 @pytest.mark.gpu

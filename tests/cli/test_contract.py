@@ -142,3 +142,8 @@ def test_failed_command_still_writes_its_json(cli, tmp_path):
     report = json.loads(out.read_text())
     assert report["schema"] == "vla-export/failure/1" and report["passed"] is False
     assert report["exit_code"] == 2 and "missing.pt" in report["error"] and report["command"] == "onnx"
+
+
+def test_vla_export_bench_is_vla_bench(cli):
+    r = cli("bench", "-h")
+    assert r.exit_code == 0 and "--warmup" in r.stdout and "--junit" in r.stdout

@@ -12,7 +12,7 @@ import pytest
 
 from vla_export.data.calibration import make_calibration_set
 from vla_export.data.episodes import write_synthetic_episodes
-from vla_export.export.manifest import build_manifest, write_manifest
+from vla_export.manifest import build_manifest, write_manifest
 from vla_export.fileio import sha256_file
 from vla_export.models.config import get_preset
 

@@ -14,7 +14,7 @@ from vla_export.data.episodes import (
     write_synthetic_episodes,
 )
 from vla_export.data.preprocess import preprocess_frames
-from vla_export.data.source import INPUT_NAMES
+from vla_export.data.iospec import INPUT_NAMES
 from vla_export.errors import DataError
 from vla_export.models.config import get_preset
 

@@ -29,7 +29,7 @@ def full_export(tmp_path_factory, tiny_ckpt):
 
 
 def test_tiny_export_io_and_manifest(tiny_onnx, tiny_ckpt):
-    from vla_export.export.manifest import read_manifest, validate_files
+    from vla_export.manifest import read_manifest, validate_files
     from vla_export.export.onnx import UNFRIENDLY_OPS, io_signature, op_counts
     from vla_export.fileio import sha256_file
 
@@ -176,7 +176,7 @@ def test_bad_options(tmp_path):
 
 
 def test_manifest_checks(tmp_path):
-    from vla_export.export.manifest import build_manifest, read_manifest, validate_files, write_manifest
+    from vla_export.manifest import build_manifest, read_manifest, validate_files, write_manifest
 
     art = tmp_path / "m.onnx"
     art.write_bytes(b"12345")

@@ -13,7 +13,7 @@ from vla_export.data.calibration import load_calibration_set, make_calibration_s
 from vla_export.data.episodes import write_synthetic_episodes
 from vla_export.errors import ArtifactError, DataError
 from vla_export.export import quantize as Q
-from vla_export.export.manifest import read_manifest
+from vla_export.manifest import read_manifest
 from vla_export.models.config import get_preset
 from vla_export.models.loader import PolicyFromCheckpoint
 from vla_export.parity import parity_check

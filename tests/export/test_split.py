@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from vla_export.errors import ArtifactError
-from vla_export.export.manifest import read_manifest, validate_files
+from vla_export.manifest import read_manifest, validate_files
 from vla_export.export.split import read_split, split_paths
 
 

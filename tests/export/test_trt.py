@@ -12,7 +12,7 @@ import pytest
 
 from vla_export.errors import ArtifactError, ConfigError, DataError, MissingDependencyError
 from vla_export.export import trt as T
-from vla_export.export.manifest import read_manifest
+from vla_export.manifest import read_manifest
 from vla_export.fileio import sha256_file
 
 

@@ -37,7 +37,7 @@ def test_truncated_data_refused_by_every_reader(external_copy):
 
 
 def test_data_of_another_size_than_the_manifest_records(external_copy):
-    from vla_export.export.manifest import build_manifest, write_manifest
+    from vla_export.manifest import build_manifest, write_manifest
     from vla_export.export.onnx import check_model
 
     data = external_copy.with_name("tiny.onnx.data")

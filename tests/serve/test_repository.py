@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] is not installed (make install)")
 
 from vla_export.errors import ArtifactError  # noqa: E402
-from vla_export.export.manifest import build_manifest, write_manifest  # noqa: E402
+from vla_export.manifest import build_manifest, write_manifest  # noqa: E402
 from vla_export.serve.repository import REPOSITORY_SCHEMA, validate_config  # noqa: E402
 
 

@@ -15,8 +15,6 @@ bare TypeError for BF16, FP8, INT4, FP4): an engine whose I/O NumPy cannot hold 
 from __future__ import annotations
 
 import logging
-import shutil
-import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,58 +22,17 @@ from typing import Any
 import numpy as np
 
 from vla_export.backends.base import Runner
-from vla_export.data.source import INPUT_NAMES
+from vla_export.data.iospec import INPUT_NAMES
 from vla_export.errors import ArtifactError, MissingDependencyError, RunnerError
 from vla_export.lazy import lazy_import
+from vla_export.system import INSTALL_CUDA, cudart, gpu_info
 
 log = logging.getLogger(__name__)
 
 MEMORY_BACKENDS = ("polygraphy", "cuda-python", "torch")
-INSTALL_CUDA = "`pip install polygraphy` (uses the CUDA runtime library; or cuda-python, or a CUDA build of torch)"
 #: TensorRT DataType name -> NumPy dtype, for engine I/O. Names outside it have no NumPy type.
 NUMPY_DTYPES = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32, "INT64": np.int64,
                 "BOOL": np.bool_, "UINT8": np.uint8}
-
-
-# --- GPU identity ------------------------------------------------------------------------------------------
-
-def _gpu_cuda_python(device: int) -> dict[str, Any]:
-    cudart = _cudart()
-    err, props = cudart.cudaGetDeviceProperties(device)
-    if err != cudart.cudaError_t.cudaSuccess:
-        raise RunnerError(f"cudaGetDeviceProperties failed: {err}")
-    name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
-    return {"name": name.rstrip("\x00"), "compute_capability": f"{props.major}.{props.minor}"}
-
-
-def _gpu_torch(device: int) -> dict[str, Any]:
-    torch = lazy_import("torch")
-    if not torch.cuda.is_available():
-        raise RunnerError("torch sees no CUDA device")
-    major, minor = torch.cuda.get_device_capability(device)
-    return {"name": torch.cuda.get_device_name(device), "compute_capability": f"{major}.{minor}"}
-
-
-def _gpu_nvidia_smi(device: int) -> dict[str, Any]:
-    if not shutil.which("nvidia-smi"):
-        raise RunnerError("nvidia-smi not found")
-    out = subprocess.run(["nvidia-smi", f"--id={device}", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
-                         capture_output=True, text=True, timeout=30)
-    if out.returncode != 0 or "," not in out.stdout:
-        raise RunnerError(f"nvidia-smi failed: {out.stderr.strip()}")
-    name, cc = (s.strip() for s in out.stdout.strip().splitlines()[0].rsplit(",", 1))
-    return {"name": name, "compute_capability": cc}
-
-
-def gpu_info(device: int = 0) -> dict[str, Any]:
-    """Name and compute capability of ``device``, from the first source that answers; ``name`` None if none does."""
-    tried = []
-    for source, probe in (("cuda-python", _gpu_cuda_python), ("torch", _gpu_torch), ("nvidia-smi", _gpu_nvidia_smi)):
-        try:
-            return probe(device) | {"source": source}
-        except (ImportError, RunnerError, OSError, subprocess.SubprocessError) as exc:
-            tried.append(f"{source}: {exc}")
-    return {"name": None, "compute_capability": None, "source": "; ".join(tried)}
 
 
 # --- compatibility -----------------------------------------------------------------------------------------
@@ -128,14 +85,6 @@ def check_engine_compat(engine: Path, manifest: Mapping[str, Any], trt_version: 
 
 
 # --- device memory -----------------------------------------------------------------------------------------
-
-def _cudart():
-    try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
-    except ImportError:
-        cudart = lazy_import("cuda.cudart", purpose="CUDA buffers", install=INSTALL_CUDA)
-    return cudart
-
 
 def _pinned_array(ptr: int, nbytes: int, shape: Sequence[int], dtype: Any) -> np.ndarray:
     """A NumPy array over ``nbytes`` of page-locked host memory at ``ptr``."""
@@ -206,7 +155,7 @@ class _CudaPythonMemory:
     name = "cuda-python"
 
     def __init__(self, device: int):
-        self.rt = _cudart()
+        self.rt = cudart()
         self._check(self.rt.cudaSetDevice(device), "cudaSetDevice")
         self.stream = self._check(self.rt.cudaStreamCreate(), "cudaStreamCreate")
         self._pinned: list[int] = []
@@ -360,7 +309,7 @@ class TrtRunner(Runner):
 
     def check_file(self) -> None:
         """File-level checks that need no TensorRT: present, non-empty, the size its manifest records."""
-        from vla_export.export.manifest import read_manifest, validate_files
+        from vla_export.manifest import read_manifest, validate_files
 
         if not self.path.is_file():
             raise ArtifactError(f"{self.path}: engine file not found")

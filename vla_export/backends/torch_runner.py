@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from vla_export.backends.base import Runner
-from vla_export.data.source import INPUT_NAMES
+from vla_export.data.iospec import INPUT_NAMES
 from vla_export.errors import RunnerError
 
 DTYPES = ("float32", "float16", "bfloat16")

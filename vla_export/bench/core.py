@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from vla_export.backends.base import Runner
-from vla_export.bench.env import peak_rss_bytes
+from vla_export.system import peak_rss_bytes
 from vla_export.bench.floor import DTYPE_BYTES, DevicePeak, FloorCheck, ModelCost, check_floor, onnx_weight_bytes, policy_cost
 from vla_export.bench.stats import LatencyStats
 from vla_export.bench.targets import DTYPE_ALIASES, Target
@@ -217,7 +217,7 @@ def _torch_cuda():
 def _resolve_config(target: Target, runner: Runner) -> PolicyConfig:
     cfg = target.config or getattr(runner, "config", None)
     if cfg is None and target.kind in ("onnx", "engine"):
-        from vla_export.export.manifest import read_manifest
+        from vla_export.manifest import read_manifest
 
         manifest = read_manifest(target.artifact, required=False)
         if manifest and isinstance(manifest.get("config"), dict):

@@ -9,73 +9,15 @@ from __future__ import annotations
 
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from vla_export.system import TOOL_TIMEOUT_S, cpu_model, gpu_info, run_tool, versions
+
 LIBRARIES = ("vla-export", "torch", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt", "polygraphy", "numpy")
-TOOL_TIMEOUT_S = 5.0
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _run(cmd: list[str]) -> str | None:
-    """Output of a diagnostic tool, or None if it is missing or fails (the report then says 'absent')."""
-    if shutil.which(cmd[0]) is None:
-        return None
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=TOOL_TIMEOUT_S, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware")):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def library_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {}
-    for name in LIBRARIES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
-
-
-def gpu_info() -> dict[str, Any] | None:
-    """GPU name, memory, driver and CUDA version via torch (if CUDA is usable) and nvidia-smi."""
-    info: dict[str, Any] = {}
-    smi = _run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm", "--format=csv,noheader"])
-    if smi:
-        name, driver, mem, clock = (s.strip() for s in smi.splitlines()[0].split(","))
-        info |= {"name": name, "driver": driver, "memory_total": mem, "sm_clock_max": clock}
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        info |= {
-            "name": props.name,
-            "multiprocessors": props.multi_processor_count,
-            "compute_capability": f"{props.major}.{props.minor}",
-            "memory_bytes": props.total_memory,
-            "cuda_runtime": torch.version.cuda,
-            "cudnn": torch.backends.cudnn.version(),
-        }
-    return info or None
 
 
 def jetson_info() -> dict[str, Any] | None:
@@ -92,8 +34,8 @@ def jetson_info() -> dict[str, Any] | None:
         info["l4t"] = Path("/etc/nv_tegra_release").read_text().splitlines()[0]
     except (OSError, IndexError):
         info["l4t"] = None
-    info["nvpmodel"] = _run(["nvpmodel", "-q"])
-    info["jetson_clocks"] = _run(["jetson_clocks", "--show"])
+    info["nvpmodel"] = run_tool(["nvpmodel", "-q"])
+    info["jetson_clocks"] = run_tool(["jetson_clocks", "--show"])
     info["tegrastats"] = _tegrastats_line()
     if info["jetson_clocks"] is None:
         info["warning"] = "clock lock unknown (jetson_clocks --show needs root): latencies may include DVFS ramp-up"
@@ -136,7 +78,7 @@ def capture_environment() -> dict[str, Any]:
         # Other work on the machine while it ran (a shared CI box makes CPU latencies noisy).
         "load_average_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "threads": threads,
-        "gpu": gpu_info(),
+        "gpu": gpu if (gpu := gpu_info())["name"] else None,
         "jetson": jetson_info(),
-        "libraries": library_versions(),
+        "libraries": versions(LIBRARIES),
     }

@@ -220,7 +220,7 @@ def part_paths(split: Any, backend: str) -> tuple[dict[str, Any], dict[str, Path
     """The split record and its part files for ``backend``: the ONNX parts, or for 'trt' the engines
     built from them beside them (``NAME.backbone.engine``, ``NAME.head.engine``)."""
     from vla_export.errors import ArtifactError
-    from vla_export.export.split import read_split
+    from vla_export.manifest import read_split
 
     record = read_split(split)
     folder = Path(record["_path"]).parent

@@ -1,8 +1,8 @@
-"""The ``vla-bench`` command: latency and FPS of a policy across backends, with a physical-limit check.
+"""``vla-export bench`` (also installed as ``vla-bench``): latency and FPS of a policy across backends, with a physical-limit check.
 
 A thin layer over :mod:`vla_export.bench`: it plans the (artifact, backend) targets, runs them one at
-a time, renders one Rich table and writes the report JSON. Exit code 3 means a row is not a valid
-measurement (under the physical floor, or non-finite outputs); the JSON is still written.
+a time, renders one Rich table and writes the report JSON. Exit code 1 (a check failed) means a row is
+not a valid measurement (under the physical floor, or non-finite outputs); the JSON is still written.
 """
 
 from __future__ import annotations
@@ -75,7 +75,8 @@ def render_report(report: Any) -> None:
 
 
 def _peak(name: Optional[str]):
-    from vla_export.bench.env import gpu_info, jetson_model_name
+    from vla_export.bench.env import jetson_model_name
+    from vla_export.system import gpu_info
     from vla_export.bench.floor import detect_peak, get_peak
 
     if name is None:

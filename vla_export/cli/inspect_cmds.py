@@ -12,7 +12,7 @@ from vla_export.cli.checkpoint_cmds import _fmt_bytes, inspect_checkpoint_cmd
 from vla_export.cli.loading import with_loading_options
 from vla_export.models.resolve import LoadOptions
 from vla_export.cli.common import console, write_json, wrote
-from vla_export.errors import ConfigError, VlaExportError
+from vla_export.errors import ConfigError
 
 
 def _shape(v: dict[str, Any]) -> str:

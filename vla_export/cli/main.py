@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from vla_export.cli import bench as bench_cmd
 from vla_export.cli import checkpoint_cmds, inspect_cmds, onnx_cmds, runtime_cmds, serve_cmds, trt_cmds
 from vla_export.cli.common import debug_option_callback, new_app, run_app
 
@@ -18,6 +19,7 @@ app.command("episodes")(trt_cmds.episodes)
 app.command("calib")(trt_cmds.calib)
 app.command("quantize")(trt_cmds.quantize)
 app.command("trt")(trt_cmds.trt)
+app.command("bench")(bench_cmd.bench)  # the same command as `vla-bench`, which stays as an alias
 app.command("triton")(serve_cmds.triton)
 app.command("serve")(serve_cmds.serve)
 

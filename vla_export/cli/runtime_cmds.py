@@ -10,6 +10,7 @@ from rich.table import Table
 
 from vla_export.cli.common import JunitOpt, console, write_json, wrote
 from vla_export.cli.junit import replay_cases, write_junit
+from vla_export.cli.render import render_completeness, render_parity
 from vla_export.errors import ExitCode
 from vla_export.cli.loading import with_loading_options
 from vla_export.models.resolve import LoadOptions
@@ -84,7 +85,6 @@ def export_split_cmd(
     checkpoint: Path, output: Path, *, loader_options: dict[str, Any], unsupported: dict[str, bool], json_path: Optional[Path], **options: Any
 ) -> None:
     """``vla-export onnx --split``: the backbone and head parts, verified, with their manifests and NAME.split.json."""
-    from vla_export.cli.onnx_cmds import render_completeness, render_parity
     from vla_export.errors import ConfigError
     from vla_export.export.split import SplitOptions, export_split
     from vla_export.models.loader import PolicyFromCheckpoint
@@ -165,7 +165,7 @@ def bench_streaming_cmd(
                         "compile": spec.compile or False, "patch_matmul": spec.patch_matmul}
                 result = bench_torch_streaming(policy, windows=ts or [policy.cfg.window], runner_opts=opts, **common)
             else:
-                from vla_export.export.split import read_split
+                from vla_export.manifest import read_split
 
                 result = bench_split_streaming(
                     artifact, windows=ts or [int(read_split(artifact)["window"])], backend=spec.kind,

@@ -11,6 +11,7 @@ from rich.table import Table
 from vla_export.cli.checkpoint_cmds import _fmt_bytes
 from vla_export.errors import ExitCode
 from vla_export.cli.common import console, write_json, wrote
+from vla_export.cli.render import render_parity
 from vla_export.cli.loading import with_loading_options
 from vla_export.models.resolve import LoadOptions
 from vla_export.errors import ConfigError
@@ -52,7 +53,7 @@ def _calib_config(onnx: Optional[Path], preset: Optional[str], config: Optional[
         return get_preset(preset), None
     if config:
         return load_config(config), None
-    from vla_export.export.manifest import read_manifest
+    from vla_export.manifest import read_manifest
 
     manifest = read_manifest(onnx, kind="onnx")
     if not manifest.get("config"):
@@ -204,7 +205,6 @@ def trt(
     report = result.to_dict()
     render_build(report)
     if parity_ckpt is not None:
-        from vla_export.cli.onnx_cmds import render_parity
         from vla_export.models.loader import PolicyFromCheckpoint
         from vla_export.parity import parity_check
 

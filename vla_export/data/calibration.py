@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from vla_export.data.episodes import EpisodeSource
-from vla_export.data.source import INPUT_NAMES
+from vla_export.data.iospec import INPUT_NAMES
 from vla_export.data.tokenizer import Tokenizer
 from vla_export.errors import DataError
 from vla_export.fileio import atomic_write

@@ -14,9 +14,6 @@ import numpy as np
 from vla_export.data.preprocess import preprocess_frame
 from vla_export.models.config import PolicyConfig
 
-INPUT_NAMES = ("pixel_values", "input_ids", "attention_mask")
-
-
 @dataclass(frozen=True)
 class SyntheticSource:
     """Deterministic policy inputs for a config. ``sample(i)`` returns numpy arrays keyed by input name."""

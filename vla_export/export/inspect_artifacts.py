@@ -19,7 +19,7 @@ import numpy as np
 
 from vla_export.artifacts import detect_kind
 from vla_export.errors import ArtifactError
-from vla_export.export.manifest import manifest_path, read_manifest
+from vla_export.manifest import manifest_path, read_manifest
 from vla_export.fileio import sha256_file
 from vla_export.lazy import lazy_import
 from vla_export.models.components import COMPONENTS, OTHER, component_of

@@ -291,7 +291,7 @@ def locate(
     from vla_export.artifacts import detect_kind
     from vla_export.backends.onnxrt import OnnxrtRunner
     from vla_export.data.source import SyntheticSource
-    from vla_export.export.manifest import read_manifest
+    from vla_export.manifest import read_manifest
 
     artifact = Path(artifact)
     kind = detect_kind(artifact, allowed=("onnx", "engine", "checkpoint"))

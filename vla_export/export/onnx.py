@@ -259,7 +259,7 @@ def check_model(path: str | Path) -> None:
 
 def recorded_sizes(path: str | Path) -> dict[str, int]:
     """File name -> bytes, as the manifest beside ``path`` records them (empty without one)."""
-    from vla_export.export.manifest import read_manifest
+    from vla_export.manifest import read_manifest
 
     manifest = read_manifest(path, required=False) or {}
     return {f["name"]: int(f["bytes"]) for f in manifest.get("files", []) if "name" in f and "bytes" in f}
@@ -390,8 +390,8 @@ def export_policy(loaded, path: str | Path, options: OnnxExportOptions = OnnxExp
     """
     import torch
 
-    from vla_export.data.source import INPUT_NAMES, SyntheticSource
-    from vla_export.export.manifest import build_manifest, manifest_path, versions, write_manifest
+    from vla_export.data.iospec import POLICY, dummy_inputs
+    from vla_export.manifest import build_manifest, manifest_path, versions, write_manifest
     from vla_export.fileio import sha256_file
 
     path = Path(path)
@@ -399,11 +399,9 @@ def export_policy(loaded, path: str | Path, options: OnnxExportOptions = OnnxExp
     window = cfg.window if options.window is None else options.window
     if window < 1:
         raise ConfigError(f"--window must be positive, got {window}")
-    example = SyntheticSource(cfg, seed=options.seed, batch=EXPORT_BATCH, window=window).sample(0)
-    example_t = {k: torch.from_numpy(example[k]) for k in INPUT_NAMES}
-    dyn = {"pixel_values": {0: "batch"}, "input_ids": {0: "batch", 1: "text_len"}, "attention_mask": {0: "batch", 1: "text_len"}}
-    if options.dynamic_window:
-        dyn["pixel_values"][1] = "window"
+    example = dummy_inputs(POLICY, cfg, batch=EXPORT_BATCH, window=window, seed=options.seed)
+    example_t = {k: torch.from_numpy(v) for k, v in example.items()}
+    dyn = POLICY.dynamic_axes(dynamic_window=options.dynamic_window)
     outputs = policy_output_names(options.debug_outputs)
     state: dict[str, Any] = {"parity": []}
     start = time.perf_counter()

@@ -188,7 +188,7 @@ def _publish(source: Path, output: Path, precision: str, write_model, reasons: M
     """Write the model (``write_model(tmp_path)``) and its manifest in a temporary folder, then move
     them into place, the ``.onnx`` last. The manifest carries the source's (config, window, ...) with
     this precision, so ``vla-export parity`` applies the right tolerance."""
-    from vla_export.export.manifest import build_manifest, manifest_path, read_manifest, versions, write_manifest
+    from vla_export.manifest import build_manifest, manifest_path, read_manifest, versions, write_manifest
     from vla_export.fileio import sha256_file
 
     state: dict[str, Any] = {}

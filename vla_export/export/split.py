@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from vla_export.errors import ArtifactError, ConfigError
-from vla_export.export.manifest import SCHEMA, build_manifest, manifest_path, read_manifest, versions, write_manifest
+from vla_export.manifest import SCHEMA, SPLIT_KIND, build_manifest, manifest_path, read_manifest, read_split, split_paths, versions, write_manifest
 from vla_export.export.onnx import (
     DEFAULT_OPSET,
     EXPORT_BATCH,
@@ -40,6 +40,7 @@ from vla_export.export.onnx import (
     stage_module,
     written_opset,
 )
+from vla_export.data.iospec import BACKBONE, HEAD, POLICY, dummy_inputs
 from vla_export.fileio import check_output_path, output_errors, staging_dir
 from vla_export.models.config import PolicyConfig
 from vla_export.runtime.policy import BACKBONE_INPUTS, BACKBONE_OUTPUTS, HEAD_INPUTS, HEAD_OUTPUTS
@@ -47,20 +48,7 @@ from vla_export.runtime.policy import BACKBONE_INPUTS, BACKBONE_OUTPUTS, HEAD_IN
 log = logging.getLogger(__name__)
 
 PARTS = ("backbone", "head")
-SPLIT_KIND = "split"
 STREAM_CHECK_EXTRA_FRAMES = 2  # frames past the window in the composed check, so the ring wraps
-
-
-def split_paths(prefix: str | Path) -> dict[str, Path]:
-    """``out/tiny`` (or ``out/tiny.onnx``) -> the part files and ``out/tiny.split.json``."""
-    prefix = Path(prefix)
-    if prefix.suffix == ".onnx":
-        prefix = prefix.with_suffix("")
-    return {
-        "backbone": prefix.with_name(prefix.name + ".backbone.onnx"),
-        "head": prefix.with_name(prefix.name + ".head.onnx"),
-        "split": prefix.with_name(prefix.name + ".split.json"),
-    }
 
 
 @dataclass(frozen=True)
@@ -131,16 +119,11 @@ def _part_inputs(loaded, *, seed: int, batch: int, window: int, text_len: int | 
     """Inputs of both parts from one synthetic sample: its first frames, and the PyTorch features of its window."""
     import torch
 
-    from vla_export.data.source import SyntheticSource
-
     cfg = loaded.config
-    s = SyntheticSource(cfg, seed=seed, batch=batch, window=window, text_len=text_len and min(text_len, cfg.max_text_len)).sample(0)
+    s = dummy_inputs(POLICY, cfg, batch=batch, window=window, text_len=text_len and min(text_len, cfg.max_text_len), seed=seed)
     with torch.no_grad():
         _, feats = loaded.policy(*(torch.from_numpy(s[k]) for k in BACKBONE_INPUTS), return_features=True)
-    return {
-        "backbone": {"pixel_values": s["pixel_values"][:, 0], "input_ids": s["input_ids"], "attention_mask": s["attention_mask"]},
-        "head": {"features": feats.numpy()},
-    }
+    return {"backbone": {**s, "pixel_values": s["pixel_values"][:, 0]}, "head": {"features": feats.numpy()}}
 
 
 #: Parity feeds (batch, text length, window as a multiple of the runtime window), other than the export's.
@@ -210,10 +193,7 @@ def _export_split_staged(loaded, paths: dict[str, Path], tmpdir: Path, window: i
     example = {part: {k: torch.from_numpy(v) for k, v in inputs.items()}
                for part, inputs in _part_inputs(loaded, seed=options.seed, batch=EXPORT_BATCH, window=window).items()}
     names = {"backbone": (BACKBONE_INPUTS, BACKBONE_OUTPUTS), "head": (HEAD_INPUTS, HEAD_OUTPUTS)}
-    dynamic = {
-        "backbone": {"pixel_values": {0: "batch"}, "input_ids": {0: "batch", 1: "text_len"}, "attention_mask": {0: "batch", 1: "text_len"}},
-        "head": {"features": {0: "batch", 1: "window"}},
-    }
+    dynamic = {"backbone": BACKBONE.dynamic_axes(), "head": HEAD.dynamic_axes()}
     ckpt = Path(loaded.checkpoint.path)
     source = {"checkpoint": str(ckpt), "sha256": sha256_file(ckpt), "bytes": ckpt.stat().st_size}
     results: dict[str, PartExport] = {}
@@ -312,7 +292,7 @@ def stream_check(loaded, backbone: Path, head: Path, *, window: int, seed: int =
     from vla_export.backends.onnxrt import OnnxrtRunner
     from vla_export.backends.torch_runner import TorchRunner
     from vla_export.data.source import SyntheticSource
-    from vla_export.parity import tolerance_for
+    from vla_export.precision import tolerance_for
     from vla_export.runtime.policy import FixedPrompt, Policy
     from vla_export.runtime.replay import replay_frames
 
@@ -327,20 +307,3 @@ def stream_check(loaded, backbone: Path, head: Path, *, window: int, seed: int =
     with policy, TorchRunner(loaded.policy) as reference:
         return replay_frames(policy, reference, frames, instruction=None, atol=atol or tolerance_for("fp32").atol,
                              info={"frames": f"synthetic (seed {seed + 7})", "num_frames": len(frames)})
-
-
-def read_split(path: str | Path) -> dict[str, Any]:
-    """The split record at ``path`` (``NAME.split.json``, the prefix ``NAME``, or a folder holding one)."""
-    path = Path(path)
-    if path.is_dir():
-        found = sorted(path.glob("*.split.json"))
-        if len(found) != 1:
-            raise ArtifactError(f"{path}: expected one *.split.json in the folder, found {len(found)} (run `vla-export onnx --split`)")
-        path = found[0]
-    elif not path.name.endswith(".split.json"):
-        path = split_paths(path)["split"]
-    if not path.exists():
-        raise ArtifactError(f"{path}: split export not found (write one with `vla-export onnx CKPT --split -o NAME.onnx`)")
-    data = read_manifest(path.with_name(path.name[: -len(".json")]), kind=SPLIT_KIND)
-    data["_path"] = str(path)
-    return data

@@ -28,13 +28,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vla_export.data.iospec import axis_role
 from vla_export.errors import ArtifactError, ConfigError, DataError, MissingDependencyError
 from vla_export.fileio import atomic_write
+from vla_export.precision import PRECISIONS
 from vla_export.progress import reported
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "int8")
 TYPINGS = ("auto", "strong", "weak")
 HARDWARE_COMPAT = ("none", "ampere+")
 MANIFEST_KIND = "engine"
@@ -44,10 +45,6 @@ INSTALL_TRT = (
     "TensorRT is not installed: on Jetson install JetPack's TensorRT (`sudo apt install nvidia-tensorrt`, "
     "Python bindings `python3-libnvinfer`); on x86 `pip install 'vla-export[trt]'` (or put `trtexec` on PATH)"
 )
-#: Where each policy input's dynamic dimensions get their defaults: (input, axis) -> role.
-DIM_ROLES = {("pixel_values", 0): "batch", ("pixel_values", 1): "window", ("input_ids", 0): "batch",
-             ("input_ids", 1): "text", ("attention_mask", 0): "batch", ("attention_mask", 1): "text",
-             ("features", 0): "batch", ("features", 1): "window"}  # the split head's window of features
 DEFAULT_TEXT_OPT = 16
 
 
@@ -151,7 +148,7 @@ class OnnxFacts:
 
 def read_onnx_facts(path: str | Path) -> OnnxFacts:
     """Read the facts from an ONNX file (weights not loaded) and its manifest, if any."""
-    from vla_export.export.manifest import read_manifest
+    from vla_export.manifest import read_manifest
     from vla_export.export.onnx import io_signature
     from vla_export.export.quantize import ensure_node_names, load_onnx, precision_sensitive_nodes
     from vla_export.lazy import lazy_import
@@ -255,7 +252,7 @@ def derive_profiles(facts: OnnxFacts, options: TrtBuildOptions, text_opt: int | 
             if isinstance(d, int):
                 lo.append(d), mid.append(d), hi.append(d)
                 continue
-            role = DIM_ROLES.get((name, axis))
+            role = axis_role(name, axis)
             if role == "batch":
                 bounds = (1, 1, options.max_batch)
             elif role == "window":
@@ -607,7 +604,7 @@ def _build_trtexec(plan: BuildPlan, facts: OnnxFacts, output: Path) -> None:
 def write_engine_manifest(engine: Path, facts: OnnxFacts, plan: BuildPlan, version: str, gpu: Mapping[str, Any],
                           seconds: float, builder_kind: str, options: TrtBuildOptions) -> Path:
     """``NAME.engine.json``: TensorRT version, GPU, precision and flags, profiles, ONNX sha256, build time."""
-    from vla_export.export.manifest import build_manifest, versions, write_manifest
+    from vla_export.manifest import build_manifest, versions, write_manifest
     from vla_export.fileio import sha256_file
 
     data = build_manifest(
@@ -632,7 +629,7 @@ def write_engine_manifest(engine: Path, facts: OnnxFacts, plan: BuildPlan, versi
 
 def record_parity(engine: str | Path, parity: Mapping[str, Any]) -> Path:
     """Store a parity result (``ParityResult.to_dict()``) in the engine's manifest."""
-    from vla_export.export.manifest import read_manifest, write_manifest
+    from vla_export.manifest import read_manifest, write_manifest
 
     data = read_manifest(engine, kind=MANIFEST_KIND)
     data["parity"] = dict(parity)

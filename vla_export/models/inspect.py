@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vla_export.bench.env import peak_rss_bytes
+from vla_export.system import peak_rss_bytes
 from vla_export.errors import ArchitectureError, ConfigError
 from vla_export.models.checkpoint import read_checkpoint, tensor_bytes
 from vla_export.models.components import COMPONENTS, OTHER, component_of

@@ -26,14 +26,15 @@ from typing import Any
 import numpy as np
 
 from vla_export.backends.base import Runner
+from vla_export.data.iospec import BACKBONE, HEAD
 from vla_export.data.preprocess import check_frame, preprocess_frame, prompt_for
 from vla_export.errors import RunnerError
 
 #: Tensor names of the split parts (the ONNX files, engines and torch part runners all use them).
-BACKBONE_INPUTS = ("pixel_values", "input_ids", "attention_mask")
-BACKBONE_OUTPUTS = ("feature",)
-HEAD_INPUTS = ("features",)
-HEAD_OUTPUTS = ("actions",)
+BACKBONE_INPUTS = BACKBONE.input_names
+BACKBONE_OUTPUTS = BACKBONE.output_names()
+HEAD_INPUTS = HEAD.input_names
+HEAD_OUTPUTS = HEAD.output_names()
 
 
 def window_indices(step: int, window: int) -> list[int]:
@@ -159,7 +160,7 @@ class Policy:
         """
         from vla_export.backends.select import artifact_kind, runner_for_artifact
         from vla_export.data.tokenizer import tokenizer_for
-        from vla_export.export.split import read_split
+        from vla_export.manifest import read_split
         from vla_export.models.config import PolicyConfig
 
         record = read_split(split)

@@ -17,6 +17,7 @@ import numpy as np
 from vla_export.backends.base import Runner
 from vla_export.data.preprocess import preprocess_frames
 from vla_export.runtime.policy import Policy, window_indices
+from vla_export.precision import loosest
 from vla_export.progress import reported
 
 DEFAULT_ATOL = 1e-3
@@ -140,19 +141,16 @@ def replay_episode(policy: Policy, reference: Runner, episode: Any, *, atol: flo
     )
 
 
-PRECISION_ORDER = ("fp32", "fp16", "int8")
-
-
 def parts_precision(policy: Policy) -> str:
     """The loosest precision the parts' manifests record (ONNX parts without one are fp32)."""
-    from vla_export.export.manifest import read_manifest
+    from vla_export.manifest import read_manifest
 
-    found = ["fp32"]
+    found = []
     for runner in (policy.backbone, policy.head):
         path = getattr(runner, "path", None)
         manifest = read_manifest(path, required=False) if path is not None else None
         found.append((manifest or {}).get("precision") or "fp32")
-    return max(found, key=PRECISION_ORDER.index)
+    return loosest(found)
 
 
 def replay_check(
@@ -176,7 +174,7 @@ def replay_check(
     from vla_export.backends.torch_runner import TorchRunner
     from vla_export.data.episodes import open_episode
     from vla_export.errors import ArtifactError
-    from vla_export.parity import tolerance_for
+    from vla_export.precision import tolerance_for
 
     episode = open_episode(episode_path)
     loaded = policy_loader()

@@ -8,37 +8,21 @@ listed files present with the recorded sizes).
 from __future__ import annotations
 
 import json
-import platform
 from collections.abc import Iterable, Mapping
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from vla_export.errors import ArtifactError
 from vla_export.fileio import atomic_write
+from vla_export.system import versions  # noqa: F401 - manifests record them
 
 SCHEMA = "vla-export/manifest/1"
-DEFAULT_PACKAGES = ("vla-export", "torch", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript", "onnxslim", "numpy")
 
 
 def manifest_path(artifact: str | Path) -> Path:
     """``engines/x.onnx`` -> ``engines/x.onnx.json``."""
     artifact = Path(artifact)
     return artifact.with_name(artifact.name + ".json")
-
-
-def versions(packages: Iterable[str] = DEFAULT_PACKAGES) -> dict[str, str]:
-    """Installed versions of ``packages`` (absent ones are left out) and the Python version.
-
-    Read from package metadata, so nothing heavy is imported.
-    """
-    found = {"python": platform.python_version()}
-    for name in packages:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return found
 
 
 def file_entry(path: str | Path) -> dict[str, Any]:
@@ -88,3 +72,39 @@ def validate_files(artifact: str | Path, manifest: Mapping[str, Any]) -> None:
             raise ArtifactError(f"{f}: listed in {manifest_path(artifact).name} but missing")
         if f.stat().st_size != entry["bytes"]:
             raise ArtifactError(f"{f}: {f.stat().st_size} bytes, the manifest records {entry['bytes']} (changed or truncated)")
+
+
+# --- split records ------------------------------------------------------------------------------
+# ``NAME.split.json`` ties the backbone and head of a split export together. It lives here, below
+# both the exporter that writes it and the runtime that reads it.
+
+SPLIT_KIND = "split"
+
+
+def split_paths(prefix: str | Path) -> dict[str, Path]:
+    """``out/tiny`` (or ``out/tiny.onnx``) -> the part files and ``out/tiny.split.json``."""
+    prefix = Path(prefix)
+    if prefix.suffix == ".onnx":
+        prefix = prefix.with_suffix("")
+    return {
+        "backbone": prefix.with_name(prefix.name + ".backbone.onnx"),
+        "head": prefix.with_name(prefix.name + ".head.onnx"),
+        "split": prefix.with_name(prefix.name + ".split.json"),
+    }
+
+
+def read_split(path: str | Path) -> dict[str, Any]:
+    """The split record at ``path`` (``NAME.split.json``, the prefix ``NAME``, or a folder holding one)."""
+    path = Path(path)
+    if path.is_dir():
+        found = sorted(path.glob("*.split.json"))
+        if len(found) != 1:
+            raise ArtifactError(f"{path}: expected one *.split.json in the folder, found {len(found)} (run `vla-export onnx --split`)")
+        path = found[0]
+    elif not path.name.endswith(".split.json"):
+        path = split_paths(path)["split"]
+    if not path.exists():
+        raise ArtifactError(f"{path}: split export not found (write one with `vla-export onnx CKPT --split -o NAME.onnx`)")
+    data = read_manifest(path.with_name(path.name[: -len(".json")]), kind=SPLIT_KIND)
+    data["_path"] = str(path)
+    return data

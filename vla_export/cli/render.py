@@ -1,0 +1,57 @@
+"""Renderings shared by several commands: the completeness table and the parity table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+from vla_export.cli.common import console
+
+
+def render_completeness(c: dict[str, Any]) -> None:
+    table = Table(title="completeness: parameters held by the graph")
+    for col, justify in (("component", "left"), ("parameters", "right"), ("in graph", "right"), ("coverage", "right")):
+        table.add_column(col, justify=justify)
+    for name, comp in c["components"].items():
+        table.add_row(name, f"{comp['parameters']:,}", f"{comp['in_graph']:,}", f"{100 * comp['coverage']:.2f}%")
+    style = "green" if c["passed"] else "red"
+    table.add_row("[bold]total[/]", f"[bold]{c['parameters']:,}[/]", f"[bold]{c['attributed']:,}[/]", f"[bold {style}]{100 * c['coverage']:.2f}%[/]")
+    console.print(table)
+    console.print(
+        f"graph tensors: {c['graph_elements']:,} elements ({c['by_name']:,} matched by name, {c['by_count']:,} by element count, "
+        f"{c['unattributed']:,} unattributed, {c['buffers']:,} in buffers, {c['other_constants']:,} in integer constants)"
+    )
+
+
+def render_parity(p: dict[str, Any]) -> None:
+    tol = p["tolerance"]
+    table = Table(title=f"{p.get('label', 'parity')}: {p['reference']['name']} vs {p['candidate']['name']}, {p['samples']} samples, {p['precision']} "
+                        f"(atol {tol['atol']:g}, rtol {tol['rtol']:g}, cosine >= {tol['min_cosine']:g})")
+    # Abs errors, then max rel, cosine and the reference's spread across samples (parity of a constant proves little).
+    for col in ("output", "max abs", "mean abs", "p99 abs", "max rel", "cosine", "spread", "result"):
+        table.add_column(col, justify="left" if col == "output" else "right", no_wrap=True)
+    for o in p["outputs"].values():
+        table.add_row(o["name"], f"{o['max_abs']:.2g}", f"{o['mean_abs']:.2g}", f"{o['p99_abs']:.2g}", f"{o['max_rel']:.2g}",
+                      f"{o['cosine']:.6f}", f"{o['ref_std']:.2g}", "[green]pass[/]" if o["passed"] else "[red]FAIL[/]")
+    console.print(table)
+    for o in p["outputs"].values():
+        if o.get("rule") == "relative":
+            console.print(f"{o['name']}: judged by relative error per row, max {o['max_row_rel']:.3g} "
+                          f"(<= {tol['max_row_rel_error']:g}) and cosine; elementwise bounds apply to actions only", markup=False)
+        elif not o["passed"]:
+            console.print(f"{o['name']}: {o['violations']} elements out of tolerance", style="red")
+    actions = p["outputs"].get("actions")
+    if actions and actions["mae_per_dim"] is not None:
+        dims = ", ".join(f"[{i}] MAE {m:.3g} sign {100 * s:.1f}%" for i, (m, s) in enumerate(zip(actions["mae_per_dim"], actions["sign_agreement"])))
+        console.print(f"actions per dimension: {dims}")
+    if p["candidate"].get("fallback"):
+        console.print(f"warning: {p['candidate']['name']} fell back from {p['candidate']['requested_providers'][0]}", style="yellow")
+    if p["candidate"].get("qdq_arithmetic") and p["precision"] == "int8":
+        console.print(f"Q/DQ arithmetic: {p['candidate']['qdq_arithmetic']} (the verdict's)", markup=False)
+    kernels = p.get("also_measured", {}).get("qdq_kernels")
+    if kernels:
+        a = kernels["outputs"]["actions"]
+        console.print(f"also measured, not for the verdict: onnxruntime int8 kernels: actions max abs {a['max_abs']:.3g}, "
+                      f"mean abs {a['mean_abs']:.3g}, cosine {a['cosine']:.6f} ({'pass' if kernels['passed'] else 'FAIL'})", markup=False)
+    console.print(f"parity: {'[green]pass[/]' if p['passed'] else '[red]FAIL[/]'}")
