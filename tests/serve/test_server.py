@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from vla_export.errors import EnvironmentProblem
-from vla_export.parity import tolerance_for
+from vla_export.precision import tolerance_for
 from vla_export.runtime.policy import Policy
 
 grpcclient = pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] is not installed (make install)")

@@ -33,9 +33,8 @@ from typing import Any
 from vla_export.artifacts import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES, ONNX_SUFFIXES
 from vla_export.bench.targets import PRESET_PREFIX
 from vla_export.errors import ArtifactError, ConfigError
-from vla_export.manifest import read_manifest, validate_files, versions
-from vla_export.manifest import read_split
 from vla_export.lazy import lazy_import
+from vla_export.manifest import read_manifest, read_split, validate_files, versions
 from vla_export.serve.fleet import SERVING_FILE, SERVING_SCHEMA
 
 REPOSITORY_FILE = "vla-export-repository.json"

@@ -28,6 +28,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from vla_export import system
 from vla_export.errors import ArtifactError, EnvironmentProblem, MissingDependencyError
 from vla_export.serve.fleet import SERVING_FILE, read_serving
 from vla_export.serve.repository import read_repository
@@ -111,9 +112,7 @@ def check_engines(repository: Path, models: list[str]) -> None:
         engines = read_serving(settings_file.parent).get("engines") or {}
         if not engines:
             continue
-        from vla_export.backends.tensorrt import gpu_info
-
-        here = gpu_info()
+        here = system.gpu_info()
         for part, info in engines.items():
             built = info.get("gpu") or {}
             if here.get("compute_capability") is None:
