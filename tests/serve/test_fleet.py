@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from vla_export.errors import DataError, RunnerError
-from vla_export.parity import tolerance_for
+from vla_export.precision import tolerance_for
 from vla_export.runtime.batch import step_batch
 from vla_export.runtime.policy import Policy
 from vla_export.serve.fleet import Fleet, StepRequest

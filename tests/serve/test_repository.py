@@ -120,12 +120,12 @@ def test_serve_refuses_engines_this_machine_cannot_run(cli, tiny_split, tmp_path
     r = cli("triton", split, "-o", repo, "--backend", "trt", "--backbone", fake_engine(split.parent, "backbone"),
             "--head", fake_engine(split.parent, "head"))
     assert r.exit_code == 0, r
-    import vla_export.backends.tensorrt as trt_backend
+    from vla_export import system
 
-    monkeypatch.setattr(trt_backend, "gpu_info", lambda device=0: {"name": None, "compute_capability": None})
+    monkeypatch.setattr(system, "gpu_info", lambda device=0: {"name": None, "compute_capability": None})
     r = cli("serve", repo, "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0")
     assert r.exit_code == 3 and "no NVIDIA GPU" in r.stderr
-    monkeypatch.setattr(trt_backend, "gpu_info", lambda device=0: {"name": "Orin", "compute_capability": "8.7"})
+    monkeypatch.setattr(system, "gpu_info", lambda device=0: {"name": "Orin", "compute_capability": "8.7"})
     r = cli("serve", repo, "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0")
     assert r.exit_code == 2 and "built for NVIDIA H100 80GB HBM3 (compute capability 9.0), this GPU is Orin" in r.stderr
 

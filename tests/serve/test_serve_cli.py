@@ -25,11 +25,15 @@ pytestmark = pytest.mark.serve
 
 
 @pytest.fixture(scope="module")
-def repo(tiny_split, tmp_path_factory):
+def triton_here():
     try:
-        find_triton()
+        return find_triton()
     except EnvironmentProblem as exc:
         pytest.skip(f"no tritonserver here: {exc}")
+
+
+@pytest.fixture(scope="module")
+def repo(triton_here, tiny_split, tmp_path_factory):
     return write_repository(tiny_split.manifest_path, tmp_path_factory.mktemp("cli") / "repo", TritonOptions(max_robots=2)).path
 
 
@@ -82,3 +86,31 @@ def test_serve_reports_a_model_that_does_not_load(cli, repo, tmp_path):
     assert r.exit_code == 3, r
     assert "before it was ready" in r.stderr or "not ready within" in r.stderr
     assert "tiny.backbone.onnx" in r.stderr and "not a readable ONNX model" in r.stderr  # the log's last lines
+
+
+def test_checkpoint_served_with_torch_parts(triton_here, tiny_ckpt, tmp_path):
+    """--backend torch: the checkpoint's parts in PyTorch inside the Python backend, equal to the in-process policy."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    from vla_export.data.tokenizer import tokenizer_for
+    from vla_export.models.loader import load_policy
+    from vla_export.runtime.parts import torch_streaming_policy
+    from vla_export.serve.server import TritonServer, free_port
+
+    torch_repo = write_repository(tiny_ckpt, tmp_path / "repo", TritonOptions(max_robots=2)).path
+    frames = np.random.default_rng(5).integers(0, 256, (5, 40, 56, 3), dtype=np.uint8)
+    got = []
+    with TritonServer(torch_repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), ready_timeout=90) as srv:
+        client = grpcclient.InferenceServerClient(srv.grpc_url)
+        for k, frame in enumerate(frames):
+            inp = grpcclient.InferInput("FRAME", [1, *frame.shape], "UINT8")
+            inp.set_data_from_numpy(frame[None])
+            res = client.infer("tiny", [inp], sequence_id=7, sequence_start=k == 0, sequence_end=k == len(frames) - 1, client_timeout=20)
+            got.append(res.as_numpy("ACTION")[0])
+    loaded = load_policy(tiny_ckpt)
+    with torch_streaming_policy(loaded, tokenizer=tokenizer_for(loaded.config), text_len=32) as policy:
+        policy.reset(None)
+        want = [policy.step(f) for f in frames]
+    np.testing.assert_allclose(np.stack(got), np.stack(want), atol=1e-4, rtol=0)
+    assert np.abs(np.diff(np.stack(got), axis=0)).max() > 1e-3

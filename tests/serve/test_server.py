@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from vla_export.errors import EnvironmentProblem
-from vla_export.parity import tolerance_for
+from vla_export.precision import tolerance_for
 from vla_export.runtime.policy import Policy
 
 grpcclient = pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] is not installed (make install)")
@@ -196,3 +196,17 @@ def test_load_eight_robots(server, tiny_split, record_property):
         np.testing.assert_allclose(np.stack(got[r]), np.stack(want), atol=ATOL, rtol=0, err_msg=f"robot {r} got another robot's action")
     assert report["inferences"] == clients * steps
     assert report["executions"] < report["inferences"], "the sequence batcher never put two robots in one execution"
+
+
+def test_fleet_benchmark_reads_the_server_metrics(server, tiny_split):
+    """A short fleet run (2 robots at 20 Hz for 1.5 s): its steps match the server's own counters."""
+    from vla_export.serve.fleet_bench import drive_fleet, raw_step_rate
+
+    row = drive_fleet(server.grpc_url, server.metrics_url, MODEL, robots=2, rate_hz=20, seconds=1.5, frame_hw=(36, 48), first_id=500)
+    assert row.failed == 0 and row.errors == []
+    assert 2 <= row.steps <= 2 * (1.5 * 20 + 2)
+    assert row.server["requests"] == row.steps and row.server["failures"] == 0
+    assert row.server["compute_ms_per_request"] > 0 and row.server["robots_per_execution"] >= 1
+    assert row.e2e["p50_ms"] > 0
+    with Policy.from_artifacts(tiny_split.manifest_path, text_len=TEXT_LEN) as template:
+        assert raw_step_rate(template, 2, seconds=0.2, frame_hw=(36, 48)) > 0

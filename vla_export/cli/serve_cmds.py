@@ -12,7 +12,7 @@ from vla_export.cli.common import console, err_console, write_json
 
 
 def triton(
-    artifact: Path = typer.Argument(..., help="A split export (NAME.split.json, its prefix or folder) or a checkpoint (--backend torch)."),
+    artifact: str = typer.Argument(..., help="A split export (NAME.split.json, its prefix or folder), a checkpoint (--backend torch), or preset:NAME (random weights, for benchmarks)."),
     output: Path = typer.Option(..., "-o", "--output", help="The model repository folder to write (replaced as a whole if written by this command)."),
     name: Optional[str] = typer.Option(None, "--name", help="The policy model's name (default: the artifact's name, e.g. tiny)."),
     backend: Optional[str] = typer.Option(None, "--backend", help="onnxrt (split default), trt (engines in the Python backend), torch (checkpoint default), tensorrt_plan (Triton's TensorRT backend for the backbone; GPU server only)."),
@@ -27,6 +27,7 @@ def triton(
     head: Optional[Path] = typer.Option(None, "--head", help="Serve this artifact as the head (e.g. NAME.head.engine)."),
     providers: Optional[list[str]] = typer.Option(None, "--provider", help="onnxruntime execution provider for ONNX parts (repeatable)."),
     device: str = typer.Option("cpu", "--device", help="torch backend: cpu or cuda[:N]."),
+    dtype: str = typer.Option("float32", "--dtype", help="torch backend: float32, float16 or bfloat16."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write what was generated as JSON."),
 ) -> None:
     """Write a Triton model repository serving many robots: one sequence (state) per robot, several robots per batch."""
@@ -36,6 +37,7 @@ def triton(
         name=name, backend=backend, max_robots=max_robots, max_batch=max_batch, preferred_batch=preferred_batch,
         queue_delay_us=queue_delay_us, idle_seconds=idle_seconds, instances=instances, text_len=text_len,
         backbone=str(backbone) if backbone else None, head=str(head) if head else None, providers=tuple(providers or ()), device=device,
+        dtype=dtype,
     )
     result = write_repository(artifact, output, options)
     for model in result.models:

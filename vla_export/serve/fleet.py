@@ -156,12 +156,23 @@ def policy_from_serving(folder: str | Path, settings: Mapping[str, Any], *, back
     files = settings["files"]
     text_len, window = int(settings["text_len"]), int(settings["window"])
     if settings["backend"] == "torch":
-        from vla_export.models.loader import load_policy
+        from vla_export.data.tokenizer import BuiltinTokenizer
         from vla_export.runtime.parts import torch_streaming_policy
 
-        loaded = load_policy(folder / files["checkpoint"])
-        return torch_streaming_policy(loaded, tokenizer=tokenizer_for(loaded.config), window=window, text_len=text_len,
-                                      device=settings.get("device", "cpu"))
+        device = settings.get("device", "cpu")
+        if settings.get("preset"):  # random weights for benchmarks: the built-in tokenizer fits any vocabulary
+            from vla_export.bench.targets import PresetPolicy
+            from vla_export.models.config import get_preset
+
+            cfg = get_preset(settings["preset"])
+            loaded, tokenizer = PresetPolicy(cfg, device=device)(), BuiltinTokenizer(cfg)
+        else:
+            from vla_export.models.loader import load_policy
+
+            loaded = load_policy(folder / files["checkpoint"])
+            tokenizer = tokenizer_for(loaded.config)
+        return torch_streaming_policy(loaded, tokenizer=tokenizer, window=window, text_len=text_len, device=device,
+                                      dtype=settings.get("dtype", "float32"))
     cfg = PolicyConfig.from_dict(settings["config"])
     opts = {"providers": list(settings["providers"])} if settings.get("providers") else {}
     runners = {}

@@ -10,7 +10,7 @@ on all their frames at once. The model's step is ``vla_export.runtime.Policy.ste
 
 * ``onnxrt``: the split export's ONNX parts (``vla-export onnx --split``);
 * ``trt``: TensorRT engines of the parts, run by the Python backend itself;
-* ``torch``: a checkpoint's parts in PyTorch;
+* ``torch``: a checkpoint's parts in PyTorch (or ``preset:NAME``: seeded random weights, for benchmarks);
 * ``tensorrt_plan``: the backbone engine as Triton's own TensorRT model (dynamic batching) that the
   stateful policy model calls (BLS). Needs Triton's TensorRT backend and a GPU: generated and
   validated here, not runnable on a machine without them.
@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from vla_export.artifacts import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES, ONNX_SUFFIXES
+from vla_export.bench.targets import PRESET_PREFIX
 from vla_export.errors import ArtifactError, ConfigError
-from vla_export.manifest import read_manifest, validate_files, versions
-from vla_export.manifest import read_split
 from vla_export.lazy import lazy_import
+from vla_export.manifest import read_manifest, read_split, validate_files, versions
 from vla_export.serve.fleet import SERVING_FILE, SERVING_SCHEMA
 
 REPOSITORY_FILE = "vla-export-repository.json"
@@ -62,6 +62,7 @@ class TritonOptions:
     head: str | None = None
     providers: tuple[str, ...] = ()
     device: str = "cpu"  # torch backend
+    dtype: str = "float32"  # torch backend: float32, float16 or bfloat16
 
 
 @dataclass
@@ -211,6 +212,12 @@ def _engine_info(path: Path) -> dict[str, Any]:
 def _sources(artifact: Path, options: TritonOptions) -> tuple[str, dict[str, Any], dict[str, list[Path]], dict[str, Any]]:
     """(backend, config dict, files to place per role, engines info) for ``artifact``, all checked."""
     suffix = artifact.suffix.lower()
+    if str(artifact).startswith(PRESET_PREFIX):  # seeded random weights, for benchmarks (as in vla-bench)
+        from vla_export.models.config import get_preset
+
+        if (options.backend or "torch") != "torch":
+            raise ConfigError(f"{artifact}: a preset serves with --backend torch")
+        return "torch", get_preset(str(artifact)[len(PRESET_PREFIX):]).to_dict(), {}, {}
     if suffix in CHECKPOINT_SUFFIXES:
         backend = options.backend or "torch"
         if backend != "torch":
@@ -263,6 +270,7 @@ def write_repository(artifact: str | Path, output: str | Path, options: TritonOp
     """
     from vla_export.models.config import PolicyConfig
 
+    preset = str(artifact)[len(PRESET_PREFIX):] if str(artifact).startswith(PRESET_PREFIX) else None
     artifact, output = Path(artifact), Path(output)
     if options.backend is not None and options.backend not in BACKENDS:
         raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, got {options.backend!r}")
@@ -305,6 +313,8 @@ def write_repository(artifact: str | Path, output: str | Path, options: TritonOp
         "idle_seconds": options.idle_seconds,
         "providers": list(options.providers),
         "device": options.device,
+        "dtype": options.dtype,
+        "preset": preset,
         "backbone_model": backbone_model,
         "engines": engines,
         "options": asdict(options),
@@ -336,6 +346,8 @@ def write_repository(artifact: str | Path, output: str | Path, options: TritonOp
 
 
 def _default_name(artifact: Path) -> str:
+    if str(artifact).startswith(PRESET_PREFIX):
+        return str(artifact)[len(PRESET_PREFIX):].replace("-", "_")
     stem = artifact.name
     for tail in (".split.json", *CHECKPOINT_SUFFIXES):
         if stem.endswith(tail):

@@ -28,6 +28,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from vla_export import system
 from vla_export.errors import ArtifactError, EnvironmentProblem, MissingDependencyError
 from vla_export.serve.fleet import SERVING_FILE, read_serving
 from vla_export.serve.repository import read_repository
@@ -111,9 +112,7 @@ def check_engines(repository: Path, models: list[str]) -> None:
         engines = read_serving(settings_file.parent).get("engines") or {}
         if not engines:
             continue
-        from vla_export.backends.tensorrt import gpu_info
-
-        here = gpu_info()
+        here = system.gpu_info()
         for part, info in engines.items():
             built = info.get("gpu") or {}
             if here.get("compute_capability") is None:
@@ -130,10 +129,15 @@ def check_engines(repository: Path, models: list[str]) -> None:
 
 
 def log_tail(path: Path, lines: int = 8) -> str:
+    """The log's last lines, led by its last error line when that is further up (a traceback ends in frames)."""
     if not path.exists():
         return "(no log)"
     text = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip() and "PyCapsule_GetPointer" not in ln]
-    return " | ".join(text[-lines:]) or "(empty log)"
+    tail = text[-lines:]
+    errors = [ln for ln in text if "Error" in ln or ln.startswith("E1") or "error:" in ln]
+    if errors and errors[-1] not in tail:
+        tail = [errors[-1], "..."] + tail
+    return " | ".join(tail) or "(empty log)"
 
 
 @dataclass
@@ -185,8 +189,8 @@ class TritonServer:
         backends = files.backends_dir(self._workdir / "backends")
         self.log_path = Path(self.log_path or self._workdir / "tritonserver.log")
         env = dict(os.environ)
-        libdirs = [str(files.libs), sysconfig.get_config_var("LIBDIR") or ""]
-        env["LD_LIBRARY_PATH"] = os.pathsep.join([d for d in libdirs if d] + ([env["LD_LIBRARY_PATH"]] if env.get("LD_LIBRARY_PATH") else []))
+        libdirs = [str(files.libs), str(self._python_library_dir(self._workdir / "lib"))]
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(libdirs + ([env["LD_LIBRARY_PATH"]] if env.get("LD_LIBRARY_PATH") else []))
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(self.command(files, backends), stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -197,6 +201,21 @@ class TritonServer:
             self.stop()
             raise
         return self
+
+    @staticmethod
+    def _python_library_dir(folder: Path) -> Path:
+        """A folder holding only a link to this interpreter's ``libpython3.X.so.1.0``, which the stub loads.
+
+        Not the interpreter's LIBDIR itself: that is often /usr/lib/x86_64-linux-gnu, and putting it on
+        LD_LIBRARY_PATH makes the model's torch load a system cuDNN instead of its own (seen on the lent
+        H100: "PyTorch was compiled against cuDNN 9.19 but found runtime version 9.14").
+        """
+        folder.mkdir(parents=True, exist_ok=True)
+        name = sysconfig.get_config_var("INSTSONAME") or f"libpython{sys.version_info.major}.{sys.version_info.minor}.so.1.0"
+        source = Path(sysconfig.get_config_var("LIBDIR") or "") / name
+        if source.exists() and not (folder / name).exists():
+            (folder / name).symlink_to(source)
+        return folder
 
     def _get(self, path: str, timeout: float = 2.0) -> int:
         try:
