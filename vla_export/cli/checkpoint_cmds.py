@@ -8,6 +8,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
+from vla_export.cli import checks
 from vla_export.cli.common import console, write_json
 from vla_export.errors import VlaExportError
 
@@ -21,6 +22,7 @@ def policy_source_options(config: Optional[Path], rename: Optional[list[str]]):
     from vla_export.models.checkpoint import parse_renames
     from vla_export.models.config import load_config
 
+    checks.input_file(config, "config")
     return (load_config(config) if config else None), parse_renames(rename or [])
 
 
@@ -34,6 +36,7 @@ def init(
     from vla_export.models.loader import init_policy, save_training_checkpoint
 
     cfg = get_preset(preset)
+    checks.output_file(output)
     policy = init_policy(cfg, seed=seed)
     n = sum(p.numel() for p in policy.parameters())
     save_training_checkpoint(policy, output)
@@ -95,6 +98,8 @@ def inspect(
     """Sizes per component, training metadata, the inferred config and the strict-load verdict."""
     from vla_export.models.inspect import inspect_checkpoint
 
+    checks.input_file(checkpoint, "checkpoint")
+    checks.output_file(json_path)
     cfg, renames = policy_source_options(config, rename)
     report = inspect_checkpoint(checkpoint, config=cfg, renames=renames, trust=trust_checkpoint, load=load)
     render_inspect(report)

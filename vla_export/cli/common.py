@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 
 from vla_export.errors import ExitCode, VlaExportError
+from vla_export.fileio import FS_ERRNOS, fs_error_message
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -77,6 +78,9 @@ def run_app(app: typer.Typer, argv: Sequence[str] | None = None, prog_name: str 
     except Exception as exc:  # an internal bug: still one line unless --debug
         if debug:
             raise
+        if isinstance(exc, OSError) and exc.errno in FS_ERRNOS:  # a file-system error no command named: still one line, exit 2
+            err_console.print(f"error: {fs_error_message(exc.filename or '?', exc)}", style="red", markup=False, soft_wrap=True)
+            return ExitCode.BAD_INPUT
         err_console.print(
             f"error: unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
             style="red", markup=False, soft_wrap=True,

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from vla_export.cli.checkpoint_cmds import ConfigOpt, RenameOpt, TrustOpt, policy_source_options
+from vla_export.cli import checks
 from vla_export.cli.common import console, write_json
 
 
@@ -60,6 +61,15 @@ def replay(
     from vla_export.models.loader import PolicyFromCheckpoint
     from vla_export.runtime.replay import replay_check
 
+    checks.input_file(checkpoint, "checkpoint")
+    from vla_export.export.split import read_split
+
+    read_split(artifacts)  # the record, its prefix or its folder: refused now, not after loading the policy
+    checks.input_file(episode, "episode")
+    checks.input_file(backbone, "backbone artifact")
+    checks.input_file(head, "head artifact")
+    checks.input_dir(tokenizer, "tokenizer")
+    checks.output_file(json_path)
     cfg, renames = policy_source_options(config, rename)
     result = replay_check(
         PolicyFromCheckpoint(checkpoint, config=cfg, renames=renames, trust=trust_checkpoint), artifacts, episode,

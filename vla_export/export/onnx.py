@@ -125,10 +125,10 @@ def export_module(
 def check_target(path: str | Path, opset: int, exporter: str) -> Path:
     """The checks of an export's target that need no work: exporter, opset, a writable ``.onnx`` path."""
     check_opset(opset, exporter)
-    path = Path(path)
+    path = check_output_path(path)
     if path.suffix != ".onnx":
         raise ConfigError(f"{path}: the output must end in .onnx")
-    return check_output_path(path)
+    return path
 
 
 def stage_module(
