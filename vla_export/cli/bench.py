@@ -90,7 +90,7 @@ def bench(
         help="Repeatable: torch[:cpu|cuda][:fp32|fp16|bf16][:cudagraph][:compile[=MODE]][:patchmm], onnxrt[:cpu|cuda|trt], trt. Default: one per artifact kind.",
     ),
     batch: int = typer.Option(1, "--batch", help="Batch size."),
-    window: int = typer.Option(1, "--window", help="Frames per inference (the policy's window; 1 = one new frame)."),
+    window: Optional[int] = typer.Option(None, "--window", help="Frames per inference (default: the window the artifacts were exported for, else 1 = one new frame)."),
     text_len: int = typer.Option(16, "--text-len", help="Prompt tokens (the model adds its 67-token image prefix)."),
     warmup: int = typer.Option(10, "--warmup", help="Untimed iterations first (compilation and CUDA-graph capture happen here)."),
     iters: Optional[int] = typer.Option(None, "--iters", help="Timed iterations per mode (default 100)."),
@@ -108,7 +108,7 @@ def bench(
     """Time each artifact on each backend; one table with ratios to the first row and the physical floor."""
     from vla_export.bench.core import MODES, BenchSettings, run_benchmark
     from vla_export.bench.env import capture_environment
-    from vla_export.bench.targets import plan_targets
+    from vla_export.bench.targets import default_window, plan_targets
     from vla_export.errors import ConfigError
     from vla_export.models.config import load_config
 
@@ -122,6 +122,8 @@ def bench(
         checks.checkpoint_or_preset(artifact)
     checks.input_file(config, "config")
     checks.output_file(json_path)
+    if window is None:  # --streaming takes its windows from --windows
+        window = 1 if streaming else default_window(artifacts)
     settings = BenchSettings(
         batch=batch, window=window, warmup=warmup, iters=None if duration is not None else (100 if iters is None else iters),
         duration_s=duration, modes=tuple(mode or MODES), seed=seed, text_len=text_len,

@@ -24,6 +24,7 @@ from vla_export.backends.onnx_files import external_data_files, require_external
 from vla_export.errors import ArtifactError, ConfigError
 from vla_export.fileio import check_output_path, staging_dir
 from vla_export.lazy import lazy_import
+from vla_export.models.memory import check_window_memory
 
 log = logging.getLogger(__name__)
 
@@ -396,6 +397,8 @@ def export_policy(loaded, path: str | Path, options: OnnxExportOptions = OnnxExp
     window = cfg.window if options.window is None else options.window
     if window < 1:
         raise ConfigError(f"--window must be positive, got {window}")
+    # The export traces at batch 2 and checks at batch 3 (one frame more with a dynamic window).
+    check_window_memory(cfg, window + int(options.dynamic_window), batch=3, factor=2.0)
     example = SyntheticSource(cfg, seed=options.seed, batch=EXPORT_BATCH, window=window).sample(0)
     example_t = {k: torch.from_numpy(example[k]) for k in INPUT_NAMES}
     dyn = {"pixel_values": {0: "batch"}, "input_ids": {0: "batch", 1: "text_len"}, "attention_mask": {0: "batch", 1: "text_len"}}
