@@ -66,9 +66,20 @@ class OutputParity:
     passed: bool
     mae_per_dim: list[float] | None = None  # actions only, in action units
     sign_agreement: list[float] | None = None  # actions only, per dimension
+    #: NaN/Inf elements per side ({"reference": n, "candidate": m}) when there are any: a failure by
+    #: itself; the error statistics above are then over the elements finite on both sides.
+    nonfinite: dict[str, int] | None = None
+
+    @property
+    def failure(self) -> str | None:
+        """Why a non-finite output failed, in words (None when all values are finite)."""
+        if not self.nonfinite:
+            return None
+        sides = " and ".join(f"{n:,} in the {side}" for side, n in self.nonfinite.items() if n)
+        return f"non-finite values (NaN/Inf): {sides}"
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return dataclasses.asdict(self) | {"failure": self.failure}
 
 
 @dataclass
@@ -86,7 +97,8 @@ class ParityResult:
         return bool(self.outputs) and all(o.passed for o in self.outputs.values())
 
     def summary(self) -> str:
-        parts = [f"{o.name}: max abs {o.max_abs:.3g}, cosine {o.cosine:.6f}{'' if o.passed else ' FAIL'}" for o in self.outputs.values()]
+        parts = [f"{o.name}: " + (o.failure or f"max abs {o.max_abs:.3g}, cosine {o.cosine:.6f}") + ("" if o.passed else " FAIL")
+                 for o in self.outputs.values()]
         return f"{'pass' if self.passed else 'FAIL'} over {self.samples} samples ({'; '.join(parts)})"
 
     def to_dict(self) -> dict[str, Any]:
@@ -117,12 +129,18 @@ def compare_output(name: str, ref: np.ndarray, cand: np.ndarray, tol: Tolerance,
     """Compare stacked outputs ``[N, ...]`` (N rows over all samples); ``shape`` is one sample's, for the report."""
     ref = ref.astype(np.float64)
     cand = cand.astype(np.float64)
+    finite_r, finite_c = np.isfinite(ref), np.isfinite(cand)
+    nonfinite = {"reference": int((~finite_r).sum()), "candidate": int((~finite_c).sum())}
+    if any(nonfinite.values()):  # compare what is finite on both sides; the output fails anyway
+        both = finite_r & finite_c
+        ref, cand = np.where(both, ref, 0.0), np.where(both, cand, 0.0)
     diff = np.abs(cand - ref)
     bound = tol.atol + tol.rtol * np.abs(ref)
     violations = int(np.count_nonzero(~(diff <= bound)))  # NaN counts as a violation
     cos = _cosine(ref.ravel(), cand.ravel())
     rel = diff / np.maximum(np.abs(ref), 1e-6)
-    passed = violations == 0 and cos >= tol.min_cosine
+    violations += int(np.count_nonzero(~(finite_r & finite_c))) if any(nonfinite.values()) else 0
+    passed = violations == 0 and cos >= tol.min_cosine and not any(nonfinite.values())
     mae = signs = None
     if name == "actions":
         flat_r, flat_c = ref.reshape(ref.shape[0], -1), cand.reshape(cand.shape[0], -1)
@@ -139,6 +157,7 @@ def compare_output(name: str, ref: np.ndarray, cand: np.ndarray, tol: Tolerance,
         p99_abs=float(np.nanpercentile(diff, 99)) if diff.size else 0.0, max_rel=float(np.nanmax(rel)) if rel.size else 0.0,
         cosine=cos, ref_std=float(ref.std(axis=0).mean()) if ref.shape[0] > 1 else 0.0,
         violations=violations, passed=bool(passed), mae_per_dim=mae, sign_agreement=signs,
+        nonfinite=nonfinite if any(nonfinite.values()) else None,
     )
 
 

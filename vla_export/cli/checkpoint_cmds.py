@@ -84,6 +84,10 @@ def render_inspect(report: dict[str, Any]) -> None:
         ratio = ld["peak_rss_bytes"] / max(ld["weights_bytes"], 1)
         console.print(f"full load (all weights read): {ld['seconds']:.2f} s, peak RSS {_fmt_bytes(ld['peak_rss_bytes'])} ({ratio:.2f}x the weights)")
     verdict = "[green]loadable (strict)[/]" if report["loadable"] else "[red]NOT loadable[/]"
+    bad = report.get("nonfinite") or {}
+    if bad:
+        per = ", ".join(f"{comp} {n:,}" for comp, n in bad.items())
+        verdict += f", [red]but {sum(bad.values()):,} non-finite weights (NaN/Inf): {per}[/]"
     console.print(f"verdict: {verdict}")
 
 
@@ -108,3 +112,6 @@ def inspect(
         console.print(f"wrote {json_path}")
     if not report["loadable"]:
         raise VlaExportError(f"{checkpoint}: cannot be loaded as a policy: {report['reason']}")
+    if report["nonfinite"]:
+        raise VlaExportError(f"{checkpoint}: {sum(report['nonfinite'].values()):,} non-finite weights (NaN/Inf); "
+                             "exports of it are refused")

@@ -24,6 +24,7 @@ from vla_export.backends.onnx_files import external_data_files, require_external
 from vla_export.errors import ArtifactError, ConfigError
 from vla_export.fileio import check_output_path, staging_dir
 from vla_export.lazy import lazy_import
+from vla_export.models.finite import require_finite_weights
 from vla_export.models.memory import check_window_memory
 
 log = logging.getLogger(__name__)
@@ -394,6 +395,7 @@ def export_policy(loaded, path: str | Path, options: OnnxExportOptions = OnnxExp
 
     path = Path(path)
     cfg, policy = loaded.config, loaded.policy
+    require_finite_weights(policy, loaded.checkpoint.path)
     window = cfg.window if options.window is None else options.window
     if window < 1:
         raise ConfigError(f"--window must be positive, got {window}")

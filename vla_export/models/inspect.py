@@ -12,6 +12,7 @@ from vla_export.errors import ArchitectureError
 from vla_export.models.checkpoint import normalize_keys, read_checkpoint, tensor_bytes
 from vla_export.models.components import COMPONENTS, OTHER, component_of
 from vla_export.models.config import PolicyConfig
+from vla_export.models.finite import nonfinite_by_component
 from vla_export.models.loader import check_keys, load_policy, model_shapes, resolve_config
 
 
@@ -57,6 +58,7 @@ def inspect_checkpoint(
         "matched_preset": None,
         "assumptions": [],
         "loadable": False,
+        "nonfinite": nonfinite_by_component(sd.items()),  # component -> NaN/Inf elements
         "load_check": None,
         "reason": None,
     }
