@@ -29,7 +29,7 @@ def fs_error_message(path: str | Path, exc: OSError) -> str:
         errno.EACCES: "no permission to write there: write elsewhere",
         errno.EPERM: "no permission to write there: write elsewhere",
     }.get(exc.errno or 0)
-    where = exc.filename if exc.filename and Path(str(exc.filename)).name != Path(path).name else path
+    where = exc.filename if str(path) == "?" and exc.filename else path
     return f"{where}: cannot write ({reason})" + (f"; {hint}" if hint else "")
 
 
@@ -111,6 +111,10 @@ def staging_dir(target: str | Path) -> Iterator[Path]:
     try:
         with output_errors(target):
             yield tmpdir
+    except OutputError as exc:
+        if isinstance(exc.__cause__, OSError):  # name the target, not a file in the staging folder
+            raise OutputError(fs_error_message(target, exc.__cause__)) from exc.__cause__
+        raise
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
 

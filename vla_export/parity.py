@@ -51,9 +51,20 @@ class OutputParity:
     sign_agreement: list[float] | None = None  # actions only, per dimension
     max_row_rel: float = 0.0  # worst ||cand - ref|| / ||ref|| over rows (one frame's vector, one action)
     rule: str = "elementwise"  # or "relative" (intermediate outputs under Tolerance.max_row_rel_error)
+    #: NaN/Inf elements per side ({"reference": n, "candidate": m}) when there are any: a failure by
+    #: itself; the error statistics above are then over the elements finite on both sides.
+    nonfinite: dict[str, int] | None = None
+
+    @property
+    def failure(self) -> str | None:
+        """Why a non-finite output failed, in words (None when all values are finite)."""
+        if not self.nonfinite:
+            return None
+        sides = " and ".join(f"{n:,} in the {side}" for side, n in self.nonfinite.items() if n)
+        return f"non-finite values (NaN/Inf): {sides}"
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return dataclasses.asdict(self) | {"failure": self.failure}
 
 
 @dataclass
@@ -83,7 +94,8 @@ class ParityResult:
         return bool(self.outputs) and all(o.passed for o in self.outputs.values()) and (self.conclusive or not self.strict)
 
     def summary(self) -> str:
-        parts = [f"{o.name}: max abs {o.max_abs:.3g}, cosine {o.cosine:.6f}{'' if o.passed else ' FAIL'}" for o in self.outputs.values()]
+        parts = [f"{o.name}: " + (o.failure or f"max abs {o.max_abs:.3g}, cosine {o.cosine:.6f}") + ("" if o.passed else " FAIL")
+                 for o in self.outputs.values()]
         note = "" if self.conclusive else f"; inconclusive: {', '.join(self.undiscriminating)} barely vary across samples"
         return f"{'pass' if self.passed else 'FAIL'} over {self.samples} samples ({'; '.join(parts)}){note}"
 
@@ -148,17 +160,24 @@ def compare_output(name: str, ref: np.ndarray, cand: np.ndarray, tol: Tolerance,
     """Compare stacked outputs ``[N, ...]`` (N rows over all samples); ``shape`` is one sample's, for the report."""
     ref = ref.astype(np.float64)
     cand = cand.astype(np.float64)
+    finite_r, finite_c = np.isfinite(ref), np.isfinite(cand)
+    nonfinite = {"reference": int((~finite_r).sum()), "candidate": int((~finite_c).sum())}
+    if any(nonfinite.values()):  # compare what is finite on both sides; the output fails anyway
+        both = finite_r & finite_c
+        ref, cand = np.where(both, ref, 0.0), np.where(both, cand, 0.0)
     diff = np.abs(cand - ref)
     bound = tol.atol + tol.rtol * np.abs(ref)
     violations = int(np.count_nonzero(~(diff <= bound)))  # NaN counts as a violation
     cos = _cosine(ref.ravel(), cand.ravel())
     rel = diff / np.maximum(np.abs(ref), 1e-6)
+    violations += int(np.count_nonzero(~(finite_r & finite_c))) if any(nonfinite.values()) else 0
     max_row_rel = _max_row_rel(ref, cand)
     rule = "relative" if name != "actions" and tol.max_row_rel_error is not None else "elementwise"
     if rule == "relative":
         passed = bool(max_row_rel <= tol.max_row_rel_error) and cos >= tol.min_cosine
     else:
         passed = violations == 0 and cos >= tol.min_cosine
+    passed = passed and not any(nonfinite.values())
     mae = signs = None
     if name == "actions":
         flat_r, flat_c = ref.reshape(ref.shape[0], -1), cand.reshape(cand.shape[0], -1)
@@ -176,6 +195,7 @@ def compare_output(name: str, ref: np.ndarray, cand: np.ndarray, tol: Tolerance,
         cosine=cos, ref_std=float(ref.std(axis=0).mean()) if ref.shape[0] > 1 else 0.0,
         violations=violations, passed=bool(passed), mae_per_dim=mae, sign_agreement=signs,
         max_row_rel=max_row_rel, rule=rule,
+        nonfinite=nonfinite if any(nonfinite.values()) else None,
     )
 
 

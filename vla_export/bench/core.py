@@ -33,6 +33,7 @@ from vla_export.data.preprocess import preprocess_frame
 from vla_export.data.source import SyntheticSource
 from vla_export.errors import ConfigError, RunnerError
 from vla_export.models.config import PolicyConfig
+from vla_export.models.memory import check_window_memory
 
 SCHEMA = "vla-export/bench/1"
 MODES = ("compute", "e2e")
@@ -288,6 +289,7 @@ def bench_target(target: Target, settings: BenchSettings, peak: DevicePeak, *, p
     try:
         cfg = _resolve_config(target, runner)
         _check_fixed_shapes(target, runner, settings)
+        check_window_memory(cfg, settings.window, batch=settings.batch, text_len=settings.text_len, factor=1.5)
         feed = SyntheticSource(cfg, seed=settings.seed, batch=settings.batch, window=settings.window, text_len=settings.text_len).sample(0)
         info = runner.describe()
         if "actions" not in runner.output_names:

@@ -29,7 +29,7 @@ import numpy as np
 from vla_export.backends.base import Runner
 from vla_export.bench.env import capture_environment
 from vla_export.bench.stats import LatencyStats
-from vla_export.data.preprocess import preprocess_frame
+from vla_export.data.preprocess import DEFAULT_INSTRUCTION, preprocess_frame
 from vla_export.data.source import SyntheticSource
 from vla_export.models.config import PolicyConfig
 from vla_export.runtime.policy import FixedPrompt, Policy
@@ -138,7 +138,7 @@ def bench_streaming(
     }
     windows = {t: np.repeat(pixels[:, None], t, axis=1) for t in heads}
     for p in policies.values():
-        p.reset(None)
+        p.reset(DEFAULT_INSTRUCTION)
 
     samples: dict[str, list[float]] = {"backbone": []}
     for i in range(warmup + iters):

@@ -135,6 +135,42 @@ def _runner_factory(artifact: str, kind: str, spec: BackendSpec, config: PolicyC
     return artifact_runner
 
 
+#: The window when no artifact fixes one: one new frame per inference.
+DEFAULT_WINDOW = 1
+
+
+def artifact_window(artifact: str) -> int | None:
+    """The window an exported artifact was made for: its fixed ``pixel_values`` window axis, else the
+    manifest's window; ``None`` for checkpoints, presets and artifacts that record none.
+    """
+    from vla_export.manifest import read_manifest
+
+    kind = artifact_kind(artifact)
+    if kind in ("checkpoint", "preset"):
+        return None
+    if kind == "onnx":
+        from vla_export.backends.onnx_files import require_external_data
+        from vla_export.export.onnx import io_signature
+
+        require_external_data(artifact)  # a readable model with its weights, or one line saying why not
+        shapes = {v["name"]: v["shape"] for v in io_signature(artifact)["inputs"]}
+        pixels = shapes.get("pixel_values", [])
+        if len(pixels) == 5 and isinstance(pixels[1], int):
+            return pixels[1]
+    window = (read_manifest(artifact, required=False) or {}).get("window")
+    return int(window) if isinstance(window, int) else None
+
+
+def default_window(artifacts: Sequence[str]) -> int:
+    """``--window`` when not given: the window the artifacts were exported for (they must agree), else 1."""
+    found = {a: w for a in artifacts if (w := artifact_window(a)) is not None}
+    windows = sorted(set(found.values()))
+    if len(windows) > 1:
+        listed = ", ".join(f"{Path(a).name}: {w}" for a, w in found.items())
+        raise ConfigError(f"the artifacts were exported for different windows ({listed}); pass --window")
+    return windows[0] if windows else DEFAULT_WINDOW
+
+
 def plan_targets(
     artifacts: Sequence[str], backends: Sequence[str], *, config: PolicyConfig | None = None, seed: int = 0, load: Any = None
 ) -> list[Target]:

@@ -20,6 +20,7 @@ from rich.table import Table
 from vla_export.cli.common import DEBUG_FLAG, JunitOpt, console, err_console, new_app, run_app, write_json, wrote
 from vla_export.cli.junit import bench_cases, write_junit
 from vla_export.cli.loading import with_loading_options
+from vla_export.cli import checks
 from vla_export.errors import ExitCode
 from vla_export.models.resolve import LoadOptions
 
@@ -94,11 +95,11 @@ def bench(
         None, "--backend", "-b",
         help="Repeatable: torch[:cpu|cuda][:fp32|fp16|bf16][:cudagraph][:compile[=MODE]][:patchmm], onnxrt[:cpu|cuda|trt], trt. Default: one per artifact kind.",
     ),
-    batch: int = typer.Option(1, "--batch", min=1, help="Batch size."),
-    window: int = typer.Option(1, "--window", help="Frames per inference (the policy's window; 1 = one new frame)."),
-    text_len: int = typer.Option(16, "--text-len", min=1, help="Prompt tokens (the model adds its 67-token image prefix)."),
-    warmup: int = typer.Option(10, "--warmup", min=0, help="Untimed iterations first (compilation and CUDA-graph capture happen here)."),
-    iters: Optional[int] = typer.Option(None, "--iters", min=1, help="Timed iterations per mode (default 100)."),
+    batch: int = typer.Option(1, "--batch", help="Batch size."),
+    window: Optional[int] = typer.Option(None, "--window", help="Frames per inference (default: the window the artifacts were exported for, else 1 = one new frame)."),
+    text_len: int = typer.Option(16, "--text-len", help="Prompt tokens (the model adds its 67-token image prefix)."),
+    warmup: int = typer.Option(10, "--warmup", help="Untimed iterations first (compilation and CUDA-graph capture happen here)."),
+    iters: Optional[int] = typer.Option(None, "--iters", help="Timed iterations per mode (default 100)."),
     duration: Optional[float] = typer.Option(None, "--duration", help="Time each mode for this many seconds instead of --iters."),
     mode: Optional[list[str]] = typer.Option(None, "--mode", help="compute (inputs already on the device) and/or e2e (raw 720x1280 frame to action on host). Default both."),
     device_peak: Optional[str] = typer.Option(None, "--device-peak", help="Device for the floor: h200, agx-orin-64gb, orin-nx-16gb, orin-nano-8gb, orin-nano-super, cpu (measured). Default: detected."),
@@ -115,11 +116,20 @@ def bench(
     """Time each artifact on each backend; one table with ratios to the first row and the physical floor."""
     from vla_export.bench.core import MODES, BenchSettings, run_benchmark
     from vla_export.bench.env import capture_environment
-    from vla_export.bench.targets import plan_targets
+    from vla_export.bench.targets import default_window, plan_targets
     from vla_export.errors import ConfigError
 
     if iters is not None and duration is not None:
         raise ConfigError("give --iters or --duration, not both")
+    if duration is not None and not duration > 0:
+        raise ConfigError(f"--duration must be more than 0 seconds, got {duration}")
+    checks.at_least(1, batch=batch, window=window, text_len=text_len, iters=iters)
+    checks.at_least(0, warmup=warmup)
+    for artifact in artifacts:
+        checks.checkpoint_or_preset(artifact)
+    checks.output_file(json_path, junit, plot)
+    if window is None:  # --streaming takes its windows from --windows
+        window = 1 if streaming else default_window(artifacts)
     settings = BenchSettings(
         batch=batch, window=window, warmup=warmup, iters=None if duration is not None else (100 if iters is None else iters),
         duration_s=duration, modes=tuple(mode or MODES), seed=seed, text_len=text_len,

@@ -12,6 +12,7 @@ from vla_export.cli.common import console, err_console, write_json, wrote
 from vla_export.cli.loading import with_loading_options
 from vla_export.errors import VlaExportError
 from vla_export.models.resolve import LoadOptions
+from vla_export.cli import checks
 
 
 def init(
@@ -24,6 +25,7 @@ def init(
     from vla_export.models.loader import init_policy, save_training_checkpoint
 
     cfg = get_preset(preset)
+    checks.output_file(output)
     policy = init_policy(cfg, seed=seed)
     n = sum(p.numel() for p in policy.parameters())
     save_training_checkpoint(policy, output)
@@ -83,6 +85,10 @@ def render_inspect(report: dict[str, Any]) -> None:
         ratio = ld["peak_rss_bytes"] / max(ld["weights_bytes"], 1)
         console.print(f"full load (all weights read): {ld['seconds']:.2f} s, peak RSS {_fmt_bytes(ld['peak_rss_bytes'])} ({ratio:.2f}x the weights)")
     verdict = "[green]loadable (strict)[/]" if report["loadable"] else "[red]NOT loadable[/]"
+    bad = report.get("nonfinite") or {}
+    if bad:
+        per = ", ".join(f"{comp} {n:,}" for comp, n in bad.items())
+        verdict += f", [red]but {sum(bad.values()):,} non-finite weights (NaN/Inf): {per}[/]"
     console.print(f"verdict: {verdict}")
 
 
@@ -97,6 +103,8 @@ def inspect_checkpoint_cmd(checkpoint: Path, *, json_path: Optional[Path], save_
     resolved config (every assumption listed) and the strict-load verdict."""
     from vla_export.models.inspect import inspect_checkpoint
 
+    checks.input_file(checkpoint, "checkpoint")
+    checks.output_file(json_path, save_config)
     report = inspect_checkpoint(checkpoint, options=load, load=full_load)
     render_inspect(report)
     if json_path:
@@ -104,6 +112,9 @@ def inspect_checkpoint_cmd(checkpoint: Path, *, json_path: Optional[Path], save_
         wrote(json_path)
     if not report["loadable"]:
         raise VlaExportError(f"{checkpoint}: cannot be loaded as a policy: {report['reason']}")
+    if report["nonfinite"]:
+        raise VlaExportError(f"{checkpoint}: {sum(report['nonfinite'].values()):,} non-finite weights (NaN/Inf); "
+                             "exports of it are refused")
     for line in report["warnings"]:
         err_console.print(f"warning: {line}", style="yellow", markup=False)
     if save_config:

@@ -20,7 +20,7 @@ from rich.table import Table
 
 from vla_export import __version__
 from vla_export.errors import ExitCode, VlaExportError
-from vla_export.fileio import atomic_write
+from vla_export.fileio import FS_ERRNOS, atomic_write, fs_error_message
 from vla_export.progress import listening
 
 DEBUG_FLAG = "--debug"
@@ -209,7 +209,7 @@ def run_app(app: typer.Typer, argv: Sequence[str] | None = None, prog_name: str 
         return ExitCode.INTERRUPTED
     except OSError as exc:  # the file system said no: a user-facing problem, not a bug
         where = f": {exc.filename}" if exc.filename else ""
-        message = f"{exc.strerror or exc}{where}"
+        message = fs_error_message(exc.filename or "?", exc) if exc.errno in FS_ERRNOS else f"{exc.strerror or exc}{where}"
         _failure_report(options, ExitCode.BAD_INPUT, message)
         if debug:
             raise

@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 import typer
 
+from vla_export.errors import ConfigError
 from vla_export.models.resolve import LoadOptions
 
 CONFIG_HELP = ("Model config JSON: a file from `inspect --save-config` (config + renames), `inspect --json`, or a bare config. "
@@ -33,6 +34,8 @@ _OPTIONS: tuple[tuple[str, Any, Any], ...] = (
 def loading_options(config: Optional[Path] = None, rename: Optional[list[str]] = None, set_values: Optional[list[str]] = None,
                     trust_checkpoint: bool = False) -> LoadOptions:
     """The CLI strings as one :class:`LoadOptions` (a ``--config`` record's renames come first)."""
+    if config is not None and not config.is_file():
+        raise ConfigError(f"{config}: config file not found" if not config.exists() else f"{config}: is a folder, not a config file")
     return LoadOptions.from_cli(config, rename or [], set_values or [], trust_checkpoint)
 
 

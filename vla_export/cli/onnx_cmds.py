@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from vla_export.cli import checks
 from vla_export.cli.checkpoint_cmds import _fmt_bytes
 from vla_export.cli.common import JunitOpt, console, write_json, wrote
 from vla_export.cli.junit import parity_cases, write_junit
@@ -26,25 +27,33 @@ def onnx(
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="ONNX file to write (default engines/CHECKPOINT.onnx)."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset."),
     exporter: str = typer.Option("dynamo", "--exporter", help="dynamo (torch.onnx.export(dynamo=True)) or torchscript (fallback)."),
-    window: Optional[int] = typer.Option(None, "--window", min=1, help="Frames per window T (default: the config's window)."),
+    window: Optional[int] = typer.Option(None, "--window", help="Frames per window T (default: the config's window)."),
     dynamic_window: bool = typer.Option(False, "--dynamic-window", help="Make T a dynamic axis too."),
     debug_outputs: bool = typer.Option(False, "--debug-outputs", help="Also output per-frame features [B, T, F] (parity compares them)."),
     external_data: Optional[bool] = typer.Option(None, "--external-data/--no-external-data", help="Weights in one NAME.onnx.data file (default: only over 2 GB)."),
     simplify: bool = typer.Option(False, "--simplify", help="Simplify with onnxslim, then re-check parity."),
     optimize: bool = typer.Option(True, "--optimize/--no-optimize", help="Run the dynamo exporter's graph optimiser."),
     ort_check: bool = typer.Option(True, "--ort-check/--no-ort-check", help="Run ONNX Runtime at batch 1 and 3 and compare with PyTorch."),
-    samples: int = typer.Option(2, "--samples", min=1, help="Parity samples per batch size in the ORT check."),
+    samples: int = typer.Option(2, "--samples", help="Parity samples per batch size in the ORT check."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the export report as JSON."),
     split: bool = typer.Option(False, "--split", help="Streaming parts instead: NAME.backbone.onnx (one frame -> feature), NAME.head.onnx (window of features -> action), NAME.split.json."),
     load: LoadOptions = LoadOptions(),
 ) -> None:
     """Export the whole policy to ONNX, prove the graph holds all its weights, check it and record a manifest."""
-    from vla_export.export.onnx import OnnxExportOptions, OnnxFromPolicy
+    from vla_export.export.onnx import OnnxExportOptions, OnnxFromPolicy, check_opset, check_target
     from vla_export.models.loader import PolicyFromCheckpoint
 
-    if samples < 1:
-        raise ConfigError("--samples must be at least 1")
+    checks.at_least(1, window=window, samples=samples)
+    checks.input_file(checkpoint, "checkpoint")
     output = output or Path("engines") / f"{checkpoint.stem}.onnx"
+    checks.output_file(json_path)
+    if split:
+        from vla_export.export.split import split_paths
+
+        check_opset(opset, exporter)
+        checks.output_file(*split_paths(output).values())
+    else:
+        check_target(output, opset, exporter)
     if split:
         return export_split_cmd(
             checkpoint, output, loader_options={"options": load},
@@ -73,10 +82,10 @@ def onnx(
 def parity(
     checkpoint: Path = typer.Argument(..., help="The PyTorch policy checkpoint (the reference), or a saved reference (.npz from --save-reference)."),
     artifact: Path = typer.Argument(..., help="The artifact to check: .onnx, .engine/.plan, or another checkpoint."),
-    samples: int = typer.Option(8, "--samples", min=1, help="Number of samples."),
+    samples: int = typer.Option(8, "--samples", help="Number of samples."),
     data: Optional[list[Path]] = typer.Option(None, "--data", help="Episode files or folders (HDF5) instead of synthetic inputs."),
     seed: int = typer.Option(0, "--seed", help="Seed of the input source."),
-    batch: int = typer.Option(1, "--batch", min=1, help="Batch size per sample."),
+    batch: int = typer.Option(1, "--batch", help="Batch size per sample."),
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32, fp16 or int8: picks default tolerances (default: from the manifest, else fp32)."),
     atol: Optional[float] = typer.Option(None, "--atol", help="Override the absolute tolerance."),
     rtol: Optional[float] = typer.Option(None, "--rtol", help="Override the relative tolerance."),
@@ -101,10 +110,13 @@ def parity(
     from vla_export.backends.select import artifact_kind
     from vla_export.parity import parity_check, tolerance_for
 
-    if samples < 1 or batch < 1:
-        raise ConfigError("--samples and --batch must be at least 1")
+    checks.at_least(1, samples=samples, batch=batch)
     if (locate_all or plot) and not locate:
         raise ConfigError("--locate-all and --plot go with --locate")
+    checks.input_file(checkpoint, "reference")
+    checks.input_file(artifact, "artifact")
+    checks.input_paths(data, "data")
+    checks.output_file(json_path, junit, plot, save_reference)
     tolerance = None
     if precision or any(v is not None for v in (atol, rtol, min_cosine, min_sign_agreement, max_rel_error)):
         from vla_export.manifest import read_manifest

@@ -43,13 +43,15 @@ def render_parity(p: dict[str, Any]) -> None:
                       f"{o['cosine']:.6f}", f"{o['ref_std']:.2g}", "[green]pass[/]" if o["passed"] else "[red]FAIL[/]")
     console.print(table)
     for o in p["outputs"].values():
-        if o.get("rule") == "relative":
+        if o.get("failure"):
+            console.print(f"{o['name']}: {o['failure']}", style="red", markup=False)
+        elif o.get("rule") == "relative":
             console.print(f"{o['name']}: judged by relative error per row, max {o['max_row_rel']:.3g} "
                           f"(<= {tol['max_row_rel_error']:g}) and cosine; elementwise bounds apply to actions only", markup=False)
         elif not o["passed"]:
             console.print(f"{o['name']}: {o['violations']} elements out of tolerance", style="red")
     actions = p["outputs"].get("actions")
-    if actions and actions["mae_per_dim"] is not None:
+    if actions and actions["mae_per_dim"] is not None and not actions.get("failure"):
         dims = ", ".join(f"[{i}] MAE {m:.3g} sign {100 * s:.1f}%" for i, (m, s) in enumerate(zip(actions["mae_per_dim"], actions["sign_agreement"])))
         console.print(f"actions per dimension: {dims}")
     if p["candidate"].get("fallback"):

@@ -14,6 +14,8 @@ from vla_export.cli.render import render_completeness, render_parity
 from vla_export.errors import ExitCode
 from vla_export.cli.loading import with_loading_options
 from vla_export.models.resolve import LoadOptions
+from vla_export.cli import checks
+from vla_export.manifest import read_split
 
 
 def _vec(values: list[float]) -> str:
@@ -65,6 +67,13 @@ def replay(
     """Stream an episode through the split runtime; at every step compare with the full-window PyTorch policy (or a saved reference). Exit 1 on a failed step."""
     from vla_export import reference as saved
 
+    checks.input_file(checkpoint, "reference")
+    read_split(artifacts)  # the record, its prefix or its folder: refused now, not after loading the policy
+    checks.input_file(episode, "episode")
+    checks.input_file(backbone, "backbone artifact")
+    checks.input_file(head, "head artifact")
+    checks.input_dir(tokenizer, "tokenizer")
+    checks.output_file(json_path, junit, plot, save_reference)
     opts = dict(backbone=backbone, head=head, precision=precision, atol=atol, tokenizer_dir=tokenizer, text_len=text_len, providers=providers)
     if checkpoint.suffix == ".npz":  # a saved reference: no checkpoint, no torch
         if save_reference:

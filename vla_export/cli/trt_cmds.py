@@ -14,6 +14,7 @@ from vla_export.cli.common import console, err_console, write_json, wrote
 from vla_export.cli.render import render_parity
 from vla_export.cli.loading import with_loading_options
 from vla_export.models.resolve import LoadOptions
+from vla_export.cli import checks
 from vla_export.errors import ConfigError
 
 JsonOpt = typer.Option(None, "--json", help="Also write the report as JSON.")
@@ -30,14 +31,16 @@ def _size(text: str) -> tuple[int, int]:
 
 def episodes(
     output: Path = typer.Option(Path("episodes"), "-o", "--output", help="Folder for the episode files."),
-    count: int = typer.Option(4, "--count", min=1, help="Number of episodes (cycling through the scenarios)."),
-    frames: int = typer.Option(18, "--frames", min=1, help="Frames per episode (the recorded episodes have 18)."),
+    count: int = typer.Option(4, "--count", help="Number of episodes (cycling through the scenarios)."),
+    frames: int = typer.Option(18, "--frames", help="Frames per episode (the recorded episodes have 18)."),
     size: str = typer.Option("720x1280", "--size", help="Frame size HEIGHTxWIDTH (the robot's camera: 720x1280)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the scenes."),
 ) -> None:
     """Write synthetic episodes in the recorded HDF5 format (moving scenes, key-press actions)."""
     from vla_export.data.episodes import instruction_for, write_synthetic_episodes
 
+    checks.at_least(1, count=count, frames=frames)
+    checks.output_dir(output)
     paths = write_synthetic_episodes(output, count, seed=seed, frames=frames, frame_hw=_size(size))
     for p in paths:
         console.print(f"wrote {p} ({_fmt_bytes(p.stat().st_size)}): \"{instruction_for(p.stem)}\"", markup=False)
@@ -67,10 +70,10 @@ def calib(
     onnx: Optional[Path] = typer.Option(None, "--onnx", help="The ONNX to calibrate: config and window from its manifest; the set is checked against its inputs."),
     preset: Optional[str] = typer.Option(None, "--preset", help="Or a config preset."),
     config: Optional[Path] = typer.Option(None, "--config", help="Or a policy config JSON."),
-    samples: int = typer.Option(32, "--samples", min=1, help="Number of windows to sample across the episodes."),
+    samples: int = typer.Option(32, "--samples", help="Number of windows to sample across the episodes."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed."),
-    window: Optional[int] = typer.Option(None, "--window", min=1, help="Frames per sample (default: the ONNX's or the config's window)."),
-    text_len: Optional[int] = typer.Option(None, "--text-len", min=1, help="Pad prompts to this length (default: the longest prompt)."),
+    window: Optional[int] = typer.Option(None, "--window", help="Frames per sample (default: the ONNX's or the config's window)."),
+    text_len: Optional[int] = typer.Option(None, "--text-len", help="Pad prompts to this length (default: the longest prompt)."),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Local Kosmos-2 tokenizer directory (needed for the full-size vocabulary)."),
     json_path: Optional[Path] = JsonOpt,
 ) -> None:
@@ -78,6 +81,12 @@ def calib(
     from vla_export.data.calibration import make_calibration_set
     from vla_export.data.tokenizer import tokenizer_for
 
+    checks.at_least(1, samples=samples, window=window, text_len=text_len)
+    checks.input_paths(data, "data")
+    checks.input_file(onnx, "ONNX")
+    checks.input_file(config, "config")
+    checks.input_dir(tokenizer, "tokenizer")
+    checks.output_file(output, json_path)
     cfg, onnx_window = _calib_config(onnx, preset, config)
     calib_set = make_calibration_set(
         data, cfg, output, count=samples, seed=seed, tokenizer=tokenizer_for(cfg, tokenizer),
@@ -132,6 +141,9 @@ def quantize(
         raise ConfigError("choose one of --int8, --int8-weights or --fp16")
     precision = "int8" if int8 else "int8w" if int8_weights else "fp16"
     output = output or default_output(onnx, precision)
+    checks.input_file(onnx, "ONNX")
+    checks.input_file(calib_path, "calibration set")
+    checks.output_file(output, json_path)
     if int8_weights:
         from vla_export.export.weight_only import quantize_int8_weights
 
@@ -222,6 +234,12 @@ def trt(
 
     if fp16 and int8:
         raise ConfigError("choose one of --fp16 or --int8 (INT8 already enables FP16 for the layers kept out of INT8)")
+    checks.input_file(onnx, "ONNX")
+    checks.input_file(calib_path, "calibration set")
+    checks.at_least(1, samples=samples, max_batch=max_batch)
+    checks.input_file(parity_ckpt, "checkpoint")
+    if not print_trtexec:
+        checks.output_file(output, json_path, calib_cache, timing_cache)
     options = TrtBuildOptions(
         precision="int8" if int8 else "fp16" if fp16 else "fp32", fp16_all=fp16_all, typing=typing_,
         shapes=dict(parse_profile(s) for s in shape or []), max_batch=max_batch, workspace_mib=workspace,

@@ -64,6 +64,8 @@ def check_frame(frame: np.ndarray) -> None:
         raise DataError(f"a frame must be uint8 RGB, got dtype {frame.dtype}")
     if frame.ndim != 3 or frame.shape[2] != 3:
         raise DataError(f"a frame must be [H, W, 3] (HWC RGB), got shape {tuple(frame.shape)}")
+    if frame.shape[0] < 1 or frame.shape[1] < 1:
+        raise DataError(f"a frame must have at least one pixel, got shape {tuple(frame.shape)} (an empty camera image?)")
 
 
 def preprocess_frame(frame: np.ndarray, image_size: int = 224) -> np.ndarray:

@@ -25,6 +25,8 @@ from vla_export.errors import ArtifactError, ConfigError
 from vla_export.fileio import check_output_path, staging_dir
 from vla_export.lazy import lazy_import
 from vla_export.progress import reported
+from vla_export.models.finite import require_finite_weights
+from vla_export.models.memory import check_window_memory
 
 log = logging.getLogger(__name__)
 
@@ -127,10 +129,10 @@ def export_module(
 def check_target(path: str | Path, opset: int, exporter: str) -> Path:
     """The checks of an export's target that need no work: exporter, opset, a writable ``.onnx`` path."""
     check_opset(opset, exporter)
-    path = Path(path)
+    path = check_output_path(path)
     if path.suffix != ".onnx":
         raise ConfigError(f"{path}: the output must end in .onnx")
-    return check_output_path(path)
+    return path
 
 
 def stage_module(
@@ -402,9 +404,12 @@ def export_policy(loaded, path: str | Path, options: OnnxExportOptions = OnnxExp
 
     path = Path(path)
     cfg, policy = loaded.config, loaded.policy
+    require_finite_weights(policy, loaded.checkpoint.path)
     window = cfg.window if options.window is None else options.window
     if window < 1:
         raise ConfigError(f"--window must be positive, got {window}")
+    # The export traces at batch 2 and checks at batch 3 (one frame more with a dynamic window).
+    check_window_memory(cfg, window + int(options.dynamic_window), batch=3, factor=2.0)
     example = dummy_inputs(POLICY, cfg, batch=EXPORT_BATCH, window=window, seed=options.seed)
     example_t = {k: torch.from_numpy(v) for k, v in example.items()}
     dyn = POLICY.dynamic_axes(dynamic_window=options.dynamic_window)

@@ -44,6 +44,8 @@ from vla_export.export.onnx import (
 from vla_export.data.iospec import BACKBONE, HEAD, POLICY, dummy_inputs
 from vla_export.fileio import check_output_path, output_errors, staging_dir
 from vla_export.models.config import PolicyConfig
+from vla_export.models.finite import require_finite_weights
+from vla_export.models.memory import check_window_memory
 from vla_export.runtime.policy import BACKBONE_INPUTS, BACKBONE_OUTPUTS, HEAD_INPUTS, HEAD_OUTPUTS
 
 log = logging.getLogger(__name__)
@@ -161,6 +163,8 @@ def export_split(loaded, prefix: str | Path, options: SplitOptions = SplitOption
     window = cfg.window if options.window is None else options.window
     if window < 1:
         raise ConfigError(f"--window must be positive, got {window}")
+    require_finite_weights(loaded.policy, loaded.checkpoint.path)
+    check_window_memory(cfg, 2 * window, batch=1, factor=2.0)  # the largest parity case: twice the window
     check_opset(options.opset, options.exporter)
     check_opset(options.opset, options.head_exporter)
     paths = split_paths(prefix)

@@ -13,8 +13,9 @@ from vla_export.models.checkpoint import read_checkpoint, tensor_bytes
 from vla_export.models.components import COMPONENTS, OTHER, component_of
 from vla_export.models.config import PolicyConfig
 from vla_export.models.layouts import map_keys
-from vla_export.models.loader import check_keys, load_policy, model_shapes
+from vla_export.models.loader import check_keys, load_policy, model_shapes, resolve_config
 from vla_export.models.resolve import LayoutError, LoadOptions, resolve_model
+from vla_export.models.finite import nonfinite_by_component
 
 
 def inspect_checkpoint(
@@ -51,6 +52,7 @@ def inspect_checkpoint(
         "warnings": [],
         "summary": None,
         "loadable": False,
+        "nonfinite": {},  # component -> NaN/Inf elements
         "load_check": None,
         "reason": None,
     }
@@ -62,6 +64,7 @@ def inspect_checkpoint(
         if isinstance(exc, LayoutError):
             report["diagnosis"] = exc.to_dict()
     report.update(_sizes(sd))
+    report["nonfinite"] = nonfinite_by_component(sd.items())
     report["optimizer_state_bytes"] = tensor_bytes(ckpt.optimizer_state)
     if resolved is None:
         return report

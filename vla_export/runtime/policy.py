@@ -27,8 +27,8 @@ import numpy as np
 
 from vla_export.backends.base import Runner
 from vla_export.data.iospec import BACKBONE, HEAD
-from vla_export.data.preprocess import check_frame, preprocess_frame, prompt_for
-from vla_export.errors import RunnerError
+from vla_export.data.preprocess import DEFAULT_INSTRUCTION, check_frame, preprocess_frame, prompt_for
+from vla_export.errors import DataError, RunnerError
 
 #: Tensor names of the split parts (the ONNX files, engines and torch part runners all use them).
 BACKBONE_INPUTS = BACKBONE.input_names
@@ -224,13 +224,40 @@ class Policy:
         """The backbone's text inputs [1, L] set by the last :meth:`reset` (None before one)."""
         return self._prompt
 
-    def reset(self, instruction: str | None) -> None:
-        """Start an episode: tokenise the instruction once and empty the feature window."""
-        self._prompt = self.prompt_feed(instruction)
+    def reset(self, instruction: str) -> None:
+        """Start an episode: tokenise the instruction once and empty the feature window.
+
+        Refused here, not at every later step: an instruction that is not a non-empty string, or one
+        longer than the policy's text length (the model has no positions for more tokens).
+        """
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise DataError(
+                f"Policy.reset() needs the instruction as a non-empty string, got {instruction!r} "
+                f"(e.g. {DEFAULT_INSTRUCTION!r})"
+            )
+        prompt = self.prompt_feed(instruction)
+        limit = self.max_prompt_tokens()
+        tokens = int(prompt["attention_mask"].sum())
+        if limit is not None and tokens > limit:
+            raise DataError(
+                f"the instruction is {tokens} tokens with the prompt template, more than the policy's text length of "
+                f"{limit}: shorten it"
+            )
+        self._prompt = prompt
         self.instruction = instruction
         self.ring.clear()
         self.steps = 0
         self.last_timing = None
+
+    def max_prompt_tokens(self) -> int | None:
+        """The most prompt tokens a step can take: the config's text length (TensorRT profiles end
+        there), and never more than the text model has positions for after the image prefix
+        (beyond that ONNX Runtime fails inside a Gather). None when the config is not known.
+        """
+        cfg = self.config
+        if cfg is None:
+            return None
+        return min(cfg.max_text_len, cfg.kosmos_text.max_position_embeddings - cfg.prefix_len)
 
     def step(self, frame: np.ndarray) -> np.ndarray:
         """One uint8 [H, W, 3] RGB camera frame -> the action, float32 [action_dim]."""

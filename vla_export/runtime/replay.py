@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from vla_export.backends.base import Runner
-from vla_export.data.preprocess import preprocess_frames
+from vla_export.data.preprocess import DEFAULT_INSTRUCTION, preprocess_frames
 from vla_export.runtime.policy import Policy, window_indices
 from vla_export.precision import loosest
 from vla_export.progress import reported
@@ -115,6 +115,7 @@ def replay_frames(
     padded by the warm-up rule, with the same tokens.
     """
     pixels = preprocess_frames(frames, policy.image_size)
+    instruction = DEFAULT_INSTRUCTION if instruction is None else instruction  # episodes that record none
     prompt = policy.prompt_feed(instruction)
     result = ReplayResult(episode=dict(info or {}), atol=atol, policy=policy.describe(), reference=reference.describe())
     policy.reset(instruction)

@@ -1,0 +1,67 @@
+"""Argument checks every command makes before its heavy imports and its work.
+
+A missing input or an output location that cannot be written is found in milliseconds, not after
+torch has been imported and a checkpoint loaded (seconds) or a model exported (minutes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from vla_export.errors import ArtifactError, CheckpointError, ConfigError, DataError, VlaExportError
+from vla_export.fileio import check_output_path
+
+_ERRORS: dict[str, type[VlaExportError]] = {"checkpoint": CheckpointError, "config": ConfigError, "data": DataError}
+
+
+def input_file(path: Path | None, what: str = "file") -> Path | None:
+    """``path`` must be an existing file (``None``, an option not given, passes)."""
+    if path is None:
+        return None
+    error = _ERRORS.get(what, ArtifactError)
+    if not path.exists():
+        raise error(f"{path}: {what} not found")
+    if path.is_dir():
+        raise error(f"{path}: is a folder, not a {what} file")
+    return path
+
+
+def input_paths(paths: Iterable[Path] | None, what: str = "data") -> None:
+    """Each path must exist (a file or a folder of files)."""
+    for path in paths or ():
+        if not path.exists():
+            raise _ERRORS.get(what, ArtifactError)(f"{path}: {what} not found")
+
+
+def input_dir(path: Path | None, what: str) -> Path | None:
+    if path is not None and not path.is_dir():
+        raise ConfigError(f"{path}: {what} folder not found")
+    return path
+
+
+def output_file(*paths: Path | None) -> None:
+    """Each given output file location can be written (see :func:`vla_export.fileio.check_output_path`)."""
+    for path in paths:
+        if path is not None and str(path) != "-":  # "-": standard output
+            check_output_path(path)
+
+
+def output_dir(path: Path) -> None:
+    check_output_path(path, folder=True)
+
+
+def checkpoint_or_preset(artifact: str, prefix: str = "preset:") -> None:
+    """A vla-bench artifact: ``preset:NAME``, or a file that exists."""
+    if not artifact.startswith(prefix):
+        input_file(Path(artifact), "artifact")
+
+
+def at_least(minimum: int, **values: int | None) -> None:
+    """Each given count is at least ``minimum`` (``None``, not given, passes): 0 never silently means "default".
+
+    Keyword names are the options, ``text_len`` -> ``--text-len``.
+    """
+    for name, value in values.items():
+        if value is not None and value < minimum:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least {minimum}, got {value}")
