@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.table import Table
 
 from vla_export.cli.common import console, err_console, write_json, wrote
+from vla_export.cli.render import fmt_bytes, render_components
 from vla_export.cli.loading import with_loading_options
 from vla_export.errors import VlaExportError
 from vla_export.models.resolve import LoadOptions
@@ -32,16 +32,8 @@ def init(
     console.print(f"wrote {output} (preset {preset}, {n:,} parameters, {output.stat().st_size / 1e6:.1f} MB)")
 
 
-def _fmt_bytes(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1000
-    return str(n)
-
-
 def render_inspect(report: dict[str, Any]) -> None:
-    console.print(f"[bold]{report['path']}[/]  {_fmt_bytes(report['file_size'])}  format={report['format']}  layout={report['layout']}")
+    console.print(f"[bold]{report['path']}[/]  {fmt_bytes(report['file_size'])}  format={report['format']}  layout={report['layout']}")
     if report["metadata"]:
         meta = ", ".join(f"{k}={v}" for k, v in report["metadata"].items())
         console.print(f"training metadata: {meta}", markup=False)
@@ -49,16 +41,9 @@ def render_inspect(report: dict[str, Any]) -> None:
         kl = report["key_layout"]
         renames = f" (renames: {' '.join(kl['renames'])})" if kl["renames"] else ""
         console.print(f"key layout: {kl['description']}{renames}", markup=False)
-    table = Table(title="parameters by component")
-    table.add_column("component")
-    table.add_column("parameters", justify="right")
-    table.add_column("bytes", justify="right")
-    for name, count in report["components"].items():
-        table.add_row(name, f"{count:,}", _fmt_bytes(report["component_bytes"][name]))
-    table.add_row("[bold]total[/]", f"[bold]{report['total_params']:,}[/]", f"[bold]{_fmt_bytes(report['total_bytes'])}[/]")
-    console.print(table)
+    render_components("parameters by component", report["components"], report["component_bytes"], report["total_params"], report["total_bytes"])
     dtypes = ", ".join(f"{k}: {v:,}" for k, v in report["dtypes"].items())
-    console.print(f"dtypes: {dtypes}; optimizer state: {_fmt_bytes(report['optimizer_state_bytes'])}")
+    console.print(f"dtypes: {dtypes}; optimizer state: {fmt_bytes(report['optimizer_state_bytes'])}")
     if report.get("params_note"):
         console.print(f"parameters: {report['params_note']}", markup=False)
     if report["config"]:
@@ -83,7 +68,7 @@ def render_inspect(report: dict[str, Any]) -> None:
     if "load" in report:
         ld = report["load"]
         ratio = ld["peak_rss_bytes"] / max(ld["weights_bytes"], 1)
-        console.print(f"full load (all weights read): {ld['seconds']:.2f} s, peak RSS {_fmt_bytes(ld['peak_rss_bytes'])} ({ratio:.2f}x the weights)")
+        console.print(f"full load (all weights read): {ld['seconds']:.2f} s, peak RSS {fmt_bytes(ld['peak_rss_bytes'])} ({ratio:.2f}x the weights)")
     verdict = "[green]loadable (strict)[/]" if report["loadable"] else "[red]NOT loadable[/]"
     bad = report.get("nonfinite") or {}
     if bad:

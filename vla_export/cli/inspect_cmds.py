@@ -6,12 +6,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.table import Table
 
-from vla_export.cli.checkpoint_cmds import _fmt_bytes, inspect_checkpoint_cmd
+from vla_export.cli.checkpoint_cmds import inspect_checkpoint_cmd
 from vla_export.cli.loading import with_loading_options
 from vla_export.models.resolve import LoadOptions
 from vla_export.cli.common import console, write_json, wrote
+from vla_export.cli.render import fmt_bytes, render_components
 from vla_export.errors import ConfigError
 
 
@@ -33,7 +33,7 @@ def _render_manifest(r: dict[str, Any]) -> None:
 
 def render_onnx(r: dict[str, Any]) -> None:
     opset = ", ".join(f"{k} {v}" for k, v in r["opset"].items())
-    console.print(f"[bold]{r['path']}[/]  {_fmt_bytes(r['file_size'])}  ONNX IR {r['ir_version']}, opset {opset}, {r['producer']}")
+    console.print(f"[bold]{r['path']}[/]  {fmt_bytes(r['file_size'])}  ONNX IR {r['ir_version']}, opset {opset}, {r['producer']}")
     console.print("inputs:  " + "; ".join(_shape(v) for v in r["inputs"]), markup=False)
     console.print("outputs: " + "; ".join(_shape(v) for v in r["outputs"]), markup=False)
     p = r["precision"]
@@ -46,22 +46,16 @@ def render_onnx(r: dict[str, Any]) -> None:
     console.print(line, markup=False)
     top = ", ".join(f"{k} {v}" for k, v in list(r["ops"].items())[:12])
     console.print(f"{r['nodes']} nodes: {top}{', ...' if len(r['ops']) > 12 else ''}", markup=False)
-    table = Table(title="initializers by component")
-    table.add_column("component")
-    table.add_column("elements", justify="right")
-    table.add_column("bytes", justify="right")
-    for name, count in r["component_elements"].items():
-        table.add_row(name, f"{count:,}", _fmt_bytes(r["component_bytes"][name]))
-    table.add_row("[bold]total[/]", f"{sum(r['component_elements'].values()):,}", f"[bold]{_fmt_bytes(r['total_initializer_bytes'])}[/]")
-    console.print(table)
+    render_components("initializers by component", r["component_elements"], r["component_bytes"], sum(r["component_elements"].values()),
+                      r["total_initializer_bytes"], count_label="elements")
     for f in r["external_data"]:
-        state = _fmt_bytes(f["bytes"]) if f["exists"] else "[red]MISSING[/]"
+        state = fmt_bytes(f["bytes"]) if f["exists"] else "[red]MISSING[/]"
         console.print(f"external data: {f['name']} ({f['tensors']} tensors) {state}")
     _render_manifest(r)
 
 
 def render_engine(r: dict[str, Any]) -> None:
-    console.print(f"[bold]{r['path']}[/]  {_fmt_bytes(r['file_size'])}  TensorRT engine")
+    console.print(f"[bold]{r['path']}[/]  {fmt_bytes(r['file_size'])}  TensorRT engine")
     _render_manifest(r)
     src = r["source_onnx"]
     if src["path"]:
@@ -84,7 +78,7 @@ def render_engine(r: dict[str, Any]) -> None:
 def render_split(r: dict[str, Any]) -> None:
     console.print(f"[bold]{r['path']}[/]  split export of '{r['config']}', window {r['window']} ({r['warmup']})")
     for part, p in r["parts"].items():
-        state = f"{_fmt_bytes(p['bytes'])}, {p['parameters']:,} parameters, {p['precision']}" if p["exists"] else "[red]MISSING[/]"
+        state = f"{fmt_bytes(p['bytes'])}, {p['parameters']:,} parameters, {p['precision']}" if p["exists"] else "[red]MISSING[/]"
         console.print(f"  {part}: {p['path']} {state}")
     n = r["parameters"] or {}
     console.print(f"parameters: policy {n.get('policy', 0):,}, sum of parts {n.get('sum_of_parts', 0):,}")
@@ -95,7 +89,7 @@ def render_split(r: dict[str, Any]) -> None:
 
 def render_calibration(r: dict[str, Any]) -> None:
     rec = r["record"]
-    console.print(f"[bold]{r['path']}[/]  {_fmt_bytes(r['file_size'])}  calibration set: {r['samples']} samples for '{rec.get('config')}' "
+    console.print(f"[bold]{r['path']}[/]  {fmt_bytes(r['file_size'])}  calibration set: {r['samples']} samples for '{rec.get('config')}' "
                   f"(window {rec.get('window')}, text {rec.get('text_len')}, seed {rec.get('seed')}, tokenizer {rec.get('tokenizer')})")
     for name, a in r["inputs"].items():
         rng = f" range {a['min']:.3g}..{a['max']:.3g}" if "min" in a else ""
@@ -104,7 +98,7 @@ def render_calibration(r: dict[str, Any]) -> None:
 
 
 def render_episode(r: dict[str, Any]) -> None:
-    console.print(f"[bold]{r['path']}[/]  {_fmt_bytes(r['file_size'])}  episode '{r['name']}': {r['num_frames']} frames "
+    console.print(f"[bold]{r['path']}[/]  {fmt_bytes(r['file_size'])}  episode '{r['name']}': {r['num_frames']} frames "
                   f"{r['frame_hw'][0]}x{r['frame_hw'][1]}, {r['total_duration']:.2f} s ({r['fps']} fps), chunk {r['action_chunk_size']}")
     a = r["actions"]
     console.print(f"actions {a['shape']} {a['dtype']} range {a.get('min', 0):.3g}..{a.get('max', 0):.3g}; events: "

@@ -9,10 +9,9 @@ from typing import Optional
 import typer
 
 from vla_export.cli import checks
-from vla_export.cli.checkpoint_cmds import _fmt_bytes
 from vla_export.cli.common import JunitOpt, console, write_json, wrote
 from vla_export.cli.junit import parity_cases, write_junit
-from vla_export.cli.render import render_completeness, render_parity
+from vla_export.cli.render import fmt_bytes, render_completeness, render_parity
 from vla_export.cli.runtime_cmds import export_split_cmd
 from vla_export.errors import ConfigError, ExitCode
 from vla_export.cli.loading import with_loading_options
@@ -71,7 +70,7 @@ def onnx(
         render_parity(p)
     if not ort_check:
         console.print("ONNX Runtime check skipped (--no-ort-check): run `vla-export parity` before trusting this model", style="yellow")
-    files = ", ".join(f"{f['name']} ({_fmt_bytes(f['bytes'])})" for f in report["files"])
+    files = ", ".join(f"{f['name']} ({fmt_bytes(f['bytes'])})" for f in report["files"])
     console.print(f"wrote {result.path} in {result.seconds:.1f} s: {files}; manifest {result.manifest_path}")
     if json_path:
         write_json(json_path, report, "onnx-export")

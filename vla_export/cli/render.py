@@ -9,6 +9,15 @@ from rich.table import Table
 from vla_export.cli.common import console
 
 
+def fmt_bytes(n: int) -> str:
+    """1234567 -> '1.23 MB' (decimal units, as file sizes are usually given)."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    return str(n)
+
+
 def render_completeness(c: dict[str, Any]) -> None:
     table = Table(title="completeness: parameters held by the graph")
     for col, justify in (("component", "left"), ("parameters", "right"), ("in graph", "right"), ("coverage", "right")):
@@ -85,3 +94,17 @@ def render_discrimination(p: dict[str, Any]) -> None:
             + ("--strict makes this a failure" if p.get("strict") else "use more or more varied samples (--strict fails here)"),
             style="red" if p.get("strict") else "yellow", markup=False,
         )
+
+
+def render_components(title: str, counts: dict[str, int], sizes: dict[str, int], total_count: int, total_bytes: int,
+                      count_label: str = "parameters") -> None:
+    """Counts and bytes per component, with their total: checkpoints and ONNX graphs alike."""
+    table = Table(title=title)
+    table.add_column("component")
+    table.add_column(count_label, justify="right")
+    table.add_column("bytes", justify="right")
+    for name, count in counts.items():
+        table.add_row(name, f"{count:,}", fmt_bytes(sizes[name]))
+    table.add_row("[bold]total[/]", f"[bold]{total_count:,}[/]", f"[bold]{fmt_bytes(total_bytes)}[/]")
+    console.print(table)
+

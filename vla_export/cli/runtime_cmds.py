@@ -14,6 +14,7 @@ from vla_export.cli.render import render_completeness, render_parity
 from vla_export.errors import ExitCode
 from vla_export.cli.loading import with_loading_options
 from vla_export.models.resolve import LoadOptions
+from vla_export.artifacts import CHECKPOINT_SUFFIXES
 from vla_export.cli import checks
 from vla_export.manifest import read_split
 
@@ -178,7 +179,7 @@ def bench_streaming_cmd(
     specs = [BackendSpec.parse(b) for b in backends]
     reports = []
     for artifact in artifacts:
-        is_model = artifact.startswith(PRESET_PREFIX) or Path(artifact).suffix in (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
+        is_model = artifact.startswith(PRESET_PREFIX) or Path(artifact).suffix.lower() in CHECKPOINT_SUFFIXES
         kinds = ("torch",) if is_model else ("onnxrt", "trt")
         chosen = [s for s in specs if s.kind in kinds] or [BackendSpec.parse(kinds[0])]
         for spec in chosen:

@@ -8,10 +8,9 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from vla_export.cli.checkpoint_cmds import _fmt_bytes
 from vla_export.errors import ExitCode
 from vla_export.cli.common import console, err_console, write_json, wrote
-from vla_export.cli.render import render_parity
+from vla_export.cli.render import fmt_bytes, render_parity
 from vla_export.cli.loading import with_loading_options
 from vla_export.models.resolve import LoadOptions
 from vla_export.cli import checks
@@ -43,7 +42,7 @@ def episodes(
     checks.output_dir(output)
     paths = write_synthetic_episodes(output, count, seed=seed, frames=frames, frame_hw=_size(size))
     for p in paths:
-        console.print(f"wrote {p} ({_fmt_bytes(p.stat().st_size)}): \"{instruction_for(p.stem)}\"", markup=False)
+        console.print(f"wrote {p} ({fmt_bytes(p.stat().st_size)}): \"{instruction_for(p.stem)}\"", markup=False)
 
 
 def _calib_config(onnx: Optional[Path], preset: Optional[str], config: Optional[Path]):
@@ -98,7 +97,7 @@ def calib(
         calib_set.check_inputs(io_signature(onnx)["inputs"], onnx)
     report = calib_set.to_dict()
     shapes = ", ".join(f"{k} {v}" for k, v in report["shapes"].items())
-    console.print(f"wrote {output} ({_fmt_bytes(output.stat().st_size)}): {len(calib_set)} samples from "
+    console.print(f"wrote {output} ({fmt_bytes(output.stat().st_size)}): {len(calib_set)} samples from "
                   f"{len(report['episodes'])} episodes, tokenizer {report['tokenizer']}; per sample {shapes}", markup=False)
     if json_path:
         write_json(json_path, report, "calib")
@@ -111,8 +110,8 @@ def render_quantize(r: dict[str, Any]) -> None:
     w = r["options"].get("weight_bytes")
     if w:
         extra += (f"; weight-only: {w['quantized_tensors']} weights INT8 ({100 * w['int8_share_of_weight_elements']:.1f}% of weight "
-                  f"elements), weights {_fmt_bytes(w['float_bytes_before'])} -> {_fmt_bytes(w['bytes_after'])}")
-    console.print(f"wrote {r['output']} ({r['precision']}, {_fmt_bytes(r['bytes'])}, {r['seconds']:.1f} s); kept in FP32: {kept}{extra}", markup=False)
+                  f"elements), weights {fmt_bytes(w['float_bytes_before'])} -> {fmt_bytes(w['bytes_after'])}")
+    console.print(f"wrote {r['output']} ({r['precision']}, {fmt_bytes(r['bytes'])}, {r['seconds']:.1f} s); kept in FP32: {kept}{extra}", markup=False)
 
 
 def quantize(
@@ -197,7 +196,7 @@ def render_build(r: dict[str, Any]) -> None:
     for rule in plan["layer_rules"]:
         table.add_row(f"keep {rule['precision']}", f"{rule['reason']} ({r['layer_rules_applied'].get(rule['reason'], 0)} layers)")
     console.print(table)
-    console.print(f"built in {r['seconds']:.1f} s, {_fmt_bytes(r['bytes'])}; manifest {r['manifest']}", markup=False)
+    console.print(f"built in {r['seconds']:.1f} s, {fmt_bytes(r['bytes'])}; manifest {r['manifest']}", markup=False)
 
 
 @with_loading_options

@@ -170,15 +170,20 @@ def check_same_config(artifact: Any, recorded: Mapping[str, Any] | None, config:
     return "same config as the reference"
 
 
-def load_config(path: str | Path) -> PolicyConfig:
-    """Read a config JSON file (as written by ``inspect --json`` under ``config``, or by :func:`PolicyConfig.to_dict`)."""
-    path = Path(path)
+def read_config_json(path: Path) -> Any:
+    """The parsed JSON of a ``--config`` file; one line naming the file when it is missing or not JSON."""
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: not a readable JSON config ({exc})") from None
+
+
+def load_config(path: str | Path) -> PolicyConfig:
+    """Read a config JSON file (as written by ``inspect --json`` under ``config``, or by :func:`PolicyConfig.to_dict`)."""
+    path = Path(path)
+    data = read_config_json(path)
     if isinstance(data, dict) and "config" in data and "kosmos_vision" not in data:
         data = data["config"]
     if not isinstance(data, dict):

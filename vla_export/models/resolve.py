@@ -19,7 +19,7 @@ from typing import Any
 
 from vla_export.errors import ArchitectureError, ConfigError, StrictLoadError
 from vla_export.models.checkpoint import Checkpoint, parse_renames, strip_and_rename
-from vla_export.models.config import PRESETS, PolicyConfig, TextConfig, TokenIds, VisionConfig
+from vla_export.models.config import PRESETS, PolicyConfig, TextConfig, TokenIds, VisionConfig, read_config_json
 from vla_export.models.infer import FieldSource, format_value, infer_config
 from vla_export.models.layouts import (
     KNOWN_LAYOUTS, WRAPPERS, KeyMapping, PrefixGroup, group_prefixes, map_keys, propose_renames, render_renames, unrecognised,
@@ -90,12 +90,7 @@ def apply_sets(cfg: PolicyConfig, sets: Sequence[tuple[str, Any]]) -> PolicyConf
 def read_model_record(path: str | Path) -> tuple[PolicyConfig, list[tuple[str, str]]]:
     """A ``--config`` file: a saved record (config + renames), ``inspect --json`` output, or a bare config."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: not a readable JSON config ({exc})") from None
+    data = read_config_json(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object")
     renames: list[tuple[str, str]] = []
