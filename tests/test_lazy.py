@@ -54,6 +54,6 @@ def test_cli_reports_missing_dependency_in_one_line():
          "sys.exit(run_app(app, ['go']))\n"],
         capture_output=True, text=True, timeout=300,
     )
-    assert r.returncode == 2
+    assert r.returncode == 3  # ExitCode.ENVIRONMENT: a missing dependency
     assert r.stderr.strip().startswith("error: go needs the Python module 'polygraphy'") and "pip install polygraphy" in r.stderr
     assert "Traceback" not in r.stderr
