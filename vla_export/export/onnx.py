@@ -22,6 +22,7 @@ from typing import Any
 
 from vla_export.backends.onnx_files import external_data_files, require_external_data
 from vla_export.errors import ArtifactError, ConfigError
+from vla_export.manifest import read_manifest
 from vla_export.fileio import check_output_path, staging_dir
 from vla_export.lazy import lazy_import
 from vla_export.progress import reported
