@@ -262,8 +262,6 @@ def check_model(path: str | Path) -> None:
 
 def recorded_sizes(path: str | Path) -> dict[str, int]:
     """File name -> bytes, as the manifest beside ``path`` records them (empty without one)."""
-    from vla_export.manifest import read_manifest
-
     manifest = read_manifest(path, required=False) or {}
     return {f["name"]: int(f["bytes"]) for f in manifest.get("files", []) if "name" in f and "bytes" in f}
 
