@@ -418,7 +418,6 @@ def export_policy(loaded, path: str | Path, options: OnnxExportOptions = OnnxExp
 
     def verify(tmp: Path) -> None:
         state["export_seconds"] = time.perf_counter() - start
-        log.info("exported in %.1f s; checking", state["export_seconds"])
         _verify_stage(tmp, loaded, options, window, state, "export")
         if options.simplify:
             simplify(tmp)
