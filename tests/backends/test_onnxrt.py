@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from vla_export.backends.onnxrt import OnnxrtRunner
 from vla_export.errors import ArtifactError, MissingDependencyError, RunnerError
 
 
@@ -151,3 +152,66 @@ def test_exact_qdq_runs_the_quantized_arithmetic_not_int8_kernels(tmp_path):
         np.testing.assert_allclose(exact.session.run(None, {"x": x})[0], expected, rtol=1e-5, atol=1e-5)
     with pytest.raises(RunnerError, match="qdq"):
         OnnxrtRunner(tmp_path / "qdq.onnx", qdq="fast")
+
+
+def test_gpu_provider_stages_with_iobinding(tiny_onnx, monkeypatch):
+    """On a GPU provider, stage() copies inputs to the device and binds them, so execute() runs the graph only.
+
+    No CUDA provider exists here: the device copy and the binding are recorded by stand-ins around the
+    real CPU session, which also computes the outputs."""
+    import onnxruntime as ort
+
+    from vla_export.data.iospec import POLICY, dummy_inputs
+    from vla_export.models.config import get_preset
+
+    feed = dummy_inputs(POLICY, get_preset("tiny"), window=4)
+    calls = []
+
+    class Binding:
+        def __init__(self, session):
+            self.session, self.inputs, self.outputs, self.result = session, {}, [], None
+
+        def bind_ortvalue_input(self, name, value):
+            calls.append(("bind_input", name, value.device))
+            self.inputs[name] = value.array
+
+        def bind_output(self, name, device, index):
+            calls.append(("bind_output", name, device))
+            self.outputs.append(name)
+
+        def copy_outputs_to_cpu(self):
+            calls.append(("copy_outputs_to_cpu",))
+            return self.result
+
+    class Session:
+        def __init__(self, real):
+            self.real = real
+
+        def io_binding(self):
+            return Binding(self.real)
+
+        def run_with_iobinding(self, binding):
+            calls.append(("run_with_iobinding",))
+            binding.result = self.real.run(binding.outputs, binding.inputs)
+
+        def run(self, *args):  # the host path must not be taken
+            raise AssertionError("session.run called on a GPU provider")
+
+    class DeviceValue:
+        def __init__(self, array, device):
+            self.array, self.device = array, device
+
+    monkeypatch.setattr(ort.OrtValue, "ortvalue_from_numpy", staticmethod(lambda a, device, index: DeviceValue(a, device)))
+    with OnnxrtRunner(tiny_onnx) as cpu:
+        want = cpu.infer(feed)
+    with OnnxrtRunner(tiny_onnx) as runner:
+        runner.session, runner.provider = Session(runner.session), "CUDAExecutionProvider"
+        assert runner.device == "cuda"
+        staged = runner.stage(feed)
+        assert [c[0] for c in calls] == ["bind_input"] * 3 + ["bind_output"] * len(runner.output_names)
+        assert all(c[2] == "cuda" for c in calls)
+        calls.clear()
+        outputs = runner.execute(staged)
+        assert calls == [("run_with_iobinding",)]
+        got = runner.to_host(outputs)
+    np.testing.assert_array_equal(got["actions"], want["actions"])

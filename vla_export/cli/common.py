@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from contextvars import ContextVar
 import io
 import json
 import logging
@@ -182,6 +183,7 @@ def run_app(app: typer.Typer, argv: Sequence[str] | None = None, prog_name: str 
     rest = [a for a in options if a != DEBUG_FLAG and a not in VERBOSE_FLAGS] + args[len(options):]
     args = [*([DEBUG_FLAG] if debug else []), *(["--verbose"] if verbose else []), *rest] if _has_callback(app) else rest
     _setup_logging(debug)
+    token = _reports_written.set(set())
     try:
         command = typer.main.get_command(app)
         if not sys.stdout.isatty():  # a log or a pipe: Click's help wraps at this width instead of cutting
@@ -222,6 +224,8 @@ def run_app(app: typer.Typer, argv: Sequence[str] | None = None, prog_name: str 
             raise
         err_console.print(f"error: {message}", style="red", markup=False, soft_wrap=True)
         return ExitCode.INTERNAL
+    finally:
+        _reports_written.reset(token)
 
 
 def _failure_report(options: list[str], exit_code: int, message: str) -> None:
@@ -229,6 +233,8 @@ def _failure_report(options: list[str], exit_code: int, message: str) -> None:
     path = next((b for a, b in zip(options, options[1:]) if a == "--json"), None)
     path = path or next((a.split("=", 1)[1] for a in options if a.startswith("--json=")), None)
     if not path:
+        return
+    if str(Path(path)) in (_reports_written.get() or ()):  # the command wrote its own report, with the failure in it
         return
     command = next((a for a in options if not a.startswith("-")), None)
     report = {"schema": "vla-export/failure/1", "command": command, "argv": options, "passed": False,
@@ -251,6 +257,8 @@ def _has_callback(app: typer.Typer) -> bool:
 
 
 STDOUT = "-"
+#: The reports written while one command runs, so that a failure report never replaces one of them.
+_reports_written: ContextVar[set[str] | None] = ContextVar("vla_export_reports_written", default=None)
 
 
 def write_json(path: str | Path, data: dict[str, Any], what: str = "report") -> Path:
@@ -261,6 +269,9 @@ def write_json(path: str | Path, data: dict[str, Any], what: str = "report") -> 
     """
     data = {"schema": f"vla-export/{what}/1", **data} if "schema" not in data else data
     text = json.dumps(data, indent=2, sort_keys=False, default=str) + "\n"
+    written = _reports_written.get()
+    if written is not None:
+        written.add(str(Path(path)))
     if str(path) == STDOUT:
         stream = console.report_file or sys.stdout
         stream.write(text)
