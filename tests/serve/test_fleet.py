@@ -13,7 +13,7 @@ from vla_export.serve.fleet import Fleet, StepRequest
 
 ATOL = tolerance_for("fp32").atol
 TEXT_LEN = 32
-INSTRUCTIONS = ("go to the cup", "reach the leftmost box", None)
+INSTRUCTIONS = ("go to the cup", "reach the leftmost box", "turn left and then stop")
 
 
 def frames(seed: int, n: int, hw=(48, 64)) -> np.ndarray:
@@ -64,16 +64,18 @@ def test_fleet_start_step_end_and_isolated_errors(template, tiny_split):
     f = frames(3, 3)
     ok = fleet.execute([StepRequest(1, f[0], start=True, instruction="go to the cup"),
                         StepRequest(2, f[0].astype(np.float32), start=True),  # wrong dtype: that robot only
-                        StepRequest(3, f[0])])  # no START
+                        StepRequest(3, f[0]),  # no START
+                        StepRequest(6, f[0], start=True)])  # START without its instruction
     assert ok[0].error is None and ok[0].steps == 1
-    assert "uint8" in ok[1].error and "START" in ok[2].error and sorted(fleet.robots) == [1]  # the refused START made no state
+    assert "uint8" in ok[1].error and "START" in ok[2].error and "INSTRUCTION" in ok[3].error
+    assert sorted(fleet.robots) == [1]  # the refused STARTs made no state
     too_long = fleet.execute([StepRequest(2, f[0], start=True, instruction="go " * 40), StepRequest(1, f[1])])
     assert "tokens" in too_long[0].error and too_long[1].error is None and too_long[1].steps == 2
     want = reference_actions(tiny_split.manifest_path, "go to the cup", f[:2])
     np.testing.assert_allclose(too_long[1].action, want[1], atol=ATOL, rtol=0)
     # the limit on robots, END frees a slot, idle robots expire
-    fleet.execute([StepRequest(4, f[0], start=True)])
-    full = fleet.execute([StepRequest(5, f[0], start=True)])
+    fleet.execute([StepRequest(4, f[0], start=True, instruction="turn left")])
+    full = fleet.execute([StepRequest(5, f[0], start=True, instruction="turn left")])
     assert "limit is 2" in full[0].error
     fleet.execute([StepRequest(4, f[1], end=True)])
     assert sorted(fleet.robots) == [1]

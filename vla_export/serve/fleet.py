@@ -78,6 +78,8 @@ class Fleet:
     def start(self, robot: int, instruction: str | None) -> Policy:
         """START: a new episode for ``robot`` (``Policy.reset``); an instruction that does not fit is a DataError."""
         self.end(robot)  # a START always begins afresh, even when its instruction is refused
+        if instruction is None:
+            raise DataError(f"robot {robot}: a START request needs the INSTRUCTION input (the episode's instruction as UTF-8 bytes)")
         if len(self.robots) >= self.max_robots:
             raise DataError(f"robot {robot}: {len(self.robots)} robots already hold state, the limit is {self.max_robots} (--max-robots)")
         policy = self._new_policy()
