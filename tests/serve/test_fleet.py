@@ -7,14 +7,13 @@ import pytest
 
 from vla_export.errors import DataError, RunnerError
 from vla_export.precision import tolerance_for
-from vla_export.data.preprocess import DEFAULT_INSTRUCTION
 from vla_export.runtime.batch import step_batch
 from vla_export.runtime.policy import Policy
 from vla_export.serve.fleet import Fleet, StepRequest
 
 ATOL = tolerance_for("fp32").atol
 TEXT_LEN = 32
-INSTRUCTIONS = ("go to the cup", "reach the leftmost box", None)
+INSTRUCTIONS = ("go to the cup", "reach the leftmost box", "turn left and then stop")
 
 
 def frames(seed: int, n: int, hw=(48, 64)) -> np.ndarray:
@@ -30,7 +29,7 @@ def template(tiny_split):
 
 def reference_actions(split, instruction, frames_) -> np.ndarray:
     with Policy.from_artifacts(split, text_len=TEXT_LEN) as p:
-        p.reset(DEFAULT_INSTRUCTION if instruction is None else instruction)
+        p.reset(instruction)
         return np.stack([p.step(f) for f in frames_])
 
 
@@ -40,7 +39,7 @@ def test_step_batch_equals_policy_step(template, tiny_split):
     for instruction in INSTRUCTIONS:
         p = Policy(template.backbone, template.head, tokenizer=template.tokenizer, window=template.window,
                    image_size=template.image_size, action_dim=template.action_dim, text_len=TEXT_LEN)
-        p.reset(DEFAULT_INSTRUCTION if instruction is None else instruction)
+        p.reset(instruction)
         policies.append(p)
     got = np.stack([step_batch(policies, [s[k] for s in streams]) for k in range(6)], axis=1)  # [robot, step, A]
     for robot, (instruction, stream) in enumerate(zip(INSTRUCTIONS, streams)):
@@ -65,16 +64,18 @@ def test_fleet_start_step_end_and_isolated_errors(template, tiny_split):
     f = frames(3, 3)
     ok = fleet.execute([StepRequest(1, f[0], start=True, instruction="go to the cup"),
                         StepRequest(2, f[0].astype(np.float32), start=True),  # wrong dtype: that robot only
-                        StepRequest(3, f[0])])  # no START
+                        StepRequest(3, f[0]),  # no START
+                        StepRequest(6, f[0], start=True)])  # START without its instruction
     assert ok[0].error is None and ok[0].steps == 1
-    assert "uint8" in ok[1].error and "START" in ok[2].error and sorted(fleet.robots) == [1]  # the refused START made no state
+    assert "uint8" in ok[1].error and "START" in ok[2].error and "INSTRUCTION" in ok[3].error
+    assert sorted(fleet.robots) == [1]  # the refused STARTs made no state
     too_long = fleet.execute([StepRequest(2, f[0], start=True, instruction="go " * 40), StepRequest(1, f[1])])
     assert "tokens" in too_long[0].error and too_long[1].error is None and too_long[1].steps == 2
     want = reference_actions(tiny_split.manifest_path, "go to the cup", f[:2])
     np.testing.assert_allclose(too_long[1].action, want[1], atol=ATOL, rtol=0)
     # the limit on robots, END frees a slot, idle robots expire
-    fleet.execute([StepRequest(4, f[0], start=True)])
-    full = fleet.execute([StepRequest(5, f[0], start=True)])
+    fleet.execute([StepRequest(4, f[0], start=True, instruction="turn left")])
+    full = fleet.execute([StepRequest(5, f[0], start=True, instruction="turn left")])
     assert "limit is 2" in full[0].error
     fleet.execute([StepRequest(4, f[1], end=True)])
     assert sorted(fleet.robots) == [1]

@@ -134,3 +134,20 @@ def test_serve_refuses_a_folder_not_written_by_triton(cli, tmp_path):
     (tmp_path / "m").mkdir()
     r = cli("serve", tmp_path, "--http-port", "0")
     assert r.exit_code == 2 and "not a repository written by `vla-export triton`" in r.stderr
+
+
+def test_server_helpers_log_tail_and_library_path(tmp_path):
+    """The not-ready message leads with the log's last error line; only libpython goes on the library path."""
+    import sysconfig
+
+    from vla_export.serve.server import TritonServer, log_tail
+
+    log = tmp_path / "server.log"
+    log.write_text("I1 starting\nE1126 model.py] RuntimeError: cuDNN version incompatibility\n" + "".join(f"  frame {i}\n" for i in range(12)))
+    tail = log_tail(log)
+    assert tail.startswith("E1126 model.py] RuntimeError: cuDNN") and "frame 11" in tail and "frame 2 " not in tail
+    assert log_tail(tmp_path / "none.log") == "(no log)"
+    folder = TritonServer._python_library_dir(tmp_path / "lib")
+    entries = list(folder.iterdir())
+    assert len(entries) <= 1 and all(e.name.startswith("libpython") and e.is_symlink() for e in entries)
+    assert str(folder) != sysconfig.get_config_var("LIBDIR")

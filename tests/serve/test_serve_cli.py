@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from vla_export.data.preprocess import DEFAULT_INSTRUCTION
 from vla_export.errors import EnvironmentProblem
 
 pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] is not installed (make install)")
@@ -107,11 +106,16 @@ def test_checkpoint_served_with_torch_parts(triton_here, tiny_ckpt, tmp_path):
         for k, frame in enumerate(frames):
             inp = grpcclient.InferInput("FRAME", [1, *frame.shape], "UINT8")
             inp.set_data_from_numpy(frame[None])
-            res = client.infer("tiny", [inp], sequence_id=7, sequence_start=k == 0, sequence_end=k == len(frames) - 1, client_timeout=20)
+            ins = [inp]
+            if k == 0:
+                text = np.frombuffer(b"go to the cup", dtype=np.uint8)[None]
+                ins.append(grpcclient.InferInput("INSTRUCTION", list(text.shape), "UINT8"))
+                ins[-1].set_data_from_numpy(text)
+            res = client.infer("tiny", ins, sequence_id=7, sequence_start=k == 0, sequence_end=k == len(frames) - 1, client_timeout=20)
             got.append(res.as_numpy("ACTION")[0])
     loaded = load_policy(tiny_ckpt)
     with torch_streaming_policy(loaded, tokenizer=tokenizer_for(loaded.config), text_len=32) as policy:
-        policy.reset(DEFAULT_INSTRUCTION)  # what the server uses for a START without an instruction
+        policy.reset("go to the cup")
         want = [policy.step(f) for f in frames]
     np.testing.assert_allclose(np.stack(got), np.stack(want), atol=1e-4, rtol=0)
     assert np.abs(np.diff(np.stack(got), axis=0)).max() > 1e-3

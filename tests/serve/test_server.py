@@ -14,7 +14,6 @@ import time
 import numpy as np
 import pytest
 
-from vla_export.data.preprocess import DEFAULT_INSTRUCTION
 from vla_export.errors import EnvironmentProblem
 from vla_export.precision import tolerance_for
 from vla_export.runtime.policy import Policy
@@ -57,7 +56,7 @@ def reference(split, episodes) -> list[np.ndarray]:
     out = []
     with Policy.from_artifacts(split, text_len=TEXT_LEN) as policy:
         for instruction, stream in episodes:
-            policy.reset(DEFAULT_INSTRUCTION if instruction is None else instruction)
+            policy.reset(instruction)
             out += [policy.step(f) for f in stream]
     return out
 
@@ -94,7 +93,7 @@ def test_three_robots_interleaved_grpc_and_http(server, tiny_split):
     """Robot 11 (gRPC) resets midway with a new instruction, 12 talks HTTP, 13 starts late."""
     f = {r: frames(r, 8) for r in (11, 12, 13)}
     robots = {11: Robot(server, 11, "grpc"), 12: Robot(server, 12, "http"), 13: Robot(server, 13, "grpc")}
-    plan = {11: {0: "go to the cup", 4: "reach the leftmost box"}, 12: {0: "reach the rightmost edge"}, 13: {3: None}}
+    plan = {11: {0: "go to the cup", 4: "reach the leftmost box"}, 12: {0: "reach the rightmost edge"}, 13: {3: "turn left and then stop"}}
     got = {r: [] for r in robots}
     steps = {r: [] for r in robots}
     for k in range(8):
@@ -110,7 +109,7 @@ def test_three_robots_interleaved_grpc_and_http(server, tiny_split):
     want = {
         11: reference(split, [("go to the cup", f[11][:4]), ("reach the leftmost box", f[11][4:])]),
         12: reference(split, [("reach the rightmost edge", f[12])]),
-        13: reference(split, [(None, f[13][3:])]),
+        13: reference(split, [("turn left and then stop", f[13][3:])]),
     }
     for r in robots:
         np.testing.assert_allclose(np.stack(got[r]), np.stack(want[r]), atol=ATOL, rtol=0, err_msg=f"robot {r}")
@@ -122,7 +121,7 @@ def test_three_robots_interleaved_grpc_and_http(server, tiny_split):
 
 def test_bad_requests_fail_alone(server, tiny_split):
     good = Robot(server, 21, "grpc")
-    f = frames(21, 8)
+    f = frames(21, 9)
     got = [good.step(f[0], start=True, instruction="go to the cup")[0]]
     bad = Robot(server, 22, "grpc")
     errors = {}
@@ -135,16 +134,18 @@ def test_bad_requests_fail_alone(server, tiny_split):
 
     expect_error("no START", lambda: bad.step(f[0]))
     expect_error("correlation id 0", lambda: Robot(server, 0, "grpc").step(f[0], start=True))
-    Robot(server, 23, "grpc").step(f[0], start=True, end=True)  # an episode that ended: its id is unknown now
+    Robot(server, 23, "grpc").step(f[0], start=True, end=True, instruction="turn left")  # an episode that ended: its id is unknown now
     expect_error("unknown id", lambda: Robot(server, 23, "grpc").step(f[0]))
+    expect_error("no instruction", lambda: Robot(server, 25, "grpc").step(f[0], start=True))
     expect_error("frame dtype", lambda: bad.step(f[0], start=True, dtype=np.float32))
     expect_error("frame shape", lambda: bad.step(np.zeros((48, 64, 4), np.uint8), start=True))
     expect_error("instruction too long", lambda: Robot(server, 24, "http").step(f[0], start=True, instruction="go to the cup " * 10))
     got.append(good.step(f[len(got)], end=True)[0])
     assert "START" in errors["no START"] and "START" in errors["unknown id"]
     assert "correlation ID" in errors["correlation id 0"]
+    assert "INSTRUCTION" in errors["no instruction"]
     assert "FRAME" in errors["frame dtype"] and "FRAME" in errors["frame shape"]
-    assert "tokens" in errors["instruction too long"] and "text length 32" in errors["instruction too long"]
+    assert "tokens" in errors["instruction too long"] and "32" in errors["instruction too long"]
     want = reference(tiny_split.manifest_path, [("go to the cup", f[: len(got)])])
     np.testing.assert_allclose(np.stack(got), np.stack(want), atol=ATOL, rtol=0)
 
@@ -152,7 +153,7 @@ def test_bad_requests_fail_alone(server, tiny_split):
 def test_load_eight_robots(server, tiny_split, record_property):
     """8 gRPC clients x 100 steps at once: every robot gets its own actions; throughput and p50/p99 reported."""
     clients, steps = 8, 100
-    instructions = ["go to the cup", "reach the leftmost box", "turn left", None]
+    instructions = ["go to the cup", "reach the leftmost box", "turn left", "move forward and then stop"]
     streams = {100 + i: frames(100 + i, steps, (36, 48)) for i in range(clients)}
     got: dict[int, list[np.ndarray]] = {r: [] for r in streams}
     latencies: list[float] = []

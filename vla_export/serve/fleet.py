@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from vla_export.data.preprocess import DEFAULT_INSTRUCTION, check_frame
+from vla_export.data.preprocess import check_frame
 from vla_export.errors import ArtifactError, DataError
 from vla_export.runtime.batch import step_batch
 from vla_export.runtime.policy import Policy
@@ -78,10 +78,12 @@ class Fleet:
     def start(self, robot: int, instruction: str | None) -> Policy:
         """START: a new episode for ``robot`` (``Policy.reset``); an instruction that does not fit is a DataError."""
         self.end(robot)  # a START always begins afresh, even when its instruction is refused
+        if instruction is None:
+            raise DataError(f"robot {robot}: a START request needs the INSTRUCTION input (the episode's instruction as UTF-8 bytes)")
         if len(self.robots) >= self.max_robots:
             raise DataError(f"robot {robot}: {len(self.robots)} robots already hold state, the limit is {self.max_robots} (--max-robots)")
         policy = self._new_policy()
-        policy.reset(DEFAULT_INSTRUCTION if instruction is None else instruction)  # a START without one: the default
+        policy.reset(instruction)
         self.robots[robot] = policy
         self.last_seen[robot] = self.clock()
         return policy

@@ -84,7 +84,7 @@ def _server_delta(before: dict[str, float], after: dict[str, float]) -> dict[str
 
 
 def drive_fleet(grpc_url: str, metrics_url: str, model: str, *, robots: int, rate_hz: float, seconds: float,
-                frame_hw: tuple[int, int] = (480, 640), instruction: str | None = "go to the cup", first_id: int = 1000,
+                frame_hw: tuple[int, int] = (480, 640), instruction: str = "go to the cup", first_id: int = 1000,
                 seed: int = 0, timeout_s: float = 30.0) -> FleetRow:
     """``robots`` robots for ``seconds`` at ``rate_hz`` (0: closed loop); bounded: every request has a timeout."""
     grpc = lazy_import("tritonclient.grpc", purpose="the fleet benchmark", install="`pip install 'tritonclient[grpc]'`")
@@ -92,7 +92,7 @@ def drive_fleet(grpc_url: str, metrics_url: str, model: str, *, robots: int, rat
         raise DataError("robots must be >= 1, seconds > 0 and the rate >= 0")
     rng = np.random.default_rng(seed)
     frames = rng.integers(0, 256, (4, *frame_hw, 3), dtype=np.uint8)  # a few distinct frames, reused
-    text = np.frombuffer((instruction or "").encode(), dtype=np.uint8)[None]
+    text = np.frombuffer(instruction.encode(), dtype=np.uint8)[None]
     latencies: list[float] = []
     errors: list[str] = []
     missed = [0]
@@ -114,7 +114,7 @@ def drive_fleet(grpc_url: str, metrics_url: str, model: str, *, robots: int, rat
             frame = frames[(index + k) % len(frames)][None]
             ins = [grpc.InferInput("FRAME", list(frame.shape), "UINT8")]
             ins[0].set_data_from_numpy(frame)
-            if k == 0 and text.size:
+            if k == 0:
                 ins.append(grpc.InferInput("INSTRUCTION", list(text.shape), "UINT8"))
                 ins[-1].set_data_from_numpy(text)
             t = time.perf_counter()
