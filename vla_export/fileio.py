@@ -47,7 +47,7 @@ def check_output_path(path: str | Path, *, folder: bool = False) -> Path:
         if path.exists() and not path.is_dir():
             raise OutputError(f"{path}: is a file, but a folder is needed here")
     elif path.is_dir():
-        raise OutputError(f"{path}: is a folder; give a file name (e.g. {path / ('output' + (path.suffix or ''))})")
+        raise OutputError(f"{path}: is a folder; give a file name (in it, or elsewhere)")
     existing = path if folder and path.is_dir() else path.parent
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent

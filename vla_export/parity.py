@@ -201,7 +201,7 @@ def compare_output(name: str, ref: np.ndarray, cand: np.ndarray, tol: Tolerance,
 
 def check_compatible(reference, candidate) -> list[str]:
     """Outputs to compare: those the two runners share. Raises :class:`ArtifactError` on mismatched I/O."""
-    what = getattr(candidate, "path", None) or candidate.name
+    what = candidate.path or candidate.name
     if set(reference.input_names) != set(candidate.input_names):
         raise ArtifactError(
             f"{what}: inputs {list(candidate.input_names)} do not match the policy's {list(reference.input_names)}"
@@ -255,7 +255,7 @@ def feeds_from(source, samples: int) -> list[dict[str, np.ndarray]]:
 
 def artifact_window(candidate, default: int) -> int:
     """The fixed window of the candidate's ``pixel_values`` when it declares one, else ``default``."""
-    shapes: Sequence[Any] = getattr(candidate, "input_shapes", {}).get("pixel_values", [])
+    shapes: Sequence[Any] = candidate.input_shapes.get("pixel_values", [])
     if len(shapes) == 5 and isinstance(shapes[1], int):
         return shapes[1]
     return default
@@ -263,8 +263,7 @@ def artifact_window(candidate, default: int) -> int:
 
 def check_against_config(candidate, config) -> None:
     """Static checks that an artifact fits a policy config, where the runner exposes shapes."""
-    ins: dict[str, list[Any]] = getattr(candidate, "input_shapes", {})
-    outs: dict[str, list[Any]] = getattr(candidate, "output_shapes", {})
+    ins, outs = candidate.input_shapes, candidate.output_shapes
     pv = ins.get("pixel_values")
     if pv and len(pv) == 5 and all(isinstance(d, int) for d in pv[2:]) and tuple(pv[2:]) != (3, config.image_size, config.image_size):
         raise ArtifactError(f"{candidate.name}: takes images {pv[2:]}, the checkpoint's policy takes [3, {config.image_size}, {config.image_size}]")

@@ -63,7 +63,7 @@ class RecordingRunner(Runner):
     def _activate(self) -> None:
         if not self.inner.is_active:
             self.inner.activate()
-        cfg = getattr(getattr(self.inner, "policy", None), "cfg", None)  # a TorchRunner's PolicyConfig
+        cfg = self.inner.config  # a TorchRunner's PolicyConfig
         self.config = cfg.to_dict() if cfg is not None else None
 
     def _deactivate(self) -> None:

@@ -267,6 +267,17 @@ def test_device_memory_roundtrip_on_a_real_gpu(backend):
         mem.sync()
         for k in host:
             np.testing.assert_array_equal(back[k], host[k])
+        pinned = {k: mem.host_empty(v.shape, v.dtype) for k, v in host.items()}  # page-locked staging, as TrtRunner uses
+        for k, v in host.items():
+            pinned[k][...] = v[::-1]
+            mem.htod(bufs[k], pinned[k])
+        mem.sync()  # the async copies have read the staging buffers
+        for k in host:
+            pinned[k][...] = 0
+            mem.dtoh(pinned[k], bufs[k])
+        mem.sync()
+        for k in host:
+            np.testing.assert_array_equal(pinned[k], host[k][::-1])
             mem.free(bufs[k])
     finally:
         mem.close()

@@ -55,9 +55,8 @@ def test_an_exporter_that_writes_another_opset_is_refused(tmp_path, monkeypatch)
     from vla_export.errors import ArtifactError
     from vla_export.export import onnx as E
 
-    monkeypatch.setitem(E.OPSET_RANGE, "torchscript", (7, 20))
+    monkeypatch.setattr(E, "written_opset", lambda path: 16)
     with pytest.raises(ArtifactError, match="asked for opset 17, the torchscript exporter wrote opset 16"):
-        monkeypatch.setattr(E, "written_opset", lambda path: 16)
         E.export_module(torch.nn.Linear(3, 2).eval(), {"x": torch.zeros(2, 3)}, tmp_path / "m.onnx", output_names=["y"],
                         opset=17, exporter="torchscript")
     assert list(tmp_path.iterdir()) == []
@@ -74,7 +73,11 @@ def test_an_exporter_that_writes_another_opset_is_refused(tmp_path, monkeypatch)
 def test_zero_and_negative_counts_are_usage_errors(cli, tiny_ckpt, tmp_path, args):
     argv = [a.format(ckpt=tiny_ckpt, data=tmp_path) for a in args]
     usage_error(cli(*argv, "-o" if args[0] != "parity" else "--json", tmp_path / "out.x"), args[-2])
-    assert not (tmp_path / "out.x").exists()
+    out = tmp_path / "out.x"
+    if args[0] == "parity":  # a --json report is still written, and says the command failed
+        assert json.loads(out.read_text())["schema"] == "vla-export/failure/1"
+    else:  # no artifact, not even a partial one
+        assert not out.exists()
 
 
 def test_bench_iters_0_is_a_usage_error(cli, tiny_ckpt):
@@ -120,8 +123,7 @@ CHECK_BEFORE_IMPORTS = textwrap.dedent("""
 def test_arguments_checked_before_heavy_imports(tiny_ckpt, tmp_path, args, fragment):
     argv = [a.format(ckpt=tiny_ckpt, tmp=tmp_path) for a in args]
     done = subprocess.run([sys.executable, "-c", CHECK_BEFORE_IMPORTS, *argv], capture_output=True, text=True, timeout=120)
-    assert done.stdout.split()[-3:] == ["torch", "not", "imported"] or done.stdout.strip().endswith(f"torch not imported {int(ExitCode.BAD_INPUT)}"), done
-    assert done.stdout.strip().endswith(str(int(ExitCode.BAD_INPUT))), done
+    assert done.stdout.strip().endswith(f"torch not imported {int(ExitCode.BAD_INPUT)}"), done
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], done
 

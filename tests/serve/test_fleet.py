@@ -7,6 +7,7 @@ import pytest
 
 from vla_export.errors import DataError, RunnerError
 from vla_export.precision import tolerance_for
+from vla_export.data.preprocess import DEFAULT_INSTRUCTION
 from vla_export.runtime.batch import step_batch
 from vla_export.runtime.policy import Policy
 from vla_export.serve.fleet import Fleet, StepRequest
@@ -29,7 +30,7 @@ def template(tiny_split):
 
 def reference_actions(split, instruction, frames_) -> np.ndarray:
     with Policy.from_artifacts(split, text_len=TEXT_LEN) as p:
-        p.reset(instruction)
+        p.reset(DEFAULT_INSTRUCTION if instruction is None else instruction)
         return np.stack([p.step(f) for f in frames_])
 
 
@@ -39,7 +40,7 @@ def test_step_batch_equals_policy_step(template, tiny_split):
     for instruction in INSTRUCTIONS:
         p = Policy(template.backbone, template.head, tokenizer=template.tokenizer, window=template.window,
                    image_size=template.image_size, action_dim=template.action_dim, text_len=TEXT_LEN)
-        p.reset(instruction)
+        p.reset(DEFAULT_INSTRUCTION if instruction is None else instruction)
         policies.append(p)
     got = np.stack([step_batch(policies, [s[k] for s in streams]) for k in range(6)], axis=1)  # [robot, step, A]
     for robot, (instruction, stream) in enumerate(zip(INSTRUCTIONS, streams)):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from vla_export.data.preprocess import DEFAULT_INSTRUCTION
 from vla_export.errors import EnvironmentProblem
 
 pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] is not installed (make install)")
@@ -110,7 +111,7 @@ def test_checkpoint_served_with_torch_parts(triton_here, tiny_ckpt, tmp_path):
             got.append(res.as_numpy("ACTION")[0])
     loaded = load_policy(tiny_ckpt)
     with torch_streaming_policy(loaded, tokenizer=tokenizer_for(loaded.config), text_len=32) as policy:
-        policy.reset(None)
+        policy.reset(DEFAULT_INSTRUCTION)  # what the server uses for a START without an instruction
         want = [policy.step(f) for f in frames]
     np.testing.assert_allclose(np.stack(got), np.stack(want), atol=1e-4, rtol=0)
     assert np.abs(np.diff(np.stack(got), axis=0)).max() > 1e-3

@@ -14,6 +14,7 @@ import time
 import numpy as np
 import pytest
 
+from vla_export.data.preprocess import DEFAULT_INSTRUCTION
 from vla_export.errors import EnvironmentProblem
 from vla_export.precision import tolerance_for
 from vla_export.runtime.policy import Policy
@@ -56,7 +57,7 @@ def reference(split, episodes) -> list[np.ndarray]:
     out = []
     with Policy.from_artifacts(split, text_len=TEXT_LEN) as policy:
         for instruction, stream in episodes:
-            policy.reset(instruction)
+            policy.reset(DEFAULT_INSTRUCTION if instruction is None else instruction)
             out += [policy.step(f) for f in stream]
     return out
 

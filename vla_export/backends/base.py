@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -22,6 +24,14 @@ class Runner(abc.ABC):
 
     #: A short label for reports, e.g. "torch-cpu-fp32" or "onnxrt-CPUExecutionProvider".
     name: str = "runner"
+    #: The artifact file this runner runs (ONNX, engine), None for an in-memory module.
+    path: Path | None = None
+    #: The policy config this runner computes, where the runner knows it (a checkpoint's); else None.
+    config: Any = None
+    #: Shapes of the inputs and outputs as the artifact declares them (ints, or names of dynamic
+    #: axes); empty where the artifact does not say (some are known only after activation).
+    input_shapes: Mapping[str, Sequence[Any]] = MappingProxyType({})
+    output_shapes: Mapping[str, Sequence[Any]] = MappingProxyType({})
 
     def __init__(self) -> None:
         self.is_active = False

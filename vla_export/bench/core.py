@@ -219,7 +219,7 @@ def _torch_cuda():
 
 
 def _resolve_config(target: Target, runner: Runner) -> PolicyConfig:
-    cfg = target.config or getattr(runner, "config", None)
+    cfg = target.config or runner.config
     if cfg is None and target.kind in ("onnx", "engine"):
         from vla_export.manifest import read_manifest
 
@@ -259,8 +259,7 @@ def _cost(target: Target, cfg: PolicyConfig, info: dict[str, Any], settings: Ben
 
 def _check_fixed_shapes(target: Target, runner: Runner, settings: BenchSettings) -> None:
     """A graph exported with a fixed batch or window runs only at that size: say so instead of failing inside the runtime."""
-    shapes = getattr(runner, "input_shapes", None)
-    pixels = shapes.get("pixel_values") if isinstance(shapes, dict) else None
+    pixels = runner.input_shapes.get("pixel_values")
     if not pixels or len(pixels) != 5:
         return
     for axis, (name, wanted) in enumerate((("--batch", settings.batch), ("--window", settings.window))):

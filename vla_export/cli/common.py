@@ -235,7 +235,9 @@ def _failure_report(options: list[str], exit_code: int, message: str) -> None:
               "exit_code": int(exit_code), "error": message}
     try:
         write_json(path, report)
-    except OSError as exc:  # the report cannot be written either: say so beside the real error
+    except (OSError, VlaExportError) as exc:  # the report cannot be written either: say so beside the real error,
+        if str(path) in message:  # unless the error is about that very path
+            return
         err_console.print(f"warning: could not write the failure report to {path}: {exc}", style="yellow", markup=False)
 
 

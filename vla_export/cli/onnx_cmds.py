@@ -112,7 +112,7 @@ def parity(
     checks.at_least(1, samples=samples, batch=batch)
     if (locate_all or plot) and not locate:
         raise ConfigError("--locate-all and --plot go with --locate")
-    checks.input_file(checkpoint, "reference")
+    checks.input_file(checkpoint, "saved reference" if checkpoint.suffix == ".npz" else "checkpoint")
     checks.input_file(artifact, "artifact")
     checks.input_paths(data, "data")
     checks.output_file(json_path, junit, plot, save_reference)

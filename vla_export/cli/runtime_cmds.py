@@ -68,7 +68,7 @@ def replay(
     """Stream an episode through the split runtime; at every step compare with the full-window PyTorch policy (or a saved reference). Exit 1 on a failed step."""
     from vla_export import reference as saved
 
-    checks.input_file(checkpoint, "reference")
+    checks.input_file(checkpoint, "saved reference" if checkpoint.suffix == ".npz" else "checkpoint")
     read_split(artifacts)  # the record, its prefix or its folder: refused now, not after loading the policy
     checks.input_file(episode, "episode")
     checks.input_file(backbone, "backbone artifact")

@@ -22,6 +22,7 @@ from typing import Any
 
 from vla_export.backends.onnx_files import external_data_files, require_external_data
 from vla_export.errors import ArtifactError, ConfigError
+from vla_export.manifest import read_manifest
 from vla_export.fileio import check_output_path, staging_dir
 from vla_export.lazy import lazy_import
 from vla_export.progress import reported
@@ -261,8 +262,6 @@ def check_model(path: str | Path) -> None:
 
 def recorded_sizes(path: str | Path) -> dict[str, int]:
     """File name -> bytes, as the manifest beside ``path`` records them (empty without one)."""
-    from vla_export.manifest import read_manifest
-
     manifest = read_manifest(path, required=False) or {}
     return {f["name"]: int(f["bytes"]) for f in manifest.get("files", []) if "name" in f and "bytes" in f}
 
@@ -419,7 +418,6 @@ def export_policy(loaded, path: str | Path, options: OnnxExportOptions = OnnxExp
 
     def verify(tmp: Path) -> None:
         state["export_seconds"] = time.perf_counter() - start
-        log.info("exported in %.1f s; checking", state["export_seconds"])
         _verify_stage(tmp, loaded, options, window, state, "export")
         if options.simplify:
             simplify(tmp)

@@ -148,7 +148,7 @@ def parts_precision(policy: Policy) -> str:
 
     found = []
     for runner in (policy.backbone, policy.head):
-        path = getattr(runner, "path", None)
+        path = runner.path
         manifest = read_manifest(path, required=False) if path is not None else None
         found.append((manifest or {}).get("precision") or "fp32")
     return loosest(found)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from vla_export.data.preprocess import check_frame
+from vla_export.data.preprocess import DEFAULT_INSTRUCTION, check_frame
 from vla_export.errors import ArtifactError, DataError
 from vla_export.runtime.batch import step_batch
 from vla_export.runtime.policy import Policy
@@ -81,7 +81,7 @@ class Fleet:
         if len(self.robots) >= self.max_robots:
             raise DataError(f"robot {robot}: {len(self.robots)} robots already hold state, the limit is {self.max_robots} (--max-robots)")
         policy = self._new_policy()
-        policy.reset(instruction)
+        policy.reset(DEFAULT_INSTRUCTION if instruction is None else instruction)  # a START without one: the default
         self.robots[robot] = policy
         self.last_seen[robot] = self.clock()
         return policy
