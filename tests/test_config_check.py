@@ -153,8 +153,21 @@ def test_saved_config_works_for_onnx_export(cli, foreign_record, tmp_path):
     out = tmp_path / "f.onnx"
     r = cli("onnx", ckpt, "--config", rec, "-o", out, "--samples", "1")
     assert r.exit_code == 0, r
+    # One parameter count, explained: the completeness table's distinct count against the policy's.
+    assert "parameters: the policy has 315,207; the table counts" in " ".join(r.stdout.split())
     m = json.loads(out.with_name("f.onnx.json").read_text())
     assert m["config"]["kosmos_text"]["num_heads"] == 4 and m["model"]["config_source"].startswith("given by --config")
     assert m["model"]["key_layout"]["renames"] == FOREIGN_RENAMES
     r = cli("parity", ckpt, out, "--config", rec, "--samples", "3", "--strict")
     assert r.exit_code == 0, r
+
+
+def test_quantized_and_engine_manifests_carry_the_model_record(tiny_onnx, tmp_path):
+    from vla_export.export import quantize as Q
+    from vla_export.export.trt import read_onnx_facts
+    from vla_export.manifest import read_manifest
+
+    out = Q.convert_fp16(tiny_onnx, tmp_path / "tiny.fp16.onnx").output
+    record = read_manifest(tiny_onnx)["model"]
+    assert read_manifest(out)["model"] == record and record["config_source"]
+    assert read_onnx_facts(tiny_onnx).model == record  # what the engine manifest copies

@@ -96,7 +96,8 @@ def inspect_checkpoint_cmd(checkpoint: Path, *, json_path: Optional[Path], save_
         write_json(json_path, report, "inspect")
         wrote(json_path)
     if not report["loadable"]:
-        raise VlaExportError(f"{checkpoint}: cannot be loaded as a policy: {report['reason']}")
+        reason = report["reason"].removeprefix(f"{report['path']}: ")  # layout errors already name the file
+        raise VlaExportError(f"{checkpoint}: cannot be loaded as a policy: {reason}")
     if report["nonfinite"]:
         raise VlaExportError(f"{checkpoint}: {sum(report['nonfinite'].values()):,} non-finite weights (NaN/Inf); "
                              "exports of it are refused")
