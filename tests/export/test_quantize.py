@@ -220,3 +220,10 @@ def test_entropy_calibration_is_not_minmax(int8_onnx, tiny_onnx, calib, tmp_path
     assert all(clipped[k] <= minmax[k] * (1 + 1e-6) for k in minmax)
     assert sum(clipped[k] < 0.95 * minmax[k] for k in minmax) >= 1
     assert read_manifest(entropy.output)["quantization"]["options"]["entropy_bins"] == Q.ENTROPY_BINS
+
+
+def test_trtexec_line_for_the_fp16_graph(fp16_onnx, cli, tmp_path):
+    """The converter leaves stale type information in the graph; the engine planner infers types afresh."""
+    r = cli("trt", fp16_onnx.output, "-o", tmp_path / "tiny.fp16.engine", "--print-trtexec")
+    assert r.exit_code == 0, r
+    assert "trtexec" in r.stdout and "--stronglyTyped" in r.stdout

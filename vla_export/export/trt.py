@@ -194,7 +194,12 @@ def _non_float_nodes(model, onnx) -> set[str]:
 
     Layer precision constraints go only on float layers: on a bool, int or shape layer they fail the build.
     """
-    inferred = onnx.shape_inference.infer_shapes(model)  # types only need the graph, not the weights
+    # Types only need the graph, not the weights. Inferred afresh: converters (onnxruntime's float16 one)
+    # leave value_info from before the conversion that contradicts the converted graph.
+    fresh = onnx.ModelProto()
+    fresh.CopyFrom(model)
+    del fresh.graph.value_info[:]
+    inferred = onnx.shape_inference.infer_shapes(fresh)
     floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
     types = {v.name: v.type.tensor_type.elem_type for v in (*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input)}
     return {n.name for n in model.graph.node if any(types.get(o) not in floats for o in n.output if o)}
