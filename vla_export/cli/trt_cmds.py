@@ -140,14 +140,14 @@ def quantize(
         raise ConfigError("choose one of --int8, --int8-weights or --fp16")
     precision = "int8" if int8 else "int8w" if int8_weights else "fp16"
     output = output or default_output(onnx, precision)
+    if int8_weights and calib_path is not None:
+        raise ConfigError("--int8-weights needs no --calib: only the weights are quantized")
     checks.input_file(onnx, "ONNX")
     checks.input_file(calib_path, "calibration set")
     checks.output_file(output, json_path)
     if int8_weights:
         from vla_export.export.weight_only import quantize_int8_weights
 
-        if calib_path is not None:
-            raise ConfigError("--int8-weights needs no --calib: only the weights are quantized")
         result = quantize_int8_weights(onnx, output, keep_sensitive_fp32=keep_fp32, exclude=exclude or ())
     elif int8:
         if calib_path is None:
