@@ -55,7 +55,7 @@ def test_foreign_export_with_guessed_heads_is_refused_against_the_right_config(t
     from vla_export.models.checkpoint import parse_renames
     from vla_export.models.loader import PolicyFromCheckpoint
     from vla_export.models.resolve import LoadOptions
-    from vla_export.parity import parity_check
+    from vla_export.verify.parity import parity_check
 
     ckpt = save_foreign(foreign_policy(), tmp_path / "foreign.pt")
     renames = tuple(parse_renames(FOREIGN_RENAMES))
@@ -80,7 +80,7 @@ def test_no_manifest_warns_that_the_check_was_not_possible(cli, tiny_ckpt, tiny_
 
 def test_parity_says_when_it_cannot_tell(cli, tiny_ckpt, tiny_onnx, tmp_path):
     from vla_export.models.loader import PolicyFromCheckpoint
-    from vla_export.parity import parity_check
+    from vla_export.verify.parity import parity_check
 
     one = parity_check(PolicyFromCheckpoint(tiny_ckpt), tiny_onnx, samples=1)
     assert one.passed and not one.conclusive and "actions" in one.undiscriminating  # spread 0 over one sample

@@ -12,7 +12,7 @@ from onnx import numpy_helper
 from vla_export.data.calibration import make_calibration_set
 from vla_export.data.episodes import write_synthetic_episodes
 from vla_export.errors import ArtifactError, ConfigError
-from vla_export.locate import locate
+from vla_export.verify.locate import locate
 from vla_export.models.config import get_preset
 from vla_export.models.loader import PolicyFromCheckpoint
 

@@ -26,7 +26,7 @@ def nan_ckpt(tiny_ckpt, tmp_path_factory):
 
 
 def test_compare_output_nonfinite_is_a_failure_with_its_reason():
-    from vla_export.parity import compare_output, tolerance_for
+    from vla_export.verify.parity import compare_output, tolerance_for
 
     ref = np.ones((4, 2), np.float32)
     cand = ref.copy()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from vla_export.errors import ArtifactError, ConfigError
-from vla_export.parity import compare_output, tolerance_for
+from vla_export.verify.parity import compare_output, tolerance_for
 
 
 def _rewrite(src, dst, edit):
@@ -75,7 +75,7 @@ def test_mismatched_checkpoint_is_an_error(cli, tiny_kosmos_ckpt, tiny_onnx):
 
 def test_torch_vs_checkpoint_through_the_same_path(tiny_ckpt):
     from vla_export.models.loader import PolicyFromCheckpoint
-    from vla_export.parity import parity_check
+    from vla_export.verify.parity import parity_check
 
     result = parity_check(PolicyFromCheckpoint(tiny_ckpt), tiny_ckpt, samples=2, seed=5, batch=2)
     assert result.passed and result.outputs["actions"].max_abs == 0.0

@@ -15,7 +15,7 @@ import pytest
 
 from tests.torchfree import cli_without_torch
 from vla_export.errors import ArtifactError
-from vla_export.reference import load_reference, save_reference
+from vla_export.verify.reference import load_reference, save_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -23,7 +23,7 @@ LAYERS = (
     ("data", ("vla_export.data",)),
     ("backends", ("vla_export.backends",)),
     ("runtime", ("vla_export.runtime",)),
-    ("export", ("vla_export.export", "vla_export.parity", "vla_export.reference", "vla_export.locate")),
+    ("export", ("vla_export.export", "vla_export.verify")),
     ("bench", ("vla_export.bench", "vla_export.plots")),
     ("serve", ("vla_export.serve",)),
     ("cli", ("vla_export.cli",)),

@@ -17,7 +17,7 @@ from vla_export.export import quantize as Q
 from vla_export.manifest import read_manifest
 from vla_export.models.config import get_preset
 from vla_export.models.loader import PolicyFromCheckpoint
-from vla_export.parity import parity_check
+from vla_export.verify.parity import parity_check
 
 KEPT_OPS = ("LayerNormalization", "Softmax")
 

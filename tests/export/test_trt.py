@@ -311,7 +311,7 @@ def test_real_engine_build_and_parity(precision, tiny_onnx, tiny_ckpt, tmp_path)
     from vla_export.data.episodes import write_synthetic_episodes
     from vla_export.models.config import get_preset
     from vla_export.models.loader import PolicyFromCheckpoint
-    from vla_export.parity import parity_check
+    from vla_export.verify.parity import parity_check
 
     calib = None
     if precision == "int8":
@@ -335,7 +335,7 @@ def test_real_strongly_typed_qdq_build(tiny_onnx, tiny_ckpt, tmp_path):
     from vla_export.export.quantize import quantize_int8
     from vla_export.models.config import get_preset
     from vla_export.models.loader import PolicyFromCheckpoint
-    from vla_export.parity import parity_check
+    from vla_export.verify.parity import parity_check
 
     write_synthetic_episodes(tmp_path / "ep", 2, frames=8, frame_hw=(96, 160))
     calib = make_calibration_set(tmp_path / "ep", get_preset("tiny"), tmp_path / "c.npz", count=8)

@@ -1,4 +1,4 @@
-"""``vla-export parity --locate``: the per-layer error curve, rendered (the work is vla_export.locate)."""
+"""``vla-export parity --locate``: the per-layer error curve, rendered (the work is vla_export.verify.locate)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``vla-export onnx`` and ``vla-export parity``: thin layers over vla_export.export.onnx and vla_export.parity."""
+"""``vla-export onnx`` and ``vla-export parity``: thin layers over vla_export.export.onnx and vla_export.verify.parity."""
 
 from __future__ import annotations
 
@@ -107,7 +107,7 @@ def parity(
 
     A pair exported with a different config (heads, Tanh, widths, window, ...) is refused first (exit 2)."""
     from vla_export.backends.select import artifact_kind
-    from vla_export.parity import parity_check, tolerance_for
+    from vla_export.verify.parity import parity_check, tolerance_for
 
     checks.at_least(1, samples=samples, batch=batch)
     if (locate_all or plot) and not locate:
@@ -125,7 +125,7 @@ def parity(
                                   max_row_rel_error=max_rel_error)
     runner_opts = {"providers": providers} if providers and artifact_kind(artifact) == "onnx" else {}
     if checkpoint.suffix == ".npz":  # a saved reference: no checkpoint, no torch
-        from vla_export.reference import parity_against_reference
+        from vla_export.verify.reference import parity_against_reference
 
         if data or save_reference:
             raise ConfigError("with a saved reference the inputs are the saved ones: drop --data/--save-reference")
@@ -134,7 +134,7 @@ def parity(
         result = parity_against_reference(checkpoint, artifact, precision=precision, tolerance=tolerance, runner_opts=runner_opts)
     else:
         from vla_export.models.loader import PolicyFromCheckpoint
-        from vla_export.reference import parity_with_saved_reference
+        from vla_export.verify.reference import parity_with_saved_reference
 
         run = parity_check if save_reference is None else partial(parity_with_saved_reference, save_to=save_reference)
         result = run(
@@ -148,7 +148,7 @@ def parity(
     render_parity(report)
     if locate:
         from vla_export.cli.locate_cmds import render_locate
-        from vla_export.locate import locate as locate_layers
+        from vla_export.verify.locate import locate as locate_layers
         from vla_export.models.loader import PolicyFromCheckpoint
 
         found = locate_layers(

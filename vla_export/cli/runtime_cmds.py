@@ -66,7 +66,7 @@ def replay(
     plot: Optional[Path] = typer.Option(None, "--plot", help="Draw streaming vs reference actions per step and the per-step error against the tolerance into this PNG (needs matplotlib)."),
 ) -> None:
     """Stream an episode through the split runtime; at every step compare with the full-window PyTorch policy (or a saved reference). Exit 1 on a failed step."""
-    from vla_export import reference as saved
+    from vla_export.verify import reference as saved
 
     checks.input_file(checkpoint, "saved reference" if checkpoint.suffix == ".npz" else "checkpoint")
     read_split(artifacts)  # the record, its prefix or its folder: refused now, not after loading the policy

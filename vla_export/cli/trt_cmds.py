@@ -265,7 +265,7 @@ def trt(
     render_build(report)
     if parity_ckpt is not None:
         from vla_export.models.loader import PolicyFromCheckpoint
-        from vla_export.parity import parity_check
+        from vla_export.verify.parity import parity_check
 
         parity = parity_check(PolicyFromCheckpoint(parity_ckpt, options=load), output, samples=samples)
         record_parity(output, parity.to_dict())

@@ -494,7 +494,7 @@ def ort_parity(path: Path, loaded, *, window: int, debug_outputs: bool, samples:
     from vla_export.backends.onnxrt import OnnxrtRunner
     from vla_export.backends.torch_runner import TorchRunner
     from vla_export.data.source import SyntheticSource
-    from vla_export.parity import compare_runners
+    from vla_export.verify.parity import compare_runners
 
     cfg = loaded.config
     feeds = [SyntheticSource(cfg, seed=seed + 1, batch=1, window=window, text_len=min(7, cfg.max_text_len)).sample(i) for i in range(samples)]

@@ -28,7 +28,7 @@ import numpy as np
 
 from vla_export.errors import ConfigError, DataError
 from vla_export.lazy import lazy_import
-from vla_export.parity import compare_output, tolerance_for
+from vla_export.verify.parity import compare_output, tolerance_for
 
 SCHEMA = "vla-export/sensitivity/1"
 GRANULARITIES = ("layer", "block", "auto")

@@ -134,8 +134,8 @@ PARITY_CASES = ((1, 7, 1.0), (3, 11, 0.5), (1, 5, 2.0))
 
 
 def compare_parts(reference, candidate, feeds, *, label: str):
-    """PyTorch part vs ONNX part on every feed, per output (fp32 tolerance of :mod:`vla_export.parity`)."""
-    from vla_export.parity import ParityResult, compare_output, tolerance_for
+    """PyTorch part vs ONNX part on every feed, per output (fp32 tolerance of :mod:`vla_export.verify.parity`)."""
+    from vla_export.verify.parity import ParityResult, compare_output, tolerance_for
 
     tol = tolerance_for("fp32")
     names = list(reference.output_names)

@@ -171,7 +171,7 @@ def replay_check(
     """Replay ``episode_path`` through the split artifacts against the checkpoint's full PyTorch policy.
 
     The tolerance is ``atol`` or the default absolute tolerance of ``precision`` (default: the loosest
-    precision the parts record, fp32 for ONNX parts) from :mod:`vla_export.parity`.
+    precision the parts record, fp32 for ONNX parts) from :mod:`vla_export.verify.parity`.
     """
     from vla_export.backends.torch_runner import TorchRunner
     from vla_export.data.episodes import open_episode

@@ -4,7 +4,7 @@ The checkpoint (7 GB) and torch stay on the workstation. There, ``vla-export par
 --save-reference ref.npz`` (and ``replay ... --save-reference``) records every input the reference
 runner was fed and every output it gave, with the policy config and the checkpoint's sha256. On the
 device, ``vla-export parity ref.npz ENGINE`` replays those recordings through :class:`PlaybackRunner`
-in place of the PyTorch runner, so the comparison is the same code (:func:`vla_export.parity.compare_runners`,
+in place of the PyTorch runner, so the comparison is the same code (:func:`vla_export.verify.parity.compare_runners`,
 :func:`vla_export.runtime.replay.replay_episode`) with the same metrics and tolerances.
 
 A reference is refused when its config differs from the artifact's manifest, when it is of the other
@@ -238,8 +238,8 @@ def _meta(recorder: RecordingRunner, checkpoint: Any, **extra: Any) -> dict[str,
 
 
 def parity_with_saved_reference(policy_loader: Any, artifact: str | Path, save_to: str | Path, **parity_kwargs: Any):
-    """:func:`vla_export.parity.parity_check` that also saves what the PyTorch policy was fed and gave to ``save_to``."""
-    from vla_export.parity import parity_check
+    """:func:`vla_export.verify.parity.parity_check` that also saves what the PyTorch policy was fed and gave to ``save_to``."""
+    from vla_export.verify.parity import parity_check
 
     recorders: list[RecordingRunner] = []
 
@@ -262,7 +262,7 @@ def parity_against_reference(reference_path: str | Path, artifact: str | Path, *
     from vla_export.backends.select import runner_for_artifact
     from vla_export.manifest import read_manifest
     from vla_export.models.config import PolicyConfig
-    from vla_export.parity import check_against_config, compare_runners, tolerance_for
+    from vla_export.verify.parity import check_against_config, compare_runners, tolerance_for
 
     ref = load_reference(reference_path, "parity")
     manifest = read_manifest(artifact, required=False) or {}
@@ -307,7 +307,7 @@ def replay_against_reference(reference_path: str | Path, split: Any, episode_pat
     """Replay ``episode_path`` through the split artifacts against the per-step actions of a saved replay reference."""
     from vla_export.data.episodes import open_episode
     from vla_export.fileio import sha256_file
-    from vla_export.parity import tolerance_for
+    from vla_export.verify.parity import tolerance_for
     from vla_export.runtime.policy import Policy
     from vla_export.runtime.replay import parts_precision, replay_episode
 

@@ -34,7 +34,7 @@ from vla_export.errors import ArtifactError, ConfigError
 from vla_export.export.inspect_artifacts import SCOPE_KEY, component_of_onnx_name, node_module_scopes
 from vla_export.manifest import read_manifest
 from vla_export.lazy import lazy_import
-from vla_export.parity import Tolerance, tolerance_for
+from vla_export.verify.parity import Tolerance, tolerance_for
 
 SCHEMA = "vla-export/locate/1"
 LEVELS = ("boundaries", "all")

@@ -306,7 +306,7 @@ def parity_check(
     verdict measures the quantization and not the CPU's int8 kernels (see
     :data:`vla_export.backends.onnxrt.QDQ_MODES`); "kernels" measures the fused kernels instead;
     "both" decides on exact and records the kernels' errors in ``also_measured``.
-    ``wrap_reference`` wraps the PyTorch runner (e.g. :class:`vla_export.reference.RecordingRunner`).
+    ``wrap_reference`` wraps the PyTorch runner (e.g. :class:`vla_export.verify.reference.RecordingRunner`).
     """
     from vla_export.backends.select import artifact_kind, runner_for_artifact
     from vla_export.backends.torch_runner import TorchRunner
