@@ -9,7 +9,7 @@ import pytest
 
 from vla_export.errors import ArtifactError
 from vla_export.manifest import read_manifest, validate_files
-from vla_export.export.split import read_split, split_paths
+from vla_export.manifest import read_split, split_paths
 
 
 def test_parts_hold_the_whole_policy(tiny_split, tiny_policy):

@@ -7,6 +7,7 @@ import pytest
 
 from vla_export.errors import ArtifactError
 from vla_export.export import split
+from vla_export.manifest import read_split
 
 
 def _snapshot(folder):
@@ -47,7 +48,7 @@ def test_failed_reexport_keeps_the_old_export_whole(tmp_path, loaded, tiny_split
     with pytest.raises(ArtifactError, match="injected"):
         split.export_split(loaded, tmp_path / "tiny")
     assert _snapshot(tmp_path) == before
-    assert split.read_split(tmp_path / "tiny.split.json")["window"] == tiny_split.to_dict()["stream_check"]["policy"]["window"]
+    assert read_split(tmp_path / "tiny.split.json")["window"] == tiny_split.to_dict()["stream_check"]["policy"]["window"]
 
 
 def test_failure_while_publishing_leaves_no_record(tmp_path, loaded, tiny_split, monkeypatch):
@@ -66,7 +67,7 @@ def test_failure_while_publishing_leaves_no_record(tmp_path, loaded, tiny_split,
         split.export_split(loaded, tmp_path / "tiny")
     assert not (tmp_path / "tiny.split.json").exists()
     with pytest.raises(ArtifactError, match="split export not found"):
-        split.read_split(tmp_path / "tiny")
+        read_split(tmp_path / "tiny")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # the staging folder is gone
 
 
@@ -74,6 +75,6 @@ def test_split_record_describes_what_was_published(tmp_path, loaded):
     result = split.export_split(loaded, tmp_path / "tiny")
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["tiny.backbone.onnx", "tiny.backbone.onnx.json", "tiny.head.onnx", "tiny.head.onnx.json", "tiny.split.json"]
-    record = split.read_split(result.manifest_path)
+    record = read_split(result.manifest_path)
     assert {p["path"] for p in record["parts"].values()} == {"tiny.backbone.onnx", "tiny.head.onnx"}
     assert ".partial" not in (tmp_path / "tiny.split.json").read_text()

@@ -25,28 +25,25 @@ from typing import Any
 import numpy as np
 
 from vla_export.errors import ArtifactError, ConfigError
-from vla_export.manifest import SCHEMA, SPLIT_KIND, build_manifest, manifest_path, read_manifest, read_split, split_paths, versions, write_manifest
+from vla_export.manifest import SCHEMA, SPLIT_KIND, build_manifest, manifest_path, split_paths, versions, write_manifest
 from vla_export.export.onnx import (
     DEFAULT_OPSET,
     EXPORT_BATCH,
     MANIFEST_KIND,
-    UNFRIENDLY_OPS,
-    check_model,
     check_opset,
     data_file,
-    io_signature,
     model_record,
     move_into_place,
-    op_counts,
     stage_module,
+    static_checks,
     written_opset,
 )
 from vla_export.data.iospec import BACKBONE, HEAD, POLICY, dummy_inputs
 from vla_export.fileio import check_output_path, output_errors, staging_dir
-from vla_export.models.config import PolicyConfig
 from vla_export.models.finite import require_finite_weights
 from vla_export.models.memory import check_window_memory
 from vla_export.runtime.policy import BACKBONE_INPUTS, BACKBONE_OUTPUTS, HEAD_INPUTS, HEAD_OUTPUTS
+from vla_export.verify.parity import compare_runners
 
 log = logging.getLogger(__name__)
 
@@ -133,25 +130,6 @@ def _part_inputs(loaded, *, seed: int, batch: int, window: int, text_len: int | 
 PARITY_CASES = ((1, 7, 1.0), (3, 11, 0.5), (1, 5, 2.0))
 
 
-def compare_parts(reference, candidate, feeds, *, label: str):
-    """PyTorch part vs ONNX part on every feed, per output (fp32 tolerance of :mod:`vla_export.verify.parity`)."""
-    from vla_export.verify.parity import ParityResult, compare_output, tolerance_for
-
-    tol = tolerance_for("fp32")
-    names = list(reference.output_names)
-    refs: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    cands: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for feed in feeds:
-        r, c = reference.infer(feed), candidate.infer(feed)
-        for n in names:
-            if r[n].shape != c[n].shape:
-                raise ArtifactError(f"{label}: output '{n}' has shape {c[n].shape}, PyTorch gives {r[n].shape}")
-            refs[n].append(r[n].reshape(r[n].shape[0], -1))
-            cands[n].append(c[n].reshape(c[n].shape[0], -1))
-    outputs = {n: compare_output(n, np.concatenate(refs[n]), np.concatenate(cands[n]), tol) for n in names}
-    return ParityResult(reference.describe(), candidate.describe(), "fp32", tol, len(feeds), outputs, label)
-
-
 def export_split(loaded, prefix: str | Path, options: SplitOptions = SplitOptions()) -> SplitExportResult:
     """Export a loaded policy as two verified parts beside ``prefix`` and write ``prefix.split.json``.
 
@@ -183,7 +161,6 @@ def _export_split_staged(loaded, paths: dict[str, Path], tmpdir: Path, window: i
     import torch
 
     from vla_export.backends.onnxrt import OnnxrtRunner
-    from vla_export.export.completeness import require_complete
     from vla_export.fileio import sha256_file
     from vla_export.runtime.parts import TorchPartRunner, split_policy
 
@@ -208,16 +185,10 @@ def _export_split_staged(loaded, paths: dict[str, Path], tmpdir: Path, window: i
         state: dict[str, Any] = {}
 
         def verify(tmp: Path, part=part, module=module, state=state) -> None:
-            check_model(tmp)
-            state["completeness"] = require_complete(tmp, module)
-            state["ops"] = op_counts(tmp)
-            bad = [op for op in UNFRIENDLY_OPS if op in state["ops"]]
-            if bad:
-                raise ArtifactError(f"{tmp.name}: the graph contains {bad}, which TensorRT handles badly")
-            state["io"] = io_signature(tmp)
+            state.update(static_checks(tmp, module))
             inputs, outputs = names[part]
             with TorchPartRunner(module, inputs, outputs, label=part) as ref, OnnxrtRunner(tmp) as cand:
-                state["parity"] = compare_parts(ref, cand, feeds[part], label=f"{part} part")
+                state["parity"] = compare_runners(ref, cand, feeds[part], label=f"{part} part")
             if not state["parity"].passed:
                 raise ArtifactError(f"{tmp.name}: ONNX Runtime disagrees with the PyTorch {part}: {state['parity'].summary()}")
 

@@ -200,15 +200,17 @@ def compare_output(name: str, ref: np.ndarray, cand: np.ndarray, tol: Tolerance,
 
 
 def check_compatible(reference, candidate) -> list[str]:
-    """Outputs to compare: those the two runners share. Raises :class:`ArtifactError` on mismatched I/O."""
+    """Outputs to compare: those the two runners share. Raises :class:`ArtifactError` on mismatched I/O,
+    or when the candidate lacks the reference's first output (the one that matters)."""
     what = candidate.path or candidate.name
     if set(reference.input_names) != set(candidate.input_names):
         raise ArtifactError(
             f"{what}: inputs {list(candidate.input_names)} do not match the policy's {list(reference.input_names)}"
         )
     shared = [n for n in reference.output_names if n in candidate.output_names]
-    if "actions" not in shared:
-        raise ArtifactError(f"{what}: outputs {list(candidate.output_names)} have no 'actions'")
+    primary = reference.output_names[0]  # ``actions`` of a policy, ``feature`` of a backbone part
+    if primary not in shared:
+        raise ArtifactError(f"{what}: outputs {list(candidate.output_names)} have no {primary!r}")
     return shared
 
 
