@@ -374,3 +374,15 @@ def test_host_staging_buffers_are_pinned_and_reused(fake_stack, tmp_path, monkey
         second = runner.infer(feed(1, 5, seed=3))["actions"]
         assert len(allocs) == n  # same shapes: no new host allocation
         assert not np.shares_memory(first, second) and not np.array_equal(first, second)  # results are copies
+
+
+def test_io_names_before_activation_come_from_the_manifest_never_a_guess(tmp_path):
+    engine = tmp_path / "part.engine"
+    engine.write_bytes(b"not a real engine")
+    with pytest.raises(RunnerError, match="known once the runner is active"):
+        B.TrtRunner(engine).input_names
+    io = {"inputs": [{"name": "features", "shape": ["batch", "window", 8], "dtype": "float32"}],
+          "outputs": [{"name": "actions", "shape": ["batch", 3], "dtype": "float32"}]}
+    write_manifest(engine, build_manifest("engine", engine, [engine], io=io))
+    runner = B.TrtRunner(engine)
+    assert list(runner.input_names) == ["features"] and list(runner.output_names) == ["actions"]

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 
 from vla_export.backends.base import Runner
-from vla_export.data.iospec import INPUT_NAMES
 from vla_export.errors import ArtifactError, MissingDependencyError, RunnerError
 from vla_export.lazy import lazy_import
+from vla_export.manifest import read_manifest, validate_files
 from vla_export.system import INSTALL_CUDA, cudart, gpu_info
 
 log = logging.getLogger(__name__)
@@ -282,18 +282,26 @@ class TrtRunner(Runner):
         self.device_index, self.memory_pref, self.require_manifest = device, memory, require_manifest
         self.name = f"tensorrt:{self.path.name}"
         self.manifest: dict[str, Any] | None = None
-        self._inputs: list[str] = list(INPUT_NAMES)
-        self._outputs: list[str] = ["actions"]
+        self._inputs: list[str] | None = None  # from the engine once active; before, from its manifest
+        self._outputs: list[str] | None = None
         self.input_shapes: dict[str, list[Any]] = {}
         self.output_shapes: dict[str, list[Any]] = {}
 
     @property
     def input_names(self) -> Sequence[str]:
-        return self._inputs
+        return self._inputs if self._inputs is not None else self._recorded_io("inputs")
 
     @property
     def output_names(self) -> Sequence[str]:
-        return self._outputs
+        return self._outputs if self._outputs is not None else self._recorded_io("outputs")
+
+    def _recorded_io(self, which: str) -> list[str]:
+        """Before activation, the names the engine's manifest records; never a guess."""
+        manifest = self.manifest or read_manifest(self.path, kind="engine", required=False) or {}
+        recorded = (manifest.get("io") or {}).get(which)
+        if recorded is None:
+            raise RunnerError(f"{self.path.name}: its {which} are known once the runner is active (its manifest records none)")
+        return [t["name"] for t in recorded]
 
     @property
     def device(self) -> str:
@@ -309,7 +317,6 @@ class TrtRunner(Runner):
 
     def check_file(self) -> None:
         """File-level checks that need no TensorRT: present, non-empty, the size its manifest records."""
-        from vla_export.manifest import read_manifest, validate_files
 
         if not self.path.is_file():
             raise ArtifactError(f"{self.path}: engine file not found")

@@ -31,6 +31,8 @@ from typing import Any
 
 from vla_export.data.iospec import axis_role
 from vla_export.backends.tensorrt import engine_version
+from vla_export.export.onnx import io_signature
+from vla_export.manifest import build_manifest, read_manifest, versions, write_manifest
 from vla_export.errors import ArtifactError, ConfigError, DataError, MissingDependencyError
 from vla_export.fileio import atomic_write
 from vla_export.precision import PRECISIONS
@@ -158,8 +160,6 @@ class OnnxFacts:
 
 def read_onnx_facts(path: str | Path) -> OnnxFacts:
     """Read the facts from an ONNX file (weights not loaded) and its manifest, if any."""
-    from vla_export.manifest import read_manifest
-    from vla_export.export.onnx import io_signature
     from vla_export.export.quantize import ensure_node_names, load_onnx, precision_sensitive_nodes
     from vla_export.lazy import lazy_import
 
@@ -682,7 +682,6 @@ def _build_trtexec(plan: BuildPlan, facts: OnnxFacts, output: Path) -> None:
 def write_engine_manifest(engine: Path, facts: OnnxFacts, plan: BuildPlan, version: str, gpu: Mapping[str, Any],
                           seconds: float, builder_kind: str, options: TrtBuildOptions) -> Path:
     """``NAME.engine.json``: TensorRT version, GPU, precision and flags, profiles, ONNX sha256, build time."""
-    from vla_export.manifest import build_manifest, versions, write_manifest
     from vla_export.fileio import sha256_file
 
     data = build_manifest(
@@ -696,6 +695,7 @@ def write_engine_manifest(engine: Path, facts: OnnxFacts, plan: BuildPlan, versi
         plan=plan.to_dict(),
         options=options.to_dict(),
         onnx={"path": str(facts.path), "sha256": sha256_file(facts.path), "typed": facts.typed},
+        io=io_signature(facts.path),  # the engine's I/O is the ONNX's: runners can name it before activation
         config=facts.config,  # the policy config travels on, for parity and the runtime
         model=facts.model,  # and how it was obtained: layout, assumptions
         builder=builder_kind,
@@ -708,7 +708,6 @@ def write_engine_manifest(engine: Path, facts: OnnxFacts, plan: BuildPlan, versi
 
 def record_parity(engine: str | Path, parity: Mapping[str, Any]) -> Path:
     """Store a parity result (``ParityResult.to_dict()``) in the engine's manifest."""
-    from vla_export.manifest import read_manifest, write_manifest
 
     data = read_manifest(engine, kind=MANIFEST_KIND)
     data["parity"] = dict(parity)
