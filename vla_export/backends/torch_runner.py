@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from vla_export.backends.base import Runner
-from vla_export.data.iospec import INPUT_NAMES
+from vla_export.data.iospec import POLICY
 from vla_export.errors import RunnerError
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -71,12 +71,12 @@ def rewrite_patch_convs(module) -> int:
     return count
 
 
-class TorchRunner(Runner):
-    """Runs a policy module (or a loader returning one) with inputs from :data:`INPUT_NAMES`.
+class ModuleRunner(Runner):
+    """Runs a torch module (or a loader returning one) whose positional inputs and outputs are named.
 
-    ``debug_outputs=True`` also returns the per-frame ``features`` (to catch a broken backbone that a
-    near-constant head would hide). ``patch_matmul=True`` computes the ViT patch embeddings as matmuls
-    (:func:`rewrite_patch_convs`; same weights, same result).
+    The policy runner (:class:`TorchRunner`) and the streaming parts (backbone, head) are both this.
+    ``patch_matmul=True`` computes the ViT patch embeddings as matmuls (:func:`rewrite_patch_convs`;
+    same weights, same result).
 
     A module passed in (rather than a loader) is moved, cast and rewritten in place, not copied: a
     full-size policy has no room for a second copy. Give each runner its own loader when runners of
@@ -85,13 +85,15 @@ class TorchRunner(Runner):
 
     def __init__(
         self,
-        policy_or_loader: Any,
+        module_or_loader: Any,
+        input_names: Sequence[str],
+        output_names: Sequence[str],
         *,
+        label: str | None = None,
         device: str = "cpu",
         dtype: str = "float32",
         cuda_graph: bool = False,
         compile: bool | str = False,
-        debug_outputs: bool = False,
         patch_matmul: bool = False,
     ):
         super().__init__()
@@ -107,23 +109,26 @@ class TorchRunner(Runner):
                 f"compile mode {compile_mode!r} already captures CUDA graphs; use it without cuda_graph, "
                 "or 'max-autotune-no-cudagraphs' with cuda_graph"
             )
-        self._source = policy_or_loader
+        self._source = module_or_loader
+        self._inputs, self._outputs = tuple(input_names), tuple(output_names)
         self._device, self.dtype = device, dtype
-        self.cuda_graph, self.compile, self.debug_outputs = cuda_graph, compile_mode, debug_outputs
+        self.cuda_graph, self.compile = cuda_graph, compile_mode
         self.patch_matmul = patch_matmul
         mode = ("+patchmm" if patch_matmul else "") + ("+compile" + ("" if compile_mode == "default" else f"-{compile_mode}") if compile_mode else "") + ("+cudagraph" if cuda_graph else "")
-        self.name = f"torch-{device.split(':')[0]}-{dtype.replace('float', 'fp').replace('bfp', 'bf')}{mode}"
+        name = f"torch-{device.split(':')[0]}-{dtype.replace('float', 'fp').replace('bfp', 'bf')}{mode}"
+        self.name = f"{label}:{name}" if label else name
+        self.module: Any = None
         self._graph = None
         self._static_in: dict[str, Any] | None = None
         self._static_out: Any = None
 
     @property
     def input_names(self) -> Sequence[str]:
-        return INPUT_NAMES
+        return self._inputs
 
     @property
     def output_names(self) -> Sequence[str]:
-        return ("actions", "features") if self.debug_outputs else ("actions",)
+        return self._outputs
 
     @property
     def device(self) -> str:
@@ -132,7 +137,7 @@ class TorchRunner(Runner):
     @property
     def config(self):
         """The policy config of the active module (None before activation or for a module without one)."""
-        return getattr(getattr(self, "policy", None), "cfg", None)
+        return getattr(self.module, "cfg", None)
 
     def describe(self) -> dict[str, Any]:
         import torch
@@ -149,22 +154,22 @@ class TorchRunner(Runner):
 
         if self.device == "cuda" and not torch.cuda.is_available():
             raise RunnerError(f"{self.name}: CUDA is not available to torch {torch.__version__}")
-        policy = self._source() if callable(self._source) and not isinstance(self._source, torch.nn.Module) else self._source
-        policy = getattr(policy, "policy", policy)  # a LoadedPolicy from a loader
-        self.policy = policy.to(device=self._device, dtype=getattr(torch, self.dtype)).eval()
-        for module in self.policy.modules():
-            if isinstance(module, torch.nn.RNNBase):
-                module.flatten_parameters()  # .to() leaves cuDNN's LSTM weights in separate chunks
+        module = self._source() if callable(self._source) and not isinstance(self._source, torch.nn.Module) else self._source
+        module = getattr(module, "policy", module)  # a LoadedPolicy from a loader
+        self.module = module.to(device=self._device, dtype=getattr(torch, self.dtype)).eval()
+        for sub in self.module.modules():
+            if isinstance(sub, torch.nn.RNNBase):
+                sub.flatten_parameters()  # .to() leaves cuDNN's LSTM weights in separate chunks
         if self.patch_matmul:
-            rewrite_patch_convs(self.policy)
-        self._fn: Callable = self.policy
+            rewrite_patch_convs(self.module)
+        self._fn: Callable = self.module
         if self.compile:
             # Static shapes: a new input shape recompiles rather than running a slower dynamic kernel.
-            self._fn = torch.compile(self.policy, mode=self.compile, dynamic=False, fullgraph=False)
+            self._fn = torch.compile(self.module, mode=self.compile, dynamic=False, fullgraph=False)
 
     def _deactivate(self) -> None:
         self._graph = self._static_in = self._static_out = None
-        self.policy = self._fn = None
+        self.module = self._fn = None
         if self.device == "cuda":
             import torch
 
@@ -182,7 +187,7 @@ class TorchRunner(Runner):
         return out
 
     def _forward(self, staged):
-        return self._fn(staged["pixel_values"], staged["input_ids"], staged["attention_mask"], return_features=self.debug_outputs)
+        return self._fn(*(staged[name] for name in self._inputs))
 
     def _execute(self, staged):
         import torch
@@ -225,3 +230,24 @@ class TorchRunner(Runner):
 
     def to_host(self, outputs):
         return {k: v.detach().float().cpu().numpy() for k, v in outputs.items()}
+
+
+class TorchRunner(ModuleRunner):
+    """The policy as a runner: inputs and outputs of :data:`vla_export.data.iospec.POLICY`.
+
+    ``debug_outputs=True`` also returns the per-frame ``features`` (to catch a broken backbone that a
+    near-constant head would hide).
+    """
+
+    def __init__(self, policy_or_loader: Any, *, debug_outputs: bool = False, **kwargs: Any):
+        super().__init__(policy_or_loader, POLICY.input_names, POLICY.output_names(debug=debug_outputs), **kwargs)
+        self.debug_outputs = debug_outputs
+
+    @property
+    def policy(self) -> Any:
+        """The active policy module (None before activation)."""
+        return self.module
+
+    def _forward(self, staged):
+        return self._fn(*(staged[name] for name in self._inputs), return_features=self.debug_outputs)
+

@@ -379,10 +379,6 @@ def policy_graph(policy, debug_outputs: bool):
     return PolicyGraph().eval()
 
 
-def policy_output_names(debug_outputs: bool) -> tuple[str, ...]:
-    return ("actions", "features") if debug_outputs else ("actions",)
-
-
 def model_record(loaded) -> dict[str, Any] | None:
     """How the exported policy's config was obtained (layout, source, every assumption), for the manifest."""
     resolved = getattr(loaded, "resolved", None)
@@ -412,7 +408,7 @@ def export_policy(loaded, path: str | Path, options: OnnxExportOptions = OnnxExp
     example = dummy_inputs(POLICY, cfg, batch=EXPORT_BATCH, window=window, seed=options.seed)
     example_t = {k: torch.from_numpy(v) for k, v in example.items()}
     dyn = POLICY.dynamic_axes(dynamic_window=options.dynamic_window)
-    outputs = policy_output_names(options.debug_outputs)
+    outputs = POLICY.output_names(debug=options.debug_outputs)
     state: dict[str, Any] = {"parity": []}
     start = time.perf_counter()
 

@@ -162,7 +162,8 @@ def _export_split_staged(loaded, paths: dict[str, Path], tmpdir: Path, window: i
 
     from vla_export.backends.onnxrt import OnnxrtRunner
     from vla_export.fileio import sha256_file
-    from vla_export.runtime.parts import TorchPartRunner, split_policy
+    from vla_export.backends.torch_runner import ModuleRunner
+    from vla_export.runtime.parts import split_policy
 
     cfg, policy = loaded.config, loaded.policy
     staged = {part: tmpdir / part / paths[part].name for part in PARTS}
@@ -187,7 +188,7 @@ def _export_split_staged(loaded, paths: dict[str, Path], tmpdir: Path, window: i
         def verify(tmp: Path, part=part, module=module, state=state) -> None:
             state.update(static_checks(tmp, module))
             inputs, outputs = names[part]
-            with TorchPartRunner(module, inputs, outputs, label=part) as ref, OnnxrtRunner(tmp) as cand:
+            with ModuleRunner(module, inputs, outputs, label=part) as ref, OnnxrtRunner(tmp) as cand:
                 state["parity"] = compare_runners(ref, cand, feeds[part], label=f"{part} part")
             if not state["parity"].passed:
                 raise ArtifactError(f"{tmp.name}: ONNX Runtime disagrees with the PyTorch {part}: {state['parity'].summary()}")

@@ -9,12 +9,11 @@ Moving a part (``.to``) moves those shared submodules of the policy too.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
 
-from vla_export.backends.torch_runner import TorchRunner
+from vla_export.backends.torch_runner import ModuleRunner
 from vla_export.models.policy import MobileVLAPolicy
 from vla_export.runtime.policy import BACKBONE_INPUTS, BACKBONE_OUTPUTS, HEAD_INPUTS, HEAD_OUTPUTS, Policy
 
@@ -53,32 +52,12 @@ def split_policy(policy: Any) -> tuple[BackbonePart, HeadPart]:
     return BackbonePart(policy).eval(), HeadPart(policy).eval()
 
 
-class TorchPartRunner(TorchRunner):
-    """A :class:`TorchRunner` for any module whose positional inputs and outputs are named."""
-
-    def __init__(self, module: nn.Module, input_names: Sequence[str], output_names: Sequence[str], *, label: str, **kwargs: Any):
-        super().__init__(module, **kwargs)
-        self._inputs, self._outputs = tuple(input_names), tuple(output_names)
-        self.name = f"{label}:{self.name}"
-
-    @property
-    def input_names(self) -> Sequence[str]:
-        return self._inputs
-
-    @property
-    def output_names(self) -> Sequence[str]:
-        return self._outputs
-
-    def _forward(self, staged):
-        return self._fn(*(staged[name] for name in self._inputs))
-
-
-def torch_part_runners(policy: Any, **runner_kwargs: Any) -> tuple[TorchPartRunner, TorchPartRunner]:
-    """Backbone and head runners over a policy's parts; ``runner_kwargs`` go to :class:`TorchRunner`."""
+def torch_part_runners(policy: Any, **runner_kwargs: Any) -> tuple[ModuleRunner, ModuleRunner]:
+    """Backbone and head runners over a policy's parts; ``runner_kwargs`` go to :class:`ModuleRunner`."""
     backbone, head = split_policy(policy)
     return (
-        TorchPartRunner(backbone, BACKBONE_INPUTS, BACKBONE_OUTPUTS, label="backbone", **runner_kwargs),
-        TorchPartRunner(head, HEAD_INPUTS, HEAD_OUTPUTS, label="head", **runner_kwargs),
+        ModuleRunner(backbone, BACKBONE_INPUTS, BACKBONE_OUTPUTS, label="backbone", **runner_kwargs),
+        ModuleRunner(head, HEAD_INPUTS, HEAD_OUTPUTS, label="head", **runner_kwargs),
     )
 
 
