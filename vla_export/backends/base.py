@@ -71,9 +71,15 @@ class Runner(abc.ABC):
         """'cpu' or 'cuda': where ``execute`` runs (decides how benchmarks synchronise)."""
         return "cpu"
 
+    @property
+    def precision(self) -> str | None:
+        """The element type the weights compute in (``float32``, ``float16``, ``bfloat16``, ``int8``),
+        where the runner knows it; None where only the artifact's graph can say (an ONNX file)."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         """What actually ran (provider, precision, device), for reports and manifests."""
-        return {"name": self.name, "device": self.device}
+        return {"name": self.name, "device": self.device, "precision": self.precision}
 
     # --- inference ---
     def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

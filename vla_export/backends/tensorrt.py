@@ -288,6 +288,12 @@ class TrtRunner(Runner):
         self.output_shapes: dict[str, list[Any]] = {}
 
     @property
+    def precision(self) -> str | None:
+        """The build's precision from the engine manifest (int8 or fp16 builds keep some layers wider)."""
+        recorded = (self.manifest or {}).get("precision")
+        return {"fp32": "float32", "fp16": "float16", "int8": "int8"}.get(recorded) if recorded else None
+
+    @property
     def input_names(self) -> Sequence[str]:
         return self._inputs if self._inputs is not None else self._recorded_io("inputs")
 

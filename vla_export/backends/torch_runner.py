@@ -135,6 +135,10 @@ class ModuleRunner(Runner):
         return "cuda" if self._device.startswith("cuda") else "cpu"
 
     @property
+    def precision(self) -> str:
+        return self.dtype
+
+    @property
     def config(self):
         """The policy config of the active module (None before activation or for a module without one)."""
         return getattr(self.module, "cfg", None)

@@ -28,7 +28,7 @@ from vla_export.backends.base import Runner
 from vla_export.system import peak_rss_bytes
 from vla_export.bench.floor import DTYPE_BYTES, DevicePeak, FloorCheck, ModelCost, check_floor, onnx_weight_bytes, policy_cost
 from vla_export.bench.stats import LatencyStats
-from vla_export.bench.targets import DTYPE_ALIASES, Target
+from vla_export.bench.targets import Target
 from vla_export.data.preprocess import preprocess_frame
 from vla_export.data.source import SyntheticSource
 from vla_export.errors import ConfigError, RunnerError
@@ -235,20 +235,14 @@ def _resolve_config(target: Target, runner: Runner) -> PolicyConfig:
 _FASTEST = ("int8", "float16", "bfloat16", "float32")
 
 
-def _declared_dtype(info: dict[str, Any]) -> str | None:
-    d = info.get("dtype") or info.get("precision")
-    d = DTYPE_ALIASES.get(str(d), d)
-    return d if d in DTYPE_BYTES else None
-
-
-def _cost(target: Target, cfg: PolicyConfig, info: dict[str, Any], settings: BenchSettings) -> ModelCost:
+def _cost(target: Target, cfg: PolicyConfig, runner: Runner, settings: BenchSettings) -> ModelCost:
     """FLOPs from the config; weight bytes and precision from what actually runs.
 
     torch: its dtype. ONNX: the graph's initializers (exact for any precision, Q/DQ included) and the
     fastest element type among them. Otherwise the runner's declared precision, or int8 when it
     declares none (the lowest floor, so a real measurement is never flagged).
     """
-    dtype = _declared_dtype(info)
+    dtype = runner.precision if runner.precision in DTYPE_BYTES else None
     if target.kind == "onnx":
         by_type = onnx_weight_bytes(target.artifact)
         present = [d for d in _FASTEST if any(f"({d})" in k for k in by_type)] or ["float32"]
@@ -293,7 +287,7 @@ def bench_target(target: Target, settings: BenchSettings, peak: DevicePeak, *, p
         info = runner.describe()
         if "actions" not in runner.output_names:
             raise ConfigError(f"{target.artifact}: outputs {list(runner.output_names)} have no 'actions': not a whole policy (time a split part with --streaming)")
-        cost = _cost(target, cfg, info, settings)
+        cost = _cost(target, cfg, runner, settings)
         t0 = time.perf_counter()
         outputs = runner.infer(feed)
         first_infer_s = time.perf_counter() - t0
