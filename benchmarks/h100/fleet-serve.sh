@@ -2,7 +2,8 @@
 # Fleet benchmark on the lent GPU: mobile-vla (random weights) fp16 in the Python backend of a real tritonserver.
 # Layout it expects (carried beside it): whl/ = nvidia_pytriton-0.7.0 (manylinux_2_35), tritonclient-2.73.0,
 # python_rapidjson-1.25 (cp312), protobuf-6.33.6; src/ = vla_export/ and benchmarks/fleet_bench.py of this branch.
-# Ran twice on a lent H100 (2026-11-26), both failing at model load (see ../fleet.md); not yet run with the fix.
+# Ran on a lent H100 on 2026-11-26: twice failing at model load, then through (see ../fleet.md). whl/ also held
+# grpcio 1.81.1, and the pytriton wheel was repacked without the stubs of other Pythons (64 MiB carry limit).
 cd "$(dirname "$0")"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1
