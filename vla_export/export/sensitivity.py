@@ -72,6 +72,10 @@ class Budget:
     def __post_init__(self) -> None:
         if self.max_action_error is None and self.min_cosine is None and self.max_feature_rel_error is None:
             raise ConfigError("an accuracy budget needs at least one of --max-action-error, --min-cosine, --max-feature-rel-error")
+        if self.min_cosine is not None and not 0 < self.min_cosine <= 1:
+            raise ConfigError(f"--min-cosine must be in (0, 1], got {self.min_cosine}")
+        if any(v is not None and v < 0 for v in (self.max_action_error, self.max_feature_rel_error)):
+            raise ConfigError("error budgets must be >= 0")
 
     def holds(self, e: Errors) -> bool:
         return ((self.max_action_error is None or e.actions_max_abs <= self.max_action_error)
