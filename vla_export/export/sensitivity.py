@@ -17,16 +17,23 @@ the budget on the held-out windows (or none are left).
 
 from __future__ import annotations
 
+import ast
 import copy
 import re
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from vla_export.backends.onnxrt import EXACT_QDQ_CONFIG
 from vla_export.errors import ConfigError, DataError
+from vla_export.export.quantize import (
+    _needs_external_data, _publish, ensure_node_names, load_onnx, precision_sensitive_nodes, quantize_int8, save_onnx,
+)
 from vla_export.lazy import lazy_import
 from vla_export.parity import compare_output, tolerance_for
 
@@ -131,8 +138,6 @@ def _scopes(node) -> list[str]:
     for p in node.metadata_props:
         if p.key == "pkg.torch.onnx.name_scopes":
             try:
-                import ast
-
                 return [s for s in ast.literal_eval(p.value) if isinstance(s, str)]
             except (ValueError, SyntaxError):
                 return []
@@ -222,8 +227,6 @@ class Evaluator:
 
     def _run(self, model) -> dict[str, np.ndarray]:
         ort = lazy_import("onnxruntime", purpose="running ONNX models")
-        from vla_export.backends.onnxrt import EXACT_QDQ_CONFIG
-
         opts = ort.SessionOptions()
         for k, v in EXACT_QDQ_CONFIG.items():
             opts.add_session_config_entry(k, v)
@@ -343,13 +346,6 @@ def quantize_int8_with_budget(
     which units are INT8 and which not and why, the measured errors and the share of weight elements
     left in INT8. Returns ``(QuantizeResult, BudgetSearch, SensitivityResult)``; the model is written
     whether or not the budget was met (``BudgetSearch.met`` says)."""
-    import tempfile
-    from pathlib import Path
-
-    from vla_export.export.quantize import (
-        _needs_external_data, _publish, ensure_node_names, load_onnx, precision_sensitive_nodes, quantize_int8, save_onnx,
-    )
-
     start = time.perf_counter()
     output = Path(output)
     float_model = load_onnx(onnx_path)
