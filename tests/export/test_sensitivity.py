@@ -120,3 +120,25 @@ def test_sensitivity_and_budget_commands(cli, setup, tmp_path):
     assert opts["budget"]["met"] and opts["layers"]["int8"] == [] and opts["int8_share_of_weight_elements"] == 0
     r = cli("quantize", root / "tiny.onnx", "--int8", "--calib", setup["calib"].path, "--min-cosine", "1.5")
     assert r.exit_code == 2 and "min-cosine" in r.stderr, r
+
+
+def test_surgery_when_a_dequantize_output_has_the_float_name():
+    """onnxruntime names a bias DequantizeLinear output after the float bias: the float copy is renamed."""
+    from onnx import TensorProto, helper
+
+    w = numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(2, 3), "w")
+    b = numpy_helper.from_array(np.array([0.5, -0.5, 1.0], np.float32), "b")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])
+    y = helper.make_tensor_value_info("actions", TensorProto.FLOAT, [1, 3])
+    float_model = helper.make_model(helper.make_graph([helper.make_node("Gemm", ["x", "w", "b"], ["actions"], name="g")],
+                                                      "f", [x], [y], [w, b]))
+    qb = numpy_helper.from_array(np.array([1, -1, 2], np.int32), "b_quantized")
+    sb = numpy_helper.from_array(np.float32(0.5), "b_scale")
+    q_nodes = [helper.make_node("DequantizeLinear", ["b_quantized", "b_scale"], ["b"], name="dq_b"),
+               helper.make_node("Gemm", ["x", "w", "b"], ["actions"], name="g")]
+    qdq = helper.make_model(helper.make_graph(q_nodes, "q", [x], [y], [w, qb, sb]))
+    out = S.with_float_nodes(qdq, float_model, ["g"])
+    onnx.checker.check_model(out)
+    assert [n.op_type for n in out.graph.node] == ["Gemm"] and out.graph.node[0].input[2] == "b__float"
+    np.testing.assert_array_equal(numpy_helper.to_array(next(i for i in out.graph.initializer if i.name == "b__float")),
+                                  numpy_helper.to_array(b))

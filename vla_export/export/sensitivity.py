@@ -187,10 +187,18 @@ def with_float_nodes(qdq_model, float_model, nodes: Iterable[str]):
             raise DataError(f"node {node.name} of the Q/DQ model has no counterpart in the float model: not quantized from it")
         for k, name in enumerate(node.input):
             if name in prod and prod[name].op_type == "DequantizeLinear":
-                node.input[k] = source.input[k]
-                if source.input[k] in float_inits and source.input[k] not in have:
-                    model.graph.initializer.append(float_inits[source.input[k]])
-                    have.add(source.input[k])
+                original = source.input[k]
+                if original in float_inits:
+                    # The quantizer may have given the DequantizeLinear output the float tensor's own name
+                    # (onnxruntime does for biases): the float copy then needs a name of its own.
+                    target = original if original not in prod else f"{original}__float"
+                    if target not in have:
+                        init = copy.deepcopy(float_inits[original])
+                        init.name = target
+                        model.graph.initializer.append(init)
+                        have.add(target)
+                    original = target
+                node.input[k] = original
     _prune(model)
     return model
 
@@ -217,10 +225,13 @@ def _prune(model) -> None:
 class Evaluator:
     """Runs model variants (exact Q/DQ arithmetic) on fixed feeds against the float model's outputs."""
 
-    def __init__(self, float_model, feeds: Sequence[Mapping[str, np.ndarray]]):
+    def __init__(self, float_model, feeds: Sequence[Mapping[str, np.ndarray]], *, outputs: tuple[str, ...] = ("actions", "features")):
+        """``outputs``: the graph outputs standing for (actions, features); a model that is not a policy
+        (e.g. a trained ViT used to measure quantization on realistic weights) names its own."""
         if not feeds:
             raise DataError("sensitivity needs at least one evaluation window")
         self.feeds = list(feeds)
+        self.outputs = dict(zip(outputs, ("actions", "features")))
         self.count = 0
         self.reference = self._run(float_model)
         self.count = 0
@@ -231,11 +242,13 @@ class Evaluator:
         for k, v in EXACT_QDQ_CONFIG.items():
             opts.add_session_config_entry(k, v)
         session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        names = [o.name for o in session.get_outputs() if o.name in ("actions", "features")]
-        outs: dict[str, list[np.ndarray]] = {n: [] for n in names}
+        names = [o.name for o in session.get_outputs() if o.name in self.outputs]
+        if not names:
+            raise DataError(f"the model has none of the outputs {list(self.outputs)}")
+        outs: dict[str, list[np.ndarray]] = {self.outputs[n]: [] for n in names}
         for feed in self.feeds:
             for n, v in zip(names, session.run(names, dict(feed))):
-                outs[n].append(v.reshape(-1, v.shape[-1]))
+                outs[self.outputs[n]].append(v.reshape(-1, v.shape[-1]))
         self.count += 1
         return {n: np.concatenate(v) for n, v in outs.items()}
 
