@@ -17,16 +17,23 @@ the budget on the held-out windows (or none are left).
 
 from __future__ import annotations
 
+import ast
 import copy
 import re
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from vla_export.backends.onnxrt import EXACT_QDQ_CONFIG
 from vla_export.errors import ConfigError, DataError
+from vla_export.export.quantize import (
+    _needs_external_data, _publish, ensure_node_names, load_onnx, precision_sensitive_nodes, quantize_int8, save_onnx,
+)
 from vla_export.lazy import lazy_import
 from vla_export.verify.parity import compare_output, tolerance_for
 
@@ -72,6 +79,10 @@ class Budget:
     def __post_init__(self) -> None:
         if self.max_action_error is None and self.min_cosine is None and self.max_feature_rel_error is None:
             raise ConfigError("an accuracy budget needs at least one of --max-action-error, --min-cosine, --max-feature-rel-error")
+        if self.min_cosine is not None and not 0 < self.min_cosine <= 1:
+            raise ConfigError(f"--min-cosine must be in (0, 1], got {self.min_cosine}")
+        if any(v is not None and v < 0 for v in (self.max_action_error, self.max_feature_rel_error)):
+            raise ConfigError("error budgets must be >= 0")
 
     def holds(self, e: Errors) -> bool:
         return ((self.max_action_error is None or e.actions_max_abs <= self.max_action_error)
@@ -127,8 +138,6 @@ def _scopes(node) -> list[str]:
     for p in node.metadata_props:
         if p.key == "pkg.torch.onnx.name_scopes":
             try:
-                import ast
-
                 return [s for s in ast.literal_eval(p.value) if isinstance(s, str)]
             except (ValueError, SyntaxError):
                 return []
@@ -178,10 +187,18 @@ def with_float_nodes(qdq_model, float_model, nodes: Iterable[str]):
             raise DataError(f"node {node.name} of the Q/DQ model has no counterpart in the float model: not quantized from it")
         for k, name in enumerate(node.input):
             if name in prod and prod[name].op_type == "DequantizeLinear":
-                node.input[k] = source.input[k]
-                if source.input[k] in float_inits and source.input[k] not in have:
-                    model.graph.initializer.append(float_inits[source.input[k]])
-                    have.add(source.input[k])
+                original = source.input[k]
+                if original in float_inits:
+                    # The quantizer may have given the DequantizeLinear output the float tensor's own name
+                    # (onnxruntime does for biases): the float copy then needs a name of its own.
+                    target = original if original not in prod else f"{original}__float"
+                    if target not in have:
+                        init = copy.deepcopy(float_inits[original])
+                        init.name = target
+                        model.graph.initializer.append(init)
+                        have.add(target)
+                    original = target
+                node.input[k] = original
     _prune(model)
     return model
 
@@ -208,27 +225,30 @@ def _prune(model) -> None:
 class Evaluator:
     """Runs model variants (exact Q/DQ arithmetic) on fixed feeds against the float model's outputs."""
 
-    def __init__(self, float_model, feeds: Sequence[Mapping[str, np.ndarray]]):
+    def __init__(self, float_model, feeds: Sequence[Mapping[str, np.ndarray]], *, outputs: tuple[str, ...] = ("actions", "features")):
+        """``outputs``: the graph outputs standing for (actions, features); a model that is not a policy
+        (e.g. a trained ViT used to measure quantization on realistic weights) names its own."""
         if not feeds:
             raise DataError("sensitivity needs at least one evaluation window")
         self.feeds = list(feeds)
+        self.outputs = dict(zip(outputs, ("actions", "features")))
         self.count = 0
         self.reference = self._run(float_model)
         self.count = 0
 
     def _run(self, model) -> dict[str, np.ndarray]:
         ort = lazy_import("onnxruntime", purpose="running ONNX models")
-        from vla_export.backends.onnxrt import EXACT_QDQ_CONFIG
-
         opts = ort.SessionOptions()
         for k, v in EXACT_QDQ_CONFIG.items():
             opts.add_session_config_entry(k, v)
         session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        names = [o.name for o in session.get_outputs() if o.name in ("actions", "features")]
-        outs: dict[str, list[np.ndarray]] = {n: [] for n in names}
+        names = [o.name for o in session.get_outputs() if o.name in self.outputs]
+        if not names:
+            raise DataError(f"the model has none of the outputs {list(self.outputs)}")
+        outs: dict[str, list[np.ndarray]] = {self.outputs[n]: [] for n in names}
         for feed in self.feeds:
             for n, v in zip(names, session.run(names, dict(feed))):
-                outs[n].append(v.reshape(-1, v.shape[-1]))
+                outs[self.outputs[n]].append(v.reshape(-1, v.shape[-1]))
         self.count += 1
         return {n: np.concatenate(v) for n, v in outs.items()}
 
@@ -339,13 +359,6 @@ def quantize_int8_with_budget(
     which units are INT8 and which not and why, the measured errors and the share of weight elements
     left in INT8. Returns ``(QuantizeResult, BudgetSearch, SensitivityResult)``; the model is written
     whether or not the budget was met (``BudgetSearch.met`` says)."""
-    import tempfile
-    from pathlib import Path
-
-    from vla_export.export.quantize import (
-        _needs_external_data, _publish, ensure_node_names, load_onnx, precision_sensitive_nodes, quantize_int8, save_onnx,
-    )
-
     start = time.perf_counter()
     output = Path(output)
     float_model = load_onnx(onnx_path)
