@@ -30,7 +30,8 @@ def full_export(tmp_path_factory, tiny_ckpt):
 
 def test_tiny_export_io_and_manifest(tiny_onnx, tiny_ckpt):
     from vla_export.manifest import read_manifest, validate_files
-    from vla_export.export.onnx import UNFRIENDLY_OPS, io_signature, op_counts
+    from vla_export.export.onnx import UNFRIENDLY_OPS
+    from vla_export.onnxfile import io_signature, op_counts
     from vla_export.fileio import sha256_file
 
     io = io_signature(tiny_onnx)
@@ -110,7 +111,7 @@ def test_simplify_without_onnxslim_names_the_extra(tiny_onnx, tmp_path, monkeypa
 
 def test_missing_external_data_is_an_error(full_export, tmp_path, cli, tiny_ckpt):
     from vla_export.backends.onnxrt import OnnxrtRunner
-    from vla_export.export.onnx import check_model
+    from vla_export.onnxfile import check_model
 
     out, _ = full_export
     lone = tmp_path / out.name

@@ -284,7 +284,8 @@ def test_failed_or_impossible_trtexec_builds_leave_nothing(no_tensorrt, fake_trt
 
 
 def test_onnx_with_missing_external_data_is_refused(tiny_onnx, tmp_path):
-    from vla_export.export.quantize import load_onnx, save_onnx
+    from vla_export.export.quantize import save_onnx
+    from vla_export.onnxfile import load_onnx
 
     save_onnx(load_onnx(tiny_onnx), tmp_path / "m.onnx", external=True)
     (tmp_path / "m.onnx.data").unlink()

@@ -149,8 +149,8 @@ def artifact_window(artifact: str) -> int | None:
     if kind in ("checkpoint", "preset"):
         return None
     if kind == "onnx":
-        from vla_export.backends.onnx_files import require_external_data
-        from vla_export.export.onnx import io_signature
+        from vla_export.onnxfile import require_external_data
+        from vla_export.onnxfile import io_signature
 
         require_external_data(artifact)  # a readable model with its weights, or one line saying why not
         shapes = {v["name"]: v["shape"] for v in io_signature(artifact)["inputs"]}

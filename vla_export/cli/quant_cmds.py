@@ -77,7 +77,8 @@ def sensitivity(
 ) -> None:
     """Rank the quantized layers of a Q/DQ model by the error each adds alone, on held-out windows."""
     from vla_export.manifest import read_manifest
-    from vla_export.export.quantize import ensure_node_names, load_onnx
+    from vla_export.export.quantize import ensure_node_names
+    from vla_export.onnxfile import load_onnx
     from vla_export.export.sensitivity import layer_sensitivity
 
     manifest = read_manifest(qdq_onnx, kind="onnx")

@@ -92,7 +92,7 @@ def calib(
         window=onnx_window if window is None else window, text_len=text_len,
     )
     if onnx is not None:
-        from vla_export.export.onnx import io_signature
+        from vla_export.onnxfile import io_signature
 
         calib_set.check_inputs(io_signature(onnx)["inputs"], onnx)
     report = calib_set.to_dict()

@@ -13,16 +13,14 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vla_export.backends.onnx_files import external_data_files, require_external_data
+from vla_export.onnxfile import check_model, data_file, io_signature, op_counts, written_opset
 from vla_export.errors import ArtifactError, ConfigError
-from vla_export.manifest import read_manifest
 from vla_export.fileio import check_output_path, staging_dir
 from vla_export.lazy import lazy_import
 from vla_export.progress import reported
@@ -37,12 +35,6 @@ TWO_GB = 2**31 - 1  # protobuf's hard limit for one serialised message
 MANIFEST_KIND = "onnx"
 #: Exported with this batch: dynamo given batch 1 silently specialises the batch axis to 1.
 EXPORT_BATCH = 2
-
-
-def data_file(path: str | Path) -> Path:
-    """The single external-data file beside ``path``: ``x.onnx`` -> ``x.onnx.data``."""
-    path = Path(path)
-    return path.with_name(path.name + ".data")
 
 
 def _module_bytes(module) -> int:
@@ -81,16 +73,6 @@ def check_opset(opset: int, exporter: str) -> None:
         other = [e for e, (lo, hi) in OPSET_RANGE.items() if e != exporter and lo <= opset <= hi]
         hint = f", or use --exporter {other[0]}" if other else ""
         raise ConfigError(f"--opset {opset}: the {exporter} exporter writes opsets {low} to {high}; choose one of those{hint}")
-
-
-def written_opset(path: str | Path) -> int:
-    """The default-domain (ai.onnx) opset an ONNX file declares: what it really holds."""
-    onnx = lazy_import("onnx", purpose="reading ONNX models")
-    model = onnx.load(str(path), load_external_data=False)
-    versions = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
-    if not versions:
-        raise ArtifactError(f"{path}: declares no ai.onnx opset")
-    return int(versions[0])
 
 
 @reported("exporting to ONNX and verifying")
@@ -240,55 +222,6 @@ def move_into_place(tmp: Path, path: Path, extras: Sequence[Path]) -> None:
 
 
 # --- checks ---------------------------------------------------------------------------------------
-
-def check_model(path: str | Path) -> None:
-    """onnx.checker and shape inference, both by path so external data (and > 2 GB models) work."""
-    onnx = lazy_import("onnx", purpose="checking ONNX models")
-    path = Path(path)
-    require_external_data(path, recorded_sizes(path))
-    try:
-        onnx.checker.check_model(str(path), full_check=False)
-    except onnx.checker.ValidationError as exc:
-        raise ArtifactError(f"{path}: onnx.checker failed: {str(exc).splitlines()[0]}") from None
-    fd, inferred = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
-    os.close(fd)
-    try:
-        onnx.shape_inference.infer_shapes_path(str(path), inferred)
-    except Exception as exc:  # onnx raises InferenceError and RuntimeError
-        raise ArtifactError(f"{path}: shape inference failed: {str(exc).splitlines()[0]}") from None
-    finally:
-        os.unlink(inferred)
-
-
-def recorded_sizes(path: str | Path) -> dict[str, int]:
-    """File name -> bytes, as the manifest beside ``path`` records them (empty without one)."""
-    manifest = read_manifest(path, required=False) or {}
-    return {f["name"]: int(f["bytes"]) for f in manifest.get("files", []) if "name" in f and "bytes" in f}
-
-
-def io_signature(path: str | Path) -> dict[str, list[dict[str, Any]]]:
-    """Inputs and outputs of an ONNX file: name, shape (ints, or dim names for dynamic axes), dtype."""
-    onnx = lazy_import("onnx", purpose="reading ONNX models")
-    model = onnx.load(str(path), load_external_data=False)
-
-    def describe(values):
-        out = []
-        for v in values:
-            tt = v.type.tensor_type
-            shape = [d.dim_param or (d.dim_value if d.HasField("dim_value") else "?") for d in tt.shape.dim]
-            out.append({"name": v.name, "shape": shape, "dtype": onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name})
-        return out
-
-    return {"inputs": describe(model.graph.input), "outputs": describe(model.graph.output)}
-
-
-def op_counts(path: str | Path) -> dict[str, int]:
-    onnx = lazy_import("onnx", purpose="reading ONNX models")
-    counts: dict[str, int] = {}
-    for node in onnx.load(str(path), load_external_data=False).graph.node:
-        counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
-
 
 #: Ops TensorRT handles badly or that signal a data-dependent shape (HF's boolean scatter exports to these).
 UNFRIENDLY_OPS = ("NonZero", "ScatterND")

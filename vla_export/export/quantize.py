@@ -22,9 +22,8 @@ import numpy as np
 
 from vla_export.data.calibration import CalibrationSet
 from vla_export.errors import ArtifactError, DataError, MissingDependencyError
-from vla_export.backends.onnx_files import require_external_data
-from vla_export.export.onnx import data_file, external_data_files, io_signature, op_counts, recorded_sizes
 from vla_export.lazy import lazy_import
+from vla_export.onnxfile import data_file, io_signature, load_onnx, op_counts
 from vla_export.progress import reported
 
 FP16_MAX = 65504.0
@@ -47,17 +46,6 @@ CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 #: is then MinMax byte for byte. So the ranges are computed here and handed over as a calibration cache.
 ENTROPY_BINS = 1024
 ENTROPY_QUANTIZED_BINS = 128
-
-
-def load_onnx(path: str | Path, *, load_external_data: bool = True):
-    """Load an ONNX model; ArtifactError for a missing file, a bad protobuf or missing external data."""
-    onnx = lazy_import("onnx", purpose="reading ONNX models")
-    path = Path(path)
-    require_external_data(path, recorded_sizes(path))
-    try:
-        return onnx.load(str(path), load_external_data=load_external_data)
-    except Exception as exc:  # a short or corrupt external data file
-        raise ArtifactError(f"{path}: cannot load its weights ({type(exc).__name__}: {exc})") from None
 
 
 def _constant_arrays(model) -> dict[str, np.ndarray]:

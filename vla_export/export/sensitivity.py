@@ -32,8 +32,14 @@ import numpy as np
 from vla_export.backends.onnxrt import EXACT_QDQ_CONFIG
 from vla_export.errors import ConfigError, DataError
 from vla_export.export.quantize import (
-    _needs_external_data, _publish, ensure_node_names, load_onnx, precision_sensitive_nodes, quantize_int8, save_onnx,
+    _needs_external_data,
+    _publish,
+    ensure_node_names,
+    precision_sensitive_nodes,
+    quantize_int8,
+    save_onnx,
 )
+from vla_export.onnxfile import load_onnx
 from vla_export.lazy import lazy_import
 from vla_export.verify.parity import compare_output, tolerance_for
 

@@ -31,13 +31,12 @@ from vla_export.export.onnx import (
     EXPORT_BATCH,
     MANIFEST_KIND,
     check_opset,
-    data_file,
     model_record,
     move_into_place,
     stage_module,
     static_checks,
-    written_opset,
 )
+from vla_export.onnxfile import data_file, written_opset
 from vla_export.data.iospec import BACKBONE, HEAD, POLICY, dummy_inputs
 from vla_export.fileio import check_output_path, output_errors, staging_dir
 from vla_export.models.finite import require_finite_weights

@@ -31,7 +31,7 @@ from typing import Any
 
 from vla_export.data.iospec import axis_role
 from vla_export.backends.tensorrt import engine_version
-from vla_export.export.onnx import io_signature
+from vla_export.onnxfile import io_signature
 from vla_export.manifest import build_manifest, read_manifest, versions, write_manifest
 from vla_export.errors import ArtifactError, ConfigError, DataError, MissingDependencyError
 from vla_export.fileio import atomic_write
@@ -160,7 +160,8 @@ class OnnxFacts:
 
 def read_onnx_facts(path: str | Path) -> OnnxFacts:
     """Read the facts from an ONNX file (weights not loaded) and its manifest, if any."""
-    from vla_export.export.quantize import ensure_node_names, load_onnx, precision_sensitive_nodes
+    from vla_export.export.quantize import ensure_node_names, precision_sensitive_nodes
+    from vla_export.onnxfile import load_onnx
     from vla_export.lazy import lazy_import
 
     onnx = lazy_import("onnx", purpose="reading ONNX models")

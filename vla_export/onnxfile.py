@@ -1,0 +1,147 @@
+"""ONNX files as files: load (with or without weights), external data, I/O signature, op counts,
+opset, checker and shape inference.
+
+Below the runners and the exporter, which both read ONNX files. A missing or truncated
+``NAME.onnx.data`` otherwise fails deep inside onnx or ONNX Runtime with a native error; one helper
+checks it for every reader (the ONNX Runtime runner, the exporter's checks, the quantizer), so they
+all refuse it the same way, in one line.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from vla_export.errors import ArtifactError
+from vla_export.lazy import lazy_import
+from vla_export.manifest import read_manifest
+
+
+def _model_proto(path: Path):
+    onnx = lazy_import("onnx", purpose="reading ONNX models")
+    if not path.is_file():
+        raise ArtifactError(f"{path}: ONNX file not found")
+    try:
+        return onnx, onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # DecodeError, OSError: not an ONNX protobuf
+        raise ArtifactError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+
+
+def external_data_extents(path: str | Path) -> dict[str, int]:
+    """External data file name -> the bytes its tensors need (the largest offset + length); weights are not loaded."""
+    onnx, model = _model_proto(Path(path))
+    needed: dict[str, int] = {}
+    for t in model.graph.initializer:
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in t.external_data}
+        loc = info.get("location")
+        if loc:
+            end = int(info.get("offset", 0)) + int(info.get("length", 0))
+            needed[loc] = max(needed.get(loc, 0), end)
+    return needed
+
+
+def external_data_files(path: str | Path) -> list[str]:
+    """Locations of the external data files an ONNX file refers to."""
+    return list(external_data_extents(path))
+
+
+def require_external_data(path: str | Path, recorded: Mapping[str, int] | None = None) -> list[str]:
+    """Refuse an ONNX file whose external data is missing or shorter than its tensors need.
+
+    ``recorded``: file name -> bytes, as a manifest records them; a data file of another size is
+    refused too (changed or truncated). Returns the external data file names.
+    """
+    path = Path(path)
+    needed = external_data_extents(path)
+    for loc, need in needed.items():
+        f = path.parent / loc
+        if not f.is_file():
+            raise ArtifactError(f"{path}: its external data file {f} is missing; copy it beside the model")
+        size = f.stat().st_size
+        want = (recorded or {}).get(Path(loc).name)
+        if want is not None and size != want:
+            raise ArtifactError(f"{f}: {size} bytes, the manifest records {want} (truncated or changed): copy it again or re-export")
+        if size < need:
+            raise ArtifactError(f"{f}: {size} bytes, the model's weights need {need} (truncated): copy it again or re-export")
+    return list(needed)
+
+
+def data_file(path: str | Path) -> Path:
+    """The single external-data file beside ``path``: ``x.onnx`` -> ``x.onnx.data``."""
+    path = Path(path)
+    return path.with_name(path.name + ".data")
+
+
+def check_model(path: str | Path) -> None:
+    """onnx.checker and shape inference, both by path so external data (and > 2 GB models) work."""
+    onnx = lazy_import("onnx", purpose="checking ONNX models")
+    path = Path(path)
+    require_external_data(path, recorded_sizes(path))
+    try:
+        onnx.checker.check_model(str(path), full_check=False)
+    except onnx.checker.ValidationError as exc:
+        raise ArtifactError(f"{path}: onnx.checker failed: {str(exc).splitlines()[0]}") from None
+    fd, inferred = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
+    os.close(fd)
+    try:
+        onnx.shape_inference.infer_shapes_path(str(path), inferred)
+    except Exception as exc:  # onnx raises InferenceError and RuntimeError
+        raise ArtifactError(f"{path}: shape inference failed: {str(exc).splitlines()[0]}") from None
+    finally:
+        os.unlink(inferred)
+
+
+def io_signature(path: str | Path) -> dict[str, list[dict[str, Any]]]:
+    """Inputs and outputs of an ONNX file: name, shape (ints, or dim names for dynamic axes), dtype."""
+    onnx = lazy_import("onnx", purpose="reading ONNX models")
+    model = onnx.load(str(path), load_external_data=False)
+
+    def describe(values):
+        out = []
+        for v in values:
+            tt = v.type.tensor_type
+            shape = [d.dim_param or (d.dim_value if d.HasField("dim_value") else "?") for d in tt.shape.dim]
+            out.append({"name": v.name, "shape": shape, "dtype": onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name})
+        return out
+
+    return {"inputs": describe(model.graph.input), "outputs": describe(model.graph.output)}
+
+
+def op_counts(path: str | Path) -> dict[str, int]:
+    onnx = lazy_import("onnx", purpose="reading ONNX models")
+    counts: dict[str, int] = {}
+    for node in onnx.load(str(path), load_external_data=False).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def written_opset(path: str | Path) -> int:
+    """The default-domain (ai.onnx) opset an ONNX file declares: what it really holds."""
+    onnx = lazy_import("onnx", purpose="reading ONNX models")
+    model = onnx.load(str(path), load_external_data=False)
+    versions = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    if not versions:
+        raise ArtifactError(f"{path}: declares no ai.onnx opset")
+    return int(versions[0])
+
+
+def recorded_sizes(path: str | Path) -> dict[str, int]:
+    """File name -> bytes, as the manifest beside ``path`` records them (empty without one)."""
+    manifest = read_manifest(path, required=False) or {}
+    return {f["name"]: int(f["bytes"]) for f in manifest.get("files", []) if "name" in f and "bytes" in f}
+
+
+def load_onnx(path: str | Path, *, load_external_data: bool = True):
+    """Load an ONNX model; ArtifactError for a missing file, a bad protobuf or missing external data."""
+    onnx = lazy_import("onnx", purpose="reading ONNX models")
+    path = Path(path)
+    require_external_data(path, recorded_sizes(path))
+    try:
+        return onnx.load(str(path), load_external_data=load_external_data)
+    except Exception as exc:  # a short or corrupt external data file
+        raise ArtifactError(f"{path}: cannot load its weights ({type(exc).__name__}: {exc})") from None
