@@ -147,3 +147,11 @@ def test_failed_command_still_writes_its_json(cli, tmp_path):
 def test_vla_export_bench_is_vla_bench(cli):
     r = cli("bench", "-h")
     assert r.exit_code == 0 and "--warmup" in r.stdout and "--junit" in r.stdout
+
+
+def test_vla_bench_json_to_stdout_is_one_document(tiny_ckpt):
+    r = _run(str(tiny_ckpt), "-b", "torch", "--mode", "compute", "--warmup", "1", "--iters", "3", "--json", "-",
+             entry="vla_export.cli.bench")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)  # one complete JSON document, not one per row
+    assert report["schema"] == "vla-export/bench/1" and report["complete"] is True and len(report["results"]) == 1

@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from vla_export.cli.common import DEBUG_FLAG, JunitOpt, console, err_console, new_app, run_app, write_json, wrote
+from vla_export.cli.common import DEBUG_FLAG, STDOUT, JunitOpt, console, err_console, new_app, run_app, write_json, wrote
 from vla_export.cli.junit import bench_cases, write_junit
 from vla_export.cli.loading import with_loading_options
 from vla_export.cli import checks
@@ -160,7 +160,7 @@ def bench(
         err_console.print(f"done: {r.label}: {p50}", style="dim", markup=False)
         # Environment after each row: CUDA is initialised and the runtimes are loaded by then.
         report.environment = capture_environment()
-        if json_path:  # rewritten after every row, so a long run that dies keeps what it measured
+        if json_path and str(json_path) != STDOUT:  # rewritten after every row, so a long run that dies keeps what it measured
             write_json(json_path, report.to_dict())
 
     from vla_export.bench.env import JetsonTelemetry
@@ -169,10 +169,9 @@ def bench(
         report = run_benchmark(targets, settings, peak=peak, environment={}, command=command, on_result=progress, profile=profile)
     if telemetry.summary() is not None:
         report.environment["jetson_telemetry"] = telemetry.summary()
-        if json_path:
-            write_json(json_path, report.to_dict())
     render_report(report)
-    if json_path:
+    if json_path:  # the complete report (standard output gets only this one)
+        write_json(json_path, report.to_dict())
         wrote(json_path)
     if junit:
         write_junit(junit, "vla-bench floor check", bench_cases(report.to_dict()), classname="vla-bench.floor")
