@@ -84,7 +84,7 @@ def test_policy_from_artifacts_runs_without_torch(tiny_split, episode):
     import subprocess
     import sys
 
-    from tests.test_runtime import NO_TORCH
+    from tests.torchfree import NO_TORCH
 
     code = NO_TORCH + f"""
 from vla_export.data.episodes import open_episode

@@ -9,6 +9,8 @@ import textwrap
 import numpy as np
 import pytest
 
+from tests.torchfree import NO_TORCH
+
 from vla_export.data.preprocess import preprocess_frame
 from vla_export.errors import DataError, RunnerError
 from vla_export.runtime import FeatureRing, Policy, window_indices
@@ -141,18 +143,6 @@ def test_runners_with_the_wrong_inputs_are_refused(tiny_policy, tokenizer):
         with swapped:
             pass
     assert not backbone.is_active and not head.is_active  # a failed activation releases both
-
-
-NO_TORCH = """
-import sys
-
-class _Block:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is blocked in this test")
-
-sys.meta_path.insert(0, _Block())
-"""
 
 
 def test_runtime_runs_without_torch():
