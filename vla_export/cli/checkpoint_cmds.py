@@ -9,7 +9,6 @@ import typer
 
 from vla_export.cli.common import console, err_console, write_json, wrote
 from vla_export.cli.render import fmt_bytes, render_components
-from vla_export.cli.loading import with_loading_options
 from vla_export.errors import VlaExportError
 from vla_export.models.resolve import LoadOptions
 from vla_export.cli import checks

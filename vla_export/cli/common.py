@@ -190,7 +190,7 @@ def run_app(app: typer.Typer, argv: Sequence[str] | None = None, prog_name: str 
             command.context_settings.setdefault("terminal_width", LOG_WIDTH // 5)
         # Help goes through Click's own echo to sys.stdout, so it is never held back.
         quiet = verbose or any(a in ("-h", "--help") for a in options)
-        with _streams(quiet, json_to_stdout=_json_to_stdout(options)), listening(_StepDisplay(err_console)):
+        with _streams(quiet, json_to_stdout=_json_option(options) == STDOUT), listening(_StepDisplay(err_console)):
             result = command.main(args=args, prog_name=prog_name, standalone_mode=False)
         return int(result) if isinstance(result, int) else ExitCode.OK
     except typer.Exit as exc:
@@ -230,8 +230,7 @@ def run_app(app: typer.Typer, argv: Sequence[str] | None = None, prog_name: str 
 
 def _failure_report(options: list[str], exit_code: int, message: str) -> None:
     """A command that fails still leaves its ``--json`` report, saying why it failed."""
-    path = next((b for a, b in zip(options, options[1:]) if a == "--json"), None)
-    path = path or next((a.split("=", 1)[1] for a in options if a.startswith("--json=")), None)
+    path = _json_option(options)
     if not path:
         return
     if str(Path(path)) in (_reports_written.get() or ()):  # the command wrote its own report, with the failure in it
@@ -247,8 +246,10 @@ def _failure_report(options: list[str], exit_code: int, message: str) -> None:
         err_console.print(f"warning: could not write the failure report to {path}: {exc}", style="yellow", markup=False)
 
 
-def _json_to_stdout(options: list[str]) -> bool:
-    return any(a == "--json" and b == STDOUT for a, b in zip(options, options[1:])) or "--json=-" in options
+def _json_option(options: list[str]) -> str | None:
+    """The value of ``--json`` on the command line (``--json PATH`` or ``--json=PATH``), None without one."""
+    path = next((b for a, b in zip(options, options[1:]) if a == "--json"), None)
+    return path or next((a.split("=", 1)[1] for a in options if a.startswith("--json=")), None)
 
 
 def _has_callback(app: typer.Typer) -> bool:

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from vla_export.errors import ExitCode
-from vla_export.cli.common import console, err_console, write_json, wrote
+from vla_export.cli.common import console, err_console, write_json
 from vla_export.cli.render import fmt_bytes, render_parity
 from vla_export.cli.loading import with_loading_options
 from vla_export.models.resolve import LoadOptions

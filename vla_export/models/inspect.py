@@ -13,7 +13,7 @@ from vla_export.models.checkpoint import read_checkpoint, tensor_bytes
 from vla_export.models.components import COMPONENTS, OTHER, component_of
 from vla_export.models.config import PolicyConfig
 from vla_export.models.layouts import map_keys
-from vla_export.models.loader import check_keys, load_policy, model_shapes, resolve_config
+from vla_export.models.loader import check_keys, load_policy, model_shapes
 from vla_export.models.resolve import LayoutError, LoadOptions, resolve_model
 from vla_export.models.finite import nonfinite_by_component
 

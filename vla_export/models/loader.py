@@ -16,7 +16,7 @@ from typing import Any
 from vla_export.errors import ArchitectureError, StrictLoadError
 from vla_export.fileio import atomic_write
 from vla_export.models.checkpoint import Checkpoint, read_checkpoint
-from vla_export.models.components import COMPONENTS, OTHER, component_of, group_by_component
+from vla_export.models.components import COMPONENTS, OTHER, group_by_component
 from vla_export.models.config import PolicyConfig
 from vla_export.models.infer import InferredConfig, infer_config
 from vla_export.progress import reported
