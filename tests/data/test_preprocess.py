@@ -58,3 +58,21 @@ def test_seeded_source_is_deterministic():
     assert not np.array_equal(a["pixel_values"], c["pixel_values"])
     assert a["pixel_values"].shape == (2, cfg.window, 3, 224, 224)
     assert (a["attention_mask"].sum(1) >= 1).all()
+
+
+@pytest.mark.parametrize("hw", [(224, 224), (480, 640), (720, 1280), (100, 150), (449, 300)])
+def test_tensor_path_is_the_numpy_path(hw):
+    """preprocess_tensor (a server's GPU path) on a batch equals preprocess_frame frame by frame, on every
+    resize route (identity, area average, upscale, odd sizes); and a one-pixel change is far above the tolerance."""
+    torch = pytest.importorskip("torch")
+    from vla_export.data.preprocess import preprocess_tensor
+
+    frames = np.random.default_rng(hw[0]).integers(0, 256, (3, *hw, 3), dtype=np.uint8)
+    want = np.stack([preprocess_frame(f, 224) for f in frames])
+    got = preprocess_tensor(torch.from_numpy(frames), 224).numpy()
+    assert got.shape == want.shape == (3, 3, 224, 224) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    assert np.abs(want[0] - want[1]).max() > 1.0  # the frames differ, so do their pixels
+    nudged = frames.copy()
+    nudged[0, hw[0] // 2, hw[1] // 2] ^= 0x80
+    assert np.abs(preprocess_tensor(torch.from_numpy(nudged), 224).numpy() - want).max() > 1e-3

@@ -82,3 +82,37 @@ def test_fleet_start_step_end_and_isolated_errors(template, tiny_split):
     now[0] = 10.0
     late = fleet.execute([StepRequest(1, f[2])])
     assert "START" in late[0].error and fleet.robots == {}
+
+
+def test_torch_parts_with_batch_buckets_warm_up_then_equal_policy_step(tiny_ckpt):
+    """The settings `vla-export triton --cuda-graphs` writes, minus the GPU: buckets padded, every size warmed
+    up largest first before a robot arrives, and batched steps still equal one robot's Policy.step."""
+    from vla_export.data.tokenizer import tokenizer_for
+    from vla_export.models.loader import load_policy
+    from vla_export.runtime.batch import warm_up
+    from vla_export.runtime.parts import torch_streaming_policy
+    from vla_export.serve.repository import TritonOptions, runner_settings
+
+    runner = runner_settings(TritonOptions(max_batch=4, device="cuda", cuda_graphs=True))
+    assert runner["batch_buckets"] == [1, 2, 4] and runner["cuda_graph"] and runner["head_opts"] == {"compile": False, "patch_matmul": False}
+    cpu = {k: v for k, v in runner.items() if k != "cuda_graph"}
+    loaded = load_policy(tiny_ckpt)
+    tokenizer = tokenizer_for(loaded.config)
+    with torch_streaming_policy(loaded, tokenizer=tokenizer, text_len=TEXT_LEN, **cpu) as template:
+        seen: list[int] = []
+        hook = template.backbone.module.register_forward_pre_hook(lambda m, args: seen.append(int(args[0].shape[0])))
+        warm_up(template, runner["batch_buckets"])
+        assert seen == [4, 2, 1]
+        seen.clear()
+        policies = [template.sibling() for _ in INSTRUCTIONS]
+        for p, instruction in zip(policies, INSTRUCTIONS):
+            p.reset(instruction)
+        streams = [frames(10 + i, 4) for i in range(3)]
+        got = np.stack([step_batch(policies, [s[k] for s in streams]) for k in range(4)], axis=1)
+        assert seen == [4] * 4  # three robots padded to the bucket of 4
+        hook.remove()
+    with torch_streaming_policy(load_policy(tiny_ckpt), tokenizer=tokenizer, text_len=TEXT_LEN) as plain:
+        for robot, (instruction, stream) in enumerate(zip(INSTRUCTIONS, streams)):
+            plain.reset(instruction)
+            np.testing.assert_allclose(got[robot], np.stack([plain.step(f) for f in stream]), atol=1e-4, rtol=0)
+    assert np.abs(got[0] - got[1]).max() > 1e-2

@@ -151,3 +151,30 @@ def test_server_helpers_log_tail_and_library_path(tmp_path):
     entries = list(folder.iterdir())
     assert len(entries) <= 1 and all(e.name.startswith("libpython") and e.is_symlink() for e in entries)
     assert str(folder) != sysconfig.get_config_var("LIBDIR")
+
+
+def test_cuda_graph_and_compile_options(cli, tiny_ckpt, tiny_split, tmp_path):
+    """--cuda-graphs: buckets up to --max-batch, warm-up at load; refused where it cannot apply."""
+    from vla_export.errors import ConfigError
+    from vla_export.serve.repository import TritonOptions, batch_buckets, write_repository
+
+    assert batch_buckets(64) == (1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64) and batch_buckets(12) == (1, 2, 4, 8, 12)
+    assert batch_buckets(1) == (1,) and batch_buckets(3) == (1, 2, 3) and batch_buckets(8) == (1, 2, 4, 8)
+    repo = write_repository(tiny_ckpt, tmp_path / "r", TritonOptions(max_batch=12, device="cuda", dtype="float16", cuda_graphs=True))
+    s = repo.settings
+    assert s["warm_up"] == [1, 2, 4, 8, 12] and s["runner"]["batch_buckets"] == [1, 2, 4, 8, 12] and s["runner"]["cuda_graph"] is True
+    assert "KIND_GPU" in (repo.path / repo.models[0] / "config.pbtxt").read_text()
+    plain = write_repository(tiny_ckpt, tmp_path / "p", TritonOptions())
+    assert plain.settings["runner"] == {} and plain.settings["warm_up"] == []
+    for options, problem in (
+        (TritonOptions(cuda_graphs=True), "needs --device cuda"),
+        (TritonOptions(device="cuda", compile="fastest"), "--compile must be one of"),
+        (TritonOptions(device="cuda", cuda_graphs=True, compile="reduce-overhead"), "captures its own CUDA graphs"),
+    ):
+        with pytest.raises(ConfigError, match=problem):
+            write_repository(tiny_ckpt, tmp_path / "bad", options)
+    with pytest.raises(ConfigError, match="apply to --backend torch"):
+        write_repository(tiny_split.manifest_path, tmp_path / "bad", TritonOptions(cuda_graphs=True, device="cuda"))
+    assert not (tmp_path / "bad").exists()
+    r = cli("triton", tiny_ckpt, "-o", tmp_path / "bad", "--cuda-graphs")
+    assert r.exit_code == 2 and "--cuda-graphs needs --device cuda" in r.stderr and not (tmp_path / "bad").exists()

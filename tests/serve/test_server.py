@@ -187,8 +187,13 @@ def test_load_eight_robots(server, tiny_split, record_property):
     report = {"clients": clients, "steps": steps, "requests": len(lat), "seconds": round(wall, 2),
               "throughput_rps": round(len(lat) / wall, 1), "p50_ms": round(float(np.percentile(lat, 50)), 2),
               "p99_ms": round(float(np.percentile(lat, 99)), 2)}
-    stats = grpcclient.InferenceServerClient(server.grpc_url).get_inference_statistics(MODEL, as_json=True)
     count = lambda s, k: int(s["model_stats"][0].get(k, 0))  # noqa: E731
+    deadline = time.monotonic() + 10
+    while True:  # the backend records an execution's statistics just after it has sent the responses
+        stats = grpcclient.InferenceServerClient(server.grpc_url).get_inference_statistics(MODEL, as_json=True)
+        if count(stats, "inference_count") - count(stats_before, "inference_count") >= clients * steps or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     report["inferences"] = count(stats, "inference_count") - count(stats_before, "inference_count")
     report["executions"] = count(stats, "execution_count") - count(stats_before, "execution_count")
     print("\nload test:", json.dumps(report))
@@ -210,5 +215,8 @@ def test_fleet_benchmark_reads_the_server_metrics(server, tiny_split):
     assert row.server["requests"] == row.steps and row.server["failures"] == 0
     assert row.server["compute_ms_per_request"] > 0 and row.server["robots_per_execution"] >= 1
     assert row.e2e["p50_ms"] > 0
+    assert row.server["backbone_ms_per_execution"] > 0 and row.server["parse_ms_per_execution"] > 0  # the model's own counters
+    spread = drive_fleet(server.grpc_url, server.metrics_url, MODEL, robots=3, rate_hz=20, seconds=1.0, frame_hw=(36, 48), first_id=600, processes=2)
+    assert spread.failed == 0 and spread.errors == [] and spread.server["requests"] == spread.steps >= 3
     with Policy.from_artifacts(tiny_split.manifest_path, text_len=TEXT_LEN) as template:
         assert raw_step_rate(template, 2, seconds=0.2, frame_hw=(36, 48)) > 0

@@ -1,7 +1,10 @@
 """PyTorch backend: eager fp32/fp16/bf16, optionally torch.compile and/or CUDA-graph replay.
 
 This is the fast path for users without TensorRT. ``cuda_graph=True`` captures the whole forward once
-per input shape and replays it (one launch instead of about a thousand kernels at batch 1).
+per input shape and replays it (one launch instead of about a thousand kernels at batch 1), keeping
+one graph per shape. ``batch_buckets`` pads a batch up to the next listed size (and splits one larger
+than the largest), so a server whose batch size varies with the robots waiting replays a few graphs
+captured up front instead of capturing a new one per size.
 ``compile`` takes a torch.compile mode; with ``cuda_graph`` too, inductor's own graphs are turned
 off and the compiled forward is captured here, so there is exactly one capture.
 """
@@ -15,12 +18,13 @@ import numpy as np
 
 from vla_export.backends.base import Runner
 from vla_export.data.iospec import POLICY
+from vla_export.data.preprocess import check_frame, preprocess_tensor
 from vla_export.errors import RunnerError
 
 DTYPES = ("float32", "float16", "bfloat16")
 #: torch.compile modes; the two with inductor's CUDA graphs cannot be combined with ``cuda_graph``.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-_INDUCTOR_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+INDUCTOR_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 def _patch_matmul_class():
@@ -71,6 +75,37 @@ def rewrite_patch_convs(module) -> int:
     return count
 
 
+def to_device(tensor: Any, device: str) -> Any:
+    """``tensor`` on ``device``. A host tensor bound for a GPU goes through pinned memory, asynchronously: a
+    copy from pageable memory blocks the host until the GPU runs it, which, with two model instances
+    sharing a GPU, means waiting for the other instance's time slice at every input."""
+    if str(device).startswith("cuda") and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device, non_blocking=True)
+
+
+def preprocess_on(frames: Sequence[np.ndarray], image_size: int, *, device: str, dtype: str = "float32") -> Any:
+    """uint8 [H, W, 3] frames -> a ``dtype`` tensor [N, 3, S, S] on ``device``, by
+    :func:`~vla_export.data.preprocess.preprocess_tensor`; frames of one size go through together, the order is kept."""
+    import torch
+
+    groups: dict[tuple, list[int]] = {}
+    for i, frame in enumerate(frames):
+        check_frame(frame)
+        groups.setdefault(frame.shape, []).append(i)
+    out_dtype = getattr(torch, dtype)
+    parts = []
+    for index in groups.values():
+        batch = to_device(torch.from_numpy(np.stack([frames[i] for i in index])), device)
+        parts.append(preprocess_tensor(batch, image_size).to(out_dtype))
+    if len(parts) == 1:
+        return parts[0]
+    out = torch.empty((len(frames), *parts[0].shape[1:]), dtype=out_dtype, device=device)
+    for index, part in zip(groups.values(), parts):
+        out[torch.tensor(index, device=device)] = part
+    return out
+
+
 class ModuleRunner(Runner):
     """Runs a torch module (or a loader returning one) whose positional inputs and outputs are named.
 
@@ -95,6 +130,7 @@ class ModuleRunner(Runner):
         cuda_graph: bool = False,
         compile: bool | str = False,
         patch_matmul: bool = False,
+        batch_buckets: Sequence[int] | None = None,
     ):
         super().__init__()
         if dtype not in DTYPES:
@@ -104,11 +140,15 @@ class ModuleRunner(Runner):
         compile_mode = "default" if compile is True else (compile or None)
         if compile_mode is not None and compile_mode not in COMPILE_MODES:
             raise RunnerError(f"torch.compile mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
-        if cuda_graph and compile_mode in _INDUCTOR_GRAPH_MODES:
+        if cuda_graph and compile_mode in INDUCTOR_GRAPH_MODES:
             raise RunnerError(
                 f"compile mode {compile_mode!r} already captures CUDA graphs; use it without cuda_graph, "
                 "or 'max-autotune-no-cudagraphs' with cuda_graph"
             )
+        buckets = tuple(sorted({int(b) for b in batch_buckets or ()}))
+        if buckets and buckets[0] < 1:
+            raise RunnerError(f"batch buckets must be >= 1, got {list(buckets)}")
+        self.batch_buckets = buckets
         self._source = module_or_loader
         self._inputs, self._outputs = tuple(input_names), tuple(output_names)
         self._device, self.dtype = device, dtype
@@ -118,9 +158,7 @@ class ModuleRunner(Runner):
         name = f"torch-{device.split(':')[0]}-{dtype.replace('float', 'fp').replace('bfp', 'bf')}{mode}"
         self.name = f"{label}:{name}" if label else name
         self.module: Any = None
-        self._graph = None
-        self._static_in: dict[str, Any] | None = None
-        self._static_out: Any = None
+        self._graphs: dict[tuple, tuple[Any, dict[str, Any], Any]] = {}  # input shapes -> (graph, static in, static out)
 
     @property
     def input_names(self) -> Sequence[str]:
@@ -147,7 +185,8 @@ class ModuleRunner(Runner):
         import torch
 
         info = super().describe() | {
-            "dtype": self.dtype, "cuda_graph": self.cuda_graph, "compile": self.compile, "patch_matmul": self.patch_matmul, "torch": torch.__version__,
+            "dtype": self.dtype, "cuda_graph": self.cuda_graph, "compile": self.compile, "patch_matmul": self.patch_matmul,
+            "batch_buckets": list(self.batch_buckets), "torch": torch.__version__,
         }
         if self.device == "cuda":
             info["gpu"] = torch.cuda.get_device_name(self._device)
@@ -168,23 +207,34 @@ class ModuleRunner(Runner):
             rewrite_patch_convs(self.module)
         self._fn: Callable = self.module
         if self.compile:
-            # Static shapes: a new input shape recompiles rather than running a slower dynamic kernel.
-            self._fn = torch.compile(self.module, mode=self.compile, dynamic=False, fullgraph=False)
+            # Static shapes: a new input shape recompiles rather than running a slower dynamic kernel. With
+            # batch buckets, torch's automatic dynamic shapes instead: the first (largest) bucket compiles
+            # static, the second makes the batch axis dynamic for the rest (a few compiles, not one per bucket).
+            self._fn = torch.compile(self.module, mode=self.compile, dynamic=None if self.batch_buckets else False, fullgraph=False)
 
     def _deactivate(self) -> None:
-        self._graph = self._static_in = self._static_out = None
+        self._graphs = {}
         self.module = self._fn = None
         if self.device == "cuda":
             import torch
 
             torch.cuda.empty_cache()  # so the next runner's peak-memory figure starts clean
 
+    def preprocess(self, frames, image_size):
+        """On a CUDA device the shared preprocessing runs there (a batch of raw uint8 frames is 12x less
+        to copy than float pixels, and a server's CPU would otherwise cap its frame rate)."""
+        if self.device != "cuda":
+            return super().preprocess(frames, image_size)
+        return preprocess_on(frames, image_size, device=self._device, dtype=self.dtype)
+
     def stage(self, feed):
+        """Host arrays are copied to the device; tensors (e.g. from :meth:`preprocess`) are used where they are."""
         import torch
 
         out = {}
         for name in self.input_names:
-            t = torch.from_numpy(np.ascontiguousarray(feed[name])).to(self._device, non_blocking=True)
+            value = feed[name]
+            t = to_device(value if isinstance(value, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(value)), self._device)
             if t.is_floating_point():
                 t = t.to(getattr(torch, self.dtype))
             out[name] = t
@@ -197,34 +247,52 @@ class ModuleRunner(Runner):
         import torch
 
         with torch.inference_mode():
-            if not self.cuda_graph:
-                out = self._forward(staged)
-            else:
-                out = self._replay(staged)
-        return dict(zip(self.output_names, out if isinstance(out, tuple) else (out,)))
+            if not self.batch_buckets:
+                out = self._run(staged)
+                return dict(zip(self.output_names, out if isinstance(out, tuple) else (out,)))
+            n, top = len(next(iter(staged.values()))), self.batch_buckets[-1]
+            chunks = []
+            for lo in range(0, n, top):
+                part = {k: v[lo:lo + top] for k, v in staged.items()}
+                m = min(top, n - lo)
+                size = next(b for b in self.batch_buckets if b >= m)
+                if size > m:  # pad with copies of the last row: real inputs, so no NaN from an all-zero mask
+                    part = {k: torch.cat([v, v[-1:].expand(size - m, *v.shape[1:])]) for k, v in part.items()}
+                out = self._run(part)
+                out = out if isinstance(out, tuple) else (out,)
+                chunks.append(tuple(o[:m].clone() if n > top else o[:m] for o in out))
+            outs = chunks[0] if len(chunks) == 1 else tuple(torch.cat(c) for c in zip(*chunks))
+        return dict(zip(self.output_names, outs))
+
+    def _run(self, staged):
+        return self._replay(staged) if self.cuda_graph else self._forward(staged)
 
     def _replay(self, staged):
+        """Replay the graph captured for these input shapes (captured on first sight). Outputs stay valid
+        until the next execute. Each shape has its own memory pool: no aliasing between batch sizes."""
         import torch
 
-        shapes = {k: tuple(v.shape) for k, v in staged.items()}
-        if self._graph is None or {k: tuple(v.shape) for k, v in self._static_in.items()} != shapes:
-            self._static_in = {k: v.clone() for k, v in staged.items()}
+        key = tuple((k, tuple(v.shape), str(v.dtype)) for k, v in staged.items())
+        if key not in self._graphs:
+            static_in = {k: v.clone() for k, v in staged.items()}
             if self.compile:  # compile (and autotune) on the default stream, before the capture warm-up
-                self._forward(self._static_in)
+                self._forward(static_in)
                 torch.cuda.synchronize(self._device)
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
                 for _ in range(3):  # warm-up outside the graph, as capture requires
-                    self._forward(self._static_in)
+                    self._forward(static_in)
             torch.cuda.current_stream().wait_stream(stream)
-            self._graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self._graph):
-                self._static_out = self._forward(self._static_in)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = self._forward(static_in)
+            self._graphs[key] = (graph, static_in, static_out)
+        graph, static_in, static_out = self._graphs[key]
         for k, v in staged.items():
-            self._static_in[k].copy_(v, non_blocking=True)
-        self._graph.replay()
-        return self._static_out
+            static_in[k].copy_(v, non_blocking=True)
+        graph.replay()
+        return static_out
 
     def synchronize(self) -> None:
         if self.device == "cuda":

@@ -3,6 +3,10 @@
 NumPy only (the runtime must work without torch). A camera frame, uint8 HWC RGB of any size, is
 resized to the model's square input (bilinear, the whole frame: no crop) and normalised with the
 CLIP mean and std that Kosmos-2 and CLIP share.
+
+:func:`preprocess_tensor` is the same arithmetic on a batch of frames already in a torch tensor
+(a server's GPU, where CPU preprocessing would cap the frame rate). It uses tensor methods only, so
+this module still imports no torch, and tests hold it equal to :func:`preprocess_frame`.
 """
 
 from __future__ import annotations
@@ -79,6 +83,35 @@ def preprocess_frame(frame: np.ndarray, image_size: int = 224) -> np.ndarray:
 def preprocess_frames(frames: np.ndarray, image_size: int = 224) -> np.ndarray:
     """uint8 [T, H, W, 3] -> float32 [T, 3, S, S]."""
     return np.stack([preprocess_frame(f, image_size) for f in frames])
+
+
+def preprocess_batch(frames, image_size: int = 224) -> np.ndarray:
+    """A list of uint8 [H, W, 3] frames (sizes may differ) -> float32 [N, 3, S, S]."""
+    return np.stack([preprocess_frame(f, image_size) for f in frames])
+
+
+def preprocess_tensor(frames, image_size: int = 224):
+    """uint8 torch tensor [N, H, W, 3] -> float32 [N, 3, S, S] on its device: :func:`preprocess_frame`'s math.
+
+    The area average sums integers exactly as the NumPy path does; the bilinear and normalisation steps
+    are the same float32 operations, so results agree to float32 rounding (tested).
+    """
+    n, h, w = int(frames.shape[0]), int(frames.shape[1]), int(frames.shape[2])
+    if h > 2 * image_size or w > 2 * image_size:
+        fy, fx = max(h // image_size, 1), max(w // image_size, 1)
+        hh, ww = (h // fy) * fy, (w // fx) * fx
+        blocks = frames[:, :hh, :ww].int().reshape(n, hh // fy, fy, ww // fx, fx, 3).sum((2, 4))
+        img = blocks.float() * np.float32(1.0 / (fy * fx))
+    else:
+        img = frames.float()
+    h, w = int(img.shape[1]), int(img.shape[2])
+    y0, y1, wy = (img.new_tensor(a) if a.dtype == np.float32 else img.new_tensor(a).long() for a in _axis_weights(h, image_size))
+    x0, x1, wx = (img.new_tensor(a) if a.dtype == np.float32 else img.new_tensor(a).long() for a in _axis_weights(w, image_size))
+    rows = img[:, y0] * (1 - wy)[None, :, None, None] + img[:, y1] * wy[None, :, None, None]
+    img = rows[:, :, x0] * (1 - wx)[None, None, :, None] + rows[:, :, x1] * wx[None, None, :, None]
+    img = img / np.float32(255.0)
+    img = (img - img.new_tensor(CLIP_MEAN)) / img.new_tensor(CLIP_STD)
+    return img.permute(0, 3, 1, 2).contiguous()
 
 
 def prompt_for(instruction: str | None) -> str:

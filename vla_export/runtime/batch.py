@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from vla_export.data.preprocess import check_frame, preprocess_frame
+from vla_export.data.preprocess import check_frame
 from vla_export.errors import RunnerError
 from vla_export.runtime.policy import BACKBONE_OUTPUTS, HEAD_INPUTS, HEAD_OUTPUTS, Policy, StepTiming
 
@@ -49,7 +49,7 @@ def step_batch(policies: Sequence[Policy], frames: Sequence[np.ndarray]) -> list
     for frame in frames:
         check_frame(frame)
     t0 = time.perf_counter()
-    pixels = np.stack([preprocess_frame(f, first.image_size) for f in frames])
+    pixels = first.backbone.preprocess(frames, first.image_size)  # the shared preprocessing, where the backbone runs
     t1 = time.perf_counter()
     feed = {"pixel_values": pixels}
     for name in first.prompt:
@@ -71,3 +71,17 @@ def step_batch(policies: Sequence[Policy], frames: Sequence[np.ndarray]) -> list
         p.last_timing = timing
         out.append(action.copy())
     return out
+
+
+def warm_up(template: Policy, batch_sizes: Sequence[int], *, frame_hw: tuple[int, int] = (224, 224)) -> None:
+    """One :func:`step_batch` per batch size, largest first, on fresh policies sharing ``template``'s runners.
+
+    A server calls this before its first robot: CUDA graphs are captured (and ``torch.compile`` runs) for
+    every batch size it will meet, instead of inside some robot's control step.
+    """
+    frame = np.zeros((*frame_hw, 3), dtype=np.uint8)
+    for n in sorted({int(b) for b in batch_sizes}, reverse=True):
+        policies = [template.sibling() for _ in range(n)]
+        for p in policies:
+            p.reset("warm up")
+        step_batch(policies, [frame] * n)

@@ -52,12 +52,13 @@ def split_policy(policy: Any) -> tuple[BackbonePart, HeadPart]:
     return BackbonePart(policy).eval(), HeadPart(policy).eval()
 
 
-def torch_part_runners(policy: Any, **runner_kwargs: Any) -> tuple[ModuleRunner, ModuleRunner]:
-    """Backbone and head runners over a policy's parts; ``runner_kwargs`` go to :class:`ModuleRunner`."""
+def torch_part_runners(policy: Any, *, head_opts: dict[str, Any] | None = None, **runner_kwargs: Any) -> tuple[ModuleRunner, ModuleRunner]:
+    """Backbone and head runners over a policy's parts; ``runner_kwargs`` go to both :class:`ModuleRunner`
+    instances, ``head_opts`` override them for the head (e.g. no ``torch.compile`` for a small LSTM)."""
     backbone, head = split_policy(policy)
     return (
         ModuleRunner(backbone, BACKBONE_INPUTS, BACKBONE_OUTPUTS, label="backbone", **runner_kwargs),
-        ModuleRunner(head, HEAD_INPUTS, HEAD_OUTPUTS, label="head", **runner_kwargs),
+        ModuleRunner(head, HEAD_INPUTS, HEAD_OUTPUTS, label="head", **(runner_kwargs | (head_opts or {}))),
     )
 
 

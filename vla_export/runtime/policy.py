@@ -27,7 +27,7 @@ import numpy as np
 
 from vla_export.backends.base import Runner
 from vla_export.data.iospec import BACKBONE, HEAD
-from vla_export.data.preprocess import DEFAULT_INSTRUCTION, check_frame, preprocess_frame, prompt_for
+from vla_export.data.preprocess import DEFAULT_INSTRUCTION, check_frame, prompt_for
 from vla_export.errors import DataError, RunnerError
 
 #: Tensor names of the split parts (the ONNX files, engines and torch part runners all use them).
@@ -224,6 +224,11 @@ class Policy:
         """The backbone's text inputs [1, L] set by the last :meth:`reset` (None before one)."""
         return self._prompt
 
+    def sibling(self) -> Policy:
+        """A new policy sharing this one's runners and settings, with no episode yet (one per robot in a server)."""
+        return Policy(self.backbone, self.head, tokenizer=self.tokenizer, window=self.window, image_size=self.image_size,
+                      action_dim=self.action_dim, text_len=self.text_len, config=self.config)
+
     def reset(self, instruction: str) -> None:
         """Start an episode: tokenise the instruction once and empty the feature window.
 
@@ -267,7 +272,7 @@ class Policy:
         if not self._checked:
             self._check_runners()
         t0 = time.perf_counter()
-        pixels = preprocess_frame(frame, self.image_size)[None]
+        pixels = self.backbone.preprocess([frame], self.image_size)
         t1 = time.perf_counter()
         feature = self.backbone.infer({"pixel_values": pixels, **self._prompt})[BACKBONE_OUTPUTS[0]]
         t2 = time.perf_counter()

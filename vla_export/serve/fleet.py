@@ -21,9 +21,11 @@ import numpy as np
 from vla_export.data.preprocess import check_frame
 from vla_export.errors import ArtifactError, DataError
 from vla_export.runtime.batch import step_batch
-from vla_export.runtime.policy import Policy
+from vla_export.runtime.policy import Policy, StepTiming
 
 SERVING_FILE = "serving.json"
+#: The phases of a model instance's execute() that it counts in Prometheus (``vla_export_<phase>_us``).
+PHASES = ("parse", "preprocess", "backbone", "head", "respond")
 SERVING_SCHEMA = "vla-export/triton-serving/1"
 
 
@@ -61,11 +63,7 @@ class Fleet:
         self.template, self.max_robots, self.idle_seconds, self.clock = template, max_robots, idle_seconds, clock
         self.robots: dict[int, Policy] = {}
         self.last_seen: dict[int, float] = {}
-
-    def _new_policy(self) -> Policy:
-        t = self.template
-        return Policy(t.backbone, t.head, tokenizer=t.tokenizer, window=t.window, image_size=t.image_size,
-                      action_dim=t.action_dim, text_len=t.text_len, config=t.config)
+        self.last_timing: StepTiming | None = None  # of the last execute's batched step (None when it stepped no robot)
 
     def expire(self) -> list[int]:
         """Drop the robots idle for longer than ``idle_seconds``; their ids."""
@@ -82,7 +80,7 @@ class Fleet:
             raise DataError(f"robot {robot}: a START request needs the INSTRUCTION input (the episode's instruction as UTF-8 bytes)")
         if len(self.robots) >= self.max_robots:
             raise DataError(f"robot {robot}: {len(self.robots)} robots already hold state, the limit is {self.max_robots} (--max-robots)")
-        policy = self._new_policy()
+        policy = self.template.sibling()
         policy.reset(instruction)
         self.robots[robot] = policy
         self.last_seen[robot] = self.clock()
@@ -108,19 +106,23 @@ class Fleet:
         per execute: the sequence batcher sends a robot's next request only after this one is answered).
         """
         self.expire()
+        self.last_timing = None
         results: list[StepResult | None] = [None] * len(requests)
         batch: list[tuple[int, Policy]] = []
+        seen: set[int] = set()
         for i, req in enumerate(requests):
             try:
-                if any(req.robot == requests[j].robot for j, _ in batch):
+                if req.robot in seen:
                     raise DataError(f"robot {req.robot}: two requests in one batch (send the next step after the answer)")
                 check_frame(req.frame)  # before START: a refused request changes no state
                 policy = self.start(req.robot, req.instruction) if req.start else self.policy(req.robot)
                 batch.append((i, policy))
+                seen.add(req.robot)
             except DataError as exc:
                 results[i] = StepResult(req.robot, error=str(exc))
         if batch:
             actions = step_batch([p for _, p in batch], [requests[i].frame for i, _ in batch])
+            self.last_timing = batch[0][1].last_timing
             now = self.clock()
             for (i, policy), action in zip(batch, actions):
                 req = requests[i]
@@ -174,7 +176,7 @@ def policy_from_serving(folder: str | Path, settings: Mapping[str, Any], *, back
             loaded = load_policy(folder / files["checkpoint"])
             tokenizer = tokenizer_for(loaded.config)
         return torch_streaming_policy(loaded, tokenizer=tokenizer, window=window, text_len=text_len, device=device,
-                                      dtype=settings.get("dtype", "float32"))
+                                      dtype=settings.get("dtype", "float32"), **settings.get("runner", {}))
     cfg = PolicyConfig.from_dict(settings["config"])
     opts = {"providers": list(settings["providers"])} if settings.get("providers") else {}
     runners = {}

@@ -5,17 +5,20 @@ one raw camera frame per control period (a robot that falls behind sends at once
 deadline; rate 0 sends as fast as answers come), END at the end. Per N it reports the achieved step
 rate, end-to-end latency percentiles (client side: request to answer), and what the server's
 Prometheus metrics say happened in between: time queued, time computing, and robots per execution.
-Beside it, ``raw_frames_per_s`` is the same policy's batched step in this process, without a server
-(:func:`~vla_export.runtime.batch.step_batch`), measured in the same run.
+Beside it, measured in the same run without a server: ``raw_frames_per_s``, the same policy's batched
+step in this process (:func:`~vla_export.runtime.batch.step_batch`), and :func:`raw_backbone_rate`, the
+backbone alone on staged inputs.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import re
 import threading
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -26,18 +29,21 @@ from vla_export.errors import DataError
 from vla_export.lazy import lazy_import
 from vla_export.runtime.batch import step_batch
 from vla_export.runtime.policy import Policy
+from vla_export.serve.fleet import PHASES
 
 SCHEMA = "vla-export/fleet-bench/1"
 METRICS = ("nv_inference_request_success", "nv_inference_request_failure", "nv_inference_exec_count",
            "nv_inference_count", "nv_inference_queue_duration_us", "nv_inference_compute_infer_duration_us",
            "nv_inference_compute_input_duration_us", "nv_inference_compute_output_duration_us", "nv_inference_request_duration_us")
+#: The generated model's own counters (microseconds per phase of its execute(), summed over instances).
+PHASE_METRICS = tuple(f"vla_export_{phase}_us" for phase in PHASES)
 
 
 def scrape(metrics_url: str, model: str) -> dict[str, float]:
     """The model's counters from Triton's Prometheus endpoint (summed over versions)."""
     with urllib.request.urlopen(metrics_url, timeout=10) as resp:
         text = resp.read().decode()
-    found = dict.fromkeys(METRICS, 0.0)
+    found = dict.fromkeys(METRICS + PHASE_METRICS, 0.0)
     pattern = re.compile(r'^(\w+)\{([^}]*)\}\s+([0-9.eE+-]+)$')
     for line in text.splitlines():
         m = pattern.match(line)
@@ -80,16 +86,18 @@ def _server_delta(before: dict[str, float], after: dict[str, float]) -> dict[str
         "compute_input_ms_per_request": d["nv_inference_compute_input_duration_us"] / ok / 1e3,
         "compute_output_ms_per_request": d["nv_inference_compute_output_duration_us"] / ok / 1e3,
         "request_ms_per_request": d["nv_inference_request_duration_us"] / ok / 1e3,
+        # where an execution's time goes, by the model's own clock (all zero from a model without these counters)
+        **{f"{phase}_ms_per_execution": (after[m] - before[m]) / execs / 1e3 for phase, m in zip(PHASES, PHASE_METRICS)},
     }
 
 
-def drive_fleet(grpc_url: str, metrics_url: str, model: str, *, robots: int, rate_hz: float, seconds: float,
-                frame_hw: tuple[int, int] = (480, 640), instruction: str = "go to the cup", first_id: int = 1000,
-                seed: int = 0, timeout_s: float = 30.0) -> FleetRow:
-    """``robots`` robots for ``seconds`` at ``rate_hz`` (0: closed loop); bounded: every request has a timeout."""
+def _drive_robots(grpc_url: str, model: str, indices: Sequence[int], robots: int, rate_hz: float, start_at: float, stop_at: float,
+                  frame_hw: tuple[int, int], instruction: str, first_id: int, seed: int, timeout_s: float) -> tuple[list[float], list[str], int]:
+    """The robots ``indices`` of ``robots``, one thread each: (latencies in s, errors, missed deadlines).
+
+    Top-level so that a client process can run it (``time.monotonic`` is one clock for all processes).
+    """
     grpc = lazy_import("tritonclient.grpc", purpose="the fleet benchmark", install="`pip install 'tritonclient[grpc]'`")
-    if robots < 1 or seconds <= 0 or rate_hz < 0:
-        raise DataError("robots must be >= 1, seconds > 0 and the rate >= 0")
     rng = np.random.default_rng(seed)
     frames = rng.integers(0, 256, (4, *frame_hw, 3), dtype=np.uint8)  # a few distinct frames, reused
     text = np.frombuffer(instruction.encode(), dtype=np.uint8)[None]
@@ -97,8 +105,6 @@ def drive_fleet(grpc_url: str, metrics_url: str, model: str, *, robots: int, rat
     errors: list[str] = []
     missed = [0]
     lock = threading.Lock()
-    start_at = time.monotonic() + 0.5
-    stop_at = start_at + seconds
 
     def robot(index: int) -> None:
         client = grpc.InferenceServerClient(grpc_url)
@@ -134,33 +140,82 @@ def drive_fleet(grpc_url: str, metrics_url: str, model: str, *, robots: int, rat
                 return
             next_t = max(next_t + period, time.monotonic()) if period else time.monotonic()
 
-    before = scrape(metrics_url, model)
-    threads = [threading.Thread(target=robot, args=(i,), daemon=True) for i in range(robots)]
-    t0 = time.monotonic()
+    threads = [threading.Thread(target=robot, args=(i,), daemon=True) for i in indices]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=seconds + 2 * timeout_s + 5)
-    wall = max(time.monotonic() - max(t0, start_at), 1e-9)
+        t.join(timeout=max(stop_at - time.monotonic(), 0) + 2 * timeout_s + 5)
     hung = sum(t.is_alive() for t in threads)
     if hung:
         errors.append(f"{hung} robots still waiting after the time limit")
+    return latencies, errors, missed[0]
+
+
+def drive_fleet(grpc_url: str, metrics_url: str, model: str, *, robots: int, rate_hz: float, seconds: float,
+                frame_hw: tuple[int, int] = (480, 640), instruction: str = "go to the cup", first_id: int = 1000,
+                seed: int = 0, timeout_s: float = 30.0, processes: int = 1) -> FleetRow:
+    """``robots`` robots for ``seconds`` at ``rate_hz`` (0: closed loop); bounded: every request has a timeout.
+
+    ``processes`` > 1 spreads the robots over that many client processes, so that one Python client's
+    lock does not add its own queueing to the latencies of a large fleet.
+    """
+    if robots < 1 or seconds <= 0 or rate_hz < 0 or processes < 1:
+        raise DataError("robots must be >= 1, seconds > 0, the rate >= 0 and processes >= 1")
+    processes = min(processes, robots)
+    start_at = time.monotonic() + (0.5 if processes == 1 else 5.0)  # time for the client processes to start
+    stop_at = start_at + seconds
+    groups = [list(range(robots))[k::processes] for k in range(processes)]
+    args = [(grpc_url, model, g, robots, rate_hz, start_at, stop_at, frame_hw, instruction, first_id, seed, timeout_s) for g in groups]
+    before = scrape(metrics_url, model)
+    if processes == 1:
+        results = [_drive_robots(*args[0])]
+    else:
+        with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(_drive_robots, *a) for a in args]
+            results = [f.result(timeout=seconds + 2 * timeout_s + 30) for f in futures]
+    wall = max(time.monotonic() - start_at, 1e-9)
     after = scrape(metrics_url, model)
+    latencies = [x for r in results for x in r[0]]
+    errors = [e for r in results for e in r[1]]
+    missed = sum(r[2] for r in results)
     e2e = LatencyStats.from_seconds(latencies).to_dict() if latencies else {}
-    return FleetRow(robots, rate_hz, round(wall, 3), len(latencies), len(errors), len(latencies) / wall, e2e, missed[0],
+    return FleetRow(robots, rate_hz, round(wall, 3), len(latencies), len(errors), len(latencies) / wall, e2e, missed,
                     _server_delta(before, after), errors=errors[:5])
+
+
+def raw_backbone_rate(template: Policy, batch: int, *, seconds: float = 2.0, frame_hw: tuple[int, int] = (224, 224), seed: int = 0,
+                      clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+    """The backbone alone, ``batch`` frames per call, inputs already staged where it runs: the raw capacity
+    the issue compares a served fleet with. Each call is timed to its ``synchronize`` (after 3 warm-up calls,
+    which also capture a CUDA graph); frames/s, and the median and p99 milliseconds per call."""
+    frames = list(np.random.default_rng(seed).integers(0, 256, (batch, *frame_hw, 3), dtype=np.uint8))
+    p = template.sibling()
+    p.reset("go to the cup")
+    backbone = template.backbone
+    feed = {"pixel_values": backbone.preprocess(frames, template.image_size), **{k: np.repeat(v, batch, 0) for k, v in p.prompt.items()}}
+    staged = backbone.stage(feed)
+    for _ in range(3):
+        backbone.execute(staged)
+        backbone.synchronize()
+    times: list[float] = []
+    end = clock() + seconds
+    while clock() < end or len(times) < 5:
+        t = clock()
+        backbone.execute(staged)
+        backbone.synchronize()
+        times.append(clock() - t)
+    ms = np.array(times) * 1e3
+    return {"batch": batch, "calls": len(times), "frames_per_s": batch * len(times) / float(np.sum(times)),
+            "ms_p50": float(np.percentile(ms, 50)), "ms_p99": float(np.percentile(ms, 99))}
 
 
 def raw_step_rate(template: Policy, robots: int, *, seconds: float = 2.0, frame_hw: tuple[int, int] = (480, 640), seed: int = 0,
                   clock: Callable[[], float] = time.perf_counter) -> float:
     """Frames per second of ``step_batch`` over ``robots`` robots in this process (no server): the raw capacity."""
     frames = np.random.default_rng(seed).integers(0, 256, (robots, *frame_hw, 3), dtype=np.uint8)
-    policies = []
-    for _ in range(robots):
-        p = Policy(template.backbone, template.head, tokenizer=template.tokenizer, window=template.window,
-                   image_size=template.image_size, action_dim=template.action_dim, text_len=template.text_len)
+    policies = [template.sibling() for _ in range(robots)]
+    for p in policies:
         p.reset("go to the cup")
-        policies.append(p)
     step_batch(policies, list(frames))  # warm-up
     n, t0 = 0, clock()
     while clock() - t0 < seconds:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from vla_export.artifacts import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES, ONNX_SUFFIXES
+from vla_export.backends.torch_runner import COMPILE_MODES, INDUCTOR_GRAPH_MODES
 from vla_export.bench.targets import PRESET_PREFIX
 from vla_export.errors import ArtifactError, ConfigError
 from vla_export.lazy import lazy_import
@@ -63,6 +64,8 @@ class TritonOptions:
     providers: tuple[str, ...] = ()
     device: str = "cpu"  # torch backend
     dtype: str = "float32"  # torch backend: float32, float16 or bfloat16
+    cuda_graphs: bool = False  # torch backend on CUDA: one graph per batch bucket, captured at load
+    compile: str | None = None  # torch backend: a torch.compile mode for the backbone
 
 
 @dataclass
@@ -262,6 +265,27 @@ def _sources(artifact: Path, options: TritonOptions) -> tuple[str, dict[str, Any
     return backend, record["config"], files, engines
 
 
+def batch_buckets(max_batch: int) -> tuple[int, ...]:
+    """The batch sizes a CUDA-graph server captures: 1, 2, 4, 8, then every multiple of 8, up to ``max_batch``.
+
+    A batch of 5 robots replays the graph for 8, one of 41 the graph for 48: at most 7 padded rows, so
+    little of the GPU goes to padding (powers of two above 8 wasted up to 40% of it on the H100), for a
+    dozen graphs captured before the first robot instead of one per size met.
+    """
+    sizes = [b for b in (1, 2, 4) if b < max_batch] + list(range(8, max_batch, 8))
+    return (*sizes, max_batch)
+
+
+def runner_settings(options: TritonOptions) -> dict[str, Any]:
+    """:class:`~vla_export.backends.torch_runner.ModuleRunner` options of the torch backend's parts."""
+    if not (options.cuda_graphs or options.compile):
+        return {}
+    graphs = options.cuda_graphs
+    return {"cuda_graph": graphs, "compile": options.compile or False, "patch_matmul": graphs or bool(options.compile),
+            "batch_buckets": list(batch_buckets(options.max_batch)),  # compiled too: a few static shapes, not one per size
+            "head_opts": {"compile": False, "patch_matmul": False}}
+
+
 def write_repository(artifact: str | Path, output: str | Path, options: TritonOptions = TritonOptions()) -> TritonRepository:
     """Check ``artifact``, generate and validate every config, and publish the repository at ``output`` atomically.
 
@@ -284,6 +308,14 @@ def write_repository(artifact: str | Path, output: str | Path, options: TritonOp
     if output.exists() and any(output.iterdir()) and not (output / REPOSITORY_FILE).exists():
         raise ConfigError(f"{output}: exists and is not a repository written by `vla-export triton`; choose an empty or new folder")
     backend, config, files, engines = _sources(artifact, options)
+    if (options.cuda_graphs or options.compile) and backend != "torch":
+        raise ConfigError(f"--cuda-graphs and --compile apply to --backend torch, not {backend}")
+    if options.cuda_graphs and not options.device.startswith("cuda"):
+        raise ConfigError(f"--cuda-graphs needs --device cuda, got --device {options.device}")
+    if options.compile and options.compile not in COMPILE_MODES:
+        raise ConfigError(f"--compile must be one of {', '.join(COMPILE_MODES)}, got {options.compile!r}")
+    if options.cuda_graphs and options.compile in INDUCTOR_GRAPH_MODES:
+        raise ConfigError(f"--compile {options.compile} captures its own CUDA graphs; with --cuda-graphs use default or max-autotune-no-cudagraphs")
     cfg = PolicyConfig.from_dict(config)
     text_len = options.text_len or cfg.max_text_len
     if not 1 <= text_len <= cfg.max_text_len:
@@ -317,6 +349,8 @@ def write_repository(artifact: str | Path, output: str | Path, options: TritonOp
         "preset": preset,
         "backbone_model": backbone_model,
         "engines": engines,
+        "runner": runner_settings(options),
+        "warm_up": list(batch_buckets(options.max_batch)) if options.cuda_graphs or options.compile else [],
         "options": asdict(options),
     }
     output.parent.mkdir(parents=True, exist_ok=True)

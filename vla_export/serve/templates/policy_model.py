@@ -13,13 +13,16 @@ UTF-8 bytes in a UINT8 tensor, which both routes read correctly.
 """
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from vla_export.data.preprocess import preprocess_batch
 from vla_export.errors import VlaExportError
-from vla_export.serve.fleet import Fleet, StepRequest, policy_from_serving, read_serving
+from vla_export.runtime.batch import warm_up
+from vla_export.serve.fleet import PHASES, Fleet, StepRequest, policy_from_serving, read_serving
 
 NUMPY2 = int(np.__version__.split(".")[0]) >= 2
 
@@ -72,6 +75,9 @@ class BackboneModelRunner:
     def describe(self):
         return {"name": self.name, "device": "triton", "model": self.model_name}
 
+    def preprocess(self, frames, image_size):
+        return preprocess_batch(frames, image_size)
+
     def infer(self, feed):
         inputs = [_tensor(name, feed[name]) for name in self.input_names]
         response = pb_utils.InferenceRequest(model_name=self.model_name, requested_output_names=["feature"], inputs=inputs).exec()
@@ -89,16 +95,26 @@ class TritonPythonModel:
             backbone = BackboneModelRunner(self.settings["backbone_model"])
         template = policy_from_serving(folder, self.settings, backbone=backbone)
         template.activate()
+        if self.settings.get("warm_up"):  # capture every batch size's CUDA graphs before the first robot arrives
+            warm_up(template, self.settings["warm_up"])
         self.fleet = Fleet(template, max_robots=int(self.settings["max_robots"]), idle_seconds=float(self.settings["idle_seconds"]))
+        labels = {"model": args["model_name"], "version": args["model_version"], "instance": args["model_instance_name"]}
+        # Prometheus counters beside Triton's own (its compute time is one number for all of these phases).
+        # A family must outlive its metrics, so both are kept, and finalize() drops the metrics first.
+        self.families = {phase: pb_utils.MetricFamily(name=f"vla_export_{phase}_us", kind=pb_utils.MetricFamily.COUNTER,
+                                                      description=f"microseconds of execute() spent in {phase}, summed over executions")
+                         for phase in PHASES}
+        self.phase_us = {phase: family.Metric(labels=labels) for phase, family in self.families.items()}
         pb_utils.Logger.log_info(f"vla-export policy ready: {json.dumps(template.describe(), default=str)}; numpy {np.__version__}")
 
     def execute(self, requests):
+        t0 = time.perf_counter()
         parsed, errors = [], {}
         for i, request in enumerate(requests):
             try:
                 robot = int(_array(_input(request, "CORRID")).reshape(-1)[0])
                 start = _flag(request, "START")
-                frame = np.array(_array(_input(request, "FRAME")))  # a copy: the request's memory goes away
+                frame = _array(_input(request, "FRAME"))  # no copy: the step ends inside this execute(), before the request's memory goes
                 if frame.ndim == 4 and frame.shape[0] == 1:
                     frame = frame[0]  # the batch axis Triton adds (max_batch_size > 0)
                 parsed.append((i, StepRequest(robot, frame, start=start, end=_flag(request, "END"),
@@ -106,12 +122,14 @@ class TritonPythonModel:
             except (ValueError, UnicodeDecodeError, VlaExportError) as exc:
                 errors[i] = f"bad request: {exc}"
         responses = [None] * len(requests)
+        t1 = time.perf_counter()
         try:
             results = self.fleet.execute([r for _, r in parsed])
         except VlaExportError as exc:  # a failure of the batched step itself: every robot of the batch gets it
             results = None
             for i, _ in parsed:
                 errors[i] = str(exc)
+        t2 = time.perf_counter()
         if results is not None:
             for (i, _), result in zip(parsed, results):
                 if result.error is not None:
@@ -123,7 +141,17 @@ class TritonPythonModel:
                     ])
         for i, message in errors.items():
             responses[i] = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
+        t3 = time.perf_counter()
+        timing = self.fleet.last_timing
+        self.phase_us["parse"].increment((t1 - t0) * 1e6)
+        self.phase_us["respond"].increment((t3 - t2) * 1e6)
+        if timing is not None:
+            self.phase_us["preprocess"].increment(timing.preprocess_ms * 1e3)
+            self.phase_us["backbone"].increment(timing.backbone_ms * 1e3)
+            self.phase_us["head"].increment(timing.head_ms * 1e3)
         return responses
 
     def finalize(self):
         self.fleet.template.close()
+        self.phase_us.clear()
+        self.families.clear()
