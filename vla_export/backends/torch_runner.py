@@ -75,15 +75,6 @@ def rewrite_patch_convs(module) -> int:
     return count
 
 
-def to_device(tensor: Any, device: str) -> Any:
-    """``tensor`` on ``device``. A host tensor bound for a GPU goes through pinned memory, asynchronously: a
-    copy from pageable memory blocks the host until the GPU runs it, which, with two model instances
-    sharing a GPU, means waiting for the other instance's time slice at every input."""
-    if str(device).startswith("cuda") and tensor.device.type == "cpu":
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device, non_blocking=True)
-
-
 def preprocess_on(frames: Sequence[np.ndarray], image_size: int, *, device: str, dtype: str = "float32") -> Any:
     """uint8 [H, W, 3] frames -> a ``dtype`` tensor [N, 3, S, S] on ``device``, by
     :func:`~vla_export.data.preprocess.preprocess_tensor`; frames of one size go through together, the order is kept."""
@@ -96,7 +87,7 @@ def preprocess_on(frames: Sequence[np.ndarray], image_size: int, *, device: str,
     out_dtype = getattr(torch, dtype)
     parts = []
     for index in groups.values():
-        batch = to_device(torch.from_numpy(np.stack([frames[i] for i in index])), device)
+        batch = torch.from_numpy(np.stack([frames[i] for i in index])).to(device, non_blocking=True)
         parts.append(preprocess_tensor(batch, image_size).to(out_dtype))
     if len(parts) == 1:
         return parts[0]
@@ -234,7 +225,8 @@ class ModuleRunner(Runner):
         out = {}
         for name in self.input_names:
             value = feed[name]
-            t = to_device(value if isinstance(value, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(value)), self._device)
+            t = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(value))
+            t = t.to(self._device, non_blocking=True)
             if t.is_floating_point():
                 t = t.to(getattr(torch, self.dtype))
             out[name] = t
