@@ -26,7 +26,6 @@ import numpy as np
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from vla_export.backends.torch_runner import ModuleRunner
     from vla_export.bench.env import capture_environment
     from vla_export.bench.targets import PRESET_PREFIX, PresetPolicy
     from vla_export.data.preprocess import preprocess_batch
@@ -34,8 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     from vla_export.models.config import get_preset
     from vla_export.runtime.batch import warm_up
     from vla_export.runtime.parts import torch_streaming_policy
-    from vla_export.runtime.policy import BACKBONE_INPUTS, BACKBONE_OUTPUTS, Policy
-    from vla_export.serve.fleet_bench import raw_backbone_rate, raw_step_rate
+    from vla_export.serve.fleet_bench import anchor_rates, raw_backbone_rate, raw_step_rate
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("preset", help="preset:NAME")
@@ -102,18 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"whole batched step, {n} robots: {rate:.1f} frames/s", flush=True)
 
     if args.compile:
-        report["anchor"] = []
-        anchor = Policy(ModuleRunner(template.backbone.module, BACKBONE_INPUTS, BACKBONE_OUTPUTS, label="anchor", device="cuda", dtype=args.dtype,
-                                     cuda_graph=True, compile=args.compile, patch_matmul=True),
-                        template.head, tokenizer=template.tokenizer, window=template.window, image_size=template.image_size,
-                        text_len=template.text_len, config=template.config)
-        with anchor.backbone:
-            for b in [int(v) for v in args.compile_batches.split(",") if v]:
-                t = time.perf_counter()
-                row = raw_backbone_rate(anchor, b, seconds=args.seconds, frame_hw=hw)
-                row |= {"runner": anchor.backbone.name, "seconds_with_compile": round(time.perf_counter() - t, 1)}
-                report["anchor"].append(row)
-                print(f"anchor backbone ({anchor.backbone.name}), batch {b}: {row}", flush=True)
+        report["anchor"] = anchor_rates(template, [int(v) for v in args.compile_batches.split(",") if v], mode=args.compile,
+                                        seconds=args.seconds, frame_hw=hw)
+        for row in report["anchor"]:
+            print(f"anchor backbone, batch {row['batch']}: {row}", flush=True)
     template.close()
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

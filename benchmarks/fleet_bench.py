@@ -14,14 +14,11 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from vla_export.backends.torch_runner import ModuleRunner
 from vla_export.bench.env import capture_environment
-from vla_export.runtime.policy import BACKBONE_INPUTS, BACKBONE_OUTPUTS, Policy
 from vla_export.serve.fleet import policy_from_serving, read_serving
-from vla_export.serve.fleet_bench import drive_fleet, fleet_report, raw_backbone_rate, raw_step_rate
+from vla_export.serve.fleet_bench import anchor_rates, drive_fleet, fleet_report, raw_backbone_rate, raw_step_rate
 from vla_export.serve.repository import TritonOptions, write_repository
 from vla_export.serve.server import TritonServer, free_port
 
@@ -81,19 +78,11 @@ def main(argv: list[str] | None = None) -> int:
                           f"{row.step_rate / row.raw_frames_per_s:.2f} (meaningful at saturation, rate 0)", flush=True)
         if args.anchor_compile:  # from a plain (eager) copy of the policy, so the served configuration is not compiled again here
             folder = repo.path / model / "1"
-            plain = read_serving(folder) | {"runner": {}, "warm_up": []}
-            with policy_from_serving(folder, plain) as template:
-                anchor = Policy(ModuleRunner(template.backbone.module, BACKBONE_INPUTS, BACKBONE_OUTPUTS, label="anchor", device=args.device,
-                                             dtype=args.dtype, cuda_graph=True, compile=args.anchor_compile, patch_matmul=True),
-                                template.head, tokenizer=template.tokenizer, window=template.window, image_size=template.image_size,
-                                text_len=template.text_len, config=template.config)
-                with anchor.backbone:
-                    for b in [int(v) for v in args.anchor_batches.split(",") if v]:
-                        t0 = time.perf_counter()
-                        raw["anchor"].append(raw_backbone_rate(anchor, b, seconds=max(args.raw_seconds, 1.0), frame_hw=hw)
-                                             | {"runner": anchor.backbone.name})
-                        raw["anchor"][-1]["seconds_with_compile"] = round(time.perf_counter() - t0, 1)
-                        print(f"backbone alone, anchor ({anchor.backbone.name}), batch {b}: {raw['anchor'][-1]}", flush=True)
+            with policy_from_serving(folder, read_serving(folder) | {"runner": {}, "warm_up": []}) as template:
+                raw["anchor"] = anchor_rates(template, [int(v) for v in args.anchor_batches.split(",") if v], mode=args.anchor_compile,
+                                             seconds=max(args.raw_seconds, 1.0), frame_hw=hw)
+            for row in raw["anchor"]:
+                print(f"backbone alone, anchor, batch {row['batch']}: {row}", flush=True)
         best = max((r["frames_per_s"] for r in raw["anchor"] or raw["served_config"]), default=None)
         if best:
             for row in rows:

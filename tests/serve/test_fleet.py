@@ -116,3 +116,11 @@ def test_torch_parts_with_batch_buckets_warm_up_then_equal_policy_step(tiny_ckpt
             plain.reset(instruction)
             np.testing.assert_allclose(got[robot], np.stack([plain.step(f) for f in stream]), atol=1e-4, rtol=0)
     assert np.abs(got[0] - got[1]).max() > 1e-2
+
+
+def test_compiled_anchor_needs_a_cuda_torch_backbone(template):
+    """The fleet benchmark's raw reference is refused for a backbone it cannot compile (here ONNX Runtime parts)."""
+    from vla_export.serve.fleet_bench import anchor_rates
+
+    with pytest.raises(RunnerError, match="PyTorch module on CUDA"):
+        anchor_rates(template, [4])

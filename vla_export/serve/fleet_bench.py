@@ -25,10 +25,11 @@ from typing import Any
 import numpy as np
 
 from vla_export.bench.stats import LatencyStats
-from vla_export.errors import DataError
+from vla_export.errors import DataError, RunnerError
 from vla_export.lazy import lazy_import
 from vla_export.runtime.batch import step_batch
-from vla_export.runtime.policy import Policy
+from vla_export.backends.torch_runner import ModuleRunner
+from vla_export.runtime.policy import BACKBONE_INPUTS, BACKBONE_OUTPUTS, Policy
 from vla_export.serve.fleet import PHASES
 
 SCHEMA = "vla-export/fleet-bench/1"
@@ -222,6 +223,31 @@ def raw_step_rate(template: Policy, robots: int, *, seconds: float = 2.0, frame_
         step_batch(policies, list(frames))
         n += robots
     return n / (clock() - t0)
+
+
+def anchor_rates(template: Policy, batches: Sequence[int], *, mode: str = "default", seconds: float = 1.5,
+                 frame_hw: tuple[int, int] = (224, 224)) -> list[dict[str, Any]]:
+    """The raw reference a served fleet is compared with: ``template``'s backbone module alone, compiled
+    (``mode``) + CUDA graph + patch matmul in its dtype, per batch size (:func:`raw_backbone_rate`), each row
+    with the runner's name and the seconds its first calls took (compile and capture included).
+
+    ``template``'s backbone must be a :class:`ModuleRunner` on CUDA; it is rewritten in place (patch matmul),
+    which gives the same results.
+    """
+    backbone = template.backbone
+    if not isinstance(backbone, ModuleRunner) or backbone.device != "cuda":
+        raise RunnerError("the compiled anchor needs the policy's backbone as a PyTorch module on CUDA")
+    runner = ModuleRunner(backbone.module, BACKBONE_INPUTS, BACKBONE_OUTPUTS, label="anchor", device="cuda", dtype=backbone.dtype,
+                          cuda_graph=True, compile=mode, patch_matmul=True)
+    anchor = Policy(runner, template.head, tokenizer=template.tokenizer, window=template.window, image_size=template.image_size,
+                    text_len=template.text_len, config=template.config)
+    rows = []
+    with runner:
+        for b in batches:
+            t0 = time.perf_counter()
+            row = raw_backbone_rate(anchor, b, seconds=seconds, frame_hw=frame_hw)
+            rows.append(row | {"runner": runner.name, "seconds_with_compile": round(time.perf_counter() - t0, 1)})
+    return rows
 
 
 def fleet_report(rows: Sequence[FleetRow], **info: Any) -> dict[str, Any]:
