@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queue-delay-us", type=int, default=2000)
     ap.add_argument("--cuda-graphs", action="store_true", help="torch backend: CUDA graphs per batch bucket (vla-export triton --cuda-graphs)")
     ap.add_argument("--compile", default=None, help="torch backend: torch.compile mode for the served backbone")
+    ap.add_argument("--bucket-step", type=int, default=8, help="batch sizes captured (vla-export triton --bucket-step)")
     ap.add_argument("--client-processes", type=int, default=1, help="robots spread over this many client processes")
     ap.add_argument("--raw-seconds", type=float, default=3.0, help="in-process batched step per fleet size (0: skip)")
     ap.add_argument("--raw-batches", default="", help="backbone alone at these batch sizes, served configuration (comma-separated)")
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         repo = write_repository(args.artifact, Path(tmp) / "repo", TritonOptions(
             backend=args.backend, device=args.device, dtype=args.dtype, max_robots=max(sizes), max_batch=args.max_batch,
             queue_delay_us=args.queue_delay_us, idle_seconds=60, instances=args.instances, cuda_graphs=args.cuda_graphs, text_len=args.text_len,
-            compile=args.compile))
+            compile=args.compile, bucket_step=args.bucket_step))
         model = repo.models[0]
         rows = []
         with TritonServer(repo.path, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), ready_timeout=args.ready_timeout) as srv:

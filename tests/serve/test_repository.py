@@ -160,6 +160,9 @@ def test_cuda_graph_and_compile_options(cli, tiny_ckpt, tiny_split, tmp_path):
 
     assert batch_buckets(64) == (1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64) and batch_buckets(12) == (1, 2, 4, 8, 12)
     assert batch_buckets(1) == (1,) and batch_buckets(3) == (1, 2, 3) and batch_buckets(8) == (1, 2, 4, 8)
+    assert batch_buckets(6, step=1) == (1, 2, 3, 4, 5, 6) and batch_buckets(40, step=16) == (1, 2, 4, 8, 16, 32, 40)
+    with pytest.raises(ConfigError, match="--bucket-step must be >= 1"):
+        write_repository(tiny_ckpt, tmp_path / "bad", TritonOptions(device="cuda", cuda_graphs=True, bucket_step=0))
     repo = write_repository(tiny_ckpt, tmp_path / "r", TritonOptions(max_batch=12, device="cuda", dtype="float16", cuda_graphs=True))
     s = repo.settings
     assert s["warm_up"] == [1, 2, 4, 8, 12] and s["runner"]["batch_buckets"] == [1, 2, 4, 8, 12] and s["runner"]["cuda_graph"] is True

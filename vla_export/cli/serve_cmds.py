@@ -29,6 +29,7 @@ def triton(
     device: str = typer.Option("cpu", "--device", help="torch backend: cpu or cuda[:N]."),
     dtype: str = typer.Option("float32", "--dtype", help="torch backend: float32, float16 or bfloat16."),
     cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="torch backend on CUDA: replay CUDA graphs, one per batch size (powers of two up to --max-batch, a batch padded up), captured at model load."),
+    bucket_step: int = typer.Option(8, "--bucket-step", help="With --cuda-graphs/--compile: capture batch sizes 1, 2, 4, ... below this, then its multiples up to --max-batch (1: every size; more GPU memory, no padding)."),
     compile_mode: Optional[str] = typer.Option(None, "--compile", help="torch backend: torch.compile the backbone with this mode (e.g. default, max-autotune-no-cudagraphs); compiles per batch size at model load."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write what was generated as JSON."),
 ) -> None:
@@ -39,7 +40,7 @@ def triton(
         name=name, backend=backend, max_robots=max_robots, max_batch=max_batch, preferred_batch=preferred_batch,
         queue_delay_us=queue_delay_us, idle_seconds=idle_seconds, instances=instances, text_len=text_len,
         backbone=str(backbone) if backbone else None, head=str(head) if head else None, providers=tuple(providers or ()), device=device,
-        dtype=dtype, cuda_graphs=cuda_graphs, compile=compile_mode,
+        dtype=dtype, cuda_graphs=cuda_graphs, compile=compile_mode, bucket_step=bucket_step,
     )
     result = write_repository(artifact, output, options)
     for model in result.models:

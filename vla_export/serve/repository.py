@@ -66,6 +66,7 @@ class TritonOptions:
     dtype: str = "float32"  # torch backend: float32, float16 or bfloat16
     cuda_graphs: bool = False  # torch backend on CUDA: one graph per batch bucket, captured at load
     compile: str | None = None  # torch backend: a torch.compile mode for the backbone
+    bucket_step: int = 8  # with cuda_graphs/compile: batch sizes captured (see batch_buckets)
 
 
 @dataclass
@@ -265,15 +266,19 @@ def _sources(artifact: Path, options: TritonOptions) -> tuple[str, dict[str, Any
     return backend, record["config"], files, engines
 
 
-def batch_buckets(max_batch: int) -> tuple[int, ...]:
-    """The batch sizes a CUDA-graph server captures: 1, 2, 4, 8, then every multiple of 8, up to ``max_batch``.
+def batch_buckets(max_batch: int, step: int = 8) -> tuple[int, ...]:
+    """The batch sizes a CUDA-graph server captures: powers of two below ``step``, then every multiple of
+    ``step``, up to ``max_batch`` (``step`` 1: every size).
 
-    A batch of 5 robots replays the graph for 8, one of 41 the graph for 48: at most 7 padded rows, so
-    little of the GPU goes to padding (powers of two above 8 wasted up to 40% of it on the H100), for a
-    dozen graphs captured before the first robot instead of one per size met.
+    With the default 8, a batch of 5 robots replays the graph for 8 and one of 41 the graph for 48: at most
+    7 padded rows (powers of two above 8 wasted up to 40% of the H100 on padding), for a dozen graphs
+    captured before the first robot. Each graph keeps its own activation memory, so ``step`` 1 trades GPU
+    memory (and load time) for no padding at all.
     """
-    sizes = [b for b in (1, 2, 4) if b < max_batch] + list(range(8, max_batch, 8))
-    return (*sizes, max_batch)
+    if step < 1:
+        raise ConfigError(f"--bucket-step must be >= 1, got {step}")
+    sizes = [b for b in (1, 2, 4, 8, 16, 32) if b < min(step, max_batch)] + list(range(step, max_batch, step))
+    return tuple(sorted({*sizes, max_batch}))
 
 
 def runner_settings(options: TritonOptions) -> dict[str, Any]:
@@ -282,7 +287,7 @@ def runner_settings(options: TritonOptions) -> dict[str, Any]:
         return {}
     graphs = options.cuda_graphs
     return {"cuda_graph": graphs, "compile": options.compile or False, "patch_matmul": graphs or bool(options.compile),
-            "batch_buckets": list(batch_buckets(options.max_batch)),  # compiled too: a few static shapes, not one per size
+            "batch_buckets": list(batch_buckets(options.max_batch, options.bucket_step)),  # compiled too: a few static shapes
             "head_opts": {"compile": False, "patch_matmul": False}}
 
 
@@ -310,6 +315,7 @@ def write_repository(artifact: str | Path, output: str | Path, options: TritonOp
     backend, config, files, engines = _sources(artifact, options)
     if (options.cuda_graphs or options.compile) and backend != "torch":
         raise ConfigError(f"--cuda-graphs and --compile apply to --backend torch, not {backend}")
+    batch_buckets(options.max_batch, options.bucket_step)  # checks --bucket-step
     if options.cuda_graphs and not options.device.startswith("cuda"):
         raise ConfigError(f"--cuda-graphs needs --device cuda, got --device {options.device}")
     if options.compile and options.compile not in COMPILE_MODES:
@@ -350,7 +356,7 @@ def write_repository(artifact: str | Path, output: str | Path, options: TritonOp
         "backbone_model": backbone_model,
         "engines": engines,
         "runner": runner_settings(options),
-        "warm_up": list(batch_buckets(options.max_batch)) if options.cuda_graphs or options.compile else [],
+        "warm_up": list(batch_buckets(options.max_batch, options.bucket_step)) if options.cuda_graphs or options.compile else [],
         "options": asdict(options),
     }
     output.parent.mkdir(parents=True, exist_ok=True)
