@@ -47,6 +47,10 @@ def test_triton_writes_a_validated_repository(cli, tiny_split, tmp_path):
     settings = json.loads((version / "serving.json").read_text())
     assert settings["backend"] == "onnxrt" and settings["text_len"] == 32 and settings["window"] == 4
     assert json.loads((tmp_path / "t.json").read_text())["schema"] == REPOSITORY_SCHEMA
+    assert "padded to 32 tokens (the config's max_text_len, assumed" in r.stdout
+    r = cli("triton", tiny_split.manifest_path, "-o", repo, "--text-len", "16")
+    assert r.exit_code == 0 and "padded to" not in r.stdout
+    assert json.loads((version / "serving.json").read_text())["text_len"] == 16
     assert not list(tmp_path.glob(".repo.*"))  # no temporary folder left
 
 

@@ -48,6 +48,10 @@ def triton(
     s = result.settings
     console.print(f"wrote {output}: policy model {result.models[0]!r} ({result.backend}), window {s['window']}, text length {s['text_len']}, "
                   f"up to {options.max_robots} robots, {options.max_batch} per batch", markup=False)
+    if text_len is None:  # a value the user did not give: said out loud, it sets the backbone's cost
+        console.print(f"note: every prompt is padded to {s['text_len']} tokens (the config's max_text_len, assumed since --text-len "
+                      "was not given); the backbone's cost grows with it: pass --text-len N for the longest instruction the robots send",
+                      markup=False)
     if not result.runnable_here:
         console.print(f"note: the {result.backend} variant needs TensorRT and an NVIDIA GPU in the server (NVIDIA's Triton container); "
                       "`vla-export serve` cannot run it on a machine without them", markup=False)
