@@ -171,6 +171,11 @@ def test_cuda_graph_and_compile_options(cli, tiny_ckpt, tiny_split, tmp_path):
     s = repo.settings
     assert s["warm_up"] == [1, 2, 4, 8, 12] and s["runner"]["batch_buckets"] == [1, 2, 4, 8, 12] and s["runner"]["cuda_graph"] is True
     assert "KIND_GPU" in (repo.path / repo.models[0] / "config.pbtxt").read_text()
+    from vla_export.serve.repository import load_seconds, read_repository
+
+    assert load_seconds(read_repository(repo.path)) == 60
+    compiled = write_repository(tiny_ckpt, tmp_path / "c", TritonOptions(device="cuda", cuda_graphs=True, compile="default"))
+    assert load_seconds(read_repository(compiled.path)) == 900  # `vla-export serve` waits for the compile
     plain = write_repository(tiny_ckpt, tmp_path / "p", TritonOptions())
     assert plain.settings["runner"] == {} and plain.settings["warm_up"] == []
     for options, problem in (

@@ -65,12 +65,15 @@ def serve(
     http_port: int = typer.Option(8000, "--http-port", help="HTTP port on 127.0.0.1 (0: any free port)."),
     grpc_port: int = typer.Option(8001, "--grpc-port", help="gRPC port on 127.0.0.1 (0: any free port)."),
     metrics_port: int = typer.Option(8002, "--metrics-port", help="Prometheus metrics port on 127.0.0.1 (0: any free port)."),
-    timeout: float = typer.Option(60.0, "--timeout", help="Seconds to wait for the server and models to become ready."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds to wait for the server and models to become ready (default: 60, or 900 for a repository written with --compile)."),
     log: Optional[Path] = typer.Option(None, "--log", help="Write the server's log here (default: a temporary file, shown)."),
 ) -> int:
     """Run a real Triton server (from the nvidia-pytriton wheel) on loopback until Ctrl-C or SIGTERM."""
+    from vla_export.serve.repository import load_seconds, read_repository
     from vla_export.serve.server import TritonServer, free_port
 
+    if timeout is None:
+        timeout = load_seconds(read_repository(repository))
     server = TritonServer(repository, http_port=http_port or free_port(), grpc_port=grpc_port or free_port(),
                           metrics_port=metrics_port or free_port(), log_path=log, ready_timeout=timeout)
 

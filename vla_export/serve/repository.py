@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -411,6 +412,12 @@ def _publish(tmp: Path, output: Path) -> None:
         raise
     if old is not None:
         shutil.rmtree(old)
+
+
+def load_seconds(record: Mapping[str, Any]) -> float:
+    """How long to wait for a repository's models to load: 60 s, or 15 minutes when the policy model
+    compiles its backbone (``--compile``: a few torch.compile runs per instance while it loads)."""
+    return 900.0 if record.get("settings", {}).get("options", {}).get("compile") else 60.0
 
 
 def read_repository(path: str | Path) -> dict[str, Any]:

@@ -234,7 +234,7 @@ class TritonServer:
             if self._get("/v2/health/ready") == 200 and all(self._get(f"/v2/models/{m}/ready") == 200 for m in self.models):
                 return
             time.sleep(0.25)
-        raise ServerError(f"tritonserver was not ready within {self.ready_timeout:g} s; its log ends: {log_tail(self.log_path)}")
+        raise ServerError(f"tritonserver was not ready within {self.ready_timeout:g} s (--timeout); its log ends: {log_tail(self.log_path)}")
 
     def server_info(self) -> dict[str, Any]:
         with urllib.request.urlopen(f"http://{self.http_url}/v2", timeout=5) as resp:
