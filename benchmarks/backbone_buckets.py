@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from vla_export.bench.env import capture_environment
     from vla_export.bench.targets import PRESET_PREFIX, PresetPolicy
-    from vla_export.data.preprocess import preprocess_batch
+    from vla_export.data.preprocess import preprocess_frames
     from vla_export.data.tokenizer import BuiltinTokenizer
     from vla_export.models.config import get_preset
     from vla_export.runtime.batch import warm_up
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.synchronize()
             gpu.append(time.perf_counter() - t)
         t = time.perf_counter()
-        preprocess_batch(frames, cfg.image_size)
+        preprocess_frames(frames, cfg.image_size)
         cpu = time.perf_counter() - t
         pre[f"{fhw[0]}x{fhw[1]}"] = {"frames": 64, "gpu_ms_p50": round(float(np.median(gpu)) * 1e3, 2), "numpy_ms": round(cpu * 1e3, 1)}
         print(f"preprocess 64 frames {fhw}: {pre[f'{fhw[0]}x{fhw[1]}']}", flush=True)

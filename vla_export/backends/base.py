@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from vla_export.data.preprocess import preprocess_batch
+from vla_export.data.preprocess import preprocess_frames
 from vla_export.errors import RunnerError
 
 
@@ -95,7 +95,7 @@ class Runner(abc.ABC):
         """Raw uint8 camera frames -> this runner's ``pixel_values`` input, by the shared preprocessing
         (:mod:`vla_export.data.preprocess`). Default: NumPy on the CPU; a GPU runner may run the same
         math on its device and return a device tensor that its ``stage`` takes as it is."""
-        return preprocess_batch(frames, image_size)
+        return preprocess_frames(frames, image_size)
 
     def stage(self, feed: Mapping[str, np.ndarray]) -> Any:
         """Copy inputs to where ``execute`` reads them. Default: nothing to do."""

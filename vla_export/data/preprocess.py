@@ -80,13 +80,8 @@ def preprocess_frame(frame: np.ndarray, image_size: int = 224) -> np.ndarray:
     return np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32)
 
 
-def preprocess_frames(frames: np.ndarray, image_size: int = 224) -> np.ndarray:
-    """uint8 [T, H, W, 3] -> float32 [T, 3, S, S]."""
-    return np.stack([preprocess_frame(f, image_size) for f in frames])
-
-
-def preprocess_batch(frames, image_size: int = 224) -> np.ndarray:
-    """A list of uint8 [H, W, 3] frames (sizes may differ) -> float32 [N, 3, S, S]."""
+def preprocess_frames(frames, image_size: int = 224) -> np.ndarray:
+    """uint8 [T, H, W, 3], or a sequence of T uint8 [H, W, 3] frames of any sizes -> float32 [T, 3, S, S]."""
     return np.stack([preprocess_frame(f, image_size) for f in frames])
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from vla_export.data.preprocess import preprocess_batch
+from vla_export.data.preprocess import preprocess_frames
 from vla_export.errors import VlaExportError
 from vla_export.runtime.batch import warm_up
 from vla_export.serve.fleet import PHASES, Fleet, StepRequest, policy_from_serving, read_serving
@@ -76,7 +76,7 @@ class BackboneModelRunner:
         return {"name": self.name, "device": "triton", "model": self.model_name}
 
     def preprocess(self, frames, image_size):
-        return preprocess_batch(frames, image_size)
+        return preprocess_frames(frames, image_size)
 
     def infer(self, feed):
         inputs = [_tensor(name, feed[name]) for name in self.input_names]
