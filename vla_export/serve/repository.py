@@ -338,6 +338,7 @@ def write_repository(artifact: str | Path, output: str | Path, options: TritonOp
         configs[backbone_model] = backbone_plan_config(backbone_model, image_size=cfg.image_size, feature_dim=cfg.frame_feature_dim, options=options)
     for model, text in configs.items():
         validate_config(text, where=f"{model}/config.pbtxt")
+    runner = runner_settings(options)
     role_files = {role: paths[0].name for role, paths in files.items()}
     if backbone_model:
         role_files.pop("backbone")
@@ -356,8 +357,8 @@ def write_repository(artifact: str | Path, output: str | Path, options: TritonOp
         "preset": preset,
         "backbone_model": backbone_model,
         "engines": engines,
-        "runner": runner_settings(options),
-        "warm_up": list(batch_buckets(options.max_batch, options.bucket_step)) if options.cuda_graphs or options.compile else [],
+        "runner": runner,
+        "warm_up": runner.get("batch_buckets", []),  # every bucket captured (and compiled) at load
         "options": asdict(options),
     }
     output.parent.mkdir(parents=True, exist_ok=True)
