@@ -15,7 +15,6 @@ seconds its first call took (compile and capture).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from vla_export.bench.env import capture_environment
+    from vla_export.cli.common import write_json
     from vla_export.bench.targets import PRESET_PREFIX, PresetPolicy
     from vla_export.data.preprocess import preprocess_frames
     from vla_export.data.tokenizer import BuiltinTokenizer
@@ -106,8 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"anchor backbone, batch {row['batch']}: {row}", flush=True)
     template.close()
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        write_json(args.json, report, what="backbone-buckets")  # atomic; the fleet report names its own schema
         print(f"wrote {args.json}")
     return 0
 

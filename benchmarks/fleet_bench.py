@@ -11,12 +11,12 @@ same policy's batched step in this process with no server (raw frames/s), and st
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
 
 from vla_export.bench.env import capture_environment
+from vla_export.cli.common import write_json
 from vla_export.serve.fleet import policy_from_serving, read_serving
 from vla_export.serve.fleet_bench import anchor_rates, drive_fleet, fleet_report, raw_backbone_rate, raw_step_rate
 from vla_export.serve.repository import TritonOptions, write_repository
@@ -93,8 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                               settings={k: v for k, v in vars(args).items() if k != "json"} | {"frame_hw": hw},
                               environment=capture_environment(), raw_backbone=raw, raw_backbone_best_frames_per_s=best)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        write_json(args.json, report, what="fleet-bench")  # atomic; the fleet report names its own schema
         print(f"wrote {args.json}")
     return 0
 
