@@ -64,7 +64,7 @@ def _plain_log_axis(axis, lo: float, hi: float) -> None:
     only) and unlabelled minor ticks: no overlapping labels ("3x10^2 4x10^2") at any range."""
     ticker = lazy_import("matplotlib.ticker", purpose="drawing plots", install=INSTALL)
     decades = np.log10(max(hi, 1e-12) / max(lo, 1e-12))
-    subs = (1.0, 2.0, 5.0) if decades <= 2.2 else (1.0,)
+    subs = (1.0, 2.0, 5.0) if decades <= 3.0 else (1.0,)
     axis.set_major_locator(ticker.LogLocator(base=10, subs=subs))
     axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
     axis.set_minor_locator(ticker.LogLocator(base=10, subs=tuple(range(1, 10))))

@@ -86,9 +86,11 @@ def render_next_steps(n: dict[str, Any]) -> None:
         return
     console.print(f"INT8 parity failed. Next steps (filled in from {n['artifact']}'s manifest):", style="bold", markup=False)
     for i, step in enumerate(n["steps"], 1):
-        console.print(f"  {i}. {step['what']}" + (f" ({step['note']})" if step.get("note") else "") + ":", markup=False)
+        console.print(f"  {i}. {step['what']}:", markup=False)
         for command in step["commands"]:
             console.print(f"       {command}", markup=False, soft_wrap=True)
+        if step.get("note"):
+            console.print(f"       ({step['note']})", style="dim", markup=False)
     for missing in n["missing"]:
         console.print(f"  not in the manifest: {missing}", style="yellow", markup=False)
 

@@ -20,7 +20,8 @@ was quantized from (its manifest's ``quantized_from``) with only that point's ow
 (those of no deeper compared module) taken from the quantized graph, by the graph surgery of
 :func:`vla_export.export.sensitivity.with_float_nodes`. Everything before the point is then float,
 so the point sees the reference's own input and its error is what it *adds*; the points are ranked
-by that (relative error), and the report names the one that adds the most. Both runs use exact Q/DQ
+by the share of their tolerance (``atol + rtol * max|ref|``) that error takes, and the report names
+the one that adds the most. Both runs use exact Q/DQ
 arithmetic (onnxruntime's Q/DQ fusions off), as the parity verdict does.
 """
 
@@ -84,7 +85,8 @@ class LayerPoint:
     cosine: float
     over: bool  # outside the tolerance (max_abs > atol + rtol * ref_max_abs, or cosine < min_cosine)
     #: Quantized graphs: the error of this point with only its own INT8 nodes quantized (everything before it
-    #: float): what it adds. {"max_abs", "rel_err", "cosine", "int8_nodes", "int8_modules"}; None when not measured.
+    #: float): what it adds. {"max_abs", "rel_err", "of_tolerance" (max_abs / (atol + rtol * max|ref|)), "cosine",
+    #: "int8_nodes", "int8_modules"}; None when not measured.
     added: dict[str, Any] | None = None
 
 
@@ -109,9 +111,11 @@ class LocateResult:
 
     @property
     def ranking(self) -> list[LayerPoint]:
-        """Points measured alone, the one that adds the most error first (relative error, then 1 - cosine)."""
+        """Points measured alone, the one that adds the most error first: by the share of that point's tolerance
+        (``atol + rtol * max|ref|``, the rule of the verdict) its error alone takes, then 1 - cosine. A point whose
+        output is tiny can have a large relative error that is no error at all at its scale; the share says so."""
         measured = [p for p in self.points if p.added is not None]
-        return sorted(measured, key=lambda p: (p.added["rel_err"], 1.0 - p.added["cosine"]), reverse=True)
+        return sorted(measured, key=lambda p: (p.added["of_tolerance"], 1.0 - p.added["cosine"]), reverse=True)
 
     @property
     def top_adder(self) -> LayerPoint | None:
@@ -138,8 +142,9 @@ class LocateResult:
                           else "no layer over tolerance (cumulative)")
             own = a.get("int8_modules") or []
             inside = f" through {', '.join(own[:3])}{' ...' if len(own) > 3 else ''}" if own and own != [top.module] else ""
-            return (f"adds the most error: {top.module} ({top.component}){inside}: relative {a['rel_err']:.3g} alone "
-                    f"(max abs {a['max_abs']:.3g}, cosine {a['cosine']:.6f}, {a['int8_nodes']} INT8 nodes of its own); {cumulative}")
+            return (f"adds the most error: {top.module} ({top.component}){inside}: alone {a['of_tolerance']:.3g}x its tolerance "
+                    f"(max abs {a['max_abs']:.3g}, relative {a['rel_err']:.3g}, cosine {a['cosine']:.6f}; {a['int8_nodes']} INT8 nodes "
+                    f"of its own); {cumulative}")
         if first is not None:
             return (f"first over tolerance: {first.module} ({first.component}): max abs {first.max_abs:.3g}, "
                     f"relative {first.rel_err:.3g}, cosine {first.cosine:.6f}")
@@ -499,8 +504,9 @@ def _added_errors(artifact: Path, float_path: Path, model, marked_tensors: Seque
             f.unlink()
         a = _point(p.module, p.onnx_tensor, refs[p.module], alone, tol)
         where = sorted({_deepest_module(by_name[n], scopes.root) for n in nodes})
-        out.append(dataclasses.replace(p, added={"max_abs": a.max_abs, "rel_err": a.rel_err, "cosine": a.cosine, "int8_nodes": len(nodes),
-                                                 "int8_modules": where}))
+        share = a.max_abs / max(tol.atol + tol.rtol * a.ref_max_abs, _TINY)
+        out.append(dataclasses.replace(p, added={"max_abs": a.max_abs, "rel_err": a.rel_err, "of_tolerance": share, "cosine": a.cosine,
+                                                 "int8_nodes": len(nodes), "int8_modules": where}))
     return out
 
 
