@@ -26,6 +26,7 @@ import numpy as np
 
 from vla_export.backends.base import Runner
 from vla_export.system import peak_rss_bytes
+from vla_export.bench.monitor import Monitor, RowWatch
 from vla_export.bench.floor import DTYPE_BYTES, DevicePeak, FloorCheck, ModelCost, check_floor, onnx_weight_bytes, policy_cost
 from vla_export.bench.stats import LatencyStats
 from vla_export.bench.targets import Target
@@ -74,10 +75,15 @@ class ModeResult:
     phases_ms: dict[str, float] = field(default_factory=dict)  # median of each e2e phase
     samples_ms: list[float] = field(default_factory=list)  # every timed iteration, in order (plots are redrawn from these)
     phase_samples_ms: dict[str, list[float]] = field(default_factory=dict)  # every e2e iteration's phases
+    watched: dict[str, Any] = field(default_factory=dict)  # each monitor's summary of the timed window (bench/monitor.py)
+
+    @property
+    def contended(self) -> bool:
+        return bool((self.watched.get("contention") or {}).get("contended"))
 
     def to_dict(self) -> dict[str, Any]:
         return {"latency": self.stats.to_dict(), "floor": self.floor.to_dict() if self.floor else None, "phases_p50_ms": self.phases_ms,
-                "samples_ms": self.samples_ms, "phase_samples_ms": self.phase_samples_ms}
+                "samples_ms": self.samples_ms, "phase_samples_ms": self.phase_samples_ms, **self.watched}
 
 
 @dataclass
@@ -103,6 +109,10 @@ class BackendResult:
     def below_floor(self) -> bool:
         return any(m.floor is not None and m.floor.below_floor for m in self.modes.values())
 
+    @property
+    def contended(self) -> bool:
+        return any(m.contended for m in self.modes.values())
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "label": self.label,
@@ -121,6 +131,7 @@ class BackendResult:
             "outputs_finite": self.outputs_finite,
             "below_floor": self.below_floor,
             "valid": self.outputs_finite and not self.below_floor,
+            "contended": self.contended,
             "warnings": self.warnings,
             "profile": self.profile.to_dict() if self.profile else None,
         }
@@ -134,6 +145,7 @@ class BenchReport:
     device_peak: DevicePeak
     results: list[BackendResult]
     complete: bool = True  # False while rows are still to come (a partial report saved along the way)
+    contention: dict[str, Any] | None = None  # the run's contention summary (bench/contention.py), set by the caller
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     def ratios(self, mode: str) -> list[float | None]:
@@ -155,24 +167,32 @@ class BenchReport:
             "settings": self.settings.to_dict(),
             "environment": self.environment,
             "device_peak": self.device_peak.to_dict(),
+            "contention": self.contention,
             "results": rows,
         }
 
 
 # --- timing ----------------------------------------------------------------------------------------
 
-def time_loop(step: Callable[[], Any], *, warmup: int, iters: int | None, duration_s: float | None) -> tuple[list[float], float]:
-    """Run ``step`` ``warmup`` times untimed, then time each call; returns (seconds per call, warm-up seconds)."""
+def time_loop(step: Callable[[], Any], *, warmup: int, iters: int | None, duration_s: float | None,
+              watch: RowWatch | None = None) -> tuple[list[float], float]:
+    """Run ``step`` ``warmup`` times untimed, then time each call; returns (seconds per call, warm-up seconds).
+
+    ``watch``'s monitors see exactly the timed calls (started after the warm-up, stopped after the last)."""
     t0 = time.perf_counter()
     for _ in range(warmup):
         step()
     warm = time.perf_counter() - t0
+    if watch is not None:
+        watch.start()
     samples: list[float] = []
     deadline = time.perf_counter() + duration_s if duration_s is not None else None
     while (iters is not None and len(samples) < iters) or (deadline is not None and time.perf_counter() < deadline):
         start = time.perf_counter()
         step()
         samples.append(time.perf_counter() - start)
+    if watch is not None:
+        watch.stop(samples)
     return samples, warm
 
 
@@ -270,10 +290,12 @@ def fallback_warnings(info: dict[str, Any]) -> list[str]:
     return []
 
 
-def bench_target(target: Target, settings: BenchSettings, peak: DevicePeak, *, profile: bool = False) -> BackendResult:
+def bench_target(target: Target, settings: BenchSettings, peak: DevicePeak, *, profile: bool = False,
+                 monitors: Sequence[Monitor] = ()) -> BackendResult:
     """Activate the target's runner, time each mode, deactivate; the floor is checked for each mode.
 
-    ``profile`` adds a torch.profiler pass over the compute-only loop after the timed runs (never timed).
+    ``profile`` adds a torch.profiler pass over the compute-only loop after the timed runs (never timed);
+    ``monitors`` watch each mode's timed window (contention, Jetson power).
     """
     runner = target.make_runner()
     t0 = time.perf_counter()
@@ -301,6 +323,7 @@ def bench_target(target: Target, settings: BenchSettings, peak: DevicePeak, *, p
         modes: dict[str, ModeResult] = {}
         warm_total = 0.0
         for mode in settings.modes:
+            watch = RowWatch(monitors)
             phases: dict[str, float] = {}
             phase_samples: dict[str, list[float]] = {}
             if mode == "compute":
@@ -310,19 +333,20 @@ def bench_target(target: Target, settings: BenchSettings, peak: DevicePeak, *, p
                     runner.execute(staged)
                     runner.synchronize()
 
-                samples, warm = time_loop(step, warmup=settings.warmup, iters=settings.iters, duration_s=settings.duration_s)
+                samples, warm = time_loop(step, warmup=settings.warmup, iters=settings.iters, duration_s=settings.duration_s, watch=watch)
             else:
                 e2e = EndToEnd(runner, feed, cfg, settings)
                 _, warm = time_loop(e2e, warmup=settings.warmup, iters=0, duration_s=None)
                 e2e.record = True
-                samples, _ = time_loop(e2e, warmup=0, iters=settings.iters, duration_s=settings.duration_s)
+                samples, _ = time_loop(e2e, warmup=0, iters=settings.iters, duration_s=settings.duration_s, watch=watch)
                 phases = {k: float(np.median(v)) * 1e3 for k, v in e2e.phases.items()}
                 phase_samples = {k: [round(x * 1e3, 6) for x in v] for k, v in e2e.phases.items()}
             warm_total += warm
             stats = LatencyStats.from_seconds(samples)
             floor = check_floor(cost, peak, stats.p50_ms)
             warnings += floor.notes if floor.below_floor else []
-            modes[mode] = ModeResult(stats, floor, phases, [round(x * 1e3, 6) for x in samples], phase_samples)
+            warnings += [f"{mode}: {w}" for w in watch.warnings()]
+            modes[mode] = ModeResult(stats, floor, phases, [round(x * 1e3, 6) for x in samples], phase_samples, watch.results)
         summary = None
         if profile:
             from vla_export.bench.profile import profile_runner
@@ -358,6 +382,7 @@ def run_benchmark(
     command: str,
     on_result: Callable[[BenchReport], None] | None = None,
     profile: bool = False,
+    monitors: Sequence[Monitor] = (),
 ) -> BenchReport:
     """Benchmark each target in turn (one runner active at a time) into one report.
 
@@ -368,7 +393,7 @@ def run_benchmark(
         raise RunnerError("nothing to benchmark")
     report = BenchReport(command, settings, environment, peak, [], complete=False)
     for i, target in enumerate(targets):
-        report.results.append(bench_target(target, settings, peak, profile=profile))
+        report.results.append(bench_target(target, settings, peak, profile=profile, monitors=monitors))
         report.complete = i == len(targets) - 1
         if on_result:
             on_result(report)

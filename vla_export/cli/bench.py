@@ -32,10 +32,25 @@ def _ms(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}" if x < 10 else f"{x:.2f}" if x < 100 else f"{x:.1f}"
 
 
+def _num(x: float | None, digits: int = 1) -> str:
+    return "-" if x is None else f"{x:,.{digits}f}"
+
+
+#: Jetson columns, shown when any row has jtop readings: header -> value of a mode's "jetson" summary.
+JETSON_COLUMNS = {
+    "W": lambda j: _num((j.get("power_w") or {}).get("mean"), 2),
+    "mJ/inf": lambda j: _num(j.get("energy_mj_per_inference"), 1),
+    "GPU MHz": lambda j: _num((j.get("gpu_mhz") or {}).get("mean"), 0),
+    "max °C": lambda j: _num(j.get("temp_c_max"), 1),
+}
+
+
 def render_report(report: Any) -> None:
     """One table for all rows and modes, then per-row details (what ran, memory, phases, warnings)."""
     table = Table(title=f"vla-bench: batch {report.settings.batch}, window {report.settings.window}, floor on {report.device_peak.name}")
-    for col in ("backend", "mode", "p50 ms", "p90", "p99", "FPS", "vs 1st", "floor", "x floor", ""):
+    jetson = any(m.watched.get("jetson", {}).get("samples") for r in report.results for m in r.modes.values())
+    for col in ("backend", "mode", "p50 ms", "p90", "p99", "FPS", "vs 1st", "floor", "x floor", *(JETSON_COLUMNS if jetson else ()),
+                "others CPU", ""):
         table.add_column(col, justify="left" if col in ("backend", "mode", "") else "right")
     one_artifact = len({r.artifact for r in report.results}) == 1
     if one_artifact:
@@ -48,14 +63,24 @@ def render_report(report: Any) -> None:
                 continue
             s, f = m.stats, m.floor
             flag = "[red]BELOW FLOOR[/]" if f and f.below_floor else "[red]NON-FINITE[/]" if not r.outputs_finite else ""
+            if m.contended:
+                flag = f"{flag} [yellow]CONTENDED[/]".strip()
+            others = (m.watched.get("contention") or {}).get("others_cpu_cores")
+            j = m.watched.get("jetson") or {}
             table.add_row(
                 r.backend if one_artifact else r.label, mode, _ms(s.p50_ms), _ms(s.p90_ms), _ms(s.p99_ms), f"{s.fps:.1f}",
                 "-" if ratio is None else f"{ratio:.2f}x", _ms(f.floor_ms if f else None),
-                "-" if f is None else f"{f.ratio:.1f}", flag,
+                "-" if f is None else f"{f.ratio:.1f}", *(fmt(j) for fmt in JETSON_COLUMNS.values() if jetson),
+                "-" if others is None else f"{others:.2f}", flag,
             )
     # Piped into a log file, Rich would squeeze the table into 80 columns: give it room there.
     out = console if console.is_terminal else Console(file=console.file, width=max(console.width, 132), highlight=False)
     out.print(table)
+    if report.contention is not None:
+        console.print(f"others CPU: cores used by other processes during each timing; {report.contention['rule']}", style="dim", markup=False)
+    if jetson:
+        console.print("Jetson (jtop): W = mean board power (total rail) and mJ/inf = W x mean latency, both including the idle "
+                      "power (energy above idle in the JSON); GPU MHz = mean GPU clock; max °C = hottest sensor", style="dim", markup=False)
     for r in report.results:
         what = ", ".join(f"{k}={v}" for k, v in r.runner.items() if k not in ("name",))
         mem = f"peak RSS {r.peak_rss_bytes / 1e9:.2f} GB" + (f", peak GPU {r.peak_gpu_bytes / 1e9:.2f} GB" if r.peak_gpu_bytes else "")
@@ -74,6 +99,11 @@ def render_report(report: Any) -> None:
             console.print(f"  profile: {dev}{p.cpu_time_ms_per_iter:.3f} ms host time (top ops in the JSON)", markup=False)
         for w in r.warnings:
             err_console.print(f"  warning: {w}", style="yellow", markup=False)
+    from vla_export.bench.contention import warning_line
+
+    line = warning_line(report.contention or {})
+    if line:
+        err_console.print(line, style="yellow", markup=False)
 
 
 def _peak(name: Optional[str]):
@@ -157,16 +187,32 @@ def bench(
     def progress(report: Any) -> None:
         r = report.results[-1]
         p50 = ", ".join(f"{m} p50 {_ms(v.stats.p50_ms)} ms" for m, v in r.modes.items())
-        err_console.print(f"done: {r.label}: {p50}", style="dim", markup=False)
+        busy = [f"{m} {v.watched['contention']['others_cpu_cores']:.2f}" for m, v in r.modes.items() if v.contended]
+        err_console.print(f"done: {r.label}: {p50}" + (f" (contended: other processes' CPU cores {', '.join(busy)})" if busy else ""),
+                          style="dim", markup=False)
         # Environment after each row: CUDA is initialised and the runtimes are loaded by then.
         report.environment = capture_environment()
+        report.contention = contention.report([(x.label, m, v.watched["contention"]) for x in report.results for m, v in x.modes.items()
+                                               if "contention" in v.watched])
         if json_path and str(json_path) != STDOUT:  # rewritten after every row, so a long run that dies keeps what it measured
             write_json(json_path, report.to_dict())
 
+    from vla_export.bench.contention import BEFORE_S, ContentionMonitor, describe_busiest
     from vla_export.bench.env import JetsonTelemetry
 
-    with JetsonTelemetry() as telemetry:  # GPU load, clocks, temperatures, power during the runs (jtop, on a Jetson)
-        report = run_benchmark(targets, settings, peak=peak, environment={}, command=command, on_result=progress, profile=profile)
+    # Other work on the machine (before and during every timing) and, on a Jetson, power, GPU clock and temperatures.
+    with ContentionMonitor() as contention, JetsonTelemetry() as telemetry:
+        before = contention.before(BEFORE_S)
+        if before["contended"]:
+            load = before["load_average_1_5_15"]
+            err_console.print(f"warning: the machine is busy before the run: other processes use {before['others_cpu_cores']:.2f} CPU cores"
+                              + (f" (load average {load[0]:.2f} on {before['cores']} cores)" if load else "")
+                              + f"; {describe_busiest(before)}; timings it overlaps will be marked CONTENDED", style="yellow", markup=False)
+        if telemetry.active:
+            telemetry.before(BEFORE_S)  # the idle board's power, for the energy above idle
+        monitors = [contention, telemetry] if telemetry.active else [contention]
+        report = run_benchmark(targets, settings, peak=peak, environment={}, command=command, on_result=progress, profile=profile,
+                               monitors=monitors)
     if telemetry.summary() is not None:
         report.environment["jetson_telemetry"] = telemetry.summary()
     render_report(report)

@@ -11,7 +11,7 @@ import typer
 from vla_export.cli import checks
 from vla_export.cli.common import JunitOpt, console, write_json, wrote
 from vla_export.cli.junit import parity_cases, write_junit
-from vla_export.cli.render import fmt_bytes, render_completeness, render_parity
+from vla_export.cli.render import fmt_bytes, render_completeness, render_next_steps, render_parity
 from vla_export.cli.runtime_cmds import export_split_cmd
 from vla_export.errors import ConfigError, ExitCode
 from vla_export.cli.loading import with_loading_options
@@ -98,10 +98,11 @@ def parity(
     strict: bool = typer.Option(False, "--strict", help="Fail (exit 1) when the comparison cannot tell a broken artifact apart (reference outputs vary too little across samples); for CI."),
     load: LoadOptions = LoadOptions(),
     save_reference: Optional[Path] = typer.Option(None, "--save-reference", help="Also save the inputs and PyTorch outputs (+ config, checkpoint sha256) to this .npz, for `vla-export parity REF.npz ARTIFACT` on the device."),
-    locate: bool = typer.Option(False, "--locate", help="Also compare every component boundary (each layer of each tower, projection, text model, CLIP, LSTM, head) and name where the error first exceeds the tolerance (ONNX artifacts)."),
+    locate: bool = typer.Option(False, "--locate", help="Also compare every component boundary (each layer of each tower, projection, text model, CLIP, LSTM, head) and name where the error first exceeds the tolerance (ONNX artifacts); on a quantized ONNX also rank the layers by the error each adds alone."),
     locate_all: bool = typer.Option(False, "--locate-all", help="With --locate: compare the output of every module, not only the boundaries."),
     locate_samples: int = typer.Option(2, "--locate-samples", help="Samples for --locate (each keeps every intermediate tensor)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="With --locate: draw the per-layer error curve into this PNG (needs matplotlib)."),
+    locate_float: Optional[Path] = typer.Option(None, "--locate-float", help="With --locate on a quantized ONNX: the float ONNX it was quantized from (default: its manifest's record), to rank layers by the error each adds."),
 ) -> None:
     """Compare an artifact with the PyTorch policy (or a saved reference) on the same inputs; exit 0 on pass, 1 on fail.
 
@@ -110,8 +111,9 @@ def parity(
     from vla_export.verify.parity import parity_check, tolerance_for
 
     checks.at_least(1, samples=samples, batch=batch)
-    if (locate_all or plot) and not locate:
-        raise ConfigError("--locate-all and --plot go with --locate")
+    if (locate_all or plot or locate_float) and not locate:
+        raise ConfigError("--locate-all, --locate-float and --plot go with --locate")
+    checks.input_file(locate_float, "float ONNX")
     checks.input_file(checkpoint, "saved reference" if checkpoint.suffix == ".npz" else "checkpoint")
     checks.input_file(artifact, "artifact")
     checks.input_paths(data, "data")
@@ -154,7 +156,7 @@ def parity(
         found = locate_layers(
             PolicyFromCheckpoint(checkpoint, options=load), artifact,
             level="all" if locate_all else "boundaries", samples=locate_samples, data=list(data) if data else None, seed=seed,
-            precision=precision, tolerance=tolerance, providers=providers,
+            precision=precision, tolerance=tolerance, providers=providers, float_onnx=locate_float,
         )
         report["locate"] = found.to_dict()
         render_locate(report["locate"])
@@ -162,6 +164,14 @@ def parity(
             from vla_export.plots import plot_locate
 
             console.print(f"wrote {plot_locate(report['locate'], plot)}")
+    if not result.passed and report["precision"] in ("int8", "int8w"):
+        from vla_export.manifest import read_manifest
+        from vla_export.verify.next_steps import int8_next_steps
+
+        steps = int8_next_steps(artifact, read_manifest(artifact, required=False) or {"precision": report["precision"]}, reference=checkpoint,
+                                tolerance=result.tolerance, data=data, outputs=list(report["outputs"]), located=locate)
+        report["next_steps"] = steps.to_dict()
+        render_next_steps(report["next_steps"])
     if json_path:
         write_json(json_path, report, "parity")
         wrote(json_path)

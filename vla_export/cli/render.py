@@ -80,6 +80,21 @@ def render_parity(p: dict[str, Any]) -> None:
     console.print(f"parity: {'[green]pass[/]' if p['passed'] else '[red]FAIL[/]'}")
 
 
+def render_next_steps(n: dict[str, Any]) -> None:
+    """The commands to try after a failed INT8 check (vla_export.verify.next_steps), one per line, ready to run."""
+    if not n["steps"]:
+        return
+    console.print(f"INT8 parity failed. Next steps (filled in from {n['artifact']}'s manifest):", style="bold", markup=False)
+    for i, step in enumerate(n["steps"], 1):
+        console.print(f"  {i}. {step['what']}:", markup=False)
+        for command in step["commands"]:
+            console.print(f"       {command}", markup=False, soft_wrap=True)
+        if step.get("note"):
+            console.print(f"       ({step['note']})", style="dim", markup=False)
+    for missing in n["missing"]:
+        console.print(f"  not in the manifest: {missing}", style="yellow", markup=False)
+
+
 def render_discrimination(p: dict[str, Any]) -> None:
     """Say when the comparison cannot tell a broken artifact apart (and when the config check was not possible)."""
     check = p["candidate"].get("config_check")

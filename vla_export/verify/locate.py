@@ -12,10 +12,22 @@ tolerance and the largest jump.
 
 Quantized (Q/DQ) and FP16 graphs keep the exported nodes and their scopes, so they work too.
 TensorRT engines would need an engine built with the same marked outputs: not done here.
+
+On a quantized graph the curve is cumulative: every layer inherits the error of all before it, so
+the first point over the tolerance is usually the first quantized layer, whatever adds the most.
+So for INT8 (W8A8 or weight-only) each point is also measured **alone**: the float ONNX the model
+was quantized from (its manifest's ``quantized_from``) with only that point's own INT8 nodes
+(those of no deeper compared module) taken from the quantized graph, by the graph surgery of
+:func:`vla_export.export.sensitivity.with_float_nodes`. Everything before the point is then float,
+so the point sees the reference's own input and its error is what it *adds*; the points are ranked
+by the share of their tolerance (``atol + rtol * max|ref|``) that error takes, and the report names
+the one that adds the most. Both runs use exact Q/DQ
+arithmetic (onnxruntime's Q/DQ fusions off), as the parity verdict does.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import tempfile
@@ -32,6 +44,9 @@ from vla_export.data.episodes import EpisodeSource
 from vla_export.data.source import SyntheticSource
 from vla_export.errors import ArtifactError, ConfigError
 from vla_export.export.inspect_artifacts import SCOPE_KEY, component_of_onnx_name, node_module_scopes
+from vla_export.export.quantize import ensure_node_names, save_onnx
+from vla_export.export.sensitivity import quantized_nodes, with_float_nodes
+from vla_export.onnxfile import load_onnx
 from vla_export.manifest import read_manifest
 from vla_export.lazy import lazy_import
 from vla_export.verify.parity import Tolerance, tolerance_for
@@ -69,6 +84,10 @@ class LayerPoint:
     rel_err: float  # max_abs / ref_max_abs: comparable across layers of different scale
     cosine: float
     over: bool  # outside the tolerance (max_abs > atol + rtol * ref_max_abs, or cosine < min_cosine)
+    #: Quantized graphs: the error of this point with only its own INT8 nodes quantized (everything before it
+    #: float): what it adds. {"max_abs", "rel_err", "of_tolerance" (max_abs / (atol + rtol * max|ref|)), "cosine",
+    #: "int8_nodes", "int8_modules"}; None when not measured.
+    added: dict[str, Any] | None = None
 
 
 @dataclass
@@ -83,10 +102,25 @@ class LocateResult:
     samples: int
     points: list[LayerPoint] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # module -> why it was not compared
+    #: Quantized graphs: how the error each point adds was measured, or why it was not.
+    added_note: str | None = None
 
     @property
     def first_over(self) -> LayerPoint | None:
         return next((p for p in self.points if p.over), None)
+
+    @property
+    def ranking(self) -> list[LayerPoint]:
+        """Points measured alone, the one that adds the most error first: by the share of that point's tolerance
+        (``atol + rtol * max|ref|``, the rule of the verdict) its error alone takes, then 1 - cosine. A point whose
+        output is tiny can have a large relative error that is no error at all at its scale; the share says so."""
+        measured = [p for p in self.points if p.added is not None]
+        return sorted(measured, key=lambda p: (p.added["of_tolerance"], 1.0 - p.added["cosine"]), reverse=True)
+
+    @property
+    def top_adder(self) -> LayerPoint | None:
+        ranking = self.ranking
+        return ranking[0] if ranking else None
 
     @property
     def largest_jump(self) -> tuple[LayerPoint, float] | None:
@@ -101,7 +135,16 @@ class LocateResult:
         return best
 
     def summary(self) -> str:
-        first, jump = self.first_over, self.largest_jump
+        first, jump, top = self.first_over, self.largest_jump, self.top_adder
+        if top is not None:
+            a = top.added
+            cumulative = (f"first over tolerance (cumulative, inherited downstream): {first.module}" if first is not None
+                          else "no layer over tolerance (cumulative)")
+            own = a.get("int8_modules") or []
+            inside = f" through {', '.join(own[:3])}{' ...' if len(own) > 3 else ''}" if own and own != [top.module] else ""
+            return (f"adds the most error: {top.module} ({top.component}){inside}: alone {a['of_tolerance']:.3g}x its tolerance "
+                    f"(max abs {a['max_abs']:.3g}, relative {a['rel_err']:.3g}, cosine {a['cosine']:.6f}; {a['int8_nodes']} INT8 nodes "
+                    f"of its own); {cumulative}")
         if first is not None:
             return (f"first over tolerance: {first.module} ({first.component}): max abs {first.max_abs:.3g}, "
                     f"relative {first.rel_err:.3g}, cosine {first.cosine:.6f}")
@@ -121,6 +164,9 @@ class LocateResult:
             "samples": self.samples,
             "first_over": first.module if first else None,
             "largest_jump": {"module": jump[0].module, "factor": jump[1]} if jump else None,
+            "top_adder": self.top_adder.module if self.top_adder else None,
+            "ranking_by_added_error": [p.module for p in self.ranking],
+            "added_note": self.added_note,
             "summary": self.summary(),
             "points": [asdict(p) for p in self.points],
             "skipped": self.skipped,
@@ -309,8 +355,12 @@ def locate(
     precision: str | None = None,
     tolerance: Tolerance | None = None,
     providers: Sequence[str] | None = None,
+    float_onnx: str | Path | None = None,
 ) -> LocateResult:
-    """Compare the PyTorch policy and the ONNX ``artifact`` module by module on ``samples`` inputs (batch 1)."""
+    """Compare the PyTorch policy and the ONNX ``artifact`` module by module on ``samples`` inputs (batch 1).
+
+    For a quantized ``artifact`` each point is also measured alone against ``float_onnx`` (default: the
+    ONNX its manifest says it was quantized from), see the module docstring."""
     artifact = Path(artifact)
     kind = detect_kind(artifact, allowed=("onnx", "engine", "checkpoint"))
     if kind != "onnx":
@@ -344,10 +394,11 @@ def locate(
 
     with tempfile.TemporaryDirectory(prefix="vla-locate-") as tmp:
         try:
-            marked, _ = marked_copy(onnx, model, tensors, Path(tmp), artifact)
+            marked, marked_tensors = marked_copy(onnx, model, tensors, Path(tmp), artifact)
         except ArtifactError as exc:
             raise ArtifactError(f"{artifact}: {exc}") from None
-        with OnnxrtRunner(marked, providers=providers) as cand:
+        feeds: list[dict[str, np.ndarray]] = []
+        with OnnxrtRunner(marked, providers=providers, qdq="exact") as cand:
             pv = cand.input_shapes["pixel_values"]
             window = pv[1] if len(pv) == 5 and isinstance(pv[1], int) else cfg.window
             if data:
@@ -361,6 +412,7 @@ def locate(
             try:
                 for i in range(samples):
                     feed = source.sample(i)
+                    feeds.append(feed)
                     hooks.reset()
                     with torch.inference_mode():
                         policy(*(torch.from_numpy(np.ascontiguousarray(feed[k])) for k in POLICY_INPUTS))
@@ -373,8 +425,89 @@ def locate(
             finally:
                 hooks.remove()
             order = [n for n in hooks.order if n in pairs]
-    result.points = [_point(n, pairs[n][1], refs[n], cands[n], tol) for n in order]
+        result.points = [_point(n, pairs[n][1], refs[n], cands[n], tol) for n in order]
+        if quantized_nodes(model):  # a Q/DQ graph (W8A8 or weight-only INT8)
+            float_path = Path(float_onnx) if float_onnx else _recorded_float_onnx(artifact, manifest)
+            if float_path is None or not float_path.is_file():
+                where = f" ({float_path}, from its manifest)" if float_path else ""
+                result.added_note = (f"not ranked by the error each layer adds: the float ONNX it was quantized from{where} is not "
+                                     "found (pass it with --locate-float FLOAT.onnx); the curve below is cumulative")
+            else:
+                result.points = _added_errors(artifact, float_path, model, marked_tensors, result.points, scopes, refs, feeds,
+                                              Path(tmp), providers, tol)
+                result.added_note = (f"each point measured alone: {float_path.name} with only that point's own INT8 nodes "
+                                     "quantized (everything before it float), exact Q/DQ arithmetic")
     return result
+
+
+def _recorded_float_onnx(artifact: Path, manifest: Mapping[str, Any]) -> Path | None:
+    """The float ONNX the manifest says ``artifact`` was quantized from (as recorded, else beside it)."""
+    recorded = (manifest.get("quantized_from") or {}).get("path")
+    if not recorded:
+        return None
+    path = Path(recorded)
+    if not path.is_file() and (artifact.parent / path.name).is_file():
+        return artifact.parent / path.name
+    return path
+
+
+def _owners(model, points: Sequence[LayerPoint], root: str) -> dict[str, list[str]]:
+    """Point module -> the quantized nodes it owns: those whose deepest compared module it is."""
+    names = {p.module for p in points}
+    by_name = {n.name: n for n in model.graph.node}
+    owned: dict[str, list[str]] = {}
+    for node_name in quantized_nodes(model):
+        scopes = {x[len(root) + 1:] for x in node_module_scopes(by_name[node_name]) if x.startswith(root + ".")}
+        inside = [m for m in scopes if m in names]
+        if inside:
+            owned.setdefault(max(inside, key=len), []).append(node_name)
+    return owned
+
+
+def _deepest_module(node, root: str) -> str:
+    """The innermost module a node belongs to, without the wrapper's root ("" when it has none)."""
+    scopes = [x[len(root) + 1:] for x in node_module_scopes(node) if x.startswith(root + ".")]
+    return max(scopes, key=len) if scopes else node.name
+
+
+def _added_errors(artifact: Path, float_path: Path, model, marked_tensors: Sequence[str], points: list[LayerPoint],
+                  scopes: _GraphScopes, refs: Mapping[str, list[np.ndarray]], feeds: Sequence[Mapping[str, np.ndarray]],
+                  folder: Path, providers, tol: Tolerance) -> list[LayerPoint]:
+    """``points`` with ``added`` filled in: each one measured with only its own INT8 nodes quantized."""
+    onnx = lazy_import("onnx", purpose="locating diverging layers")
+    float_model = load_onnx(float_path)
+    ensure_node_names(float_model)
+    qdq = load_onnx(artifact)
+    ensure_node_names(qdq)
+    every = set(quantized_nodes(qdq))
+    foreign = every - {n.name for n in float_model.graph.node}
+    if foreign:
+        raise ArtifactError(f"{artifact}: {len(foreign)} of its quantized nodes are not in {float_path} (e.g. {sorted(foreign)[0]}): "
+                            "not the ONNX it was quantized from; pass that one with --locate-float")
+    types = _elem_types(onnx, model, marked_tensors)
+    existing = {o.name for o in qdq.graph.output}
+    qdq.graph.output.extend(onnx.helper.make_tensor_value_info(t, types[t], None) for t in marked_tensors if t not in existing)
+    owned = _owners(qdq, points, scopes.root)
+    by_name = {n.name: n for n in qdq.graph.node}
+    out = []
+    for k, p in enumerate(points):
+        nodes = owned.get(p.module)
+        if not nodes:
+            out.append(p)
+            continue
+        variant = with_float_nodes(qdq, float_model, every - set(nodes))
+        path = folder / f"alone_{k}.onnx"
+        save_onnx(variant, path)
+        with OnnxrtRunner(path, providers=providers, qdq="exact") as runner:
+            alone = [np.asarray(runner.infer(dict(feed))[p.onnx_tensor]) for feed in feeds]
+        for f in path.parent.glob(f"{path.name}*"):
+            f.unlink()
+        a = _point(p.module, p.onnx_tensor, refs[p.module], alone, tol)
+        where = sorted({_deepest_module(by_name[n], scopes.root) for n in nodes})
+        share = a.max_abs / max(tol.atol + tol.rtol * a.ref_max_abs, _TINY)
+        out.append(dataclasses.replace(p, added={"max_abs": a.max_abs, "rel_err": a.rel_err, "of_tolerance": share, "cosine": a.cosine,
+                                                 "int8_nodes": len(nodes), "int8_modules": where}))
+    return out
 
 
 def _pair(names, hooks: _Hooks, scopes: _GraphScopes, outs: Mapping[str, np.ndarray], skipped: dict[str, str]) -> dict[str, tuple[int, str]]:
