@@ -17,7 +17,7 @@ import numpy as np
 
 from vla_export.data.preprocess import check_frame
 from vla_export.errors import RunnerError
-from vla_export.runtime.policy import BACKBONE_OUTPUTS, HEAD_INPUTS, HEAD_OUTPUTS, Policy, StepTiming
+from vla_export.runtime.policy import BACKBONE_OUTPUTS, HEAD_INPUTS, HEAD_OUTPUTS, Policy, StepTiming, step_on_device
 
 
 def step_batch(policies: Sequence[Policy], frames: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -46,8 +46,12 @@ def step_batch(policies: Sequence[Policy], frames: Sequence[np.ndarray]) -> list
             )
         if p.image_size != first.image_size or p.window != first.window:
             raise RunnerError("step_batch: the policies differ in image size or window")
+        if p.windows is not first.windows:
+            raise RunnerError("step_batch: the policies must share one feature-window store (or all have none)")
     for frame in frames:
         check_frame(frame)
+    if first.windows is not None:  # features and windows stay on the device
+        return step_on_device(policies, frames)
     t0 = time.perf_counter()
     pixels = first.backbone.preprocess(frames, first.image_size)  # the shared preprocessing, where the backbone runs
     t1 = time.perf_counter()
