@@ -65,17 +65,8 @@ def _classes():
                 self.qkv.weight.copy_(torch.cat([q.weight, k.weight, v.weight]))
                 if bias:
                     self.qkv.bias.copy_(torch.cat([q.bias, k.bias, v.bias]))
-            self._eager = getattr(sys.modules[type(attn).__module__], "eager_attention_forward", None)
             self.wrapped = type(attn).__name__
-
-        def _interface(self):
-            from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-            impl = self.config._attn_implementation
-            if impl == "eager" or impl is None:
-                return self._eager
-            get = getattr(ALL_ATTENTION_FUNCTIONS, "get_interface", None)
-            return get(impl, self._eager) if get else ALL_ATTENTION_FUNCTIONS[impl]
+            self._attention = _attention_function(self.config, getattr(sys.modules[type(attn).__module__], "eager_attention_forward", None))
 
         def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None, **kwargs):
             if encoder_hidden_states is not None or kwargs.pop("causal_attention_mask", None) is not None:
@@ -86,7 +77,7 @@ def _classes():
             shape = hidden_states.shape[:-1]
             qkv = self.qkv(hidden_states).view(*shape, 3, -1, self.head_dim)
             q, k, v = (qkv.select(-3, i).transpose(1, 2) for i in range(3))
-            out, weights = self._interface()(self, q, k, v, attention_mask, is_causal=self.is_causal, scaling=self.scaling, dropout=0.0, **kwargs)
+            out, weights = self._attention(self, q, k, v, attention_mask, is_causal=self.is_causal, scaling=self.scaling, dropout=0.0, **kwargs)
             out = out.reshape(*shape, -1).contiguous()
             if self.inner_attn_ln is not None:
                 out = self.inner_attn_ln(out)
@@ -137,6 +128,19 @@ def _classes():
             return y.to(self.out_dtype).reshape(*shape, self.out_features)
 
     return FusedQKVAttention, QuantLinear
+
+
+def _attention_function(config: Any, eager: Any) -> Any:
+    """The attention function Hugging Face's module would call (``config._attn_implementation``), resolved once."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    impl = getattr(config, "_attn_implementation", None)
+    if impl in (None, "eager"):
+        if eager is None:
+            raise RuntimeError("fuseqkv: eager attention, but the module's eager_attention_forward was not found")
+        return eager
+    get = getattr(ALL_ATTENTION_FUNCTIONS, "get_interface", None)
+    return get(impl, eager) if get else ALL_ATTENTION_FUNCTIONS[impl]
 
 
 def _is_self_attention(module: Any) -> bool:
