@@ -145,7 +145,7 @@ class ModuleRunner(Runner):
         self.name = f"{label}:{name}" if label else name
         self.module: Any = None
         self._graphs: dict[tuple, tuple[Any, dict[str, Any], Any]] = {}  # input shapes -> (graph, static in, static out)
-        self._staging: FrameStaging | None = None  # a CUDA runner's raw-frame upload and preprocessing (at activation)
+        self._staging: FrameStaging | None = None  # a CUDA runner's raw-frame upload and preprocessing (made at first use)
         self._pool: Any = None
 
     @property
@@ -202,7 +202,6 @@ class ModuleRunner(Runner):
             self.rewrites[f"{self.quantize}_linears"] = quantize_linears(self.module, self.quantize)
             if not self.rewrites[f"{self.quantize}_linears"]:
                 raise RunnerError(f"{self.name}: quantize={self.quantize} found no nn.Linear large enough to quantise")
-        self._staging = FrameStaging(self._device, self.dtype) if self.device == "cuda" else None
         self._pool = None  # the one memory pool of this runner's CUDA graphs
         self._fn: Callable = self.module
         if self.compile:
@@ -230,8 +229,10 @@ class ModuleRunner(Runner):
         would otherwise cap its frame rate (64 frames of 224x224 took 152 ms with NumPy on the H100 server's
         CPU, 4 ms on its GPU), and one 720x1280 frame costs ~4 ms of NumPy on the H200 host. The returned
         tensor is valid until the next call. CPU runners (and the Jetson's TensorRT path) keep NumPy."""
-        if self._staging is None:
+        if self.device != "cuda":
             return super().preprocess(frames, image_size)
+        if self._staging is None:
+            self._staging = FrameStaging(self._device, self.dtype)
         return self._staging(frames, image_size)
 
     def stage(self, feed):
