@@ -137,12 +137,14 @@ def test_staging_and_windows_on_gpu():
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     staging = FrameStaging("cuda", "float32")
-    for seed, shapes in ((0, [(720, 1280)]), (1, [(224, 224)] * 3 + [(480, 640)]), (2, [(720, 1280)])):
+    runs = ((0, [(720, 1280)]), (1, [(224, 224)] * 3 + [(480, 640)]), (2, [(720, 1280)]), (3, [(224, 224)] * 2), (4, [(224, 224)] * 2))
+    for seed, shapes in runs:  # one size per call: a captured graph, replayed on new frames; mixed sizes: eager
         frames = _frames(seed, shapes)
         got = staging(frames, 224)
         assert got.device.type == "cuda"
         np.testing.assert_allclose(got.cpu().numpy(), np.stack([preprocess_frame(f, 224) for f in frames]), atol=1e-4, rtol=0)
     assert all(b.host.is_pinned() for b in staging._buffers.values())
+    assert sorted(staging._graphed) == [(1, 720, 1280, 224), (2, 224, 224, 224)]
     half = FrameStaging("cuda", "float16")(_frames(3, [(720, 1280)]), 224)
     assert half.dtype == torch.float16
 

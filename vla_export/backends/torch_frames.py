@@ -47,10 +47,8 @@ class _Pinned:
         self.dev = self.host if self.device == "cpu" else torch.empty((cap, *self.shape), dtype=self.dtype, device=self.device)
         self.capacity = cap
 
-    def upload(self, arrays: Sequence[np.ndarray]) -> Any:
-        """The ``arrays`` (each of ``shape``) as rows [0, n) of the device buffer; valid until the next upload."""
-        import torch
-
+    def fill(self, arrays: Sequence[np.ndarray]) -> Any:
+        """The ``arrays`` (each of ``shape``) as rows [0, n) of the host buffer, once its last copy is done."""
         n = len(arrays)
         if n > self.capacity:
             self._grow(n)
@@ -59,27 +57,77 @@ class _Pinned:
         view = self.host.numpy()
         for i, a in enumerate(arrays):
             view[i] = a
-        if self.dev is self.host:
-            return self.host[:n]
-        self.dev[:n].copy_(self.host[:n], non_blocking=True)
+        return self.host[:n]
+
+    def send(self, host_rows: Any, dev: Any) -> Any:
+        """Copy filled host rows to ``dev`` (asynchronously, in stream order); returns ``dev``."""
+        import torch
+
+        dev.copy_(host_rows, non_blocking=True)
         if self.event is None:
             self.event = torch.cuda.Event()
         self.event.record()
-        return self.dev[:n]
+        return dev
+
+    def upload(self, arrays: Sequence[np.ndarray]) -> Any:
+        """The ``arrays`` as rows [0, n) of the device buffer; valid until the next upload."""
+        rows = self.fill(arrays)
+        if self.dev is self.host:
+            return rows
+        return self.send(rows, self.dev[: len(arrays)])
 
 
 class FrameStaging:
     """Raw uint8 [H, W, 3] frames -> a ``dtype`` tensor [N, 3, S, S] on ``device``, by the shared math.
 
-    Frames of one size go through together (one pinned buffer per size); the order is kept.
+    Frames of one size go through together (one pinned buffer per size); the order is kept. On CUDA a
+    call whose frames all have one size replays a CUDA graph of the preprocessing, captured once per
+    (count, size): one launch instead of ~15 small kernels, ~0.5 ms of host time per 720x1280 frame on
+    the H200's host. All these graphs share one memory pool, so the result is valid until the next call.
     ``pin=False`` uses pageable host memory (and, on the CPU, no copy at all): for tests without a GPU.
     """
 
-    def __init__(self, device: str, dtype: str = "float32", *, pin: bool = True):
+    def __init__(self, device: str, dtype: str = "float32", *, pin: bool = True, graphs: bool = True):
         self.device, self.dtype = device, dtype
         self.pin = pin and not device.startswith("cpu")
+        self.graphs = graphs and device.startswith("cuda")
         self._buffers: dict[tuple[int, int], _Pinned] = {}
         self._tables: dict[tuple[int, int, int], dict] = {}
+        self._graphed: dict[tuple[int, int, int, int], tuple[Any, Any, Any]] = {}  # (n, h, w, S) -> (static in, graph, static out)
+        self._pool: Any = None
+
+    def _buffer(self, h: int, w: int) -> _Pinned:
+        import torch
+
+        buf = self._buffers.get((h, w))
+        if buf is None:
+            buf = self._buffers[(h, w)] = _Pinned((h, w, 3), torch.uint8, self.device, self.pin)
+        return buf
+
+    def _tables_for(self, h: int, w: int, image_size: int, like: Any) -> dict:
+        tables = self._tables.get((h, w, image_size))
+        if tables is None:
+            tables = self._tables[(h, w, image_size)] = tensor_tables(h, w, image_size, like)
+        return tables
+
+    def _capture(self, key: tuple[int, int, int, int], out_dtype: Any) -> tuple[Any, Any, Any]:
+        import torch
+
+        n, h, w, size = key
+        static_in = torch.zeros((n, h, w, 3), dtype=torch.uint8, device=self.device)
+        tables = self._tables_for(h, w, size, static_in)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up outside the graph, as capture requires
+            preprocess_tensor(static_in, size, tables).to(out_dtype)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        with torch.cuda.graph(graph, pool=self._pool):
+            static_out = preprocess_tensor(static_in, size, tables).to(out_dtype)
+        self._graphed[key] = (static_in, graph, static_out)
+        return self._graphed[key]
 
     def __call__(self, frames: Sequence[np.ndarray], image_size: int) -> Any:
         import torch
@@ -89,17 +137,19 @@ class FrameStaging:
             check_frame(frame)
             groups.setdefault(frame.shape, []).append(i)
         out_dtype = getattr(torch, self.dtype)
+        if self.graphs and len(groups) == 1:
+            h, w = int(frames[0].shape[0]), int(frames[0].shape[1])
+            key = (len(frames), h, w, image_size)
+            static_in, graph, static_out = self._graphed.get(key) or self._capture(key, out_dtype)
+            buf = self._buffer(h, w)
+            buf.send(buf.fill(frames), static_in)
+            graph.replay()
+            return static_out
         parts = []
         for shape, index in groups.items():
             h, w = int(shape[0]), int(shape[1])
-            buf = self._buffers.get((h, w))
-            if buf is None:
-                buf = self._buffers[(h, w)] = _Pinned((h, w, 3), torch.uint8, self.device, self.pin)
-            batch = buf.upload([frames[i] for i in index])
-            tables = self._tables.get((h, w, image_size))
-            if tables is None:
-                tables = self._tables[(h, w, image_size)] = tensor_tables(h, w, image_size, batch)
-            parts.append(preprocess_tensor(batch, image_size, tables).to(out_dtype))
+            batch = self._buffer(h, w).upload([frames[i] for i in index])
+            parts.append(preprocess_tensor(batch, image_size, self._tables_for(h, w, image_size, batch)).to(out_dtype))
         if len(parts) == 1:
             return parts[0]
         out = torch.empty((len(frames), *parts[0].shape[1:]), dtype=out_dtype, device=self.device)
