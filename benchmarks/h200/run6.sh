@@ -7,11 +7,11 @@ export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee "$OUT/env.txt"
-timeout 45 python3 -m pytest -q -p no:cacheprovider -m gpu -rs tests/backends/test_torch_frames.py 2>&1 | tail -4 | tee "$OUT/gpu-tests.log"
+timeout 35 python3 -m pytest -q -p no:cacheprovider -m gpu -rs tests/backends/test_torch_frames.py 2>&1 | tail -4 | tee "$OUT/gpu-tests.log"
 J="$OUT/h200-mobile-vla-w1-run6.json"
-timeout ${T_BENCH:-150} python3 -m vla_export.cli.bench preset:mobile-vla -b torch:cuda:fp16:compile:cudagraph:patchmm:fuseqkv \
+timeout ${T_BENCH:-140} python3 -m vla_export.cli.bench preset:mobile-vla -b torch:cuda:fp16:compile:cudagraph:patchmm:fuseqkv \
   -b torch:cuda:fp16:cudagraph -b torch:cuda:fp16:compile:cudagraph:patchmm:fuseqkv:fp8 --window 1 --warmup 10 --iters 200 \
-  --mode compute --mode e2e --mode e2e-gpu --json "$J" 2>&1 | grep -v "warnings.warn\|UserWarning\|_warn_once" > "$OUT/bench.log"
+  --mode compute --mode e2e --mode e2e-gpu --parity 2 --json "$J" 2>&1 | grep -v "warnings.warn\|UserWarning\|_warn_once" > "$OUT/bench.log"
 python3 - "$J" <<'PY' 2>&1 | tee "$OUT/summary.txt"
 import json, sys
 d = json.load(open(sys.argv[1]))
