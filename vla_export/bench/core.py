@@ -206,15 +206,20 @@ class EndToEnd:
         self.phases: dict[str, list[float]] = {"preprocess": [], "stage": [], "execute+sync": [], "to_host": []}
         self.record = False
 
-    def __call__(self) -> dict[str, np.ndarray]:
-        r, t = self.runner, [time.perf_counter()]
+    def _frame_in(self, t: list[float]) -> Any:
+        """Preprocess the next raw frame into the window; the staged inputs (appends the two phase marks)."""
         pix = preprocess_frame(self.frames[self.i % N_FRAMES], self.config.image_size)
         self.i += 1
         self.window[:, :-1] = self.window[:, 1:]
         self.window[:, -1] = pix
         t.append(time.perf_counter())
-        staged = r.stage({"pixel_values": self.window, **self.prompt})
+        staged = self.runner.stage({"pixel_values": self.window, **self.prompt})
         t.append(time.perf_counter())
+        return staged
+
+    def __call__(self) -> dict[str, np.ndarray]:
+        r, t = self.runner, [time.perf_counter()]
+        staged = self._frame_in(t)
         out = r.execute(staged)
         r.synchronize()
         t.append(time.perf_counter())
@@ -233,9 +238,8 @@ class EndToEndDevice(EndToEnd):
         super().__init__(runner, feed, config, settings)
         self.staged = runner.stage(feed)  # device tensors: the window of preprocessed frames, the prompt
 
-    def __call__(self) -> dict[str, np.ndarray]:
-        r, t = self.runner, [time.perf_counter()]
-        pix = r.preprocess([self.frames[self.i % N_FRAMES]], self.config.image_size)  # [1, 3, S, S] on the device
+    def _frame_in(self, t: list[float]) -> Any:
+        pix = self.runner.preprocess([self.frames[self.i % N_FRAMES]], self.config.image_size)  # [1, 3, S, S] on the device
         self.i += 1
         t.append(time.perf_counter())
         window = self.staged["pixel_values"]  # [B, T, 3, S, S]
@@ -243,15 +247,7 @@ class EndToEndDevice(EndToEnd):
             window[:, :-1] = window[:, 1:].clone()
         window[:, -1] = pix
         t.append(time.perf_counter())
-        out = r.execute(self.staged)
-        r.synchronize()
-        t.append(time.perf_counter())
-        host = r.to_host(out)
-        t.append(time.perf_counter())
-        if self.record:
-            for name, a, b in zip(self.phases, t, t[1:]):
-                self.phases[name].append(b - a)
-        return host
+        return self.staged
 
 
 def parity_feeds(cfg: PolicyConfig, settings: BenchSettings) -> list[dict[str, np.ndarray]]:

@@ -334,14 +334,21 @@ def step_on_device(policies: Sequence[Policy], frames: Sequence[np.ndarray]) -> 
     windows = first.windows.push(policies, features)
     out = head.execute(head.stage({HEAD_INPUTS[0]: windows}))
     head.synchronize()
-    actions = np.asarray(head.to_host(out)[HEAD_OUTPUTS[0]], dtype=np.float32).reshape(len(policies), -1)
+    actions = head.to_host(out)[HEAD_OUTPUTS[0]]
     t3 = time.perf_counter()
+    return finish_steps(policies, actions, (t0, t1, t2, t3))
+
+
+def finish_steps(policies: Sequence[Policy], actions: Any, marks: Sequence[float]) -> list[np.ndarray]:
+    """The end of a batched step: check each policy's action, count the step, record the timing
+    (``marks``: start, preprocessed, backbone done, head done; perf_counter seconds); the actions."""
+    t0, t1, t2, t3 = marks
     ms = 1e3
     timing = StepTiming((t1 - t0) * ms, (t2 - t1) * ms, (t3 - t2) * ms, (t3 - t0) * ms)
     result = []
-    for p, action in zip(policies, actions):
+    for p, action in zip(policies, np.asarray(actions, dtype=np.float32).reshape(len(policies), -1)):
         if p.action_dim is not None and action.shape[0] != p.action_dim:
-            raise RunnerError(f"head {head.name} returned {action.shape[0]} actions, expected {p.action_dim}")
+            raise RunnerError(f"head {p.head.name} returned {action.shape[0]} actions, expected {p.action_dim}")
         p.steps += 1
         p.last_timing = timing
         result.append(action.copy())
