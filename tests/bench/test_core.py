@@ -13,7 +13,7 @@ from vla_export.errors import ConfigError
 
 ROW_KEYS = {
     "label", "artifact", "backend", "runner", "activate_s", "first_infer_s", "warmup_s", "modes", "cost", "peak_rss_bytes",
-    "peak_rss_note", "peak_gpu_bytes", "peak_gpu_note", "outputs_finite", "below_floor", "valid", "warnings", "profile",
+    "peak_rss_note", "peak_gpu_bytes", "peak_gpu_note", "outputs_finite", "below_floor", "valid", "warnings", "profile", "parity",
     "ratio_to_first_p50", "contended",
 }
 

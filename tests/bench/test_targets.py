@@ -16,6 +16,8 @@ def test_torch_specs():
     assert BackendSpec.parse("torch") == BackendSpec("torch", text="torch")
     assert BackendSpec.parse("torch:fp16:cudagraph").device == "cuda"  # a CUDA graph implies CUDA
     assert BackendSpec.parse("torch:compile").compile == "default"
+    s = BackendSpec.parse("torch:cuda:fp16:fuseqkv:int8")
+    assert (s.fuse_qkv, s.quantize) == (True, "int8") and BackendSpec.parse("torch:fp8").quantize == "fp8"
 
 
 def test_runtime_specs():
@@ -25,7 +27,7 @@ def test_runtime_specs():
     assert BackendSpec.parse("trt").device == "cuda"
 
 
-@pytest.mark.parametrize("text", ["tensorflow", "torch:fp8", "onnxrt:rocm", "trt:fp16", "torch:cudagraphs"])
+@pytest.mark.parametrize("text", ["tensorflow", "torch:fp4", "torch:int8:fp8", "onnxrt:rocm", "trt:fp16", "torch:cudagraphs"])
 def test_bad_specs(text):
     with pytest.raises(ConfigError):
         BackendSpec.parse(text)

@@ -6,7 +6,10 @@ one graph per shape. ``batch_buckets`` pads a batch up to the next listed size (
 than the largest), so a server whose batch size varies with the robots waiting replays a few graphs
 captured up front instead of capturing a new one per size.
 ``compile`` takes a torch.compile mode; with ``cuda_graph`` too, inductor's own graphs are turned
-off and the compiled forward is captured here, so there is exactly one capture.
+off and the compiled forward is captured here, so there is exactly one capture. All graphs of one runner
+share one memory pool (each runner's outputs are valid until its next execute, so a replay may reuse the
+memory of another shape's graph): capturing every batch size of a server costs about one graph's memory.
+``fuse_qkv`` and ``quantize`` re-pack the weights (:mod:`vla_export.backends.torch_fast`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import numpy as np
 
 from vla_export.backends.base import Runner
 from vla_export.data.iospec import POLICY
-from vla_export.data.preprocess import check_frame, preprocess_tensor
+from vla_export.backends.torch_frames import FrameStaging
+from vla_export.backends.torch_fast import QUANT_KINDS, fuse_qkv, quantize_linears
 from vla_export.errors import RunnerError
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -77,24 +81,9 @@ def rewrite_patch_convs(module) -> int:
 
 def preprocess_on(frames: Sequence[np.ndarray], image_size: int, *, device: str, dtype: str = "float32") -> Any:
     """uint8 [H, W, 3] frames -> a ``dtype`` tensor [N, 3, S, S] on ``device``, by
-    :func:`~vla_export.data.preprocess.preprocess_tensor`; frames of one size go through together, the order is kept."""
-    import torch
-
-    groups: dict[tuple, list[int]] = {}
-    for i, frame in enumerate(frames):
-        check_frame(frame)
-        groups.setdefault(frame.shape, []).append(i)
-    out_dtype = getattr(torch, dtype)
-    parts = []
-    for index in groups.values():
-        batch = torch.from_numpy(np.stack([frames[i] for i in index])).to(device, non_blocking=True)
-        parts.append(preprocess_tensor(batch, image_size).to(out_dtype))
-    if len(parts) == 1:
-        return parts[0]
-    out = torch.empty((len(frames), *parts[0].shape[1:]), dtype=out_dtype, device=device)
-    for index, part in zip(groups.values(), parts):
-        out[torch.tensor(index, device=device)] = part
-    return out
+    :func:`~vla_export.data.preprocess.preprocess_tensor`; frames of one size go through together, the order is kept.
+    One-off (pageable memory); a runner keeps a :class:`~vla_export.backends.torch_frames.FrameStaging` instead."""
+    return FrameStaging(device, dtype, pin=False)(frames, image_size)
 
 
 class ModuleRunner(Runner):
@@ -122,6 +111,8 @@ class ModuleRunner(Runner):
         compile: bool | str = False,
         patch_matmul: bool = False,
         batch_buckets: Sequence[int] | None = None,
+        fuse_qkv: bool = False,
+        quantize: str | None = None,
     ):
         super().__init__()
         if dtype not in DTYPES:
@@ -136,6 +127,8 @@ class ModuleRunner(Runner):
                 f"compile mode {compile_mode!r} already captures CUDA graphs; use it without cuda_graph, "
                 "or 'max-autotune-no-cudagraphs' with cuda_graph"
             )
+        if quantize is not None and quantize not in QUANT_KINDS:
+            raise RunnerError(f"quantize must be one of {QUANT_KINDS}, got {quantize!r}")
         buckets = tuple(sorted({int(b) for b in batch_buckets or ()}))
         if buckets and buckets[0] < 1:
             raise RunnerError(f"batch buckets must be >= 1, got {list(buckets)}")
@@ -144,12 +137,16 @@ class ModuleRunner(Runner):
         self._inputs, self._outputs = tuple(input_names), tuple(output_names)
         self._device, self.dtype = device, dtype
         self.cuda_graph, self.compile = cuda_graph, compile_mode
-        self.patch_matmul = patch_matmul
-        mode = ("+patchmm" if patch_matmul else "") + ("+compile" + ("" if compile_mode == "default" else f"-{compile_mode}") if compile_mode else "") + ("+cudagraph" if cuda_graph else "")
+        self.patch_matmul, self.fuse_qkv, self.quantize = patch_matmul, fuse_qkv, quantize
+        self.rewrites: dict[str, int] = {}  # what the re-packings replaced, counted at activation
+        mode = ("+patchmm" if patch_matmul else "") + ("+fuseqkv" if fuse_qkv else "") + (f"+{quantize}" if quantize else "")
+        mode += ("+compile" + ("" if compile_mode == "default" else f"-{compile_mode}") if compile_mode else "") + ("+cudagraph" if cuda_graph else "")
         name = f"torch-{device.split(':')[0]}-{dtype.replace('float', 'fp').replace('bfp', 'bf')}{mode}"
         self.name = f"{label}:{name}" if label else name
         self.module: Any = None
         self._graphs: dict[tuple, tuple[Any, dict[str, Any], Any]] = {}  # input shapes -> (graph, static in, static out)
+        self._staging: FrameStaging | None = None  # a CUDA runner's raw-frame upload and preprocessing (made at first use)
+        self._pool: Any = None
 
     @property
     def input_names(self) -> Sequence[str]:
@@ -177,7 +174,8 @@ class ModuleRunner(Runner):
 
         info = super().describe() | {
             "dtype": self.dtype, "cuda_graph": self.cuda_graph, "compile": self.compile, "patch_matmul": self.patch_matmul,
-            "batch_buckets": list(self.batch_buckets), "torch": torch.__version__,
+            "batch_buckets": list(self.batch_buckets), "fuse_qkv": self.fuse_qkv, "quantize": self.quantize,
+            "rewrites": dict(self.rewrites), "torch": torch.__version__,
         }
         if self.device == "cuda":
             info["gpu"] = torch.cuda.get_device_name(self._device)
@@ -195,7 +193,16 @@ class ModuleRunner(Runner):
             if isinstance(sub, torch.nn.RNNBase):
                 sub.flatten_parameters()  # .to() leaves cuDNN's LSTM weights in separate chunks
         if self.patch_matmul:
-            rewrite_patch_convs(self.module)
+            self.rewrites["patch_matmul"] = rewrite_patch_convs(self.module)
+        if self.fuse_qkv:
+            self.rewrites["fused_qkv"] = fuse_qkv(self.module)
+            if not self.rewrites["fused_qkv"]:
+                raise RunnerError(f"{self.name}: fuse_qkv found no self-attention with q_proj/k_proj/v_proj in {type(self.module).__name__}")
+        if self.quantize:
+            self.rewrites[f"{self.quantize}_linears"] = quantize_linears(self.module, self.quantize)
+            if not self.rewrites[f"{self.quantize}_linears"]:
+                raise RunnerError(f"{self.name}: quantize={self.quantize} found no nn.Linear large enough to quantise")
+        self._pool = None  # the one memory pool of this runner's CUDA graphs
         self._fn: Callable = self.module
         if self.compile:
             # Static shapes: a new input shape recompiles rather than running a slower dynamic kernel. With
@@ -205,18 +212,28 @@ class ModuleRunner(Runner):
 
     def _deactivate(self) -> None:
         self._graphs = {}
-        self.module = self._fn = None
+        self.module = self._fn = self._staging = self._pool = None
         if self.device == "cuda":
             import torch
 
             torch.cuda.empty_cache()  # so the next runner's peak-memory figure starts clean
 
+    @property
+    def device_preprocessing(self) -> bool:
+        """True when :meth:`preprocess` runs on the GPU (a CUDA runner); False: NumPy on the host."""
+        return self.device == "cuda"
+
     def preprocess(self, frames, image_size):
-        """On a CUDA device the shared preprocessing runs there: a server's CPU would otherwise cap its
-        frame rate (64 frames of 224x224 took 152 ms with NumPy on the H100 server's CPU, 4 ms on its GPU)."""
+        """On a CUDA device the raw uint8 frames go up through reused pinned buffers and the shared
+        preprocessing runs there (:class:`~vla_export.backends.torch_frames.FrameStaging`): a server's CPU
+        would otherwise cap its frame rate (64 frames of 224x224 took 152 ms with NumPy on the H100 server's
+        CPU, 4 ms on its GPU), and one 720x1280 frame costs ~4 ms of NumPy on the H200 host. The returned
+        tensor is valid until the next call. CPU runners (and the Jetson's TensorRT path) keep NumPy."""
         if self.device != "cuda":
             return super().preprocess(frames, image_size)
-        return preprocess_on(frames, image_size, device=self._device, dtype=self.dtype)
+        if self._staging is None:
+            self._staging = FrameStaging(self._device, self.dtype)
+        return self._staging(frames, image_size)
 
     def stage(self, feed):
         """Host arrays are copied to the device; tensors (e.g. from :meth:`preprocess`) are used where they are."""
@@ -261,7 +278,8 @@ class ModuleRunner(Runner):
 
     def _replay(self, staged):
         """Replay the graph captured for these input shapes (captured on first sight). Outputs stay valid
-        until the next execute. Each shape has its own memory pool: no aliasing between batch sizes."""
+        until the next execute. All shapes share one memory pool: a replay may overwrite another shape's
+        outputs, never its own inputs (those are allocated outside the pool)."""
         import torch
 
         key = tuple((k, tuple(v.shape), str(v.dtype)) for k, v in staged.items())
@@ -277,7 +295,9 @@ class ModuleRunner(Runner):
                     self._forward(static_in)
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            with torch.cuda.graph(graph, pool=self._pool):
                 static_out = self._forward(static_in)
             self._graphs[key] = (graph, static_in, static_out)
         graph, static_in, static_out = self._graphs[key]

@@ -5,9 +5,17 @@ Two modes, both at batch 1 by default:
 - ``compute``: inputs are staged on the device once; each iteration times ``execute`` followed by
   ``synchronize`` (so asynchronous GPU work is inside the timed region).
 - ``e2e``: what a robot step costs. Each iteration takes a raw 720x1280 uint8 camera frame through
-  the shared preprocessing, pushes it into the window of preprocessed frames, then ``infer``
+  the shared NumPy preprocessing, pushes it into the window of preprocessed frames, then ``infer``
   (host-to-device copy, execution, synchronisation, the action back on the host). The phases are
   timed too, so the report says where end-to-end time goes.
+- ``e2e-gpu``: the same step with the frame preprocessed where the runner runs (torch CUDA rows only;
+  asked for explicitly, refused for other rows): the raw uint8 frame goes up through a reused pinned
+  buffer, the same resize and normalisation run on the GPU, the window stays on the device. Its
+  ``preprocess`` phase is host time only (copy into pinned memory, enqueue the upload and kernels);
+  their GPU time lands in ``execute+sync``.
+
+``parity_inputs`` > 0 compares each torch row's outputs (actions and per-frame features) with the same
+weights in float32 eager on the same device, on that many synthetic inputs (:mod:`vla_export.verify.parity`).
 
 Warm-up iterations (which also trigger lazy compilation and CUDA-graph capture) are never timed.
 """
@@ -37,7 +45,9 @@ from vla_export.models.config import PolicyConfig
 from vla_export.models.memory import check_window_memory
 
 SCHEMA = "vla-export/bench/1"
-MODES = ("compute", "e2e")
+MODES = ("compute", "e2e", "e2e-gpu")
+DEFAULT_MODES = ("compute", "e2e")
+E2E_MODES = ("e2e", "e2e-gpu")
 CAMERA_HW = (720, 1280)
 N_FRAMES = 4  # distinct raw frames cycled in e2e, so no cache sees the same input twice in a row
 
@@ -49,12 +59,13 @@ class BenchSettings:
     warmup: int = 10
     iters: int | None = 100
     duration_s: float | None = None
-    modes: tuple[str, ...] = MODES
+    modes: tuple[str, ...] = DEFAULT_MODES
     seed: int = 0
     text_len: int = 16
+    parity_inputs: int = 0
 
     def __post_init__(self) -> None:
-        if self.batch < 1 or self.window < 1 or self.warmup < 0 or self.text_len < 1:
+        if self.batch < 1 or self.window < 1 or self.warmup < 0 or self.text_len < 1 or self.parity_inputs < 0:
             raise ConfigError("batch, window and text length must be >= 1 and warm-up >= 0")
         if (self.iters is None) == (self.duration_s is None):
             raise ConfigError("give exactly one of iterations or duration")
@@ -104,6 +115,7 @@ class BackendResult:
     outputs_finite: bool
     warnings: list[str] = field(default_factory=list)
     profile: Any = None  # a ProfileSummary when asked for
+    parity: dict[str, Any] | None = None  # against the float32 reference, when asked for
 
     @property
     def below_floor(self) -> bool:
@@ -134,6 +146,7 @@ class BackendResult:
             "contended": self.contended,
             "warnings": self.warnings,
             "profile": self.profile.to_dict() if self.profile else None,
+            "parity": self.parity,
         }
 
 
@@ -213,15 +226,20 @@ class EndToEnd:
         self.phases: dict[str, list[float]] = {"preprocess": [], "stage": [], "execute+sync": [], "to_host": []}
         self.record = False
 
-    def __call__(self) -> dict[str, np.ndarray]:
-        r, t = self.runner, [time.perf_counter()]
+    def _frame_in(self, t: list[float]) -> Any:
+        """Preprocess the next raw frame into the window; the staged inputs (appends the two phase marks)."""
         pix = preprocess_frame(self.frames[self.i % N_FRAMES], self.config.image_size)
         self.i += 1
         self.window[:, :-1] = self.window[:, 1:]
         self.window[:, -1] = pix
         t.append(time.perf_counter())
-        staged = r.stage({"pixel_values": self.window, **self.prompt})
+        staged = self.runner.stage({"pixel_values": self.window, **self.prompt})
         t.append(time.perf_counter())
+        return staged
+
+    def __call__(self) -> dict[str, np.ndarray]:
+        r, t = self.runner, [time.perf_counter()]
+        staged = self._frame_in(t)
         out = r.execute(staged)
         r.synchronize()
         t.append(time.perf_counter())
@@ -231,6 +249,62 @@ class EndToEnd:
             for name, a, b in zip(self.phases, t, t[1:]):
                 self.phases[name].append(b - a)
         return host
+
+
+class EndToEndDevice(EndToEnd):
+    """:class:`EndToEnd` with the frame preprocessed on the runner's device and the window kept there."""
+
+    def __init__(self, runner: Runner, feed: dict[str, np.ndarray], config: PolicyConfig, settings: BenchSettings):
+        super().__init__(runner, feed, config, settings)
+        self.staged = runner.stage(feed)  # device tensors: the window of preprocessed frames, the prompt
+
+    def _frame_in(self, t: list[float]) -> Any:
+        pix = self.runner.preprocess([self.frames[self.i % N_FRAMES]], self.config.image_size)  # [1, 3, S, S] on the device
+        self.i += 1
+        t.append(time.perf_counter())
+        window = self.staged["pixel_values"]  # [B, T, 3, S, S]
+        if window.shape[1] > 1:
+            window[:, :-1] = window[:, 1:].clone()
+        window[:, -1] = pix
+        t.append(time.perf_counter())
+        return self.staged
+
+
+def parity_feeds(cfg: PolicyConfig, settings: BenchSettings) -> list[dict[str, np.ndarray]]:
+    """The synthetic inputs of the parity check (seeded apart from the timed ones)."""
+    source = SyntheticSource(cfg, seed=settings.seed + 7919, batch=settings.batch, window=settings.window, text_len=settings.text_len)
+    return [source.sample(i) for i in range(settings.parity_inputs)]
+
+
+def reference_outputs(target: Target, settings: BenchSettings) -> list[dict[str, np.ndarray]]:
+    """The float32 reference's outputs on :func:`parity_feeds` (its runner active only meanwhile)."""
+    if target.make_reference is None:
+        raise ConfigError(f"{target.label}: no float32 reference for the parity check (torch rows only)")
+    runner = target.make_reference()
+    with runner:
+        cfg = _resolve_config(target, runner)
+        return [runner.infer(feed) for feed in parity_feeds(cfg, settings)]
+
+
+def parity_against(runner: Runner, cfg: PolicyConfig, settings: BenchSettings, reference: list[dict[str, np.ndarray]], spec: Any) -> dict[str, Any]:
+    """This row's outputs against the float32 reference's, per output (relative L2 per row, cosine, max abs,
+    and the reference's spread across the inputs, which says how much a comparison can tell apart)."""
+    from vla_export.precision import tolerance_for
+    from vla_export.verify.parity import compare_output
+
+    outs = [runner.infer(feed) for feed in parity_feeds(cfg, settings)]
+    precision = "int8" if getattr(spec, "quantize", None) else "fp32" if getattr(spec, "dtype", "float32") == "float32" else "fp16"
+    tol = tolerance_for(precision)
+    result: dict[str, Any] = {"reference": "torch float32 eager, same weights, same device", "inputs": len(outs), "tolerance": precision, "outputs": {}}
+    for name in reference[0]:
+        if name not in outs[0]:
+            continue
+        ref = np.concatenate([r[name] for r in reference])
+        got = np.concatenate([o[name] for o in outs])
+        o = compare_output(name, ref, got, tol)
+        result["outputs"][name] = {"max_row_rel": o.max_row_rel, "cosine": o.cosine, "max_abs": o.max_abs, "ref_std": o.ref_std,
+                                   "passed": o.passed, "rule": o.rule}
+    return result
 
 
 def _torch_cuda():
@@ -263,6 +337,8 @@ def _cost(target: Target, cfg: PolicyConfig, runner: Runner, settings: BenchSett
     declares none (the lowest floor, so a real measurement is never flagged).
     """
     dtype = runner.precision if runner.precision in DTYPE_BYTES else None
+    if getattr(runner, "quantize", None):  # 8-bit weights (int8 or float8: one byte each, the same Hopper peak): the lowest floor
+        dtype = "int8"
     if target.kind == "onnx":
         by_type = onnx_weight_bytes(target.artifact)
         present = [d for d in _FASTEST if any(f"({d})" in k for k in by_type)] or ["float32"]
@@ -291,11 +367,12 @@ def fallback_warnings(info: dict[str, Any]) -> list[str]:
 
 
 def bench_target(target: Target, settings: BenchSettings, peak: DevicePeak, *, profile: bool = False,
-                 monitors: Sequence[Monitor] = ()) -> BackendResult:
+                 monitors: Sequence[Monitor] = (), reference: list[dict[str, np.ndarray]] | None = None) -> BackendResult:
     """Activate the target's runner, time each mode, deactivate; the floor is checked for each mode.
 
     ``profile`` adds a torch.profiler pass over the compute-only loop after the timed runs (never timed);
-    ``monitors`` watch each mode's timed window (contention, Jetson power).
+    ``monitors`` watch each mode's timed window (contention, Jetson power);
+    ``reference``: the float32 outputs on the parity inputs (:func:`reference_outputs`), compared after the timed runs.
     """
     runner = target.make_runner()
     t0 = time.perf_counter()
@@ -335,7 +412,7 @@ def bench_target(target: Target, settings: BenchSettings, peak: DevicePeak, *, p
 
                 samples, warm = time_loop(step, warmup=settings.warmup, iters=settings.iters, duration_s=settings.duration_s, watch=watch)
             else:
-                e2e = EndToEnd(runner, feed, cfg, settings)
+                e2e = (EndToEndDevice if mode == "e2e-gpu" else EndToEnd)(runner, feed, cfg, settings)
                 _, warm = time_loop(e2e, warmup=settings.warmup, iters=0, duration_s=None)
                 e2e.record = True
                 samples, _ = time_loop(e2e, warmup=0, iters=settings.iters, duration_s=settings.duration_s, watch=watch)
@@ -347,6 +424,7 @@ def bench_target(target: Target, settings: BenchSettings, peak: DevicePeak, *, p
             warnings += floor.notes if floor.below_floor else []
             warnings += [f"{mode}: {w}" for w in watch.warnings()]
             modes[mode] = ModeResult(stats, floor, phases, [round(x * 1e3, 6) for x in samples], phase_samples, watch.results)
+        parity = parity_against(runner, cfg, settings, reference, target.spec) if reference is not None else None
         summary = None
         if profile:
             from vla_export.bench.profile import profile_runner
@@ -370,7 +448,21 @@ def bench_target(target: Target, settings: BenchSettings, peak: DevicePeak, *, p
         outputs_finite=finite,
         warnings=warnings,
         profile=summary,
+        parity=parity,
     )
+
+
+def check_modes(targets: Sequence[Target], settings: BenchSettings) -> None:
+    """Refuse, before anything runs, a mode or check that cannot act on some row (never drop it silently)."""
+    if "e2e-gpu" in settings.modes:
+        off = [t.label for t in targets if t.spec.kind != "torch" or not t.spec.device.startswith("cuda")]
+        if off:
+            raise ConfigError(f"--mode e2e-gpu preprocesses on the GPU, which only torch CUDA backends do; not: {', '.join(off)} "
+                              "(use --mode e2e for these rows, or bench them in a separate run)")
+    if settings.parity_inputs:
+        off = [t.label for t in targets if t.make_reference is None]
+        if off:
+            raise ConfigError(f"--parity compares torch rows with their float32 weights; not: {', '.join(off)} (use vla-export verify for artifacts)")
 
 
 def run_benchmark(
@@ -391,9 +483,17 @@ def run_benchmark(
     """
     if not targets:
         raise RunnerError("nothing to benchmark")
+    check_modes(targets, settings)
     report = BenchReport(command, settings, environment, peak, [], complete=False)
+    references: dict[tuple[str, str], list[dict[str, np.ndarray]]] = {}
     for i, target in enumerate(targets):
-        report.results.append(bench_target(target, settings, peak, profile=profile, monitors=monitors))
+        reference = None
+        if settings.parity_inputs:
+            key = (target.artifact, target.spec.device)
+            if key not in references:  # one float32 run per artifact and device, before its first row
+                references[key] = reference_outputs(target, settings)
+            reference = references[key]
+        report.results.append(bench_target(target, settings, peak, profile=profile, monitors=monitors, reference=reference))
         report.complete = i == len(targets) - 1
         if on_result:
             on_result(report)

@@ -2,8 +2,10 @@
 
 A backend spec is ``NAME[:OPTION...]``:
 
-- ``torch[:cpu|cuda][:fp32|fp16|bf16][:cudagraph][:compile[=MODE]][:patchmm]`` for checkpoints and presets
-  (``patchmm``: ViT patch embeddings as matmuls, see :func:`~vla_export.backends.torch_runner.rewrite_patch_convs`);
+- ``torch[:cpu|cuda][:fp32|fp16|bf16][:cudagraph][:compile[=MODE]][:patchmm][:fuseqkv][:int8|fp8]`` for checkpoints
+  and presets (``patchmm``: ViT patch embeddings as matmuls, see :func:`~vla_export.backends.torch_runner.rewrite_patch_convs`;
+  ``fuseqkv``: one Q/K/V GEMM per self-attention; ``int8``/``fp8``: 8-bit weights and per-token 8-bit
+  activations in the large linears; both in :mod:`vla_export.backends.torch_fast`);
 - ``onnxrt[:cpu|cuda|trt]`` for ``.onnx`` files (the onnxruntime execution provider);
 - ``trt`` for TensorRT engines (``.engine``/``.plan``).
 
@@ -39,6 +41,8 @@ class BackendSpec:
     cuda_graph: bool = False
     compile: str | None = None
     patch_matmul: bool = False
+    fuse_qkv: bool = False
+    quantize: str | None = None
     provider: str | None = None
     text: str = ""
 
@@ -56,10 +60,16 @@ class BackendSpec:
                     fields["cuda_graph"] = True
                 elif opt == "patchmm":
                     fields["patch_matmul"] = True
+                elif opt == "fuseqkv":
+                    fields["fuse_qkv"] = True
+                elif opt in ("int8", "fp8"):
+                    if fields.get("quantize", opt) != opt:
+                        raise ConfigError(f"backend {text!r}: give one of int8 and fp8, not both")
+                    fields["quantize"] = opt
                 elif opt == "compile" or opt.startswith("compile="):
                     fields["compile"] = opt.partition("=")[2] or "default"
                 else:
-                    raise ConfigError(f"backend {text!r}: unknown torch option {opt!r} (cpu, cuda, fp32, fp16, bf16, cudagraph, compile[=MODE], patchmm)")
+                    raise ConfigError(f"backend {text!r}: unknown torch option {opt!r} (cpu, cuda, fp32, fp16, bf16, cudagraph, compile[=MODE], patchmm, fuseqkv, int8, fp8)")
             if fields.get("cuda_graph") and "device" not in fields:
                 fields["device"] = "cuda"
             return cls("torch", text=text, **fields)
@@ -106,6 +116,8 @@ class Target:
     spec: BackendSpec
     make_runner: Callable[[], Runner] = field(repr=False)
     config: PolicyConfig | None = None  # known before activation (presets, --config); else read from the runner
+    #: The same weights in float32, eager, on the row's device, giving features too: the parity reference (torch rows).
+    make_reference: Callable[[], Runner] | None = field(default=None, repr=False)
 
     @property
     def label(self) -> str:
@@ -113,7 +125,9 @@ class Target:
         return f"{name} [{self.spec.text}]"
 
 
-def _runner_factory(artifact: str, kind: str, spec: BackendSpec, config: PolicyConfig | None, seed: int, load: Any = None) -> Callable[[], Runner]:
+def _runner_factory(artifact: str, kind: str, spec: BackendSpec, config: PolicyConfig | None, seed: int, load: Any = None,
+                    *, features: bool = False) -> Callable[[], Runner]:
+    """``features``: torch runners also return the per-frame features (for the parity check)."""
     if spec.kind == "torch":
         from vla_export.backends.torch_runner import TorchRunner
 
@@ -124,7 +138,7 @@ def _runner_factory(artifact: str, kind: str, spec: BackendSpec, config: PolicyC
 
             loader = PolicyFromCheckpoint(artifact, config=config) if load is None else PolicyFromCheckpoint(artifact, options=load)
         return lambda: TorchRunner(loader, device=spec.device, dtype=spec.dtype, cuda_graph=spec.cuda_graph, compile=spec.compile or False,
-                                   patch_matmul=spec.patch_matmul)
+                                   patch_matmul=spec.patch_matmul, fuse_qkv=spec.fuse_qkv, quantize=spec.quantize, debug_outputs=features)
 
     def artifact_runner() -> Runner:
         from vla_export.backends.select import runner_for_artifact
@@ -172,11 +186,13 @@ def default_window(artifacts: Sequence[str]) -> int:
 
 
 def plan_targets(
-    artifacts: Sequence[str], backends: Sequence[str], *, config: PolicyConfig | None = None, seed: int = 0, load: Any = None
+    artifacts: Sequence[str], backends: Sequence[str], *, config: PolicyConfig | None = None, seed: int = 0, load: Any = None,
+    parity: bool = False,
 ) -> list[Target]:
     """Every artifact with every backend that can run it (each kind's default when no backend is given).
 
     ``load`` (:class:`~vla_export.models.resolve.LoadOptions`) is how checkpoints are loaded (the CLI's shared options).
+    ``parity``: torch rows also return features and carry a float32 reference runner (``make_reference``).
 
     A backend that fits none of the artifacts is an error rather than a silently shorter table.
     """
@@ -192,7 +208,11 @@ def plan_targets(
         chosen = [s for s in specs if s.kind in allowed] if specs else [BackendSpec.parse(allowed[0])]
         for spec in chosen:
             used.add(spec.text)
-            targets.append(Target(artifact, kind, spec, _runner_factory(artifact, kind, spec, cfg, seed, load), cfg))
+            reference = None
+            if parity and spec.kind == "torch":
+                ref_spec = BackendSpec("torch", device=spec.device, text=f"torch:{spec.device}:fp32")
+                reference = _runner_factory(artifact, kind, ref_spec, cfg, seed, load, features=True)
+            targets.append(Target(artifact, kind, spec, _runner_factory(artifact, kind, spec, cfg, seed, load, features=parity), cfg, reference))
     unused = [s.text for s in specs if s.text not in used]
     if unused:
         raise ConfigError(f"backend(s) {', '.join(unused)} fit none of the artifacts given ({', '.join(artifacts)})")

@@ -90,9 +90,15 @@ def render_report(report: Any) -> None:
             console.print(f"  per inference: {flops}, {r.cost.weight_bytes / 1e6:.4g} MB of weights ({r.cost.source})", markup=False)
         for name, m in r.modes.items():
             console.print(f"  {name}: min {_ms(m.stats.min_ms)}, mean {_ms(m.stats.mean_ms)}, max {_ms(m.stats.max_ms)} ms over {m.stats.n}", markup=False)
-        if "e2e" in r.modes and r.modes["e2e"].phases_ms:
-            phases = ", ".join(f"{k} {v:.2f}" for k, v in r.modes["e2e"].phases_ms.items())
-            console.print(f"  e2e phases (p50 ms): {phases}", markup=False)
+        for name in ("e2e", "e2e-gpu"):
+            if name in r.modes and r.modes[name].phases_ms:
+                phases = ", ".join(f"{k} {v:.2f}" for k, v in r.modes[name].phases_ms.items())
+                ratio = f"; p50 {r.modes[name].stats.p50_ms / r.modes['compute'].stats.p50_ms:.2f}x compute" if "compute" in r.modes else ""
+                console.print(f"  {name} phases (p50 ms): {phases}{ratio}", markup=False)
+        if r.parity:
+            parts = [f"{k}: rel {o['max_row_rel']:.2e}, cosine {o['cosine']:.6f}, max abs {o['max_abs']:.3g} (reference spread {o['ref_std']:.3g})"
+                     for k, o in r.parity["outputs"].items()]
+            console.print(f"  parity vs float32 over {r.parity['inputs']} inputs: {'; '.join(parts)}", markup=False)
         if r.profile:
             p = r.profile
             dev = f"{p.device_time_ms_per_iter:.3f} ms kernel time and {p.kernels_per_iter:.0f} kernels per inference, " if p.device_time_ms_per_iter is not None else ""
@@ -123,7 +129,7 @@ def bench(
     artifacts: list[str] = typer.Argument(..., metavar="ARTIFACT_OR_CKPT...", help="Checkpoints, .onnx files, TensorRT engines, or preset:NAME (random weights built on the device)."),
     backend: Optional[list[str]] = typer.Option(
         None, "--backend", "-b",
-        help="Repeatable: torch[:cpu|cuda][:fp32|fp16|bf16][:cudagraph][:compile[=MODE]][:patchmm], onnxrt[:cpu|cuda|trt], trt. Default: one per artifact kind.",
+        help="Repeatable: torch[:cpu|cuda][:fp32|fp16|bf16][:cudagraph][:compile[=MODE]][:patchmm][:fuseqkv][:int8|fp8], onnxrt[:cpu|cuda|trt], trt. Default: one per artifact kind.",
     ),
     batch: int = typer.Option(1, "--batch", help="Batch size."),
     window: Optional[int] = typer.Option(None, "--window", help="Frames per inference (default: the window the artifacts were exported for, else 1 = one new frame)."),
@@ -131,12 +137,13 @@ def bench(
     warmup: int = typer.Option(10, "--warmup", help="Untimed iterations first (compilation and CUDA-graph capture happen here)."),
     iters: Optional[int] = typer.Option(None, "--iters", help="Timed iterations per mode (default 100)."),
     duration: Optional[float] = typer.Option(None, "--duration", help="Time each mode for this many seconds instead of --iters."),
-    mode: Optional[list[str]] = typer.Option(None, "--mode", help="compute (inputs already on the device) and/or e2e (raw 720x1280 frame to action on host). Default both."),
+    mode: Optional[list[str]] = typer.Option(None, "--mode", help="compute (inputs already on the device), e2e (raw 720x1280 frame, NumPy preprocessing, to action on host), e2e-gpu (the same with the frame preprocessed on the GPU: torch CUDA rows only). Default: compute and e2e."),
     device_peak: Optional[str] = typer.Option(None, "--device-peak", help="Device for the floor: h200, agx-orin-64gb, orin-nx-16gb, orin-nano-8gb, orin-nano-super, cpu (measured). Default: detected."),
     load: LoadOptions = LoadOptions(),
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic inputs and preset weights."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the report JSON here (e.g. benchmarks/results/NAME.json; - for standard output)."),
     junit: Optional[Path] = JunitOpt,
+    parity: int = typer.Option(0, "--parity", help="Compare each torch row's actions and features with the same weights in float32 (eager, same device) on this many synthetic inputs; 0: off."),
     profile: bool = typer.Option(False, "--profile", help="Also profile each row's compute loop (torch.profiler): kernel time, kernel count, top ops."),
     streaming: bool = typer.Option(False, "--streaming", help="Time one control step of the split runtime (backbone on one frame + head on the window) against the single-frame backbone, per window T. Artifacts: checkpoints/preset:NAME (torch) or split exports (NAME.split.json, onnxrt or trt)."),
     windows: Optional[str] = typer.Option(None, "--windows", help="With --streaming: comma-separated windows T, e.g. 1,8,16 (default: the policy's window)."),
@@ -144,7 +151,7 @@ def bench(
     debug: bool = typer.Option(False, DEBUG_FLAG, help="Show full tracebacks on errors."),
 ) -> int:
     """Time each artifact on each backend; one table with ratios to the first row and the physical floor."""
-    from vla_export.bench.core import MODES, BenchSettings, run_benchmark
+    from vla_export.bench.core import DEFAULT_MODES, BenchSettings, run_benchmark
     from vla_export.bench.env import capture_environment
     from vla_export.bench.targets import default_window, plan_targets
     from vla_export.errors import ConfigError
@@ -154,7 +161,7 @@ def bench(
     if duration is not None and not duration > 0:
         raise ConfigError(f"--duration must be more than 0 seconds, got {duration}")
     checks.at_least(1, batch=batch, window=window, text_len=text_len, iters=iters)
-    checks.at_least(0, warmup=warmup)
+    checks.at_least(0, warmup=warmup, parity=parity)
     for artifact in artifacts:
         checks.checkpoint_or_preset(artifact)
     checks.output_file(json_path, junit, plot)
@@ -162,26 +169,29 @@ def bench(
         window = 1 if streaming else default_window(artifacts)
     settings = BenchSettings(
         batch=batch, window=window, warmup=warmup, iters=None if duration is not None else (100 if iters is None else iters),
-        duration_s=duration, modes=tuple(mode or MODES), seed=seed, text_len=text_len,
+        duration_s=duration, modes=tuple(mode or DEFAULT_MODES), seed=seed, text_len=text_len, parity_inputs=parity,
     )
     if streaming:
         from vla_export.cli.runtime_cmds import bench_streaming_cmd
 
         if plot:
             raise ConfigError("--plot draws the per-backend benchmark, not --streaming")
+        if parity:
+            raise ConfigError("--parity checks the per-backend benchmark's rows, not --streaming")
 
         words = ["vla-bench", "--streaming", *artifacts, *(w for b in backend or [] for w in ("-b", b)), *(("--windows", windows) if windows else ()),
                  "--warmup", warmup, "--iters", settings.iters, "--seed", seed, *(("--json", json_path) if json_path else ())]
         return bench_streaming_cmd(artifacts, backend or [], windows=windows, warmup=warmup, iters=settings.iters or 100, seed=seed,
                                    load=load, json_path=json_path, command=" ".join(shlex.quote(str(w)) for w in words))
-    targets = plan_targets(artifacts, backend or [], config=load.config, seed=seed, load=load)
+    targets = plan_targets(artifacts, backend or [], config=load.config, seed=seed, load=load, parity=parity > 0)
     peak = _peak(device_peak)
     # The command as an explicit, reproducible line (every setting spelled out), not whatever argv held.
     words = ["vla-bench", *artifacts, *(w for b in backend or [] for w in ("-b", b)), "--batch", batch, "--window", window,
              "--text-len", text_len, "--warmup", warmup, *(("--duration", duration) if duration is not None else ("--iters", settings.iters)),
              *(w for m in settings.modes for w in ("--mode", m)), "--seed", seed, *(("--device-peak", device_peak) if device_peak else ()),
              *(("--config", load.config_file) if load.config_file else ()), *(w for a, b in load.renames for w in ("--rename", f"{a}={b}")),
-             *(w for k, v in load.sets for w in ("--set", f"{k}={v if isinstance(v, str) else json.dumps(v)}")), *(("--json", json_path) if json_path else ()), *(("--profile",) if profile else ())]
+             *(w for k, v in load.sets for w in ("--set", f"{k}={v if isinstance(v, str) else json.dumps(v)}")), *(("--json", json_path) if json_path else ()), *(("--profile",) if profile else ()),
+             *(("--parity", parity) if parity else ())]
     command = " ".join(shlex.quote(str(w)) for w in words)
 
     def progress(report: Any) -> None:

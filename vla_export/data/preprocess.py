@@ -5,8 +5,9 @@ resized to the model's square input (bilinear, the whole frame: no crop) and nor
 CLIP mean and std that Kosmos-2 and CLIP share.
 
 :func:`preprocess_tensor` is the same arithmetic on a batch of frames already in a torch tensor
-(a server's GPU, where CPU preprocessing would cap the frame rate). It uses tensor methods only, so
-this module still imports no torch, and tests hold it equal to :func:`preprocess_frame`.
+(a server's or a robot's GPU, where CPU preprocessing would cap the frame rate). It uses tensor methods
+only, so this module still imports no torch, and tests hold it equal to :func:`preprocess_frame`;
+:func:`tensor_tables` makes its index and weight tensors once per frame size.
 """
 
 from __future__ import annotations
@@ -85,27 +86,49 @@ def preprocess_frames(frames, image_size: int = 224) -> np.ndarray:
     return np.stack([preprocess_frame(f, image_size) for f in frames])
 
 
-def preprocess_tensor(frames, image_size: int = 224):
+def tensor_tables(h: int, w: int, image_size: int, like) -> dict:
+    """What :func:`preprocess_tensor` needs for an [H, W] frame, made once: the area-average factors and
+    the bilinear source indices and weights as tensors on ``like``'s device (a GPU caller keeps these, so a
+    step makes no small host-to-device copies). NumPy computes them; ``like`` only gives the device."""
+    fy = fx = 1
+    if h > 2 * image_size or w > 2 * image_size:
+        fy, fx = max(h // image_size, 1), max(w // image_size, 1)
+    hs, ws = h // fy, w // fx
+    y0, y1, wy = _axis_weights(hs, image_size)
+    x0, x1, wx = _axis_weights(ws, image_size)
+    f32, long = like.new_zeros(()).float(), like.new_zeros(()).long()  # new_tensor takes these dtypes and device
+    return {
+        "shape": (h, w, image_size), "fy": fy, "fx": fx,
+        "y0": long.new_tensor(y0), "y1": long.new_tensor(y1), "wy": f32.new_tensor(wy)[None, :, None, None],
+        "x0": long.new_tensor(x0), "x1": long.new_tensor(x1), "wx": f32.new_tensor(wx)[None, None, :, None],
+        "mean": f32.new_tensor(CLIP_MEAN), "std": f32.new_tensor(CLIP_STD),
+    }
+
+
+def preprocess_tensor(frames, image_size: int = 224, tables: dict | None = None):
     """uint8 torch tensor [N, H, W, 3] -> float32 [N, 3, S, S] on its device: :func:`preprocess_frame`'s math.
 
     The area average sums integers exactly as the NumPy path does; the bilinear and normalisation steps
-    are the same float32 operations, so results agree to float32 rounding (tested).
+    are the same float32 operations, so results agree to float32 rounding (tested). ``tables`` from
+    :func:`tensor_tables` for this frame size (made here when not given).
     """
     n, h, w = int(frames.shape[0]), int(frames.shape[1]), int(frames.shape[2])
-    if h > 2 * image_size or w > 2 * image_size:
-        fy, fx = max(h // image_size, 1), max(w // image_size, 1)
+    if tables is None:
+        tables = tensor_tables(h, w, image_size, frames)
+    elif tables["shape"] != (h, w, image_size):
+        raise ValueError(f"preprocessing tables for {tables['shape']}, frames of {(h, w, image_size)}")
+    fy, fx = tables["fy"], tables["fx"]
+    if fy * fx > 1:
         hh, ww = (h // fy) * fy, (w // fx) * fx
         blocks = frames[:, :hh, :ww].int().reshape(n, hh // fy, fy, ww // fx, fx, 3).sum((2, 4))
         img = blocks.float() * np.float32(1.0 / (fy * fx))
     else:
         img = frames.float()
-    h, w = int(img.shape[1]), int(img.shape[2])
-    y0, y1, wy = (img.new_tensor(a) if a.dtype == np.float32 else img.new_tensor(a).long() for a in _axis_weights(h, image_size))
-    x0, x1, wx = (img.new_tensor(a) if a.dtype == np.float32 else img.new_tensor(a).long() for a in _axis_weights(w, image_size))
-    rows = img[:, y0] * (1 - wy)[None, :, None, None] + img[:, y1] * wy[None, :, None, None]
-    img = rows[:, :, x0] * (1 - wx)[None, None, :, None] + rows[:, :, x1] * wx[None, None, :, None]
+    wy, wx = tables["wy"], tables["wx"]
+    rows = img[:, tables["y0"]] * (1 - wy) + img[:, tables["y1"]] * wy
+    img = rows[:, :, tables["x0"]] * (1 - wx) + rows[:, :, tables["x1"]] * wx
     img = img / np.float32(255.0)
-    img = (img - img.new_tensor(CLIP_MEAN)) / img.new_tensor(CLIP_STD)
+    img = (img - tables["mean"]) / tables["std"]
     return img.permute(0, 3, 1, 2).contiguous()
 
 

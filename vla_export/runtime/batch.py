@@ -17,7 +17,7 @@ import numpy as np
 
 from vla_export.data.preprocess import check_frame
 from vla_export.errors import RunnerError
-from vla_export.runtime.policy import BACKBONE_OUTPUTS, HEAD_INPUTS, HEAD_OUTPUTS, Policy, StepTiming
+from vla_export.runtime.policy import BACKBONE_OUTPUTS, HEAD_INPUTS, HEAD_OUTPUTS, Policy, finish_steps, step_on_device
 
 
 def step_batch(policies: Sequence[Policy], frames: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -46,8 +46,12 @@ def step_batch(policies: Sequence[Policy], frames: Sequence[np.ndarray]) -> list
             )
         if p.image_size != first.image_size or p.window != first.window:
             raise RunnerError("step_batch: the policies differ in image size or window")
+        if p.windows is not first.windows:
+            raise RunnerError("step_batch: the policies must share one feature-window store (or all have none)")
     for frame in frames:
         check_frame(frame)
+    if first.windows is not None:  # features and windows stay on the device
+        return step_on_device(policies, frames)
     t0 = time.perf_counter()
     pixels = first.backbone.preprocess(frames, first.image_size)  # the shared preprocessing, where the backbone runs
     t1 = time.perf_counter()
@@ -59,18 +63,9 @@ def step_batch(policies: Sequence[Policy], frames: Sequence[np.ndarray]) -> list
     for p, feature in zip(policies, features):
         p.ring.push(feature)
     windows = np.stack([p.ring.array() for p in policies])
-    actions = np.asarray(first.head.infer({HEAD_INPUTS[0]: windows})[HEAD_OUTPUTS[0]], dtype=np.float32)
+    actions = first.head.infer({HEAD_INPUTS[0]: windows})[HEAD_OUTPUTS[0]]
     t3 = time.perf_counter()
-    out = []
-    ms = 1e3
-    timing = StepTiming((t1 - t0) * ms, (t2 - t1) * ms, (t3 - t2) * ms, (t3 - t0) * ms)
-    for p, action in zip(policies, actions.reshape(len(policies), -1)):
-        if p.action_dim is not None and action.shape[0] != p.action_dim:
-            raise RunnerError(f"head {p.head.name} returned {action.shape[0]} actions, expected {p.action_dim}")
-        p.steps += 1
-        p.last_timing = timing
-        out.append(action.copy())
-    return out
+    return finish_steps(policies, actions, (t0, t1, t2, t3))
 
 
 def warm_up(template: Policy, batch_sizes: Sequence[int], *, frame_hw: tuple[int, int] = (224, 224)) -> None:

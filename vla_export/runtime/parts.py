@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import nn
 
+from vla_export.backends.torch_frames import DeviceWindows
 from vla_export.backends.torch_runner import ModuleRunner
 from vla_export.models.policy import MobileVLAPolicy
 from vla_export.runtime.policy import BACKBONE_INPUTS, BACKBONE_OUTPUTS, HEAD_INPUTS, HEAD_OUTPUTS, Policy
@@ -63,11 +64,18 @@ def torch_part_runners(policy: Any, *, head_opts: dict[str, Any] | None = None, 
 
 
 def torch_streaming_policy(loaded: Any, *, tokenizer: Any, window: int | None = None, text_len: int | None = None, **runner_kwargs: Any) -> Policy:
-    """A :class:`Policy` whose two parts run in PyTorch (the reference for the exported parts)."""
+    """A :class:`Policy` whose two parts run in PyTorch (the reference for the exported parts).
+
+    On CUDA the feature windows stay on the GPU (:class:`~vla_export.backends.torch_frames.DeviceWindows`,
+    shared by the policy's siblings): a step copies only the frame in and the action out.
+    """
     policy = getattr(loaded, "policy", loaded)
     cfg = policy.cfg
     backbone, head = torch_part_runners(policy, **runner_kwargs)
+    window = window or cfg.window
+    device = str(runner_kwargs.get("device", "cpu"))
+    windows = DeviceWindows(window, device=device) if device.startswith("cuda") else None
     return Policy(
-        backbone, head, tokenizer=tokenizer, window=window or cfg.window, image_size=cfg.image_size,
-        action_dim=cfg.action_dim, text_len=text_len, config=cfg,
+        backbone, head, tokenizer=tokenizer, window=window, image_size=cfg.image_size,
+        action_dim=cfg.action_dim, text_len=text_len, config=cfg, windows=windows,
     )

@@ -12,6 +12,11 @@ equivalently padded frame window, whose frame indices :func:`window_indices` ret
 tests compare against exactly that. Padding keeps the head's input shape fixed, which static
 TensorRT profiles need.
 
+Windows on the device: a policy whose runners keep tensors on a GPU can be given ``windows``, one
+store shared by all its siblings (:class:`~vla_export.backends.torch_frames.DeviceWindows`), which
+holds every robot's window in one device tensor. Its steps then keep the feature on the device between
+the backbone and the head (same warm-up rule, same values); only the action comes back to the host.
+
 NumPy only: no torch import here.
 """
 
@@ -127,8 +132,10 @@ class Policy:
         action_dim: int | None = None,
         text_len: int | None = None,
         config: Any = None,
+        windows: Any = None,
     ):
         self.backbone, self.head = backbone, head
+        self.windows = windows
         self.tokenizer, self.window, self.image_size = tokenizer, window, image_size
         self.action_dim, self.text_len = action_dim, text_len
         self.config = config  # the PolicyConfig, where known (artifacts record it)
@@ -227,7 +234,7 @@ class Policy:
     def sibling(self) -> Policy:
         """A new policy sharing this one's runners and settings, with no episode yet (one per robot in a server)."""
         return Policy(self.backbone, self.head, tokenizer=self.tokenizer, window=self.window, image_size=self.image_size,
-                      action_dim=self.action_dim, text_len=self.text_len, config=self.config)
+                      action_dim=self.action_dim, text_len=self.text_len, config=self.config, windows=self.windows)
 
     def reset(self, instruction: str) -> None:
         """Start an episode: tokenise the instruction once and empty the feature window.
@@ -251,6 +258,8 @@ class Policy:
         self._prompt = prompt
         self.instruction = instruction
         self.ring.clear()
+        if self.windows is not None:
+            self.windows.forget(self)
         self.steps = 0
         self.last_timing = None
 
@@ -271,6 +280,8 @@ class Policy:
         check_frame(frame)
         if not self._checked:
             self._check_runners()
+        if self.windows is not None:
+            return step_on_device([self], [frame])[0]
         t0 = time.perf_counter()
         pixels = self.backbone.preprocess([frame], self.image_size)
         t1 = time.perf_counter()
@@ -302,3 +313,43 @@ class Policy:
             "head": self.head.describe(),
         }
 
+
+
+def step_on_device(policies: Sequence[Policy], frames: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """One step of ``policies`` (sharing runners and a ``windows`` store) with the features kept on the device.
+
+    What :meth:`Policy.step` does, batched: the shared preprocessing where the backbone runs, one backbone
+    call, each feature written into its policy's window on the device, one head call on the windows, the
+    actions to the host. The caller has checked the frames, the prompts and that the runners are shared.
+    """
+    first = policies[0]
+    backbone, head = first.backbone, first.head
+    t0 = time.perf_counter()
+    pixels = backbone.preprocess(frames, first.image_size)
+    t1 = time.perf_counter()
+    feed = {"pixel_values": pixels, **{name: np.concatenate([p.prompt[name] for p in policies]) for name in first.prompt}}
+    features = backbone.execute(backbone.stage(feed))[BACKBONE_OUTPUTS[0]]
+    backbone.synchronize()  # so the phase times say which part took the time
+    t2 = time.perf_counter()
+    windows = first.windows.push(policies, features)
+    out = head.execute(head.stage({HEAD_INPUTS[0]: windows}))
+    head.synchronize()
+    actions = head.to_host(out)[HEAD_OUTPUTS[0]]
+    t3 = time.perf_counter()
+    return finish_steps(policies, actions, (t0, t1, t2, t3))
+
+
+def finish_steps(policies: Sequence[Policy], actions: Any, marks: Sequence[float]) -> list[np.ndarray]:
+    """The end of a batched step: check each policy's action, count the step, record the timing
+    (``marks``: start, preprocessed, backbone done, head done; perf_counter seconds); the actions."""
+    t0, t1, t2, t3 = marks
+    ms = 1e3
+    timing = StepTiming((t1 - t0) * ms, (t2 - t1) * ms, (t3 - t2) * ms, (t3 - t0) * ms)
+    result = []
+    for p, action in zip(policies, np.asarray(actions, dtype=np.float32).reshape(len(policies), -1)):
+        if p.action_dim is not None and action.shape[0] != p.action_dim:
+            raise RunnerError(f"head {p.head.name} returned {action.shape[0]} actions, expected {p.action_dim}")
+        p.steps += 1
+        p.last_timing = timing
+        result.append(action.copy())
+    return result
