@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[1] / "vla_export"
 #: Lower layers first; a module may import only from its own layer or below.
 LAYERS = (
     ("base", ("vla_export", "vla_export.errors", "vla_export.lazy", "vla_export.fileio", "vla_export.progress",
-              "vla_export.system", "vla_export.artifacts", "vla_export.manifest", "vla_export.precision", "vla_export.onnxfile")),
+              "vla_export.system", "vla_export.artifacts", "vla_export.manifest", "vla_export.precision", "vla_export.onnxfile",
+              "vla_export.interrupts")),
     ("models", ("vla_export.models",)),
     ("data", ("vla_export.data",)),
     ("backends", ("vla_export.backends",)),

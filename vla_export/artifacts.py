@@ -40,5 +40,7 @@ def detect_kind(path: str | Path, *, allowed: tuple[str, ...] = KINDS) -> str:
         if kind in allowed and name.endswith(suffixes):
             return kind
     known = ", ".join(s for kind, suffixes in KIND_SUFFIXES if kind in allowed for s in suffixes)
+    if Path(path).is_dir():
+        raise ArtifactError(f"{path}: is a folder, not an artifact file; give one file ending in {known}")
     suffix = Path(path).suffix.lower()
     raise ArtifactError(f"{path}: unknown artifact type {suffix or '(no suffix)'!r}; expected one of {known}")

@@ -30,6 +30,8 @@ class ExitCode(IntEnum):
     INTERNAL = 4
     #: Interrupted (Ctrl-C), as shells report SIGINT.
     INTERRUPTED = 130
+    #: Terminated (SIGTERM: ``timeout``, ``docker stop``, a CI runner's cancel), as shells report it.
+    TERMINATED = 143
 
 
 class VlaExportError(Exception):

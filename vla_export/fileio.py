@@ -12,11 +12,30 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from vla_export import interrupts
 from vla_export.errors import OutputError
 
 #: errno values that mean "this location cannot take the output", not a bug: reported as OutputError.
 FS_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR,
                        errno.EDQUOT, errno.EEXIST, errno.EFBIG, errno.ENAMETOOLONG})
+
+
+#: errno values of a failed write: for an error naming two paths (a copy, a link, a rename) the second, the destination, is the one that could not be written.
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+
+
+def error_path(exc: OSError) -> str | None:
+    """The path an OSError is about: the destination of a copy that filled the disk (``shutil.copy`` names
+    the source first), else the one path it names; None when it names none."""
+    if exc.errno in WRITE_ERRNOS and getattr(exc, "filename2", None):
+        return str(exc.filename2)
+    return None if exc.filename is None else str(exc.filename)
+
+
+def remove_tree(path: str | Path) -> None:
+    """Remove a staging folder whole, even while Ctrl-C or SIGTERM arrive (they are raised after it)."""
+    with interrupts.deferred_cleanup():
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def fs_error_message(path: str | Path, exc: OSError) -> str:
@@ -29,7 +48,7 @@ def fs_error_message(path: str | Path, exc: OSError) -> str:
         errno.EACCES: "no permission to write there: write elsewhere",
         errno.EPERM: "no permission to write there: write elsewhere",
     }.get(exc.errno or 0)
-    where = exc.filename if str(path) == "?" and exc.filename else path
+    where = (error_path(exc) or path) if str(path) == "?" else path
     return f"{where}: cannot write ({reason})" + (f"; {hint}" if hint else "")
 
 
@@ -58,7 +77,7 @@ def check_output_path(path: str | Path, *, folder: bool = False) -> Path:
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise OutputError(fs_error_message(existing, exc)) from exc
+        raise OutputError(fs_error_message(path, exc) + (f" (checked in {existing})" if existing != path.parent else "")) from exc
     return path
 
 
@@ -85,7 +104,8 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
         raise OutputError(f"{path}: is a folder; give a file name")
     with output_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+        remove_stale_staging(path)
+        fd, tmp = tempfile.mkstemp(prefix=_staging_prefix(path), suffix=".partial", dir=path.parent)
         os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -94,10 +114,12 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
             umask = os.umask(0)
             os.umask(umask)
             os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
+            interrupts.check()  # an interrupted command publishes nothing, even if a library swallowed the signal
             os.replace(tmp_path, path)
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        with interrupts.deferred_cleanup():
+            if tmp_path.exists():
+                tmp_path.unlink()
     return path
 
 
@@ -107,7 +129,8 @@ def staging_dir(target: str | Path) -> Iterator[Path]:
     target = Path(target)
     with output_errors(target):
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmpdir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+        remove_stale_staging(target)
+        tmpdir = Path(tempfile.mkdtemp(prefix=_staging_prefix(target), suffix=".partial", dir=target.parent))
     try:
         with output_errors(target):
             yield tmpdir
@@ -116,7 +139,45 @@ def staging_dir(target: str | Path) -> Iterator[Path]:
             raise OutputError(fs_error_message(target, exc.__cause__)) from exc.__cause__
         raise
     finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+        remove_tree(tmpdir)
+
+
+def _staging_prefix(target: Path) -> str:
+    return f".{target.name}.{os.getpid()}."
+
+
+def remove_stale_staging(target: str | Path) -> list[Path]:
+    """Remove what a killed earlier run left beside ``target`` (SIGKILL, an abort or the OOM killer skip every
+    clean-up): staged files and folders ``.NAME.PID.*.partial`` whose process is gone. The removed paths."""
+    target = Path(target)
+    removed = []
+    if not target.parent.is_dir():
+        return removed
+    for entry in target.parent.glob(f".{_glob_escape(target.name)}.*.partial"):
+        pid = entry.name[len(target.name) + 2:].split(".", 1)[0]
+        if not pid.isdigit() or pid_alive(int(pid)):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
+def _glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:

@@ -41,9 +41,18 @@ def input_dir(path: Path | None, what: str) -> Path | None:
 
 
 def output_file(*paths: Path | None) -> None:
-    """Each given output file location can be written (see :func:`vla_export.fileio.check_output_path`)."""
+    """Each given output file location can be written (see :func:`vla_export.fileio.check_output_path`),
+    and no two of one command's outputs name the same file (one would silently replace the other)."""
+    seen: dict[str, Path] = {}
     for path in paths:
-        if path is not None and str(path) != "-":  # "-": standard output
+        if path is None:
+            continue
+        key = "-" if str(path) == "-" else str(Path(path).expanduser().resolve())
+        if key in seen:
+            where = "standard output (-)" if key == "-" else f"{path}"
+            raise ConfigError(f"{where}: named for two outputs of this command (e.g. --json and --junit); give each its own file")
+        seen[key] = path
+        if str(path) != "-":  # "-": standard output
             check_output_path(path)
 
 

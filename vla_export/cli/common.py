@@ -9,6 +9,7 @@ import json
 import logging
 import sys
 import time
+import traceback
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -19,9 +20,9 @@ from rich.console import Console, ConsoleDimensions
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from vla_export import __version__
+from vla_export import __version__, interrupts
 from vla_export.errors import ExitCode, VlaExportError
-from vla_export.fileio import FS_ERRNOS, atomic_write, fs_error_message
+from vla_export.fileio import FS_ERRNOS, atomic_write, error_path, fs_error_message
 from vla_export.progress import listening
 
 DEBUG_FLAG = "--debug"
@@ -185,12 +186,41 @@ def run_app(app: typer.Typer, argv: Sequence[str] | None = None, prog_name: str 
     _setup_logging(debug)
     token = _reports_written.set(set())
     try:
+        with interrupts.handling():
+            try:
+                code = _run_command(app, args, options, prog_name, debug, verbose)
+            except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the staging was removed on the way out
+                return _interrupted(exc)
+            if interrupts.received() is not None:  # a library swallowed the exception: still an interruption
+                return _interrupted(interrupts.Interrupted(interrupts.received()))
+            return code
+    finally:
+        _reports_written.reset(token)
+
+
+def _interrupted(exc: BaseException) -> int:
+    signum = exc.signum if isinstance(exc, interrupts.Interrupted) else int(interrupts.received() or 2)
+    name = "SIGTERM" if signum == 15 else "Ctrl-C" if signum == 2 else f"signal {signum}"
+    err_console.print(f"interrupted ({name}): nothing was published", style="red", markup=False)
+    return 128 + signum
+
+
+def _failed(debug: bool, code: int, message: str) -> int:
+    """Print the one error line (after the traceback with ``--debug``) and give the error's own exit code."""
+    if debug:
+        traceback.print_exc(file=sys.stderr)
+    err_console.print(f"error: {message}", style="red", markup=False, soft_wrap=True)
+    return code
+
+
+def _run_command(app: typer.Typer, args: list[str], options: list[str], prog_name: str | None, debug: bool, verbose: bool) -> int:
+    try:
         command = typer.main.get_command(app)
         if not sys.stdout.isatty():  # a log or a pipe: Click's help wraps at this width instead of cutting
             command.context_settings.setdefault("terminal_width", LOG_WIDTH // 5)
         # Help goes through Click's own echo to sys.stdout, so it is never held back.
         quiet = verbose or any(a in ("-h", "--help") for a in options)
-        with _streams(quiet, json_to_stdout=_json_option(options) == STDOUT), listening(_StepDisplay(err_console)):
+        with _streams(quiet, json_to_stdout=_stdout_report(options)), listening(_StepDisplay(err_console)):
             result = command.main(args=args, prog_name=prog_name, standalone_mode=False)
         return int(result) if isinstance(result, int) else ExitCode.OK
     except typer.Exit as exc:
@@ -202,30 +232,16 @@ def run_app(app: typer.Typer, argv: Sequence[str] | None = None, prog_name: str 
         return ExitCode.INTERRUPTED
     except VlaExportError as exc:
         _failure_report(options, exc.exit_code, str(exc))
-        if debug:
-            raise
-        err_console.print(f"error: {exc}", style="red", markup=False, soft_wrap=True)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        err_console.print("interrupted", style="red")
-        return ExitCode.INTERRUPTED
+        return _failed(debug, exc.exit_code, str(exc))
     except OSError as exc:  # the file system said no: a user-facing problem, not a bug
-        where = f": {exc.filename}" if exc.filename else ""
-        message = fs_error_message(exc.filename or "?", exc) if exc.errno in FS_ERRNOS else f"{exc.strerror or exc}{where}"
+        path = error_path(exc)
+        message = fs_error_message(path or "?", exc) if exc.errno in FS_ERRNOS else f"{exc.strerror or exc}{f': {path}' if path else ''}"
         _failure_report(options, ExitCode.BAD_INPUT, message)
-        if debug:
-            raise
-        err_console.print(f"error: {message}", style="red", markup=False, soft_wrap=True)
-        return ExitCode.BAD_INPUT
+        return _failed(debug, ExitCode.BAD_INPUT, message)
     except Exception as exc:  # an internal bug: still one line unless --debug
         message = f"internal error {type(exc).__name__}: {exc} (a bug in vla-export; rerun with --debug for the traceback)"
         _failure_report(options, ExitCode.INTERNAL, message)
-        if debug:
-            raise
-        err_console.print(f"error: {message}", style="red", markup=False, soft_wrap=True)
-        return ExitCode.INTERNAL
-    finally:
-        _reports_written.reset(token)
+        return _failed(debug, ExitCode.INTERNAL, message)
 
 
 def _failure_report(options: list[str], exit_code: int, message: str) -> None:
@@ -235,21 +251,30 @@ def _failure_report(options: list[str], exit_code: int, message: str) -> None:
         return
     if str(Path(path)) in (_reports_written.get() or ()):  # the command wrote its own report, with the failure in it
         return
+    if path != STDOUT and str(path) in message:  # the error is about that very location (unwritable, or named twice)
+        return
     command = next((a for a in options if not a.startswith("-")), None)
     report = {"schema": "vla-export/failure/1", "command": command, "argv": options, "passed": False,
               "exit_code": int(exit_code), "error": message}
     try:
         write_json(path, report)
-    except (OSError, VlaExportError) as exc:  # the report cannot be written either: say so beside the real error,
-        if str(path) in message:  # unless the error is about that very path
-            return
+    except (OSError, VlaExportError) as exc:  # the report cannot be written either: say so beside the real error
         err_console.print(f"warning: could not write the failure report to {path}: {exc}", style="yellow", markup=False)
 
 
+def _option_value(options: list[str], flag: str) -> str | None:
+    """The value of ``flag`` on the command line (``FLAG VALUE`` or ``FLAG=VALUE``), None without one."""
+    value = next((b for a, b in zip(options, options[1:]) if a == flag), None)
+    return value or next((a.split("=", 1)[1] for a in options if a.startswith(flag + "=")), None)
+
+
 def _json_option(options: list[str]) -> str | None:
-    """The value of ``--json`` on the command line (``--json PATH`` or ``--json=PATH``), None without one."""
-    path = next((b for a, b in zip(options, options[1:]) if a == "--json"), None)
-    return path or next((a.split("=", 1)[1] for a in options if a.startswith("--json=")), None)
+    return _option_value(options, "--json")
+
+
+def _stdout_report(options: list[str]) -> bool:
+    """A report (``--json -`` or ``--junit -``) goes to standard output: the tables then go to standard error."""
+    return STDOUT in (_option_value(options, "--json"), _option_value(options, "--junit"))
 
 
 def _has_callback(app: typer.Typer) -> bool:

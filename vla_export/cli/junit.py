@@ -6,10 +6,12 @@ shows up as a failed test case with its reason rather than only as a non-zero ex
 
 from __future__ import annotations
 
+import sys
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
+from vla_export.cli.common import STDOUT, console
 from vla_export.fileio import atomic_write
 
 
@@ -25,7 +27,7 @@ class Case:
 
 
 def write_junit(path: str | Path, suite: str, cases: list[Case], classname: str) -> Path:
-    """Write one ``<testsuite>`` with a ``<testcase>`` per case, atomically."""
+    """Write one ``<testsuite>`` with a ``<testcase>`` per case, atomically; ``-`` writes it to standard output."""
     failures = sum(not c.passed for c in cases)
     root = ET.Element("testsuites", name="vla-export", tests=str(len(cases)), failures=str(failures))
     node = ET.SubElement(root, "testsuite", name=suite, tests=str(len(cases)), failures=str(failures), errors="0",
@@ -39,6 +41,11 @@ def write_junit(path: str | Path, suite: str, cases: list[Case], classname: str)
             ET.SubElement(case, "system-out").text = c.details
     ET.indent(root)
     data = ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
+    if str(path) == STDOUT:  # the human-readable output went to standard error (see cli.common._streams)
+        stream = console.report_file or sys.stdout
+        stream.write(data)
+        stream.flush()
+        return Path(STDOUT)
     return atomic_write(path, lambda tmp: tmp.write_text(data, encoding="utf-8"))
 
 

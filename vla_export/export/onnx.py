@@ -21,6 +21,7 @@ from typing import Any
 
 from vla_export.onnxfile import check_model, data_file, io_signature, op_counts, written_opset
 from vla_export.errors import ArtifactError, ConfigError
+from vla_export import interrupts
 from vla_export.fileio import check_output_path, staging_dir
 from vla_export.lazy import lazy_import
 from vla_export.progress import reported
@@ -208,17 +209,20 @@ def _export_torchscript(module, args, tmp: Path, input_names, output_names, dyna
 
 
 def move_into_place(tmp: Path, path: Path, extras: Sequence[Path]) -> None:
-    """Publish a staged export: the old model first goes, then data, extras (manifest), the ``.onnx`` last."""
-    if path.exists():
-        path.unlink()  # an old model must not sit beside new data
-    stale = data_file(path)
-    if stale.exists() and not data_file(tmp).exists():
-        stale.unlink()
-    if data_file(tmp).exists():
-        os.replace(data_file(tmp), stale)
-    for extra in extras:
-        os.replace(extra, path.parent / extra.name)
-    os.replace(tmp, path)
+    """Publish a staged export: the old model first goes, then data, extras (manifest), the ``.onnx`` last.
+
+    Not after Ctrl-C or SIGTERM, and not cut in the middle by one (see :mod:`vla_export.interrupts`)."""
+    with interrupts.deferred():
+        if path.exists():
+            path.unlink()  # an old model must not sit beside new data
+        stale = data_file(path)
+        if stale.exists() and not data_file(tmp).exists():
+            stale.unlink()
+        if data_file(tmp).exists():
+            os.replace(data_file(tmp), stale)
+        for extra in extras:
+            os.replace(extra, path.parent / extra.name)
+        os.replace(tmp, path)
 
 
 # --- checks ---------------------------------------------------------------------------------------

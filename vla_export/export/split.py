@@ -38,6 +38,7 @@ from vla_export.export.onnx import (
 )
 from vla_export.onnxfile import data_file, written_opset
 from vla_export.data.iospec import BACKBONE, HEAD, POLICY, dummy_inputs
+from vla_export import interrupts
 from vla_export.fileio import check_output_path, output_errors, staging_dir
 from vla_export.models.finite import require_finite_weights
 from vla_export.models.memory import check_window_memory
@@ -256,7 +257,7 @@ def publish_split(paths: dict[str, Path], staged: dict[str, Path], extras: dict[
     Without a record the folder does not hold a split export (``read_split`` refuses it), so an
     interruption between the moves never leaves a finished-looking mix of old and new parts.
     """
-    with output_errors(paths["split"]):
+    with output_errors(paths["split"]), interrupts.deferred():
         if paths["split"].exists():
             paths["split"].unlink()
         for part in PARTS:
