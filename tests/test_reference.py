@@ -68,7 +68,7 @@ def test_reference_files_are_checked(tmp_path):
     with pytest.raises(ArtifactError, match="not found"):
         load_reference(tmp_path / "none.npz", "parity")
     np.savez(tmp_path / "plain.npz", x=np.zeros(2))
-    with pytest.raises(ArtifactError, match="no metadata"):
+    with pytest.raises(ArtifactError, match="without its __meta__ record"):
         load_reference(tmp_path / "plain.npz", "parity")
     rec = [({"features": np.zeros((1, 2, 3), np.float32)}, {"actions": np.zeros((1, 2), np.float32)})]
     save_reference(tmp_path / "r.npz", "replay", rec, {"config": {"name": "tiny"}})

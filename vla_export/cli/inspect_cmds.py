@@ -71,7 +71,7 @@ def render_engine(r: dict[str, Any]) -> None:
         for io in t["io"]:
             console.print(f"  {io['mode']} {io['name']} {io['shape']} {io['dtype']}", markup=False)
     else:
-        console.print(f"[yellow]no per-layer information: {t['note']}[/]", markup=False)
+        console.print(f"no per-layer information: {t['note']}", style="yellow", markup=False)
     console.print(r["verified"], style="dim")
 
 
@@ -97,6 +97,21 @@ def render_calibration(r: dict[str, Any]) -> None:
     console.print(f"from {r['windows']} windows of {len(r['episodes_used'])} episode(s)", markup=False)
 
 
+def render_reference(r: dict[str, Any]) -> None:
+    ckpt = r["checkpoint"] or {}
+    console.print(f"{r['path']}  {fmt_bytes(r['file_size'])}  saved {r['reference_kind']} reference ({r['reference_schema']}): "
+                  f"{r['samples']} samples for '{r['config']}', from {ckpt.get('path', '(checkpoint not recorded)')}", markup=False)
+    for label in ("inputs", "outputs"):
+        for name, a in r[label].items():
+            rng = f" range {a['min']:.3g}..{a['max']:.3g}" if "min" in a else ""
+            console.print(f"  {label[:-1]} {name} {a['shape']} {a['dtype']}{rng}", markup=False)
+    if ckpt.get("sha256"):
+        console.print(f"checkpoint sha256 {ckpt['sha256']}", markup=False)
+    made = r.get("made_with") or {}
+    if made or r.get("source"):
+        console.print(f"made with {made}; inputs: {r.get('source') or r.get('episode')}", markup=False)
+
+
 def render_episode(r: dict[str, Any]) -> None:
     console.print(f"[bold]{r['path']}[/]  {fmt_bytes(r['file_size'])}  episode '{r['name']}': {r['num_frames']} frames "
                   f"{r['frame_hw'][0]}x{r['frame_hw'][1]}, {r['total_duration']:.2f} s ({r['fps']} fps), chunk {r['action_chunk_size']}")
@@ -106,7 +121,8 @@ def render_episode(r: dict[str, Any]) -> None:
     console.print(f"instruction: {r['instruction']!r}", markup=False)
 
 
-RENDERERS = {"onnx": render_onnx, "engine": render_engine, "split": render_split, "calibration": render_calibration, "episode": render_episode}
+RENDERERS = {"onnx": render_onnx, "engine": render_engine, "split": render_split, "calibration": render_calibration,
+             "reference": render_reference, "episode": render_episode}
 
 
 @with_loading_options
@@ -129,7 +145,7 @@ def inspect(
     if given:
         raise ConfigError(f"{', '.join(given)} apply to checkpoints only, not to a {kind} file")
     report = inspect_artifact(artifact)
-    RENDERERS[kind](report)
+    RENDERERS[report["kind"]](report)
     if json_path:
         write_json(json_path, report, "inspect")
         wrote(json_path)

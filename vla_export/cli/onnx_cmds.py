@@ -45,13 +45,13 @@ def onnx(
     checks.at_least(1, window=window, samples=samples)
     checks.input_file(checkpoint, "checkpoint")
     output = output or Path("engines") / f"{checkpoint.stem}.onnx"
-    checks.output_file(json_path)
     if split:
         from vla_export.export.split import split_paths
 
         check_opset(opset, exporter)
-        checks.output_file(*split_paths(output).values())
+        checks.output_file(json_path, *split_paths(output).values())
     else:
+        checks.output_file(json_path, output)
         check_target(output, opset, exporter)
     if split:
         return export_split_cmd(
@@ -81,10 +81,10 @@ def onnx(
 def parity(
     checkpoint: Path = typer.Argument(..., help="The PyTorch policy checkpoint (the reference), or a saved reference (.npz from --save-reference)."),
     artifact: Path = typer.Argument(..., help="The artifact to check: .onnx, .engine/.plan, or another checkpoint."),
-    samples: int = typer.Option(8, "--samples", help="Number of samples."),
+    samples: Optional[int] = typer.Option(None, "--samples", help="Number of samples (default 8; with a saved reference: the saved ones)."),
     data: Optional[list[Path]] = typer.Option(None, "--data", help="Episode files or folders (HDF5) instead of synthetic inputs."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the input source."),
-    batch: int = typer.Option(1, "--batch", help="Batch size per sample."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the input source (default 0)."),
+    batch: Optional[int] = typer.Option(None, "--batch", help="Batch size per sample (default 1)."),
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32, fp16 or int8: picks default tolerances (default: from the manifest, else fp32)."),
     atol: Optional[float] = typer.Option(None, "--atol", help="Override the absolute tolerance."),
     rtol: Optional[float] = typer.Option(None, "--rtol", help="Override the relative tolerance."),
@@ -111,10 +111,30 @@ def parity(
     from vla_export.verify.parity import parity_check, tolerance_for
 
     checks.at_least(1, samples=samples, batch=batch)
+<<<<<<< HEAD
     if (locate_all or plot or locate_float) and not locate:
         raise ConfigError("--locate-all, --locate-float and --plot go with --locate")
     checks.input_file(locate_float, "float ONNX")
     checks.input_file(checkpoint, "saved reference" if checkpoint.suffix == ".npz" else "checkpoint")
+=======
+    if (locate_all or plot) and not locate:
+        raise ConfigError("--locate-all and --plot go with --locate")
+    saved = checkpoint.suffix == ".npz"
+    if saved:  # the inputs, their number and batch are the saved ones: an option that cannot act is refused
+        given = [flag for flag, value in (("--samples", samples), ("--batch", batch), ("--seed", seed), ("--data", data),
+                                          ("--save-reference", save_reference)) if value is not None]
+        if given:
+            raise ConfigError(f"with a saved reference the inputs are the saved ones (their number and batch too): drop {', '.join(given)}")
+        if locate:
+            raise ConfigError(f"--locate runs the PyTorch policy layer by layer and needs the checkpoint; {checkpoint} holds only "
+                              "the saved inputs and outputs: run `vla-export parity CKPT ARTIFACT --locate` where the checkpoint is")
+    if save_reference is not None:
+        from vla_export.verify.reference import check_reference_path
+
+        check_reference_path(save_reference)
+    samples, batch, seed = samples or 8, batch or 1, seed or 0
+    checks.input_file(checkpoint, "saved reference" if saved else "checkpoint")
+>>>>>>> reliability
     checks.input_file(artifact, "artifact")
     checks.input_paths(data, "data")
     checks.output_file(json_path, junit, plot, save_reference)
@@ -126,14 +146,11 @@ def parity(
         tolerance = tolerance_for(base, atol=atol, rtol=rtol, min_cosine=min_cosine, min_sign_agreement=min_sign_agreement,
                                   max_row_rel_error=max_rel_error)
     runner_opts = {"providers": providers} if providers and artifact_kind(artifact) == "onnx" else {}
-    if checkpoint.suffix == ".npz":  # a saved reference: no checkpoint, no torch
+    if saved:  # a saved reference: no checkpoint, no torch
         from vla_export.verify.reference import parity_against_reference
 
-        if data or save_reference:
-            raise ConfigError("with a saved reference the inputs are the saved ones: drop --data/--save-reference")
-        if artifact_kind(artifact) == "onnx":
-            runner_opts = {**runner_opts, "qdq": "kernels" if qdq == "kernels" else "exact"}
-        result = parity_against_reference(checkpoint, artifact, precision=precision, tolerance=tolerance, runner_opts=runner_opts)
+        result = parity_against_reference(checkpoint, artifact, precision=precision, tolerance=tolerance, runner_opts=runner_opts,
+                                          qdq=qdq, strict=strict)
     else:
         from vla_export.models.loader import PolicyFromCheckpoint
         from vla_export.verify.reference import parity_with_saved_reference

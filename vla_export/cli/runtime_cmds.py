@@ -75,6 +75,8 @@ def replay(
     checks.input_file(head, "head artifact")
     checks.input_dir(tokenizer, "tokenizer")
     checks.output_file(json_path, junit, plot, save_reference)
+    if save_reference is not None:
+        saved.check_reference_path(save_reference)
     opts = dict(backbone=backbone, head=head, precision=precision, atol=atol, tokenizer_dir=tokenizer, text_len=text_len, providers=providers)
     if checkpoint.suffix == ".npz":  # a saved reference: no checkpoint, no torch
         if save_reference:

@@ -9,7 +9,6 @@ is about to calibrate, so an empty or mismatched set fails before any quantizer 
 from __future__ import annotations
 
 import json
-import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,19 +123,10 @@ def make_calibration_set(
 
 def load_calibration_set(path: str | Path) -> CalibrationSet:
     """Read a set written by :func:`make_calibration_set`; DataError if missing, foreign, truncated or empty."""
+    from vla_export.data.saved import read_npz
+
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: calibration set not found (make one with `vla-export calib`)")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise DataError(f"{path}: not a readable calibration set ({exc}); the file may be truncated") from None
-    if META_KEY not in arrays:
-        raise DataError(f"{path}: not a vla-export calibration set (no {META_KEY} record)")
-    meta = json.loads(str(arrays.pop(META_KEY)))
-    if meta.get("format") != FORMAT:
-        raise DataError(f"{path}: calibration format {meta.get('format')!r}, expected {FORMAT!r}")
+    arrays, meta = read_npz(path, "calibration", DataError)
     if not arrays or min(len(a) for a in arrays.values()) == 0:
         raise DataError(f"{path}: the calibration set is empty")
     if len({len(a) for a in arrays.values()}) != 1:

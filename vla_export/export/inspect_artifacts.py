@@ -44,8 +44,37 @@ def inspect_artifact(path: str | Path, **checkpoint_options: Any) -> dict[str, A
     else:
         if not path.is_file():
             raise ArtifactError(f"{path}: not found")
+        from vla_export.data.saved import peek_kind
+
+        if kind == "calibration" and peek_kind(path) in ("parity-reference", "replay-reference"):
+            kind = "reference"  # the same suffix: told apart by the file's own record
         body = _INSPECTORS[kind](path)
     return {"schema": SCHEMA, "kind": kind, **body}
+
+
+def inspect_reference(path: str | Path) -> dict[str, Any]:
+    """A saved reference: its kind, samples, inputs and outputs (shapes), config, checkpoint and how it was made."""
+    from vla_export.data.saved import peek_kind
+    from vla_export.verify.reference import load_reference
+
+    kind = (peek_kind(path) or "parity-reference").split("-")[0]  # "parity" or "replay"
+    ref = load_reference(path, kind)
+    feed, outputs = ref.records[0]
+    return {
+        "path": str(path),
+        "file_size": Path(path).stat().st_size,
+        "reference_kind": kind,
+        "reference_schema": ref.meta.get("schema"),
+        "samples": len(ref.records),
+        "inputs": {k: _array_summary(v) for k, v in feed.items()},
+        "outputs": {k: _array_summary(v) for k, v in outputs.items()},
+        "config": ref.config.get("name"),
+        "checkpoint": ref.checkpoint,
+        "source": ref.meta.get("source"),
+        "episode": ref.meta.get("episode"),
+        "made_with": ref.meta.get("made_with"),
+        "versions": ref.meta.get("versions"),
+    }
 
 
 # --- ONNX ------------------------------------------------------------------------------------------
@@ -385,5 +414,6 @@ _INSPECTORS = {
     "engine": inspect_engine,
     "split": inspect_split,
     "calibration": inspect_calibration,
+    "reference": inspect_reference,
     "episode": inspect_episode,
 }

@@ -141,6 +141,11 @@ class SavedReference:
     def config(self) -> dict[str, Any]:
         return self.meta["config"]
 
+    @property
+    def checkpoint(self) -> dict[str, Any]:
+        """The checkpoint the reference was made from (path, sha256), ``{}`` when not recorded."""
+        return dict(self.meta.get("checkpoint") or {})
+
     def playback(self) -> PlaybackRunner:
         return PlaybackRunner(self.records, describe=self.meta.get("reference_runner", {}), source=self.path)
 
@@ -174,25 +179,38 @@ def save_reference(path: str | Path, kind: str, records: Sequence[tuple[Mapping[
 
 
 def load_reference(path: str | Path, kind: str) -> SavedReference:
-    """Read a reference of ``kind`` ('parity' or 'replay'); ArtifactError for anything else."""
+    """Read a reference of ``kind`` ('parity' or 'replay'); one ArtifactError, saying what is wrong, for anything else."""
+    from vla_export.data.saved import read_npz
+
     path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"{path}: reference not found")
+    if kind not in SCHEMAS:
+        raise ConfigError(f"reference kind must be one of {sorted(SCHEMAS)}, got {kind!r}")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as exc:
-        raise ArtifactError(f"{path}: not a reference file ({exc})") from exc
-    if META_KEY not in arrays:
-        raise ArtifactError(f"{path}: not a vla-export reference (no metadata)")
-    meta = json.loads(arrays.pop(META_KEY).tobytes().decode())
+        arrays, meta = read_npz(path, f"{kind}-reference", ArtifactError)
+    except ArtifactError as exc:
+        other = "replay" if kind == "parity" else "parity"
+        if f"saved {other} reference, not" in str(exc):  # the historical wording, kept for scripts
+            raise ArtifactError(f"{path}: a {other} reference, not a {kind} one") from None
+        raise
     schema = meta.get("schema")
     if schema not in SCHEMAS.values():
         raise ArtifactError(f"{path}: unknown reference schema {schema!r} (this vla-export reads {sorted(SCHEMAS.values())})")
-    if meta.get("kind") != kind:
-        raise ArtifactError(f"{path}: a {meta.get('kind')} reference, not a {kind} one")
+    problems = []
+    samples = meta.get("samples")
+    if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
+        problems.append(f"'samples' is {samples!r}, not a count")
+    for key in ("inputs", "outputs"):
+        names = meta.get(key)
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            problems.append(f"'{key}' is {names!r}, not a list of tensor names")
+    if not isinstance(meta.get("config"), dict):
+        problems.append("no policy 'config'")
+    if not isinstance(meta.get("checkpoint", {}), dict):
+        problems.append("its 'checkpoint' record is not a record")
+    if problems:
+        raise ArtifactError(f"{path}: a damaged {kind} reference, its record is incomplete: {'; '.join(problems)}")
     records = []
-    for i in range(int(meta["samples"])):
+    for i in range(samples):
         try:
             feed = {k: arrays[f"in/{i}/{k}"] for k in meta["inputs"]}
             outputs = {k: arrays[f"out/{i}/{k}"] for k in meta["outputs"]}
@@ -200,6 +218,14 @@ def load_reference(path: str | Path, kind: str) -> SavedReference:
             raise ArtifactError(f"{path}: sample {i} is incomplete ({exc})") from None
         records.append((feed, outputs))
     return SavedReference(path, meta, records)
+
+
+def check_reference_path(path: str | Path) -> Path:
+    """Where ``--save-reference`` writes: an .npz, refused before any work (the load and the comparison take minutes)."""
+    path = Path(path)
+    if path.suffix != ".npz":
+        raise ConfigError(f"{path}: --save-reference writes an .npz file (e.g. {path.with_suffix('.npz').name})")
+    return path
 
 
 def check_config(reference: SavedReference, config: Mapping[str, Any] | None, what: str | Path) -> None:
@@ -257,8 +283,13 @@ def parity_with_saved_reference(policy_loader: Any, artifact: str | Path, save_t
 
 
 def parity_against_reference(reference_path: str | Path, artifact: str | Path, *, precision: str | None = None,
-                             tolerance: Any = None, runner_opts: Mapping[str, Any] | None = None):
-    """The artifact against a saved parity reference: the same comparison as ``parity CKPT ARTIFACT``, no torch."""
+                             tolerance: Any = None, runner_opts: Mapping[str, Any] | None = None, qdq: str = "exact",
+                             strict: bool = False):
+    """The artifact against a saved parity reference: the same comparison as ``parity CKPT ARTIFACT``, no torch.
+
+    ``qdq`` and ``strict`` as in :func:`~vla_export.verify.parity.parity_check` ("both": the verdict on
+    exact, onnxruntime's fused kernels measured on the same saved inputs beside it)."""
+    from vla_export.backends.select import artifact_kind
     from vla_export.backends.select import runner_for_artifact
     from vla_export.manifest import read_manifest
     from vla_export.models.config import PolicyConfig
@@ -269,13 +300,28 @@ def parity_against_reference(reference_path: str | Path, artifact: str | Path, *
     check_config(ref, manifest.get("config"), artifact)
     precision = precision or manifest.get("precision", "fp32")
     tol = tolerance or tolerance_for(precision)
-    with runner_for_artifact(artifact, **dict(runner_opts or {})) as cand, ref.playback() as played:
+    if qdq not in ("exact", "kernels", "both"):
+        raise ConfigError(f"qdq must be exact, kernels or both, got {qdq!r}")
+    opts = dict(runner_opts or {})
+    is_onnx = artifact_kind(artifact) == "onnx"
+    if is_onnx:
+        opts.setdefault("qdq", "kernels" if qdq == "kernels" else "exact")
+    feeds = [feed for feed, _ in ref.records]
+    with runner_for_artifact(artifact, **opts) as cand, ref.playback() as played:
         check_against_config(cand, PolicyConfig.from_dict(ref.config))
         if "features" in ref.meta["outputs"] and "features" not in cand.output_names:
             log.warning("%s has features, %s does not: comparing actions only", reference_path, artifact)
-        result = compare_runners(played, cand, [feed for feed, _ in ref.records], precision=precision, tolerance=tol)
-    result.reference["checkpoint"] = ref.meta["checkpoint"]["path"]
-    result.reference["checkpoint_sha256"] = ref.meta["checkpoint"]["sha256"]
+        result = compare_runners(played, cand, feeds, precision=precision, tolerance=tol)
+    if qdq == "both" and is_onnx:
+        with runner_for_artifact(artifact, **(opts | {"qdq": "kernels"})) as kernels, ref.playback() as played:
+            other = compare_runners(played, kernels, feeds, precision=precision, tolerance=tol)
+        result.also_measured["qdq_kernels"] = {
+            "note": "onnxruntime's fused int8 kernels on this CPU; not used for the verdict",
+            "passed": other.passed, "outputs": {k: v.to_dict() for k, v in other.outputs.items()},
+        }
+    result.strict = strict
+    result.reference["checkpoint"] = ref.checkpoint.get("path")
+    result.reference["checkpoint_sha256"] = ref.checkpoint.get("sha256")
     result.candidate["artifact"] = str(artifact)
     result.candidate["data"] = f"saved reference {reference_path} ({ref.meta.get('source')})"
     return result
@@ -321,6 +367,6 @@ def replay_against_reference(reference_path: str | Path, split: Any, episode_pat
     with policy, ref.playback() as played:
         tol = atol if atol is not None else tolerance_for(precision or parts_precision(policy)).atol
         result = replay_episode(policy, played, episode, atol=tol)
-    result.reference["checkpoint"] = ref.meta["checkpoint"]["path"]
-    result.reference["checkpoint_sha256"] = ref.meta["checkpoint"]["sha256"]
+    result.reference["checkpoint"] = ref.checkpoint.get("path")
+    result.reference["checkpoint_sha256"] = ref.checkpoint.get("sha256")
     return result
