@@ -11,7 +11,7 @@ from vla_export.cli.common import console, write_json
 from vla_export.errors import ConfigError, DataError
 
 
-def eval_feeds(onnx: Path, data: Optional[list[Path]], calib_frames, samples: int, *, calib_meta=None):
+def eval_feeds(onnx: Path, data: Optional[list[Path]], calib_frames, samples: int, *, calib_meta=None, option: str = "--samples"):
     # calib_meta: the calibration set's meta (its windows name the episode files it sampled)
     """Held-out windows for ``onnx``'s policy: from ``data``, else the calibration set's own episodes,
     in both cases disjoint from ``calib_frames``. Config and window come from the ONNX manifest."""
@@ -30,7 +30,7 @@ def eval_feeds(onnx: Path, data: Optional[list[Path]], calib_frames, samples: in
             raise ConfigError("give --data EPISODES to evaluate on (held-out windows)")
         data = [Path(e) for e in episodes]
     try:
-        return held_out_feeds(list(data), config, calib_frames, count=samples, window=window)
+        return held_out_feeds(list(data), config, calib_frames, count=samples, window=window, option=option)
     except DataError as exc:
         raise DataError(f"{exc}; pass --data with episodes the calibration set did not use") from None
 
@@ -66,6 +66,41 @@ def render_budget(search: dict[str, Any], share: float, before: float) -> None:
                   style=None if search["met"] else "red", markup=False)
 
 
+def model_role(manifest: dict[str, Any]) -> str:
+    """What an ONNX manifest says the model is: float, w8a8 (static Q/DQ), int8-weights or fp16."""
+    precision = manifest.get("precision")
+    options = (manifest.get("quantization") or {}).get("options") or {}
+    if precision == "fp16":
+        return "fp16"
+    if precision == "int8":
+        return "int8-weights" if "weights" in options and "calibration" not in options else "w8a8"
+    return "float" if not manifest.get("quantized_from") else str(precision)
+
+
+ROLE_NAMES = {"float": "a float ONNX", "w8a8": "a W8A8 Q/DQ model (quantize --int8)", "fp16": "an FP16 model (quantize --fp16)",
+              "int8-weights": "a weight-only INT8 model (quantize --int8-weights: its activations are float, nothing to rank)"}
+
+
+def check_pair(float_onnx: Path, float_manifest: dict[str, Any], qdq_onnx: Path, manifest: dict[str, Any]) -> None:
+    """``sensitivity FLOAT QDQ``: the first a float ONNX, the second a W8A8 model quantized from it; else say what each is."""
+    roles = model_role(float_manifest), model_role(manifest)
+    if roles == ("w8a8", "float"):
+        raise ConfigError(f"the arguments are swapped: {float_onnx} is {ROLE_NAMES['w8a8']}, {qdq_onnx} {ROLE_NAMES['float']}; "
+                          f"give the float one first: vla-export sensitivity {qdq_onnx} {float_onnx}")
+    if roles[0] != "float":
+        raise ConfigError(f"{float_onnx}: {ROLE_NAMES.get(roles[0], roles[0])}; the first argument is the float ONNX the "
+                          "W8A8 model was quantized from")
+    if roles[1] != "w8a8":
+        raise ConfigError(f"{qdq_onnx}: {ROLE_NAMES.get(roles[1], roles[1])}; the second argument is a W8A8 Q/DQ model "
+                          f"(vla-export quantize {float_onnx} --int8 --calib SET)")
+    source = manifest.get("quantized_from") or {}
+    if source.get("sha256"):
+        from vla_export.fileio import sha256_file
+
+        if source["sha256"] != sha256_file(float_onnx):
+            raise ConfigError(f"{qdq_onnx} was quantized from {source.get('path')}, not from {float_onnx} (sha256 differs)")
+
+
 def sensitivity(
     float_onnx: Path = typer.Argument(..., help="The float ONNX the Q/DQ model was quantized from."),
     qdq_onnx: Path = typer.Argument(..., help="The W8A8 Q/DQ ONNX (vla-export quantize --int8)."),
@@ -76,15 +111,27 @@ def sensitivity(
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the ranking as JSON."),
 ) -> None:
     """Rank the quantized layers of a Q/DQ model by the error each adds alone, on held-out windows."""
+    from vla_export.cli import checks
     from vla_export.manifest import read_manifest
     from vla_export.export.quantize import ensure_node_names
     from vla_export.onnxfile import load_onnx
     from vla_export.export.sensitivity import layer_sensitivity
 
-    manifest = read_manifest(qdq_onnx, kind="onnx")
+    from vla_export.export.sensitivity import GRANULARITIES
+
+    checks.at_least(1, samples=samples)
+    checks.at_least(0, refine=refine)
+    if granularity not in GRANULARITIES:
+        raise ConfigError(f"--granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
+    checks.input_file(float_onnx, "ONNX")
+    checks.input_file(qdq_onnx, "ONNX")
+    checks.input_paths(data, "data")
+    checks.output_file(json_path)
+    float_manifest, manifest = read_manifest(float_onnx, kind="onnx"), read_manifest(qdq_onnx, kind="onnx")
+    check_pair(float_onnx, float_manifest, qdq_onnx, manifest)
     calib = ((manifest.get("quantization") or {}).get("options") or {}).get("calibration")
     if not isinstance(calib, dict):
-        raise ConfigError(f"{qdq_onnx}: its manifest records no calibration set (quantize it again with this version)")
+        raise ConfigError(f"{qdq_onnx}: a W8A8 model whose manifest records no calibration set (quantize it again with this version)")
     meta = None
     if not data and calib.get("path") and Path(calib["path"]).is_file():
         from vla_export.data.calibration import load_calibration_set

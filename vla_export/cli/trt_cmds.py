@@ -129,8 +129,8 @@ def quantize(
     min_cosine: Optional[float] = typer.Option(None, "--min-cosine", help="INT8 budget: minimum cosine of the actions."),
     max_feature_rel_error: Optional[float] = typer.Option(None, "--max-feature-rel-error", help="INT8 budget: worst frame's relative error of the features (models exported with --debug-outputs)."),
     data: Optional[list[Path]] = typer.Option(None, "--data", help="With a budget: episodes to evaluate on (default: the calibration set's episodes, other frames)."),
-    eval_samples: int = typer.Option(8, "--eval-samples", help="With a budget: held-out windows to evaluate on."),
-    granularity: str = typer.Option("auto", "--granularity", help="With a budget: layer, block, or auto (blocks, then the layers of the worst blocks)."),
+    eval_samples: Optional[int] = typer.Option(None, "--eval-samples", help="With a budget: held-out windows to evaluate on (default 8)."),
+    granularity: Optional[str] = typer.Option(None, "--granularity", help="With a budget: layer, block, or auto (the default: blocks, then the layers of the worst blocks)."),
     json_path: Optional[Path] = JsonOpt,
 ) -> None:
     """Explicit quantization: a Q/DQ INT8 or an FP16 ONNX that ONNX Runtime (CPU) and TensorRT (strongly typed) both run."""
@@ -142,9 +142,33 @@ def quantize(
     output = output or default_output(onnx, precision)
     if int8_weights and calib_path is not None:
         raise ConfigError("--int8-weights needs no --calib: only the weights are quantized")
+    budget_given = [flag for flag, v in (("--max-action-error", max_action_error), ("--min-cosine", min_cosine),
+                                         ("--max-feature-rel-error", max_feature_rel_error)) if v is not None]
+    search_given = [flag for flag, v in (("--data", data), ("--eval-samples", eval_samples), ("--granularity", granularity)) if v is not None]
+    if not int8 and budget_given + search_given:
+        raise ConfigError(f"{', '.join(budget_given + search_given)}: only with --int8 (the budget search keeps layers of a W8A8 model "
+                          f"float); --{precision.replace('int8w', 'int8-weights')} has no budget: check the result with "
+                          "`vla-export parity CHECKPOINT OUTPUT`")
+    if search_given and not budget_given:
+        raise ConfigError(f"{', '.join(search_given)}: only with a budget (--max-action-error, --min-cosine, --max-feature-rel-error)")
+    checks.at_least(1, eval_samples=eval_samples)
+    budget = None
+    if budget_given:
+        from vla_export.export.sensitivity import GRANULARITIES, Budget
+
+        budget = Budget(max_action_error, min_cosine, max_feature_rel_error)  # a NaN, an inf or a negative value: refused here
+        if granularity is not None and granularity not in GRANULARITIES:
+            raise ConfigError(f"--granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
     checks.input_file(onnx, "ONNX")
     checks.input_file(calib_path, "calibration set")
     checks.output_file(output, json_path)
+    if max_feature_rel_error is not None:
+        from vla_export.onnxfile import io_signature
+
+        outputs = [o["name"] for o in io_signature(onnx)["outputs"]]
+        if "features" not in outputs:
+            raise ConfigError(f"--max-feature-rel-error measures the features output, and {onnx} has only {', '.join(outputs)}: "
+                              "export it with --debug-outputs, or use --max-action-error/--min-cosine")
     if int8_weights:
         from vla_export.export.weight_only import quantize_int8_weights
 
@@ -155,14 +179,14 @@ def quantize(
         from vla_export.data.calibration import load_calibration_set
 
         calib_set = load_calibration_set(calib_path)
-        if any(v is not None for v in (max_action_error, min_cosine, max_feature_rel_error)):
+        if budget is not None:
             from vla_export.cli.quant_cmds import eval_feeds, render_budget
-            from vla_export.export.sensitivity import Budget, quantize_int8_with_budget
+            from vla_export.export.sensitivity import quantize_int8_with_budget
 
-            budget = Budget(max_action_error, min_cosine, max_feature_rel_error)
-            feeds, record = eval_feeds(onnx, data, calib_set.frames_used(), eval_samples, calib_meta=calib_set.meta)
+            feeds, record = eval_feeds(onnx, data, calib_set.frames_used(), eval_samples or 8, calib_meta=calib_set.meta,
+                                       option="--eval-samples")
             result, search, _ = quantize_int8_with_budget(
-                onnx, calib_set, output, budget, feeds, data=record, granularity=granularity, per_channel=per_channel,
+                onnx, calib_set, output, budget, feeds, data=record, granularity=granularity or "auto", per_channel=per_channel,
                 method=method, keep_sensitive_fp32=keep_fp32, exclude=exclude or ())
             render_quantize(result.to_dict())
             render_budget(search.to_dict(), result.options["int8_share_of_weight_elements"], result.options["int8_share_before_budget"])
@@ -171,8 +195,6 @@ def quantize(
             if not search.met:
                 raise typer.Exit(1)
             return
-        if data or max_feature_rel_error is not None:
-            raise ConfigError("--data and --eval-samples go with a budget (--max-action-error, --min-cosine, --max-feature-rel-error)")
         result = quantize_int8(onnx, calib_set, output, per_channel=per_channel, method=method,
                                keep_sensitive_fp32=keep_fp32, exclude=exclude or ())
     else:

@@ -10,7 +10,6 @@ which is -inf in FP16) and, for INT8, residual adds. TensorRT builds either resu
 from __future__ import annotations
 
 import re
-import shutil
 import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -20,8 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from vla_export import interrupts
 from vla_export.data.calibration import CalibrationSet
 from vla_export.errors import ArtifactError, DataError, MissingDependencyError
+from vla_export.fileio import staging_dir
 from vla_export.lazy import lazy_import
 from vla_export.onnxfile import data_file, io_signature, load_onnx, op_counts
 from vla_export.progress import reported
@@ -144,21 +145,18 @@ def publish_files(output: Path, write) -> list[Path]:
     """Atomically publish a model that may span files: ``write(tmp_model_path)`` inside a temporary
     folder beside ``output``; external data files move first and the ``.onnx`` last, so a model file
     never points at data that is not there yet. Returns the final paths."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
-    try:
+    with staging_dir(output) as tmpdir:  # a file-system error names the output, the folder goes in any case
         write(tmpdir / output.name)
         produced = sorted(tmpdir.iterdir(), key=lambda p: p.name == output.name)
         if not produced or produced[-1].name != output.name:
             raise ArtifactError(f"{output}: the writer produced no model file")
         final = []
-        for p in produced:
-            target = output.parent / p.name
-            p.replace(target)
-            final.append(target)
+        with interrupts.deferred():  # never after Ctrl-C or SIGTERM, never half
+            for p in produced:
+                target = output.parent / p.name
+                p.replace(target)
+                final.append(target)
         return final
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 @dataclass

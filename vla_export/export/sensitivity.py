@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import math
 import re
 import tempfile
 import time
@@ -87,8 +88,10 @@ class Budget:
             raise ConfigError("an accuracy budget needs at least one of --max-action-error, --min-cosine, --max-feature-rel-error")
         if self.min_cosine is not None and not 0 < self.min_cosine <= 1:
             raise ConfigError(f"--min-cosine must be in (0, 1], got {self.min_cosine}")
-        if any(v is not None and v < 0 for v in (self.max_action_error, self.max_feature_rel_error)):
-            raise ConfigError("error budgets must be >= 0")
+        for flag, v in (("--max-action-error", self.max_action_error), ("--max-feature-rel-error", self.max_feature_rel_error),
+                        ("--min-cosine", self.min_cosine)):
+            if v is not None and not (math.isfinite(v) and v >= 0):
+                raise ConfigError(f"{flag} must be a finite number >= 0, got {v}")
 
     def holds(self, e: Errors) -> bool:
         return ((self.max_action_error is None or e.actions_max_abs <= self.max_action_error)
@@ -335,18 +338,34 @@ def budget_search(float_model, qdq_model, sensitivity: SensitivityResult, budget
 
 
 def held_out_feeds(episodes, config, calib_frames: Mapping[str, Sequence[int]] | None, *, count: int, window: int,
-                   seed: int = 1) -> tuple[list[dict[str, np.ndarray]], dict[str, Any]]:
-    """``count`` windows of ``episodes`` sharing no frame with ``calib_frames``, and a record of them.
+                   seed: int = 1, option: str = "--samples") -> tuple[list[dict[str, np.ndarray]], dict[str, Any]]:
+    """``count`` distinct windows of ``episodes`` sharing no frame with ``calib_frames``, and a record of them.
 
-    DataError when the episodes leave no such window (pass other episodes for evaluation)."""
+    A ConfigError naming ``option`` when the episodes hold fewer distinct such windows than ``count`` (the
+    same window twice would only repeat an evaluation: 1000 asked of 18 ran for minutes); a DataError when
+    they leave no such window at all (pass other episodes for evaluation)."""
     from vla_export.data.episodes import EpisodeSource
 
     if count < 1:
         raise ConfigError(f"the evaluation needs at least one window, got {count}")
     source = EpisodeSource(episodes, config, seed=seed, window=window, exclude_frames=calib_frames or {})
-    feeds = [source.sample(i) for i in range(count)]
+    candidates = len(source.allowed_windows or [])
+    if count > candidates:
+        raise ConfigError(
+            f"{option} {count}: the episodes hold only {candidates} distinct windows of {window} frames"
+            f"{' sharing no frame with the calibration set' if calib_frames else ''}; pass {option} {candidates} or fewer, "
+            "or more episodes with --data"
+        )
+    chosen, seen, index = [], set(), 0
+    while len(chosen) < count:  # seeded draws, each window once (a draw of one already taken is skipped)
+        ref = source.locate(index)[0]
+        if (ref.episode, ref.frames) not in seen:
+            seen.add((ref.episode, ref.frames))
+            chosen.append(index)
+        index += 1
+    feeds = [source.sample(i) for i in chosen]
     record = {"episodes": [e.path.name for e in source.episodes], "windows": count, "seed": seed,
-              "disjoint_from_calibration": calib_frames is not None, "candidate_windows": len(source.allowed_windows or [])}
+              "disjoint_from_calibration": calib_frames is not None, "candidate_windows": candidates, "distinct": True}
     return feeds, record
 
 
