@@ -38,9 +38,10 @@ def test_triton_writes_a_validated_repository(cli, tiny_split, tmp_path):
     config = validate_config((repo / "tiny" / "config.pbtxt").read_text(), where="test")
     seq = config.sequence_batching
     assert config.backend == "python" and config.max_batch_size == 4
-    assert seq.oldest.max_candidate_sequences == 6 and list(seq.oldest.preferred_batch_size) == [4]
+    # Triton's slots: the robots plus room for refused STARTs being closed (the model holds the limit of 6 itself)
+    assert seq.oldest.max_candidate_sequences == 6 + 4 and list(seq.oldest.preferred_batch_size) == [4]
     assert {c.name for c in seq.control_input} == {"START", "END", "CORRID"} and seq.max_sequence_idle_microseconds == 30_000_000
-    assert [(i.name, list(i.dims)) for i in config.input] == [("FRAME", [-1, -1, 3]), ("INSTRUCTION", [-1])]
+    assert [(i.name, list(i.dims)) for i in config.input] == [("FRAME", [-1, -1, 3]), ("INSTRUCTION", [-1]), ("RELEASE", [1])]
     assert [(o.name, list(o.dims)) for o in config.output] == [("ACTION", [3]), ("STEP", [1])]
     version = repo / "tiny" / "1"
     assert {"model.py", "serving.json", "tiny.backbone.onnx", "tiny.head.onnx", "tiny.split.json"} <= {p.name for p in version.iterdir()}
@@ -76,7 +77,7 @@ def test_repository_is_replaced_as_a_whole_and_foreign_folders_are_refused(cli, 
     (broken.parent / "tiny.head.onnx").unlink()
     r = cli("triton", broken, "-o", repo)
     assert r.exit_code == 2 and "head part is missing" in r.stderr
-    assert "max_candidate_sequences: 5" in (repo / "fleet" / "config.pbtxt").read_text()  # the earlier one is intact
+    assert "max_candidate_sequences: 13" in (repo / "fleet" / "config.pbtxt").read_text()  # the earlier one (5 + 8) is intact
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep")
@@ -141,7 +142,7 @@ def test_serve_refuses_a_folder_not_written_by_triton(cli, tmp_path):
 
 
 def test_server_helpers_log_tail_and_library_path(tmp_path):
-    """The not-ready message leads with the log's last error line; only libpython goes on the library path."""
+    """The not-ready message gives the log's error lines; only libpython goes on the library path."""
     import sysconfig
 
     from vla_export.serve.server import TritonServer, log_tail
@@ -149,7 +150,9 @@ def test_server_helpers_log_tail_and_library_path(tmp_path):
     log = tmp_path / "server.log"
     log.write_text("I1 starting\nE1126 model.py] RuntimeError: cuDNN version incompatibility\n" + "".join(f"  frame {i}\n" for i in range(12)))
     tail = log_tail(log)
-    assert tail.startswith("E1126 model.py] RuntimeError: cuDNN") and "frame 11" in tail and "frame 2 " not in tail
+    assert tail.startswith("E1126 model.py] RuntimeError: cuDNN") and "frame" not in tail
+    log.write_text("I1 starting\n" + "".join(f"  frame {i}\n" for i in range(12)))  # no error line: the last lines
+    assert log_tail(log).endswith("frame 11") and "frame 2 " not in log_tail(log)
     assert log_tail(tmp_path / "none.log") == "(no log)"
     folder = TritonServer._python_library_dir(tmp_path / "lib")
     entries = list(folder.iterdir())

@@ -49,7 +49,7 @@ def test_serve_runs_until_sigterm(repo, tmp_path):
             if not line:
                 break
             lines.append(line)
-            if "Ctrl-C to stop" in line:
+            if "Ctrl-C or SIGTERM stops it" in line:
                 break
         text = "".join(lines)
         assert "ready" in text, text
@@ -82,7 +82,7 @@ def test_serve_reports_a_model_that_does_not_load(cli, repo, tmp_path):
     part = broken / "tiny" / "1" / "tiny.backbone.onnx"
     part.unlink()  # a hard link to the export: replace, never write through it
     part.write_bytes(b"garbage")
-    r = cli("serve", broken, "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--timeout", "60")
+    r = cli("serve", broken, "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--timeout", "60", "--log", tmp_path / "s.log")
     assert r.exit_code == 3, r
     assert "before it was ready" in r.stderr or "not ready within" in r.stderr
     assert "tiny.backbone.onnx" in r.stderr and "not a readable ONNX model" in r.stderr  # the log's last lines

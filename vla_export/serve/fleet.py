@@ -27,6 +27,10 @@ SERVING_FILE = "serving.json"
 #: The phases of a model instance's execute() that it counts in Prometheus (``vla_export_<phase>_us``).
 PHASES = ("parse", "preprocess", "backbone", "head", "respond")
 SERVING_SCHEMA = "vla-export/triton-serving/1"
+#: The requests a model instance answered with an error (Triton's own failure counter cannot see them).
+FAILURE_METRIC = "vla_export_request_failure"
+#: The optional input marking the END a model sends itself to close a refused START's sequence.
+RELEASE = "RELEASE"
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,8 @@ class Fleet:
         if instruction is None:
             raise DataError(f"robot {robot}: a START request needs the INSTRUCTION input (the episode's instruction as UTF-8 bytes)")
         if len(self.robots) >= self.max_robots:
-            raise DataError(f"robot {robot}: {len(self.robots)} robots already hold state, the limit is {self.max_robots} (--max-robots)")
+            raise DataError(f"robot {robot}: no free slot: {len(self.robots)} robots hold an episode here, the limit is "
+                            f"{self.max_robots} (--max-robots); START again when one ENDs or is idle for {self.idle_seconds:g} s")
         policy = self.template.sibling()
         policy.reset(instruction)
         self.robots[robot] = policy

@@ -30,7 +30,7 @@ from vla_export.lazy import lazy_import
 from vla_export.runtime.batch import step_batch
 from vla_export.backends.torch_runner import ModuleRunner
 from vla_export.runtime.policy import BACKBONE_INPUTS, BACKBONE_OUTPUTS, Policy
-from vla_export.serve.fleet import PHASES
+from vla_export.serve.fleet import FAILURE_METRIC, PHASES
 
 SCHEMA = "vla-export/fleet-bench/1"
 METRICS = ("nv_inference_request_success", "nv_inference_request_failure", "nv_inference_exec_count",
@@ -44,7 +44,7 @@ def scrape(metrics_url: str, model: str) -> dict[str, float]:
     """The model's counters from Triton's Prometheus endpoint (summed over versions)."""
     with urllib.request.urlopen(metrics_url, timeout=10) as resp:
         text = resp.read().decode()
-    found = dict.fromkeys(METRICS + PHASE_METRICS, 0.0)
+    found = dict.fromkeys(METRICS + PHASE_METRICS + (FAILURE_METRIC,), 0.0)
     pattern = re.compile(r'^(\w+)\{([^}]*)\}\s+([0-9.eE+-]+)$')
     for line in text.splitlines():
         m = pattern.match(line)
@@ -79,7 +79,8 @@ def _server_delta(before: dict[str, float], after: dict[str, float]) -> dict[str
     execs = max(d["nv_inference_exec_count"], 1.0)
     return {
         "requests": d["nv_inference_request_success"],
-        "failures": d["nv_inference_request_failure"],
+        # Triton's counter misses the requests the model answered with an error; the model counts those itself
+        "failures": d["nv_inference_request_failure"] + after[FAILURE_METRIC] - before[FAILURE_METRIC],
         "executions": d["nv_inference_exec_count"],
         "robots_per_execution": d["nv_inference_count"] / execs,
         "queue_ms_per_request": d["nv_inference_queue_duration_us"] / ok / 1e3,
@@ -175,8 +176,12 @@ def drive_fleet(grpc_url: str, metrics_url: str, model: str, *, robots: int, rat
             futures = [pool.submit(_drive_robots, *a) for a in args]
             results = [f.result(timeout=seconds + 2 * timeout_s + 30) for f in futures]
     wall = max(time.monotonic() - start_at, 1e-9)
-    after = scrape(metrics_url, model)
     latencies = [x for r in results for x in r[0]]
+    after = scrape(metrics_url, model)
+    deadline = time.monotonic() + 5  # the backend records an execution's statistics just after sending its responses
+    while after["nv_inference_request_success"] - before["nv_inference_request_success"] < len(latencies) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        after = scrape(metrics_url, model)
     errors = [e for r in results for e in r[1]]
     missed = sum(r[2] for r in results)
     e2e = LatencyStats.from_seconds(latencies).to_dict() if latencies else {}

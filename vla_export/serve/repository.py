@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,14 +33,17 @@ from typing import Any
 from vla_export.artifacts import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES, ONNX_SUFFIXES
 from vla_export.backends.torch_runner import COMPILE_MODES, INDUCTOR_GRAPH_MODES
 from vla_export.bench.targets import PRESET_PREFIX
+from vla_export import interrupts
 from vla_export.errors import ArtifactError, ConfigError
+from vla_export.fileio import remove_tree, staging_dir
 from vla_export.lazy import lazy_import
 from vla_export.manifest import read_manifest, read_split, validate_files, versions
-from vla_export.serve.fleet import SERVING_FILE, SERVING_SCHEMA
+from vla_export.serve.fleet import RELEASE, SERVING_FILE, SERVING_SCHEMA
 
 REPOSITORY_FILE = "vla-export-repository.json"
 REPOSITORY_SCHEMA = "vla-export/triton-repository/1"
 BACKENDS = ("onnxrt", "trt", "torch", "tensorrt_plan")
+TORCH_DTYPES = ("float32", "float16", "bfloat16")
 SERVE_INSTALL = "`pip install 'vla-export[serve]'` (or `pip install 'tritonclient[http,grpc]'`)"
 TEMPLATE = Path(__file__).with_name("templates") / "policy_model.py"
 #: Inputs and outputs of the policy model (robots send and receive these).
@@ -140,6 +142,17 @@ def _control(name: str, kind: str, extra: str) -> str:
     return f'    {{ name: "{name}" control [ {{ kind: {kind} {extra} }} ] }}'
 
 
+def sequence_slots(options: TritonOptions) -> int:
+    """Triton's sequence slots per instance: ``--max-robots`` plus room for the robots being refused.
+
+    With no slot free, Triton queues a new sequence's START (its backlog) until one frees, with no answer
+    at all; the model holds the ``--max-robots`` limit itself instead, so a robot over it is told "no free
+    slot" at once. A refused START's sequence is ended by the model in its next execution (see the model
+    template); the extra slots hold those meanwhile: one batch's worth, at least 4.
+    """
+    return options.max_robots + max(options.max_batch, 4)
+
+
 def policy_config(name: str, *, action_dim: int, options: TritonOptions, gpu: bool) -> str:
     """The stateful policy model's ``config.pbtxt``: sequence batcher (oldest), START/END/CORRID."""
     preferred = options.preferred_batch or min(options.max_batch, options.max_robots)
@@ -150,7 +163,8 @@ def policy_config(name: str, *, action_dim: int, options: TritonOptions, gpu: bo
         f"max_batch_size: {options.max_batch}",
         "input [",
         _tensor(FRAME, "TYPE_UINT8", [-1, -1, 3]) + ",",
-        _tensor(INSTRUCTION, "TYPE_UINT8", [-1], optional=True),
+        _tensor(INSTRUCTION, "TYPE_UINT8", [-1], optional=True) + ",",
+        _tensor(RELEASE, "TYPE_UINT8", [1], optional=True),
         "]",
         "output [",
         _tensor(ACTION, "TYPE_FP32", [action_dim]) + ",",
@@ -163,7 +177,7 @@ def policy_config(name: str, *, action_dim: int, options: TritonOptions, gpu: bo
         _control(END, "CONTROL_SEQUENCE_END", flag) + ",",
         _control(CORRID, "CONTROL_SEQUENCE_CORRID", "data_type: TYPE_UINT64"),
         "  ]",
-        f"  oldest {{ max_candidate_sequences: {options.max_robots} preferred_batch_size: [ {preferred} ] "
+        f"  oldest {{ max_candidate_sequences: {sequence_slots(options)} preferred_batch_size: [ {preferred} ] "
         f"max_queue_delay_microseconds: {options.queue_delay_us} }}",
         "}",
         f"instance_group [ {{ count: {options.instances} kind: {'KIND_GPU' if gpu else 'KIND_CPU'} }} ]",
@@ -201,16 +215,38 @@ def _place(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def _with_manifest(path: Path, kind: str) -> list[Path]:
-    """``path`` and its manifest, after checking the manifest's kind and listed files."""
+#: What each part's I/O is (``data.iospec``'s names): the backbone maps a frame to one feature, the head a window of them to the action.
+PART_IO = {"backbone": ({"pixel_values", "input_ids", "attention_mask"}, {"feature"}), "head": ({"features"}, {"actions"})}
+
+
+def check_part(path: Path, part: str, manifest: Mapping[str, Any]) -> None:
+    """``path`` (--backbone/--head) must be that part of a split export: a whole policy there loads and
+    fails only when the first robot is served."""
+    io = manifest.get("io") or {}
+    inputs, outputs = ({v["name"] for v in io.get(k, [])} for k in ("inputs", "outputs"))
+    want_in, want_out = PART_IO[part]
+    recorded = manifest.get("part")
+    if (recorded is not None and recorded != part) or (io and (not want_in <= inputs or outputs != want_out)):
+        what = f"the {recorded} part" if recorded else "a whole policy" if "actions" in outputs and "pixel_values" in inputs else "another model"
+        raise ArtifactError(f"{path}: --{part} is {what} (inputs {sorted(inputs)}, outputs {sorted(outputs)}), not the {part} part "
+                            f"({sorted(want_in)} -> {sorted(want_out)}): pass NAME.{part}.onnx of a split export "
+                            f"(`vla-export onnx CKPT --split`) or an engine built from it")
+
+
+def _with_manifest(path: Path, kind: str, part: str | None = None) -> list[Path]:
+    """``path`` and its manifest, after checking the manifest's kind, listed files and (given ``part``) I/O."""
     manifest = read_manifest(path, kind=kind)
     validate_files(path, manifest)
+    if part is not None:
+        check_part(path, part, manifest)
     return [path, path.with_name(path.name + ".json")] + [path.parent / f["name"] for f in manifest.get("files", []) if f["name"] != path.name]
 
 
-def _engine_info(path: Path) -> dict[str, Any]:
+def _engine_info(path: Path, part: str | None = None) -> dict[str, Any]:
     manifest = read_manifest(path, kind="engine")
     validate_files(path, manifest)
+    if part is not None:
+        check_part(path, part, manifest)
     return {"file": path.name, "gpu": manifest.get("gpu") or {}, "tensorrt": manifest.get("tensorrt"), "plan": manifest.get("plan") or {}}
 
 
@@ -252,10 +288,10 @@ def _sources(artifact: Path, options: TritonOptions) -> tuple[str, dict[str, Any
             raise ArtifactError(f"{path}: the {part} part is missing (listed in {split_file.name})" if not chosen[part]
                                 else f"{path}: --{part} not found")
         if path.suffix.lower() in ENGINE_SUFFIXES:
-            engines[part] = _engine_info(path)
+            engines[part] = _engine_info(path, part)
             files[part] = [path, path.with_name(path.name + ".json")]
         else:
-            files[part] = _with_manifest(path, "onnx")
+            files[part] = _with_manifest(path, "onnx", part)
     if backend in ("trt", "tensorrt_plan"):
         need = ("backbone", "head") if backend == "trt" else ("backbone",)
         missing = [p for p in need if p not in engines]
@@ -309,11 +345,16 @@ def write_repository(artifact: str | Path, output: str | Path, options: TritonOp
             raise ConfigError(f"{label} must be >= 1, got {value}")
     if options.preferred_batch is not None and not 1 <= options.preferred_batch <= options.max_batch:
         raise ConfigError(f"--preferred-batch must be between 1 and --max-batch ({options.max_batch}), got {options.preferred_batch}")
-    if options.idle_seconds <= 0 or options.queue_delay_us < 0:
+    if options.dtype not in TORCH_DTYPES:
+        raise ConfigError(f"--dtype must be one of {', '.join(TORCH_DTYPES)} (the torch backend's compute precision), got {options.dtype!r}; "
+                          "for INT8, serve a quantized split export (`vla-export quantize`) or TensorRT engines")
+    if not options.idle_seconds > 0 or options.queue_delay_us < 0:
         raise ConfigError("--idle-seconds must be positive and --queue-delay-us not negative")
     if output.exists() and any(output.iterdir()) and not (output / REPOSITORY_FILE).exists():
         raise ConfigError(f"{output}: exists and is not a repository written by `vla-export triton`; choose an empty or new folder")
     backend, config, files, engines = _sources(artifact, options)
+    if options.dtype != "float32" and backend != "torch":
+        raise ConfigError(f"--dtype applies to --backend torch; the {backend} parts run in the precision they were exported or built in")
     if (options.cuda_graphs or options.compile) and backend != "torch":
         raise ConfigError(f"--cuda-graphs and --compile apply to --backend torch, not {backend}")
     batch_buckets(options.max_batch, options.bucket_step)  # checks --bucket-step
@@ -324,7 +365,7 @@ def write_repository(artifact: str | Path, output: str | Path, options: TritonOp
     if options.cuda_graphs and options.compile in INDUCTOR_GRAPH_MODES:
         raise ConfigError(f"--compile {options.compile} captures its own CUDA graphs; with --cuda-graphs use default or max-autotune-no-cudagraphs")
     cfg = PolicyConfig.from_dict(config)
-    text_len = options.text_len or cfg.max_text_len
+    text_len = cfg.max_text_len if options.text_len is None else options.text_len  # 0 is refused, not "the default"
     if not 1 <= text_len <= cfg.max_text_len:
         raise ConfigError(f"--text-len must be between 1 and the config's max_text_len ({cfg.max_text_len}), got {text_len}")
     name = options.name or _default_name(artifact)
@@ -361,9 +402,8 @@ def write_repository(artifact: str | Path, output: str | Path, options: TritonOp
         "warm_up": runner.get("batch_buckets", []),  # every bucket captured (and compiled) at load
         "options": asdict(options),
     }
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
-    try:
+    with staging_dir(output) as tmp:  # a file-system error names the repository; nothing is left behind
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700: another user's server (a container) must read it
         version = tmp / name / "1"
         version.mkdir(parents=True)
         for role, paths in files.items():
@@ -381,10 +421,13 @@ def write_repository(artifact: str | Path, output: str | Path, options: TritonOp
         record = result.to_dict() | {"artifact": str(artifact), "policy_model": name, "versions": versions(("vla-export", "tritonclient", "numpy", "onnxruntime", "torch"))}
         (tmp / REPOSITORY_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
         _publish(tmp, output)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return result
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _default_name(artifact: Path) -> str:
@@ -400,19 +443,21 @@ def _default_name(artifact: Path) -> str:
 
 
 def _publish(tmp: Path, output: Path) -> None:
-    """Rename the finished repository into place; an earlier one is swapped out, then removed."""
+    """Rename the finished repository into place; an earlier one is swapped out, then removed. Not after
+    Ctrl-C or SIGTERM, and not cut by one (see :mod:`vla_export.interrupts`)."""
     old = None
-    if output.exists():
-        old = output.with_name(f".{output.name}.old-{os.getpid()}")
-        os.replace(output, old)
-    try:
-        os.replace(tmp, output)
-    except OSError:
-        if old is not None:
-            os.replace(old, output)
-        raise
+    with interrupts.deferred():
+        if output.exists():
+            old = output.with_name(f".{output.name}.{os.getpid()}.old.partial")  # removed by a later run if this one is killed
+            os.replace(output, old)
+        try:
+            os.replace(tmp, output)
+        except OSError:
+            if old is not None:
+                os.replace(old, output)
+            raise
     if old is not None:
-        shutil.rmtree(old)
+        remove_tree(old)
 
 
 def load_seconds(record: Mapping[str, Any]) -> float:

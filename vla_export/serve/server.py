@@ -9,10 +9,10 @@ For development and tests; production runs NVIDIA's Triton container on the same
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from vla_export import system
-from vla_export.errors import ArtifactError, EnvironmentProblem, MissingDependencyError
+from vla_export.fileio import pid_alive
+from vla_export.errors import ArtifactError, ConfigError, EnvironmentProblem, MissingDependencyError
 from vla_export.serve.fleet import SERVING_FILE, read_serving
 from vla_export.serve.repository import read_repository
 
@@ -95,12 +96,55 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def check_ports(ports: dict[str, int]) -> None:
+    """Usage errors, before anything starts: a port outside 0-65535, or one port given for two services (0: any free port)."""
+    for what, port in ports.items():
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"--{what}-port {port}: a TCP port is 1-65535 (0: any free port)")
+    given = [(what, port) for what, port in ports.items() if port]
+    for i, (what, port) in enumerate(given):
+        for other, port2 in given[i + 1:]:
+            if port == port2:
+                raise ConfigError(f"--{what}-port and --{other}-port are both {port}: each service needs its own port")
+
+
+def port_holder(port: int) -> str | None:
+    """Who listens on TCP ``port`` (from /proc: "pid 1234 (tritonserver --model-repository=...)"), None when unknown."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(fields[9])
+    if not inodes:
+        return None
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            for fd in (proc / "fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:[") and target[8:-1] in inodes:
+                    command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+                    return f"pid {proc.name} ({command[:200]})"
+        except OSError:  # another user's process, or one that just ended
+            continue
+    return "a process of another user (its pid is not readable)"
+
+
 def check_port(port: int, what: str) -> None:
     with socket.socket() as s:
         try:
             s.bind(("127.0.0.1", port))
         except OSError as exc:
-            raise EnvironmentProblem(f"port {port} ({what}) on 127.0.0.1 is in use ({exc.strerror}); pick another with --{what}-port") from None
+            holder = port_holder(port)
+            by = f" by {holder}" if holder else ""
+            raise EnvironmentProblem(f"port {port} ({what}) on 127.0.0.1 is in use{by} ({exc.strerror}); stop it, or pick another "
+                                     f"port with --{what}-port") from None
 
 
 def check_engines(repository: Path, models: list[str]) -> None:
@@ -128,16 +172,56 @@ def check_engines(repository: Path, models: list[str]) -> None:
                 )
 
 
+#: Log lines of a CPU-only machine that state no cause (see reference/triton.md).
+HARMLESS = ("CudaDriverHelper has not been initialized", "Failed to initialize NVML", "DCGM unable to start",
+            "CUDA driver version is insufficient", "PyCapsule_GetPointer")
+_CAUSE = re.compile(r"^(E\d{4} |\[libprotobuf ERROR|error: |.*\b(Error|ERROR|error)\b)")
+_PREFIX = re.compile(r"^(E\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] |\[libprotobuf ERROR [^\]]*\] )")
+
+
+def log_causes(path: Path, most: int = 6) -> list[str]:
+    """The log's lines that state why the server failed (its error lines, without the prefixes and the
+    harmless lines of a machine without a GPU), the last ``most`` distinct ones."""
+    if not path.exists():
+        return []
+    found: list[str] = []
+    for line in path.read_text(errors="replace").splitlines():
+        if not line.strip() or any(h in line for h in HARMLESS) or line.startswith(("+", "|")) or not _CAUSE.match(line):
+            continue
+        text = _PREFIX.sub("", line).strip().strip('"')
+        if text not in found:
+            found.append(text)
+    return found[-most:]
+
+
 def log_tail(path: Path, lines: int = 8) -> str:
-    """The log's last lines, led by its last error line when that is further up (a traceback ends in frames)."""
+    """What the log says went wrong: its error lines (:func:`log_causes`), else its last lines (the options
+    table and harmless lines left out)."""
     if not path.exists():
         return "(no log)"
-    text = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip() and "PyCapsule_GetPointer" not in ln]
-    tail = text[-lines:]
-    errors = [ln for ln in text if "Error" in ln or ln.startswith("E1") or "error:" in ln]
-    if errors and errors[-1] not in tail:
-        tail = [errors[-1], "..."] + tail
-    return " | ".join(tail) or "(empty log)"
+    causes = log_causes(path)
+    if causes:
+        return " | ".join(causes)
+    text = [ln for ln in path.read_text(errors="replace").splitlines()
+            if ln.strip() and not ln.startswith(("+", "|")) and not any(h in ln for h in HARMLESS)]
+    return " | ".join(text[-lines:]) or "(empty log)"
+
+
+WORKDIR_PREFIX = "vla-triton-"
+WATCHDOG = Path(__file__).with_name("watchdog.py")
+#: After SIGTERM (ours, or the watchdog's when we died), how long the server has before SIGKILL.
+KILL_AFTER_SECONDS = 20.0
+
+
+def remove_stale_workdirs() -> list[Path]:
+    """Remove the work folders of launchers that are gone (killed: no clean-up ran), not their logs."""
+    removed = []
+    for folder in Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*-*"):
+        pid = folder.name[len(WORKDIR_PREFIX):].split("-", 1)[0]
+        if folder.is_dir() and pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
 
 
 @dataclass
@@ -153,6 +237,7 @@ class TritonServer:
     ready_timeout: float = 60.0
     process: subprocess.Popen | None = field(default=None, init=False)
     _workdir: Path | None = field(default=None, init=False)
+    _own_log: bool = field(default=False, init=False)  # a temporary log (no log_path given): removed at a clean stop
 
     @property
     def http_url(self) -> str:
@@ -182,20 +267,31 @@ class TritonServer:
             if not (self.repository / model / "config.pbtxt").exists():
                 raise ArtifactError(f"{self.repository / model}: no config.pbtxt (model {model!r} is not in the repository)")
         check_engines(self.repository, self.models)
-        for port, what in ((self.http_port, "http"), (self.grpc_port, "grpc"), (self.metrics_port, "metrics")):
+        ports = {"http": self.http_port, "grpc": self.grpc_port, "metrics": self.metrics_port}
+        check_ports(ports)
+        if not self.ready_timeout > 0:
+            raise ConfigError(f"--timeout must be a positive number of seconds, got {self.ready_timeout:g}")
+        for what, port in ports.items():
             check_port(port, what)
         files = find_triton()
-        self._workdir = Path(tempfile.mkdtemp(prefix="vla-triton-"))
-        backends = files.backends_dir(self._workdir / "backends")
-        self.log_path = Path(self.log_path or self._workdir / "tritonserver.log")
-        env = dict(os.environ)
-        libdirs = [str(files.libs), str(self._python_library_dir(self._workdir / "lib"))]
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(libdirs + ([env["LD_LIBRARY_PATH"]] if env.get("LD_LIBRARY_PATH") else []))
-        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(self.command(files, backends), stdout=log, stderr=subprocess.STDOUT, env=env,
-                                            start_new_session=True)  # Ctrl-C reaches us, not the server: we stop it
+        remove_stale_workdirs()
+        self._workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-"))
         try:
+            backends = files.backends_dir(self._workdir / "backends")
+            if self.log_path is None:  # beside the work folder, not in it: the folder always goes, the log only at a clean stop
+                self.log_path = self._workdir.with_name(self._workdir.name + ".log")
+                self._own_log = True
+            self.log_path = Path(self.log_path)
+            env = dict(os.environ)
+            libdirs = [str(files.libs), str(self._python_library_dir(self._workdir / "lib"))]
+            env["LD_LIBRARY_PATH"] = os.pathsep.join(libdirs + ([env["LD_LIBRARY_PATH"]] if env.get("LD_LIBRARY_PATH") else []))
+            env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+            watched = [sys.executable, "-I", str(WATCHDOG), str(KILL_AFTER_SECONDS), str(self._workdir), "--", *self.command(files, backends)]
+            with self.log_path.open("wb") as log:
+                # Its own session: Ctrl-C reaches us, not the server (we stop it). Under the watchdog: when
+                # this process dies, even by SIGKILL, the pipe on the watchdog's stdin closes and it ends the server.
+                self.process = subprocess.Popen(watched, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                                start_new_session=True)
             self.wait_ready()
         except BaseException:
             self.stop()
@@ -230,18 +326,21 @@ class TritonServer:
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise ServerError(f"tritonserver exited with code {self.process.returncode} before it was ready; its log ends: {log_tail(self.log_path)}")
+                raise ServerError(f"tritonserver exited with code {self.process.returncode} before it was ready: "
+                                  f"{log_tail(self.log_path)} (log: {self.log_path})")
             if self._get("/v2/health/ready") == 200 and all(self._get(f"/v2/models/{m}/ready") == 200 for m in self.models):
                 return
             time.sleep(0.25)
-        raise ServerError(f"tritonserver was not ready within {self.ready_timeout:g} s (--timeout); its log ends: {log_tail(self.log_path)}")
+        raise ServerError(f"tritonserver was not ready within {self.ready_timeout:g} s (--timeout): {log_tail(self.log_path)} "
+                          f"(log: {self.log_path})")
 
     def server_info(self) -> dict[str, Any]:
         with urllib.request.urlopen(f"http://{self.http_url}/v2", timeout=5) as resp:
             return json.loads(resp.read())
 
     def stop(self) -> int | None:
-        """SIGTERM, wait (Triton drains in flight requests), SIGKILL after ``STOP_SECONDS``; the exit code."""
+        """SIGTERM (the watchdog passes it on), wait (Triton drains in flight requests), SIGKILL after ``STOP_SECONDS``;
+        the server's exit code. The work folder goes, the log stays."""
         proc, self.process = self.process, None
         code = None
         if proc is not None:
@@ -252,13 +351,14 @@ class TritonServer:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+            if proc.stdin is not None:
+                proc.stdin.close()
             code = proc.returncode
         if self._workdir is not None:
-            keep_log = self.log_path is not None and self._workdir in self.log_path.parents
-            with contextlib.suppress(OSError):
-                shutil.rmtree(self._workdir / "backends")
-            if not keep_log:
-                shutil.rmtree(self._workdir, ignore_errors=True)
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+        if code == 0 and self._own_log and self.log_path is not None:  # a failure's log stays: the error names it
+            self.log_path.unlink(missing_ok=True)
         return code
 
     def __enter__(self) -> TritonServer:

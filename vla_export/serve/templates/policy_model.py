@@ -12,8 +12,13 @@ repeats its first byte (b"go to the cup" arrives as 13 x b"\\r"), so the instruc
 UTF-8 bytes in a UINT8 tensor, which both routes read correctly.
 """
 
+<<<<<<< HEAD
 import gc
+=======
+import ctypes
+>>>>>>> reliability
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -21,11 +26,18 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from vla_export.data.preprocess import preprocess_frames
-from vla_export.errors import VlaExportError
+from vla_export.errors import DataError, VlaExportError
 from vla_export.runtime.batch import warm_up
-from vla_export.serve.fleet import PHASES, Fleet, StepRequest, policy_from_serving, read_serving
+from vla_export.serve.fleet import FAILURE_METRIC, PHASES, RELEASE, Fleet, StepRequest, policy_from_serving, read_serving
 
 NUMPY2 = int(np.__version__.split(".")[0]) >= 2
+# The stub renames a DLPack capsule it consumed "used_dlpack", not the standard "used_dltensor", so numpy's
+# capsule destructor printed "PyCapsule_GetPointer called with incorrect name" (a traceback) for every
+# output tensor. Giving the capsule the standard name tells numpy the consumer owns it (the stub frees it).
+_USED_NAME = b"used_dltensor"
+_set_capsule_name = ctypes.pythonapi.PyCapsule_SetName
+_set_capsule_name.argtypes = [ctypes.py_object, ctypes.c_char_p]
+_set_capsule_name.restype = ctypes.c_int
 
 
 def _array(tensor):
@@ -34,7 +46,12 @@ def _array(tensor):
 
 def _tensor(name, array):
     array = np.ascontiguousarray(array)
-    return pb_utils.Tensor.from_dlpack(name, array) if NUMPY2 else pb_utils.Tensor(name, array)
+    if not NUMPY2:
+        return pb_utils.Tensor(name, array)
+    capsule = array.__dlpack__()
+    tensor = pb_utils.Tensor.from_dlpack(name, capsule)
+    _set_capsule_name(capsule, _USED_NAME)
+    return tensor
 
 
 def _input(request, name):
@@ -110,23 +127,47 @@ class TritonPythonModel:
                                                       description=f"microseconds of execute() spent in {phase}, summed over executions")
                          for phase in PHASES}
         self.phase_us = {phase: family.Metric(labels=labels) for phase, family in self.families.items()}
+        # Triton's nv_inference_request_failure cannot count these: the Python backend reports a whole
+        # execute() as one success or failure, and an error response for one request is a success there.
+        self.families["failure"] = pb_utils.MetricFamily(name=FAILURE_METRIC, kind=pb_utils.MetricFamily.COUNTER,
+                                                         description="requests this model answered with an error")
+        self.failures = self.families["failure"].Metric(labels=labels)
+        self.model_name = args["model_name"]
+        self.closing = set()  # robots whose refused START's sequence this instance is ending
         pb_utils.Logger.log_info(f"vla-export policy ready: {json.dumps(template.describe(), default=str)}; numpy {np.__version__}")
 
     def execute(self, requests):
         t0 = time.perf_counter()
-        parsed, errors = [], {}
+        parsed, errors, flags, releases = [], {}, {}, []
+        for request in requests:  # an END of ours in this batch was queued before any START beside it: that START is new
+            if _input(request, RELEASE) is not None and _flag(request, "END"):
+                self.closing.discard(int(_array(_input(request, "CORRID")).reshape(-1)[0]))
         for i, request in enumerate(requests):
             try:
                 robot = int(_array(_input(request, "CORRID")).reshape(-1)[0])
-                start = _flag(request, "START")
-                frame = _array(_input(request, "FRAME"))  # no copy: the step ends inside this execute(), before the request's memory goes
+                start, end = _flag(request, "START"), _flag(request, "END")
+                flags[i] = (robot, start, end)
+                if _input(request, RELEASE) is not None:  # this model's own END for a refused START's sequence
+                    if not end or start:
+                        raise DataError(f"{RELEASE} is this model's own input (the END it sends to free a refused START's slot)")
+                    releases.append(i)
+                    continue
+                if start and robot in self.closing:
+                    raise DataError(f"robot {robot}: its previous START was refused and its sequence is being closed; send START again")
+                tensor = _input(request, "FRAME")
+                if tensor is None:
+                    raise DataError("no FRAME input: every request carries the camera frame (UINT8 [1, H, W, 3])")
+                frame = _array(tensor)  # no copy: the step ends inside this execute(), before the request's memory goes
                 if frame.ndim == 4 and frame.shape[0] == 1:
                     frame = frame[0]  # the batch axis Triton adds (max_batch_size > 0)
-                parsed.append((i, StepRequest(robot, frame, start=start, end=_flag(request, "END"),
+                parsed.append((i, StepRequest(robot, frame, start=start, end=end,
                                               instruction=_instruction(request) if start else None)))
             except (ValueError, UnicodeDecodeError, VlaExportError) as exc:
                 errors[i] = f"bad request: {exc}"
         responses = [None] * len(requests)
+        for i in releases:  # before the steps: a START of the same robot in this batch is a new sequence
+            self.fleet.end(flags[i][0])
+            responses[i] = pb_utils.InferenceResponse(output_tensors=[])
         t1 = time.perf_counter()
         try:
             results = self.fleet.execute([r for _, r in parsed])
@@ -146,17 +187,49 @@ class TritonPythonModel:
                     ])
         for i, message in errors.items():
             responses[i] = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
+            robot, start, end = flags.get(i, (None, False, False))
+            # A refused START leaves its sequence open in Triton, holding a slot until the idle timeout: end it now.
+            if start and not end and robot not in self.closing and robot not in self.fleet.robots:
+                self._close_sequence(robot)
         t3 = time.perf_counter()
         timing = self.fleet.last_timing
         self.phase_us["parse"].increment((t1 - t0) * 1e6)
         self.phase_us["respond"].increment((t3 - t2) * 1e6)
+        if errors:
+            self.failures.increment(len(errors))
         if timing is not None:
             self.phase_us["preprocess"].increment(timing.preprocess_ms * 1e3)
             self.phase_us["backbone"].increment(timing.backbone_ms * 1e3)
             self.phase_us["head"].increment(timing.head_ms * 1e3)
         return responses
 
+    def _close_sequence(self, robot):
+        """Send this model an END for ``robot``'s sequence (marked RELEASE), from a thread: it runs in a later
+        execute() of this instance, after this one has answered. Until it has, the robot's next START is
+        refused (it would be ended by this END)."""
+        self.closing.add(robot)
+        request = pb_utils.InferenceRequest(
+            model_name=self.model_name, requested_output_names=[], correlation_id=robot,
+            flags=pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_END,
+            inputs=[_tensor("FRAME", np.zeros((1, 1, 1, 3), np.uint8)), _tensor(RELEASE, np.ones((1, 1), np.uint8))],
+        )
+
+        def send():
+            try:
+                response = request.exec()
+                failed = response.has_error()
+                message = response.error().message() if failed else ""
+            except Exception as exc:  # noqa: BLE001 - logged: a thread has no caller to raise to
+                failed, message = True, str(exc)
+            if failed:
+                self.closing.discard(robot)
+                pb_utils.Logger.log_warn(f"robot {robot}: could not end the refused START's sequence ({message}); "
+                                         "Triton frees its slot after the idle timeout")
+
+        threading.Thread(target=send, name=f"vla-export-close-{robot}", daemon=True).start()
+
     def finalize(self):
         self.fleet.template.close()
         self.phase_us.clear()
+        self.failures = None
         self.families.clear()
