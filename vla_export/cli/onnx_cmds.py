@@ -111,14 +111,9 @@ def parity(
     from vla_export.verify.parity import parity_check, tolerance_for
 
     checks.at_least(1, samples=samples, batch=batch)
-<<<<<<< HEAD
     if (locate_all or plot or locate_float) and not locate:
         raise ConfigError("--locate-all, --locate-float and --plot go with --locate")
     checks.input_file(locate_float, "float ONNX")
-    checks.input_file(checkpoint, "saved reference" if checkpoint.suffix == ".npz" else "checkpoint")
-=======
-    if (locate_all or plot) and not locate:
-        raise ConfigError("--locate-all and --plot go with --locate")
     saved = checkpoint.suffix == ".npz"
     if saved:  # the inputs, their number and batch are the saved ones: an option that cannot act is refused
         given = [flag for flag, value in (("--samples", samples), ("--batch", batch), ("--seed", seed), ("--data", data),
@@ -134,7 +129,6 @@ def parity(
         check_reference_path(save_reference)
     samples, batch, seed = samples or 8, batch or 1, seed or 0
     checks.input_file(checkpoint, "saved reference" if saved else "checkpoint")
->>>>>>> reliability
     checks.input_file(artifact, "artifact")
     checks.input_paths(data, "data")
     checks.output_file(json_path, junit, plot, save_reference)

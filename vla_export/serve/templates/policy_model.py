@@ -12,11 +12,8 @@ repeats its first byte (b"go to the cup" arrives as 13 x b"\\r"), so the instruc
 UTF-8 bytes in a UINT8 tensor, which both routes read correctly.
 """
 
-<<<<<<< HEAD
-import gc
-=======
 import ctypes
->>>>>>> reliability
+import gc
 import json
 import threading
 import time
