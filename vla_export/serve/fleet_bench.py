@@ -13,7 +13,6 @@ backbone alone on staged inputs.
 from __future__ import annotations
 
 import multiprocessing
-import re
 import threading
 import time
 import urllib.request
@@ -40,17 +39,30 @@ METRICS = ("nv_inference_request_success", "nv_inference_request_failure", "nv_i
 PHASE_METRICS = tuple(f"vla_export_{phase}_us" for phase in PHASES)
 
 
-def scrape(metrics_url: str, model: str) -> dict[str, float]:
-    """The model's counters from Triton's Prometheus endpoint (summed over versions)."""
-    with urllib.request.urlopen(metrics_url, timeout=10) as resp:
-        text = resp.read().decode()
+PROMETHEUS_INSTALL = "`pip install prometheus_client` (or `pip install 'vla-export[serve]'`)"
+
+
+def parse_metrics(text: str, model: str) -> dict[str, float]:
+    """The model's counters in Prometheus exposition ``text`` (summed over versions), parsed by
+    ``prometheus_client``'s text parser; a counter the server does not expose reads 0."""
+    parser = lazy_import("prometheus_client.parser", purpose="reading Triton's metrics", install=PROMETHEUS_INSTALL)
     found = dict.fromkeys(METRICS + PHASE_METRICS + (FAILURE_METRIC,), 0.0)
-    pattern = re.compile(r'^(\w+)\{([^}]*)\}\s+([0-9.eE+-]+)$')
-    for line in text.splitlines():
-        m = pattern.match(line)
-        if m and m.group(1) in found and f'model="{model}"' in m.group(2):
-            found[m.group(1)] += float(m.group(3))
+    try:
+        for family in parser.text_string_to_metric_families(text):
+            for sample in family.samples:
+                # the parser names a counter's samples NAME_total; Triton exposes them as NAME
+                name = family.name if sample.name == f"{family.name}_total" else sample.name
+                if name in found and sample.labels.get("model") == model:
+                    found[name] += float(sample.value)
+    except ValueError as exc:
+        raise RunnerError(f"the server's metrics are not Prometheus text ({exc})") from None
     return found
+
+
+def scrape(metrics_url: str, model: str) -> dict[str, float]:
+    """The model's counters from Triton's Prometheus endpoint (see :func:`parse_metrics`)."""
+    with urllib.request.urlopen(metrics_url, timeout=10) as resp:
+        return parse_metrics(resp.read().decode(), model)
 
 
 @dataclass

@@ -9,7 +9,6 @@ For development and tests; production runs NVIDIA's Triton container on the same
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import re
@@ -21,8 +20,6 @@ import sys
 import sysconfig
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -31,6 +28,7 @@ from typing import Any
 from vla_export import system
 from vla_export.fileio import pid_alive
 from vla_export.errors import ArtifactError, ConfigError, EnvironmentProblem, MissingDependencyError
+from vla_export.lazy import lazy_import
 from vla_export.serve.fleet import SERVING_FILE, read_serving
 from vla_export.serve.repository import read_repository
 
@@ -313,30 +311,44 @@ class TritonServer:
             (folder / name).symlink_to(source)
         return folder
 
-    def _get(self, path: str, timeout: float = 2.0) -> int:
+    def client(self, timeout: float = 2.0) -> Any:
+        """tritonclient's HTTP client for this server (``is_server_ready``, ``is_model_ready``, metadata)."""
+        http = lazy_import("tritonclient.http", purpose="`vla-export serve` (waiting for the server)",
+                           install="`pip install 'tritonclient[http,grpc]'`")
+        return http.InferenceServerClient(self.http_url, connection_timeout=timeout, network_timeout=timeout)
+
+    def _ready(self, client: Any) -> bool:
+        """Server and every model ready, by tritonclient; a server not yet listening (connection refused,
+        a timeout) is not ready yet."""
+        utils = lazy_import("tritonclient.utils", purpose="`vla-export serve`", install="`pip install 'tritonclient[http,grpc]'`")
         try:
-            with urllib.request.urlopen(f"http://{self.http_url}{path}", timeout=timeout) as resp:
-                return resp.status
-        except urllib.error.HTTPError as exc:
-            return exc.code
-        except (urllib.error.URLError, OSError):
-            return 0
+            return bool(client.is_server_ready()) and all(client.is_model_ready(m) for m in self.models)
+        except (OSError, utils.InferenceServerException):  # not listening yet, or answering 5xx while loading
+            return False
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + self.ready_timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise ServerError(f"tritonserver exited with code {self.process.returncode} before it was ready: "
-                                  f"{log_tail(self.log_path)} (log: {self.log_path})")
-            if self._get("/v2/health/ready") == 200 and all(self._get(f"/v2/models/{m}/ready") == 200 for m in self.models):
-                return
-            time.sleep(0.25)
+        client = self.client()
+        try:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise ServerError(f"tritonserver exited with code {self.process.returncode} before it was ready: "
+                                      f"{log_tail(self.log_path)} (log: {self.log_path})")
+                if self._ready(client):
+                    return
+                time.sleep(0.25)
+        finally:
+            client.close()
         raise ServerError(f"tritonserver was not ready within {self.ready_timeout:g} s (--timeout): {log_tail(self.log_path)} "
                           f"(log: {self.log_path})")
 
     def server_info(self) -> dict[str, Any]:
-        with urllib.request.urlopen(f"http://{self.http_url}/v2", timeout=5) as resp:
-            return json.loads(resp.read())
+        """The server's metadata (``name``, ``version``, ``extensions``), by tritonclient."""
+        client = self.client(timeout=5.0)
+        try:
+            return dict(client.get_server_metadata())
+        finally:
+            client.close()
 
     def stop(self) -> int | None:
         """SIGTERM (the watchdog passes it on), wait (Triton drains in flight requests), SIGKILL after ``STOP_SECONDS``;
