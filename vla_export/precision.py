@@ -49,3 +49,37 @@ def tolerance_for(precision: str, **overrides: float | None) -> Tolerance:
 def loosest(precisions: Iterable[str]) -> str:
     """The least exact of ``precisions`` (fp32 when none is given)."""
     return max(["fp32", *precisions], key=PRECISIONS.index)
+
+
+def tolerance_specs(values: Iterable[str] | None, flag: str) -> tuple[float | None, dict[str, float]]:
+    """``--atol``/``--rtol`` values as Polygraphy spells them: ``0.05`` (every output) or ``NAME:0.05`` (that
+    output; repeatable). (the value for every output or None, {output: value}); ConfigError for anything else."""
+    default: float | None = None
+    per_output: dict[str, float] = {}
+    for spec in values or ():
+        name, sep, number = str(spec).rpartition(":")
+        try:
+            value = float(number)
+        except ValueError:
+            raise ConfigError(f"{flag} {spec!r}: expected a number (every output) or OUTPUT:NUMBER (one output), "
+                              f"e.g. {flag} 0.05 or {flag} actions:0.05") from None
+        if not value >= 0 or value == float("inf"):
+            raise ConfigError(f"{flag} {spec!r}: a tolerance is a finite number >= 0")
+        if sep and not name:
+            raise ConfigError(f"{flag} {spec!r}: no output name before ':'")
+        target = per_output if sep else None
+        if target is None:
+            if default is not None:
+                raise ConfigError(f"{flag} given twice for every output ({default:g} and {value:g})")
+            default = value
+        else:
+            if name in per_output:
+                raise ConfigError(f"{flag} given twice for output {name!r}")
+            per_output[name] = value
+    return default, per_output
+
+
+def output_tolerances(base: Tolerance, **per_field: Mapping[str, float]) -> dict[str, Tolerance]:
+    """Per-output tolerances: ``base`` with each output's own values (``atol={"actions": 0.05}``) applied."""
+    names = sorted({n for values in per_field.values() for n in values})
+    return {n: dataclasses.replace(base, **{f: v[n] for f, v in per_field.items() if n in v}) for n in names}

@@ -11,7 +11,7 @@ import typer
 from vla_export.cli import checks
 from vla_export.cli.common import JunitOpt, console, write_json, wrote
 from vla_export.cli.junit import parity_cases, write_junit
-from vla_export.cli.render import fmt_bytes, render_completeness, render_next_steps, render_parity
+from vla_export.cli.render import fmt_bytes, render_completeness, render_next_steps, render_parity, render_saved
 from vla_export.cli.runtime_cmds import export_split_cmd
 from vla_export.errors import ConfigError, ExitCode
 from vla_export.cli.loading import with_loading_options
@@ -79,15 +79,15 @@ def onnx(
 
 @with_loading_options
 def parity(
-    checkpoint: Path = typer.Argument(..., help="The PyTorch policy checkpoint (the reference), or a saved reference (.npz from --save-reference)."),
+    checkpoint: Path = typer.Argument(..., help="The reference: the PyTorch policy checkpoint, a saved reference (.npz from --save-reference, or the Polygraphy outputs .json from --save-outputs), or another artifact (.onnx, .engine: artifact against artifact)."),
     artifact: Path = typer.Argument(..., help="The artifact to check: .onnx, .engine/.plan, or another checkpoint."),
     samples: Optional[int] = typer.Option(None, "--samples", help="Number of samples (default 8; with a saved reference: the saved ones)."),
     data: Optional[list[Path]] = typer.Option(None, "--data", help="Episode files or folders (HDF5) instead of synthetic inputs."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the input source (default 0)."),
     batch: Optional[int] = typer.Option(None, "--batch", help="Batch size per sample (default 1)."),
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32, fp16 or int8: picks default tolerances (default: from the manifest, else fp32)."),
-    atol: Optional[float] = typer.Option(None, "--atol", help="Override the absolute tolerance."),
-    rtol: Optional[float] = typer.Option(None, "--rtol", help="Override the relative tolerance."),
+    atol: Optional[list[str]] = typer.Option(None, "--atol", help="Override the absolute tolerance: VALUE for every output, or OUTPUT:VALUE for one (repeatable; Polygraphy's spelling, e.g. --atol actions:0.05)."),
+    rtol: Optional[list[str]] = typer.Option(None, "--rtol", help="Override the relative tolerance: VALUE or OUTPUT:VALUE, as --atol."),
     min_cosine: Optional[float] = typer.Option(None, "--min-cosine", help="Override the minimum cosine similarity."),
     min_sign_agreement: Optional[float] = typer.Option(None, "--min-sign-agreement", help="Override the minimum sign agreement of actions."),
     max_rel_error: Optional[float] = typer.Option(None, "--max-rel-error", help="Override the per-row relative error bound of intermediate outputs (INT8 features)."),
@@ -98,6 +98,9 @@ def parity(
     strict: bool = typer.Option(False, "--strict", help="Fail (exit 1) when the comparison cannot tell a broken artifact apart (reference outputs vary too little across samples); for CI."),
     load: LoadOptions = LoadOptions(),
     save_reference: Optional[Path] = typer.Option(None, "--save-reference", help="Also save the inputs and PyTorch outputs (+ config, checkpoint sha256) to this .npz, for `vla-export parity REF.npz ARTIFACT` on the device."),
+    save_inputs: Optional[Path] = typer.Option(None, "--save-inputs", help="Also save the inputs in Polygraphy's JSON format (`polygraphy run MODEL --load-inputs FILE.json`)."),
+    save_outputs: Optional[Path] = typer.Option(None, "--save-outputs", help="With --save-inputs: also save the reference's outputs as Polygraphy's RunResults JSON (`polygraphy run MODEL --load-inputs IN.json --load-outputs FILE.json`; `vla-export parity FILE.json ARTIFACT` on the device)."),
+    save_trtexec_inputs: Optional[Path] = typer.Option(None, "--save-trtexec-inputs", help="Also write the first sample's inputs as raw .bin files into this new folder, and print trtexec's --loadInputs/--shapes for them."),
     locate: bool = typer.Option(False, "--locate", help="Also compare every component boundary (each layer of each tower, projection, text model, CLIP, LSTM, head) and name where the error first exceeds the tolerance (ONNX artifacts); on a quantized ONNX also rank the layers by the error each adds alone."),
     locate_all: bool = typer.Option(False, "--locate-all", help="With --locate: compare the output of every module, not only the boundaries."),
     locate_samples: int = typer.Option(2, "--locate-samples", help="Samples for --locate (each keeps every intermediate tensor)."),
@@ -108,16 +111,35 @@ def parity(
 
     A pair exported with a different config (heads, Tanh, widths, window, ...) is refused first (exit 2)."""
     from vla_export.backends.select import artifact_kind
+    from vla_export.precision import output_tolerances, tolerance_specs
     from vla_export.verify.parity import parity_check, tolerance_for
 
     checks.at_least(1, samples=samples, batch=batch)
+    atol_all, atol_per = tolerance_specs(atol, "--atol")
+    rtol_all, rtol_per = tolerance_specs(rtol, "--rtol")
+    if (atol_per or rtol_per) and locate:
+        raise ConfigError("--locate compares every layer under one tolerance: give --atol/--rtol without an output name")
+    if save_outputs is not None and save_inputs is None:
+        raise ConfigError("--save-outputs goes with --save-inputs (the outputs file names the inputs it was made on)")
+    from vla_export.data.interop import check_json_path
+
+    check_json_path(save_inputs, "--save-inputs")
+    check_json_path(save_outputs, "--save-outputs")
+    saves = {"--save-reference": save_reference, "--save-inputs": save_inputs, "--save-outputs": save_outputs,
+             "--save-trtexec-inputs": save_trtexec_inputs}
     if (locate_all or plot or locate_float) and not locate:
         raise ConfigError("--locate-all, --locate-float and --plot go with --locate")
     checks.input_file(locate_float, "float ONNX")
-    saved = checkpoint.suffix == ".npz"
+    saved = checkpoint.suffix in (".npz", ".json")
+    pair = not saved and artifact_kind(checkpoint) in ("onnx", "engine")  # artifact against artifact
+    if (pair or saved) and load != LoadOptions():
+        raise ConfigError(f"--config, --rename, --set and --trust-checkpoint load a checkpoint; {checkpoint} is not one "
+                          "(its config is the one recorded with it)")
+    if pair and locate:
+        raise ConfigError(f"--locate runs the PyTorch policy layer by layer and needs the checkpoint as the reference, not {checkpoint}")
     if saved:  # the inputs, their number and batch are the saved ones: an option that cannot act is refused
         given = [flag for flag, value in (("--samples", samples), ("--batch", batch), ("--seed", seed), ("--data", data),
-                                          ("--save-reference", save_reference)) if value is not None]
+                                          *saves.items()) if value is not None]
         if given:
             raise ConfigError(f"with a saved reference the inputs are the saved ones (their number and batch too): drop {', '.join(given)}")
         if locate:
@@ -128,37 +150,55 @@ def parity(
 
         check_reference_path(save_reference)
     samples, batch, seed = samples or 8, batch or 1, seed or 0
-    checks.input_file(checkpoint, "saved reference" if saved else "checkpoint")
+    checks.input_file(checkpoint, "saved reference" if saved else "reference artifact" if pair else "checkpoint")
     checks.input_file(artifact, "artifact")
     checks.input_paths(data, "data")
-    checks.output_file(json_path, junit, plot, save_reference)
-    tolerance = None
-    if precision or any(v is not None for v in (atol, rtol, min_cosine, min_sign_agreement, max_rel_error)):
+    checks.output_file(json_path, junit, plot, save_reference, save_inputs, save_outputs, save_trtexec_inputs)
+    tolerance = per_output = None
+    if precision or atol_per or rtol_per or any(v is not None for v in (atol_all, rtol_all, min_cosine, min_sign_agreement, max_rel_error)):
         from vla_export.manifest import read_manifest
+        from vla_export.precision import loosest
 
-        base = precision or (read_manifest(artifact, required=False) or {}).get("precision", "fp32")
-        tolerance = tolerance_for(base, atol=atol, rtol=rtol, min_cosine=min_cosine, min_sign_agreement=min_sign_agreement,
+        recorded = [(read_manifest(p, required=False) or {}).get("precision", "fp32") for p in ((checkpoint, artifact) if pair else (artifact,))]
+        base = precision or loosest(recorded)
+        tolerance = tolerance_for(base, atol=atol_all, rtol=rtol_all, min_cosine=min_cosine, min_sign_agreement=min_sign_agreement,
                                   max_row_rel_error=max_rel_error)
-    runner_opts = {"providers": providers} if providers and artifact_kind(artifact) == "onnx" else {}
-    if saved:  # a saved reference: no checkpoint, no torch
+        per_output = output_tolerances(tolerance, atol=atol_per, rtol=rtol_per) or None
+    runner_opts = {"providers": providers} if providers and (artifact_kind(artifact) == "onnx" or pair) else {}
+    saving = {"save_to": save_reference, "save_inputs": save_inputs, "save_outputs": save_outputs, "save_trtexec": save_trtexec_inputs}
+    if pair:  # artifact against artifact: no checkpoint, no torch
+        from vla_export.verify.pair import parity_artifacts
+
+        kwargs = dict(samples=samples, data=list(data) if data else None, seed=seed, batch=batch, precision=precision,
+                      tolerance=tolerance, output_tolerances=per_output, runner_opts=runner_opts, strict=strict, qdq=qdq)
+        if any(v is not None for v in saving.values()):
+            from vla_export.fileio import sha256_file
+            from vla_export.verify.reference import parity_with_saved_reference
+
+            result = parity_with_saved_reference(checkpoint, artifact, run=parity_artifacts, **saving, **kwargs,
+                                                 checkpoint={"path": str(checkpoint), "sha256": sha256_file(checkpoint),
+                                                             "kind": artifact_kind(checkpoint)})
+        else:
+            result = parity_artifacts(checkpoint, artifact, **kwargs)
+    elif saved:  # a saved reference: no checkpoint, no torch
         from vla_export.verify.reference import parity_against_reference
 
         result = parity_against_reference(checkpoint, artifact, precision=precision, tolerance=tolerance, runner_opts=runner_opts,
-                                          qdq=qdq, strict=strict)
+                                          qdq=qdq, strict=strict, output_tolerances=per_output)
     else:
         from vla_export.models.loader import PolicyFromCheckpoint
         from vla_export.verify.reference import parity_with_saved_reference
 
-        run = parity_check if save_reference is None else partial(parity_with_saved_reference, save_to=save_reference)
+        run = parity_check if all(v is None for v in saving.values()) else partial(parity_with_saved_reference, **saving)
         result = run(
             PolicyFromCheckpoint(checkpoint, options=load), artifact,
             samples=samples, data=list(data) if data else None, seed=seed, batch=batch, precision=precision,
-            tolerance=tolerance, runner_opts=runner_opts, qdq=qdq, strict=strict,
+            tolerance=tolerance, runner_opts=runner_opts, qdq=qdq, strict=strict, output_tolerances=per_output,
         )
-        if save_reference is not None:
-            console.print(f"wrote {save_reference} (check on the device: vla-export parity {save_reference} ARTIFACT)", markup=False)
     report = result.to_dict()
     render_parity(report)
+    if result.candidate.get("saved"):
+        render_saved(result.candidate["saved"], artifact, result)
     if locate:
         from vla_export.cli.locate_cmds import render_locate
         from vla_export.verify.locate import locate as locate_layers

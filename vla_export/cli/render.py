@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from rich.table import Table
@@ -42,7 +43,9 @@ def render_completeness(c: dict[str, Any]) -> None:
 
 def render_parity(p: dict[str, Any]) -> None:
     tol = p["tolerance"]
-    table = Table(title=f"{p.get('label', 'parity')}: {p['reference']['name']} vs {p['candidate']['name']}, {p['samples']} samples, {p['precision']} "
+    ref_name, cand_name = (side["name"] + (f" ({Path(side['artifact']).name})" if side.get("artifact") else "")
+                           for side in (p["reference"], p["candidate"]))
+    table = Table(title=f"{p.get('label', 'parity')}: {ref_name} vs {cand_name}, {p['samples']} samples, {p['precision']} "
                         f"(atol {tol['atol']:g}, rtol {tol['rtol']:g}, cosine >= {tol['min_cosine']:g})")
     # Abs errors, then max rel, cosine and the reference's spread across samples (parity of a constant proves little).
     for col in ("output", "max abs", "mean abs", "p99 abs", "max rel", "cosine", "spread", "result"):
@@ -51,6 +54,8 @@ def render_parity(p: dict[str, Any]) -> None:
         table.add_row(o["name"], f"{o['max_abs']:.2g}", f"{o['mean_abs']:.2g}", f"{o['p99_abs']:.2g}", f"{o['max_rel']:.2g}",
                       f"{o['cosine']:.6f}", f"{o['ref_std']:.2g}", "[green]pass[/]" if o["passed"] else "[red]FAIL[/]")
     console.print(table)
+    for name, t in (p.get("output_tolerances") or {}).items():
+        console.print(f"{name}: its own tolerance (atol {t['atol']:g}, rtol {t['rtol']:g}, cosine >= {t['min_cosine']:g})", markup=False)
     for o in p["outputs"].values():
         if o.get("failure"):
             console.print(f"{o['name']}: {o['failure']}", style="red", markup=False)
@@ -103,9 +108,11 @@ def render_discrimination(p: dict[str, Any]) -> None:
     if p.get("undiscriminating"):
         factor = p.get("discrimination", 10.0)
         what = ", ".join(p["undiscriminating"])
+        own = p.get("output_tolerances") or {}
+        bounds = ", ".join(f"{factor * own.get(n, p['tolerance'])['atol']:g}" for n in p["undiscriminating"])
         console.print(
             f"inconclusive: the reference's {what} vary across the {p['samples']} samples by less than {factor:g}x atol "
-            f"({factor * p['tolerance']['atol']:g}), so this comparison cannot tell a broken artifact apart; "
+            f"({bounds}), so this comparison cannot tell a broken artifact apart; "
             + ("--strict makes this a failure" if p.get("strict") else "use more or more varied samples (--strict fails here)"),
             style="red" if p.get("strict") else "yellow", markup=False,
         )
@@ -123,3 +130,21 @@ def render_components(title: str, counts: dict[str, int], sizes: dict[str, int],
     table.add_row("[bold]total[/]", f"[bold]{total_count:,}[/]", f"[bold]{fmt_bytes(total_bytes)}[/]")
     console.print(table)
 
+
+
+def render_saved(saved: dict[str, Any], artifact: Any, result: Any) -> None:
+    """Where ``parity --save-*`` wrote, and the commands that read each file (Polygraphy, trtexec, vla-export)."""
+    if saved.get("reference"):
+        console.print(f"wrote {saved['reference']} (check on the device: vla-export parity {saved['reference']} ARTIFACT)", markup=False)
+    if saved.get("inputs"):
+        console.print(f"wrote {saved['inputs']} (Polygraphy input data, {result.samples} samples)", markup=False)
+    if saved.get("outputs"):
+        tols = {name: result.tolerance_of(name) for name in result.outputs}
+        spelled = " ".join(f"--atol {n}:{t.atol:g} --rtol {n}:{t.rtol:g}" for n, t in tols.items())
+        console.print(f"wrote {saved['outputs']} (the reference's outputs as Polygraphy RunResults); check an ONNX with: "
+                      f"polygraphy run MODEL.onnx --onnxrt --load-inputs {saved['inputs']} --load-outputs {saved['outputs']} {spelled}; "
+                      f"or: vla-export parity {saved['outputs']} ARTIFACT", markup=False)
+    if saved.get("trtexec"):
+        t = saved["trtexec"]
+        console.print(f"wrote {t['folder']} (the first sample's inputs as raw .bin files); run an engine on them with: "
+                      f"trtexec --loadEngine=MODEL.engine {t['load_inputs']} {t['shapes']}", markup=False)

@@ -80,6 +80,11 @@ class ParityResult:
     #: through onnxruntime's fused int8 kernels, beside the exact Q/DQ arithmetic the verdict uses).
     also_measured: dict[str, Any] = field(default_factory=dict)
     strict: bool = False  # an inconclusive comparison (see ``undiscriminating``) fails
+    #: Outputs compared under their own tolerance (``--atol actions:0.05``); the others under ``tolerance``.
+    output_tolerances: dict[str, Tolerance] = field(default_factory=dict)
+
+    def tolerance_of(self, name: str) -> Tolerance:
+        return self.output_tolerances.get(name, self.tolerance)
 
     @property
     def undiscriminating(self) -> list[str]:
@@ -105,6 +110,7 @@ class ParityResult:
             "passed": self.passed,
             "precision": self.precision,
             "tolerance": self.tolerance.to_dict(),
+            "output_tolerances": {k: v.to_dict() for k, v in self.output_tolerances.items()},
             "samples": self.samples,
             "conclusive": self.conclusive,
             "undiscriminating": self.undiscriminating,
@@ -128,9 +134,9 @@ def undiscriminating_outputs(result: ParityResult) -> list[str]:
     On such outputs a pass proves little: an artifact that returns a constant near the reference's mean
     (or one sample run with a wrong config) would pass too. One sample always lands here (spread 0).
     """
-    bound = DISCRIMINATION * result.tolerance.atol
     # Outputs judged by relative error per row (INT8 features) have no atol to compare the spread with.
-    return [o.name for o in result.outputs.values() if o.rule == "elementwise" and not o.ref_std > bound]
+    return [o.name for o in result.outputs.values()
+            if o.rule == "elementwise" and not o.ref_std > DISCRIMINATION * result.tolerance_of(o.name).atol]
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -223,10 +229,19 @@ def compare_runners(
     precision: str = "fp32",
     tolerance: Tolerance | None = None,
     label: str = "parity",
+    output_tolerances: Mapping[str, Tolerance] | None = None,
 ) -> ParityResult:
-    """Run both (already active) runners on every feed and compare the outputs they share."""
+    """Run both (already active) runners on every feed and compare the outputs they share.
+
+    ``output_tolerances`` (output name -> Tolerance) overrides ``tolerance`` for those outputs; a name that
+    is not a compared output is refused before anything runs."""
     tol = tolerance or tolerance_for(precision)
     names = check_compatible(reference, candidate)
+    per_output = dict(output_tolerances or {})
+    unknown = sorted(set(per_output) - set(names))
+    if unknown:
+        raise ConfigError(f"per-output tolerance for {', '.join(map(repr, unknown))}: the compared outputs are "
+                          f"{', '.join(map(repr, names))}")
     refs: dict[str, list[np.ndarray]] = {n: [] for n in names}
     cands: dict[str, list[np.ndarray]] = {n: [] for n in names}
     samples = 0
@@ -245,9 +260,11 @@ def compare_runners(
         raise ConfigError("parity needs at least one sample")
     # Rows of the last axis (frames for features [B, T, F]): samples may differ in batch and window.
     outputs = {
-        n: compare_output(n, _rows(refs[n]), _rows(cands[n]), tol, shape=list(refs[n][0].shape[1:])) for n in names
+        n: compare_output(n, _rows(refs[n]), _rows(cands[n]), per_output.get(n, tol), shape=list(refs[n][0].shape[1:]))
+        for n in names
     }
-    return ParityResult(reference.describe(), candidate.describe(), precision, tol, samples, outputs, label)
+    return ParityResult(reference.describe(), candidate.describe(), precision, tol, samples, outputs, label,
+                        output_tolerances=per_output)
 
 
 def feeds_from(source, samples: int) -> list[dict[str, np.ndarray]]:
@@ -293,6 +310,7 @@ def parity_check(
     strict: bool = False,
     qdq: str = "exact",
     wrap_reference: Any = None,
+    output_tolerances: Mapping[str, Tolerance] | None = None,
 ) -> ParityResult:
     """PyTorch policy (from ``policy_loader()``) vs the runner for ``artifact`` on ``samples`` inputs.
 
@@ -309,6 +327,7 @@ def parity_check(
     :data:`vla_export.backends.onnxrt.QDQ_MODES`); "kernels" measures the fused kernels instead;
     "both" decides on exact and records the kernels' errors in ``also_measured``.
     ``wrap_reference`` wraps the PyTorch runner (e.g. :class:`vla_export.verify.reference.RecordingRunner`).
+    ``output_tolerances``: per-output tolerances (see :func:`compare_runners`).
     """
     from vla_export.backends.select import artifact_kind, runner_for_artifact
     from vla_export.backends.torch_runner import TorchRunner
@@ -344,10 +363,11 @@ def parity_check(
         feeds = feeds_from(source, samples)
         torch_ref = TorchRunner(loaded.policy, debug_outputs="features" in cand.output_names)
         with (wrap_reference(torch_ref) if wrap_reference else torch_ref) as ref:
-            result = compare_runners(ref, cand, feeds, precision=precision, tolerance=tol)
+            result = compare_runners(ref, cand, feeds, precision=precision, tolerance=tol, output_tolerances=output_tolerances)
             if qdq == "both" and is_onnx:
                 with runner_for_artifact(artifact, **(opts | {"qdq": "kernels"})) as kernels:
-                    other = compare_runners(ref, kernels, feeds, precision=precision, tolerance=tol)
+                    other = compare_runners(ref, kernels, feeds, precision=precision, tolerance=tol,
+                                            output_tolerances=output_tolerances)
                 result.also_measured["qdq_kernels"] = {
                     "note": "onnxruntime's fused int8 kernels on this CPU; not used for the verdict",
                     "passed": other.passed, "outputs": {k: v.to_dict() for k, v in other.outputs.items()},

@@ -179,12 +179,23 @@ def save_reference(path: str | Path, kind: str, records: Sequence[tuple[Mapping[
 
 
 def load_reference(path: str | Path, kind: str) -> SavedReference:
-    """Read a reference of ``kind`` ('parity' or 'replay'); one ArtifactError, saying what is wrong, for anything else."""
+    """Read a reference of ``kind`` ('parity' or 'replay'); one ArtifactError, saying what is wrong, for anything else.
+
+    A ``.json`` parity reference is Polygraphy's outputs file written by ``parity --save-outputs`` (with the
+    inputs file it names; see :mod:`vla_export.data.interop`)."""
     from vla_export.data.saved import read_npz
 
     path = Path(path)
     if kind not in SCHEMAS:
         raise ConfigError(f"reference kind must be one of {sorted(SCHEMAS)}, got {kind!r}")
+    if path.suffix == ".json":
+        if kind != "parity":
+            raise ArtifactError(f"{path}: a {kind} reference is an .npz (`{kind} ... --save-reference REF.npz`); Polygraphy's "
+                                "JSON files hold parity references")
+        from vla_export.data.interop import load_polygraphy_reference
+
+        loaded = load_polygraphy_reference(path)
+        return SavedReference(loaded.path, loaded.meta, loaded.records)
     try:
         arrays, meta = read_npz(path, f"{kind}-reference", ArtifactError)
     except ArtifactError as exc:
@@ -259,12 +270,22 @@ def versions_record() -> dict[str, str | None]:
 def _meta(recorder: RecordingRunner, checkpoint: Any, **extra: Any) -> dict[str, Any]:
     if recorder.config is None:
         raise ConfigError("the reference runner recorded no policy config")
-    return {"config": recorder.config, "checkpoint": checkpoint_record(checkpoint), "reference_runner": recorder.describe(),
+    record = checkpoint if isinstance(checkpoint, dict) else checkpoint_record(checkpoint)
+    return {"config": recorder.config, "checkpoint": record, "reference_runner": recorder.describe(),
             "versions": versions_record()} | extra
 
 
-def parity_with_saved_reference(policy_loader: Any, artifact: str | Path, save_to: str | Path, **parity_kwargs: Any):
-    """:func:`vla_export.verify.parity.parity_check` that also saves what the PyTorch policy was fed and gave to ``save_to``."""
+def parity_with_saved_reference(policy_loader: Any, artifact: str | Path, save_to: str | Path | None = None, *,
+                                save_inputs: str | Path | None = None, save_outputs: str | Path | None = None,
+                                save_trtexec: str | Path | None = None, run: Any = None, config: Any = None,
+                                checkpoint: Any = None, **parity_kwargs: Any):
+    """:func:`vla_export.verify.parity.parity_check` (or ``run``, called like it) that also saves what the reference
+    runner was fed and gave: ``save_to`` (.npz), ``save_inputs``/``save_outputs`` (Polygraphy's JSON) and
+    ``save_trtexec`` (raw inputs of the first sample for trtexec). What was written goes in
+    ``result.candidate['saved']`` (with the trtexec arguments that load the raw inputs).
+
+    ``config``/``checkpoint`` name the reference's config and source when its runner does not know them (an
+    artifact as the reference, :func:`vla_export.verify.pair.parity_artifacts`)."""
     from vla_export.verify.parity import parity_check
 
     recorders: list[RecordingRunner] = []
@@ -273,18 +294,34 @@ def parity_with_saved_reference(policy_loader: Any, artifact: str | Path, save_t
         recorders.append(RecordingRunner(runner))
         return recorders[-1]
 
-    result = parity_check(policy_loader, artifact, wrap_reference=wrap, **parity_kwargs)
+    result = (run or parity_check)(policy_loader, artifact, wrap_reference=wrap, **parity_kwargs)
+    recorder = recorders[0]
+    if recorder.config is None and config is not None:
+        recorder.config = config
     data = parity_kwargs.get("data")
-    save_reference(save_to, "parity", recorders[0].records, _meta(
-        recorders[0], result.reference["checkpoint"], made_with={"artifact": str(artifact), "passed": result.passed},
-        source=f"episodes {data}" if data else f"synthetic (seed {parity_kwargs.get('seed', 0)})",
-    ))
+    meta = _meta(recorder, checkpoint if checkpoint is not None else result.reference["checkpoint"],
+                 made_with={"artifact": str(artifact), "passed": result.passed},
+                 source=f"episodes {data}" if data else f"synthetic (seed {parity_kwargs.get('seed', 0)})")
+    saved: dict[str, Any] = {}
+    if save_to is not None:
+        saved["reference"] = str(save_reference(save_to, "parity", recorder.records, meta))
+    if save_inputs is not None:
+        from vla_export.data.interop import save_polygraphy_inputs, save_polygraphy_outputs
+
+        saved["inputs"] = str(save_polygraphy_inputs(save_inputs, [feed for feed, _ in recorder.records]))
+        if save_outputs is not None:
+            saved["outputs"] = str(save_polygraphy_outputs(save_outputs, recorder.records, meta, inputs_path=save_inputs))
+    if save_trtexec is not None:
+        from vla_export.data.interop import save_trtexec_inputs
+
+        saved["trtexec"] = save_trtexec_inputs(save_trtexec, recorder.records[0][0])
+    result.candidate["saved"] = saved
     return result
 
 
 def parity_against_reference(reference_path: str | Path, artifact: str | Path, *, precision: str | None = None,
                              tolerance: Any = None, runner_opts: Mapping[str, Any] | None = None, qdq: str = "exact",
-                             strict: bool = False):
+                             strict: bool = False, output_tolerances: Mapping[str, Any] | None = None):
     """The artifact against a saved parity reference: the same comparison as ``parity CKPT ARTIFACT``, no torch.
 
     ``qdq`` and ``strict`` as in :func:`~vla_export.verify.parity.parity_check` ("both": the verdict on
@@ -311,10 +348,10 @@ def parity_against_reference(reference_path: str | Path, artifact: str | Path, *
         check_against_config(cand, PolicyConfig.from_dict(ref.config))
         if "features" in ref.meta["outputs"] and "features" not in cand.output_names:
             log.warning("%s has features, %s does not: comparing actions only", reference_path, artifact)
-        result = compare_runners(played, cand, feeds, precision=precision, tolerance=tol)
+        result = compare_runners(played, cand, feeds, precision=precision, tolerance=tol, output_tolerances=output_tolerances)
     if qdq == "both" and is_onnx:
         with runner_for_artifact(artifact, **(opts | {"qdq": "kernels"})) as kernels, ref.playback() as played:
-            other = compare_runners(played, kernels, feeds, precision=precision, tolerance=tol)
+            other = compare_runners(played, kernels, feeds, precision=precision, tolerance=tol, output_tolerances=output_tolerances)
         result.also_measured["qdq_kernels"] = {
             "note": "onnxruntime's fused int8 kernels on this CPU; not used for the verdict",
             "passed": other.passed, "outputs": {k: v.to_dict() for k, v in other.outputs.items()},
