@@ -14,7 +14,7 @@ DEMO   ?= demo-out
 JETSON_VENV ?= .venv-jetson
 JETSON_PKGS ?= "numpy>=1.24" "onnx>=1.16" "onnxruntime>=1.18" "cuda-python>=12,<13" "polygraphy>=0.49" "typer>=0.12" "rich>=13" "h5py>=3.8" "psutil>=5.9"
 
-.PHONY: install demo test test-compat test-gpu jetson clean
+.PHONY: install demo test test-compat test-gpu jetson perf-analyzer clean
 
 install: $(STAMP)
 
@@ -69,6 +69,11 @@ jetson:
 	  || echo "warning: TensorRT's Python bindings are not visible: sudo apt install nvidia-tensorrt python3-libnvinfer"
 	@$(JETSON_VENV)/bin/python -c "import torch" 2>/dev/null && echo "note: a system torch is visible; the engine path does not use it" || true
 	$(JETSON_VENV)/bin/vla-export --help > /dev/null && echo "jetson: OK ($(JETSON_VENV)/bin/vla-export, vla-bench)"
+
+# Triton's perf_analyzer for the served model (tests/serve/test_perf_analyzer.py runs it when present):
+# from the tritonclient 2.51.0 wheel, the last one that ships the binary (see the script).
+perf-analyzer: install
+	tools/get_perf_analyzer.sh $(VENV)
 
 clean:
 	rm -rf $(DEMO) build *.egg-info .pytest_cache

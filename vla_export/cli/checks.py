@@ -74,3 +74,11 @@ def at_least(minimum: int, **values: int | None) -> None:
     for name, value in values.items():
         if value is not None and value < minimum:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least {minimum}, got {value}")
+
+
+def frame_size(text: str, flag: str) -> tuple[int, int]:
+    """``HxW`` (e.g. 480x640) as two positive ints; one ConfigError naming ``flag`` otherwise."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise ConfigError(f"{flag} takes HEIGHTxWIDTH with both at least 1 (e.g. 480x640), got {text!r}")
+    return int(parts[0]), int(parts[1])

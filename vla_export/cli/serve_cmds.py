@@ -9,6 +9,7 @@ import typer
 
 from vla_export.cli import checks
 from vla_export.cli.common import console, err_console, write_json
+from vla_export.errors import ConfigError
 
 
 def triton(
@@ -32,9 +33,20 @@ def triton(
     bucket_step: int = typer.Option(8, "--bucket-step", help="With --cuda-graphs/--compile: capture batch sizes 1, 2, 4, ... below this, then its multiples up to --max-batch (1: every size; more GPU memory, no padding)."),
     compile_mode: Optional[str] = typer.Option(None, "--compile", help="torch backend: torch.compile the backbone with this mode (e.g. default, max-autotune-no-cudagraphs); compiles per batch size at model load."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write what was generated as JSON."),
+    perf_data: Optional[Path] = typer.Option(None, "--perf-data", help="Also write input data for Triton's perf_analyzer in sequence mode (JSON: uint8 FRAME, the INSTRUCTION bytes; perf_analyzer sets START/END/CORRID), checked against the model config, and print the command."),
+    perf_frame: Optional[str] = typer.Option(None, "--perf-frame", help="With --perf-data: the camera frame HxW (default 480x640)."),
+    perf_steps: Optional[int] = typer.Option(None, "--perf-steps", help="With --perf-data: steps per sequence (default 8; two sequences)."),
 ) -> None:
     """Write a Triton model repository serving many robots: one sequence (state) per robot, several robots per batch."""
     from vla_export.serve.repository import TritonOptions, write_repository
+
+    if perf_data is None and (perf_frame is not None or perf_steps is not None):
+        raise ConfigError("--perf-frame and --perf-steps go with --perf-data")
+    frame_hw = checks.frame_size(perf_frame or "480x640", "--perf-frame") if perf_data is not None else None
+    checks.at_least(1, perf_steps=perf_steps)
+    if perf_data is not None and perf_data.suffix != ".json":
+        raise ConfigError(f"{perf_data}: --perf-data writes perf_analyzer's JSON input data, a .json file")
+    checks.output_file(json_path, perf_data)
 
     options = TritonOptions(
         name=name, backend=backend, max_robots=max_robots, max_batch=max_batch, preferred_batch=preferred_batch,
@@ -55,8 +67,24 @@ def triton(
     if not result.runnable_here:
         console.print(f"note: the {result.backend} variant needs TensorRT and an NVIDIA GPU in the server (NVIDIA's Triton container); "
                       "`vla-export serve` cannot run it on a machine without them", markup=False)
+    report = result.to_dict()
+    if perf_data is not None:
+        from vla_export.serve.perf_data import DEFAULT_INSTRUCTION, check_perf_data, perf_analyzer_command, perf_analyzer_data, write_perf_data
+        from vla_export.serve.repository import validate_config
+
+        model = result.models[0]
+        data = perf_analyzer_data(steps=perf_steps or 8, frame_hw=frame_hw)
+        counts = check_perf_data(data, validate_config(result.configs[model], where=f"{model}/config.pbtxt"), where=str(perf_data))
+        write_perf_data(perf_data, data)
+        command = " ".join(perf_analyzer_command(model, perf_data, concurrency=(1, min(4, options.max_robots))))
+        report["perf_analyzer"] = {"data": str(perf_data), "frame_hw": list(frame_hw), "instruction": DEFAULT_INSTRUCTION, **counts,
+                                   "command": command}
+        console.print(f"wrote {perf_data}: perf_analyzer input data, {counts['sequences']} sequences of {counts['steps'] // counts['sequences']} "
+                      f"steps, seeded random {frame_hw[0]}x{frame_hw[1]} frames, instruction {DEFAULT_INSTRUCTION!r} (not from your "
+                      f"files: a stand-in), checked against {model}/config.pbtxt", markup=False)
+        console.print(f"with the server running (`vla-export serve {output}`): {command}", markup=False)
     if json_path:
-        write_json(json_path, result.to_dict())
+        write_json(json_path, report)
         console.print(f"wrote {json_path}")
 
 
