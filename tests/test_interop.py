@@ -180,3 +180,32 @@ def test_a_pair_of_other_configs_is_refused_before_running(cli, tiny_onnx, tmp_p
     bare.parent.mkdir()
     shutil.copy(tiny_onnx, bare)
     assert_one_error(cli("parity", tiny_onnx, bare), 2, "no manifest with a policy config")
+
+
+def test_onnx_against_an_engine_without_torch(tiny_onnx, tmp_path):
+    """ONNX (reference) against an engine (tests/fake_tensorrt.py: TensorRT's binding logic, ONNX Runtime's arithmetic):
+    the fp16 engine's tolerance is used, a damaged engine fails, and the pair's saved files read back."""
+    from tests.fake_tensorrt import write_fake_engine
+    from tests.torchfree import run_without_torch
+
+    good = write_fake_engine(tmp_path / "tiny.engine", tiny_onnx, precision="fp16")
+    bad = write_fake_engine(tmp_path / "bad.engine", damaged_weight(tiny_onnx, tmp_path / "d"), precision="fp16")
+    saved = [str(tmp_path / "in.json"), str(tmp_path / "out.json")]
+    code = f"""
+    from tests import fake_tensorrt
+    fake_tensorrt.install()
+    from vla_export.cli.common import run_app
+    from vla_export.cli.main import app
+    assert run_app(app, ['parity', {str(tiny_onnx)!r}, {str(good)!r}, '--samples', '3', '--json', {str(tmp_path / 'e.json')!r},
+                         '--save-inputs', {saved[0]!r}, '--save-outputs', {saved[1]!r}]) == 0
+    assert run_app(app, ['parity', {str(tiny_onnx)!r}, {str(bad)!r}, '--samples', '3']) == 1
+    assert run_app(app, ['parity', {saved[1]!r}, {str(bad)!r}]) == 1
+    assert run_app(app, ['parity', {saved[1]!r}, {str(good)!r}]) == 0
+    """
+    out = run_without_torch(code, cwd=ROOT, timeout=400)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert report["precision"] == "fp16" and report["tolerance"]["atol"] == 1e-2
+    assert report["candidate"]["artifact"] == str(good) and report["reference"]["artifact"] == str(tiny_onnx)
+    ok = polygraphy_run(tiny_onnx, tmp_path / "in.json", tmp_path / "out.json")  # the ONNX's own outputs, recorded
+    assert ok.returncode == 0, ok.stdout[-2000:]
