@@ -67,7 +67,7 @@ def saved(tiny_ckpt, tiny_onnx, tmp_path_factory):
 
 def test_polygraphy_run_passes_on_the_saved_files_and_fails_on_damaged_outputs(saved, tiny_onnx):
     folder, stdout = saved
-    assert "polygraphy run MODEL.onnx --onnxrt --load-inputs" in stdout
+    assert f"polygraphy run {tiny_onnx} --onnxrt --load-inputs" in stdout and "--atol actions:0.0001 --rtol actions:0.001" in stdout
     ok = polygraphy_run(tiny_onnx, folder / "in.json", folder / "out.json")
     assert ok.returncode == 0, ok.stdout[-3000:] + ok.stderr[-2000:]
     assert "Passed: 3/3 iterations" in ok.stdout + ok.stderr
