@@ -72,6 +72,9 @@ def test_triton_writes_the_data_and_prints_the_command(cli, tiny_split, tmp_path
     assert check_perf_data(data, config()) == {"sequences": 2, "steps": 8}
     assert json.loads((tmp_path / "triton.json").read_text())["perf_analyzer"]["frame_hw"] == [48, 64]
     assert_one_error(cli("triton", tiny_split.manifest_path, "-o", tmp_path / "r2", "--perf-frame", "48x64"), 2, "go with --perf-data")
+    assert_one_error(cli("triton", tiny_split.manifest_path, "-o", tmp_path / "r3", "--text-len", "8", "--perf-data", tmp_path / "p3.json"),
+                     2, "does not fit the served text length", "perf_analyzer data was not")
+    assert not (tmp_path / "p3.json").exists()
     assert_one_error(cli("triton", tiny_split.manifest_path, "-o", tmp_path / "r2", "--perf-data", tmp_path / "p.json",
                          "--perf-frame", "48"), 2, "--perf-frame takes HEIGHTxWIDTH")
 

@@ -69,10 +69,15 @@ def triton(
                       "`vla-export serve` cannot run it on a machine without them", markup=False)
     report = result.to_dict()
     if perf_data is not None:
-        from vla_export.serve.perf_data import DEFAULT_INSTRUCTION, check_perf_data, perf_analyzer_command, perf_analyzer_data, write_perf_data
+        from vla_export.serve.perf_data import (DEFAULT_INSTRUCTION, check_instruction, check_perf_data, perf_analyzer_command,
+                                                perf_analyzer_data, write_perf_data)
         from vla_export.serve.repository import validate_config
 
         model = result.models[0]
+        try:
+            check_instruction(result.settings)
+        except ConfigError as exc:  # known only once the repository's settings are: say what was written
+            raise ConfigError(f"{exc} (the repository {output} was written; the perf_analyzer data was not)") from None
         data = perf_analyzer_data(steps=perf_steps or 8, frame_hw=frame_hw)
         counts = check_perf_data(data, validate_config(result.configs[model], where=f"{model}/config.pbtxt"), where=str(perf_data))
         write_perf_data(perf_data, data)

@@ -124,3 +124,21 @@ def perf_analyzer_command(model: str, data_path: str | Path, *, url: str = "127.
            "--sequence-id-range", "1:1000000000", f"--concurrency-range={lo}:{hi}", "--measurement-interval", str(measurement_ms),
            "--stability-percentage", f"{stability:g}", "--max-trials", "5"]
     return cmd + (["-f", str(csv)] if csv else [])
+
+
+def check_instruction(settings: Mapping[str, Any], instruction: str = DEFAULT_INSTRUCTION) -> int:
+    """The instruction's prompt tokens, tokenised as the served model does (``serving.json`` settings);
+    ConfigError when they exceed its text length (every START of the run would be refused)."""
+    from vla_export.data.preprocess import prompt_for
+    from vla_export.data.tokenizer import BuiltinTokenizer, tokenizer_for
+    from vla_export.errors import DataError
+    from vla_export.models.config import PolicyConfig
+
+    cfg = PolicyConfig.from_dict(settings["config"])
+    tokenizer = BuiltinTokenizer(cfg) if settings.get("preset") else tokenizer_for(cfg)
+    try:
+        _, mask = tokenizer.encode(prompt_for(instruction), settings["text_len"])
+    except DataError as exc:
+        raise ConfigError(f"--perf-data: the instruction {instruction!r} does not fit the served text length ({exc}); "
+                          "raise --text-len") from None
+    return int(np.sum(mask))
