@@ -115,6 +115,7 @@ def test_saved_files_that_cannot_be_a_reference_are_refused(cli, saved, tiny_onn
     assert_one_error(cli("parity", folder / "out.json", tiny_onnx, "--samples", "2"), 2, "drop --samples")
     assert_one_error(cli("parity", "x.pt", tiny_onnx, "--save-outputs", tmp_path / "o.json"), 2, "--save-outputs goes with --save-inputs")
     assert_one_error(cli("parity", "x.pt", tiny_onnx, "--save-inputs", tmp_path / "i.npz"), 2, "Polygraphy's JSON format")
+    assert_one_error(cli("parity", "x.pt", tiny_onnx, "--save-trtexec-inputs", folder), 2, "not an empty folder")  # before any work
 
 
 def test_trtexec_inputs_are_the_first_samples_raw_bytes(saved):

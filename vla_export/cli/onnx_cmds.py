@@ -121,10 +121,12 @@ def parity(
         raise ConfigError("--locate compares every layer under one tolerance: give --atol/--rtol without an output name")
     if save_outputs is not None and save_inputs is None:
         raise ConfigError("--save-outputs goes with --save-inputs (the outputs file names the inputs it was made on)")
-    from vla_export.data.interop import check_json_path
+    from vla_export.data.interop import check_json_path, check_trtexec_dir
 
     check_json_path(save_inputs, "--save-inputs")
     check_json_path(save_outputs, "--save-outputs")
+    if save_trtexec_inputs is not None:
+        check_trtexec_dir(save_trtexec_inputs)
     saves = {"--save-reference": save_reference, "--save-inputs": save_inputs, "--save-outputs": save_outputs,
              "--save-trtexec-inputs": save_trtexec_inputs}
     if (locate_all or plot or locate_float) and not locate:
@@ -153,7 +155,7 @@ def parity(
     checks.input_file(checkpoint, "saved reference" if saved else "reference artifact" if pair else "checkpoint")
     checks.input_file(artifact, "artifact")
     checks.input_paths(data, "data")
-    checks.output_file(json_path, junit, plot, save_reference, save_inputs, save_outputs, save_trtexec_inputs)
+    checks.output_file(json_path, junit, plot, save_reference, save_inputs, save_outputs)
     tolerance = per_output = None
     if precision or atol_per or rtol_per or any(v is not None for v in (atol_all, rtol_all, min_cosine, min_sign_agreement, max_rel_error)):
         from vla_export.manifest import read_manifest

@@ -180,15 +180,24 @@ def _quote(name: str) -> str:
     return f"'{name}'"
 
 
+def check_trtexec_dir(folder: str | Path) -> Path:
+    """``--save-trtexec-inputs`` writes a new folder (or fills an empty one); refused before any work otherwise."""
+    from vla_export.fileio import check_output_path
+
+    folder = Path(folder)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise ConfigError(f"{folder}: exists and is not an empty folder; --save-trtexec-inputs writes a new folder")
+    check_output_path(folder, folder=True)
+    return folder
+
+
 def save_trtexec_inputs(folder: str | Path, feed: Mapping[str, np.ndarray]) -> dict[str, Any]:
     """One sample's inputs as raw ``NAME.bin`` files in ``folder`` (published as a whole), and the trtexec
     arguments that load them: ``load_inputs`` (``--loadInputs='name':file,...``) and ``shapes``
     (``--shapes='name':1x4x3x224x224,...``, needed by an engine with dynamic axes)."""
     from vla_export.fileio import staging_dir
 
-    folder = Path(folder)
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise ConfigError(f"{folder}: exists and is not an empty folder; --save-trtexec-inputs writes a new folder")
+    folder = check_trtexec_dir(folder)
     files = {}
     with staging_dir(folder) as tmp:
         for name, array in feed.items():
