@@ -290,3 +290,39 @@ def test_a_saved_reference_is_refused(cli, tmp_path, episodes):
     ref = tmp_path / "ref.npz"
     ref.write_bytes(b"x")
     assert_one_error(cli("evaluate", ref, "--data", episodes), 2, "saved reference")
+
+
+# --- quantize's MAE-increase budget, measured the same way ------------------------------------------------
+
+def test_quantize_mae_budget_on_a_fitted_policy(cli, tmp_path, fitted_onnx, episodes):
+    """`quantize --int8 --max-mae-increase X --data EPISODES`: the W8A8 model of the fitted policy is searched until
+    its MAE against the recorded actions of held-out windows rises at most X; the manifest records it."""
+    from vla_export.data.episodes import write_synthetic_episodes
+    from vla_export.manifest import read_manifest
+
+    write_synthetic_episodes(tmp_path / "calib-eps", seed=2, **EPISODES)
+    calib = tmp_path / "calib.npz"
+    assert cli("calib", tmp_path / "calib-eps", "--onnx", fitted_onnx, "-o", calib, "--samples", "8").exit_code == 0
+    out = tmp_path / "fitted.int8.onnx"
+    r = cli("quantize", fitted_onnx, "--int8", "--calib", calib, "--max-mae-increase", "0.05", "--action-scale", ACTION_SCALE,
+            "--data", episodes, "-o", out)
+    assert r.exit_code == 0, r
+    assert "MAE budget measured on 20 held-out windows" in r.stdout  # 4 episodes x (8 - 4 + 1) full windows
+    options = read_manifest(out)["quantization"]["options"]
+    assert options["budget"]["budget"]["max_mae_increase"] == 0.05 and options["budget"]["met"]
+    assert options["budget"]["final"]["actions_mae_increase"] <= 0.05
+    assert options["held_out"]["action_scale"] == ACTION_SCALE and len(options["held_out"]["recorded_actions"]) == 20
+    assert options["mae_discrimination"]["conclusive"], options["mae_discrimination"]
+
+
+@pytest.mark.parametrize("args, needles", [
+    (("--int8-weights", "--max-mae-increase", "0.1"), ("--max-mae-increase", "only with --int8")),
+    (("--int8", "--calib", "{calib}", "--action-scale", "2"), ("--action-scale", "--max-mae-increase")),
+    (("--int8", "--calib", "{calib}", "--max-mae-increase", "-1"), ("--max-mae-increase", ">= 0")),
+    (("--int8", "--calib", "{calib}", "--max-mae-increase", "0.1", "--action-scale", "0"), ("--action-scale", "> 0")),
+])
+def test_quantize_mae_budget_bad_input(cli, tmp_path, tiny_onnx, args, needles):
+    calib = tmp_path / "c.npz"
+    calib.write_bytes(b"x")
+    r = cli("quantize", tiny_onnx, *[a.format(calib=calib) for a in args], "-o", tmp_path / "out.onnx")
+    assert_one_error(r, 2, *needles)

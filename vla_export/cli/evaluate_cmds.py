@@ -78,7 +78,8 @@ def render_evaluate(r: dict[str, Any]) -> None:
     console.print(f"evaluate: {'[green]pass[/]' if r['passed'] else '[red]FAIL[/]'}")
 
 
-def render_evaluate_discrimination(r: dict[str, Any]) -> None:
+def render_evaluate_discrimination(r: dict[str, Any], *, what: str = "artifact", strict_hint: bool = True) -> None:
+    """Whether the windows can tell a broken (collapsed) model apart, per dimension (the honesty rule)."""
     disc = r["discrimination"]
     for name, dim in disc["dims"].items():
         if dim["status"] == "constant":
@@ -88,9 +89,9 @@ def render_evaluate_discrimination(r: dict[str, Any]) -> None:
         console.print(f"conclusive: {found}", markup=False)
         return
     reasons = "; ".join(f"{n}: {v['why']}" for n, v in disc["dims"].items() if v["status"] == "undiscriminating") or "no action dimension varies"
-    console.print(f"inconclusive: these episodes cannot tell a broken artifact apart ({reasons}); use more or more varied episodes, "
-                  "or a checkpoint that has learned them; " + ("--strict makes this a failure" if r["strict"] else "--strict fails here"),
-                  style="red" if r["strict"] else "yellow", markup=False)
+    hint = ("; --strict makes this a failure" if r["strict"] else "; --strict fails here") if strict_hint else ""
+    console.print(f"inconclusive: these episodes cannot tell a broken {what} apart ({reasons}); use more or more varied episodes, "
+                  f"or a checkpoint that has learned them{hint}", style="red" if r["strict"] else "yellow", markup=False)
 
 
 @with_loading_options
