@@ -326,3 +326,25 @@ def test_quantize_mae_budget_bad_input(cli, tmp_path, tiny_onnx, args, needles):
     calib.write_bytes(b"x")
     r = cli("quantize", tiny_onnx, *[a.format(calib=calib) for a in args], "-o", tmp_path / "out.onnx")
     assert_one_error(r, 2, *needles)
+
+
+def test_fp16_onnx_and_an_engine(cli, tmp_path, tiny_ckpt, tiny_onnx, episodes, monkeypatch):
+    """An FP16 ONNX, and a TensorRT engine through the real TrtRunner over the stand-in TensorRT (tests/fake_tensorrt.py)."""
+    import sys
+
+    from tests import fake_tensorrt
+    from vla_export.backends import tensorrt as B
+    from vla_export.export.quantize import convert_fp16
+
+    fp16 = convert_fp16(tiny_onnx, tmp_path / "tiny.fp16.onnx").output
+    engine = fake_tensorrt.write_fake_engine(tmp_path / "tiny.engine", tiny_onnx)
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt.make_module("10.3.0.26"))
+    monkeypatch.setattr(B, "gpu_info", lambda device=0: dict(fake_tensorrt.GPU))
+    monkeypatch.setattr(B, "device_memory", lambda preference="auto", device=0: sys.modules["tensorrt"].memory)
+    out = tmp_path / "e.json"
+    r = cli("evaluate", tiny_ckpt, fp16, engine, "--data", episodes, "--json", out)
+    assert r.exit_code == 0, r
+    rows = {a["label"]: a for a in _report(out)["artifacts"]}
+    assert rows["tiny.fp16.onnx"]["precision"] == "fp16" and abs(rows["tiny.fp16.onnx"]["change"]["mae"]["overall"]) < 1e-2
+    assert rows["tiny.engine"]["kind"] == "engine" and rows["tiny.engine"]["runner"]["name"].startswith("tensorrt:")
+    assert abs(rows["tiny.engine"]["change"]["mae"]["overall"]) < 1e-4
