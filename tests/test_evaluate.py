@@ -169,6 +169,31 @@ def test_discrimination_rule_on_numbers():
     assert not discrimination(np.zeros((20, 1)), np.zeros((20, 1)), ["linear_x"], gate=None)["conclusive"]
 
 
+def test_gate_and_its_resolution_on_numbers():
+    from vla_export.verify.evaluate import ArtifactScore, _change, action_metrics
+
+    names = ["linear_x", "linear_y", "angular_z"]
+    y = _targets(40)
+    rng = np.random.default_rng(2)
+    err = rng.uniform(0, 0.1, y.shape) * rng.choice([-1, 1], y.shape)
+
+    def score(pred):
+        s = ArtifactScore("a", "a", "onnx", "fp32", 4, {}, "", pred)
+        s.metrics = action_metrics(pred, y, names)
+        return s
+
+    ref, art = score(y.copy()), score(y + err)
+    rises = np.abs(err).mean(axis=0)
+    worst = names[int(np.argmax(rises))]
+    change, gate = _change(art, ref, y, names, gate=float(rises.max()) + 1e-3)
+    assert change["mae"]["linear_x"] == pytest.approx(rises[0]) and gate["passed"] and worst in gate["unresolved"]
+    change, gate = _change(art, ref, y, names, gate=0.2)
+    assert gate["passed"] and gate["unresolved"] == []
+    change, gate = _change(art, ref, y, names, gate=0.0)
+    assert not gate["passed"] and gate["over"] == names and gate["unresolved"] == []
+    assert _change(art, ref, y, names, gate=None)[1] is None
+
+
 def test_metrics_on_numbers():
     from vla_export.verify.evaluate import action_metrics
 

@@ -74,6 +74,10 @@ def render_evaluate(r: dict[str, Any]) -> None:
             console.print(f"{a['label']}: config check {check}", style="yellow", markup=False)
         if a["window"] != r["artifacts"][0]["window"]:
             console.print(f"{a['label']}: runs a window of {a['window']} frames, the checkpoint {r['artifacts'][0]['window']}", style="yellow", markup=False)
+        close = (a["gate"] or {}).get("unresolved") or []
+        if close:
+            console.print(f"{a['label']}: the MAE rise of {', '.join(close)} lies within {r['discrimination']['z']:g} standard errors of the "
+                          f"gate {gate:g}: these windows do not resolve which side of it the artifact is", style="yellow", markup=False)
     render_evaluate_discrimination(r)
     console.print(f"evaluate: {'[green]pass[/]' if r['passed'] else '[red]FAIL[/]'}")
 

@@ -116,7 +116,7 @@ def discrimination(reference: np.ndarray, target: np.ndarray, names: Sequence[st
             status, why = "undiscriminating", f"{n} windows, fewer than {MIN_WINDOWS}"
         elif not headroom > 0:
             status, why = "undiscriminating", (f"the checkpoint's MAE is {-headroom:.3g} above the best constant action's "
-                                                f"({const:g}): an artifact that outputs one action would score as well or better")
+                                                f"(always {const:g}): an artifact that outputs one action would score as well or better")
         elif not headroom > RESOLUTION_Z * se:
             status, why = "undiscriminating", (f"the checkpoint beats the best constant action by {headroom:.3g} MAE, within "
                                                 f"{RESOLUTION_Z:g} standard errors ({RESOLUTION_Z * se:.3g}): an artifact that outputs one action would score the same")
@@ -398,4 +398,6 @@ def _change(score: ArtifactScore, ref: ArtifactScore, target: np.ndarray, names:
         return change, None
     rises = change["mae"]
     over = [n for n in names if rises[n] is None or not rises[n] <= gate]  # NaN (non-finite actions) fails
-    return change, {"max_mae_increase": gate, "passed": not over, "over": over}
+    # Where the rise lies within RESOLUTION_Z standard errors of the gate, these windows do not resolve which side it is on.
+    close = [n for n in names if rises[n] is not None and se[n] is not None and abs(rises[n] - gate) <= RESOLUTION_Z * se[n]]
+    return change, {"max_mae_increase": gate, "passed": not over, "over": over, "unresolved": close}
