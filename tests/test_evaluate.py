@@ -263,9 +263,11 @@ def test_a_random_policy_cannot_tell_the_constant_artifact_apart(cli, tmp_path, 
 
 
 def test_split_export_through_the_streaming_runtime(cli, tmp_path, tiny_ckpt, tiny_split, episodes):
-    r = cli("evaluate", tiny_ckpt, tiny_split.manifest_path, "--data", episodes, "--json", "-")
+    r = cli("evaluate", tiny_ckpt, tiny_split.manifest_path, tiny_ckpt, "--data", episodes, "--json", "-")
     assert r.exit_code == 0, r
     report = json.loads(r.stdout)  # --json -: standard output holds only the JSON
+    again = report["artifacts"][2]  # the checkpoint itself as an artifact: another TorchRunner, the same figures
+    assert again["kind"] == "checkpoint" and all(abs(v) < 1e-6 for v in again["change"]["mae"].values())
     split = report["artifacts"][1]
     assert split["kind"] == "split" and split["precision"].startswith("split")
     assert split["runner"]["warmup"] == "pad with the first frame's feature"
