@@ -46,6 +46,7 @@ demo: install
 	$(BIN)/vla-export onnx $(DEMO)/tiny.pt --split -o $(DEMO)/tiny.onnx --json $(DEMO)/tiny.split.report.json
 	$(BIN)/vla-export episodes -o $(DEMO)/replay-episode --count 1 --frames 12 --size 360x640 --seed 1
 	$(BIN)/vla-export replay $(DEMO)/tiny.pt $(DEMO)/tiny.split.json $(DEMO)/replay-episode/*.h5 --json $(DEMO)/tiny.replay.json --plot $(DEMO)/tiny.replay.png
+	$(BIN)/vla-export evaluate $(DEMO)/tiny.pt $(DEMO)/tiny.onnx $(DEMO)/tiny.int8.onnx $(DEMO)/tiny.int8w.onnx $(DEMO)/tiny.split.json --data $(DEMO)/held-out --json $(DEMO)/tiny.evaluate.json
 	@echo "demo: OK (artifacts in $(DEMO)/)"
 
 test: install

@@ -142,3 +142,37 @@ def test_surgery_when_a_dequantize_output_has_the_float_name():
     assert [n.op_type for n in out.graph.node] == ["Gemm"] and out.graph.node[0].input[2] == "b__float"
     np.testing.assert_array_equal(numpy_helper.to_array(next(i for i in out.graph.initializer if i.name == "b__float")),
                                   numpy_helper.to_array(b))
+
+
+def test_mae_increase_budget_on_numbers(setup):
+    """The MAE-increase budget, against targets equal to the float model's own actions (float MAE 0): the float
+    model holds any budget, a damaged layer's model rises by its mean abs error and fails a tight one."""
+    float_actions = setup["evaluate"].reference["actions"]
+    ev = S.Evaluator(setup["float"], setup["feeds"], targets=float_actions)
+    everything = S.quantized_nodes(setup["qdq"])
+    same = ev(S.with_float_nodes(setup["qdq"], setup["float"], everything))
+    assert abs(same.actions_mae_increase) < 1e-5 and S.Budget(max_mae_increase=0.001).holds(same)
+    victim = next(u for u in S.units_of(setup["qdq"], "layer") if u.name.endswith("text_model.model.layers.0.ffn.fc2"))
+    full, damaged = ev(setup["qdq"]), ev(_damage(setup["qdq"], victim, factor=50.0))
+    assert damaged.actions_mae_increase > max(full.actions_mae_increase, 1e-5)
+    assert damaged.actions_mae_increase <= damaged.actions_max_abs + 1e-9  # targets = float actions: the rise is a mean abs error
+    between = S.Budget(max_mae_increase=(full.actions_mae_increase + damaged.actions_mae_increase) / 2)
+    assert between.holds(full) and not between.holds(damaged)
+    assert S.Errors(0.0, 0.0, 1.0).actions_mae_increase is None  # without recorded actions it cannot hold
+    assert not S.Budget(max_mae_increase=1.0).holds(S.Errors(0.0, 0.0, 1.0))
+    with pytest.raises(ConfigError, match="--max-mae-increase"):
+        S.Budget(max_mae_increase=-0.1)
+    with pytest.raises(ConfigError, match="--max-mae-increase"):
+        S.Budget()
+    with pytest.raises(ConfigError, match="recorded actions"):
+        S.quantize_int8_with_budget(setup["root"] / "tiny.onnx", setup["calib"], setup["root"] / "x.onnx",
+                                    S.Budget(max_mae_increase=0.1), setup["feeds"])
+
+
+def test_held_out_feeds_record_the_recorded_actions(setup):
+    feeds, record = S.held_out_feeds([setup["root"] / "held-out"], get_preset("tiny"), setup["calib"].frames_used(), count=3, window=4)
+    assert len(record["recorded_actions"]) == 3 and all(len(a) == 3 for a in record["recorded_actions"])
+    _, capped = S.held_out_feeds([setup["root"] / "held-out"], get_preset("tiny"), None, count=1000, window=4, at_most=True)
+    assert capped["windows"] == capped["candidate_windows"] == 5  # 8 frames, window 4
+    with pytest.raises(ConfigError, match="--samples 1000"):
+        S.held_out_feeds([setup["root"] / "held-out"], get_preset("tiny"), None, count=1000, window=4)

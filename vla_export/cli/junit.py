@@ -79,3 +79,32 @@ def bench_cases(report: dict) -> list[Case]:
         cases.append(Case(name=r["label"], passed=bool(r["valid"]), message=f"{r['label']}: {why}",
                           details=", ".join(f"{m} p50 {ms:.3f} ms" for m, ms in p50.items())))
     return cases
+
+
+def evaluate_cases(report: dict) -> list[Case]:
+    """One case per artifact and action dimension (its MAE against the gate), and one for the honesty rule.
+
+    The rule's case fails only under ``--strict``; otherwise an inconclusive evaluation passes with the reason
+    in its output, as the command's own verdict does."""
+    gate = report["gate"]["max_mae_increase"]
+    cases = []
+    for a in report["artifacts"]:
+        change = a["change"]
+        for dim in report["dims"]:
+            mae = a["mae"][dim]
+            text = "non-finite" if mae is None else f"{mae:.4g}"
+            if change is None:
+                cases.append(Case(name=f"{a['label']} [{dim}]", passed=not a["nonfinite"], message=f"{a['label']}: {a['nonfinite']} non-finite actions",
+                                  details=f"MAE {text} (the reference)"))
+                continue
+            rise = change["mae"][dim]
+            over = dim in ((a["gate"] or {}).get("over") or [])
+            details = f"MAE {text}, change {'n/a' if rise is None else f'{rise:+.4g}'}" + (f" (gate {gate:g})" if gate is not None else "")
+            cases.append(Case(name=f"{a['label']} [{dim}]", passed=not over and not a["nonfinite"],
+                              message=f"{a['label']} {dim}: " + (f"{a['nonfinite']} non-finite actions" if a["nonfinite"] else
+                                                                 f"MAE rises by more than {gate:g}: {details}"), details=details))
+    disc = report["discrimination"]
+    why = "; ".join(f"{n}: {v['why']}" for n, v in disc["dims"].items())
+    cases.append(Case(name="discrimination", passed=disc["conclusive"] or not report["strict"],
+                      message=f"inconclusive (--strict): {why}", details=("conclusive" if disc["conclusive"] else "inconclusive") + f": {why}"))
+    return cases

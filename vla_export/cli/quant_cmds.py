@@ -11,7 +11,8 @@ from vla_export.cli.common import console, write_json
 from vla_export.errors import ConfigError, DataError
 
 
-def eval_feeds(onnx: Path, data: Optional[list[Path]], calib_frames, samples: int, *, calib_meta=None, option: str = "--samples"):
+def eval_feeds(onnx: Path, data: Optional[list[Path]], calib_frames, samples: int, *, calib_meta=None, option: str = "--samples",
+               at_most: bool = False):
     # calib_meta: the calibration set's meta (its windows name the episode files it sampled)
     """Held-out windows for ``onnx``'s policy: from ``data``, else the calibration set's own episodes,
     in both cases disjoint from ``calib_frames``. Config and window come from the ONNX manifest."""
@@ -30,7 +31,7 @@ def eval_feeds(onnx: Path, data: Optional[list[Path]], calib_frames, samples: in
             raise ConfigError("give --data EPISODES to evaluate on (held-out windows)")
         data = [Path(e) for e in episodes]
     try:
-        return held_out_feeds(list(data), config, calib_frames, count=samples, window=window, option=option)
+        return held_out_feeds(list(data), config, calib_frames, count=samples, window=window, option=option, at_most=at_most)
     except DataError as exc:
         raise DataError(f"{exc}; pass --data with episodes the calibration set did not use") from None
 
@@ -58,8 +59,10 @@ def render_budget(search: dict[str, Any], share: float, before: float) -> None:
         out = ", ".join(step["kept_float"][-1:]) or "(all INT8)"
         rel = step["features_max_row_rel"]
         feats = "" if rel is None else f", features rel {rel:.3g}"
+        rise = step.get("actions_mae_increase")
+        mae = "" if rise is None else f", MAE rise {rise:+.4g}"
         console.print(f"  {len(step['kept_float'])} out: +{out}: actions max abs {step['actions_max_abs']:.4g}, "
-                      f"cosine {step['actions_cosine']:.6f}{feats} -> {'holds' if step['holds'] else 'over budget'}", markup=False)
+                      f"cosine {step['actions_cosine']:.6f}{feats}{mae} -> {'holds' if step['holds'] else 'over budget'}", markup=False)
     verdict = "met" if search["met"] else "NOT met (every unit is out and it still does not hold)"
     console.print(f"budget ({want}) {verdict}: {len(search['kept_float'])} units kept out of INT8; "
                   f"{100 * share:.1f}% of weight elements INT8 (W8A8 before the budget: {100 * before:.1f}%)",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Optional
 
@@ -17,6 +18,8 @@ from vla_export.cli import checks
 from vla_export.errors import ConfigError
 
 JsonOpt = typer.Option(None, "--json", help="Also write the report as JSON.")
+#: Held-out windows the MAE budget evaluates on unless --eval-samples says: all distinct ones, at most this many.
+MAE_BUDGET_WINDOWS = 32
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -128,8 +131,10 @@ def quantize(
     max_action_error: Optional[float] = typer.Option(None, "--max-action-error", help="INT8 budget: actions max abs error on held-out windows; the most sensitive layers stay float until it holds."),
     min_cosine: Optional[float] = typer.Option(None, "--min-cosine", help="INT8 budget: minimum cosine of the actions."),
     max_feature_rel_error: Optional[float] = typer.Option(None, "--max-feature-rel-error", help="INT8 budget: worst frame's relative error of the features (models exported with --debug-outputs)."),
+    max_mae_increase: Optional[float] = typer.Option(None, "--max-mae-increase", help="INT8 budget: MAE against the recorded actions of held-out windows may rise at most this over the float model's, in every action dimension (as `vla-export evaluate` measures it)."),
+    action_scale: Optional[float] = typer.Option(None, "--action-scale", help="With --max-mae-increase: divide the recorded actions by this first (default 1)."),
     data: Optional[list[Path]] = typer.Option(None, "--data", help="With a budget: episodes to evaluate on (default: the calibration set's episodes, other frames)."),
-    eval_samples: Optional[int] = typer.Option(None, "--eval-samples", help="With a budget: held-out windows to evaluate on (default 8)."),
+    eval_samples: Optional[int] = typer.Option(None, "--eval-samples", help="With a budget: held-out windows to evaluate on (default 8; with --max-mae-increase every distinct one, at most 32)."),
     granularity: Optional[str] = typer.Option(None, "--granularity", help="With a budget: layer, block, or auto (the default: blocks, then the layers of the worst blocks)."),
     json_path: Optional[Path] = JsonOpt,
 ) -> None:
@@ -143,20 +148,26 @@ def quantize(
     if int8_weights and calib_path is not None:
         raise ConfigError("--int8-weights needs no --calib: only the weights are quantized")
     budget_given = [flag for flag, v in (("--max-action-error", max_action_error), ("--min-cosine", min_cosine),
-                                         ("--max-feature-rel-error", max_feature_rel_error)) if v is not None]
+                                         ("--max-feature-rel-error", max_feature_rel_error), ("--max-mae-increase", max_mae_increase))
+                    if v is not None]
     search_given = [flag for flag, v in (("--data", data), ("--eval-samples", eval_samples), ("--granularity", granularity)) if v is not None]
     if not int8 and budget_given + search_given:
         raise ConfigError(f"{', '.join(budget_given + search_given)}: only with --int8 (the budget search keeps layers of a W8A8 model "
                           f"float); --{precision.replace('int8w', 'int8-weights')} has no budget: check the result with "
                           "`vla-export parity CHECKPOINT OUTPUT`")
     if search_given and not budget_given:
-        raise ConfigError(f"{', '.join(search_given)}: only with a budget (--max-action-error, --min-cosine, --max-feature-rel-error)")
+        raise ConfigError(f"{', '.join(search_given)}: only with a budget (--max-action-error, --min-cosine, --max-feature-rel-error, "
+                          "--max-mae-increase)")
+    if action_scale is not None and max_mae_increase is None:
+        raise ConfigError("--action-scale scales the recorded actions the --max-mae-increase budget compares with: give that budget too")
+    if action_scale is not None and not (math.isfinite(action_scale) and action_scale > 0):
+        raise ConfigError(f"--action-scale must be a finite number > 0, got {action_scale}")
     checks.at_least(1, eval_samples=eval_samples)
     budget = None
     if budget_given:
         from vla_export.export.sensitivity import GRANULARITIES, Budget
 
-        budget = Budget(max_action_error, min_cosine, max_feature_rel_error)  # a NaN, an inf or a negative value: refused here
+        budget = Budget(max_action_error, min_cosine, max_feature_rel_error, max_mae_increase)  # a NaN, an inf or a negative value: refused here
         if granularity is not None and granularity not in GRANULARITIES:
             raise ConfigError(f"--granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
     checks.input_file(onnx, "ONNX")
@@ -183,12 +194,28 @@ def quantize(
             from vla_export.cli.quant_cmds import eval_feeds, render_budget
             from vla_export.export.sensitivity import quantize_int8_with_budget
 
-            feeds, record = eval_feeds(onnx, data, calib_set.frames_used(), eval_samples or 8, calib_meta=calib_set.meta,
-                                       option="--eval-samples")
+            mae_budget = max_mae_increase is not None
+            samples = eval_samples or (MAE_BUDGET_WINDOWS if mae_budget else 8)
+            feeds, record = eval_feeds(onnx, data, calib_set.frames_used(), samples, calib_meta=calib_set.meta,
+                                       option="--eval-samples", at_most=mae_budget and eval_samples is None)
+            targets = None
+            if mae_budget:
+                import numpy as np
+
+                record["action_scale"] = action_scale or 1.0
+                targets = np.asarray(record["recorded_actions"], dtype=np.float64) / record["action_scale"]
             result, search, _ = quantize_int8_with_budget(
                 onnx, calib_set, output, budget, feeds, data=record, granularity=granularity or "auto", per_channel=per_channel,
-                method=method, keep_sensitive_fp32=keep_fp32, exclude=exclude or ())
+                method=method, keep_sensitive_fp32=keep_fp32, exclude=exclude or (), targets=targets)
             render_quantize(result.to_dict())
+            if mae_budget:
+                console.print(f"MAE budget measured on {record['windows']} held-out windows (of {record['candidate_windows']} distinct) against "
+                              f"the recorded actions{'' if record['action_scale'] == 1 else ' / ' + format(record['action_scale'], 'g')}, "
+                              "relative to the float ONNX", markup=False)
+                from vla_export.cli.evaluate_cmds import render_evaluate_discrimination
+
+                render_evaluate_discrimination({"discrimination": result.options["mae_discrimination"], "strict": False},
+                                               what="quantized model", strict_hint=False)
             render_budget(search.to_dict(), result.options["int8_share_of_weight_elements"], result.options["int8_share_before_budget"])
             if json_path:
                 write_json(json_path, result.to_dict())

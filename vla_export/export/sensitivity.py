@@ -69,6 +69,9 @@ class Errors:
     actions_cosine: float
     features_max_row_rel: float | None = None
     features_cosine: float | None = None
+    #: The largest rise, over action dimensions, of the MAE against the recorded actions over the float
+    #: model's on the same windows (as ``vla-export evaluate`` measures it); None without recorded actions.
+    actions_mae_increase: float | None = None
 
     def key(self) -> tuple[float, float, float]:
         """Ranking order: actions max abs, then mean abs, then feature error (worse is larger)."""
@@ -82,14 +85,16 @@ class Budget:
     max_action_error: float | None = None  # actions max abs
     min_cosine: float | None = None  # actions cosine
     max_feature_rel_error: float | None = None  # features, worst frame's relative L2 error
+    max_mae_increase: float | None = None  # MAE against recorded actions, rise over the float model's, any dimension
 
     def __post_init__(self) -> None:
-        if self.max_action_error is None and self.min_cosine is None and self.max_feature_rel_error is None:
-            raise ConfigError("an accuracy budget needs at least one of --max-action-error, --min-cosine, --max-feature-rel-error")
+        if all(v is None for v in (self.max_action_error, self.min_cosine, self.max_feature_rel_error, self.max_mae_increase)):
+            raise ConfigError("an accuracy budget needs at least one of --max-action-error, --min-cosine, --max-feature-rel-error, "
+                              "--max-mae-increase")
         if self.min_cosine is not None and not 0 < self.min_cosine <= 1:
             raise ConfigError(f"--min-cosine must be in (0, 1], got {self.min_cosine}")
         for flag, v in (("--max-action-error", self.max_action_error), ("--max-feature-rel-error", self.max_feature_rel_error),
-                        ("--min-cosine", self.min_cosine)):
+                        ("--min-cosine", self.min_cosine), ("--max-mae-increase", self.max_mae_increase)):
             if v is not None and not (math.isfinite(v) and v >= 0):
                 raise ConfigError(f"{flag} must be a finite number >= 0, got {v}")
 
@@ -97,7 +102,9 @@ class Budget:
         return ((self.max_action_error is None or e.actions_max_abs <= self.max_action_error)
                 and (self.min_cosine is None or e.actions_cosine >= self.min_cosine)
                 and (self.max_feature_rel_error is None or e.features_max_row_rel is None
-                     or e.features_max_row_rel <= self.max_feature_rel_error))
+                     or e.features_max_row_rel <= self.max_feature_rel_error)
+                and (self.max_mae_increase is None or (e.actions_mae_increase is not None
+                                                       and e.actions_mae_increase <= self.max_mae_increase)))
 
 
 @dataclass
@@ -234,9 +241,12 @@ def _prune(model) -> None:
 class Evaluator:
     """Runs model variants (exact Q/DQ arithmetic) on fixed feeds against the float model's outputs."""
 
-    def __init__(self, float_model, feeds: Sequence[Mapping[str, np.ndarray]], *, outputs: tuple[str, ...] = ("actions", "features")):
+    def __init__(self, float_model, feeds: Sequence[Mapping[str, np.ndarray]], *, outputs: tuple[str, ...] = ("actions", "features"),
+                 targets: np.ndarray | None = None):
         """``outputs``: the graph outputs standing for (actions, features); a model that is not a policy
-        (e.g. a trained ViT used to measure quantization on realistic weights) names its own."""
+        (e.g. a trained ViT used to measure quantization on realistic weights) names its own.
+        ``targets``: the recorded action [N, D] of each feed's window (batch 1), for the MAE-increase
+        budget; the compared dimensions are the first min(action_dim, D)."""
         if not feeds:
             raise DataError("sensitivity needs at least one evaluation window")
         self.feeds = list(feeds)
@@ -244,6 +254,15 @@ class Evaluator:
         self.count = 0
         self.reference = self._run(float_model)
         self.count = 0
+        self.targets = None if targets is None else np.asarray(targets, dtype=np.float64)
+        if self.targets is not None:
+            if self.targets.ndim != 2 or len(self.targets) != len(self.reference["actions"]):
+                raise DataError(f"{len(self.reference['actions'])} action rows but recorded targets of shape {self.targets.shape}")
+            self.dims = min(self.targets.shape[1], self.reference["actions"].shape[1])
+            self.reference_mae = self._mae(self.reference["actions"])
+
+    def _mae(self, actions: np.ndarray) -> np.ndarray:
+        return np.abs(actions[:, : self.dims].astype(np.float64) - self.targets[:, : self.dims]).mean(axis=0)
 
     def _run(self, model) -> dict[str, np.ndarray]:
         ort = lazy_import("onnxruntime", purpose="running ONNX models")
@@ -266,7 +285,11 @@ class Evaluator:
         tol = tolerance_for("int8")
         a = compare_output("actions", self.reference["actions"], out["actions"], tol)
         f = compare_output("features", self.reference["features"], out["features"], tol) if "features" in out else None
-        return Errors(a.max_abs, a.mean_abs, a.cosine, f.max_row_rel if f else None, f.cosine if f else None)
+        rise = None
+        if self.targets is not None:
+            mae = self._mae(out["actions"])
+            rise = float(np.max(mae - self.reference_mae)) if np.isfinite(mae).all() else float("inf")
+        return Errors(a.max_abs, a.mean_abs, a.cosine, f.max_row_rel if f else None, f.cosine if f else None, rise)
 
 
 def _isolated(qdq_model, float_model, all_nodes: Sequence[str], unit: Unit, evaluate: Callable) -> UnitSensitivity:
@@ -338,34 +361,40 @@ def budget_search(float_model, qdq_model, sensitivity: SensitivityResult, budget
 
 
 def held_out_feeds(episodes, config, calib_frames: Mapping[str, Sequence[int]] | None, *, count: int, window: int,
-                   seed: int = 1, option: str = "--samples") -> tuple[list[dict[str, np.ndarray]], dict[str, Any]]:
+                   seed: int = 1, option: str = "--samples", at_most: bool = False) -> tuple[list[dict[str, np.ndarray]], dict[str, Any]]:
     """``count`` distinct windows of ``episodes`` sharing no frame with ``calib_frames``, and a record of them.
 
     A ConfigError naming ``option`` when the episodes hold fewer distinct such windows than ``count`` (the
     same window twice would only repeat an evaluation: 1000 asked of 18 ran for minutes); a DataError when
-    they leave no such window at all (pass other episodes for evaluation)."""
+    they leave no such window at all (pass other episodes for evaluation). With ``at_most``, ``count`` is an upper
+    bound instead (all the distinct windows when there are fewer). The record's ``recorded_actions`` are
+    the actions recorded at each window's last frame, in the order of the feeds."""
     from vla_export.data.episodes import EpisodeSource
 
     if count < 1:
         raise ConfigError(f"the evaluation needs at least one window, got {count}")
     source = EpisodeSource(episodes, config, seed=seed, window=window, exclude_frames=calib_frames or {})
     candidates = len(source.allowed_windows or [])
+    if at_most:
+        count = min(count, candidates)
     if count > candidates:
         raise ConfigError(
             f"{option} {count}: the episodes hold only {candidates} distinct windows of {window} frames"
             f"{' sharing no frame with the calibration set' if calib_frames else ''}; pass {option} {candidates} or fewer, "
             "or more episodes with --data"
         )
-    chosen, seen, index = [], set(), 0
+    chosen, seen, index, actions = [], set(), 0, []
     while len(chosen) < count:  # seeded draws, each window once (a draw of one already taken is skipped)
         ref = source.locate(index)[0]
         if (ref.episode, ref.frames) not in seen:
             seen.add((ref.episode, ref.frames))
             chosen.append(index)
+            actions.append(list(ref.action))
         index += 1
     feeds = [source.sample(i) for i in chosen]
     record = {"episodes": [e.path.name for e in source.episodes], "windows": count, "seed": seed,
-              "disjoint_from_calibration": calib_frames is not None, "candidate_windows": candidates, "distinct": True}
+              "disjoint_from_calibration": calib_frames is not None, "candidate_windows": candidates, "distinct": True,
+              "recorded_actions": actions}
     return feeds, record
 
 
@@ -377,18 +406,25 @@ def _weight_elements(model) -> int:
 
 def quantize_int8_with_budget(
     onnx_path, calib, output, budget: Budget, feeds: Sequence[Mapping[str, np.ndarray]], *, data: Mapping[str, Any] | None = None,
-    granularity: str = "auto", refine: int = 2, **quantize_options: Any,
+    granularity: str = "auto", refine: int = 2, targets: np.ndarray | None = None, **quantize_options: Any,
 ):
     """W8A8 Q/DQ as :func:`~vla_export.export.quantize.quantize_int8`, then the most sensitive units kept
     out of INT8 until ``budget`` holds on ``feeds`` (held-out windows). The manifest records the ranking,
     which units are INT8 and which not and why, the measured errors and the share of weight elements
     left in INT8. Returns ``(QuantizeResult, BudgetSearch, SensitivityResult)``; the model is written
-    whether or not the budget was met (``BudgetSearch.met`` says)."""
+    whether or not the budget was met (``BudgetSearch.met`` says).
+
+    ``targets``: the recorded action of each window, for ``budget.max_mae_increase`` (MAE per dimension against
+    them, its rise over the float ONNX's, which equals the checkpoint's within fp32 parity); the manifest then
+    also records whether those windows can tell a collapsed model apart
+    (:func:`vla_export.verify.evaluate.discrimination`)."""
     start = time.perf_counter()
     output = Path(output)
     float_model = load_onnx(onnx_path)
     ensure_node_names(float_model)
-    evaluate = Evaluator(float_model, feeds)
+    if budget.max_mae_increase is not None and targets is None:
+        raise ConfigError("--max-mae-increase needs the recorded actions of the evaluation windows")
+    evaluate = Evaluator(float_model, feeds, targets=targets)
     with tempfile.TemporaryDirectory(prefix="vla-budget-") as work:
         full = quantize_int8(onnx_path, calib, Path(work) / "full.int8.onnx", **quantize_options)
         qdq = load_onnx(full.output)
@@ -413,6 +449,12 @@ def quantize_int8_with_budget(
         "int8_share_before_budget": sum(s.unit.weight_elements for s in sens.units) / total if total else 0.0,
         "sensitivity": sens.to_dict(),
     }
+    if evaluate.targets is not None:
+        from vla_export.verify.evaluate import dim_names, discrimination
+
+        d = evaluate.dims
+        options["mae_discrimination"] = discrimination(evaluate.reference["actions"][:, :d], evaluate.targets[:, :d], dim_names(d),
+                                                       budget.max_mae_increase)
     external = _needs_external_data(model)
     result = _publish(Path(onnx_path), output, "int8", lambda tmp: save_onnx(model, tmp, external=external), reasons, options, start)
     return result, search, sens
