@@ -47,7 +47,7 @@ DEFAULT_WORKSPACE_MIB = 2048
 TRTEXEC = "trtexec"
 INSTALL_TRT = (
     "TensorRT is not installed: on Jetson install JetPack's TensorRT (`sudo apt install nvidia-tensorrt`, "
-    "Python bindings `python3-libnvinfer`); on x86 `pip install 'vla-export[trt]'` (or put `trtexec` on PATH)"
+    "Python bindings `python3-libnvinfer`); on x86 `pip install -e '.[trt]'` in the vla-export checkout (or put `trtexec` on PATH)"
 )
 DEFAULT_TEXT_OPT = 16
 #: What a plan is for when nothing says otherwise: JetPack 6.x ships TensorRT 10.3.
