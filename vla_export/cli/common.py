@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console, ConsoleDimensions
+from rich.console import Console, ConsoleDimensions, Group
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from vla_export import __version__, interrupts
 from vla_export.errors import ExitCode, VlaExportError
@@ -49,11 +50,19 @@ class _Console(Console):
         Console.size.fset(self, new_size)  # type: ignore[attr-defined]
 
     def print(self, *objects: Any, **kwargs: Any) -> None:  # noqa: A003 - Rich's name
+        shown: list[Any] = []
         for obj in objects:
             if isinstance(obj, Table):
                 for column in obj.columns:
                     column.overflow = "fold"
-        super().print(*objects, **kwargs)
+                if obj.title and not self.is_terminal:
+                    # Rich wraps a title to its table's width; in a log it is one line above the table.
+                    title = obj.title if isinstance(obj.title, Text) else Text.from_markup(str(obj.title))
+                    title.stylize("table.title")
+                    obj.title = None
+                    obj = Group(title, obj)
+            shown.append(obj)
+        super().print(*shown, **kwargs)
 
 
 JunitOpt = typer.Option(None, "--junit", help="Also write the checks as JUnit XML (one test case per checked output, step or row) for CI.")

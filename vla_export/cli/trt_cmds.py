@@ -200,7 +200,9 @@ def quantize(
     else:
         result = convert_fp16(onnx, output, keep_sensitive_fp32=keep_fp32)
     render_quantize(result.to_dict())
-    console.print(f"check it: vla-export parity CHECKPOINT {output}", style="dim", markup=False)
+    from vla_export.cli.quant_cmds import parity_command
+
+    console.print(f"check it: {parity_command(output)}", style="dim", markup=False)
     if json_path:
         write_json(json_path, result.to_dict(), "quantize")
 
