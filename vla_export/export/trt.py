@@ -161,12 +161,12 @@ class OnnxFacts:
 def read_onnx_facts(path: str | Path) -> OnnxFacts:
     """Read the facts from an ONNX file (weights not loaded) and its manifest, if any."""
     from vla_export.export.quantize import ensure_node_names, precision_sensitive_nodes
-    from vla_export.onnxfile import load_onnx
+    from vla_export.onnxfile import load_graph
     from vla_export.lazy import lazy_import
 
     onnx = lazy_import("onnx", purpose="reading ONNX models")
     path = Path(path)
-    model = load_onnx(path, load_external_data=False)  # also checks that external data files exist
+    model = load_graph(path)  # names and types, no weight values; also checks that external data files exist
     ensure_node_names(model)
     ops = {n.op_type for n in model.graph.node}
     fp16 = onnx.TensorProto.FLOAT16
