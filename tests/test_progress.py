@@ -125,3 +125,25 @@ def test_parity_shows_per_sample_progress(cli, tiny_ckpt, tiny_onnx, monkeypatch
     assert r.exit_code == 0, r
     assert "running the reference and the candidate: 1/3 samples, " in r.stderr and "running the reference and the candidate: 2/3 samples, " in r.stderr
     assert "running the reference and the candidate: 3 samples in " in r.stderr, r.stderr
+
+
+def test_a_timed_count_on_a_terminal_starts_no_refresh_thread():
+    """Benchmark iterations are drawn by hand between timed calls: no Rich live display (and its thread) runs."""
+    import io
+
+    from vla_export.cli.common import _Console, _StepDisplay
+    from vla_export.progress import counted
+
+    buf = io.StringIO()
+    display = _StepDisplay(_Console(file=buf, force_terminal=True, highlight=False))
+    display.TIMED_REDRAW_S = 0.0
+    with listening(display):
+        with counted("row compute", 3, "iterations", timed=True) as advance:
+            for _ in range(3):
+                advance(1)
+                assert display.live is None
+        with counted("parity", 2, "samples") as advance:  # an untimed count does use the live display
+            assert display.live is not None
+            advance(1)
+    out = buf.getvalue()
+    assert "row compute: 1/3 iterations" in out and "row compute: 3 iterations in " in out

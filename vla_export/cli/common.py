@@ -156,8 +156,10 @@ class _StepDisplay:
         indent = "  " * self.depth
         done, shown = 0, start
         terminal = self.out.is_terminal
-        inline = terminal and timed and self.live is None  # drawn by hand with \r; no live display refreshes meanwhile
-        task = self._start_task(indent + label) if terminal and not inline else None
+        # A timed count is drawn by hand (\r) inside advance, never by Rich's refresh thread; under a running
+        # spinner (a live display) it is not drawn at all until its final line.
+        inline = terminal and timed and self.live is None
+        task = self._start_task(indent + label) if terminal and not timed else None
         if not terminal and self.depth == 0:
             self.out.print(f"{label}: {total if total else '?'} {unit} ...", style="dim", markup=False)
 
