@@ -7,7 +7,11 @@ TORCH  ?= torch==2.13.0
 PYTRITON ?= nvidia-pytriton==0.7.0
 # The oldest supported transformers major: its Kosmos-2/CLIP key layout differs from 5.x.
 COMPAT ?= $(VENV)/compat-transformers4
-COMPAT_PKGS ?= "transformers==4.57.*" "huggingface_hub<1.0" "tokenizers<0.23"
+# Installed with --no-deps: the exact packages that transformers 4.x needs and the venv lacks or holds
+# at 5.x's versions (requests and its own: huggingface_hub 0.x uses it). With dependencies resolved,
+# pip re-installs numpy & co. into the target and prints its red resolver ERROR about the venv's
+# --no-deps nvidia-pytriton, which this install does not touch.
+COMPAT_PKGS ?= "transformers==4.57.*" "huggingface_hub>=0.34,<1.0" "tokenizers>=0.22,<0.23" "requests>=2.32,<3" "charset-normalizer>=3,<4" "idna>=3,<4" "urllib3>=2,<3" certifi
 DEMO   ?= demo-out
 # The device profile (JetPack 6.x): a venv that sees the system TensorRT (python3-libnvinfer from apt)
 # and holds what the engine path needs, and no torch (the package itself goes in with --no-deps).
@@ -55,7 +59,7 @@ test: install
 
 # The checkpoint and model tests again under transformers 4.x (installed beside, not over, 5.x).
 test-compat: install
-	@test -f $(COMPAT)/.ok || ($(BIN)/python -m pip install -q --target $(COMPAT) $(COMPAT_PKGS) && touch $(COMPAT)/.ok)
+	@test -f $(COMPAT)/.ok || ($(BIN)/python -m pip install -q --no-deps --target $(COMPAT) $(COMPAT_PKGS) && touch $(COMPAT)/.ok)
 	PYTHONPATH=$(COMPAT) $(BIN)/python -m pytest -q -p no:cacheprovider tests/models tests/cli/test_checkpoint_cmds.py
 
 # Tests that need TensorRT and/or a CUDA GPU; they skip with the reason elsewhere.

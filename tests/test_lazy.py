@@ -57,3 +57,18 @@ def test_cli_reports_missing_dependency_in_one_line():
     assert r.returncode == 3  # ExitCode.ENVIRONMENT: this machine lacks something, the input is fine
     assert r.stderr.strip().startswith("error: go needs the Python module 'polygraphy'") and "pip install polygraphy" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_install_hints_name_a_command_that_works_from_the_checkout():
+    """vla-export is not on an index: `pip install 'vla-export[trt]'` fails, the checkout's folder works."""
+    import re
+    from pathlib import Path
+
+    from vla_export.lazy import INSTALL_HINTS, extra_install
+
+    root = Path(vla_export.__file__).resolve().parent.parent
+    for hint in (INSTALL_HINTS["tensorrt"], INSTALL_HINTS["onnxslim"], extra_install("plot")):
+        assert "'vla-export[" not in hint, hint
+        target = re.search(r"pip install -e '([^']+)\[(\w+)\]'", hint)
+        assert target and Path(target.group(1)) == root and (root / "pyproject.toml").is_file(), hint
+    assert "'tensorrt<11,>=10'" in extra_install("trt")  # the extra's own packages, from the installed metadata

@@ -3,19 +3,45 @@
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import re
+from pathlib import Path
 from types import MappingProxyType, ModuleType
 
 from vla_export.errors import MissingDependencyError
 
+def extra_install(extra: str) -> str:
+    """The command that installs vla-export's optional ``extra``, one that works where vla-export came from.
+
+    vla-export is not on a package index, so ``pip install 'vla-export[trt]'`` fails: the hint names
+    the checkout (editable install from its folder) and, as an alternative, the extra's own packages
+    as the installed metadata lists them.
+    """
+    root = Path(__file__).resolve().parent.parent
+    if (root / "pyproject.toml").is_file():
+        hint = f"`pip install -e '{root}[{extra}]'`"
+    else:
+        hint = f"`pip install -e '.[{extra}]'` in a vla-export checkout"
+    try:
+        requires = importlib.metadata.requires("vla-export") or []
+    except importlib.metadata.PackageNotFoundError:
+        requires = []
+    marker = re.compile(r";\s*extra\s*==\s*[\"']" + re.escape(extra) + r"[\"']\s*$")
+    packages = [marker.sub("", r).strip() for r in requires if marker.search(r)]
+    if packages:
+        hint += " (or the packages alone: `pip install " + " ".join(f"'{p}'" for p in packages) + "`)"
+    return hint
+
+
 #: How to get each optional module. Read-only: callers pass ``install=`` for anything else.
 INSTALL_HINTS = MappingProxyType(
     {
-        "tensorrt": "on Jetson: `sudo apt install nvidia-tensorrt` (JetPack 6); on x86: `pip install 'vla-export[trt]'`",
+        "tensorrt": "on Jetson: `sudo apt install nvidia-tensorrt` (JetPack 6); on x86: " + extra_install("trt"),
         "pycuda": "`pip install pycuda` (needs the CUDA toolkit and driver; optional, cuda-python or torch also work)",
         "cuda": "`pip install cuda-python`",
         "polygraphy": "`pip install polygraphy`",
-        "onnxruntime": "`pip install onnxruntime` (CPU) or `pip install 'vla-export[gpu]'` (CUDA)",
-        "onnxslim": "`pip install 'vla-export[simplify]'`",
+        "onnxruntime": "`pip install onnxruntime` (CPU), or for CUDA " + extra_install("gpu"),
+        "onnxslim": extra_install("simplify"),
         "onnx": "`pip install onnx`",
         "onnxscript": "`pip install onnxscript`",
         "h5py": "`pip install h5py`",

@@ -108,3 +108,25 @@ def read_split(path: str | Path) -> dict[str, Any]:
     data = read_manifest(path.with_name(path.name[: -len(".json")]), kind=SPLIT_KIND)
     data["_path"] = str(path)
     return data
+
+
+def recorded_checkpoint(artifact: str | Path, manifest: Mapping[str, Any] | None = None) -> Path | None:
+    """The checkpoint ``artifact`` was exported from, as its manifest records it, where that file is found here.
+
+    The manifest stores the path as given at export time (relative to that working folder): it is
+    looked up as written, then beside the artifact, and accepted only with the recorded size.
+    ``None`` when nothing is recorded or no such file is found.
+    """
+    if manifest is None:
+        try:
+            manifest = read_manifest(artifact, required=False)
+        except ArtifactError:
+            return None
+    source = (manifest or {}).get("source")
+    if not isinstance(source, Mapping) or not isinstance(source.get("checkpoint"), str):
+        return None
+    given = Path(source["checkpoint"])
+    for candidate in (given, Path(artifact).parent / given.name):
+        if candidate.is_file() and (source.get("bytes") is None or candidate.stat().st_size == source["bytes"]):
+            return candidate
+    return None

@@ -136,6 +136,36 @@ def recorded_sizes(path: str | Path) -> dict[str, int]:
     return {f["name"]: int(f["bytes"]) for f in manifest.get("files", []) if "name" in f and "bytes" in f}
 
 
+#: Where :func:`load_graph` says a dropped initializer's values are (nowhere: they were not kept).
+NOT_LOADED = "<values not loaded>"
+#: Initializers up to this many elements keep their values in :func:`load_graph` (shape constants, token ids).
+GRAPH_KEEP_ELEMENTS = 4096
+
+
+def load_graph(path: str | Path):
+    """The model without its weights' values: nodes, names, I/O, and every initializer's name, type and dims.
+
+    For reading names and types (trtexec lines, layer rules, I/O): external data is not read, and inline
+    weights (a model under 2 GB keeps them in the .onnx) are dropped right after parsing, so copies and
+    shape inference made from it do not hold them again. Small initializers keep their values.
+    """
+    onnx = lazy_import("onnx", purpose="reading ONNX models")
+    model = load_onnx(path, load_external_data=False)
+    for init in model.graph.initializer:
+        elements = 1
+        for d in init.dims:
+            elements *= d
+        if elements > GRAPH_KEEP_ELEMENTS and init.data_location != onnx.TensorProto.EXTERNAL:
+            for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data"):
+                init.ClearField(field)
+            # Marked as external data (never to be read): readers of values skip it as they skip external weights.
+            del init.external_data[:]
+            entry = init.external_data.add()
+            entry.key, entry.value = "location", NOT_LOADED
+            init.data_location = onnx.TensorProto.EXTERNAL
+    return model
+
+
 def load_onnx(path: str | Path, *, load_external_data: bool = True):
     """Load an ONNX model; ArtifactError for a missing file, a bad protobuf or missing external data."""
     onnx = lazy_import("onnx", purpose="reading ONNX models")

@@ -16,9 +16,9 @@ import numpy as np
 
 from vla_export.errors import ConfigError
 from vla_export.fileio import atomic_write
-from vla_export.lazy import lazy_import
+from vla_export.lazy import extra_install, lazy_import
 
-INSTALL = "`pip install 'vla-export[plot]'` (matplotlib)"
+INSTALL = extra_install("plot")
 
 
 def _pyplot():

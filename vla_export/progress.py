@@ -51,3 +51,28 @@ def listening(listener: Listener) -> Iterator[None]:
         yield
     finally:
         _listener.reset(token)
+
+
+Advance = Callable[[int], None]
+
+
+def _ignore(n: int = 1) -> None:
+    """The counter of a step nobody listens to."""
+
+
+@contextlib.contextmanager
+def counted(label: str, total: int | None, unit: str = "samples", *, timed: bool = False) -> Iterator[Advance]:
+    """A step of ``total`` items: yields ``advance(n=1)``, called after each item, so the listener can show
+    how many are done, the elapsed time and the time left.
+
+    ``timed``: the items are timed measurements; the listener must draw only when ``advance`` is called
+    (between them), never from a background thread. With no listener ``advance`` does nothing.
+    """
+    listener = _listener.get()
+    counter = getattr(listener, "counted", None)
+    if counter is None:
+        with step(label):
+            yield _ignore
+        return
+    with counter(label, total, unit, timed=timed) as advance:
+        yield advance

@@ -8,6 +8,7 @@ by the benchmark's own CPU use).
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -141,6 +142,9 @@ def test_vla_bench_marks_rows_in_table_json_and_plot(monkeypatch, cli, tiny_onnx
     assert row["contended"] is marked and report["contention"]["contended"] is marked
     assert all(m["contention"]["contended"] is marked for m in row["modes"].values())
     assert ("CONTENDED" in r.stdout) is marked
+    header = next(line for line in r.stdout.splitlines() if "p50 ms" in line)
+    cells = [c.strip() for c in re.split(r"[┃│]", header)[1:-1]]
+    assert "" not in cells and (cells[-1] == "flag") is marked, cells  # a flag column with a header, only when a row is flagged
     assert ("warning: the machine was contended" in r.stderr) is marked
     assert ("warning: the machine is busy before the run" in r.stderr) is marked
     fig = bench_figure(report)

@@ -125,3 +125,28 @@ def test_head_profile_defaults_to_windows_up_to_T(cli, tiny_split, tiny_policy, 
     assert head.exit_code == 0, head
     line = " ".join(head.stdout.split())
     assert f"--minShapes=features:1x1x{f}" in line and f"--optShapes=features:1x{t}x{f}" in line and f"--maxShapes=features:1x{t}x{f}" in line
+
+
+def test_the_stream_check_is_not_labelled_as_an_episode_replay(tiny_split, tiny_ckpt):
+    """The split export's check streams synthetic frames: its progress step says so (no episode is replayed)."""
+    import contextlib
+
+    from vla_export.export.split import stream_check
+    from vla_export.models.loader import load_policy
+    from vla_export.progress import listening
+
+    labels: list[str] = []
+
+    @contextlib.contextmanager
+    def listener(label):
+        labels.append(label)
+        yield
+
+    record = tiny_split.manifest_path
+    parts = {p: record.with_name(record.name.replace(".split.json", f".{p}.onnx")) for p in ("backbone", "head")}
+    loaded = load_policy(tiny_ckpt)
+    with listening(listener):
+        result = stream_check(loaded, parts["backbone"], parts["head"], window=loaded.config.window)
+    assert result.passed
+    assert not any("episode" in label for label in labels), labels
+    assert any(label.startswith("stream check: ") and "synthetic frames" in label for label in labels), labels

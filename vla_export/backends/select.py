@@ -13,7 +13,7 @@ from typing import Any
 from vla_export.artifacts import detect_kind
 from vla_export.backends.base import Runner
 from vla_export.errors import ArtifactError
-from vla_export.lazy import lazy_import
+from vla_export.lazy import extra_install, lazy_import
 
 
 def artifact_kind(path: str | Path) -> str:
@@ -34,7 +34,7 @@ def runner_for_artifact(path: str | Path, **opts: Any) -> Runner:
 
         return OnnxrtRunner(path, **opts)
     if kind == "engine":
-        trt = lazy_import("vla_export.backends.tensorrt", purpose="running TensorRT engines", install="`pip install 'vla-export[trt]'`")
+        trt = lazy_import("vla_export.backends.tensorrt", purpose="running TensorRT engines", install=extra_install("trt"))
         return trt.TrtRunner(path, **opts)
     from vla_export.backends.torch_runner import TorchRunner
     from vla_export.models.loader import PolicyFromCheckpoint

@@ -22,6 +22,7 @@ Warm-up iterations (which also trigger lazy compilation and CUDA-graph capture) 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 import time
@@ -43,6 +44,7 @@ from vla_export.data.source import SyntheticSource
 from vla_export.errors import ConfigError, RunnerError
 from vla_export.models.config import PolicyConfig
 from vla_export.models.memory import check_window_memory
+from vla_export.progress import counted
 
 SCHEMA = "vla-export/bench/1"
 MODES = ("compute", "e2e", "e2e-gpu")
@@ -188,25 +190,36 @@ class BenchReport:
 # --- timing ----------------------------------------------------------------------------------------
 
 def time_loop(step: Callable[[], Any], *, warmup: int, iters: int | None, duration_s: float | None,
-              watch: RowWatch | None = None) -> tuple[list[float], float]:
+              watch: RowWatch | None = None, label: str | None = None) -> tuple[list[float], float]:
     """Run ``step`` ``warmup`` times untimed, then time each call; returns (seconds per call, warm-up seconds).
 
-    ``watch``'s monitors see exactly the timed calls (started after the warm-up, stopped after the last)."""
-    t0 = time.perf_counter()
-    for _ in range(warmup):
-        step()
-    warm = time.perf_counter() - t0
-    if watch is not None:
-        watch.start()
-    samples: list[float] = []
-    deadline = time.perf_counter() + duration_s if duration_s is not None else None
-    while (iters is not None and len(samples) < iters) or (deadline is not None and time.perf_counter() < deadline):
-        start = time.perf_counter()
-        step()
-        samples.append(time.perf_counter() - start)
-    if watch is not None:
-        watch.stop(samples)
+    ``watch``'s monitors see exactly the timed calls (started after the warm-up, stopped after the last).
+    ``label`` names the loop in the progress display (:func:`vla_export.progress.counted`): the count
+    advances between calls, outside each call's timed interval, and is drawn only then."""
+    total = warmup + iters if iters is not None and duration_s is None else None
+    unit = "warm-up iterations" if iters == 0 else f"iterations ({warmup} warm-up)" if warmup else "iterations"
+    with counted(label, total, unit, timed=True) if label else contextlib.nullcontext(_no_progress) as advance:
+        t0 = time.perf_counter()
+        for _ in range(warmup):
+            step()
+            advance(1)
+        warm = time.perf_counter() - t0
+        if watch is not None:
+            watch.start()
+        samples: list[float] = []
+        deadline = time.perf_counter() + duration_s if duration_s is not None else None
+        while (iters is not None and len(samples) < iters) or (deadline is not None and time.perf_counter() < deadline):
+            start = time.perf_counter()
+            step()
+            samples.append(time.perf_counter() - start)
+            advance(1)
+        if watch is not None:
+            watch.stop(samples)
     return samples, warm
+
+
+def _no_progress(n: int = 1) -> None:
+    """No progress display for an unlabelled loop."""
 
 
 def _raw_frames(settings: BenchSettings) -> list[np.ndarray]:
@@ -410,12 +423,14 @@ def bench_target(target: Target, settings: BenchSettings, peak: DevicePeak, *, p
                     runner.execute(staged)
                     runner.synchronize()
 
-                samples, warm = time_loop(step, warmup=settings.warmup, iters=settings.iters, duration_s=settings.duration_s, watch=watch)
+                samples, warm = time_loop(step, warmup=settings.warmup, iters=settings.iters, duration_s=settings.duration_s, watch=watch,
+                                          label=f"{target.label} {mode}")
             else:
                 e2e = (EndToEndDevice if mode == "e2e-gpu" else EndToEnd)(runner, feed, cfg, settings)
-                _, warm = time_loop(e2e, warmup=settings.warmup, iters=0, duration_s=None)
+                _, warm = time_loop(e2e, warmup=settings.warmup, iters=0, duration_s=None, label=f"{target.label} {mode} warm-up")
                 e2e.record = True
-                samples, _ = time_loop(e2e, warmup=0, iters=settings.iters, duration_s=settings.duration_s, watch=watch)
+                samples, _ = time_loop(e2e, warmup=0, iters=settings.iters, duration_s=settings.duration_s, watch=watch,
+                                       label=f"{target.label} {mode}")
                 phases = {k: float(np.median(v)) * 1e3 for k, v in e2e.phases.items()}
                 phase_samples = {k: [round(x * 1e3, 6) for x in v] for k, v in e2e.phases.items()}
             warm_total += warm

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from vla_export.cli.common import DEBUG_FLAG, STDOUT, JunitOpt, console, err_console, new_app, run_app, write_json, wrote
@@ -49,9 +48,7 @@ def render_report(report: Any) -> None:
     """One table for all rows and modes, then per-row details (what ran, memory, phases, warnings)."""
     table = Table(title=f"vla-bench: batch {report.settings.batch}, window {report.settings.window}, floor on {report.device_peak.name}")
     jetson = any(m.watched.get("jetson", {}).get("samples") for r in report.results for m in r.modes.values())
-    for col in ("backend", "mode", "p50 ms", "p90", "p99", "FPS", "vs 1st", "floor", "x floor", *(JETSON_COLUMNS if jetson else ()),
-                "others CPU", ""):
-        table.add_column(col, justify="left" if col in ("backend", "mode", "") else "right")
+    rows: list[tuple[str, ...]] = []
     one_artifact = len({r.artifact for r in report.results}) == 1
     if one_artifact:
         table.title += f"\n{report.results[0].artifact}"
@@ -67,15 +64,20 @@ def render_report(report: Any) -> None:
                 flag = f"{flag} [yellow]CONTENDED[/]".strip()
             others = (m.watched.get("contention") or {}).get("others_cpu_cores")
             j = m.watched.get("jetson") or {}
-            table.add_row(
+            rows.append((
                 r.backend if one_artifact else r.label, mode, _ms(s.p50_ms), _ms(s.p90_ms), _ms(s.p99_ms), f"{s.fps:.1f}",
                 "-" if ratio is None else f"{ratio:.2f}x", _ms(f.floor_ms if f else None),
                 "-" if f is None else f"{f.ratio:.1f}", *(fmt(j) for fmt in JETSON_COLUMNS.values() if jetson),
                 "-" if others is None else f"{others:.2f}", flag,
-            )
-    # Piped into a log file, Rich would squeeze the table into 80 columns: give it room there.
-    out = console if console.is_terminal else Console(file=console.file, width=max(console.width, 132), highlight=False)
-    out.print(table)
+            ))
+    # The "flag" column (BELOW FLOOR, NON-FINITE, CONTENDED) only when a row has one.
+    flagged = any(row[-1] for row in rows)
+    for col in ("backend", "mode", "p50 ms", "p90", "p99", "FPS", "vs 1st", "floor", "x floor", *(JETSON_COLUMNS if jetson else ()),
+                "others CPU", *(("flag",) if flagged else ())):
+        table.add_column(col, justify="left" if col in ("backend", "mode", "flag") else "right")
+    for row in rows:
+        table.add_row(*(row if flagged else row[:-1]))
+    console.print(table)
     if report.contention is not None:
         console.print(f"others CPU: cores used by other processes during each timing; {report.contention['rule']}", style="dim", markup=False)
     if jetson:

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console, ConsoleDimensions
+from rich.console import Console, ConsoleDimensions, Group
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from vla_export import __version__, interrupts
 from vla_export.errors import ExitCode, VlaExportError
@@ -49,11 +50,19 @@ class _Console(Console):
         Console.size.fset(self, new_size)  # type: ignore[attr-defined]
 
     def print(self, *objects: Any, **kwargs: Any) -> None:  # noqa: A003 - Rich's name
+        shown: list[Any] = []
         for obj in objects:
             if isinstance(obj, Table):
                 for column in obj.columns:
                     column.overflow = "fold"
-        super().print(*objects, **kwargs)
+                if obj.title and not self.is_terminal:
+                    # Rich wraps a title to its table's width; in a log it is one line above the table.
+                    title = obj.title if isinstance(obj.title, Text) else Text.from_markup(str(obj.title))
+                    title.stylize("table.title")
+                    obj.title = None
+                    obj = Group(title, obj)
+            shown.append(obj)
+        super().print(*shown, **kwargs)
 
 
 JunitOpt = typer.Option(None, "--junit", help="Also write the checks as JUnit XML (one test case per checked output, step or row) for CI.")
@@ -84,27 +93,50 @@ def debug_option_callback(
     """Options every command accepts; ``run_app`` acts on them before Typer parses the line."""
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 60 else f"{int(seconds // 60)} min {seconds % 60:02.0f} s"
+
+
 class _StepDisplay:
     """Shows :mod:`vla_export.progress` steps on standard error.
 
-    On a terminal: a spinner per running step with its elapsed time (Rich), nested steps indented.
-    Elsewhere (a CI log): one line per finished step with its time, so a log shows where time went.
+    On a terminal: a spinner per running step with its elapsed time (Rich), nested steps indented;
+    a counted step shows "k/N unit, elapsed, ~left". Elsewhere (a CI log): a line when an outermost
+    step starts, a counted step's count every :attr:`LOG_EVERY_S`, and one line per finished step
+    with its time, so a log shows what runs now and where time went.
     """
+
+    #: In a log, a counted step prints its count at most this often (its last count is in the final line).
+    LOG_EVERY_S = 5.0
+    #: On a terminal, a timed count (benchmark iterations) is redrawn at most this often.
+    TIMED_REDRAW_S = 0.25
 
     def __init__(self, out: Console) -> None:
         self.out = out
         self.live: Progress | None = None
         self.depth = 0
 
+    def _start_task(self, description: str) -> Any:
+        if self.live is None:
+            self.live = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=self.out, transient=True)
+            self.live.start()
+        return self.live.add_task(description, total=None)
+
+    def _end_task(self, task: Any) -> None:
+        if task is not None and self.live is not None:
+            self.live.remove_task(task)
+        if self.depth == 0 and self.live is not None:
+            self.live.stop()
+            self.live = None
+
     @contextlib.contextmanager
     def __call__(self, label: str) -> Iterator[None]:
         start = time.perf_counter()
         task = None
         if self.out.is_terminal:
-            if self.live is None:
-                self.live = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=self.out, transient=True)
-                self.live.start()
-            task = self.live.add_task("  " * self.depth + label, total=None)
+            task = self._start_task("  " * self.depth + label)
+        elif self.depth == 0:
+            self.out.print(f"{label} ...", style="dim", markup=False)
         self.depth += 1
         ok = False
         try:
@@ -112,13 +144,57 @@ class _StepDisplay:
             ok = True
         finally:
             self.depth -= 1
-            if task is not None and self.live is not None:
-                self.live.remove_task(task)
-            if self.depth == 0 and self.live is not None:
-                self.live.stop()
-                self.live = None
+            self._end_task(task)
             if ok:  # a failure is told by the one error line that follows, not by a step line
                 self.out.print(f"{'  ' * self.depth}{label}: {time.perf_counter() - start:.1f} s", style="dim", markup=False)
+
+    @contextlib.contextmanager
+    def counted(self, label: str, total: int | None, unit: str, *, timed: bool = False) -> Iterator[Any]:
+        """A step of ``total`` items; yields ``advance(n=1)``. A ``timed`` count is drawn only inside ``advance``
+        (between measurements), never by Rich's refresh thread."""
+        start = time.perf_counter()
+        indent = "  " * self.depth
+        done, shown = 0, start
+        terminal = self.out.is_terminal
+        # A timed count is drawn by hand (\r) inside advance, never by Rich's refresh thread; under a running
+        # spinner (a live display) it is not drawn at all until its final line.
+        inline = terminal and timed and self.live is None
+        task = self._start_task(indent + label) if terminal and not timed else None
+        if not terminal and self.depth == 0:
+            self.out.print(f"{label}: {total if total else '?'} {unit} ...", style="dim", markup=False)
+
+        def text(now: float) -> str:
+            elapsed = now - start
+            left = f", ~{_duration(elapsed / done * (total - done))} left" if total and 0 < done < total else ""
+            return f"{label}: {done}/{total if total else '?'} {unit}, {_duration(elapsed)}{left}"
+
+        def advance(n: int = 1) -> None:
+            nonlocal done, shown
+            done += n
+            now = time.perf_counter()
+            if task is not None and self.live is not None:
+                self.live.update(task, description=indent + text(now))
+            elif inline and now - shown >= self.TIMED_REDRAW_S:
+                self.out.file.write("\r\x1b[2K" + indent + text(now))
+                self.out.file.flush()
+                shown = now
+            elif not terminal and now - shown >= self.LOG_EVERY_S and (not total or done < total):
+                self.out.print(indent + text(now), style="dim", markup=False)
+                shown = now
+
+        self.depth += 1
+        ok = False
+        try:
+            yield advance
+            ok = True
+        finally:
+            self.depth -= 1
+            self._end_task(task)
+            if inline:
+                self.out.file.write("\r\x1b[2K")
+                self.out.file.flush()
+            if ok:
+                self.out.print(f"{indent}{label}: {done} {unit} in {time.perf_counter() - start:.1f} s", style="dim", markup=False)
 
 
 class _RichLogHandler(logging.Handler):

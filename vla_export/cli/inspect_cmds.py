@@ -19,16 +19,44 @@ def _shape(v: dict[str, Any]) -> str:
     return f"{v['name']} [{', '.join(map(str, v['shape']))}] {v['dtype']}"
 
 
+def _value(key: str, v: Any) -> str:
+    """One manifest value for reading: 4 significant digits, thousands separators, short hashes, nested records inline."""
+    if isinstance(v, bool) or v is None:
+        return {True: "yes", False: "no", None: "-"}[v]
+    if key == "coverage" and isinstance(v, (int, float)):
+        return f"{100 * v:.2f}%"
+    if isinstance(v, float):
+        return f"{v:.1f} s" if key.endswith("_seconds") else f"{v:.4g}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, str):
+        return f"{v[:12]}…" if key == "sha256" and len(v) > 12 else v
+    if isinstance(v, dict):
+        if key == "parity":  # check name -> passed
+            return ", ".join(f"{k} {_value(k, x) if x is None else ('pass' if x else 'FAIL')}" for k, x in v.items()) or "-"
+        return ", ".join(f"{k.replace('_', ' ')} {_value(k, x)}" for k, x in v.items()) or "-"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(_value(key, x) for x in v) or "-"
+    return str(v)
+
+
+def render_manifest_summary(summary: dict[str, Any]) -> list[str]:
+    """The manifest's summary as ``key: value`` lines (no Python reprs, no 13-digit floats)."""
+    return [f"  {k.replace('_', ' ')}: {_value(k, v)}" for k, v in summary.items()]
+
+
 def _render_manifest(r: dict[str, Any]) -> None:
     summary, check = r.get("manifest_summary"), r.get("manifest_check") or {}
     if summary:
-        console.print("manifest: " + ", ".join(f"{k}={v}" for k, v in summary.items()), markup=False)
+        console.print("manifest:", markup=False)
+        for line in render_manifest_summary(summary):
+            console.print(line, markup=False)
     if check.get("matches") is True:
         console.print(f"[green]the files match the manifest[/] ({check['manifest']})")
     elif check.get("matches") is False:
         console.print(f"[red]the files do NOT match the manifest:[/] {'; '.join(check['problems'])}")
     else:
-        console.print("[yellow]no manifest beside the file[/]")
+        console.print("no manifest beside the file", style="yellow", markup=False)
 
 
 def render_onnx(r: dict[str, Any]) -> None:

@@ -156,6 +156,9 @@ def parity(
     checks.input_file(artifact, "artifact")
     checks.input_paths(data, "data")
     checks.output_file(json_path, junit, plot, save_reference, save_inputs, save_outputs)
+    from vla_export.verify.preflight import check_parity_pair
+
+    check_parity_pair(checkpoint, artifact, load)  # a wrong pair is told before the checkpoint loads, with the right command
     tolerance = per_output = None
     if precision or atol_per or rtol_per or any(v is not None for v in (atol_all, rtol_all, min_cosine, min_sign_agreement, max_rel_error)):
         from vla_export.manifest import read_manifest

@@ -11,6 +11,26 @@ from vla_export.cli.common import console, write_json
 from vla_export.errors import ConfigError, DataError
 
 
+def parity_command(artifact: Path) -> str:
+    """``vla-export parity CKPT ARTIFACT`` with the checkpoint that ``artifact``'s manifest records, where it is found here."""
+    import shlex
+
+    from vla_export.manifest import read_manifest, recorded_checkpoint
+
+    manifest = read_manifest(artifact, required=False) or {}
+    found = recorded_checkpoint(artifact, manifest)
+    recorded = (manifest.get("source") or {}).get("checkpoint")
+    why = (f"the manifest records {recorded!r}, not found here" if recorded else "the manifest records no checkpoint")
+    ckpt, note = (shlex.quote(str(found)), "") if found is not None else ("CHECKPOINT", f" (CHECKPOINT: the one it was exported from; {why})")
+    part = manifest.get("part")
+    if part in ("backbone", "head"):  # a split part runs in the streaming policy: replay checks it
+        origin = Path(str((manifest.get("quantized_from") or {}).get("path") or artifact))
+        record = origin.with_name(origin.name.removesuffix(f".{part}.onnx") + ".split.json")
+        split = record if record.is_file() else "NAME.split.json"
+        return f"vla-export replay {ckpt} {shlex.quote(str(split))} EPISODE.h5 --{part} {shlex.quote(str(artifact))}{note}"
+    return f"vla-export parity {ckpt} {shlex.quote(str(artifact))}{note}"
+
+
 def eval_feeds(onnx: Path, data: Optional[list[Path]], calib_frames, samples: int, *, calib_meta=None, option: str = "--samples",
                at_most: bool = False):
     # calib_meta: the calibration set's meta (its windows name the episode files it sampled)

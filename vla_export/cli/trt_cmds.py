@@ -227,7 +227,9 @@ def quantize(
     else:
         result = convert_fp16(onnx, output, keep_sensitive_fp32=keep_fp32)
     render_quantize(result.to_dict())
-    console.print(f"check it: vla-export parity CHECKPOINT {output}", style="dim", markup=False)
+    from vla_export.cli.quant_cmds import parity_command
+
+    console.print(f"check it: {parity_command(output)}", style="dim", markup=False)
     if json_path:
         write_json(json_path, result.to_dict(), "quantize")
 
@@ -251,7 +253,7 @@ def render_build(r: dict[str, Any]) -> None:
 @with_loading_options
 def trt(
     onnx: Path = typer.Argument(..., help="The ONNX to build (external data is read from beside it)."),
-    output: Path = typer.Option(..., "-o", "--output", help="Engine to write, e.g. engines/NAME.engine (manifest NAME.engine.json beside it)."),
+    output: Path = typer.Option(..., "-o", "--output", "--saveEngine", help="Engine to write, e.g. engines/NAME.engine (manifest NAME.engine.json beside it)."),
     fp16: bool = typer.Option(False, "--fp16", help="FP16 (LayerNorm, Softmax and mask arithmetic stay FP32 unless --fp16-all)."),
     int8: bool = typer.Option(False, "--int8", help="INT8 with FP16 fallback: calibrated with --calib, or from the ONNX's Q/DQ nodes."),
     fp16_all: bool = typer.Option(False, "--fp16-all", help="Drop the FP32 layer precision constraints."),
@@ -259,14 +261,19 @@ def trt(
     calib_cache: Optional[Path] = typer.Option(None, "--calib-cache", help="Calibration cache file (default: beside the calibration set)."),
     typing_: str = typer.Option("auto", "--typing", help="auto (strongly typed for Q/DQ or FP16 ONNX, and on TensorRT 11), strong or weak."),
     shape: Optional[list[str]] = typer.Option(None, "--shape", help="Profile NAME=MIN:OPT:MAX, e.g. input_ids=1x1:1x16:1x64 (repeatable; default from the ONNX)."),
+    min_shapes: Optional[str] = typer.Option(None, "--minShapes", help="trtexec's spelling: NAME:DIMS,... (with --optShapes and --maxShapes; becomes --shape)."),
+    opt_shapes: Optional[str] = typer.Option(None, "--optShapes", help="trtexec's spelling, see --minShapes."),
+    max_shapes: Optional[str] = typer.Option(None, "--maxShapes", help="trtexec's spelling, see --minShapes."),
+    mem_pool: Optional[str] = typer.Option(None, "--memPoolSize", help="trtexec's spelling of --workspace: workspace:SIZE[K|M|G] (default unit M)."),
+    strongly_typed: bool = typer.Option(False, "--stronglyTyped", help="trtexec's spelling of --typing strong."),
     max_batch: int = typer.Option(1, "--max-batch", help="Largest batch in the default profiles."),
-    workspace: int = typer.Option(2048, "--workspace", help="Workspace limit in MiB."),
-    timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="Timing cache file, read if present and updated after the build."),
+    workspace: Optional[int] = typer.Option(None, "--workspace", help="Workspace limit in MiB (default 2048)."),
+    timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", "--timingCacheFile", help="Timing cache file, read if present and updated after the build."),
     opt_level: Optional[int] = typer.Option(None, "--opt-level", help="Builder optimization level 0-5 (TensorRT default 3)."),
     version_compatible: bool = typer.Option(False, "--version-compatible", help="Engine runs on later TensorRT versions of the same major."),
     exclude_lean_runtime: bool = typer.Option(False, "--exclude-lean-runtime", help="With --version-compatible: do not embed the lean runtime."),
     hardware_compat: str = typer.Option("none", "--hardware-compat", help="none or ampere+ (runs on any Ampere or newer GPU)."),
-    dla_core: Optional[int] = typer.Option(None, "--dla-core", help="Run on this DLA core (Jetson), with GPU fallback."),
+    dla_core: Optional[int] = typer.Option(None, "--dla-core", "--useDLACore", help="Run on this DLA core (Jetson), with GPU fallback."),
     print_trtexec: bool = typer.Option(False, "--print-trtexec", help="Print the equivalent trtexec command and exit (needs no TensorRT)."),
     trt_version: Optional[str] = typer.Option(None, "--trt-version", help="With --print-trtexec: the TensorRT the line is for (default: the installed one, else 10.3.0 as on JetPack 6)."),
     parity_ckpt: Optional[Path] = typer.Option(None, "--parity", help="After building, check parity against this checkpoint (loaded with --config/--rename/--set) and record it in the manifest."),
@@ -282,6 +289,11 @@ def trt(
 
     if fp16 and int8:
         raise ConfigError("choose one of --fp16 or --int8 (INT8 already enables FP16 for the layers kept out of INT8)")
+    from vla_export.cli import trtexec_spellings as spelled
+
+    shape = spelled.shapes_from_trtexec(min_shapes, opt_shapes, max_shapes, shape)
+    workspace = spelled.workspace_from_mem_pool(mem_pool, workspace if workspace is not None else 2048, workspace is not None)
+    typing_ = spelled.typing_from_strongly_typed(strongly_typed, typing_)
     checks.input_file(onnx, "ONNX")
     checks.input_file(calib_path, "calibration set")
     checks.at_least(1, samples=samples, max_batch=max_batch)

@@ -44,6 +44,8 @@ def inspect_artifact(path: str | Path, **checkpoint_options: Any) -> dict[str, A
     else:
         if not path.is_file():
             raise ArtifactError(f"{path}: not found")
+        if path.stat().st_size == 0:
+            raise ArtifactError(f"{path}: the file is empty (0 bytes), not a valid {kind} file; an interrupted build or copy? make it again")
         from vla_export.data.saved import peek_kind
 
         if kind == "calibration" and peek_kind(path) in ("parity-reference", "replay-reference"):

@@ -44,6 +44,7 @@ from vla_export.models.finite import require_finite_weights
 from vla_export.models.memory import check_window_memory
 from vla_export.runtime.policy import BACKBONE_INPUTS, BACKBONE_OUTPUTS, HEAD_INPUTS, HEAD_OUTPUTS
 from vla_export.verify.parity import compare_runners
+from vla_export.progress import step
 
 log = logging.getLogger(__name__)
 
@@ -282,6 +283,6 @@ def stream_check(loaded, backbone: Path, head: Path, *, window: int, seed: int =
     prompt = FixedPrompt(sample["input_ids"], sample["attention_mask"])
     policy = Policy(OnnxrtRunner(backbone), OnnxrtRunner(head), tokenizer=prompt, window=window,
                     image_size=cfg.image_size, action_dim=cfg.action_dim)
-    with policy, TorchRunner(loaded.policy) as reference:
+    with policy, TorchRunner(loaded.policy) as reference, step(f"stream check: {len(frames)} synthetic frames through the parts vs the full policy"):
         return replay_frames(policy, reference, frames, instruction=None, atol=atol or tolerance_for("fp32").atol,
                              info={"frames": f"synthetic (seed {seed + 7})", "num_frames": len(frames)})

@@ -47,7 +47,7 @@ DEFAULT_WORKSPACE_MIB = 2048
 TRTEXEC = "trtexec"
 INSTALL_TRT = (
     "TensorRT is not installed: on Jetson install JetPack's TensorRT (`sudo apt install nvidia-tensorrt`, "
-    "Python bindings `python3-libnvinfer`); on x86 `pip install 'vla-export[trt]'` (or put `trtexec` on PATH)"
+    "Python bindings `python3-libnvinfer`); on x86 `pip install -e '.[trt]'` in the vla-export checkout (or put `trtexec` on PATH)"
 )
 DEFAULT_TEXT_OPT = 16
 #: What a plan is for when nothing says otherwise: JetPack 6.x ships TensorRT 10.3.
@@ -161,12 +161,12 @@ class OnnxFacts:
 def read_onnx_facts(path: str | Path) -> OnnxFacts:
     """Read the facts from an ONNX file (weights not loaded) and its manifest, if any."""
     from vla_export.export.quantize import ensure_node_names, precision_sensitive_nodes
-    from vla_export.onnxfile import load_onnx
+    from vla_export.onnxfile import load_graph
     from vla_export.lazy import lazy_import
 
     onnx = lazy_import("onnx", purpose="reading ONNX models")
     path = Path(path)
-    model = load_onnx(path, load_external_data=False)  # also checks that external data files exist
+    model = load_graph(path)  # names and types, no weight values; also checks that external data files exist
     ensure_node_names(model)
     ops = {n.op_type for n in model.graph.node}
     fp16 = onnx.TensorProto.FLOAT16

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +120,14 @@ class PolicyConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PolicyConfig:
+        """Build a config from plain data (JSON, ``--set``), every value checked against the field's type first."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"invalid policy config: expected an object, got {type(data).__name__}")
+        problem = _type_problem(cls, data, "")
+        if problem:
+            raise ConfigError(f"invalid policy config: {problem}")
+        if any(n < 1 for n in data.get("head_hidden") or ()):
+            raise ConfigError(f"invalid policy config: head_hidden widths must be positive, got {list(data['head_hidden'])}")
         try:
             data = dict(data)
             data["kosmos_vision"] = VisionConfig(**data["kosmos_vision"])
@@ -131,6 +141,43 @@ class PolicyConfig:
             return cls(**data)
         except (KeyError, TypeError) as exc:
             raise ConfigError(f"invalid policy config: {exc}") from exc
+
+
+_WORDS = {int: "an integer", bool: "true or false", str: "a string", float: "a number", type(None): "null"}
+
+
+def _type_problem(cls: type, data: Mapping[str, Any], where: str) -> str | None:
+    """The first value in ``data`` that does not fit its field of dataclass ``cls`` (a "16" for an int, a float in
+    a list of ints), as ``field[i]: must be ..., got ...``; ``None`` when every value fits. No value is converted."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            problem = _value_problem(data[f.name], hints[f.name], where + f.name)
+            if problem:
+                return problem
+    return None
+
+
+def _value_problem(value: Any, hint: Any, where: str) -> str | None:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        return _value_problem(value, next(a for a in args if a is not type(None)), where)
+    if origin is tuple:  # tuple[int, ...]
+        if not isinstance(value, (list, tuple)):
+            return f"{where}: must be a list of {_WORDS.get(args[0], args[0])[3:]}s, got {value!r}"
+        return next((p for i, v in enumerate(value) if (p := _value_problem(v, args[0], f"{where}[{i}]"))), None)
+    if dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):
+            return None
+        if not isinstance(value, Mapping):
+            return f"{where}: must be an object, got {value!r}"
+        return _type_problem(hint, value, where + ".")
+    fits = isinstance(value, hint) and not (hint in (int, float) and isinstance(value, bool))
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        fits = True
+    return None if fits else f"{where}: must be {_WORDS.get(hint, hint)}, got {value!r}"
 
 
 def config_differences(recorded: dict[str, Any], actual: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:

@@ -97,7 +97,6 @@ class ReplayResult:
         }
 
 
-@reported("replaying the episode")
 def replay_frames(
     policy: Policy,
     reference: Runner,
@@ -134,6 +133,7 @@ def replay_frames(
     return result
 
 
+@reported("replaying the episode")
 def replay_episode(policy: Policy, reference: Runner, episode: Any, *, atol: float = DEFAULT_ATOL) -> ReplayResult:
     """:func:`replay_frames` over a recorded :class:`~vla_export.data.episodes.Episode`, under its instruction."""
     return replay_frames(

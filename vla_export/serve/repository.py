@@ -44,7 +44,7 @@ REPOSITORY_FILE = "vla-export-repository.json"
 REPOSITORY_SCHEMA = "vla-export/triton-repository/1"
 BACKENDS = ("onnxrt", "trt", "torch", "tensorrt_plan")
 TORCH_DTYPES = ("float32", "float16", "bfloat16")
-SERVE_INSTALL = "`pip install 'vla-export[serve]'` (or `pip install 'tritonclient[http,grpc]'`)"
+SERVE_INSTALL = "`pip install 'tritonclient[http,grpc]'` (the part of the serve extra that this needs)"
 TEMPLATE = Path(__file__).with_name("templates") / "policy_model.py"
 #: Inputs and outputs of the policy model (robots send and receive these).
 FRAME, INSTRUCTION, ACTION, STEP = "FRAME", "INSTRUCTION", "ACTION", "STEP"

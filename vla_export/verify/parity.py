@@ -21,7 +21,7 @@ the whole output reaches ``min_cosine``; actions, in physical units, keep the el
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +30,7 @@ import numpy as np
 from vla_export.errors import ArtifactError, ConfigError
 from vla_export.models.config import check_same_config  # noqa: F401 - parity's API (used by parity_check)
 from vla_export.precision import DEFAULT_TOLERANCES, PRECISIONS, Tolerance, tolerance_for  # noqa: F401 - parity's API
-from vla_export.progress import reported
+from vla_export.progress import counted
 
 
 @dataclass
@@ -220,7 +220,6 @@ def check_compatible(reference, candidate) -> list[str]:
     return shared
 
 
-@reported("running the reference and the candidate")
 def compare_runners(
     reference,
     candidate,
@@ -245,17 +244,20 @@ def compare_runners(
     refs: dict[str, list[np.ndarray]] = {n: [] for n in names}
     cands: dict[str, list[np.ndarray]] = {n: [] for n in names}
     samples = 0
-    for feed in feeds:
-        r, c = reference.infer(feed), candidate.infer(feed)
-        for n in names:
-            if r[n].shape != c[n].shape:
-                raise ArtifactError(
-                    f"{candidate.name}: output '{n}' has shape {tuple(c[n].shape)}, the checkpoint's policy gives "
-                    f"{tuple(r[n].shape)}: the artifact was not exported from this checkpoint"
-                )
-            refs[n].append(r[n])
-            cands[n].append(c[n])
-        samples += 1
+    total = len(feeds) if isinstance(feeds, Sized) else None
+    with counted("running the reference and the candidate", total, "samples") as advance:
+        for feed in feeds:
+            r, c = reference.infer(feed), candidate.infer(feed)
+            for n in names:
+                if r[n].shape != c[n].shape:
+                    raise ArtifactError(
+                        f"{candidate.name}: output '{n}' has shape {tuple(c[n].shape)}, the checkpoint's policy gives "
+                        f"{tuple(r[n].shape)}: the artifact was not exported from this checkpoint"
+                    )
+                refs[n].append(r[n])
+                cands[n].append(c[n])
+            samples += 1
+            advance(1)
     if samples == 0:
         raise ConfigError("parity needs at least one sample")
     # Rows of the last axis (frames for features [B, T, F]): samples may differ in batch and window.
