@@ -64,11 +64,29 @@ def test_install_hints_name_a_command_that_works_from_the_checkout():
     import re
     from pathlib import Path
 
-    from vla_export.lazy import INSTALL_HINTS, extra_install
+    from vla_export.lazy import INSTALL_HINTS, expand_hint, extra_install
 
     root = Path(vla_export.__file__).resolve().parent.parent
-    for hint in (INSTALL_HINTS["tensorrt"], INSTALL_HINTS["onnxslim"], extra_install("plot")):
+    for hint in (expand_hint(INSTALL_HINTS["tensorrt"]), expand_hint(INSTALL_HINTS["onnxslim"]), extra_install("plot")):
         assert "'vla-export[" not in hint, hint
         target = re.search(r"pip install -e '([^']+)\[(\w+)\]'", hint)
         assert target and Path(target.group(1)) == root and (root / "pyproject.toml").is_file(), hint
     assert "'tensorrt<11,>=10'" in extra_install("trt")  # the extra's own packages, from the installed metadata
+
+
+def test_importing_reads_no_package_metadata(monkeypatch):
+    """The hints are expanded when an import fails, not when vla_export.lazy or vla_export.plots is imported."""
+    import importlib
+    import importlib.metadata
+
+    import vla_export.lazy
+    import vla_export.plots
+
+    calls = []
+    monkeypatch.setattr(importlib.metadata, "requires", lambda name: calls.append(name) or [])
+    importlib.reload(vla_export.lazy)
+    importlib.reload(vla_export.plots)
+    assert calls == []
+    with pytest.raises(MissingDependencyError, match=r"pip install -e '.*\[plot\]'"):
+        vla_export.lazy.lazy_import("no_such_module_xyz", install=vla_export.plots.INSTALL)
+    assert calls == ["vla-export"]

@@ -33,15 +33,25 @@ def extra_install(extra: str) -> str:
     return hint
 
 
-#: How to get each optional module. Read-only: callers pass ``install=`` for anything else.
+_EXTRA = re.compile(r"\{extra:([\w-]+)\}")
+
+
+def expand_hint(hint: str) -> str:
+    """``hint`` with each ``{extra:NAME}`` replaced by :func:`extra_install` (``NAME``): read when an error is
+    raised, so importing this module reads no package metadata."""
+    return _EXTRA.sub(lambda m: extra_install(m.group(1)), hint)
+
+
+#: How to get each optional module (``{extra:NAME}``: see :func:`expand_hint`). Read-only: callers pass
+#: ``install=`` for anything else.
 INSTALL_HINTS = MappingProxyType(
     {
-        "tensorrt": "on Jetson: `sudo apt install nvidia-tensorrt` (JetPack 6); on x86: " + extra_install("trt"),
+        "tensorrt": "on Jetson: `sudo apt install nvidia-tensorrt` (JetPack 6); on x86: {extra:trt}",
         "pycuda": "`pip install pycuda` (needs the CUDA toolkit and driver; optional, cuda-python or torch also work)",
         "cuda": "`pip install cuda-python`",
         "polygraphy": "`pip install polygraphy`",
-        "onnxruntime": "`pip install onnxruntime` (CPU), or for CUDA " + extra_install("gpu"),
-        "onnxslim": extra_install("simplify"),
+        "onnxruntime": "`pip install onnxruntime` (CPU), or for CUDA {extra:gpu}",
+        "onnxslim": "{extra:simplify}",
         "onnx": "`pip install onnx`",
         "onnxscript": "`pip install onnxscript`",
         "h5py": "`pip install h5py`",
@@ -62,7 +72,7 @@ def lazy_import(name: str, *, purpose: str | None = None, install: str | None = 
         return importlib.import_module(name)
     except ImportError as exc:
         top = name.split(".")[0]
-        hint = install or INSTALL_HINTS.get(top, f"`pip install {top}`")
+        hint = expand_hint(install or INSTALL_HINTS.get(top, f"`pip install {top}`"))
         what = f"{purpose} needs" if purpose else "needs"
         raise MissingDependencyError(
             f"{what} the Python module '{name}', which cannot be imported ({exc}); install it with {hint}"

@@ -16,9 +16,9 @@ import numpy as np
 
 from vla_export.errors import ConfigError
 from vla_export.fileio import atomic_write
-from vla_export.lazy import extra_install, lazy_import
+from vla_export.lazy import lazy_import
 
-INSTALL = extra_install("plot")
+INSTALL = "{extra:plot}"  # expanded by lazy_import when matplotlib is missing
 
 
 def _pyplot():
