@@ -49,3 +49,8 @@ def tolerance_for(precision: str, **overrides: float | None) -> Tolerance:
 def loosest(precisions: Iterable[str]) -> str:
     """The least exact of ``precisions`` (fp32 when none is given)."""
     return max(["fp32", *precisions], key=PRECISIONS.index)
+
+
+#: A comparison can tell a broken artifact apart only when the reference's outputs vary across the
+#: samples (or replay steps) by well more than the tolerance: at least this many times ``atol``.
+DISCRIMINATION = 10.0

@@ -176,7 +176,7 @@ class FitResult:
             "train": self.train.to_dict(), "untrained_train": self.untrained_train.to_dict(),
             "val": self.val.to_dict() if self.val else None,
             "untrained_val": self.untrained_val.to_dict() if self.untrained_val else None,
-            "torch": torch.__version__,
+            "torch": str(torch.__version__),
         }
 
 
