@@ -37,7 +37,7 @@ demo: install
 	$(BIN)/vla-export inspect $(DEMO)/tiny.pt --json $(DEMO)/tiny.inspect.json
 	$(BIN)/vla-export onnx $(DEMO)/tiny.pt -o $(DEMO)/tiny.onnx --debug-outputs --json $(DEMO)/tiny.onnx.report.json
 	$(BIN)/vla-export parity $(DEMO)/tiny.pt $(DEMO)/tiny.onnx --samples 24 --data $(DEMO)/held-out --strict --json $(DEMO)/tiny.parity.json
-	$(BIN)/vla-export calib $(DEMO)/episodes --onnx $(DEMO)/tiny.onnx -o $(DEMO)/calibration/tiny.npz --samples 8
+	$(BIN)/vla-export calib $(DEMO)/episodes --onnx $(DEMO)/tiny.onnx -o $(DEMO)/calibration/tiny.npz --samples 32
 	$(BIN)/vla-export quantize $(DEMO)/tiny.onnx --int8 --calib $(DEMO)/calibration/tiny.npz
 	$(BIN)/vla-export parity $(DEMO)/tiny.pt $(DEMO)/tiny.int8.onnx --samples 24 --data $(DEMO)/held-out --strict --json $(DEMO)/tiny.int8.parity.json
 	$(BIN)/vla-export inspect $(DEMO)/tiny.int8.onnx --json $(DEMO)/tiny.int8.inspect.json
