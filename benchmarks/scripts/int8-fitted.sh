@@ -31,3 +31,7 @@ $V quantize $W/random.onnx --int8 --calib $W/rcalib8.npz -o $W/random.w8a8.onnx
 $V parity $W/random.pt $W/random.w8a8.onnx --samples 24 --data $D/held-out --json $R/random-w8a8.parity.json || true
 $V quantize $W/random.onnx --int8-weights -o $W/random.int8w.onnx
 $V parity $W/random.pt $W/random.int8w.onnx --samples 24 --data $D/held-out --json $R/random-int8w.parity.json || true
+# the budget with the feature bound too (parity judges features by 0.05 relative error per frame)
+$V quantize $D/tiny.onnx --int8 --calib $W/calib8.npz --data $W/search --eval-samples 16 \
+   --max-action-error 0.05 --min-cosine 0.99 --max-feature-rel-error 0.05 --json $R/budget-features.json -o $W/tiny.budget-features.onnx || true
+$V parity $D/tiny.pt $W/tiny.budget-features.onnx --samples 24 --data $D/held-out --strict --json $R/budget-features.parity.json || true
