@@ -51,6 +51,7 @@ def test_fitted_checkpoint_is_in_the_training_format_and_records_how_it_was_made
     assert ckpt.layout and meta["epoch"] == fitted_tiny.epochs >= 1
     assert meta["val_mae"] == pytest.approx(fitted_tiny.val.mae)
     fit = meta["fit"]
+    assert fit["action_scale"] == pytest.approx(1.15)
     assert fit["steps"] == 200 and fit["seed"] == 0 and fit["lr"] == 3e-3 and fit["val_mae_on"] == "held-out episodes"
     assert len(fit["episodes"]) == 32 and all(len(e["sha256"]) == 64 for e in fit["episodes"])
     assert fit["loss_curve"]["last"] < fit["loss_curve"]["first"] and fit["untrained_val"]["mae"] > fit["val"]["mae"]

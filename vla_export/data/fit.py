@@ -168,6 +168,7 @@ class FitResult:
             "steps": o.steps, "seed": o.seed, "lr": o.lr, "batch": o.batch, "threads": o.threads, "optimizer": "AdamW",
             "loss": "MSE of every window step's action, policy units",
             "action_units": f"recorded actions / {ACTION_SCALE} clipped to [-1, 1]",
+            "action_scale": ACTION_SCALE,  # evaluate --action-scale: compare with recorded / this
             "frozen": ["patch embeddings"],
             "loss_curve": {"first": losses[0], "last": losses[-1], "min": min(losses),
                            "last_10pct_mean": float(np.mean(losses[-max(1, len(losses) // 10):])),
