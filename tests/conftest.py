@@ -58,6 +58,89 @@ def tiny_split(tmp_path_factory, tiny_ckpt):
     return export_split(load_policy(tiny_ckpt), tmp_path_factory.mktemp("split") / "tiny")
 
 
+# --- fitted policies: checks whose reference varies enough to fail on a wrong answer ----------------------
+# A random tiny policy hardly looks at its inputs (its actions spread by ~0.01 across windows), so an INT8
+# check (atol 0.05) against it cannot tell a constant action from a right one. Use these fixtures wherever
+# a check must be able to fail: parity (INT8, weight-only, FP16), replay, streaming/serving equality, budgets.
+
+FIT_HW = (180, 320)
+
+
+@pytest.fixture(scope="session")
+def fit_episodes(tmp_path_factory) -> Path:
+    """32 synthetic episodes (seed 0, 18 frames, 180x320): what the fitted fixtures are trained and calibrated on."""
+    from vla_export.data.episodes import write_synthetic_episodes
+
+    out = tmp_path_factory.mktemp("fit-episodes")
+    write_synthetic_episodes(out, 32, seed=0, frames=18, frame_hw=FIT_HW)
+    return out
+
+
+@pytest.fixture(scope="session")
+def held_out_episodes(tmp_path_factory) -> Path:
+    """4 synthetic episodes of another seed (1): never trained or calibrated on; pass as parity's ``data``."""
+    from vla_export.data.episodes import write_synthetic_episodes
+
+    out = tmp_path_factory.mktemp("held-out")
+    write_synthetic_episodes(out, 4, seed=1, frames=18, frame_hw=FIT_HW)
+    return out
+
+
+@pytest.fixture(scope="session")
+def fitted_tiny(fit_episodes, held_out_episodes):
+    """The tiny policy fitted once per session (`init --fit` defaults: 200 steps, seed 0; ~45 s on 2 cores): a FitResult."""
+    from vla_export.data.fit import FitOptions, fit_policy
+    from vla_export.models.config import get_preset
+
+    return fit_policy(get_preset("tiny"), fit_episodes, FitOptions(), val_episodes=held_out_episodes)
+
+
+@pytest.fixture(scope="session")
+def fitted_tiny_ckpt(tmp_path_factory, fitted_tiny) -> Path:
+    """`fitted_tiny` in the Mobile VLA training format, as `vla-export init --fit` writes it (val_mae, fit record)."""
+    from vla_export.models.loader import save_training_checkpoint
+
+    return save_training_checkpoint(fitted_tiny.policy, tmp_path_factory.mktemp("fitted") / "tiny.pt", epoch=fitted_tiny.epochs,
+                                    val_mae=fitted_tiny.val_mae, extra={"fit": fitted_tiny.record()})
+
+
+@pytest.fixture(scope="session")
+def fitted_tiny_onnx(tmp_path_factory, fitted_tiny_ckpt) -> Path:
+    """`fitted_tiny_ckpt` exported once per session with the per-frame ``features`` output. Read-only."""
+    from vla_export.export.onnx import OnnxExportOptions, OnnxFromPolicy
+    from vla_export.models.loader import PolicyFromCheckpoint
+
+    path = tmp_path_factory.mktemp("fitted-onnx") / "tiny.onnx"
+    OnnxFromPolicy(PolicyFromCheckpoint(fitted_tiny_ckpt), path, OnnxExportOptions(parity_samples=1, debug_outputs=True))()
+    return path
+
+
+@pytest.fixture(scope="session")
+def fitted_tiny_calib(tmp_path_factory, fit_episodes):
+    """A calibration set of 32 windows of the fit episodes (as `make demo`; with 8, W8A8 of the fitted tiny misses atol)."""
+    from vla_export.data.calibration import make_calibration_set
+    from vla_export.models.config import get_preset
+
+    return make_calibration_set(fit_episodes, get_preset("tiny"), tmp_path_factory.mktemp("fitted-calib") / "tiny.npz", count=32)
+
+
+@pytest.fixture(scope="session")
+def fitted_tiny_int8(tmp_path_factory, fitted_tiny_onnx, fitted_tiny_calib) -> Path:
+    """`fitted_tiny_onnx` quantized to INT8 Q/DQ (W8A8) with `fitted_tiny_calib`. Read-only."""
+    from vla_export.export.quantize import quantize_int8
+
+    return Path(quantize_int8(fitted_tiny_onnx, fitted_tiny_calib, tmp_path_factory.mktemp("fitted-int8") / "tiny.int8.onnx").output)
+
+
+@pytest.fixture(scope="session")
+def fitted_tiny_split(tmp_path_factory, fitted_tiny_ckpt):
+    """`fitted_tiny_ckpt` split-exported (backbone + head) once per session: the SplitExportResult. Read-only."""
+    from vla_export.export.split import export_split
+    from vla_export.models.loader import load_policy
+
+    return export_split(load_policy(fitted_tiny_ckpt), tmp_path_factory.mktemp("fitted-split") / "tiny")
+
+
 class CliResult:
     def __init__(self, code: int, out: str, err: str):
         self.exit_code, self.stdout, self.stderr = code, out, err

@@ -26,11 +26,13 @@ def other_ckpt(tmp_path_factory):
     return save_training_checkpoint(init_policy(get_preset("tiny"), seed=5), tmp_path_factory.mktemp("other") / "other.pt")
 
 
-def test_replay_passes_at_every_step(tiny_split, tiny_ckpt, episode):
+def test_replay_passes_at_every_step(fitted_tiny_split, fitted_tiny_ckpt, episode):
     from vla_export.models.loader import PolicyFromCheckpoint
     from vla_export.runtime.replay import replay_check
 
-    result = replay_check(PolicyFromCheckpoint(tiny_ckpt), tiny_split.manifest_path, episode)
+    result = replay_check(PolicyFromCheckpoint(fitted_tiny_ckpt), fitted_tiny_split.manifest_path, episode)
+    result.strict = True
+    assert result.conclusive and result.spread > 0.1  # the fitted policy's actions follow the episode
     assert result.passed and result.atol == 1e-4  # fp32 parts: the fp32 parity tolerance
     assert [s.index for s in result.steps] == list(range(7))
     assert result.steps[0].window == [0, 0, 0, 0] and result.steps[5].window == [2, 3, 4, 5]
@@ -38,6 +40,20 @@ def test_replay_passes_at_every_step(tiny_split, tiny_ckpt, episode):
     assert result.compared_dims == 3 and result.mae_vs_recorded is not None
     assert all(s.latency_ms >= s.model_ms > 0 for s in result.steps)
     assert result.episode["instruction"] == "go around the leftmost edge to reach the cup"
+
+
+def test_strict_replay_fails_when_the_reference_barely_varies():
+    from vla_export.runtime.replay import ReplayResult, ReplayStep
+
+    def steps(values):
+        return [ReplayStep(k, [k], [v, 0.0], [v, 0.0], 0.0, [], 1.0, 1.0) for k, v in enumerate(values)]
+
+    flat = ReplayResult({}, 1e-3, {}, {}, steps([0.5, 0.5001, 0.4999]))
+    assert flat.passed and not flat.conclusive  # lenient: passes with a note
+    flat.strict = True
+    assert not flat.passed and flat.to_dict()["conclusive"] is False
+    varied = ReplayResult({}, 1e-3, {}, {}, steps([-0.9, 0.0, 0.9]), strict=True)
+    assert varied.conclusive and varied.passed
 
 
 def test_cli_replay_reports_every_step(cli, tiny_split, tiny_ckpt, episode, tmp_path):

@@ -83,3 +83,8 @@ def output_tolerances(base: Tolerance, **per_field: Mapping[str, float]) -> dict
     """Per-output tolerances: ``base`` with each output's own values (``atol={"actions": 0.05}``) applied."""
     names = sorted({n for values in per_field.values() for n in values})
     return {n: dataclasses.replace(base, **{f: v[n] for f, v in per_field.items() if n in v}) for n in names}
+
+
+#: A comparison can tell a broken artifact apart only when the reference's outputs vary across the
+#: samples (or replay steps) by well more than the tolerance: at least this many times ``atol``.
+DISCRIMINATION = 10.0

@@ -43,7 +43,15 @@ def render_replay(r: dict[str, Any]) -> None:
         console.print(
             f"MAE vs the recorded actions (first {r['mae_dims']} dims, for information only): {r['mae_vs_recorded']:.4f}", markup=False
         )
-    verdict = "[green]pass[/]" if r["passed"] else f"[red]FAIL at steps {r['failed_steps']}[/]"
+    if not r.get("conclusive", True):
+        console.print(
+            f"inconclusive: the reference's actions vary across the {len(r['steps'])} steps by {r['spread']:.3g}, less than "
+            f"{r['discrimination']:g}x atol ({r['discrimination'] * r['atol']:g}), so this replay cannot tell a broken runtime apart; "
+            + ("--strict makes this a failure" if r.get("strict") else "replay a more varied episode or a fitted policy (--strict fails here)"),
+            style="red" if r.get("strict") else "yellow", markup=False,
+        )
+    failed = f"FAIL at steps {r['failed_steps']}" if r["failed_steps"] else "FAIL (inconclusive, --strict)"
+    verdict = "[green]pass[/]" if r["passed"] else f"[red]{failed}[/]"
     console.print(f"replay: {verdict}: max abs error {r['max_abs_err']:.3g} over {len(r['steps'])} steps; median step {r['median_step_ms']:.2f} ms")
 
 
@@ -64,6 +72,7 @@ def replay(
     load: LoadOptions = LoadOptions(),
     save_reference: Optional[Path] = typer.Option(None, "--save-reference", help="Also save the per-step full-window PyTorch actions (+ config, checkpoint sha256) to this .npz, for `vla-export replay REF.npz ...` on the device."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Draw streaming vs reference actions per step and the per-step error against the tolerance into this PNG (needs matplotlib)."),
+    strict: bool = typer.Option(False, "--strict", help="Fail (exit 1) when the reference's actions vary too little across the steps to tell a broken runtime apart; for CI."),
 ) -> None:
     """Stream an episode through the split runtime; at every step compare with the full-window PyTorch policy (or a saved reference). Exit 1 on a failed step."""
     from vla_export.verify import reference as saved
@@ -94,6 +103,7 @@ def replay(
         else:
             result = saved.replay_with_saved_reference(loader, artifacts, episode, save_reference, **opts)
             console.print(f"wrote {save_reference} (check on the device: vla-export replay {save_reference} SPLIT EPISODE)", markup=False)
+    result.strict = strict
     report = result.to_dict()
     render_replay(report)
     if json_path:

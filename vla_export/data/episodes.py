@@ -33,6 +33,9 @@ ACTION_CHUNK_SIZE = 8
 FRAME_PERIOD_S = 0.4
 DEFAULT_FRAMES = 18
 DEFAULT_HW = (720, 1280)
+#: Recorded actions are key presses (+-ACTION_KEY); the policy's Tanh output is in [-1, 1], and the
+#: Mobile VLA server multiplies it by 1.15 to drive the robot. So one key press is 1.0 in policy units.
+ACTION_SCALE = ACTION_KEY
 REQUIRED_DATASETS = ("images", "actions", "action_event_types")
 REQUIRED_ATTRS = ("episode_name", "num_frames", "total_duration", "action_chunk_size")
 _SCENARIO = re.compile(r"(?P<boxes>\d+)box_(?P<layout>vert|hori)_(?P<side>left|right)")
@@ -150,6 +153,16 @@ def find_episodes(paths: Sequence[str | Path] | str | Path) -> list[Path]:
     return found
 
 
+def policy_units(actions: np.ndarray, action_dim: int) -> np.ndarray:
+    """Recorded actions [T, >= action_dim] in the policy's output units: the first ``action_dim`` columns
+    divided by :data:`ACTION_SCALE` and clipped to Tanh's [-1, 1] (what fitting trains on and what
+    ``val_mae`` is measured in)."""
+    actions = np.asarray(actions, dtype=np.float32)
+    if actions.ndim != 2 or actions.shape[1] < action_dim:
+        raise DataError(f"recorded actions {actions.shape} have fewer than the policy's {action_dim} dimensions")
+    return np.clip(actions[:, :action_dim] / np.float32(ACTION_SCALE), -1.0, 1.0).astype(np.float32)
+
+
 # --- writing -----------------------------------------------------------------------------------------
 
 def write_episode(
@@ -211,16 +224,21 @@ def _scene(rng: np.random.Generator, frames: int, hw: tuple[int, int], side: str
 
 
 def _key_actions(frames: int, side: str) -> tuple[np.ndarray, list[str]]:
-    """Key-press actions: start, forward, sidestep around the box, forward to the cup, stop."""
+    """Key-press actions: start, forward, sidestep around the box (turning to keep the cup in view), forward, stop.
+
+    Strafing to the ``side`` moves the cup across the view the other way, so the robot turns back
+    toward it while it sidesteps (angular_z against linear_y). All three action dimensions vary
+    across an episode, so a policy that follows the scene has outputs that vary in every dimension.
+    """
     lateral = ACTION_KEY if side == "left" else -ACTION_KEY
     actions = np.zeros((frames, 3), dtype=np.float32)
     events = ["episode_start"]
     for k in range(1, frames):
         p = k / frames
-        if p < 0.25 or p >= 0.6:
+        if p < 0.2 or p >= 0.65:
             actions[k] = (ACTION_KEY, 0.0, 0.0)
         else:
-            actions[k] = (0.0, lateral, 0.0)
+            actions[k] = (0.0, lateral, -lateral)
         events.append("start_action")
     if frames > 1:
         actions[-1] = 0.0
@@ -317,6 +335,10 @@ class EpisodeSource:
         if L > self.config.max_text_len:
             raise DataError(f"prompts need {L} tokens, more than the policy's max_text_len {self.config.max_text_len}")
         return {k: self.tokenizer.encode(p, L) for k, p in prompts.items()}
+
+    def prompt(self, instruction: str) -> tuple[np.ndarray, np.ndarray]:
+        """The tokenised run-time prompt (ids, mask) of one of the episodes' instructions, padded to :attr:`L`."""
+        return self._prompts[instruction]
 
     @property
     def L(self) -> int:

@@ -214,8 +214,11 @@ def trainable_parameters(policy) -> list:
     return params
 
 
-def save_training_checkpoint(policy, path: str | Path, *, epoch: int = 0, val_mae: float = 0.0, args: Any = None) -> Path:
-    """Write ``policy`` in the Mobile VLA training format, atomically (temp file, then rename)."""
+def save_training_checkpoint(policy, path: str | Path, *, epoch: int = 0, val_mae: float = 0.0, args: Any = None,
+                             extra: dict[str, Any] | None = None) -> Path:
+    """Write ``policy`` in the Mobile VLA training format, atomically (temp file, then rename).
+
+    ``extra`` adds top-level entries (plain values: a fitted checkpoint records how it was made under ``fit``)."""
     import argparse
 
     import torch
@@ -243,6 +246,7 @@ def save_training_checkpoint(policy, path: str | Path, *, epoch: int = 0, val_ma
         "args": args,
         # The config, so that loading this file back assumes nothing (heads, Tanh, pooling, tokens).
         RECORD_KEY: record_for_checkpoint(policy.cfg),
+        **(extra or {}),
     }
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
     return path

@@ -17,7 +17,7 @@ import numpy as np
 from vla_export.backends.base import Runner
 from vla_export.data.preprocess import DEFAULT_INSTRUCTION, preprocess_frames
 from vla_export.runtime.policy import Policy, window_indices
-from vla_export.precision import loosest
+from vla_export.precision import DISCRIMINATION, loosest
 from vla_export.progress import reported
 
 DEFAULT_ATOL = 1e-3
@@ -40,13 +40,29 @@ class ReplayStep:
 
 @dataclass
 class ReplayResult:
-    """Per-step actions and errors of one episode; ``passed`` when every step is within ``atol``."""
+    """Per-step actions and errors of one episode; ``passed`` when every step is within ``atol``.
+
+    With ``strict``, a replay whose reference actions barely vary across the steps (spread under
+    ``DISCRIMINATION * atol``: a streaming runtime returning a constant would pass) fails too.
+    """
 
     episode: dict[str, Any]
     atol: float
     policy: dict[str, Any]
     reference: dict[str, Any]
     steps: list[ReplayStep] = field(default_factory=list)
+    strict: bool = False
+
+    @property
+    def spread(self) -> float:
+        """Std of the reference's actions across the steps, averaged over the dimensions (parity's statistic)."""
+        if len(self.steps) < 2:
+            return 0.0
+        return float(np.asarray([s.reference for s in self.steps]).std(axis=0).mean())
+
+    @property
+    def conclusive(self) -> bool:
+        return self.spread > DISCRIMINATION * self.atol
 
     @property
     def max_abs_err(self) -> float:
@@ -58,7 +74,7 @@ class ReplayResult:
 
     @property
     def passed(self) -> bool:
-        return bool(self.steps) and not self.failed_steps
+        return bool(self.steps) and not self.failed_steps and (self.conclusive or not self.strict)
 
     @property
     def compared_dims(self) -> int:
@@ -87,6 +103,10 @@ class ReplayResult:
             "atol": self.atol,
             "max_abs_err": self.max_abs_err,
             "failed_steps": self.failed_steps,
+            "spread": self.spread,
+            "conclusive": self.conclusive,
+            "discrimination": DISCRIMINATION,
+            "strict": self.strict,
             "mae_vs_recorded": self.mae_vs_recorded,
             "mae_dims": self.compared_dims,
             "median_step_ms": self.median_step_ms,

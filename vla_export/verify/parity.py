@@ -29,7 +29,7 @@ import numpy as np
 
 from vla_export.errors import ArtifactError, ConfigError
 from vla_export.models.config import check_same_config  # noqa: F401 - parity's API (used by parity_check)
-from vla_export.precision import DEFAULT_TOLERANCES, PRECISIONS, Tolerance, tolerance_for  # noqa: F401 - parity's API
+from vla_export.precision import DEFAULT_TOLERANCES, DISCRIMINATION, PRECISIONS, Tolerance, tolerance_for  # noqa: F401 - parity's API
 from vla_export.progress import counted
 
 
@@ -123,9 +123,6 @@ class ParityResult:
         }
 
 
-#: A comparison can tell a broken artifact apart only when the reference's outputs vary across the
-#: samples by well more than the tolerance: at least this many times ``atol``.
-DISCRIMINATION = 10.0
 
 
 def undiscriminating_outputs(result: ParityResult) -> list[str]:
