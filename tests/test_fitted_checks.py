@@ -98,3 +98,19 @@ def test_replay_of_the_fitted_split_is_conclusive_and_a_constant_head_fails(cli,
     constant_actions(head, head.with_suffix(".tmp.onnx"), mean).replace(head)
     bad = cli("replay", fitted_tiny_ckpt, folder, episode, "--strict")
     assert bad.exit_code == 1 and "FAIL" in bad.stdout, bad
+
+
+def test_evaluate_reads_the_fit_records_action_scale(fitted_tiny_ckpt, fitted_tiny_onnx, held_out_episodes, tmp_path):
+    """`evaluate` of a fitted checkpoint compares with recorded / the fit record's action_scale, says so, and is
+    conclusive on the held-out episodes; a constant-action ONNX fails its MAE gate there."""
+    from vla_export.data.episodes import ACTION_SCALE
+    from vla_export.models.loader import PolicyFromCheckpoint
+    from vla_export.verify.evaluate import evaluate
+
+    broken = constant_actions(fitted_tiny_onnx, tmp_path / "const.onnx", _mean_action(fitted_tiny_ckpt, held_out_episodes))
+    result = evaluate(PolicyFromCheckpoint(fitted_tiny_ckpt), [fitted_tiny_onnx, broken], held_out_episodes,
+                      max_mae_increase=0.05, strict=True).to_dict()
+    assert result["data"]["action_scale"] == ACTION_SCALE and result["data"]["action_scale_source"] == "the checkpoint's fit record"
+    assert result["conclusive"]
+    onnx, const = result["artifacts"][1:]
+    assert onnx["passed"] and not const["passed"]

@@ -106,7 +106,7 @@ def evaluate(
     data: Optional[list[Path]] = typer.Option(None, "--data", help="Recorded episodes (HDF5 files or folders of them); every control step is a window."),
     max_mae_increase: Optional[float] = typer.Option(None, "--max-mae-increase", help="Gate: fail (exit 1) when an artifact's MAE of any action dimension rises more than this over the checkpoint's."),
     strict: bool = typer.Option(False, "--strict", help="Fail (exit 1) when the episodes cannot tell a broken artifact apart (see the README's honesty rule); for CI."),
-    action_scale: float = typer.Option(1.0, "--action-scale", help="Divide the recorded actions by this before comparing (for policies trained on scaled actions)."),
+    action_scale: Optional[float] = typer.Option(None, "--action-scale", help="Divide the recorded actions by this before comparing (default: the checkpoint's fit record's action_scale, else 1)."),
     qdq: str = typer.Option("exact", "--qdq", help="Q/DQ ONNX: exact (the quantization's own arithmetic, as parity) or kernels (onnxruntime's fused int8 CPU kernels)."),
     providers: Optional[list[str]] = typer.Option(None, "--provider", help="onnxruntime execution provider for ONNX artifacts and parts (repeatable)."),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Local Kosmos-2 tokenizer directory (the tiny and small presets have their own)."),

@@ -29,6 +29,7 @@ none of the others that vary fails to.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -40,6 +41,8 @@ import numpy as np
 
 from vla_export.errors import ArtifactError, ConfigError, DataError
 from vla_export.progress import step
+
+log = logging.getLogger(__name__)
 
 SCHEMA = "vla-export/evaluate/1"
 #: The recorded action columns of a Mobile VLA episode, in order.
@@ -273,6 +276,22 @@ def _precision_label(manifest: dict[str, Any]) -> str:
     return precision
 
 
+def _action_scale(given: float | None, metadata: dict[str, Any]) -> tuple[float, str]:
+    """The divisor of the recorded actions and where it came from: ``--action-scale``, else the checkpoint's
+    ``fit`` record (a policy fitted by ``init --fit`` outputs recorded / ``action_scale``), else 1."""
+    if given is not None:
+        return given, "given (--action-scale)"
+    recorded = (metadata.get("fit") or {}).get("action_scale") if isinstance(metadata.get("fit"), dict) else None
+    if recorded is not None:
+        value = float(recorded)
+        if not (math.isfinite(value) and value > 0):
+            raise ArtifactError(f"the checkpoint's fit record holds action_scale {recorded!r}, not a number > 0: give --action-scale")
+        log.warning("the recorded actions are divided by %g, the action_scale of the checkpoint's fit record "
+                    "(init --fit trains on recorded / %g); --action-scale overrides it", value, value)
+        return value, "the checkpoint's fit record"
+    return 1.0, "default (the checkpoint records none)"
+
+
 def evaluate(
     policy_loader,
     artifacts: Sequence[str | Path],
@@ -280,7 +299,7 @@ def evaluate(
     *,
     max_mae_increase: float | None = None,
     strict: bool = False,
-    action_scale: float = 1.0,
+    action_scale: float | None = None,
     qdq: str = "exact",
     providers: Sequence[str] | None = None,
     tokenizer_dir: str | Path | None = None,
@@ -300,7 +319,7 @@ def evaluate(
 
     if max_mae_increase is not None and not (math.isfinite(max_mae_increase) and max_mae_increase >= 0):
         raise ConfigError(f"--max-mae-increase must be a finite number >= 0, got {max_mae_increase}")
-    if not (math.isfinite(action_scale) and action_scale > 0):
+    if action_scale is not None and not (math.isfinite(action_scale) and action_scale > 0):
         raise ConfigError(f"--action-scale must be a finite number > 0, got {action_scale}")
     if qdq not in ("exact", "kernels"):
         raise ConfigError(f"--qdq must be exact or kernels, got {qdq!r}")
@@ -311,6 +330,7 @@ def evaluate(
         raise DataError(f"the episodes record actions of different widths {sorted(widths)}: evaluate them separately")
     loaded = policy_loader()
     cfg = loaded.config
+    action_scale, scale_source = _action_scale(action_scale, loaded.checkpoint.metadata)
     planned = [_plan(Path(a), cfg) for a in artifacts]  # every refusal before any work
     n_dims = min(cfg.action_dim, widths.pop())
     names = dim_names(n_dims)
@@ -366,7 +386,7 @@ def evaluate(
         data={"episodes": [ep.path.name for ep in episodes], "paths": [str(ep.path) for ep in episodes], "windows": len(windows),
               "windowing": "every control step; the first window-1 steps of an episode padded with its first frame (the runtime's warm-up rule)",
               "target": "the action recorded at the step's last frame" + (f", divided by {action_scale:g}" if action_scale != 1 else ""),
-              "action_scale": action_scale, "compared_dims": names,
+              "action_scale": action_scale, "action_scale_source": scale_source, "compared_dims": names,
               "recorded_dims": int(recorded[0].shape[1]), "qdq": qdq},
         dims=names, windows=windows, scores=scores,
         discrimination=discrimination(ref_score.predictions, target, names, max_mae_increase),
