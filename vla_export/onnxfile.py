@@ -71,6 +71,37 @@ def require_external_data(path: str | Path, recorded: Mapping[str, int] | None =
     return list(needed)
 
 
+def tensor_bytes(model) -> int:
+    """Bytes of every tensor ``model`` holds (initializers, Constant values, sparse initializers, subgraphs),
+    counted without serialising it: ``ModelProto.ByteSize()`` fails on a model over protobuf's 2 GB limit,
+    the very case this measures. External tensors count by their recorded length, loaded or not."""
+    onnx = lazy_import("onnx", purpose="reading ONNX models")
+
+    def one(t) -> int:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            return int({e.key: e.value for e in t.external_data}.get("length", 0))
+        if t.raw_data:
+            return len(t.raw_data)
+        return (4 * (len(t.float_data) + len(t.int32_data)) + 8 * (len(t.int64_data) + len(t.double_data) + len(t.uint64_data))
+                + sum(map(len, t.string_data)))
+
+    def graph(g) -> int:
+        total = sum(one(t) for t in g.initializer) + sum(one(s.values) + one(s.indices) for s in g.sparse_initializer)
+        for node in g.node:
+            for a in node.attribute:
+                total += (one(a.t) if a.HasField("t") else 0) + sum(one(t) for t in a.tensors)
+                total += (graph(a.g) if a.HasField("g") else 0) + sum(graph(sub) for sub in a.graphs)
+        return total
+
+    return graph(model.graph)
+
+
+def file_tensor_bytes(path: str | Path) -> int:
+    """:func:`tensor_bytes` of the ONNX file at ``path``, its weights left on disk."""
+    _, model = _model_proto(Path(path))
+    return tensor_bytes(model)
+
+
 def data_file(path: str | Path) -> Path:
     """The single external-data file beside ``path``: ``x.onnx`` -> ``x.onnx.data``."""
     path = Path(path)

@@ -116,7 +116,7 @@ def test_sensitive_node_rules_on_a_handmade_graph():
 
 
 def test_external_data_is_written_and_runs(tiny_onnx, calib, tmp_path, monkeypatch):
-    monkeypatch.setattr(Q, "_needs_external_data", lambda model: True)  # as for a > 2 GB model
+    monkeypatch.setattr(Q, "_needs_external_data", lambda model, source=None: True)  # as for a > 2 GB model
     result = Q.quantize_int8(tiny_onnx, calib, tmp_path / "ext.int8.onnx")
     assert [p.rsplit("/", 1)[-1] for p in result.files] == ["ext.int8.onnx", "ext.int8.onnx.data"]
     import onnxruntime as ort
@@ -229,3 +229,58 @@ def test_trtexec_line_for_the_fp16_graph(fp16_onnx, cli, tmp_path):
     r = cli("trt", fp16_onnx.output, "-o", tmp_path / "tiny.fp16.engine", "--print-trtexec")
     assert r.exit_code == 0, r
     assert "trtexec" in r.stdout and "--stronglyTyped" in r.stdout
+
+
+def test_duplicate_cast_nodes_are_dropped_and_conflicting_writers_refused():
+    """onnxruntime 1.30's FP16 converter repeats a shared weight's Cast (same output name; TensorRT refuses it)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from vla_export.errors import ArtifactError
+    from vla_export.export.quantize import drop_duplicate_nodes
+
+    cast = helper.make_node("Cast", ["w"], ["w_cast_to_fp32"], to=1, name="w_cast_to_fp32_node")
+    nodes = [cast, helper.make_node("Add", ["x", "w_cast_to_fp32"], ["y"], name="add"), helper.make_node("Cast", ["w"], ["w_cast_to_fp32"], to=1, name="w_cast_to_fp32_node")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+                              initializer=[numpy_helper.from_array(np.ones(2, np.float16), "w")],
+                              value_info=[helper.make_tensor_value_info("w_cast_to_fp32", TensorProto.FLOAT, [2])] * 2)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(onnx.checker.ValidationError, match="SSA|w_cast_to_fp32"):
+        onnx.checker.check_model(model)  # the repeat breaks the graph
+    assert drop_duplicate_nodes(model) == 1
+    assert [n.name for n in model.graph.node] == ["w_cast_to_fp32_node", "add"] and len(model.graph.value_info) == 1
+    onnx.checker.check_model(model)
+    assert drop_duplicate_nodes(model) == 0
+    model.graph.node.append(helper.make_node("Cast", ["w"], ["w_cast_to_fp32"], to=10, name="other"))  # another writer
+    with pytest.raises(ArtifactError, match="both write 'w_cast_to_fp32'"):
+        drop_duplicate_nodes(model)
+
+
+def test_fp16_graph_is_sorted_for_the_checker(tmp_path):
+    """The converter appends its Casts last; the written FP16 model must pass onnx.checker (sorted nodes)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from vla_export.export.quantize import sort_topologically
+    from vla_export.onnxfile import check_model
+
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+             helper.make_node("LayerNormalization", ["h", "g", "b"], ["n"], name="ln", axis=-1),
+             helper.make_node("Relu", ["n"], ["y"], name="relu")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+                              initializer=[numpy_helper.from_array(np.eye(4, dtype=np.float32), "w"),
+                                           numpy_helper.from_array(np.ones(4, np.float32), "g"), numpy_helper.from_array(np.zeros(4, np.float32), "b")])
+    src = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    out = tmp_path / "m.fp16.onnx"
+    result = Q.convert_fp16(src, out)
+    assert result.options["nodes_reordered"] is True
+    check_model(out)  # fails without the sort: "Nodes in a graph must be topologically sorted"
+    model = onnx.load(str(out))
+    assert sort_topologically(model) is False
+    model.graph.node.append(model.graph.node[0])  # a node after its users: moved back in front of them
+    del model.graph.node[0]
+    assert sort_topologically(model) is True
+    onnx.checker.check_model(model)

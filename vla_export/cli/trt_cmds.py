@@ -173,6 +173,15 @@ def quantize(
     checks.input_file(onnx, "ONNX")
     checks.input_file(calib_path, "calibration set")
     checks.output_file(output, json_path)
+    if budget is not None:
+        from vla_export.export.quantize import PROTOBUF_LIMIT
+        from vla_export.onnxfile import file_tensor_bytes
+
+        size = file_tensor_bytes(onnx)
+        if size > PROTOBUF_LIMIT - (64 << 20):
+            raise ConfigError(f"{', '.join(budget_given)}: the budget search runs every model variant from memory, and {onnx} holds "
+                              f"{size / 1e9:.2f} GB of weights, over protobuf's 2 GB limit: quantize it with --int8 alone and "
+                              f"check it with `vla-export parity CHECKPOINT {output}`")
     if max_feature_rel_error is not None:
         from vla_export.onnxfile import io_signature
 

@@ -24,7 +24,7 @@ from vla_export.data.calibration import CalibrationSet
 from vla_export.errors import ArtifactError, DataError, MissingDependencyError
 from vla_export.fileio import staging_dir
 from vla_export.lazy import lazy_import
-from vla_export.onnxfile import data_file, io_signature, load_onnx, op_counts
+from vla_export.onnxfile import data_file, external_data_files, io_signature, load_onnx, op_counts, tensor_bytes
 from vla_export.progress import reported
 
 FP16_MAX = 65504.0
@@ -124,9 +124,106 @@ def _has_external(model) -> bool:
     return any(i.external_data for i in model.graph.initializer)
 
 
-def _needs_external_data(model) -> bool:
-    """True when the source kept its weights outside or the protobuf would pass the 2 GB limit."""
-    return _has_external(model) or model.ByteSize() > PROTOBUF_LIMIT - (64 << 20)
+def _needs_external_data(model, source: Path | None = None) -> bool:
+    """True when the model or its ``source`` file keeps weights outside, or its protobuf would pass the 2 GB limit.
+
+    Loading a model drops the external marks of its tensors, hence ``source``: a quantized model keeps its
+    source's layout. The size is counted from the tensors (:func:`~vla_export.onnxfile.tensor_bytes`), never
+    by ``ModelProto.ByteSize()``, which raises EncodeError on exactly the models over the limit; 64 MB are
+    left for the graph itself."""
+    return (_has_external(model) or (source is not None and bool(external_data_files(source)))
+            or tensor_bytes(model) > PROTOBUF_LIMIT - (64 << 20))
+
+
+def _typed_structure(onnx_path: Path):
+    """The model's graph with its intermediate tensors typed by ONNX shape inference, run on the graph
+    without its weights (they stay on disk), so it works on models over 2 GB; ``infer_shapes`` of the loaded
+    model would serialise it whole. Returns the inferred value infos."""
+    onnx = lazy_import("onnx", purpose="ONNX shape inference")
+    structure = onnx.load(str(onnx_path), load_external_data=False)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(structure)
+    except Exception as exc:  # onnx raises InferenceError and RuntimeError
+        raise ArtifactError(f"{onnx_path}: shape inference failed: {str(exc).splitlines()[0]}") from None
+    return list(inferred.graph.value_info)
+
+
+def drop_duplicate_nodes(model) -> int:
+    """Remove nodes that repeat an earlier node exactly (same op, inputs, outputs, attributes), and repeated
+    value infos; returns how many nodes went.
+
+    onnxruntime 1.30's FP16 converter (1.32's shares one Cast) adds one ``NAME_cast_to_fp32`` Cast per blocked
+    consumer of a shared FP16 initializer, all with the same output name: TensorRT's parser then refuses the
+    graph ("Output name is not unique"). Found on the full-size ``mobile-vla``, whose random LayerNorm weights the exporter
+    stores once. Two different nodes writing one tensor are a broken graph, not a repeat: ArtifactError.
+    """
+    first: dict[str, Any] = {}
+    drop: list[int] = []
+    for i, node in enumerate(model.graph.node):
+        earlier = next((first[o] for o in node.output if o in first), None)
+        if earlier is None:
+            first.update({o: node for o in node.output if o})
+            continue
+        same = (earlier.op_type, earlier.domain, list(earlier.input), list(earlier.output)) == (node.op_type, node.domain, list(node.input), list(node.output))
+        if not same or [a.SerializeToString() for a in earlier.attribute] != [a.SerializeToString() for a in node.attribute]:
+            raise ArtifactError(f"nodes {earlier.name!r} and {node.name!r} both write {node.output[0]!r}: the converted graph is broken")
+        drop.append(i)
+    for i in reversed(drop):
+        del model.graph.node[i]
+    seen: set[str] = set()
+    repeats = []
+    for i, v in enumerate(model.graph.value_info):
+        if v.name in seen:
+            repeats.append(i)
+        seen.add(v.name)
+    for i in reversed(repeats):
+        del model.graph.value_info[i]
+    return len(drop)
+
+
+def _subgraph_inputs(node) -> set[str]:
+    names: set[str] = set()
+    for a in node.attribute:
+        for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+            for n in g.node:
+                names.update(n.input)
+                names |= _subgraph_inputs(n)
+    return names
+
+
+def sort_topologically(model) -> bool:
+    """Order the graph's nodes so each comes after the producers of its inputs (outer-scope names used in
+    subgraphs count), keeping the existing order wherever it already holds; True if anything moved.
+
+    onnxruntime's FP16 converter appends its Casts at the end of the graph: ONNX Runtime and TensorRT sort
+    for themselves, but the ONNX checker (and the ONNX spec) require sorted nodes."""
+    import heapq
+
+    nodes = list(model.graph.node)
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    users: list[list[int]] = [[] for _ in nodes]
+    waiting = [0] * len(nodes)
+    for i, n in enumerate(nodes):
+        for j in {producer[x] for x in set(n.input) | _subgraph_inputs(n) if x in producer} - {i}:
+            users[j].append(i)
+            waiting[i] += 1
+    ready = [i for i, w in enumerate(waiting) if w == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for u in users[i]:
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                heapq.heappush(ready, u)
+    if len(order) != len(nodes):
+        raise ArtifactError(f"the converted graph has a cycle through {len(nodes) - len(order)} nodes")
+    if order == list(range(len(nodes))):
+        return False
+    del model.graph.node[:]
+    model.graph.node.extend(nodes[i] for i in order)
+    return True
 
 
 def save_onnx(model, path: Path, *, external: bool | None = None) -> list[Path]:
@@ -222,15 +319,21 @@ def convert_fp16(onnx_path: str | Path, output: str | Path, *, keep_sensitive_fp
     f16 = lazy_import("onnxruntime.transformers.float16", purpose="FP16 conversion")
     start = time.perf_counter()
     onnx_path, output = Path(onnx_path), Path(output)
+    value_info = _typed_structure(onnx_path)
     model = load_onnx(onnx_path)
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(value_info)
     ensure_node_names(model)
     reasons = precision_sensitive_nodes(model, int8=False) if keep_sensitive_fp32 else {}
-    external = _needs_external_data(model)
+    external = _needs_external_data(model, onnx_path)
+    # The converter's own shape inference serialises the whole model (fails over 2 GB): types come from
+    # the weightless graph above instead, the same value infos for a model of any size.
     model = f16.convert_float_to_float16(
         model, keep_io_types=True, op_block_list=list(f16.DEFAULT_OP_BLOCK_LIST), node_block_list=sorted(reasons),
-        disable_shape_infer=external,
+        disable_shape_infer=True,
     )
-    options = {"keep_sensitive_fp32": keep_sensitive_fp32, "external_data": external}
+    options = {"keep_sensitive_fp32": keep_sensitive_fp32, "external_data": external,
+               "duplicate_casts_removed": drop_duplicate_nodes(model), "nodes_reordered": sort_topologically(model)}
     return _publish(onnx_path, output, "fp16", lambda tmp: save_onnx(model, tmp, external=external), reasons, options, start)
 
 
@@ -312,13 +415,20 @@ def quantize_int8(
     ensure_node_names(model)
     reasons = precision_sensitive_nodes(model) if keep_sensitive_fp32 else {}
     reasons.update({name: "user" for name in exclude})
-    external = _needs_external_data(model)
+    external = _needs_external_data(model, onnx_path)
     methods = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy, "percentile": q.CalibrationMethod.Percentile}
 
-    def write(tmp: Path) -> None:
-        with tempfile.TemporaryDirectory(prefix="vla-quant-") as work:
-            named = Path(work) / "named.onnx"
-            save_onnx(model, named, external=external)
+    options = {
+        "per_channel": per_channel, "method": method, "op_types": list(op_types), "calibration": calibration_record(calib),
+        "calibration_samples": len(calib), "keep_sensitive_fp32": keep_sensitive_fp32, "external_data": external,
+        **({"entropy_bins": ENTROPY_BINS, "entropy_quantized_bins": ENTROPY_QUANTIZED_BINS} if method == "entropy" else {}),
+    }
+    with tempfile.TemporaryDirectory(prefix="vla-quant-") as work:
+        named = Path(work) / "named.onnx"
+        save_onnx(model, named, external=external)
+        del model  # onnxruntime reloads it from the file: one copy of the weights in memory, not two
+
+        def write(tmp: Path) -> None:
             cache = {}
             if method == "entropy":
                 cache["calibration_cache_path"] = _entropy_ranges(named, calib, op_types, Path(work), external)
@@ -339,12 +449,7 @@ def quantize_int8(
                 **cache,
             )
 
-    options = {
-        "per_channel": per_channel, "method": method, "op_types": list(op_types), "calibration": calibration_record(calib),
-        "calibration_samples": len(calib), "keep_sensitive_fp32": keep_sensitive_fp32, "external_data": external,
-        **({"entropy_bins": ENTROPY_BINS, "entropy_quantized_bins": ENTROPY_QUANTIZED_BINS} if method == "entropy" else {}),
-    }
-    return _publish(onnx_path, output, "int8", write, reasons, options, start)
+        return _publish(onnx_path, output, "int8", write, reasons, options, start)
 
 
 def default_output(onnx_path: str | Path, precision: str) -> Path:

@@ -40,7 +40,7 @@ from vla_export.export.quantize import (
     quantize_int8,
     save_onnx,
 )
-from vla_export.onnxfile import load_onnx
+from vla_export.onnxfile import load_onnx, tensor_bytes
 from vla_export.lazy import lazy_import
 from vla_export.verify.parity import compare_output, tolerance_for
 
@@ -269,6 +269,10 @@ class Evaluator:
         opts = ort.SessionOptions()
         for k, v in EXACT_QDQ_CONFIG.items():
             opts.add_session_config_entry(k, v)
+        if _needs_external_data(model):  # handed over in memory: one protobuf, which cannot pass 2 GB
+            raise ConfigError(f"layer sensitivity runs each model variant from memory, and this one holds "
+                              f"{tensor_bytes(model) / 1e9:.2f} GB of tensors, over protobuf's 2 GB limit: quantize it "
+                              "without a budget (--int8) and check it with `vla-export parity`")
         session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         names = [o.name for o in session.get_outputs() if o.name in self.outputs]
         if not names:
@@ -455,6 +459,6 @@ def quantize_int8_with_budget(
         d = evaluate.dims
         options["mae_discrimination"] = discrimination(evaluate.reference["actions"][:, :d], evaluate.targets[:, :d], dim_names(d),
                                                        budget.max_mae_increase)
-    external = _needs_external_data(model)
+    external = _needs_external_data(model, Path(onnx_path))
     result = _publish(Path(onnx_path), output, "int8", lambda tmp: save_onnx(model, tmp, external=external), reasons, options, start)
     return result, search, sens

@@ -86,7 +86,7 @@ def quantize_int8_weights(
         for name in node.input:
             consumers.setdefault(name, []).append(node)
 
-    float_bytes = sum(numpy_helper.to_array(i).nbytes for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT)
+    float_bytes = sum(4 * int(np.prod(i.dims)) for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT)
     chosen: dict[str, int] = {}  # initializer -> axis
     for name, init in inits.items():
         users = consumers.get(name, [])
@@ -100,6 +100,8 @@ def quantize_int8_weights(
     new_inits, dq_nodes = [], []
     for name, axis in chosen.items():
         w = numpy_helper.to_array(inits[name])
+        inits[name].ClearField("raw_data")  # replaced below: free the float weight now, not at the end (models over 2 GB)
+        inits[name].ClearField("float_data")
         q, scale = quantize_weight(w, axis)
         new_inits += [numpy_helper.from_array(q, f"{name}_int8"), numpy_helper.from_array(scale, f"{name}_scale"),
                       numpy_helper.from_array(np.zeros_like(scale, dtype=np.int8), f"{name}_zero_point")]
@@ -110,15 +112,16 @@ def quantize_int8_weights(
         scale_bytes += scale.nbytes * 5 // 4  # scale float32 + zero point int8 per channel
         saved += w.nbytes - q.nbytes - scale.nbytes * 5 // 4
         quantized_nodes += [n.name for n in consumers[name]]
-    kept = [i for i in model.graph.initializer if i.name not in chosen]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept + new_inits)
+    quantized_elements = sum(int(np.prod(inits[n].dims)) for n in chosen)
+    weight_elements = sum(int(np.prod(i.dims)) for i in inits.values() if i.data_type == onnx.TensorProto.FLOAT)
+    for i in reversed(range(len(model.graph.initializer))):  # in place: copying the kept ones would double them in memory
+        if model.graph.initializer[i].name in chosen:
+            del model.graph.initializer[i]
+    model.graph.initializer.extend(new_inits)
     nodes = list(model.graph.node)
     del model.graph.node[:]
     model.graph.node.extend(dq_nodes + nodes)  # DequantizeLinear of constants first: topological order holds
 
-    quantized_elements = sum(int(np.prod(inits[n].dims)) for n in chosen)
-    weight_elements = sum(int(np.prod(i.dims)) for i in inits.values() if i.data_type == onnx.TensorProto.FLOAT)
     weights = {
         "float_bytes_before": float_bytes,
         "int8_bytes": int8_bytes,
@@ -129,7 +132,7 @@ def quantize_int8_weights(
         "quantized_tensors": len(chosen),
         "quantized_nodes": len(quantized_nodes),
     }
-    external = _needs_external_data(model)
+    external = _needs_external_data(model, onnx_path)
     options: dict[str, Any] = {
         "mode": "weight-only", "weights": "int8 symmetric per-channel (output axis), zero point 0",
         "activations": "float32 (as exported)", "op_types": list(op_types), "keep_sensitive_fp32": keep_sensitive_fp32,
