@@ -5,6 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.vla-export-installed
 TORCH  ?= torch==2.13.0
 PYTRITON ?= nvidia-pytriton==0.7.0
+# TensorRT for RTX (the `trt-rtx` extra): the real ONNX parser and builder for the conformance gate in `make test`.
+TRT_RTX ?= tensorrt-rtx-cu12==1.7.1.116
 # The oldest supported transformers major: its Kosmos-2/CLIP key layout differs from 5.x.
 COMPAT ?= $(VENV)/compat-transformers4
 COMPAT_PKGS ?= "transformers==4.57.*" "huggingface_hub<1.0" "tokenizers<0.23"
@@ -25,6 +27,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	@# The Triton server for `vla-export serve` and its tests: the wheel's files only, numpy 2 kept (see pyproject's serve extra).
 	@$(BIN)/python -m pip install -q --no-deps "$(PYTRITON)" || echo "note: no $(PYTRITON) wheel for this platform; the serve tests will skip"
+	@# The real TensorRT-RTX builder for the conformance gate (tests/export/test_trt_rtx_gate.py); x86_64/Windows wheels only.
+	@$(BIN)/python -m pip install -q "$(TRT_RTX)" || echo "note: $(TRT_RTX) cannot be installed here; the TensorRT-RTX gate will skip"
 	@touch $(STAMP)
 
 demo: install

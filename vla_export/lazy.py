@@ -10,7 +10,8 @@ from vla_export.errors import MissingDependencyError
 #: How to get each optional module. Read-only: callers pass ``install=`` for anything else.
 INSTALL_HINTS = MappingProxyType(
     {
-        "tensorrt": "on Jetson: `sudo apt install nvidia-tensorrt` (JetPack 6); on x86: `pip install 'vla-export[trt]'`",
+        "tensorrt": "on Jetson: `sudo apt install nvidia-tensorrt` (JetPack 6); on x86, from this checkout: `pip install -e '.[trt]'`",
+        "tensorrt_rtx": "from this checkout `pip install -e '.[trt-rtx]'`, or `pip install tensorrt-rtx-cu12==1.7.1.116`",
         "pycuda": "`pip install pycuda` (needs the CUDA toolkit and driver; optional, cuda-python or torch also work)",
         "cuda": "`pip install cuda-python`",
         "polygraphy": "`pip install polygraphy`",
