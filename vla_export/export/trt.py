@@ -668,7 +668,7 @@ class _TrtLogger:
             def log(self, severity, msg):
                 if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR):
                     self.errors.append(msg)
-                    log.error("tensorrt: %s", msg)
+                    log.debug("tensorrt error: %s", msg)  # summarised in the one error line the build raises
                 elif severity == trt.ILogger.Severity.WARNING:
                     self.warnings.append(msg)
                     log.warning("tensorrt: %s", msg)
@@ -792,7 +792,8 @@ def _parser_errors(parser) -> str:
         node = getattr(err, "node_name", lambda: "")() or ""
         op = getattr(err, "node_operator", lambda: "")() or ""
         desc = getattr(err, "desc", lambda: str(err))()
-        out.append(f"node {node} ({op}): {desc}" if node or op else str(desc))
+        desc = " | ".join(line.strip() for line in str(desc).splitlines() if line.strip())  # one line
+        out.append(f"node {node} ({op}): {desc}" if node or op else desc)
     return "; ".join(out)
 
 
@@ -805,7 +806,10 @@ def _build_python(trt, plan: BuildPlan, facts: OnnxFacts, output: Path, calib) -
     parser = trt.OnnxParser(network, logger)
     label = flavor_label(plan.flavor, plan.tensorrt)
     if not parser.parse_from_file(str(facts.path)):  # by path: external data is read from beside the model
-        raise ArtifactError(f"{facts.path}: {label}'s ONNX parser failed: {_parser_errors(parser) or 'no details'}")
+        errors = _parser_errors(parser)
+        # Released before raising: a traceback keeping this builder alive makes TensorRT ignore the next build's logger.
+        del parser, network, builder
+        raise ArtifactError(f"{facts.path}: {label}'s ONNX parser failed: {errors or 'no details'}")
     config = builder.create_builder_config()
     cache_path = Path(plan.timing_cache) if plan.timing_cache else None
     cache_bytes = cache_path.read_bytes() if cache_path and cache_path.exists() else b""
@@ -824,7 +828,9 @@ def _build_python(trt, plan: BuildPlan, facts: OnnxFacts, output: Path, calib) -
     if calibrator is not None:
         calibrator.free()
     if serialized is None:
-        raise ArtifactError(f"{facts.path}: {label} could not build an engine: {'; '.join(logger.errors[-3:]) or 'see the log above'}")
+        errors = "; ".join(logger.errors[-3:]) or "see the log above"
+        del parser, network, builder, config
+        raise ArtifactError(f"{facts.path}: {label} could not build an engine: {errors}")
     atomic_write(output, lambda tmp: tmp.write_bytes(memoryview(serialized)))
     if cache_path is not None and cache is not None:
         atomic_write(cache_path, lambda tmp: tmp.write_bytes(memoryview(cache.serialize())))
