@@ -43,9 +43,17 @@ demo: install
 	$(BIN)/vla-export episodes -o $(DEMO)/held-out --count 2 --frames 8 --size 180x320 --seed 1
 	$(BIN)/vla-export parity $(DEMO)/tiny.pt $(DEMO)/tiny.int8.onnx --samples 8 --data $(DEMO)/held-out --json $(DEMO)/tiny.int8.parity.json
 	$(BIN)/vla-export inspect $(DEMO)/tiny.int8.onnx --json $(DEMO)/tiny.int8.inspect.json
+	@# One real engine: the Q/DQ model through TensorRT for RTX's builder (ahead of time, no GPU needed), then its record.
+	@if $(BIN)/python -c "import tensorrt_rtx" 2>/dev/null; then \
+	  echo "$(BIN)/vla-export trt $(DEMO)/tiny.int8.onnx -o $(DEMO)/tiny.int8.engine" && \
+	  $(BIN)/vla-export trt $(DEMO)/tiny.int8.onnx -o $(DEMO)/tiny.int8.engine && \
+	  echo "$(BIN)/vla-export inspect $(DEMO)/tiny.int8.engine" && \
+	  $(BIN)/vla-export inspect $(DEMO)/tiny.int8.engine; \
+	else echo "note: TensorRT-RTX (tensorrt_rtx) is not installed here ($(TRT_RTX)): no engine built"; fi
 	$(BIN)/vla-export quantize $(DEMO)/tiny.onnx --int8-weights
 	$(BIN)/vla-export parity $(DEMO)/tiny.pt $(DEMO)/tiny.int8w.onnx --samples 8 --data $(DEMO)/held-out --json $(DEMO)/tiny.int8w.parity.json
 	$(BIN)/vla-bench $(DEMO)/tiny.pt $(DEMO)/tiny.onnx $(DEMO)/tiny.int8.onnx -b torch -b onnxrt:cpu --window 4 --warmup 3 --iters 20 --json $(DEMO)/tiny.bench.json --plot $(DEMO)/tiny.bench.png
+	@# The Jetson's build (TensorRT 10.3) as a trtexec line: needs no TensorRT here.
 	$(BIN)/vla-export trt $(DEMO)/tiny.onnx -o $(DEMO)/tiny.engine --fp16 --print-trtexec
 	$(BIN)/vla-export onnx $(DEMO)/tiny.pt --split -o $(DEMO)/tiny.onnx --json $(DEMO)/tiny.split.report.json
 	$(BIN)/vla-export episodes -o $(DEMO)/replay-episode --count 1 --frames 12 --size 360x640 --seed 1

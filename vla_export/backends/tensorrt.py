@@ -150,7 +150,8 @@ def rtx_validity(trt: Any, runtime: Any, data: bytes, engine: Path, manifest: Ma
     name = getattr(validity, "name", str(validity))
     if name == "VALID":
         return
-    reasons = [n.lower().replace("_", " ") for n, v in trt.EngineInvalidityDiagnostics.__members__.items() if int(diagnostics) & int(v)]
+    members = trt.EngineInvalidityDiagnostics.__members__
+    reasons = [n.lower().replace("_", " ") for n, v in members.items() if int(diagnostics) & int(v)]
     if not reasons and messages:
         reasons = [messages[-1].split(" Ensure ")[0]]
     targets = ", ".join(format_cc(c) for c in (manifest or {}).get("compute_capabilities") or []) or "the library's defaults"
@@ -518,13 +519,13 @@ class TrtRunner(Runner):
 
     def _rtx_runtime_config(self):
         """A runtime config whose runtime cache is loaded from beside the engine (if there, and valid here)."""
-        config = self._engine.create_runtime_config()
-        cache = config.create_runtime_cache()
-        if self.runtime_cache_path.is_file() and not cache.deserialize(self.runtime_cache_path.read_bytes()):
+        runtime_config = self._engine.create_runtime_config()
+        runtime_cache = runtime_config.create_runtime_cache()
+        if self.runtime_cache_path.is_file() and not runtime_cache.deserialize(self.runtime_cache_path.read_bytes()):
             log.warning("%s: made for another GPU, driver or library version; kernels are compiled afresh", self.runtime_cache_path)
-        config.set_runtime_cache(cache)
-        self._runtime_cache = cache
-        return config
+        runtime_config.set_runtime_cache(runtime_cache)
+        self._runtime_cache = runtime_cache
+        return runtime_config
 
     def warm(self, feeds: Sequence[Mapping[str, np.ndarray]]) -> int:
         """Run each feed once, untimed: TensorRT-RTX compiles kernels on the first call at each shape, so every shape a

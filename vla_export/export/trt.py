@@ -341,17 +341,17 @@ def trt_major(version: str) -> int:
 
 #: Options TensorRT-RTX cannot act on, and why (each refused in one line, never dropped).
 RTX_REFUSED = (
-    ("--fp16", lambda o: o.precision == "fp16", "builds strongly typed only: FP16 comes from the ONNX (`vla-export quantize MODEL.onnx --fp16`, then build that ONNX)"),
-    ("--int8", lambda o: o.precision == "int8", "builds strongly typed only: INT8 comes from Q/DQ nodes (`vla-export quantize MODEL.onnx --int8 --calib DATA`, then build that ONNX)"),
-    ("--fp16-all", lambda o: o.fp16_all, "builds strongly typed only: layer types come from the ONNX"),
-    ("--calib", lambda o: o.calib is not None, "has no INT8 calibrator: quantize with `vla-export quantize --int8 --calib DATA`"),
-    ("--calib-cache", lambda o: o.calib_cache is not None, "has no INT8 calibrator: quantize with `vla-export quantize --int8 --calib DATA`"),
-    ("--typing weak", lambda o: o.typing == "weak", "builds strongly typed networks only"),
-    ("--version-compatible", lambda o: o.version_compatible, "ships no lean runtime: version-compatible builds fail"),
-    ("--exclude-lean-runtime", lambda o: o.exclude_lean_runtime, "ships no lean runtime"),
-    ("--dla-core", lambda o: o.dla_core is not None, "has no DLA"),
-    ("--timing-cache", lambda o: o.timing_cache is not None, "has no timing cache (kernels are compiled at run time and kept in a runtime cache beside the engine)"),
-    ("--hardware-compat", lambda o: o.hardware_compatibility != "none", "targets compute capabilities instead: use --compute-capability 86,89,120"),
+    ("--fp16", lambda opts: opts.precision == "fp16", "builds strongly typed only: FP16 comes from the ONNX (`vla-export quantize MODEL.onnx --fp16`, then build that ONNX)"),
+    ("--int8", lambda opts: opts.precision == "int8", "builds strongly typed only: INT8 comes from Q/DQ nodes (`vla-export quantize MODEL.onnx --int8 --calib DATA`, then build that ONNX)"),
+    ("--fp16-all", lambda opts: opts.fp16_all, "builds strongly typed only: layer types come from the ONNX"),
+    ("--calib", lambda opts: opts.calib is not None, "has no INT8 calibrator: quantize with `vla-export quantize --int8 --calib DATA`"),
+    ("--calib-cache", lambda opts: opts.calib_cache is not None, "has no INT8 calibrator: quantize with `vla-export quantize --int8 --calib DATA`"),
+    ("--typing weak", lambda opts: opts.typing == "weak", "builds strongly typed networks only"),
+    ("--version-compatible", lambda opts: opts.version_compatible, "ships no lean runtime: version-compatible builds fail"),
+    ("--exclude-lean-runtime", lambda opts: opts.exclude_lean_runtime, "ships no lean runtime"),
+    ("--dla-core", lambda opts: opts.dla_core is not None, "has no DLA"),
+    ("--timing-cache", lambda opts: opts.timing_cache is not None, "has no timing cache (kernels are compiled at run time and kept in a runtime cache beside the engine)"),
+    ("--hardware-compat", lambda opts: opts.hardware_compatibility != "none", "targets compute capabilities instead: use --compute-capability 86,89,120"),
 )
 
 
