@@ -4,6 +4,7 @@ against the stand-in (tests/fake_tensorrt.py), until a supported GPU is availabl
 
 from __future__ import annotations
 
+import re
 import sys
 
 import numpy as np
@@ -100,3 +101,12 @@ def test_the_run_path_keeps_a_runtime_cache_beside_the_engine_and_warms_every_sh
     runner.runtime_cache_path.write_bytes(b"another GPU's cache")  # refused by the library: compiled afresh, said out loud
     with B.TrtRunner(engine) as fresh:
         assert fresh._runtime_cache.shapes == []
+
+
+def test_inspect_prints_the_layers_by_precision_without_deserialising(real_rtx_engine, cli):
+    r = cli("inspect", real_rtx_engine)
+    assert r.exit_code == 0, r
+    out = " ".join(r.stdout.split())
+    assert "TensorRT-RTX engine; compute capability targets: 86, 89" in out
+    assert re.search(r"engine layers by precision \(\d+\): \d+ Float", out) and "GEMM/convolution layers: 35 Float" in out
+    assert "Int8" not in out.split("engine layers by precision")[1].split("no per-layer")[0].replace("Int64", "")

@@ -337,7 +337,9 @@ def inspect_engine(path: str | Path) -> dict[str, Any]:
         "layers_from_build_log": (manifest or {}).get("layers"),
         "build_warnings": (manifest or {}).get("build_warnings"),
         "tensorrt": _engine_layers(path, (manifest or {}).get("tensorrt_flavor") or "tensorrt"),
-        "verified": "engine inspection through TensorRT is written against the TensorRT 10 API and unverified here (no TensorRT)",
+        "verified": ("the layers by precision were parsed from TensorRT-RTX's build log when the engine was built"
+                     if (manifest or {}).get("tensorrt_flavor") == "rtx" else
+                     "engine inspection through TensorRT is written against the TensorRT 10 API and unverified here (no TensorRT)"),
     }
 
 
