@@ -71,7 +71,7 @@ def main() -> None:
         m = json.loads(engine.with_name(engine.name + ".json").read_text())
         rows.append({"graph": kind, "onnx": path.name, "onnx_bytes": sum(f.stat().st_size for f in out.glob(path.name + "*") if f.suffix != ".json"),
                      "build_s": m["build_seconds"], "process_wall_s": round(wall, 1), "peak_rss_bytes": peak,
-                     "engine_bytes": engine.stat().st_size, "precision": m["precision"],
+                     "engine_bytes": engine.stat().st_size, "precision": m["onnx"]["precision"],
                      "layers_by_precision": m["layers"]["by_precision"], "gemms_by_precision": m["layers"]["gemm_by_precision"],
                      "warnings": m["build_warnings"]})
         print(f"{kind}: {m['build_seconds']} s, {peak / 2**30:.2f} GB, {engine.stat().st_size / 2**20:.0f} MiB", flush=True)

@@ -72,7 +72,7 @@ def gate(onnx: Path, engine: Path) -> dict:
     result = T.build_engine(onnx, engine)
     assert result.flavor == "rtx" and engine.stat().st_size > 0
     layers = result.layers
-    claimed = read_manifest(engine, kind="engine")["precision"]
+    claimed = read_manifest(engine, kind="engine")["onnx"]["precision"]
     problems = unexpected_warnings(result.warnings, onnx) + io_mismatch(layers, onnx) + precision_problems(layers, claimed)
     assert not problems, f"{onnx.name}: " + "; ".join(problems)
     return {"claimed": claimed, "layers": layers, "seconds": result.seconds}

@@ -550,7 +550,10 @@ class TrtRunner(Runner):
 
     def _deactivate(self) -> None:
         if getattr(self, "_runtime_cache", None) is not None:
-            self.save_runtime_cache()
+            try:
+                self.save_runtime_cache()
+            except OSError as exc:  # e.g. a read-only engine folder: the next process compiles again
+                log.warning("%s: runtime cache not saved (%s); kernels will be compiled again next time", self.runtime_cache_path, exc)
         for buf, _ in getattr(self, "_buffers", {}).values():
             self._mem.free(buf)
         self._buffers = {}

@@ -882,7 +882,7 @@ def write_engine_manifest(engine: Path, facts: OnnxFacts, plan: BuildPlan, versi
         compute_capabilities_note=("the library's default targets (TensorRT-RTX 1.7: portable to 8.0, 8.6, 8.9, 12.0 per "
                                    "NVIDIA's documentation; not read from the engine)") if rtx and not plan.compute_capabilities else None,
         gpu=dict(gpu),
-        precision=as_built if rtx else plan.precision,
+        precision=("int8" if as_built == "int8w" else as_built) if rtx else plan.precision,  # the parity tolerance class
         strongly_typed=plan.strongly_typed,
         flags=plan.flags,
         profiles={k: v.to_dict() for k, v in plan.profiles.items()},
