@@ -5,6 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.vla-export-installed
 TORCH  ?= torch==2.13.0
 PYTRITON ?= nvidia-pytriton==0.7.0
+# TensorRT for RTX (the `trt-rtx` extra): the real ONNX parser and builder for the conformance gate in `make test`.
+TRT_RTX ?= tensorrt-rtx-cu12==1.7.1.116
 # The oldest supported transformers major: its Kosmos-2/CLIP key layout differs from 5.x.
 COMPAT ?= $(VENV)/compat-transformers4
 # Installed with --no-deps: the exact packages that transformers 4.x needs and the venv lacks or holds
@@ -29,6 +31,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	@# The Triton server for `vla-export serve` and its tests: the wheel's files only, numpy 2 kept (see pyproject's serve extra).
 	@$(BIN)/python -m pip install -q --no-deps "$(PYTRITON)" || echo "note: no $(PYTRITON) wheel for this platform; the serve tests will skip"
+	@# The real TensorRT-RTX builder for the conformance gate (tests/export/test_trt_rtx_gate.py); x86_64/Windows wheels only.
+	@$(BIN)/python -m pip install -q "$(TRT_RTX)" || echo "note: $(TRT_RTX) cannot be installed here; the TensorRT-RTX gate will skip"
 	@touch $(STAMP)
 
 demo: install
@@ -45,9 +49,17 @@ demo: install
 	$(BIN)/vla-export quantize $(DEMO)/tiny.onnx --int8 --calib $(DEMO)/calibration/tiny.npz
 	$(BIN)/vla-export parity $(DEMO)/tiny.pt $(DEMO)/tiny.int8.onnx --samples 24 --data $(DEMO)/held-out --strict --json $(DEMO)/tiny.int8.parity.json
 	$(BIN)/vla-export inspect $(DEMO)/tiny.int8.onnx --json $(DEMO)/tiny.int8.inspect.json
+	@# One real engine: the Q/DQ model through TensorRT for RTX's builder (ahead of time, no GPU needed), then its record.
+	@if $(BIN)/python -c "import tensorrt_rtx" 2>/dev/null; then \
+	  echo "$(BIN)/vla-export trt $(DEMO)/tiny.int8.onnx -o $(DEMO)/tiny.int8.engine" && \
+	  $(BIN)/vla-export trt $(DEMO)/tiny.int8.onnx -o $(DEMO)/tiny.int8.engine && \
+	  echo "$(BIN)/vla-export inspect $(DEMO)/tiny.int8.engine" && \
+	  $(BIN)/vla-export inspect $(DEMO)/tiny.int8.engine; \
+	else echo "note: TensorRT-RTX (tensorrt_rtx) is not installed here ($(TRT_RTX)): no engine built"; fi
 	$(BIN)/vla-export quantize $(DEMO)/tiny.onnx --int8-weights
 	$(BIN)/vla-export parity $(DEMO)/tiny.pt $(DEMO)/tiny.int8w.onnx --samples 24 --data $(DEMO)/held-out --strict --json $(DEMO)/tiny.int8w.parity.json
 	$(BIN)/vla-bench $(DEMO)/tiny.pt $(DEMO)/tiny.onnx $(DEMO)/tiny.int8.onnx -b torch -b onnxrt:cpu --window 4 --warmup 3 --iters 20 --json $(DEMO)/tiny.bench.json --plot $(DEMO)/tiny.bench.png
+	@# The Jetson's build (TensorRT 10.3) as a trtexec line: needs no TensorRT here.
 	$(BIN)/vla-export trt $(DEMO)/tiny.onnx -o $(DEMO)/tiny.engine --fp16 --print-trtexec
 	$(BIN)/vla-export onnx $(DEMO)/tiny.pt --split -o $(DEMO)/tiny.onnx --json $(DEMO)/tiny.split.report.json
 	$(BIN)/vla-export episodes -o $(DEMO)/replay-episode --count 1 --frames 12 --size 360x640 --seed 1

@@ -173,7 +173,7 @@ def install(version: str = "10.3.0.26", gpu: dict | None = None):
 
 
 def write_fake_engine(path: str | Path, onnx: str | Path, *, precision: str = "fp32", tensorrt: str = "10.3.0",
-                      config: dict | None = None, plan: dict | None = None) -> Path:
+                      config: dict | None = None, plan: dict | None = None, **extra) -> Path:
     """A fake engine over ``onnx`` with a manifest carrying the ONNX manifest's config, as `vla-export trt` writes."""
     from vla_export.manifest import build_manifest, read_manifest, write_manifest
 
@@ -183,6 +183,98 @@ def write_fake_engine(path: str | Path, onnx: str | Path, *, precision: str = "f
         config = (read_manifest(onnx, required=False) or {}).get("config")
     m = build_manifest("engine", path, [path], tensorrt=tensorrt, gpu=dict(GPU), precision=precision, flags=[],
                        plan=plan or {"flags": [], "hardware_compatibility": "none", "dla_core": None},
-                       onnx={"path": str(onnx)}, config=config)
+                       onnx={"path": str(onnx)}, config=config, **extra)
     write_manifest(path, m)
     return path
+
+
+class FakeRuntimeCache:
+    """TensorRT-RTX's IRuntimeCache stand-in: a blob of the shapes "compiled" so far."""
+
+    def __init__(self):
+        self.shapes: list[str] = []
+
+    def serialize(self) -> bytes:
+        return ("RTXCACHE:" + ";".join(self.shapes)).encode()
+
+    def deserialize(self, blob: bytes) -> bool:
+        if not blob.startswith(b"RTXCACHE:"):
+            return False
+        self.shapes = [s for s in blob[len(b"RTXCACHE:"):].decode().split(";") if s]
+        return True
+
+
+def make_rtx_module(version: str = "1.7.1.116", validity: str = "VALID", diagnostics: int = 0,
+                    memory: FakeMemory | None = None) -> ModuleType:
+    """A stand-in ``tensorrt_rtx``: :func:`make_module` plus ``get_engine_validity``, runtime configs with a runtime cache
+    (an execution context records each input shape in it, as the JIT compile would), and the ILogger base."""
+    trt = make_module(version, memory)
+    trt.__name__ = "tensorrt_rtx"
+    base_runtime = trt.Runtime
+
+    class EngineValidity(SimpleNamespace):
+        pass
+
+    trt.EngineValidity = SimpleNamespace(**{n: EngineValidity(name=n) for n in ("VALID", "SUBOPTIMAL", "INVALID")})
+    trt.EngineInvalidityDiagnostics = SimpleNamespace(__members__={
+        "VERSION_MISMATCH": 1, "UNSUPPORTED_CC": 2, "OLD_CUDA_DRIVER": 4, "OLD_CUDA_RUNTIME": 8,
+        "INSUFFICIENT_GPU_MEMORY": 16, "MALFORMED_ENGINE": 32, "CUDA_ERROR": 64})
+
+    class ILogger:
+        Severity = SimpleNamespace(INTERNAL_ERROR=0, ERROR=1, WARNING=2, INFO=3, VERBOSE=4)
+
+        def __init__(self):
+            pass
+
+    class RuntimeConfig:
+        def __init__(self):
+            self.cache = None
+
+        def create_runtime_cache(self):
+            return FakeRuntimeCache()
+
+        def set_runtime_cache(self, cache):
+            self.cache = cache
+            return True
+
+    class Runtime(base_runtime):
+        def get_engine_validity(self, data):
+            return getattr(trt.EngineValidity, validity), diagnostics
+
+        def deserialize_cuda_engine(self, data):
+            engine = super().deserialize_cuda_engine(data)
+            if engine is not None:
+                engine.create_runtime_config = RuntimeConfig
+                plain = engine.create_execution_context
+
+                def create_execution_context(config=None):
+                    context = plain()
+                    context.runtime_config = config
+                    record = context.set_input_shape
+
+                    def set_input_shape(name, shape):
+                        key = f"{name}={'x'.join(map(str, shape))}"
+                        if config is not None and key not in config.cache.shapes:
+                            config.cache.shapes.append(key)
+                        return record(name, shape)
+
+                    context.set_input_shape = set_input_shape
+                    return context
+
+                engine.create_execution_context = create_execution_context
+            return engine
+
+    trt.ILogger, trt.Runtime = ILogger, Runtime
+    return trt
+
+
+def install_rtx(validity: str = "VALID", diagnostics: int = 0, gpu: dict | None = None):
+    """Fake ``tensorrt_rtx`` in sys.modules and no ``tensorrt`` (so the RTX flavour is the installed one)."""
+    from vla_export.backends import tensorrt as B
+
+    trt = make_rtx_module(validity=validity, diagnostics=diagnostics)
+    sys.modules["tensorrt"] = None
+    sys.modules["tensorrt_rtx"] = trt
+    B.gpu_info = lambda device=0: dict(gpu or {"name": "RTX 4090 (fake)", "compute_capability": "8.9"})
+    B.device_memory = lambda preference="auto", device=0: trt.memory
+    return trt

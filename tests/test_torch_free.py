@@ -43,7 +43,7 @@ def test_trt_build_through_trtexec_without_torch(tiny_onnx, tmp_path):
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     code = f"""
     import os
-    sys.modules['tensorrt'] = None  # no bindings: the trtexec path
+    sys.modules['tensorrt'] = sys.modules['tensorrt_rtx'] = None  # no bindings (neither flavour): the trtexec path
     os.environ['PATH'] = {str(bindir)!r} + os.pathsep + os.environ['PATH']
     from vla_export.cli.common import run_app
     from vla_export.cli.main import app

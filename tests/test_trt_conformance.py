@@ -30,6 +30,15 @@ VAR_CLASS = {
     "layer": "ILayer", "o": "ITensor", "profile": "IOptimizationProfile", "cal": "IOptimizationProfile",
     "runtime": "Runtime", "loaded": "Runtime", "self._runtime": "Runtime", "self._engine": "ICudaEngine",
     "self._context": "IExecutionContext", "cache": "ITimingCache",
+    "runtime_config": "IRuntimeConfig", "runtime_cache": "IRuntimeCache", "self._runtime_cache": "IRuntimeCache",
+}
+#: Called only on the TensorRT for RTX path (plans with flavor "rtx", engines whose manifest says rtx): not TensorRT
+#: 10.3 API, checked instead against the real `tensorrt_rtx` module (test_rtx_only_names_exist_in_tensorrt_rtx).
+RTX_ONLY = {
+    "ComputeCapability", "IBuilderConfig.num_compute_capabilities", "IBuilderConfig.set_compute_capability",
+    "Runtime.get_engine_validity", "EngineInvalidityDiagnostics", "EngineInvalidityDiagnostics.__members__",
+    "ICudaEngine.create_runtime_config", "IRuntimeConfig.create_runtime_cache", "IRuntimeConfig.set_runtime_cache",
+    "IRuntimeCache.deserialize", "IRuntimeCache.serialize",
 }
 #: Defined in the wheel's tensorrt_bindings/__init__.py (Python), not in tensorrt.so.
 PYTHON_LEVEL = {"__version__"}
@@ -91,11 +100,27 @@ def unknown_names(names: set[str], tag: str, wheel: str) -> list[str]:
 
 def test_engine_code_uses_only_names_of_the_real_tensorrt_10_3_bindings():
     names = set().union(*(used_names(p.read_text()) for p in ENGINE_CODE))
+    assert RTX_ONLY <= names  # the list is exact: a name no longer used must leave it
+    names -= RTX_ONLY
     assert {"IBuilderConfig.set_flag", "BuilderFlag.FP16", "Runtime.deserialize_cuda_engine", "IExecutionContext.execute_async_v3",
             "Runtime.DLA_core", "Runtime.load_runtime", "ILayer.set_output_type"} <= names  # the scan sees the code
     assert unknown_names(names, "v10.3.0", "10.3.0") == []
     # and the newest 10.x wheel still has every name (its sources are not mirrored: strings only)
     assert [n for n in names - PYTHON_LEVEL - set(EXPORTED_VALUES) if not in_wheel(n.rsplit(".", 1)[-1], "10.16.1.11")] == []
+
+
+def test_rtx_only_names_exist_in_tensorrt_rtx():
+    rtx = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX (tensorrt_rtx) cannot be imported: `pip install -e '.[trt-rtx]'`")
+    missing = []
+    for name in sorted(RTX_ONLY):
+        obj = rtx
+        for part in name.split("."):
+            if not hasattr(obj, part):
+                missing.append(name)
+                break
+            obj = getattr(obj, part)
+    assert missing == []
+    assert [n for n in RTX_ONLY if unknown_names({n}, "v10.3.0", "10.3.0") == []] == []  # none of them is 10.3 API
 
 
 def test_the_name_check_fails_on_names_tensorrt_does_not_have():

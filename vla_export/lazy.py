@@ -47,6 +47,7 @@ def expand_hint(hint: str) -> str:
 INSTALL_HINTS = MappingProxyType(
     {
         "tensorrt": "on Jetson: `sudo apt install nvidia-tensorrt` (JetPack 6); on x86: {extra:trt}",
+        "tensorrt_rtx": "{extra:trt-rtx}",
         "pycuda": "`pip install pycuda` (needs the CUDA toolkit and driver; optional, cuda-python or torch also work)",
         "cuda": "`pip install cuda-python`",
         "polygraphy": "`pip install polygraphy`",

@@ -205,6 +205,7 @@ def test_engine_for_another_gpu_is_refused(fake_stack, tmp_path):
 
 def test_truncated_engine_is_refused_before_tensorrt_loads(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)
     engine = write_engine(tmp_path / "tiny.engine", recorded_bytes=len(ENGINE_BYTES) + 100)
     with pytest.raises(ArtifactError, match="changed or truncated"):
         B.TrtRunner(engine).activate()

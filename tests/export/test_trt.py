@@ -219,6 +219,7 @@ def test_trtexec_command_line(facts):
 @pytest.fixture
 def no_tensorrt(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # `import tensorrt` raises ImportError
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)  # and TensorRT-RTX's too
 
 
 @pytest.fixture

@@ -8,6 +8,12 @@ come from Polygraphy's ``polygraphy.cuda`` (the CUDA runtime through ctypes: no 
 installs on a Jetson), else cuda-python, else torch. pycuda is not used: it has no Jetson wheel, and its
 primary-context handling was a source of leaks.
 
+Two flavours of the library are supported: NVIDIA TensorRT (module ``tensorrt``: Jetson, x86 servers) and
+TensorRT for RTX (module ``tensorrt_rtx``: RTX-class GPUs, compute capabilities 7.5-12.1 without 8.7/9.0). An
+engine of one never loads in the other, and versions are compared within one flavour. TensorRT-RTX
+compiles kernels at run time: the runner asks ``get_engine_validity`` before deserialising, and keeps a
+runtime cache (``NAME.engine.runtime-cache``) beside the engine so the compiled kernels survive the process.
+
 I/O dtypes are mapped by TensorRT ``DataType`` name (``trt.nptype`` knows only seven types and raises a
 bare TypeError for BF16, FP8, INT4, FP4): an engine whose I/O NumPy cannot hold is refused by name.
 """
@@ -22,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from vla_export.backends.base import Runner
-from vla_export.errors import ArtifactError, MissingDependencyError, RunnerError
+from vla_export.errors import ArtifactError, EnvironmentProblem, MissingDependencyError, RunnerError
 from vla_export.lazy import lazy_import
 from vla_export.manifest import read_manifest, validate_files
 from vla_export.system import INSTALL_CUDA, cudart, gpu_info
@@ -33,6 +39,46 @@ MEMORY_BACKENDS = ("polygraphy", "cuda-python", "torch")
 #: TensorRT DataType name -> NumPy dtype, for engine I/O. Names outside it have no NumPy type.
 NUMPY_DTYPES = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32, "INT64": np.int64,
                 "BOOL": np.bool_, "UINT8": np.uint8}
+
+
+# --- flavours ----------------------------------------------------------------------------------------------
+
+#: Flavour -> Python module, tried in this order (the Jetson's TensorRT first when both are installed).
+FLAVOR_MODULES = {"tensorrt": "tensorrt", "rtx": "tensorrt_rtx"}
+FLAVOR_NAMES = {"tensorrt": "TensorRT", "rtx": "TensorRT-RTX"}
+#: The TensorRT-RTX wheel the `trt-rtx` extra pins (not on the index under vla-export's name: install from a checkout).
+TRT_RTX_PACKAGE = "tensorrt-rtx-cu12==1.7.1.116"
+INSTALL_TRT = (
+    "TensorRT is not installed: on Jetson install JetPack's TensorRT (`sudo apt install nvidia-tensorrt`, Python bindings "
+    "`python3-libnvinfer`); on x86 from this checkout `pip install -e '.[trt]'` (or put `trtexec` on PATH), or TensorRT for "
+    f"RTX (builds without a GPU): `pip install -e '.[trt-rtx]'` from the checkout, or `pip install {TRT_RTX_PACKAGE}`"
+)
+
+
+def import_tensorrt() -> tuple[Any, str]:
+    """(module, flavour) of the installed TensorRT: ``tensorrt``, else ``tensorrt_rtx``; MissingDependencyError naming
+    both install commands when neither imports (OSError: bindings present but their libraries missing)."""
+    import importlib
+
+    failures = []
+    for flavor, name in FLAVOR_MODULES.items():
+        try:
+            return importlib.import_module(name), flavor
+        except (ImportError, OSError) as exc:
+            failures.append(f"{name}: {exc}")
+    raise MissingDependencyError(f"{INSTALL_TRT} ({'; '.join(failures)})")
+
+
+def flavor_label(flavor: str | None, version: str | None = None) -> str:
+    """``"TensorRT-RTX 1.7.1"``: the library's name and version, as messages name it."""
+    name = FLAVOR_NAMES.get(flavor or "tensorrt", str(flavor))
+    return f"{name} {engine_version(version)}" if version else name
+
+
+def format_cc(cc: str) -> str:
+    """``"86"`` or ``"SM86"`` -> ``"8.6"``; ``"120"`` -> ``"12.0"``; a dotted value is kept."""
+    digits = str(cc).upper().removeprefix("SM")
+    return digits if "." in digits or not digits.isdigit() else f"{digits[:-1]}.{digits[-1]}"
 
 
 # --- compatibility -----------------------------------------------------------------------------------------
@@ -58,10 +104,18 @@ def numpy_dtype(trt_dtype: Any, tensor: str, engine: Path) -> np.dtype:
     return np.dtype(NUMPY_DTYPES[name])
 
 
-def check_engine_compat(engine: Path, manifest: Mapping[str, Any], trt_version: str, gpu: Mapping[str, Any]) -> None:
-    """Refuse an engine built by another TensorRT version or for another GPU (ArtifactError saying how to rebuild)."""
+def check_engine_compat(engine: Path, manifest: Mapping[str, Any], trt_version: str, gpu: Mapping[str, Any],
+                        flavor: str = "tensorrt") -> None:
+    """Refuse an engine built by the other flavour (TensorRT vs TensorRT-RTX), by another version of the same one, or
+    for another GPU (ArtifactError saying how to rebuild). A manifest without a flavour is TensorRT's."""
     onnx = (manifest.get("onnx") or {}).get("path", "MODEL.onnx")
     rebuild = f"rebuild it on this machine: vla-export trt {onnx} -o {engine}"
+    built_flavor = manifest.get("tensorrt_flavor") or "tensorrt"
+    if built_flavor != flavor:
+        raise ArtifactError(
+            f"{engine}: built with {flavor_label(built_flavor, manifest.get('tensorrt'))}, and this machine's library is "
+            f"{flavor_label(flavor, trt_version)}: the two do not load each other's engines; {rebuild}"
+        )
     built = engine_version(str(manifest.get("tensorrt", "unknown")))
     trt_version = engine_version(trt_version)
     plan = manifest.get("plan") or {}
@@ -70,7 +124,10 @@ def check_engine_compat(engine: Path, manifest: Mapping[str, Any], trt_version: 
         same_major = _version_tuple(built)[:1] == _version_tuple(trt_version)[:1]
         newer = _version_tuple(trt_version) >= _version_tuple(built)
         if not (version_compatible and same_major and newer):
-            raise ArtifactError(f"{engine}: built with TensorRT {built}, this machine has TensorRT {trt_version}; {rebuild}")
+            raise ArtifactError(f"{engine}: built with {flavor_label(flavor, built)}, this machine has "
+                                f"{flavor_label(flavor, trt_version)}; {rebuild}")
+    if flavor == "rtx":
+        return  # TensorRT-RTX engines target compute capabilities: get_engine_validity decides (rtx_validity)
     built_cc = (manifest.get("gpu") or {}).get("compute_capability")
     here_cc = gpu.get("compute_capability")
     if built_cc and here_cc and built_cc != here_cc:
@@ -82,6 +139,28 @@ def check_engine_compat(engine: Path, manifest: Mapping[str, Any], trt_version: 
                 f"{engine}: built for {built_name} (compute capability {built_cc}), this GPU is {gpu.get('name')} "
                 f"({here_cc}); {rebuild}"
             )
+
+
+def rtx_validity(trt: Any, runtime: Any, data: bytes, engine: Path, manifest: Mapping[str, Any] | None,
+                 gpu: Mapping[str, Any], messages: Sequence[str]) -> None:
+    """Ask TensorRT-RTX whether it can run ``data`` here (``Runtime.get_engine_validity``, before deserialising):
+    INVALID is an EnvironmentProblem (exit 3) naming the reasons (the diagnostics bits, else the library's own
+    message) and the compute capabilities; SUBOPTIMAL is logged."""
+    validity, diagnostics = runtime.get_engine_validity(data)
+    name = getattr(validity, "name", str(validity))
+    if name == "VALID":
+        return
+    members = trt.EngineInvalidityDiagnostics.__members__
+    reasons = [n.lower().replace("_", " ") for n, v in members.items() if int(diagnostics) & int(v)]
+    if not reasons and messages:
+        reasons = [messages[-1].split(" Ensure ")[0]]
+    targets = ", ".join(format_cc(c) for c in (manifest or {}).get("compute_capabilities") or []) or "the library's defaults"
+    here = f"{gpu.get('name')} (compute capability {gpu.get('compute_capability')})" if gpu.get("name") else "no CUDA GPU visible"
+    line = (f"{engine}: TensorRT-RTX {engine_version(trt.__version__)} reports the engine {name}: {'; '.join(reasons) or 'no reason given'}; "
+            f"the engine targets compute capability {targets}, this machine has {here}")
+    if name == "INVALID":
+        raise EnvironmentProblem(line)
+    log.warning("%s", line)
 
 
 # --- device memory -----------------------------------------------------------------------------------------
@@ -269,6 +348,27 @@ def device_memory(preference: str = "auto", device: int = 0):
     raise MissingDependencyError(f"TensorRT engines need CUDA buffers; none of {list(names)} works ({'; '.join(failures)}); install {INSTALL_CUDA}")
 
 
+class _CapturingLogger:
+    """A TensorRT logger keeping the error messages (TensorRT-RTX says why it refuses an engine only in its log)."""
+
+    @staticmethod
+    def make(trt):
+        class Logger(trt.ILogger):
+            def __init__(self):
+                trt.ILogger.__init__(self)
+                self.errors: list[str] = []
+
+            def log(self, severity, msg):
+                if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR):
+                    self.errors.append(msg)
+                elif severity == trt.ILogger.Severity.WARNING:
+                    log.warning("tensorrt: %s", msg)
+                else:
+                    log.debug("tensorrt: %s", msg)
+
+        return Logger()
+
+
 # --- the runner --------------------------------------------------------------------------------------------
 
 class TrtRunner(Runner):
@@ -318,7 +418,7 @@ class TrtRunner(Runner):
         if self.manifest:
             info |= {"precision": self.manifest.get("precision"), "built_with": self.manifest.get("tensorrt")}
         if self.is_active:
-            info |= {"tensorrt": self._trt.__version__, "gpu": self._gpu.get("name"), "memory": self._mem.name}
+            info |= {"tensorrt": self._trt.__version__, "tensorrt_flavor": self.flavor, "gpu": self._gpu.get("name"), "memory": self._mem.name}
         return info
 
     def check_file(self) -> None:
@@ -336,11 +436,16 @@ class TrtRunner(Runner):
 
     def _activate(self) -> None:
         self.check_file()
-        trt = lazy_import("tensorrt", purpose="running TensorRT engines")
+        trt, self.flavor = import_tensorrt()
         self._trt = trt
         self._gpu = gpu_info(self.device_index)
         if self.manifest is not None:
-            check_engine_compat(self.path, self.manifest, trt.__version__, self._gpu)
+            check_engine_compat(self.path, self.manifest, trt.__version__, self._gpu, self.flavor)
+        self._data = self.path.read_bytes()
+        if self.flavor == "rtx":  # can it run here at all? asked before any CUDA buffer or deserialisation
+            self._rtx_logger = _CapturingLogger.make(trt)
+            self._runtime = trt.Runtime(self._rtx_logger)
+            rtx_validity(trt, self._runtime, self._data, self.path, self.manifest, self._gpu, self._rtx_logger.errors)
         self._mem = device_memory(self.memory_pref, self.device_index)
         try:
             self._load_engine(trt)
@@ -379,18 +484,28 @@ class TrtRunner(Runner):
             runtime = loaded
         return runtime
 
+    @property
+    def runtime_cache_path(self) -> Path:
+        """Where a TensorRT-RTX engine's JIT-compiled kernels are kept between processes."""
+        return self.path.with_name(self.path.name + ".runtime-cache")
+
     def _load_engine(self, trt) -> None:
-        logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = self._runtime_for(trt, logger)
-        self._engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
+        if self.flavor != "rtx":
+            self._runtime = self._runtime_for(trt, trt.Logger(trt.Logger.WARNING))
+        data, self._data = self._data, b""
+        self._engine = self._runtime.deserialize_cuda_engine(data)
         if self._engine is None:
             raise ArtifactError(
-                f"{self.path}: TensorRT {trt.__version__} cannot deserialize it (truncated, or built by another TensorRT "
+                f"{self.path}: {flavor_label(self.flavor, trt.__version__)} cannot deserialize it (truncated, or built by another "
                 f"version or for another GPU); rebuild it on this machine with `vla-export trt MODEL.onnx -o {self.path}`"
             )
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         self._dtypes = {n: numpy_dtype(self._engine.get_tensor_dtype(n), n, self.path) for n in names}
-        self._context = self._engine.create_execution_context()
+        self._runtime_cache = None
+        if self.flavor == "rtx":
+            self._context = self._engine.create_execution_context(self._rtx_runtime_config())
+        else:
+            self._context = self._engine.create_execution_context()
         if self._context is None:
             raise RunnerError(f"{self.path}: TensorRT could not create an execution context (out of device memory?)")
         is_input = {n: self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
@@ -402,12 +517,48 @@ class TrtRunner(Runner):
         self._buffers: dict[str, tuple[Any, int]] = {}
         self._host: dict[str, np.ndarray] = {}  # page-locked staging, grown as needed: async copies stay async
 
+    def _rtx_runtime_config(self):
+        """A runtime config whose runtime cache is loaded from beside the engine (if there, and valid here)."""
+        runtime_config = self._engine.create_runtime_config()
+        runtime_cache = runtime_config.create_runtime_cache()
+        if self.runtime_cache_path.is_file() and not runtime_cache.deserialize(self.runtime_cache_path.read_bytes()):
+            log.warning("%s: made for another GPU, driver or library version; kernels are compiled afresh", self.runtime_cache_path)
+        runtime_config.set_runtime_cache(runtime_cache)
+        self._runtime_cache = runtime_cache
+        return runtime_config
+
+    def warm(self, feeds: Sequence[Mapping[str, np.ndarray]]) -> int:
+        """Run each feed once, untimed: TensorRT-RTX compiles kernels on the first call at each shape, so every shape a
+        benchmark times is warmed here first; the runtime cache is saved afterwards. Returns the number of shapes."""
+        shapes = {}
+        for feed in feeds:
+            shapes.setdefault(tuple((k, np.shape(v)) for k, v in sorted(feed.items())), feed)
+        for feed in shapes.values():
+            self.infer(feed)
+        self.save_runtime_cache()
+        return len(shapes)
+
+    def save_runtime_cache(self) -> Path | None:
+        """Write the runtime cache beside the engine (TensorRT-RTX only; atomically)."""
+        if getattr(self, "_runtime_cache", None) is None:
+            return None
+        from vla_export.fileio import atomic_write
+
+        blob = self._runtime_cache.serialize()
+        atomic_write(self.runtime_cache_path, lambda tmp: tmp.write_bytes(memoryview(blob)))
+        return self.runtime_cache_path
+
     def _deactivate(self) -> None:
+        if getattr(self, "_runtime_cache", None) is not None:
+            try:
+                self.save_runtime_cache()
+            except OSError as exc:  # e.g. a read-only engine folder: the next process compiles again
+                log.warning("%s: runtime cache not saved (%s); kernels will be compiled again next time", self.runtime_cache_path, exc)
         for buf, _ in getattr(self, "_buffers", {}).values():
             self._mem.free(buf)
         self._buffers = {}
         self._host = {}
-        self._context = self._engine = self._runtime = None
+        self._context = self._engine = self._runtime = self._runtime_cache = None
         self._mem.close()
 
     def _buffer(self, name: str, nbytes: int) -> int:

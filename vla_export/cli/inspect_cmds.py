@@ -93,6 +93,14 @@ def render_engine(r: dict[str, Any]) -> None:
     if r["io_from_onnx"]:
         console.print("inputs (from the ONNX):  " + "; ".join(_shape(v) for v in r["io_from_onnx"]["inputs"]), markup=False)
         console.print("outputs (from the ONNX): " + "; ".join(_shape(v) for v in r["io_from_onnx"]["outputs"]), markup=False)
+    if r.get("layers_from_build_log"):
+        from vla_export.cli.trt_cmds import render_layers
+
+        targets = r.get("compute_capabilities")
+        targets = ", ".join(targets) if isinstance(targets, list) else "the library's defaults"
+        console.print(f"{'TensorRT-RTX' if r.get('tensorrt_flavor') == 'rtx' else 'TensorRT'} engine; compute capability targets: {targets}",
+                      markup=False)
+        render_layers(r["layers_from_build_log"])
     t = r["tensorrt"]
     if t["available"]:
         console.print(f"TensorRT {t['tensorrt']}: {t['num_layers']} layers ({t['note']})", markup=False)

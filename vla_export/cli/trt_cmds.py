@@ -243,19 +243,35 @@ def quantize(
         write_json(json_path, result.to_dict(), "quantize")
 
 
+def render_layers(layers: dict[str, Any] | None) -> None:
+    """The engine's layers by precision (TensorRT-RTX build log), one line each for all layers and the GEMMs."""
+    if not layers:
+        return
+    fmt = lambda d: ", ".join(f"{n} {k}" for k, n in sorted(d.items(), key=lambda kv: -kv[1])) or "none"  # noqa: E731
+    console.print(f"engine layers by precision ({layers['total']}): {fmt(layers['by_precision'])}", markup=False)
+    console.print(f"  GEMM/convolution layers: {fmt(layers['gemm_by_precision'])}", markup=False)
+
+
 def render_build(r: dict[str, Any]) -> None:
     plan = r["plan"]
-    table = Table(title=f"{r['engine']}: TensorRT {r['tensorrt']} via {r['builder']} on {r['gpu'].get('name')} "
-                        f"(sm {r['gpu'].get('compute_capability')})")
+    if r.get("flavor") == "rtx":
+        targets = ", ".join(plan.get("compute_capabilities") or []) or "the library's defaults"
+        where = r["gpu"].get("name") or "no GPU here: built ahead of time"
+        title = f"{r['engine']}: TensorRT-RTX {r['tensorrt']} via {r['builder']} ({where}), compute capability targets {targets}"
+    else:
+        title = f"{r['engine']}: TensorRT {r['tensorrt']} via {r['builder']} on {r['gpu'].get('name')} (sm {r['gpu'].get('compute_capability')})"
+    table = Table(title=title)
     table.add_column("setting")
     table.add_column("value")
-    table.add_row("precision", f"{plan['precision']}{' (strongly typed)' if plan['strongly_typed'] else ''}")
+    precision = r.get("onnx_precision") or plan["precision"]
+    table.add_row("precision", f"{precision}{' (strongly typed, from the ONNX)' if plan['strongly_typed'] else ''}")
     table.add_row("flags", ", ".join(plan["flags"]) or "none")
     for name, prof in plan["profiles"].items():
         table.add_row(f"profile {name}", f"min {prof['min']} opt {prof['opt']} max {prof['max']}")
     for rule in plan["layer_rules"]:
         table.add_row(f"keep {rule['precision']}", f"{rule['reason']} ({r['layer_rules_applied'].get(rule['reason'], 0)} layers)")
     console.print(table)
+    render_layers(r.get("layers"))
     console.print(f"built in {r['seconds']:.1f} s, {fmt_bytes(r['bytes'])}; manifest {r['manifest']}", markup=False)
 
 
@@ -283,6 +299,7 @@ def trt(
     exclude_lean_runtime: bool = typer.Option(False, "--exclude-lean-runtime", help="With --version-compatible: do not embed the lean runtime."),
     hardware_compat: str = typer.Option("none", "--hardware-compat", help="none or ampere+ (runs on any Ampere or newer GPU)."),
     dla_core: Optional[int] = typer.Option(None, "--dla-core", "--useDLACore", help="Run on this DLA core (Jetson), with GPU fallback."),
+    compute_capability: Optional[str] = typer.Option(None, "--compute-capability", help="TensorRT-RTX only: target compute capabilities, e.g. 86,89,120 (of 75, 80, 86, 89, 120, 121; default: the library's)."),
     print_trtexec: bool = typer.Option(False, "--print-trtexec", help="Print the equivalent trtexec command and exit (needs no TensorRT)."),
     trt_version: Optional[str] = typer.Option(None, "--trt-version", help="With --print-trtexec: the TensorRT the line is for (default: the installed one, else 10.3.0 as on JetPack 6)."),
     parity_ckpt: Optional[Path] = typer.Option(None, "--parity", help="After building, check parity against this checkpoint (loaded with --config/--rename/--set) and record it in the manifest."),
@@ -292,7 +309,7 @@ def trt(
 ) -> None:
     """Build a TensorRT engine for this GPU from an ONNX, with its manifest."""
     from vla_export.export.trt import (
-        EngineFromOnnx, TrtBuildOptions, make_plan, parse_profile, read_onnx_facts, record_parity, target_trt_version,
+        EngineFromOnnx, TrtBuildOptions, make_plan, parse_compute_capabilities, parse_profile, read_onnx_facts, record_parity, target_trt_version,
         trtexec_command,
     )
 
@@ -315,6 +332,7 @@ def trt(
         timing_cache=timing_cache, optimization_level=opt_level, version_compatible=version_compatible,
         exclude_lean_runtime=exclude_lean_runtime, hardware_compatibility=hardware_compat, dla_core=dla_core,
         calib=calib_path, calib_cache=calib_cache,
+        compute_capabilities=parse_compute_capabilities(compute_capability) if compute_capability is not None else (),
     )
     if print_trtexec:
         facts = read_onnx_facts(onnx)

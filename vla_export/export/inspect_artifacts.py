@@ -170,7 +170,7 @@ def _manifest_check(path: Path, manifest: Mapping[str, Any] | None) -> dict[str,
 def _manifest_summary(manifest: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if manifest is None:
         return None
-    keys = ("kind", "precision", "opset", "exporter", "window", "part", "tensorrt", "gpu", "strongly_typed", "flags",
+    keys = ("kind", "precision", "opset", "exporter", "window", "part", "tensorrt", "tensorrt_flavor", "compute_capabilities", "gpu", "strongly_typed", "flags",
             "builder", "build_seconds", "export_seconds", "source", "quantized_from", "onnx")
     summary = {k: manifest[k] for k in keys if k in manifest}
     if isinstance(manifest.get("config"), dict):
@@ -279,8 +279,12 @@ def node_module_scopes(node) -> list[str]:
 
 # --- TensorRT engine -------------------------------------------------------------------------------
 
-def _engine_layers(path: Path) -> dict[str, Any]:
-    """I/O and per-layer information from TensorRT's IEngineInspector, where TensorRT imports (unverified here)."""
+def _engine_layers(path: Path, flavor: str = "tensorrt") -> dict[str, Any]:
+    """I/O and per-layer information from TensorRT's IEngineInspector, where the engine's TensorRT imports (unverified
+    here). TensorRT-RTX engines are not deserialised (that needs a supported GPU): their manifest holds the layers."""
+    if flavor == "rtx":
+        return {"available": False, "note": "a TensorRT-RTX engine is deserialised only on a GPU it supports; its layers by "
+                                            "precision come from the build log recorded in its manifest"}
     try:
         trt = lazy_import("tensorrt", purpose="per-layer engine information")
     except ImportError as exc:
@@ -330,8 +334,14 @@ def inspect_engine(path: str | Path) -> dict[str, Any]:
         "source_onnx": {"path": str(onnx_path) if onnx_path else None, "exists": bool(onnx_path and onnx_path.exists()),
                         "matches_recorded_sha256": onnx_match},
         "io_from_onnx": io,
-        "tensorrt": _engine_layers(path),
-        "verified": "engine inspection through TensorRT is written against the TensorRT 10 API and unverified here (no TensorRT)",
+        "tensorrt_flavor": (manifest or {}).get("tensorrt_flavor") or "tensorrt",
+        "compute_capabilities": (manifest or {}).get("compute_capabilities"),
+        "layers_from_build_log": (manifest or {}).get("layers"),
+        "build_warnings": (manifest or {}).get("build_warnings"),
+        "tensorrt": _engine_layers(path, (manifest or {}).get("tensorrt_flavor") or "tensorrt"),
+        "verified": ("the layers by precision were parsed from TensorRT-RTX's build log when the engine was built"
+                     if (manifest or {}).get("tensorrt_flavor") == "rtx" else
+                     "engine inspection through TensorRT is written against the TensorRT 10 API and unverified here (no TensorRT)"),
     }
 
 

@@ -14,6 +14,11 @@ Three layers, so all the decisions are testable without TensorRT:
 TensorRT 11 drops the FP16/INT8 builder flags and implicit calibration: there, and whenever the ONNX
 already carries its precision (Q/DQ nodes from ``vla-export quantize --int8`` or FP16 weights from
 ``--fp16``), the network is built strongly typed and the ONNX decides every layer's type.
+
+TensorRT for RTX (module ``tensorrt_rtx``, flavour ``"rtx"``) is planned like TensorRT 11 (strongly typed only)
+plus what it adds and lacks: compute-capability targets instead of hardware compatibility, no timing cache,
+no version compatibility, no DLA, no calibrator. It builds ahead of time without a GPU; its VERBOSE build log
+with detailed profiling verbosity lists the engine's layers, which the manifest keeps by precision.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from vla_export.data.iospec import axis_role
-from vla_export.backends.tensorrt import engine_version
+from vla_export.backends.tensorrt import INSTALL_TRT, engine_version, flavor_label, import_tensorrt
 from vla_export.onnxfile import io_signature
 from vla_export.manifest import build_manifest, read_manifest, versions, write_manifest
 from vla_export.errors import ArtifactError, ConfigError, DataError, MissingDependencyError
@@ -45,10 +50,8 @@ HARDWARE_COMPAT = ("none", "ampere+")
 MANIFEST_KIND = "engine"
 DEFAULT_WORKSPACE_MIB = 2048
 TRTEXEC = "trtexec"
-INSTALL_TRT = (
-    "TensorRT is not installed: on Jetson install JetPack's TensorRT (`sudo apt install nvidia-tensorrt`, "
-    "Python bindings `python3-libnvinfer`); on x86 `pip install -e '.[trt]'` in the vla-export checkout (or put `trtexec` on PATH)"
-)
+#: What TensorRT-RTX 1.7 can target (``trt.ComputeCapability.SM*``): no 8.7 (Jetson Orin), no 9.0 (H100/H200).
+RTX_COMPUTE_CAPABILITIES = ("75", "80", "86", "89", "120", "121")
 DEFAULT_TEXT_OPT = 16
 #: What a plan is for when nothing says otherwise: JetPack 6.x ships TensorRT 10.3.
 DEFAULT_TRT_VERSION = "10.3.0"
@@ -86,6 +89,18 @@ def parse_shape(text: str) -> tuple[int, ...]:
         raise ConfigError(f"a shape is written like 1x4x3x224x224, got {text!r}") from None
 
 
+def parse_compute_capabilities(text: str) -> tuple[str, ...]:
+    """``"86,89,120"`` (also ``8.6``, ``sm86``) -> ("86", "89", "120"), deduplicated, order kept."""
+    out: list[str] = []
+    for part in (p.strip() for p in text.split(",")):
+        cc = part.lower().removeprefix("sm").replace(".", "")
+        if not cc.isdigit():
+            raise ConfigError(f"--compute-capability takes a list like 86,89,120, got {text!r}")
+        if cc not in out:
+            out.append(cc)
+    return tuple(out)
+
+
 def parse_profile(spec: str) -> tuple[str, Profile]:
     """``"input_ids=1x1:1x16:1x64"`` (min:opt:max) or ``"input_ids=1x16"`` (static) -> (name, Profile)."""
     name, sep, shapes = spec.partition("=")
@@ -116,8 +131,13 @@ class TrtBuildOptions:
     dla_core: int | None = None
     calib: Path | None = None
     calib_cache: Path | None = None
+    compute_capabilities: tuple[str, ...] = ()  # TensorRT-RTX targets, e.g. ("86", "89", "120")
 
     def __post_init__(self) -> None:
+        unknown = [c for c in self.compute_capabilities if c not in RTX_COMPUTE_CAPABILITIES]
+        if unknown:
+            raise ConfigError(f"--compute-capability {','.join(unknown)}: TensorRT-RTX targets {', '.join(RTX_COMPUTE_CAPABILITIES)} "
+                              "(no 87 Jetson Orin, no 90 H100/H200)")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.typing not in TYPINGS:
@@ -136,6 +156,7 @@ class TrtBuildOptions:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["shapes"] = {k: v.to_dict() for k, v in self.shapes.items()}
+        d["compute_capabilities"] = list(self.compute_capabilities)
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
 
 
@@ -234,6 +255,9 @@ class BuildPlan:
     calib_cache: str | None
     precision: str
     tensorrt: str = "10.3.0"  # the TensorRT the plan is for (trtexec lines differ between 10 and 11)
+    flavor: str = "tensorrt"  # or "rtx" (TensorRT for RTX)
+    compute_capabilities: list[str] = field(default_factory=list)  # TensorRT-RTX targets; empty: the library's default
+    detailed_profiling: bool = False  # ProfilingVerbosity.DETAILED: the build log lists the engine's layers
 
     @property
     def implicit_int8(self) -> bool:
@@ -243,6 +267,9 @@ class BuildPlan:
     def to_dict(self) -> dict[str, Any]:
         return {
             "tensorrt": self.tensorrt,
+            "flavor": self.flavor,
+            "compute_capabilities": self.compute_capabilities,
+            "detailed_profiling": self.detailed_profiling,
             "precision": self.precision,
             "strongly_typed": self.strongly_typed,
             "flags": self.flags,
@@ -312,16 +339,51 @@ def trt_major(version: str) -> int:
     return int(m.group(1)) if m else 0
 
 
+#: Options TensorRT-RTX cannot act on, and why (each refused in one line, never dropped).
+RTX_REFUSED = (
+    ("--fp16", lambda opts: opts.precision == "fp16", "builds strongly typed only: FP16 comes from the ONNX (`vla-export quantize MODEL.onnx --fp16`, then build that ONNX)"),
+    ("--int8", lambda opts: opts.precision == "int8", "builds strongly typed only: INT8 comes from Q/DQ nodes (`vla-export quantize MODEL.onnx --int8 --calib DATA`, then build that ONNX)"),
+    ("--fp16-all", lambda opts: opts.fp16_all, "builds strongly typed only: layer types come from the ONNX"),
+    ("--calib", lambda opts: opts.calib is not None, "has no INT8 calibrator: quantize with `vla-export quantize --int8 --calib DATA`"),
+    ("--calib-cache", lambda opts: opts.calib_cache is not None, "has no INT8 calibrator: quantize with `vla-export quantize --int8 --calib DATA`"),
+    ("--typing weak", lambda opts: opts.typing == "weak", "builds strongly typed networks only"),
+    ("--version-compatible", lambda opts: opts.version_compatible, "ships no lean runtime: version-compatible builds fail"),
+    ("--exclude-lean-runtime", lambda opts: opts.exclude_lean_runtime, "ships no lean runtime"),
+    ("--dla-core", lambda opts: opts.dla_core is not None, "has no DLA"),
+    ("--timing-cache", lambda opts: opts.timing_cache is not None, "has no timing cache (kernels are compiled at run time and kept in a runtime cache beside the engine)"),
+    ("--hardware-compat", lambda opts: opts.hardware_compatibility != "none", "targets compute capabilities instead: use --compute-capability 86,89,120"),
+)
+
+
+def _make_rtx_plan(facts: OnnxFacts, options: TrtBuildOptions, trt_version: str) -> BuildPlan:
+    """TensorRT-RTX: strongly typed, compute-capability targets, detailed profiling; everything it lacks refused."""
+    for flag, given, why in RTX_REFUSED:
+        if given(options):
+            raise ConfigError(f"{flag}: TensorRT-RTX {trt_version} {why}")
+    return BuildPlan(
+        strongly_typed=True, flags=[], workspace_bytes=options.workspace_mib << 20, profiles=derive_profiles(facts, options),
+        calibration_profile=None, layer_rules=[], timing_cache=None, optimization_level=options.optimization_level,
+        hardware_compatibility="none", dla_core=None, calib=None, calib_cache=None, precision="fp32", tensorrt=trt_version,
+        flavor="rtx", compute_capabilities=list(options.compute_capabilities), detailed_profiling=True,
+    )
+
+
 def make_plan(facts: OnnxFacts, options: TrtBuildOptions, *, trt_version: str = DEFAULT_TRT_VERSION,
-              calib_shapes: Mapping[str, tuple[int, ...]] | None = None) -> BuildPlan:
+              calib_shapes: Mapping[str, tuple[int, ...]] | None = None, flavor: str = "tensorrt") -> BuildPlan:
     """Decide the build for TensorRT ``trt_version``. Raises ConfigError for combinations TensorRT would reject or
     silently ignore.
 
     A Q/DQ ONNX builds strongly typed (under ``--typing auto``, with or without ``--int8``): weakly typed with
     OBEY_PRECISION_CONSTRAINTS, the sensitivity rules would pin its quantized MatMuls to FP16 and de-quantize it.
     Quantized nodes are never pinned, even with ``--typing weak``; only float layers are.
+    ``flavor="rtx"`` plans for TensorRT for RTX (see :func:`_make_rtx_plan`).
     """
     trt_version = engine_version(trt_version)
+    if flavor == "rtx":
+        return _make_rtx_plan(facts, options, trt_version)
+    if options.compute_capabilities:
+        raise ConfigError(f"--compute-capability: TensorRT-RTX's targets, and this build is for TensorRT {trt_version}, which builds "
+                          "for the GPU it runs on (see --hardware-compat ampere+)")
     major = trt_major(trt_version)
     if major and major < 10:
         raise ConfigError(f"TensorRT {trt_version} is too old: vla-export builds with the TensorRT 10 API (JetPack 6 ships 10.3)")
@@ -408,8 +470,18 @@ def network_flags(plan: BuildPlan, trt) -> int:
 
 def apply_plan(plan: BuildPlan, builder, config, trt, timing_cache_bytes: bytes = b"") -> Any:
     """Make the ``IBuilderConfig`` calls for ``plan`` (TensorRT 10 API). Returns the timing cache object.
-    Layer precisions are set on the network by :func:`apply_layer_rules`."""
+    Layer precisions are set on the network by :func:`apply_layer_rules`. TensorRT-RTX plans set their compute
+    capability targets and no timing cache (returns None)."""
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan.workspace_bytes)
+    if plan.detailed_profiling:
+        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    if plan.compute_capabilities:
+        config.num_compute_capabilities = len(plan.compute_capabilities)
+        for i, cc in enumerate(plan.compute_capabilities):
+            target = getattr(trt.ComputeCapability, f"SM{cc}", None)
+            if target is None:
+                raise ConfigError(f"--compute-capability {cc}: TensorRT-RTX {plan.tensorrt} has no SM{cc} target")
+            config.set_compute_capability(target, i)
     for flag in plan.flags:
         config.set_flag(getattr(trt.BuilderFlag, flag))
     if plan.optimization_level is not None:
@@ -432,6 +504,8 @@ def apply_plan(plan: BuildPlan, builder, config, trt, timing_cache_bytes: bytes 
         for name, prof in plan.calibration_profile.items():
             cal.set_shape(name, prof.min, prof.opt, prof.max)
         config.set_calibration_profile(cal)
+    if plan.flavor == "rtx":
+        return None
     cache = config.create_timing_cache(timing_cache_bytes)
     config.set_timing_cache(cache, ignore_mismatch=False)
     return cache
@@ -529,6 +603,10 @@ class TrtBuildResult:
     seconds: float
     bytes: int
     layer_rules_applied: dict[str, int] = field(default_factory=dict)
+    flavor: str = "tensorrt"
+    layers: dict[str, Any] | None = None  # the engine's layers by precision (TensorRT-RTX build log)
+    warnings: list[str] = field(default_factory=list)  # the builder's and parser's warnings
+    onnx_precision: str | None = None  # what the ONNX computes in (strongly typed builds keep it)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -536,15 +614,16 @@ class TrtBuildResult:
         return d
 
 
-def find_builder() -> str:
-    """'tensorrt-python' when the bindings import, else 'trtexec' when on PATH; else MissingDependencyError."""
+def find_builder() -> tuple[str, str]:
+    """(builder, flavour): ('tensorrt-python', 'tensorrt' or 'rtx') when TensorRT's or TensorRT-RTX's bindings import
+    (TensorRT first), else ('trtexec', 'tensorrt') when trtexec is on PATH; else MissingDependencyError."""
     try:
-        import tensorrt  # noqa: F401  (probing only; the builder imports it lazily again)
-    except (ImportError, OSError):  # OSError: bindings present but libnvinfer missing
+        _, flavor = import_tensorrt()
+    except MissingDependencyError:
         if shutil.which(TRTEXEC):
-            return "trtexec"
+            return "trtexec", "tensorrt"
         raise MissingDependencyError(INSTALL_TRT) from None
-    return "tensorrt-python"
+    return "tensorrt-python", flavor
 
 
 def trtexec_version(trtexec: str = TRTEXEC) -> str:
@@ -574,7 +653,8 @@ def target_trt_version(override: str | None = None) -> tuple[str, str]:
 
 
 class _TrtLogger:
-    """Routes TensorRT messages to vla-export's log (made lazily: needs trt.ILogger)."""
+    """Routes TensorRT messages to vla-export's log (made lazily: needs trt.ILogger) and keeps what the build
+    record needs: errors, warnings, and the final layer list that detailed profiling puts in the VERBOSE log."""
 
     @staticmethod
     def make(trt):
@@ -582,17 +662,81 @@ class _TrtLogger:
             def __init__(self):
                 trt.ILogger.__init__(self)
                 self.errors: list[str] = []
+                self.warnings: list[str] = []
+                self.layer_log: str | None = None
 
             def log(self, severity, msg):
                 if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR):
                     self.errors.append(msg)
-                    log.error("tensorrt: %s", msg)
+                    log.debug("tensorrt error: %s", msg)  # summarised in the one error line the build raises
                 elif severity == trt.ILogger.Severity.WARNING:
+                    self.warnings.append(msg)
                     log.warning("tensorrt: %s", msg)
+                elif msg.startswith("Layers:\n"):
+                    self.layer_log = msg
                 else:
                     log.debug("tensorrt: %s", msg)
 
         return Logger()
+
+
+_LAYER_LINE = re.compile(r"^Name: (?P<name>.*?), LayerType: (?P<type>[^,]*), Inputs: \[(?P<inputs>.*?)\], "
+                         r"Constants: \[(?P<constants>.*?)\], Outputs: \[(?P<outputs>.*?)\], TacticName")
+_IO_LINE = re.compile(r"^ Name: (?P<name>.*?), IOMode: (?P<mode>\w+), DataType: (?P<dtype>\w+), Dimensions: \[(?P<dims>[^\]]*)\]")
+_DATATYPE = re.compile(r"Datatype: (\w+)")
+#: Layer kinds that do the arithmetic whose precision a quantized model claims.
+GEMM_TYPES = ("gemm", "correlation")
+INT8_X_INT8, INT8_WEIGHTS = "Int8 x Int8", "Int8 weights"
+LAYER_LOG_NOTE = ("from TensorRT-RTX's VERBOSE build log with detailed profiling verbosity: a layer is 'Int8 x Int8' when an Int8 "
+                  "input meets Int8 weights, 'Int8 weights' when Int8 weights meet a float input (weight-only fusions), "
+                  "else the widest float type among its tensors (Half, Float), else its output type")
+
+
+def layer_precision(inputs: Sequence[str], constants: Sequence[str], outputs: Sequence[str]) -> str:
+    """One engine layer's precision class from the data types of its inputs, constants (weights) and outputs."""
+    int8_in, int8_w = inputs.count("Int8"), constants.count("Int8")
+    if int8_in and int8_w or int8_in >= 2 or int8_w >= 2 and not inputs:
+        return INT8_X_INT8
+    if int8_w:
+        return INT8_WEIGHTS
+    every = [*inputs, *constants, *outputs]
+    for dtype in ("FP8", "BF16", "Half", "Float"):
+        if dtype in every:
+            return dtype
+    return outputs[0] if outputs else "none"
+
+
+def parse_layer_log(text: str | None) -> dict[str, Any] | None:
+    """The engine's layers and I/O from the build log's ``Layers:`` message: counts by precision, by layer type and
+    precision, the data types seen, and the I/O tensors (name, mode, dtype, dims). None without the message."""
+    if not text:
+        return None
+    by_precision: dict[str, int] = {}
+    by_type: dict[str, dict[str, int]] = {}
+    dtypes: set[str] = set()
+    io: list[dict[str, Any]] = []
+    total = 0
+    for line in text.split("\n")[1:]:
+        m = _LAYER_LINE.match(line)
+        if m:
+            ins, consts, outs = (_DATATYPE.findall(m[k]) for k in ("inputs", "constants", "outputs"))
+            prec = layer_precision(ins, consts, outs)
+            total += 1
+            by_precision[prec] = by_precision.get(prec, 0) + 1
+            kind = by_type.setdefault(m["type"], {})
+            kind[prec] = kind.get(prec, 0) + 1
+            dtypes.update(ins + consts + outs)
+            continue
+        m = _IO_LINE.match(line)
+        if m:
+            io.append({"name": m["name"], "mode": m["mode"].lower(), "dtype": m["dtype"],
+                       "dims": [int(d) for d in m["dims"].split(",") if d.strip()]})
+    gemms = {}
+    for kind in GEMM_TYPES:
+        for prec, n in by_type.get(kind, {}).items():
+            gemms[prec] = gemms.get(prec, 0) + n
+    return {"total": total, "by_precision": by_precision, "gemm_by_precision": gemms, "by_type": by_type,
+            "datatypes": sorted(dtypes), "io": io, "note": LAYER_LOG_NOTE}
 
 
 def _calib_shapes(calib_path: Path | None, facts: OnnxFacts) -> tuple[Any, dict[str, tuple[int, ...]] | None]:
@@ -609,17 +753,22 @@ def _calib_shapes(calib_path: Path | None, facts: OnnxFacts) -> tuple[Any, dict[
 def build_engine(onnx: str | Path, output: str | Path, options: TrtBuildOptions = TrtBuildOptions()) -> TrtBuildResult:
     """Build ``output`` (and ``output.json``) from ``onnx``. Nothing appears at ``output`` unless it succeeds."""
     onnx, output = Path(onnx), Path(output)
-    builder_kind = find_builder()
+    builder_kind, flavor = find_builder()
     facts = read_onnx_facts(onnx)
-    calib, calib_shapes = _calib_shapes(options.calib, facts) if options.precision == "int8" else (None, None)
+    calib_shapes = None
+    if options.precision == "int8" and flavor != "rtx":
+        calib, calib_shapes = _calib_shapes(options.calib, facts)
+    else:
+        calib = None
     start = time.perf_counter()
+    record: dict[str, Any] = {}
     if builder_kind == "tensorrt-python":
-        from vla_export.lazy import lazy_import
-
-        trt = lazy_import("tensorrt", purpose="building TensorRT engines")
+        trt, flavor = import_tensorrt()
         version = engine_version(trt.__version__)  # three parts, as trtexec and the engine record it
-        plan = make_plan(facts, options, trt_version=version, calib_shapes=calib_shapes)
-        applied = _build_python(trt, plan, facts, output, calib)
+        plan = make_plan(facts, options, trt_version=version, calib_shapes=calib_shapes, flavor=flavor)
+        applied, record = _build_python(trt, plan, facts, output, calib)
+        if flavor == "rtx":
+            version = str(trt.__version__)  # TensorRT-RTX's four parts, as its wheels name it (compared by three)
     else:
         version = trtexec_version()
         plan = make_plan(facts, options, trt_version=version, calib_shapes=calib_shapes)
@@ -629,18 +778,38 @@ def build_engine(onnx: str | Path, output: str | Path, options: TrtBuildOptions 
     from vla_export.backends.tensorrt import gpu_info
 
     gpu = gpu_info()
-    manifest = write_engine_manifest(output, facts, plan, version, gpu, seconds, builder_kind, options)
-    return TrtBuildResult(output, manifest, builder_kind, version, gpu, plan.to_dict(), round(seconds, 2), output.stat().st_size, applied)
+    manifest = write_engine_manifest(output, facts, plan, version, gpu, seconds, builder_kind, options, record)
+    return TrtBuildResult(output, manifest, builder_kind, version, gpu, plan.to_dict(), round(seconds, 2), output.stat().st_size,
+                          applied, flavor=flavor, layers=record.get("layers"), warnings=record.get("warnings", []),
+                          onnx_precision=onnx_precision(facts))
 
 
-def _build_python(trt, plan: BuildPlan, facts: OnnxFacts, output: Path, calib) -> dict[str, int]:
+def _parser_errors(parser) -> str:
+    """The ONNX parser's errors, each naming its node and operator where the parser says."""
+    out = []
+    for i in range(parser.num_errors):
+        err = parser.get_error(i)
+        node = getattr(err, "node_name", lambda: "")() or ""
+        op = getattr(err, "node_operator", lambda: "")() or ""
+        desc = getattr(err, "desc", lambda: str(err))()
+        desc = " | ".join(line.strip() for line in str(desc).splitlines() if line.strip())  # one line
+        out.append(f"node {node} ({op}): {desc}" if node or op else desc)
+    return "; ".join(out)
+
+
+def _build_python(trt, plan: BuildPlan, facts: OnnxFacts, output: Path, calib) -> tuple[dict[str, int], dict[str, Any]]:
+    """Parse and build with the bindings; returns the layer rules applied and the build record (warnings, and with
+    detailed profiling the engine's layers by precision from the log)."""
     logger = _TrtLogger.make(trt)
     builder = trt.Builder(logger)
     network = builder.create_network(network_flags(plan, trt))
     parser = trt.OnnxParser(network, logger)
+    label = flavor_label(plan.flavor, plan.tensorrt)
     if not parser.parse_from_file(str(facts.path)):  # by path: external data is read from beside the model
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise ArtifactError(f"{facts.path}: TensorRT's ONNX parser failed: {errors or 'no details'}")
+        errors = _parser_errors(parser)
+        # Released before raising: a traceback keeping this builder alive makes TensorRT ignore the next build's logger.
+        del parser, network, builder
+        raise ArtifactError(f"{facts.path}: {label}'s ONNX parser failed: {errors or 'no details'}")
     config = builder.create_builder_config()
     cache_path = Path(plan.timing_cache) if plan.timing_cache else None
     cache_bytes = cache_path.read_bytes() if cache_path and cache_path.exists() else b""
@@ -659,11 +828,16 @@ def _build_python(trt, plan: BuildPlan, facts: OnnxFacts, output: Path, calib) -
     if calibrator is not None:
         calibrator.free()
     if serialized is None:
-        raise ArtifactError(f"{facts.path}: TensorRT could not build an engine: {'; '.join(logger.errors[-3:]) or 'see the log above'}")
+        errors = "; ".join(logger.errors[-3:]) or "see the log above"
+        del parser, network, builder, config
+        raise ArtifactError(f"{facts.path}: {label} could not build an engine: {errors}")
     atomic_write(output, lambda tmp: tmp.write_bytes(memoryview(serialized)))
-    if cache_path is not None:
+    if cache_path is not None and cache is not None:
         atomic_write(cache_path, lambda tmp: tmp.write_bytes(memoryview(cache.serialize())))
-    return applied
+    record = {"warnings": list(logger.warnings)}
+    if plan.detailed_profiling:
+        record["layers"] = parse_layer_log(logger.layer_log)
+    return applied, record
 
 
 def _build_trtexec(plan: BuildPlan, facts: OnnxFacts, output: Path) -> None:
@@ -680,29 +854,50 @@ def _build_trtexec(plan: BuildPlan, facts: OnnxFacts, output: Path) -> None:
     atomic_write(output, write)
 
 
+def onnx_precision(facts: OnnxFacts) -> str:
+    """The ONNX's precision as built: its manifest's (int8, fp16; int8w for weight-only INT8), else from its nodes."""
+    manifest = read_manifest(facts.path, kind="onnx", required=False) or {}
+    recorded = manifest.get("precision")
+    if recorded == "int8" and ((manifest.get("quantization") or {}).get("options") or {}).get("weight_bytes"):
+        return "int8w"
+    if recorded:
+        return str(recorded)
+    return "int8" if facts.has_qdq else "fp16" if facts.has_fp16 else "fp32"
+
+
 def write_engine_manifest(engine: Path, facts: OnnxFacts, plan: BuildPlan, version: str, gpu: Mapping[str, Any],
-                          seconds: float, builder_kind: str, options: TrtBuildOptions) -> Path:
-    """``NAME.engine.json``: TensorRT version, GPU, precision and flags, profiles, ONNX sha256, build time."""
+                          seconds: float, builder_kind: str, options: TrtBuildOptions, record: Mapping[str, Any] | None = None) -> Path:
+    """``NAME.engine.json``: TensorRT flavour and version, GPU (and TensorRT-RTX targets), precision and flags, profiles,
+    ONNX sha256 and precision, build time, the builder's warnings and (TensorRT-RTX) the engine's layers by precision."""
     from vla_export.fileio import sha256_file
 
+    record = record or {}
+    rtx = plan.flavor == "rtx"
+    as_built = onnx_precision(facts)
     data = build_manifest(
         MANIFEST_KIND, engine, [engine],
         tensorrt=version,
+        tensorrt_flavor=plan.flavor,
+        compute_capabilities=(plan.compute_capabilities or "default") if rtx else None,
+        compute_capabilities_note=("the library's default targets (TensorRT-RTX 1.7: portable to 8.0, 8.6, 8.9, 12.0 per "
+                                   "NVIDIA's documentation; not read from the engine)") if rtx and not plan.compute_capabilities else None,
         gpu=dict(gpu),
-        precision=plan.precision,
+        precision=("int8" if as_built == "int8w" else as_built) if rtx else plan.precision,  # the parity tolerance class
         strongly_typed=plan.strongly_typed,
         flags=plan.flags,
         profiles={k: v.to_dict() for k, v in plan.profiles.items()},
         plan=plan.to_dict(),
         options=options.to_dict(),
-        onnx={"path": str(facts.path), "sha256": sha256_file(facts.path), "typed": facts.typed},
+        onnx={"path": str(facts.path), "sha256": sha256_file(facts.path), "typed": facts.typed, "precision": as_built},
+        layers=record.get("layers"),
+        build_warnings=record.get("warnings", []),
         io=io_signature(facts.path),  # the engine's I/O is the ONNX's: runners can name it before activation
         config=facts.config,  # the policy config travels on, for parity and the runtime
         model=facts.model,  # and how it was obtained: layout, assumptions
         builder=builder_kind,
         build_seconds=round(seconds, 2),
         parity=None,
-        versions=versions(("vla-export", "tensorrt", "polygraphy", "onnx", "numpy")),
+        versions=versions(("vla-export", "tensorrt-rtx-cu12" if rtx else "tensorrt", "polygraphy", "onnx", "numpy")),
     )
     return write_manifest(engine, data)
 
