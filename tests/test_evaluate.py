@@ -1,11 +1,8 @@
 """`vla-export evaluate`: accuracy against recorded actions per artifact, its gate and its honesty rule.
 
 The checks need a checkpoint whose actions follow the episodes: a random policy is no better than a
-constant action, so (rightly) every evaluation with it is inconclusive. ``fitted_ckpt`` fits the tiny
-policy's LSTM and head (the parts Mobile VLA trains; the backbones stay frozen, as there) to the
-synthetic episodes in a few hundred Adam steps on precomputed frame features (seconds). When a fitted
-checkpoint from `vla-export init --fit` exists, it can replace this fixture: set ``ACTION_SCALE`` to
-the scale it was trained on.
+constant action, so (rightly) every evaluation with it is inconclusive. The fitted checks use the session's
+``fitted_tiny_ckpt`` (`init --fit` on 32 synthetic episodes, tests/conftest.py) on its ``held_out_episodes``.
 """
 
 from __future__ import annotations
@@ -20,66 +17,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import assert_one_error
+from vla_export.data.episodes import ACTION_SCALE  # what `init --fit` trains on: recorded / ACTION_SCALE
 
-#: The fitted policy learns recorded / ACTION_SCALE (its Tanh cannot reach a key press of 1.15).
-ACTION_SCALE = 1.15
 EPISODES = dict(count=4, frames=8, frame_hw=(48, 64))  # 4 x 8 = 32 windows, both sides, every scenario
-
-
-def fit_head(policy, episode_paths, *, steps: int = 200, scale: float = ACTION_SCALE, seed: int = 0):
-    """Fit ``policy``'s LSTM and MLP head to the episodes' recorded actions (/ ``scale``), on every control
-    step's window (the warm-up rule's padding included, as evaluate windows them); the backbones stay frozen."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: on a shared 2-core machine one thread is ~20x faster than two
-    try:
-        return _fit_head(policy, episode_paths, steps=steps, scale=scale, seed=seed)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _fit_head(policy, episode_paths, *, steps: int, scale: float, seed: int):
-    import torch
-
-    from vla_export.data.episodes import open_episode
-    from vla_export.data.preprocess import preprocess_frames, prompt_for
-    from vla_export.data.tokenizer import tokenizer_for
-    from vla_export.runtime.policy import window_indices
-
-    cfg = policy.cfg
-    tok = tokenizer_for(cfg)
-    windows, targets = [], []
-    with torch.no_grad():
-        for path in episode_paths:
-            ep = open_episode(path)
-            pixels = torch.from_numpy(preprocess_frames(ep.frames(), cfg.image_size))
-            ids, mask = tok.encode(prompt_for(ep.instruction), None)
-            n = len(pixels)
-            ids = torch.as_tensor(np.asarray(ids), dtype=torch.long).reshape(1, -1).expand(n, -1)
-            mask = torch.as_tensor(np.asarray(mask), dtype=torch.long).reshape(1, -1).expand(n, -1)
-            features = policy.encode_frames(pixels, ids, mask)
-            windows += [features[window_indices(k, cfg.window)] for k in range(n)]
-            targets.append(ep.actions()[:, : cfg.action_dim] / scale)
-    x, y = torch.stack(windows), torch.from_numpy(np.concatenate(targets)).float()
-    # Random backbones give features that differ little between frames: standardise them, folded exactly
-    # into the LSTM's input weights (W x + b with x = (f - mean) / std), so the fit starts from usable inputs.
-    flat = x.reshape(-1, x.shape[-1])
-    mean, std = flat.mean(dim=0), flat.std(dim=0).clamp_min(1e-6)
-    with torch.no_grad():
-        w = policy.rnn.weight_ih_l0
-        w.div_(std)
-        policy.rnn.bias_ih_l0.sub_(w @ mean)
-    torch.manual_seed(seed)
-    params = list(policy.rnn.parameters()) + list(policy.action.parameters())
-    opt = torch.optim.Adam(params, lr=1e-2)
-    policy.train()
-    for _ in range(steps):
-        opt.zero_grad()
-        loss = ((policy.head(x) - y) ** 2).mean()
-        loss.backward()
-        opt.step()
-    return policy.eval()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -100,26 +40,6 @@ def episodes(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("episodes")
     write_synthetic_episodes(out, seed=1, **EPISODES)
     return out
-
-
-@pytest.fixture(scope="module")
-def fitted_ckpt(tmp_path_factory, episodes) -> Path:
-    from vla_export.data.episodes import find_episodes
-    from vla_export.models.config import get_preset
-    from vla_export.models.loader import init_policy, save_training_checkpoint
-
-    policy = fit_head(init_policy(get_preset("tiny"), seed=0), find_episodes(episodes))
-    return save_training_checkpoint(policy, tmp_path_factory.mktemp("fitted") / "fitted.pt")
-
-
-@pytest.fixture(scope="module")
-def fitted_onnx(tmp_path_factory, fitted_ckpt) -> Path:
-    from vla_export.export.onnx import OnnxExportOptions, OnnxFromPolicy
-    from vla_export.models.loader import PolicyFromCheckpoint
-
-    path = tmp_path_factory.mktemp("fitted-onnx") / "fitted.onnx"
-    OnnxFromPolicy(PolicyFromCheckpoint(fitted_ckpt), path, OnnxExportOptions(parity_samples=1))()
-    return path
 
 
 def with_actions(src: Path, dst: Path, *, scale: float, offset) -> Path:
@@ -223,32 +143,32 @@ def test_metrics_on_numbers():
 
 # --- the command --------------------------------------------------------------------------------------
 
-def test_fitted_onnx_passes_and_a_constant_artifact_fails_the_gate(cli, tmp_path, fitted_ckpt, fitted_onnx, episodes):
+def test_fitted_onnx_passes_and_a_constant_artifact_fails_the_gate(cli, tmp_path, fitted_tiny_ckpt, fitted_tiny_onnx, held_out_episodes):
     """The fitted policy's ONNX keeps its MAE; one that outputs the checkpoint's mean action whatever it sees
-    (what a broken INT8 graph can do, and what parity on a random policy lets through) fails the gate."""
+    (what a broken INT8 graph can do, and what parity on a random policy lets through) fails the gate. The
+    recorded actions are divided by the fit record's action_scale without being told."""
     first = tmp_path / "first.json"
-    r = cli("evaluate", fitted_ckpt, fitted_onnx, "--data", episodes, "--action-scale", ACTION_SCALE, "--json", first)
+    r = cli("evaluate", fitted_tiny_ckpt, fitted_tiny_onnx, "--data", held_out_episodes, "--json", first)
     assert r.exit_code == 0, r
     report = _report(first)
     assert report["schema"] == "vla-export/evaluate/1" and report["conclusive"], report["discrimination"]
+    assert report["data"]["action_scale"] == ACTION_SCALE and "fit record" in r.stderr
     ck = _artifact(report, "checkpoint")
-    assert report["data"]["windows"] == EPISODES["count"] * EPISODES["frames"] == len(ck["actions"])
+    assert report["data"]["windows"] == 4 * 18 == len(ck["actions"])
     assert report["dims"] == ["linear_x", "linear_y", "angular_z"]
-    assert report["discrimination"]["dims"]["angular_z"]["status"] == "constant"  # the synthetic robot never turns
-    onnx_row = _artifact(report, "fitted.onnx")
-    for dim in ("linear_x", "linear_y", "overall"):
+    onnx_row = _artifact(report, fitted_tiny_onnx.name)
+    for dim in ("linear_x", "linear_y", "angular_z", "overall"):
         assert abs(onnx_row["change"]["mae"][dim]) < 1e-3  # fp32 rounding only, far under any gate
     assert "evaluate: pass" in r.stdout and "conclusive:" in r.stdout
 
     mean = np.mean(ck["actions"], axis=0)
-    broken = with_actions(fitted_onnx, tmp_path / "constant.onnx", scale=0.0, offset=mean)
+    broken = with_actions(fitted_tiny_onnx, tmp_path / "constant.onnx", scale=0.0, offset=mean)
     out = tmp_path / "gate.json"
-    r = cli("evaluate", fitted_ckpt, fitted_onnx, broken, "--data", episodes, "--action-scale", ACTION_SCALE,
-            "--max-mae-increase", "0.05", "--json", out)
+    r = cli("evaluate", fitted_tiny_ckpt, fitted_tiny_onnx, broken, "--data", held_out_episodes, "--max-mae-increase", "0.05", "--json", out)
     assert r.exit_code == 1, r
     report = _report(out)
     assert report["conclusive"] and not report["passed"]
-    assert _artifact(report, "fitted.onnx")["gate"]["passed"]
+    assert _artifact(report, fitted_tiny_onnx.name)["gate"]["passed"]
     gate = _artifact(report, "constant.onnx")["gate"]
     assert not gate["passed"] and set(gate["over"]) >= {"linear_x", "linear_y"}
     assert "evaluate: FAIL" in r.stdout
@@ -332,25 +252,25 @@ def test_a_saved_reference_is_refused(cli, tmp_path, episodes):
 
 # --- quantize's MAE-increase budget, measured the same way ------------------------------------------------
 
-def test_quantize_mae_budget_on_a_fitted_policy(cli, tmp_path, fitted_onnx, episodes):
+def test_quantize_mae_budget_on_a_fitted_policy(cli, tmp_path, fitted_tiny_onnx, fitted_tiny_calib, held_out_episodes):
     """`quantize --int8 --max-mae-increase X --data EPISODES`: the W8A8 model of the fitted policy is searched until
     its MAE against the recorded actions of held-out windows rises at most X; the manifest records it."""
-    from vla_export.data.episodes import write_synthetic_episodes
+    import re
+
     from vla_export.manifest import read_manifest
 
-    write_synthetic_episodes(tmp_path / "calib-eps", seed=2, **EPISODES)
-    calib = tmp_path / "calib.npz"
-    assert cli("calib", tmp_path / "calib-eps", "--onnx", fitted_onnx, "-o", calib, "--samples", "8").exit_code == 0
     out = tmp_path / "fitted.int8.onnx"
-    r = cli("quantize", fitted_onnx, "--int8", "--calib", calib, "--max-mae-increase", "0.05", "--action-scale", ACTION_SCALE,
-            "--data", episodes, "-o", out)
+    r = cli("quantize", fitted_tiny_onnx, "--int8", "--calib", fitted_tiny_calib.path, "--max-mae-increase", "0.05",
+            "--action-scale", ACTION_SCALE, "--data", held_out_episodes, "--eval-samples", "60", "-o", out)  # every full window
     assert r.exit_code == 0, r
-    assert "MAE budget measured on 20 held-out windows" in r.stdout  # 4 episodes x (8 - 4 + 1) full windows
+    measured = re.search(r"MAE budget measured on (\d+) held-out windows", r.stdout)
+    assert measured and int(measured.group(1)) >= 10, r.stdout
     options = read_manifest(out)["quantization"]["options"]
     assert options["budget"]["budget"]["max_mae_increase"] == 0.05 and options["budget"]["met"]
     assert options["budget"]["final"]["actions_mae_increase"] <= 0.05
-    assert options["held_out"]["action_scale"] == ACTION_SCALE and len(options["held_out"]["recorded_actions"]) == 20
-    assert options["mae_discrimination"]["conclusive"], options["mae_discrimination"]
+    assert options["held_out"]["action_scale"] == ACTION_SCALE
+    assert len(options["held_out"]["recorded_actions"]) == int(measured.group(1))
+    assert options["mae_discrimination"]["conclusive"], options["mae_discrimination"]["dims"]
 
 
 @pytest.mark.parametrize("args, needles", [

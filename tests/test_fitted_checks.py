@@ -108,7 +108,7 @@ def test_evaluate_reads_the_fit_records_action_scale(fitted_tiny_ckpt, fitted_ti
     from vla_export.verify.evaluate import evaluate
 
     broken = constant_actions(fitted_tiny_onnx, tmp_path / "const.onnx", _mean_action(fitted_tiny_ckpt, held_out_episodes))
-    result = evaluate(PolicyFromCheckpoint(fitted_tiny_ckpt), [fitted_tiny_onnx, broken], held_out_episodes,
+    result = evaluate(PolicyFromCheckpoint(fitted_tiny_ckpt), [fitted_tiny_onnx, broken], [held_out_episodes],
                       max_mae_increase=0.05, strict=True).to_dict()
     assert result["data"]["action_scale"] == ACTION_SCALE and result["data"]["action_scale_source"] == "the checkpoint's fit record"
     assert result["conclusive"]
