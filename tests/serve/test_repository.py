@@ -10,6 +10,7 @@ import pytest
 
 pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] is not installed (make install)")
 
+from tests.conftest import assert_one_error  # noqa: E402
 from vla_export.errors import ArtifactError  # noqa: E402
 from vla_export.manifest import build_manifest, write_manifest  # noqa: E402
 from vla_export.serve.repository import REPOSITORY_SCHEMA, validate_config  # noqa: E402
@@ -22,12 +23,13 @@ def copy_split(tiny_split, folder: Path) -> Path:
     return folder / "tiny.split.json"
 
 
-def fake_engine(folder: Path, part: str, gpu=("NVIDIA H100 80GB HBM3", "9.0")) -> Path:
+def fake_engine(folder: Path, part: str, gpu=("NVIDIA H100 80GB HBM3", "9.0"), flavor: str | None = None) -> Path:
     """Bytes that are not an engine, with an engine manifest: enough to generate, never to run."""
     engine = folder / f"tiny.{part}.engine"
     engine.write_bytes(b"not a real engine")
-    write_manifest(engine, build_manifest("engine", engine, [engine], tensorrt="10.9.0",
-                                          gpu={"name": gpu[0], "compute_capability": gpu[1]}, plan={"hardware_compatibility": "none"}))
+    extra = {"tensorrt_flavor": flavor} if flavor else {}
+    write_manifest(engine, build_manifest("engine", engine, [engine], tensorrt="1.7.1.116" if flavor == "rtx" else "10.9.0",
+                                          gpu={"name": gpu[0], "compute_capability": gpu[1]}, plan={"hardware_compatibility": "none"}, **extra))
     return engine
 
 
@@ -117,6 +119,9 @@ def test_tensorrt_plan_variant_is_generated_and_validated(cli, tiny_split, tmp_p
     assert settings["backbone_model"] == "tiny_backbone" and "backbone" not in settings["files"]
     r = cli("triton", split, "-o", tmp_path / "r2", "--backend", "tensorrt_plan")
     assert r.exit_code == 2 and "needs TensorRT engines" in r.stderr
+    rtx = fake_engine(split.parent, "backbone", flavor="rtx")  # Triton's TensorRT backend is libnvinfer: it cannot load it
+    r = cli("triton", split, "-o", tmp_path / "r3", "--backend", "tensorrt_plan", "--backbone", rtx)
+    assert_one_error(r, 2, "TensorRT-RTX engine", "--backend trt")
 
 
 def test_serve_refuses_engines_this_machine_cannot_run(cli, tiny_split, tmp_path, monkeypatch):

@@ -247,7 +247,8 @@ def _engine_info(path: Path, part: str | None = None) -> dict[str, Any]:
     validate_files(path, manifest)
     if part is not None:
         check_part(path, part, manifest)
-    return {"file": path.name, "gpu": manifest.get("gpu") or {}, "tensorrt": manifest.get("tensorrt"), "plan": manifest.get("plan") or {}}
+    return {"file": path.name, "gpu": manifest.get("gpu") or {}, "tensorrt": manifest.get("tensorrt"),
+            "tensorrt_flavor": manifest.get("tensorrt_flavor") or "tensorrt", "plan": manifest.get("plan") or {}}
 
 
 def _sources(artifact: Path, options: TritonOptions) -> tuple[str, dict[str, Any], dict[str, list[Path]], dict[str, Any]]:
@@ -298,6 +299,11 @@ def _sources(artifact: Path, options: TritonOptions) -> tuple[str, dict[str, Any
         if missing:
             raise ConfigError(f"--backend {backend} needs TensorRT engines for {missing}: pass --{missing[0]} NAME.{missing[0]}.engine "
                               f"(built with `vla-export trt NAME.{missing[0]}.onnx`)")
+        rtx = [p for p in need if engines[p]["tensorrt_flavor"] == "rtx"]
+        if backend == "tensorrt_plan" and rtx:
+            raise ConfigError(f"{engines[rtx[0]]['file']}: a TensorRT-RTX engine, which Triton's TensorRT backend (libnvinfer) cannot "
+                              "load; serve it with --backend trt (the Python backend runs it through TensorRT-RTX on a supported "
+                              "GPU), or build the backbone with TensorRT for --backend tensorrt_plan")
     elif engines:
         raise ConfigError(f"--backend {backend} runs ONNX parts; engines given for {sorted(engines)}: use --backend trt")
     return backend, record["config"], files, engines
