@@ -235,3 +235,11 @@ def test_an_os_error_naming_two_paths_names_the_destination(cli, tmp_path, monke
     monkeypatch.setattr(loader, "save_training_checkpoint", boom)
     line = assert_one_error(cli("init", "--preset", "tiny", "-o", tmp_path / "t.pt"), ExitCode.BAD_INPUT, "No space left")
     assert "/src/file" not in line and str(tmp_path / "dst") in line
+
+
+def test_a_report_on_the_artifacts_manifest_path_is_refused(cli, tiny_onnx, tmp_path):
+    """`-o X.onnx --json X.onnx.json`: the report would silently replace the manifest written beside the artifact."""
+    out = tmp_path / "q.onnx"
+    assert_one_error(cli("quantize", tiny_onnx, "--fp16", "-o", out, "--json", tmp_path / "q.onnx.json"), ExitCode.BAD_INPUT,
+                     "q.onnx.json", "manifest")
+    assert not out.exists()

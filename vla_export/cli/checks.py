@@ -63,6 +63,20 @@ def output_file(*paths: Path | None) -> None:
             check_output_path(path)
 
 
+def artifact_output(artifact: Path | None, *others: Path | None) -> None:
+    """:func:`output_file` for an artifact and the command's other outputs, its manifest (``NAME.json``
+    beside it, written with it) counted as one of them: ``-o X.onnx --json X.onnx.json`` is refused."""
+    output_file(artifact, *others)
+    if artifact is None:
+        return
+    from vla_export.manifest import manifest_path
+
+    beside = manifest_path(Path(artifact)).expanduser().resolve()
+    for other in others:
+        if other is not None and str(other) != "-" and Path(other).expanduser().resolve() == beside:
+            raise ConfigError(f"{other}: is where {artifact}'s manifest is written; give the report another file")
+
+
 def output_dir(path: Path) -> None:
     check_output_path(path, folder=True)
 

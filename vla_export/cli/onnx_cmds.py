@@ -51,7 +51,7 @@ def onnx(
         check_opset(opset, exporter)
         checks.output_file(json_path, *split_paths(output).values())
     else:
-        checks.output_file(json_path, output)
+        checks.artifact_output(output, json_path)
         check_target(output, opset, exporter)
     if split:
         return export_split_cmd(

@@ -172,7 +172,7 @@ def quantize(
             raise ConfigError(f"--granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
     checks.input_file(onnx, "ONNX")
     checks.input_file(calib_path, "calibration set")
-    checks.output_file(output, json_path)
+    checks.artifact_output(output, json_path)
     if budget is not None:
         from vla_export.export.quantize import PROTOBUF_LIMIT
         from vla_export.onnxfile import file_tensor_bytes
@@ -325,7 +325,7 @@ def trt(
     checks.at_least(1, samples=samples, max_batch=max_batch)
     checks.input_file(parity_ckpt, "checkpoint")
     if not print_trtexec:
-        checks.output_file(output, json_path, calib_cache, timing_cache)
+        checks.artifact_output(output, json_path, calib_cache, timing_cache)
     options = TrtBuildOptions(
         precision="int8" if int8 else "fp16" if fp16 else "fp32", fp16_all=fp16_all, typing=typing_,
         shapes=dict(parse_profile(s) for s in shape or []), max_batch=max_batch, workspace_mib=workspace,
