@@ -55,7 +55,7 @@ def test_wrong_suffix_and_missing_matplotlib(tmp_path, monkeypatch):
         plot_replay(report, tmp_path / "x.jpg")
     assert not (tmp_path / "x.jpg").exists()
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    with pytest.raises(MissingDependencyError, match=r"vla-export\[plot\]"):
+    with pytest.raises(MissingDependencyError, match=r"pip install -e '[^']+\[plot\]'"):
         plot_replay(report, tmp_path / "x.png")
 
 

@@ -105,7 +105,7 @@ def test_simplify_without_onnxslim_names_the_extra(tiny_onnx, tmp_path, monkeypa
     copy = tmp_path / "copy.onnx"
     shutil.copy(tiny_onnx, copy)
     monkeypatch.setitem(__import__("sys").modules, "onnxslim", None)
-    with pytest.raises(MissingDependencyError, match=r"vla-export\[simplify\]"):
+    with pytest.raises(MissingDependencyError, match=r"pip install -e '[^']+\[simplify\]'"):
         simplify(copy)
 
 

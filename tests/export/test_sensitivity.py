@@ -176,6 +176,6 @@ def test_held_out_feeds_record_the_recorded_actions(setup):
     feeds, record = S.held_out_feeds([setup["root"] / "held-out"], get_preset("tiny"), setup["calib"].frames_used(), count=3, window=4)
     assert len(record["recorded_actions"]) == 3 and all(len(a) == 3 for a in record["recorded_actions"])
     _, capped = S.held_out_feeds([setup["root"] / "held-out"], get_preset("tiny"), None, count=1000, window=4, at_most=True)
-    assert capped["windows"] == capped["candidate_windows"] == 5  # 8 frames, window 4
+    assert capped["windows"] == capped["candidate_windows"] == 4 * (18 - 4 + 1)  # the held-out fixture: 4 episodes of 18 frames, window 4
     with pytest.raises(ConfigError, match="--samples 1000"):
         S.held_out_feeds([setup["root"] / "held-out"], get_preset("tiny"), None, count=1000, window=4)
