@@ -248,7 +248,11 @@ def test_missing_tensorrt_says_how_to_install(no_tensorrt, monkeypatch, tiny_onn
     assert_one_error(r, ExitCode.ENVIRONMENT, "TensorRT is not installed")
     assert not (tmp_path / "x.engine").exists()
     r = cli("trt", tiny_onnx, "-o", tmp_path / "x.engine", "--fp16", "--print-trtexec")
-    assert r.exit_code == 0 and "--fp16" in r.stdout
+    assert r.exit_code == 0 and "--fp16" in r.stdout and "--profilingVerbosity" not in r.stdout
+    r = cli("trt", tiny_onnx, "-o", tmp_path / "x.engine", "--print-trtexec", "--profiling-verbosity", "detailed")
+    assert r.exit_code == 0 and f"--profilingVerbosity=detailed --exportLayerInfo={tmp_path / 'x.engine.layers.json'}" in r.stdout
+    assert_one_error(cli("trt", tiny_onnx, "-o", tmp_path / "x.engine", "--print-trtexec", "--profiling-verbosity", "full"),
+                     ExitCode.BAD_INPUT, "--profiling-verbosity", "detailed")
 
 
 def test_build_through_trtexec_writes_engine_and_manifest(no_tensorrt, fake_trtexec, tiny_onnx, tmp_path):

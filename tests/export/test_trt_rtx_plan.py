@@ -64,6 +64,7 @@ REFUSED = [
     ({"dla_core": 0}, "--dla-core: TensorRT-RTX 1.7.1 has no DLA"),
     ({"timing_cache": "t.cache"}, "--timing-cache: TensorRT-RTX 1.7.1 has no timing cache"),
     ({"hardware_compatibility": "ampere+"}, "--hardware-compat: TensorRT-RTX 1.7.1 targets compute capabilities"),
+    ({"profiling_verbosity": "layer_names_only"}, "--profiling-verbosity layer_names_only: TensorRT-RTX 1.7.1 builds are always detailed"),
 ]
 
 

@@ -299,6 +299,7 @@ def trt(
     exclude_lean_runtime: bool = typer.Option(False, "--exclude-lean-runtime", help="With --version-compatible: do not embed the lean runtime."),
     hardware_compat: str = typer.Option("none", "--hardware-compat", help="none or ampere+ (runs on any Ampere or newer GPU)."),
     dla_core: Optional[int] = typer.Option(None, "--dla-core", "--useDLACore", help="Run on this DLA core (Jetson), with GPU fallback."),
+    profiling_verbosity: Optional[str] = typer.Option(None, "--profiling-verbosity", "--profilingVerbosity", help="layer_names_only (TensorRT's default) or detailed: the engine keeps each layer's precision, formats and tactic (`vla-export inspect` on the device; with --print-trtexec also --exportLayerInfo=ENGINE.layers.json). TensorRT-RTX builds are always detailed."),
     compute_capability: Optional[str] = typer.Option(None, "--compute-capability", help="TensorRT-RTX only: target compute capabilities, e.g. 86,89,120 (of 75, 80, 86, 89, 120, 121; default: the library's)."),
     print_trtexec: bool = typer.Option(False, "--print-trtexec", help="Print the equivalent trtexec command and exit (needs no TensorRT)."),
     trt_version: Optional[str] = typer.Option(None, "--trt-version", help="With --print-trtexec: the TensorRT the line is for (default: the installed one, else 10.3.0 as on JetPack 6)."),
@@ -333,6 +334,7 @@ def trt(
         exclude_lean_runtime=exclude_lean_runtime, hardware_compatibility=hardware_compat, dla_core=dla_core,
         calib=calib_path, calib_cache=calib_cache,
         compute_capabilities=parse_compute_capabilities(compute_capability) if compute_capability is not None else (),
+        profiling_verbosity=profiling_verbosity,
     )
     if print_trtexec:
         facts = read_onnx_facts(onnx)

@@ -50,6 +50,8 @@ HARDWARE_COMPAT = ("none", "ampere+")
 MANIFEST_KIND = "engine"
 DEFAULT_WORKSPACE_MIB = 2048
 TRTEXEC = "trtexec"
+#: ``--profiling-verbosity`` values (trtexec's ``--profilingVerbosity``): what the engine keeps of its layers.
+PROFILING_VERBOSITIES = ("layer_names_only", "detailed")
 #: What TensorRT-RTX 1.7 can target (``trt.ComputeCapability.SM*``): no 8.7 (Jetson Orin), no 9.0 (H100/H200).
 RTX_COMPUTE_CAPABILITIES = ("75", "80", "86", "89", "120", "121")
 DEFAULT_TEXT_OPT = 16
@@ -132,8 +134,11 @@ class TrtBuildOptions:
     calib: Path | None = None
     calib_cache: Path | None = None
     compute_capabilities: tuple[str, ...] = ()  # TensorRT-RTX targets, e.g. ("86", "89", "120")
+    profiling_verbosity: str | None = None  # "detailed" or "layer_names_only" (TensorRT's default); None: not given
 
     def __post_init__(self) -> None:
+        if self.profiling_verbosity not in (None, *PROFILING_VERBOSITIES):
+            raise ConfigError(f"--profiling-verbosity must be one of {', '.join(PROFILING_VERBOSITIES)}, got {self.profiling_verbosity!r}")
         unknown = [c for c in self.compute_capabilities if c not in RTX_COMPUTE_CAPABILITIES]
         if unknown:
             raise ConfigError(f"--compute-capability {','.join(unknown)}: TensorRT-RTX targets {', '.join(RTX_COMPUTE_CAPABILITIES)} "
@@ -352,6 +357,8 @@ RTX_REFUSED = (
     ("--dla-core", lambda opts: opts.dla_core is not None, "has no DLA"),
     ("--timing-cache", lambda opts: opts.timing_cache is not None, "has no timing cache (kernels are compiled at run time and kept in a runtime cache beside the engine)"),
     ("--hardware-compat", lambda opts: opts.hardware_compatibility != "none", "targets compute capabilities instead: use --compute-capability 86,89,120"),
+    ("--profiling-verbosity layer_names_only", lambda opts: opts.profiling_verbosity == "layer_names_only",
+     "builds are always detailed here: the engine's layers by precision are read from that build log into the manifest"),
 )
 
 
@@ -450,6 +457,7 @@ def make_plan(facts: OnnxFacts, options: TrtBuildOptions, *, trt_version: str = 
         optimization_level=options.optimization_level, hardware_compatibility=options.hardware_compatibility,
         dla_core=options.dla_core, calib=str(options.calib) if options.calib else None,
         calib_cache=str(calib_cache) if calib_cache else None, precision=p, tensorrt=trt_version,
+        detailed_profiling=options.profiling_verbosity == "detailed",
     )
 
 
@@ -544,6 +552,12 @@ def _shape_arg(shape: Sequence[int]) -> str:
     return "x".join(str(d) for d in shape)
 
 
+def layer_info_path(engine: str | Path) -> Path:
+    """``x.engine`` -> ``x.engine.layers.json``: the engine's layer information (trtexec ``--exportLayerInfo``)."""
+    engine = Path(engine)
+    return engine.with_name(engine.name + ".layers.json")
+
+
 def trtexec_command(plan: BuildPlan, onnx: str | Path, engine: str | Path, trtexec: str = TRTEXEC) -> list[str]:
     """The trtexec command line for ``plan`` (for the TensorRT ``plan.tensorrt``), as a list; print it with
     :func:`shlex.join`. Refuses an implicit-INT8 line without an existing calibration cache: given a
@@ -574,6 +588,8 @@ def trtexec_command(plan: BuildPlan, onnx: str | Path, engine: str | Path, trtex
         cmd.append(f"--hardwareCompatibilityLevel={plan.hardware_compatibility}")
     if plan.dla_core is not None:
         cmd.append(f"--useDLACore={plan.dla_core}")
+    if plan.detailed_profiling:  # the layer information, beside the engine (trtexec writes it after the build)
+        cmd += ["--profilingVerbosity=detailed", f"--exportLayerInfo={layer_info_path(engine)}"]
     if plan.implicit_int8:
         if not (plan.calib_cache and Path(plan.calib_cache).is_file()):
             raise ConfigError(
