@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import assert_one_error
-from vla_export.errors import ArtifactError, EnvironmentProblem
+from vla_export.errors import ArtifactError
 
 pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] is not installed (make install)")
 from vla_export.serve.perf_data import check_perf_data, perf_analyzer_command, perf_analyzer_data  # noqa: E402
@@ -80,19 +80,16 @@ def test_triton_writes_the_data_and_prints_the_command(cli, tiny_split, tmp_path
 
 
 @pytest.mark.serve
-def test_perf_analyzer_runs_sequences_against_the_real_server(tiny_split, tmp_path):
+def test_perf_analyzer_runs_sequences_against_the_real_server(tiny_split, tmp_path, request):
     from vla_export.serve.fleet_bench import scrape
     from vla_export.serve.perf_data import write_perf_data
     from vla_export.serve.repository import write_repository
-    from vla_export.serve.server import TritonServer, find_triton, free_port
+    from vla_export.serve.server import TritonServer, free_port
 
     binary = perf_analyzer_binary()
     if binary is None:
         pytest.skip("no perf_analyzer here (`make perf-analyzer` fetches it from the tritonclient 2.51.0 wheel)")
-    try:
-        find_triton()
-    except EnvironmentProblem as exc:
-        pytest.skip(f"no tritonserver here: {exc}")
+    request.getfixturevalue("triton_here")  # after the perf_analyzer check, so its skip reason comes first
     repo = write_repository(tiny_split.manifest_path, tmp_path / "repo", TritonOptions(max_robots=4, max_batch=4, text_len=16, idle_seconds=60))
     data = write_perf_data(tmp_path / "perf.json", perf_analyzer_data(sequences=2, steps=4, frame_hw=(48, 64)))
     with TritonServer(repo.path, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), ready_timeout=90) as srv:

@@ -21,27 +21,19 @@ import numpy as np
 import pytest
 
 from tests.conftest import assert_one_error
-from vla_export.errors import EnvironmentProblem, ExitCode
+from vla_export.errors import ExitCode
 
 grpcclient = pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] is not installed (make install)")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from vla_export.serve.repository import TritonOptions, write_repository  # noqa: E402
-from vla_export.serve.server import TritonServer, find_triton, free_port  # noqa: E402
+from vla_export.serve.server import TritonServer, free_port  # noqa: E402
 
 pytestmark = pytest.mark.serve
 
 MODEL = "tiny"
 TIMEOUT_S = 10.0  # per request: a START queued for a slot (the old behaviour) fails the test instead of hanging it
 FRAME = np.random.default_rng(0).integers(0, 256, (1, 36, 48, 3), dtype=np.uint8)
-
-
-@pytest.fixture(scope="module")
-def triton_here():
-    try:
-        return find_triton()
-    except EnvironmentProblem as exc:
-        pytest.skip(f"no tritonserver here: {exc}")
 
 
 @pytest.fixture(scope="module")

@@ -14,22 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from vla_export.errors import EnvironmentProblem
 
 pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] is not installed (make install)")
 
 from vla_export.serve.repository import TritonOptions, write_repository  # noqa: E402
-from vla_export.serve.server import find_triton  # noqa: E402
 
 pytestmark = pytest.mark.serve
-
-
-@pytest.fixture(scope="module")
-def triton_here():
-    try:
-        return find_triton()
-    except EnvironmentProblem as exc:
-        pytest.skip(f"no tritonserver here: {exc}")
 
 
 @pytest.fixture(scope="module")

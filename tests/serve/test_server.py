@@ -14,7 +14,6 @@ import time
 import numpy as np
 import pytest
 
-from vla_export.errors import EnvironmentProblem
 from vla_export.precision import tolerance_for
 from vla_export.runtime.policy import Policy
 
@@ -23,7 +22,7 @@ httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http]
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from vla_export.serve.repository import TritonOptions, write_repository  # noqa: E402
-from vla_export.serve.server import TritonServer, find_triton, free_port  # noqa: E402
+from vla_export.serve.server import TritonServer, free_port  # noqa: E402
 
 pytestmark = pytest.mark.serve
 
@@ -34,11 +33,7 @@ TIMEOUT_S = 20.0  # per request
 
 
 @pytest.fixture(scope="module")
-def server(tiny_split, tmp_path_factory):
-    try:
-        find_triton()
-    except EnvironmentProblem as exc:
-        pytest.skip(f"no tritonserver here: {exc}")
+def server(triton_here, tiny_split, tmp_path_factory):
     repo = write_repository(tiny_split.manifest_path, tmp_path_factory.mktemp("triton") / "repo",
                             TritonOptions(max_robots=16, max_batch=8, queue_delay_us=2000, idle_seconds=60))
     srv = TritonServer(repo.path, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), ready_timeout=90)
