@@ -348,8 +348,11 @@ def device_memory(preference: str = "auto", device: int = 0):
     raise MissingDependencyError(f"TensorRT engines need CUDA buffers; none of {list(names)} works ({'; '.join(failures)}); install {INSTALL_CUDA}")
 
 
-class _CapturingLogger:
-    """A TensorRT logger keeping the error messages (TensorRT-RTX says why it refuses an engine only in its log)."""
+class CapturingLogger:
+    """A TensorRT logger (made lazily: needs ``trt.ILogger``) that routes messages to vla-export's log and keeps
+    what callers report: errors (TensorRT-RTX says why it refuses an engine only in its log; a build failure is
+    summarised in one line), warnings (the build record) and the final layer list that detailed profiling puts
+    in the VERBOSE log (the engine's layers by precision)."""
 
     @staticmethod
     def make(trt):
@@ -357,12 +360,18 @@ class _CapturingLogger:
             def __init__(self):
                 trt.ILogger.__init__(self)
                 self.errors: list[str] = []
+                self.warnings: list[str] = []
+                self.layer_log: str | None = None
 
             def log(self, severity, msg):
                 if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR):
                     self.errors.append(msg)
+                    log.debug("tensorrt error: %s", msg)  # reported by the caller, in its one error line
                 elif severity == trt.ILogger.Severity.WARNING:
+                    self.warnings.append(msg)
                     log.warning("tensorrt: %s", msg)
+                elif msg.startswith("Layers:\n"):
+                    self.layer_log = msg
                 else:
                     log.debug("tensorrt: %s", msg)
 
@@ -443,7 +452,7 @@ class TrtRunner(Runner):
             check_engine_compat(self.path, self.manifest, trt.__version__, self._gpu, self.flavor)
         self._data = self.path.read_bytes()
         if self.flavor == "rtx":  # can it run here at all? asked before any CUDA buffer or deserialisation
-            self._rtx_logger = _CapturingLogger.make(trt)
+            self._rtx_logger = CapturingLogger.make(trt)
             self._runtime = trt.Runtime(self._rtx_logger)
             rtx_validity(trt, self._runtime, self._data, self.path, self.manifest, self._gpu, self._rtx_logger.errors)
         self._mem = device_memory(self.memory_pref, self.device_index)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from vla_export.data.iospec import axis_role
-from vla_export.backends.tensorrt import INSTALL_TRT, engine_version, flavor_label, import_tensorrt
+from vla_export.backends.tensorrt import INSTALL_TRT, CapturingLogger, engine_version, flavor_label, import_tensorrt
 from vla_export.onnxfile import io_signature
 from vla_export.manifest import build_manifest, read_manifest, versions, write_manifest
 from vla_export.errors import ArtifactError, ConfigError, DataError, MissingDependencyError
@@ -668,34 +668,6 @@ def target_trt_version(override: str | None = None) -> tuple[str, str]:
     return DEFAULT_TRT_VERSION, "the default (JetPack 6.x); set --trt-version for another"
 
 
-class _TrtLogger:
-    """Routes TensorRT messages to vla-export's log (made lazily: needs trt.ILogger) and keeps what the build
-    record needs: errors, warnings, and the final layer list that detailed profiling puts in the VERBOSE log."""
-
-    @staticmethod
-    def make(trt):
-        class Logger(trt.ILogger):
-            def __init__(self):
-                trt.ILogger.__init__(self)
-                self.errors: list[str] = []
-                self.warnings: list[str] = []
-                self.layer_log: str | None = None
-
-            def log(self, severity, msg):
-                if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR):
-                    self.errors.append(msg)
-                    log.debug("tensorrt error: %s", msg)  # summarised in the one error line the build raises
-                elif severity == trt.ILogger.Severity.WARNING:
-                    self.warnings.append(msg)
-                    log.warning("tensorrt: %s", msg)
-                elif msg.startswith("Layers:\n"):
-                    self.layer_log = msg
-                else:
-                    log.debug("tensorrt: %s", msg)
-
-        return Logger()
-
-
 _LAYER_LINE = re.compile(r"^Name: (?P<name>.*?), LayerType: (?P<type>[^,]*), Inputs: \[(?P<inputs>.*?)\], "
                          r"Constants: \[(?P<constants>.*?)\], Outputs: \[(?P<outputs>.*?)\], TacticName")
 _IO_LINE = re.compile(r"^ Name: (?P<name>.*?), IOMode: (?P<mode>\w+), DataType: (?P<dtype>\w+), Dimensions: \[(?P<dims>[^\]]*)\]")
@@ -816,7 +788,7 @@ def _parser_errors(parser) -> str:
 def _build_python(trt, plan: BuildPlan, facts: OnnxFacts, output: Path, calib) -> tuple[dict[str, int], dict[str, Any]]:
     """Parse and build with the bindings; returns the layer rules applied and the build record (warnings, and with
     detailed profiling the engine's layers by precision from the log)."""
-    logger = _TrtLogger.make(trt)
+    logger = CapturingLogger.make(trt)
     builder = trt.Builder(logger)
     network = builder.create_network(network_flags(plan, trt))
     parser = trt.OnnxParser(network, logger)
