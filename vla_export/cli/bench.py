@@ -17,7 +17,7 @@ import typer
 from rich.table import Table
 
 from vla_export.cli.common import DEBUG_FLAG, STDOUT, JunitOpt, console, err_console, new_app, run_app, write_json, wrote
-from vla_export.cli.junit import bench_cases, write_junit
+from vla_export.cli.junit import bench_cases, write_reports
 from vla_export.cli.loading import with_loading_options
 from vla_export.cli import checks
 from vla_export.errors import ExitCode
@@ -228,12 +228,8 @@ def bench(
     if telemetry.summary() is not None:
         report.environment["jetson_telemetry"] = telemetry.summary()
     render_report(report)
-    if json_path:  # the complete report (standard output gets only this one)
-        write_json(json_path, report.to_dict())
-        wrote(json_path)
-    if junit:
-        write_junit(junit, "vla-bench floor check", bench_cases(report.to_dict()), classname="vla-bench.floor")
-        wrote(junit)
+    # the complete report (standard output gets only this one)
+    write_reports(report.to_dict(), json_path, junit, suite="vla-bench floor check", cases=bench_cases, classname="vla-bench.floor")
     if plot:
         from vla_export.plots import plot_bench
 

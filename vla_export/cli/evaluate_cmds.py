@@ -9,8 +9,8 @@ import typer
 from rich.table import Table
 
 from vla_export.cli import checks
-from vla_export.cli.common import JunitOpt, console, write_json, wrote
-from vla_export.cli.junit import evaluate_cases, write_junit
+from vla_export.cli.common import JunitOpt, console
+from vla_export.cli.junit import evaluate_cases, write_reports
 from vla_export.cli.loading import with_loading_options
 from vla_export.errors import ArtifactError, ConfigError, ExitCode
 from vla_export.models.resolve import LoadOptions
@@ -142,11 +142,6 @@ def evaluate(
     )
     report = result.to_dict()
     render_evaluate(report)
-    if json_path:
-        write_json(json_path, report)
-        wrote(json_path)
-    if junit:
-        write_junit(junit, f"evaluate {checkpoint.name}", evaluate_cases(report), classname="vla-export.evaluate")
-        wrote(junit)
+    write_reports(report, json_path, junit, suite=f"evaluate {checkpoint.name}", cases=evaluate_cases, classname="vla-export.evaluate")
     if not result.passed:
         raise typer.Exit(ExitCode.CHECK_FAILED)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import sys
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from vla_export.cli.common import STDOUT, console
+from vla_export.cli.common import STDOUT, console, write_json, wrote
 from vla_export.fileio import atomic_write
 
 
@@ -24,6 +26,18 @@ class Case:
     message: str = ""
     seconds: float = 0.0
     details: str = ""
+
+
+def write_reports(report: dict[str, Any], json_path: Path | None, junit: Path | None, *, suite: str,
+                  cases: Callable[[dict[str, Any]], list[Case]], classname: str, what: str = "report") -> None:
+    """A checking command's ``--json`` report (schema ``vla-export/<what>/1`` unless it names its own) and
+    ``--junit`` XML (``cases(report)``), each where asked, each said."""
+    if json_path:
+        write_json(json_path, report, what)
+        wrote(json_path)
+    if junit:
+        write_junit(junit, suite, cases(report), classname=classname)
+        wrote(junit)
 
 
 def write_junit(path: str | Path, suite: str, cases: list[Case], classname: str) -> Path:

@@ -10,7 +10,7 @@ import typer
 
 from vla_export.cli import checks
 from vla_export.cli.common import JunitOpt, console, write_json, wrote
-from vla_export.cli.junit import parity_cases, write_junit
+from vla_export.cli.junit import parity_cases, write_reports
 from vla_export.cli.render import fmt_bytes, render_completeness, render_next_steps, render_parity, render_saved
 from vla_export.cli.runtime_cmds import export_split_cmd
 from vla_export.errors import ConfigError, ExitCode
@@ -228,11 +228,7 @@ def parity(
                                 tolerance=result.tolerance, data=data, outputs=list(report["outputs"]), located=locate)
         report["next_steps"] = steps.to_dict()
         render_next_steps(report["next_steps"])
-    if json_path:
-        write_json(json_path, report, "parity")
-        wrote(json_path)
-    if junit:
-        write_junit(junit, f"parity {artifact.name}", parity_cases(report), classname="vla-export.parity")
-        wrote(junit)
+    write_reports(report, json_path, junit, suite=f"parity {artifact.name}", cases=parity_cases, classname="vla-export.parity",
+                  what="parity")
     if not result.passed:
         raise typer.Exit(ExitCode.CHECK_FAILED)

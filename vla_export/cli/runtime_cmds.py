@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from vla_export.cli.common import JunitOpt, console, write_json, wrote
-from vla_export.cli.junit import replay_cases, write_junit
+from vla_export.cli.junit import replay_cases, write_reports
 from vla_export.cli.render import render_completeness, render_parity
 from vla_export.errors import ExitCode
 from vla_export.cli.loading import with_loading_options
@@ -106,12 +106,8 @@ def replay(
     result.strict = strict
     report = result.to_dict()
     render_replay(report)
-    if json_path:
-        write_json(json_path, report, "replay")
-        wrote(json_path)
-    if junit:
-        write_junit(junit, f"replay {episode.name}", replay_cases(report), classname="vla-export.replay")
-        wrote(junit)
+    write_reports(report, json_path, junit, suite=f"replay {episode.name}", cases=replay_cases, classname="vla-export.replay",
+                  what="replay")
     if plot:
         from vla_export.plots import plot_replay
 
