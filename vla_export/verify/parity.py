@@ -295,6 +295,20 @@ def check_against_config(candidate, config) -> None:
             )
 
 
+def candidate_options(artifact, qdq: str, runner_opts: dict | None) -> tuple[dict, bool]:
+    """(runner options, is an ONNX) for a parity candidate: ``qdq`` (exact, kernels or both) checked, and an ONNX
+    run with the verdict's Q/DQ arithmetic (exact unless kernels; ``both`` adds the kernels run after)."""
+    from vla_export.backends.select import artifact_kind
+
+    if qdq not in ("exact", "kernels", "both"):
+        raise ConfigError(f"qdq must be exact, kernels or both, got {qdq!r}")
+    opts = dict(runner_opts or {})
+    is_onnx = artifact_kind(artifact) == "onnx"
+    if is_onnx:
+        opts.setdefault("qdq", "kernels" if qdq == "kernels" else "exact")
+    return opts, is_onnx
+
+
 def parity_check(
     policy_loader,
     artifact,
@@ -328,7 +342,7 @@ def parity_check(
     ``wrap_reference`` wraps the PyTorch runner (e.g. :class:`vla_export.verify.reference.RecordingRunner`).
     ``output_tolerances``: per-output tolerances (see :func:`compare_runners`).
     """
-    from vla_export.backends.select import artifact_kind, runner_for_artifact
+    from vla_export.backends.select import runner_for_artifact
     from vla_export.backends.torch_runner import TorchRunner
     from vla_export.data.source import SyntheticSource
     from vla_export.manifest import read_manifest
@@ -336,12 +350,7 @@ def parity_check(
     manifest = read_manifest(artifact, required=False)
     precision = precision or (manifest or {}).get("precision", "fp32")
     tol = tolerance or tolerance_for(precision)
-    if qdq not in ("exact", "kernels", "both"):
-        raise ConfigError(f"qdq must be exact, kernels or both, got {qdq!r}")
-    opts = dict(runner_opts or {})
-    is_onnx = artifact_kind(artifact) == "onnx"
-    if is_onnx:
-        opts.setdefault("qdq", "kernels" if qdq == "kernels" else "exact")
+    opts, is_onnx = candidate_options(artifact, qdq, runner_opts)
     loaded = policy_loader()
     cfg = loaded.config
     config_check = check_same_config(artifact, (manifest or {}).get("config"), cfg)

@@ -326,23 +326,17 @@ def parity_against_reference(reference_path: str | Path, artifact: str | Path, *
 
     ``qdq`` and ``strict`` as in :func:`~vla_export.verify.parity.parity_check` ("both": the verdict on
     exact, onnxruntime's fused kernels measured on the same saved inputs beside it)."""
-    from vla_export.backends.select import artifact_kind
     from vla_export.backends.select import runner_for_artifact
     from vla_export.manifest import read_manifest
     from vla_export.models.config import PolicyConfig
-    from vla_export.verify.parity import check_against_config, compare_runners, tolerance_for
+    from vla_export.verify.parity import candidate_options, check_against_config, compare_runners, tolerance_for
 
     ref = load_reference(reference_path, "parity")
     manifest = read_manifest(artifact, required=False) or {}
     check_config(ref, manifest.get("config"), artifact)
     precision = precision or manifest.get("precision", "fp32")
     tol = tolerance or tolerance_for(precision)
-    if qdq not in ("exact", "kernels", "both"):
-        raise ConfigError(f"qdq must be exact, kernels or both, got {qdq!r}")
-    opts = dict(runner_opts or {})
-    is_onnx = artifact_kind(artifact) == "onnx"
-    if is_onnx:
-        opts.setdefault("qdq", "kernels" if qdq == "kernels" else "exact")
+    opts, is_onnx = candidate_options(artifact, qdq, runner_opts)
     feeds = [feed for feed, _ in ref.records]
     with runner_for_artifact(artifact, **opts) as cand, ref.playback() as played:
         check_against_config(cand, PolicyConfig.from_dict(ref.config))
