@@ -281,7 +281,8 @@ def _action_scale(given: float | None, metadata: dict[str, Any]) -> tuple[float,
     ``fit`` record (a policy fitted by ``init --fit`` outputs recorded / ``action_scale``), else 1."""
     if given is not None:
         return given, "given (--action-scale)"
-    recorded = (metadata.get("fit") or {}).get("action_scale") if isinstance(metadata.get("fit"), dict) else None
+    fit = metadata.get("fit")
+    recorded = fit.get("action_scale") if isinstance(fit, dict) else None
     if recorded is not None:
         value = float(recorded)
         if not (math.isfinite(value) and value > 0):
