@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from vla_export.bench.env import capture_environment
     from vla_export.cli.common import write_json
-    from vla_export.bench.targets import PRESET_PREFIX, PresetPolicy
+    from vla_export.artifacts.kinds import PRESET_PREFIX
+    from vla_export.models.loader import PresetPolicy
     from vla_export.data.preprocess import preprocess_frames
     from vla_export.data.tokenizer import BuiltinTokenizer
     from vla_export.models.config import get_preset

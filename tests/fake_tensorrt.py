@@ -175,7 +175,7 @@ def install(version: str = "10.3.0.26", gpu: dict | None = None):
 def write_fake_engine(path: str | Path, onnx: str | Path, *, precision: str = "fp32", tensorrt: str = "10.3.0",
                       config: dict | None = None, plan: dict | None = None, **extra) -> Path:
     """A fake engine over ``onnx`` with a manifest carrying the ONNX manifest's config, as `vla-export trt` writes."""
-    from vla_export.manifest import build_manifest, read_manifest, write_manifest
+    from vla_export.artifacts.manifest import build_manifest, read_manifest, write_manifest
 
     path, onnx = Path(path), Path(onnx)
     path.write_bytes(MAGIC + str(onnx.resolve()).encode())

@@ -165,7 +165,7 @@ def test_saved_config_works_for_onnx_export(cli, foreign_record, tmp_path):
 def test_quantized_and_engine_manifests_carry_the_model_record(tiny_onnx, tmp_path):
     from vla_export.export import quantize as Q
     from vla_export.export.trt import read_onnx_facts
-    from vla_export.manifest import read_manifest
+    from vla_export.artifacts.manifest import read_manifest
 
     out = Q.convert_fp16(tiny_onnx, tmp_path / "tiny.fp16.onnx").output
     record = read_manifest(tiny_onnx)["model"]

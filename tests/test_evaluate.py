@@ -77,7 +77,7 @@ def _targets(n: int, seed: int = 0) -> np.ndarray:
 
 
 def test_discrimination_rule_on_numbers():
-    from vla_export.verify.evaluate import MIN_WINDOWS, discrimination
+    from vla_export.compare.actions import MIN_WINDOWS, discrimination
 
     names = ["linear_x", "linear_y", "angular_z"]
     y = _targets(40)
@@ -101,7 +101,8 @@ def test_discrimination_rule_on_numbers():
 
 
 def test_gate_and_its_resolution_on_numbers():
-    from vla_export.verify.evaluate import ArtifactScore, _change, action_metrics
+    from vla_export.verify.evaluate import ArtifactScore, _change
+    from vla_export.compare.actions import action_metrics
 
     names = ["linear_x", "linear_y", "angular_z"]
     y = _targets(40)
@@ -126,7 +127,7 @@ def test_gate_and_its_resolution_on_numbers():
 
 
 def test_metrics_on_numbers():
-    from vla_export.verify.evaluate import action_metrics
+    from vla_export.compare.actions import action_metrics
 
     y = np.array([[1.0, -1.0], [0.0, 1.0], [1.0, 0.0], [0.0, 0.0]])
     p = np.array([[0.5, -0.5], [0.0, -1.0], [-1.0, 0.0], [0.0, 0.0]])
@@ -257,7 +258,7 @@ def test_quantize_mae_budget_on_a_fitted_policy(cli, tmp_path, fitted_tiny_onnx,
     its MAE against the recorded actions of held-out windows rises at most X; the manifest records it."""
     import re
 
-    from vla_export.manifest import read_manifest
+    from vla_export.artifacts.manifest import read_manifest
 
     out = tmp_path / "fitted.int8.onnx"
     r = cli("quantize", fitted_tiny_onnx, "--int8", "--calib", fitted_tiny_calib.path, "--max-mae-increase", "0.05",

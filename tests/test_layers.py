@@ -33,3 +33,18 @@ def test_the_checks_catch_a_cycle_and_an_upward_import():
     g = {"vla_export.models.a": {"vla_export.cli.main": 3}, "vla_export.cli.main": {"vla_export.models.a": 1}}
     assert mg.cycles(g) == [["vla_export.cli.main", "vla_export.models.a"]]
     assert mg.upward(g) == [("vla_export.models.a", "vla_export.cli.main", 3)]
+
+
+def test_the_tools_never_import_each_other():
+    mg = _modgraph()
+    assert mg.sibling_imports(mg.graph()) == []
+    names = [name for name, _ in mg.LAYERS]
+    tools = dict(mg.LAYERS)["tools"]
+    assert set(tools) == {f"vla_export.{t}" for t in ("export", "verify", "bench", "serve")}
+    assert names.count("tools") == 1 and "tools" in mg.SIBLING_LAYERS
+
+
+def test_the_sibling_check_catches_one_tool_importing_another():
+    mg = _modgraph()
+    g = {"vla_export.serve.fleet": {"vla_export.bench.targets": 7, "vla_export.runtime.policy": 3}}
+    assert mg.sibling_imports(g) == [("vla_export.serve.fleet", "vla_export.bench.targets", 7)]

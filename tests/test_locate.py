@@ -27,7 +27,7 @@ def perturbed(tiny_onnx, tmp_path_factory):
     The weight is found through the node's module scope: the exporter renames transposed matrices
     (``val_N``) and stores identical tensors (zero biases, unit norms) once for all layers.
     """
-    from vla_export.export.inspect_artifacts import node_module_scopes
+    from vla_export.artifacts.graph import node_module_scopes
 
     model = onnx.load(tiny_onnx)
     inits = {t.name: t for t in model.graph.initializer}
@@ -124,7 +124,7 @@ MIDDLE = "kosmos_model.text_model.model.layers.1"
 def _scaled_weights(int8_path, module: str, factor: float, out):
     """A copy of a Q/DQ graph whose weight scales in ``module`` (every quantized MatMul there) are ``factor`` times
     too large: what a wrong scale does to one layer. Its manifest is copied (it still says where it came from)."""
-    from vla_export.export.inspect_artifacts import node_module_scopes
+    from vla_export.artifacts.graph import node_module_scopes
 
     model = onnx.load(int8_path)
     inits = {i.name: i for i in model.graph.initializer}

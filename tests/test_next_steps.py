@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shlex
 
-from vla_export.precision import tolerance_for
+from vla_export.compare.tolerance import tolerance_for
 from vla_export.verify.next_steps import int8_next_steps
 
 W8A8 = {"precision": "int8", "quantized_from": {"path": "engines/small.onnx"},

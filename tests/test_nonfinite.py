@@ -26,7 +26,8 @@ def nan_ckpt(tiny_ckpt, tmp_path_factory):
 
 
 def test_compare_output_nonfinite_is_a_failure_with_its_reason():
-    from vla_export.verify.parity import compare_output, tolerance_for
+    from vla_export.compare.comparator import compare_output
+    from vla_export.compare.tolerance import tolerance_for
 
     ref = np.ones((4, 2), np.float32)
     cand = ref.copy()

@@ -8,8 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from vla_export.errors import ArtifactError, ConfigError
-from vla_export.verify.parity import compare_output, tolerance_for
+from vla_export.errors import ConfigError
+from vla_export.compare.comparator import compare_output
+from vla_export.compare.tolerance import tolerance_for
 
 
 def _rewrite(src, dst, edit):

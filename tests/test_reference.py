@@ -15,7 +15,8 @@ import pytest
 
 from tests.torchfree import cli_without_torch
 from vla_export.errors import ArtifactError
-from vla_export.verify.reference import load_reference, save_reference
+from vla_export.artifacts.reference import load_reference, save_reference
+from vla_export.verify.reference import playback
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,7 +75,7 @@ def test_reference_files_are_checked(tmp_path):
     save_reference(tmp_path / "r.npz", "replay", rec, {"config": {"name": "tiny"}})
     with pytest.raises(ArtifactError, match="a replay reference, not a parity one"):
         load_reference(tmp_path / "r.npz", "parity")
-    played = load_reference(tmp_path / "r.npz", "replay").playback()
+    played = playback(load_reference(tmp_path / "r.npz", "replay"))
     with played:
         with pytest.raises(ArtifactError, match="not the one the reference was made from"):
             played.infer({"features": np.ones((1, 2, 3), np.float32)})

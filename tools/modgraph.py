@@ -1,7 +1,7 @@
 """Print vla_export's internal import graph, counting imports inside functions, and its cycles.
 
     python tools/modgraph.py            # edges, then cycles (strongly connected components)
-    python tools/modgraph.py --layers   # also the imports that go up the layer order
+    python tools/modgraph.py --layers   # also the imports that go up the layer order, or between sibling tools
 
 The layer order is the one tests/test_layers.py enforces.
 """
@@ -10,25 +10,26 @@ from __future__ import annotations
 
 import ast
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "vla_export"
 
-#: Lower layers first; a module may import only from its own layer or below.
+#: Lower layers first; a module may import only from its own layer or below. The tools (export, verify, bench,
+#: serve) are siblings: one floor, over the shared services below them, and none imports another.
 LAYERS = (
     ("base", ("vla_export", "vla_export.errors", "vla_export.lazy", "vla_export.fileio", "vla_export.progress",
-              "vla_export.system", "vla_export.artifacts", "vla_export.manifest", "vla_export.precision", "vla_export.onnxfile",
-              "vla_export.interrupts")),
+              "vla_export.system", "vla_export.precision", "vla_export.interrupts", "vla_export.stats", "vla_export.plots")),
     ("models", ("vla_export.models",)),
     ("data", ("vla_export.data",)),
+    ("artifacts", ("vla_export.artifacts",)),
     ("backends", ("vla_export.backends",)),
+    ("compare", ("vla_export.compare",)),
     ("runtime", ("vla_export.runtime",)),
-    ("export", ("vla_export.export", "vla_export.verify")),
-    ("bench", ("vla_export.bench", "vla_export.plots")),
-    ("serve", ("vla_export.serve",)),
+    ("tools", ("vla_export.export", "vla_export.verify", "vla_export.bench", "vla_export.serve")),
     ("cli", ("vla_export.cli",)),
 )
+#: The layers whose packages are siblings: each package of one may import only itself and the layers below.
+SIBLING_LAYERS = ("tools",)
 
 
 def module_name(path: Path) -> str:
@@ -39,16 +40,28 @@ def module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def layer_of(module: str) -> int:
-    best, rank = -1, None
+def _claim(module: str) -> tuple[int, str] | None:
+    """(layer index, the prefix that claims ``module``), the longest prefix winning."""
+    best, found = -1, None
     for i, (_, prefixes) in enumerate(LAYERS):
         for p in prefixes:
             # "vla_export" names the package's __init__ only; every other prefix covers its sub-modules.
             if (module == p or (p != "vla_export" and module.startswith(p + "."))) and len(p) > best:
-                best, rank = len(p), i
-    if rank is None:
+                best, found = len(p), (i, p)
+    return found
+
+
+def layer_of(module: str) -> int:
+    claim = _claim(module)
+    if claim is None:
         raise KeyError(f"{module} is in no layer: add it to LAYERS")
-    return rank
+    return claim[0]
+
+
+def package_of(module: str) -> str:
+    """The prefix (package) that claims ``module`` in its layer."""
+    layer_of(module)
+    return _claim(module)[1]
 
 
 def imports(path: Path, modules: set[str]) -> dict[str, int]:
@@ -130,6 +143,13 @@ def upward(g: dict[str, dict[str, int]]) -> list[tuple[str, str, int]]:
     return [(a, b, line) for a, deps in sorted(g.items()) for b, line in sorted(deps.items()) if layer_of(b) > layer_of(a)]
 
 
+def sibling_imports(g: dict[str, dict[str, int]]) -> list[tuple[str, str, int]]:
+    """Imports from one tool into another (export, verify, bench and serve share what is below them, not each other)."""
+    siblings = {i for i, (name, _) in enumerate(LAYERS) if name in SIBLING_LAYERS}
+    return [(a, b, line) for a, deps in sorted(g.items()) for b, line in sorted(deps.items())
+            if layer_of(a) == layer_of(b) in siblings and package_of(a) != package_of(b)]
+
+
 def main() -> int:
     g = graph()
     for a, deps in sorted(g.items()):
@@ -144,6 +164,11 @@ def main() -> int:
         print(f"\n{len(up)} upward import(s)")
         for a, b, line in up:
             print(f"  {a}:{line} imports {b}")
+        side = sibling_imports(g)
+        print(f"\n{len(side)} import(s) between sibling tools")
+        for a, b, line in side:
+            print(f"  {a}:{line} imports {b}")
+        print(f"\n{len(g)} modules, {sum(len(d) for d in g.values())} imports, {len(LAYERS)} layers")
     return 0
 
 

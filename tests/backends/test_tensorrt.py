@@ -12,7 +12,7 @@ import pytest
 from vla_export.backends import tensorrt as B
 from vla_export.backends.select import runner_for_artifact
 from vla_export.errors import ArtifactError, MissingDependencyError, RunnerError
-from vla_export.manifest import build_manifest, read_manifest as read_manifest_json, write_manifest
+from vla_export.artifacts.manifest import build_manifest, read_manifest as read_manifest_json, write_manifest
 
 GPU = {"name": "Orin", "compute_capability": "8.7"}
 ENGINE_BYTES = b"FAKE-ENGINE"

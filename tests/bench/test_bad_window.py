@@ -22,7 +22,7 @@ def test_artifacts_of_different_windows_need_window(tiny_onnx, tmp_path):
     import onnx
 
     from vla_export.bench.targets import artifact_window, default_window
-    from vla_export.manifest import read_manifest, write_manifest
+    from vla_export.artifacts.manifest import read_manifest, write_manifest
 
     model = onnx.load(str(tiny_onnx))
     model.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "window"  # pixel_values [B, T, 3, S, S]

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from vla_export.bench.stats import LatencyStats
+from vla_export.stats import LatencyStats
 from vla_export.errors import VlaExportError
 
 

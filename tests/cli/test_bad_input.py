@@ -42,8 +42,8 @@ def test_onnx_opset_5_is_refused_before_the_work(cli, tiny_ckpt, tmp_path):
 
 
 def test_written_opset_is_what_the_manifest_records(tiny_onnx):
-    from vla_export.manifest import read_manifest
-    from vla_export.onnxfile import written_opset
+    from vla_export.artifacts.manifest import read_manifest
+    from vla_export.artifacts.onnxfile import written_opset
 
     assert read_manifest(tiny_onnx)["opset"] == written_opset(tiny_onnx) == 18
 

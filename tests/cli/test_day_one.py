@@ -4,7 +4,6 @@ instead, rendered manifests, empty engines, typed --set values, checkpoint-namin
 from __future__ import annotations
 
 import re
-import shutil
 
 import pytest
 
@@ -104,7 +103,7 @@ def test_quantize_hint_names_the_recorded_checkpoint(cli, tiny_onnx, tmp_path, m
 
 def test_quantize_hint_says_when_the_checkpoint_is_not_found(tmp_path):
     from vla_export.cli.quant_cmds import parity_command
-    from vla_export.manifest import build_manifest, write_manifest
+    from vla_export.artifacts.manifest import build_manifest, write_manifest
 
     onnx = tmp_path / "m.onnx"
     onnx.write_bytes(b"x")

@@ -12,7 +12,7 @@ import pytest
 
 from vla_export.data.calibration import make_calibration_set
 from vla_export.data.episodes import write_synthetic_episodes
-from vla_export.manifest import build_manifest, write_manifest
+from vla_export.artifacts.manifest import build_manifest, write_manifest
 from vla_export.fileio import sha256_file
 from vla_export.models.config import get_preset
 
@@ -122,7 +122,7 @@ def test_inspect_without_torch(tiny_onnx, tiny_split, data):
                     raise ImportError("torch is blocked in this test")
 
         sys.meta_path.insert(0, _Block())
-        from vla_export.export.inspect_artifacts import inspect_artifact
+        from vla_export.artifacts.inspect import inspect_artifact
         for path in {[str(tiny_onnx), str(tiny_split.manifest_path), str(data[2].path), str(data[1][0])]!r}:
             print(inspect_artifact(path)["kind"])
         from vla_export.cli.main import app, run_app  # the command too, not only the API

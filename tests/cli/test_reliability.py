@@ -189,7 +189,7 @@ def test_debug_keeps_every_exit_code(cli, art, tiny_onnx, tmp_path, monkeypatch)
 
 def test_inspect_of_a_folder_and_of_an_engine(cli, art, tiny_onnx, tmp_path):
     from vla_export.fileio import sha256_file
-    from vla_export.manifest import build_manifest, write_manifest
+    from vla_export.artifacts.manifest import build_manifest, write_manifest
 
     assert_one_error(cli("inspect", art["eps"]), ExitCode.BAD_INPUT, "is a folder")
     engine = tmp_path / "tiny.engine"

@@ -10,7 +10,7 @@ import pytest
 from vla_export.data.calibration import META_KEY, load_calibration_set, make_calibration_set
 from vla_export.data.episodes import EpisodeSource, write_synthetic_episodes
 from vla_export.errors import DataError
-from vla_export.onnxfile import io_signature
+from vla_export.artifacts.onnxfile import io_signature
 from vla_export.models.config import get_preset
 
 

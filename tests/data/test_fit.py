@@ -14,7 +14,7 @@ from vla_export.errors import ConfigError, DataError
 from vla_export.models.checkpoint import read_checkpoint
 from vla_export.models.config import get_preset
 from vla_export.models.loader import load_policy
-from vla_export.precision import DISCRIMINATION, tolerance_for
+from vla_export.compare.tolerance import DISCRIMINATION, tolerance_for
 
 HW = (48, 64)
 

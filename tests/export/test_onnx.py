@@ -29,9 +29,9 @@ def full_export(tmp_path_factory, tiny_ckpt):
 
 
 def test_tiny_export_io_and_manifest(tiny_onnx, tiny_ckpt):
-    from vla_export.manifest import read_manifest, validate_files
+    from vla_export.artifacts.manifest import read_manifest, validate_files
     from vla_export.export.onnx import UNFRIENDLY_OPS
-    from vla_export.onnxfile import io_signature, op_counts
+    from vla_export.artifacts.onnxfile import io_signature, op_counts
     from vla_export.fileio import sha256_file
 
     io = io_signature(tiny_onnx)
@@ -111,7 +111,7 @@ def test_simplify_without_onnxslim_names_the_extra(tiny_onnx, tmp_path, monkeypa
 
 def test_missing_external_data_is_an_error(full_export, tmp_path, cli, tiny_ckpt):
     from vla_export.backends.onnxrt import OnnxrtRunner
-    from vla_export.onnxfile import check_model
+    from vla_export.artifacts.onnxfile import check_model
 
     out, _ = full_export
     lone = tmp_path / out.name
@@ -177,7 +177,7 @@ def test_bad_options(tmp_path):
 
 
 def test_manifest_checks(tmp_path):
-    from vla_export.manifest import build_manifest, read_manifest, validate_files, write_manifest
+    from vla_export.artifacts.manifest import build_manifest, read_manifest, validate_files, write_manifest
 
     art = tmp_path / "m.onnx"
     art.write_bytes(b"12345")

@@ -14,7 +14,7 @@ from vla_export.data.calibration import load_calibration_set, make_calibration_s
 from vla_export.data.episodes import write_synthetic_episodes
 from vla_export.errors import ArtifactError, DataError
 from vla_export.export import quantize as Q
-from vla_export.manifest import read_manifest
+from vla_export.artifacts.manifest import read_manifest
 from vla_export.models.config import get_preset
 from vla_export.models.loader import PolicyFromCheckpoint
 from vla_export.verify.parity import parity_check
@@ -263,7 +263,7 @@ def test_fp16_graph_is_sorted_for_the_checker(tmp_path):
     from onnx import TensorProto, helper, numpy_helper
 
     from vla_export.export.quantize import sort_topologically
-    from vla_export.onnxfile import check_model
+    from vla_export.artifacts.onnxfile import check_model
 
     nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
              helper.make_node("LayerNormalization", ["h", "g", "b"], ["n"], name="ln", axis=-1),

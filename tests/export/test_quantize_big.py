@@ -29,8 +29,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from vla_export.data.calibration import FORMAT, META_KEY
-from vla_export.export.quantize import PROTOBUF_LIMIT, _needs_external_data
-from vla_export.onnxfile import check_model, file_tensor_bytes, tensor_bytes
+from vla_export.artifacts.onnxfile import PROTOBUF_LIMIT
+from vla_export.artifacts.onnxfile import _needs_external_data
+from vla_export.artifacts.onnxfile import check_model, file_tensor_bytes, tensor_bytes
 
 pytestmark = pytest.mark.slow
 

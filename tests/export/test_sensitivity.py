@@ -10,13 +10,11 @@ import pytest
 from onnx import numpy_helper
 
 from vla_export.data.calibration import make_calibration_set
-from vla_export.data.episodes import write_synthetic_episodes
 from vla_export.errors import ConfigError
 from vla_export.export import quantize as Q
 from vla_export.export import sensitivity as S
-from vla_export.manifest import read_manifest
+from vla_export.artifacts.manifest import read_manifest
 from vla_export.models.config import get_preset
-from vla_export.models.loader import PolicyFromCheckpoint
 
 
 @pytest.fixture(scope="module")

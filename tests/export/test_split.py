@@ -8,8 +8,8 @@ import shutil
 import pytest
 
 from vla_export.errors import ArtifactError
-from vla_export.manifest import read_manifest, validate_files
-from vla_export.manifest import read_split, split_paths
+from vla_export.artifacts.manifest import read_manifest, validate_files
+from vla_export.artifacts.manifest import read_split, split_paths
 
 
 def test_parts_hold_the_whole_policy(tiny_split, tiny_policy):
@@ -83,11 +83,11 @@ def test_a_failed_export_leaves_no_record(tmp_path, tiny_ckpt, monkeypatch):
     """A part that disagrees with PyTorch aborts the export: no part file, no NAME.split.json."""
     from vla_export.export import split
     from vla_export.models.loader import load_policy
-    from vla_export.verify.parity import Tolerance
+    from vla_export.compare.tolerance import Tolerance
 
     monkeypatch.setattr(split, "PARITY_CASES", ((1, 7, 1.0),))
     monkeypatch.setattr(
-        "vla_export.verify.parity.tolerance_for", lambda precision, **kw: Tolerance(atol=0.0, rtol=0.0, min_cosine=1.1, min_sign_agreement=1.0)
+        "vla_export.compare.comparator.tolerance_for", lambda precision, **kw: Tolerance(atol=0.0, rtol=0.0, min_cosine=1.1, min_sign_agreement=1.0)
     )
     with pytest.raises(ArtifactError, match="disagrees with the PyTorch head"):
         split.export_split(load_policy(tiny_ckpt), tmp_path / "tiny")

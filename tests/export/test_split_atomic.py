@@ -7,7 +7,7 @@ import pytest
 
 from vla_export.errors import ArtifactError
 from vla_export.export import split
-from vla_export.manifest import read_split
+from vla_export.artifacts.manifest import read_split
 
 
 def _snapshot(folder):

@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import assert_one_error
 from vla_export.errors import ArtifactError, ConfigError, DataError, ExitCode, MissingDependencyError
 from vla_export.export import trt as T
-from vla_export.manifest import read_manifest
+from vla_export.artifacts.manifest import read_manifest
 from vla_export.fileio import sha256_file
 
 
@@ -289,8 +289,8 @@ def test_failed_or_impossible_trtexec_builds_leave_nothing(no_tensorrt, fake_trt
 
 
 def test_onnx_with_missing_external_data_is_refused(tiny_onnx, tmp_path):
-    from vla_export.export.quantize import save_onnx
-    from vla_export.onnxfile import load_onnx
+    from vla_export.artifacts.onnxfile import save_onnx
+    from vla_export.artifacts.onnxfile import load_onnx
 
     save_onnx(load_onnx(tiny_onnx), tmp_path / "m.onnx", external=True)
     (tmp_path / "m.onnx.data").unlink()

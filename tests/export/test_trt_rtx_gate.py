@@ -24,7 +24,7 @@ from vla_export.errors import ArtifactError
 trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX (tensorrt_rtx) cannot be imported: `pip install -e '.[trt-rtx]'`")
 
 from vla_export.export import trt as T  # noqa: E402
-from vla_export.manifest import read_manifest  # noqa: E402
+from vla_export.artifacts.manifest import read_manifest  # noqa: E402
 
 #: ONNX dtype names (as the ONNX manifest records them) -> TensorRT's in the build log.
 DTYPES = {"float32": "Float", "float16": "Half", "int64": "Int64", "int32": "Int32", "bool": "Bool", "int8": "Int8", "uint8": "UInt8"}

@@ -53,7 +53,7 @@ def test_trtexec_line_reads_names_without_weight_values(tmp_path):
     from onnx import TensorProto, helper, numpy_helper
 
     from vla_export.export.trt import read_onnx_facts
-    from vla_export.onnxfile import NOT_LOADED, load_graph
+    from vla_export.artifacts.onnxfile import NOT_LOADED, load_graph
 
     w = numpy_helper.from_array(np.ones((1000, 10000), np.float32), "W")
     shape = numpy_helper.from_array(np.array([1, 10000], np.int64), "shape")

@@ -27,8 +27,8 @@ def _truncate(path, by=1000):
 
 def test_truncated_data_refused_by_every_reader(external_copy):
     from vla_export.backends.onnxrt import OnnxrtRunner
-    from vla_export.onnxfile import check_model
-    from vla_export.onnxfile import load_onnx
+    from vla_export.artifacts.onnxfile import check_model
+    from vla_export.artifacts.onnxfile import load_onnx
 
     check_model(external_copy)  # whole: accepted
     _truncate(external_copy)
@@ -38,8 +38,8 @@ def test_truncated_data_refused_by_every_reader(external_copy):
 
 
 def test_data_of_another_size_than_the_manifest_records(external_copy):
-    from vla_export.manifest import build_manifest, write_manifest
-    from vla_export.onnxfile import check_model
+    from vla_export.artifacts.manifest import build_manifest, write_manifest
+    from vla_export.artifacts.onnxfile import check_model
 
     data = external_copy.with_name("tiny.onnx.data")
     write_manifest(external_copy, build_manifest("onnx", external_copy, [external_copy, data]))

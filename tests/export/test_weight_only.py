@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from vla_export.manifest import read_manifest
+from vla_export.artifacts.manifest import read_manifest
 from vla_export.export.weight_only import quantize_int8_weights, quantize_weight, weight_axis
 from vla_export.models.loader import PolicyFromCheckpoint
 from vla_export.verify.parity import parity_check

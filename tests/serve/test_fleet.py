@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vla_export.errors import DataError, RunnerError
-from vla_export.precision import tolerance_for
+from vla_export.errors import RunnerError
+from vla_export.compare.tolerance import tolerance_for
 from vla_export.runtime.batch import step_batch
 from vla_export.runtime.policy import Policy
 from vla_export.serve.fleet import Fleet, StepRequest

@@ -12,7 +12,7 @@ pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] is not insta
 
 from tests.conftest import assert_one_error  # noqa: E402
 from vla_export.errors import ArtifactError  # noqa: E402
-from vla_export.manifest import build_manifest, write_manifest  # noqa: E402
+from vla_export.artifacts.manifest import build_manifest, write_manifest  # noqa: E402
 from vla_export.serve.repository import REPOSITORY_SCHEMA, validate_config  # noqa: E402
 
 

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from vla_export.precision import tolerance_for
+from vla_export.compare.tolerance import tolerance_for
 from vla_export.runtime.policy import Policy
 
 grpcclient = pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] is not installed (make install)")

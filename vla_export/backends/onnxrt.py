@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from vla_export.backends.base import Runner
-from vla_export.onnxfile import require_external_data
+from vla_export.artifacts.onnxfile import require_external_data
 from vla_export.errors import ArtifactError, RunnerError
 from vla_export.lazy import lazy_import
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vla_export.artifacts import detect_kind
+from vla_export.artifacts.kinds import detect_kind
 from vla_export.backends.base import Runner
 from vla_export.errors import ArtifactError
 from vla_export.lazy import extra_install, lazy_import

@@ -30,7 +30,7 @@ import numpy as np
 from vla_export.backends.base import Runner
 from vla_export.errors import ArtifactError, EnvironmentProblem, MissingDependencyError, RunnerError
 from vla_export.lazy import lazy_import
-from vla_export.manifest import read_manifest, validate_files
+from vla_export.artifacts.manifest import read_manifest, validate_files
 from vla_export.system import INSTALL_CUDA, cudart, gpu_info
 
 log = logging.getLogger(__name__)

@@ -37,7 +37,7 @@ from vla_export.backends.base import Runner
 from vla_export.system import peak_rss_bytes
 from vla_export.bench.monitor import Monitor, RowWatch
 from vla_export.bench.floor import DTYPE_BYTES, DevicePeak, FloorCheck, ModelCost, check_floor, onnx_weight_bytes, policy_cost
-from vla_export.bench.stats import LatencyStats
+from vla_export.stats import LatencyStats
 from vla_export.bench.targets import Target
 from vla_export.data.preprocess import preprocess_frame
 from vla_export.data.source import SyntheticSource
@@ -302,8 +302,8 @@ def reference_outputs(target: Target, settings: BenchSettings) -> list[dict[str,
 def parity_against(runner: Runner, cfg: PolicyConfig, settings: BenchSettings, reference: list[dict[str, np.ndarray]], spec: Any) -> dict[str, Any]:
     """This row's outputs against the float32 reference's, per output (relative L2 per row, cosine, max abs,
     and the reference's spread across the inputs, which says how much a comparison can tell apart)."""
-    from vla_export.precision import tolerance_for
-    from vla_export.verify.parity import compare_output
+    from vla_export.compare.tolerance import tolerance_for
+    from vla_export.compare.comparator import compare_output
 
     outs = [runner.infer(feed) for feed in parity_feeds(cfg, settings)]
     precision = "int8" if getattr(spec, "quantize", None) else "fp32" if getattr(spec, "dtype", "float32") == "float32" else "fp16"
@@ -328,7 +328,7 @@ def _torch_cuda():
 def _resolve_config(target: Target, runner: Runner) -> PolicyConfig:
     cfg = target.config or runner.config
     if cfg is None and target.kind in ("onnx", "engine"):
-        from vla_export.manifest import read_manifest
+        from vla_export.artifacts.manifest import read_manifest
 
         manifest = read_manifest(target.artifact, required=False)
         if manifest and isinstance(manifest.get("config"), dict):

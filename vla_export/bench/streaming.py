@@ -28,7 +28,7 @@ import numpy as np
 
 from vla_export.backends.base import Runner
 from vla_export.bench.env import capture_environment
-from vla_export.bench.stats import LatencyStats
+from vla_export.stats import LatencyStats
 from vla_export.data.preprocess import DEFAULT_INSTRUCTION, preprocess_frame
 from vla_export.data.source import SyntheticSource
 from vla_export.models.config import PolicyConfig
@@ -220,7 +220,7 @@ def part_paths(split: Any, backend: str) -> tuple[dict[str, Any], dict[str, Path
     """The split record and its part files for ``backend``: the ONNX parts, or for 'trt' the engines
     built from them beside them (``NAME.backbone.engine``, ``NAME.head.engine``)."""
     from vla_export.errors import ArtifactError
-    from vla_export.manifest import read_split
+    from vla_export.artifacts.manifest import read_split
 
     record = read_split(split)
     folder = Path(record["_path"]).parent

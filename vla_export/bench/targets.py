@@ -23,8 +23,9 @@ from typing import Any
 from vla_export.backends.base import Runner
 from vla_export.errors import ArtifactError, ConfigError
 from vla_export.models.config import PolicyConfig, get_preset
+from vla_export.artifacts.kinds import PRESET_PREFIX
+from vla_export.models.loader import PresetPolicy
 
-PRESET_PREFIX = "preset:"
 #: Which backends run which artifact kind; the first is the default.
 BACKENDS_FOR_KIND = {"checkpoint": ("torch",), "preset": ("torch",), "onnx": ("onnxrt",), "engine": ("trt",)}
 DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -92,19 +93,6 @@ def artifact_kind(artifact: str) -> str:
     return "preset" if artifact.startswith(PRESET_PREFIX) else file_kind(artifact)
 
 
-class PresetPolicy:
-    """A lazy loader: a preset's policy with seeded random weights, built on ``device`` directly."""
-
-    def __init__(self, config: PolicyConfig, *, device: str = "cpu", seed: int = 0):
-        self.config, self.device, self.seed = config, device, seed
-
-    def __call__(self):
-        import torch
-
-        from vla_export.models.loader import build_policy
-
-        torch.manual_seed(self.seed)
-        return build_policy(self.config, device=self.device)
 
 
 @dataclass
@@ -157,14 +145,14 @@ def artifact_window(artifact: str) -> int | None:
     """The window an exported artifact was made for: its fixed ``pixel_values`` window axis, else the
     manifest's window; ``None`` for checkpoints, presets and artifacts that record none.
     """
-    from vla_export.manifest import read_manifest
+    from vla_export.artifacts.manifest import read_manifest
 
     kind = artifact_kind(artifact)
     if kind in ("checkpoint", "preset"):
         return None
     if kind == "onnx":
-        from vla_export.onnxfile import require_external_data
-        from vla_export.onnxfile import io_signature
+        from vla_export.artifacts.onnxfile import require_external_data
+        from vla_export.artifacts.onnxfile import io_signature
 
         require_external_data(artifact)  # a readable model with its weights, or one line saying why not
         shapes = {v["name"]: v["shape"] for v in io_signature(artifact)["inputs"]}

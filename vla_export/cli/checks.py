@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from vla_export.artifacts import SPLIT_SUFFIX
+from vla_export.artifacts.kinds import SPLIT_SUFFIX
 from vla_export.errors import ArtifactError, CheckpointError, ConfigError, DataError, VlaExportError
 from vla_export.fileio import check_output_path
 
@@ -26,7 +26,7 @@ def input_file(path: Path | None, what: str = "file") -> Path | None:
     if path.is_dir():
         raise error(f"{path}: is a folder, not a {what} file")
     if what == "ONNX" and path.name.endswith(SPLIT_SUFFIX):
-        from vla_export.manifest import split_paths
+        from vla_export.artifacts.manifest import split_paths
 
         parts = split_paths(path.with_name(path.name[: -len(SPLIT_SUFFIX)]))
         raise error(f"{path}: the record of a split export, not an ONNX model: give one part at a time "
@@ -69,7 +69,7 @@ def artifact_output(artifact: Path | None, *others: Path | None) -> None:
     output_file(artifact, *others)
     if artifact is None:
         return
-    from vla_export.manifest import manifest_path
+    from vla_export.artifacts.manifest import manifest_path
 
     beside = manifest_path(Path(artifact)).expanduser().resolve()
     for other in others:

@@ -115,7 +115,7 @@ def evaluate(
     load: LoadOptions = LoadOptions(),
 ) -> None:
     """Score the checkpoint and each artifact against the recorded actions of episodes, per action dimension; exit 1 on a failed gate."""
-    from vla_export.artifacts import detect_kind
+    from vla_export.artifacts.kinds import detect_kind
     from vla_export.verify.evaluate import KINDS, evaluate as run_evaluate
 
     if not data:

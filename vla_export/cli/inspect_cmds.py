@@ -170,8 +170,8 @@ def inspect(
     full_load: bool = typer.Option(False, "--load", help="Checkpoints: also load the full policy; report load time and peak RSS."),
 ) -> None:
     """What an artifact holds: sizes per component, I/O, precision, manifest check; for checkpoints the key layout, every assumption and the strict-load verdict."""
-    from vla_export.artifacts import detect_kind
-    from vla_export.export.inspect_artifacts import inspect_artifact
+    from vla_export.artifacts.kinds import detect_kind
+    from vla_export.artifacts.inspect import inspect_artifact
 
     kind = detect_kind(artifact)
     if kind == "checkpoint":

@@ -111,8 +111,9 @@ def parity(
 
     A pair exported with a different config (heads, Tanh, widths, window, ...) is refused first (exit 2)."""
     from vla_export.backends.select import artifact_kind
-    from vla_export.precision import output_tolerances, tolerance_specs
-    from vla_export.verify.parity import parity_check, tolerance_for
+    from vla_export.compare.tolerance import output_tolerances, tolerance_specs
+    from vla_export.verify.parity import parity_check
+    from vla_export.compare.tolerance import tolerance_for
 
     checks.at_least(1, samples=samples, batch=batch)
     atol_all, atol_per = tolerance_specs(atol, "--atol")
@@ -161,7 +162,7 @@ def parity(
     check_parity_pair(checkpoint, artifact, load)  # a wrong pair is told before the checkpoint loads, with the right command
     tolerance = per_output = None
     if precision or atol_per or rtol_per or any(v is not None for v in (atol_all, rtol_all, min_cosine, min_sign_agreement, max_rel_error)):
-        from vla_export.manifest import read_manifest
+        from vla_export.artifacts.manifest import read_manifest
         from vla_export.precision import loosest
 
         recorded = [(read_manifest(p, required=False) or {}).get("precision", "fp32") for p in ((checkpoint, artifact) if pair else (artifact,))]
@@ -221,7 +222,7 @@ def parity(
 
             console.print(f"wrote {plot_locate(report['locate'], plot)}")
     if not result.passed and report["precision"] in ("int8", "int8w"):
-        from vla_export.manifest import read_manifest
+        from vla_export.artifacts.manifest import read_manifest
         from vla_export.verify.next_steps import int8_next_steps
 
         steps = int8_next_steps(artifact, read_manifest(artifact, required=False) or {"precision": report["precision"]}, reference=checkpoint,

@@ -15,7 +15,7 @@ def parity_command(artifact: Path) -> str:
     """``vla-export parity CKPT ARTIFACT`` with the checkpoint that ``artifact``'s manifest records, where it is found here."""
     import shlex
 
-    from vla_export.manifest import read_manifest, recorded_checkpoint
+    from vla_export.artifacts.manifest import read_manifest, recorded_checkpoint
 
     manifest = read_manifest(artifact, required=False) or {}
     found = recorded_checkpoint(artifact, manifest)
@@ -36,7 +36,7 @@ def eval_feeds(onnx: Path, data: Optional[list[Path]], calib_frames, samples: in
     # calib_meta: the calibration set's meta (its windows name the episode files it sampled)
     """Held-out windows for ``onnx``'s policy: from ``data``, else the calibration set's own episodes,
     in both cases disjoint from ``calib_frames``. Config and window come from the ONNX manifest."""
-    from vla_export.manifest import read_manifest
+    from vla_export.artifacts.manifest import read_manifest
     from vla_export.export.sensitivity import held_out_feeds
     from vla_export.models.config import PolicyConfig
 
@@ -135,9 +135,9 @@ def sensitivity(
 ) -> None:
     """Rank the quantized layers of a Q/DQ model by the error each adds alone, on held-out windows."""
     from vla_export.cli import checks
-    from vla_export.manifest import read_manifest
-    from vla_export.export.quantize import ensure_node_names
-    from vla_export.onnxfile import load_onnx
+    from vla_export.artifacts.manifest import read_manifest
+    from vla_export.artifacts.graph import ensure_node_names
+    from vla_export.artifacts.onnxfile import load_onnx
     from vla_export.export.sensitivity import layer_sensitivity
 
     from vla_export.export.sensitivity import GRANULARITIES

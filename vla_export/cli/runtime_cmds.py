@@ -14,9 +14,9 @@ from vla_export.cli.render import render_completeness, render_parity
 from vla_export.errors import ExitCode
 from vla_export.cli.loading import with_loading_options
 from vla_export.models.resolve import LoadOptions
-from vla_export.artifacts import CHECKPOINT_SUFFIXES
+from vla_export.artifacts.kinds import CHECKPOINT_SUFFIXES
 from vla_export.cli import checks
-from vla_export.manifest import read_split
+from vla_export.artifacts.manifest import read_split
 
 
 def _vec(values: list[float]) -> str:
@@ -173,7 +173,9 @@ def bench_streaming_cmd(
 ) -> int:
     """``vla-bench --streaming``: one control step per window T, for each (artifact, backend)."""
     from vla_export.bench.streaming import bench_split_streaming, bench_torch_streaming
-    from vla_export.bench.targets import PRESET_PREFIX, BackendSpec, PresetPolicy
+    from vla_export.artifacts.kinds import PRESET_PREFIX
+    from vla_export.bench.targets import BackendSpec
+    from vla_export.models.loader import PresetPolicy
     from vla_export.errors import ConfigError
     from vla_export.models.config import get_preset
     from vla_export.models.loader import PolicyFromCheckpoint
@@ -201,7 +203,7 @@ def bench_streaming_cmd(
                         "compile": spec.compile or False, "patch_matmul": spec.patch_matmul}
                 result = bench_torch_streaming(policy, windows=ts or [policy.cfg.window], runner_opts=opts, **common)
             else:
-                from vla_export.manifest import read_split
+                from vla_export.artifacts.manifest import read_split
 
                 result = bench_split_streaming(
                     artifact, windows=ts or [int(read_split(artifact)["window"])], backend=spec.kind,

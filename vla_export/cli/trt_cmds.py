@@ -58,7 +58,7 @@ def _calib_config(onnx: Optional[Path], preset: Optional[str], config: Optional[
         return get_preset(preset), None
     if config:
         return load_config(config), None
-    from vla_export.manifest import read_manifest
+    from vla_export.artifacts.manifest import read_manifest
 
     manifest = read_manifest(onnx, kind="onnx")
     if not manifest.get("config"):
@@ -95,7 +95,7 @@ def calib(
         window=onnx_window if window is None else window, text_len=text_len,
     )
     if onnx is not None:
-        from vla_export.onnxfile import io_signature
+        from vla_export.artifacts.onnxfile import io_signature
 
         calib_set.check_inputs(io_signature(onnx)["inputs"], onnx)
     report = calib_set.to_dict()
@@ -139,7 +139,8 @@ def quantize(
     json_path: Optional[Path] = JsonOpt,
 ) -> None:
     """Explicit quantization: a Q/DQ INT8 or an FP16 ONNX that ONNX Runtime (CPU) and TensorRT (strongly typed) both run."""
-    from vla_export.export.quantize import convert_fp16, default_output, quantize_int8
+    from vla_export.export.quantize import convert_fp16, quantize_int8
+    from vla_export.artifacts.kinds import default_output
 
     if int8 + fp16 + int8_weights != 1:
         raise ConfigError("choose one of --int8, --int8-weights or --fp16")
@@ -174,8 +175,8 @@ def quantize(
     checks.input_file(calib_path, "calibration set")
     checks.artifact_output(output, json_path)
     if budget is not None:
-        from vla_export.export.quantize import PROTOBUF_LIMIT
-        from vla_export.onnxfile import file_tensor_bytes
+        from vla_export.artifacts.onnxfile import PROTOBUF_LIMIT
+        from vla_export.artifacts.onnxfile import file_tensor_bytes
 
         size = file_tensor_bytes(onnx)
         if size > PROTOBUF_LIMIT - (64 << 20):
@@ -183,7 +184,7 @@ def quantize(
                               f"{size / 1e9:.2f} GB of weights, over protobuf's 2 GB limit: quantize it with --int8 alone and "
                               f"check it with `vla-export parity CHECKPOINT {output}`")
     if max_feature_rel_error is not None:
-        from vla_export.onnxfile import io_signature
+        from vla_export.artifacts.onnxfile import io_signature
 
         outputs = [o["name"] for o in io_signature(onnx)["outputs"]]
         if "features" not in outputs:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vla_export.onnxfile import check_model, data_file, io_signature, op_counts, written_opset
+from vla_export.artifacts.onnxfile import check_model, data_file, io_signature, op_counts, written_opset
 from vla_export.errors import ArtifactError, ConfigError
 from vla_export import interrupts
 from vla_export.fileio import check_output_path, staging_dir
@@ -331,7 +331,7 @@ def export_policy(loaded, path: str | Path, options: OnnxExportOptions = OnnxExp
     import torch
 
     from vla_export.data.iospec import POLICY, dummy_inputs
-    from vla_export.manifest import build_manifest, manifest_path, versions, write_manifest
+    from vla_export.artifacts.manifest import build_manifest, manifest_path, versions, write_manifest
     from vla_export.fileio import sha256_file
 
     path = Path(path)
@@ -427,7 +427,7 @@ def ort_parity(path: Path, loaded, *, window: int, debug_outputs: bool, samples:
     from vla_export.backends.onnxrt import OnnxrtRunner
     from vla_export.backends.torch_runner import TorchRunner
     from vla_export.data.source import SyntheticSource
-    from vla_export.verify.parity import compare_runners
+    from vla_export.compare.comparator import compare_runners
 
     cfg = loaded.config
     feeds = [SyntheticSource(cfg, seed=seed + 1, batch=1, window=window, text_len=min(7, cfg.max_text_len)).sample(i) for i in range(samples)]

@@ -24,11 +24,13 @@ from vla_export.data.calibration import CalibrationSet
 from vla_export.errors import ArtifactError, DataError, MissingDependencyError
 from vla_export.fileio import staging_dir
 from vla_export.lazy import lazy_import
-from vla_export.onnxfile import data_file, external_data_files, io_signature, load_onnx, op_counts, tensor_bytes
+from vla_export.artifacts.onnxfile import data_file, io_signature, load_onnx, op_counts
 from vla_export.progress import reported
+from vla_export.artifacts.graph import ensure_node_names
+from vla_export.artifacts.onnxfile import _needs_external_data
+from vla_export.artifacts.onnxfile import save_onnx
 
 FP16_MAX = 65504.0
-PROTOBUF_LIMIT = 2**31 - 1
 #: Op types whose inputs get Q/DQ by default: the backbones' matrix products and patch embeddings carry
 #: almost all the compute. The policy head (Gemm, LSTM) stays in float, see :data:`HEAD_WEIGHTS`.
 INT8_OP_TYPES = ("MatMul", "Conv")
@@ -108,31 +110,10 @@ def precision_sensitive_nodes(model, *, int8: bool = True) -> dict[str, str]:
     return reasons
 
 
-def ensure_node_names(model) -> None:
-    """Give unnamed nodes a unique name (exclusion lists and TensorRT layer names refer to them)."""
-    taken = {n.name for n in model.graph.node if n.name}
-    for i, node in enumerate(model.graph.node):
-        if not node.name:
-            name = f"{node.op_type}_{i}"
-            while name in taken:
-                name += "_"
-            node.name = name
-            taken.add(name)
 
 
-def _has_external(model) -> bool:
-    return any(i.external_data for i in model.graph.initializer)
 
 
-def _needs_external_data(model, source: Path | None = None) -> bool:
-    """True when the model or its ``source`` file keeps weights outside, or its protobuf would pass the 2 GB limit.
-
-    Loading a model drops the external marks of its tensors, hence ``source``: a quantized model keeps its
-    source's layout. The size is counted from the tensors (:func:`~vla_export.onnxfile.tensor_bytes`), never
-    by ``ModelProto.ByteSize()``, which raises EncodeError on exactly the models over the limit; 64 MB are
-    left for the graph itself."""
-    return (_has_external(model) or (source is not None and bool(external_data_files(source)))
-            or tensor_bytes(model) > PROTOBUF_LIMIT - (64 << 20))
 
 
 def _typed_structure(onnx_path: Path):
@@ -226,16 +207,6 @@ def sort_topologically(model) -> bool:
     return True
 
 
-def save_onnx(model, path: Path, *, external: bool | None = None) -> list[Path]:
-    """Save ``model`` to ``path``; weights go to ``data_file(path)`` when over the protobuf limit."""
-    onnx = lazy_import("onnx", purpose="writing ONNX models")
-    external = _needs_external_data(model) if external is None else external
-    if external:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data_file(path).name, size_threshold=1024)
-        return [path, data_file(path)]
-    onnx.save_model(model, str(path))
-    return [path]
 
 
 def publish_files(output: Path, write) -> list[Path]:
@@ -278,7 +249,7 @@ def _publish(source: Path, output: Path, precision: str, write_model, reasons: M
     """Write the model (``write_model(tmp_path)``) and its manifest in a temporary folder, then move
     them into place, the ``.onnx`` last. The manifest carries the source's (config, window, ...) with
     this precision, so ``vla-export parity`` applies the right tolerance."""
-    from vla_export.manifest import build_manifest, manifest_path, read_manifest, versions, write_manifest
+    from vla_export.artifacts.manifest import build_manifest, manifest_path, read_manifest, versions, write_manifest
     from vla_export.fileio import sha256_file
 
     state: dict[str, Any] = {}
@@ -452,7 +423,3 @@ def quantize_int8(
         return _publish(onnx_path, output, "int8", write, reasons, options, start)
 
 
-def default_output(onnx_path: str | Path, precision: str) -> Path:
-    """``model.onnx`` -> ``model.int8.onnx`` / ``model.int8w.onnx`` (weight-only) / ``model.fp16.onnx``."""
-    p = Path(onnx_path)
-    return p.with_name(f"{p.stem}.{precision}.onnx")

@@ -18,12 +18,11 @@ the budget on the held-out windows (or none are left).
 from __future__ import annotations
 
 import ast
-import copy
 import math
 import re
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,17 +31,16 @@ import numpy as np
 
 from vla_export.backends.onnxrt import EXACT_QDQ_CONFIG
 from vla_export.errors import ConfigError, DataError
-from vla_export.export.quantize import (
-    _needs_external_data,
-    _publish,
-    ensure_node_names,
-    precision_sensitive_nodes,
-    quantize_int8,
-    save_onnx,
-)
-from vla_export.onnxfile import load_onnx, tensor_bytes
+from vla_export.artifacts.onnxfile import _needs_external_data, save_onnx
+from vla_export.export.quantize import _publish, precision_sensitive_nodes, quantize_int8
+from vla_export.artifacts.graph import ensure_node_names
+from vla_export.artifacts.onnxfile import load_onnx, tensor_bytes
 from vla_export.lazy import lazy_import
-from vla_export.verify.parity import compare_output, tolerance_for
+from vla_export.compare.comparator import compare_output
+from vla_export.compare.tolerance import tolerance_for
+from vla_export.artifacts.graph import _producers
+from vla_export.artifacts.graph import quantized_nodes
+from vla_export.artifacts.graph import with_float_nodes
 
 SCHEMA = "vla-export/sensitivity/1"
 GRANULARITIES = ("layer", "block", "auto")
@@ -139,15 +137,8 @@ class SensitivityResult:
         }
 
 
-def _producers(model) -> dict[str, Any]:
-    return {out: node for node in model.graph.node for out in node.output}
 
 
-def quantized_nodes(model) -> list[str]:
-    """Names of the nodes an input of which comes from a DequantizeLinear (the quantized layers)."""
-    prod = _producers(model)
-    return [n.name for n in model.graph.node if n.op_type != "DequantizeLinear"
-            and any(i in prod and prod[i].op_type == "DequantizeLinear" for i in n.input)]
 
 
 def _scopes(node) -> list[str]:
@@ -187,55 +178,8 @@ def units_of(model, granularity: str = "layer") -> list[Unit]:
     return [Unit(k, blocks[k], tuple(v), elements.get(k, 0)) for k, v in groups.items()]
 
 
-def with_float_nodes(qdq_model, float_model, nodes: Iterable[str]):
-    """A copy of ``qdq_model`` where ``nodes`` take the float model's inputs (no INT8), dead Q/DQ pruned."""
-    nodes = set(nodes)
-    model = copy.deepcopy(qdq_model)
-    float_nodes = {n.name: n for n in float_model.graph.node}
-    float_inits = {i.name: i for i in float_model.graph.initializer}
-    have = {i.name for i in model.graph.initializer}
-    prod = _producers(model)
-    for node in model.graph.node:
-        if node.name not in nodes:
-            continue
-        source = float_nodes.get(node.name)
-        if source is None or len(source.input) != len(node.input):
-            raise DataError(f"node {node.name} of the Q/DQ model has no counterpart in the float model: not quantized from it")
-        for k, name in enumerate(node.input):
-            if name in prod and prod[name].op_type == "DequantizeLinear":
-                original = source.input[k]
-                if original in float_inits:
-                    # The quantizer may have given the DequantizeLinear output the float tensor's own name
-                    # (onnxruntime does for biases): the float copy then needs a name of its own.
-                    target = original if original not in prod else f"{original}__float"
-                    if target not in have:
-                        init = copy.deepcopy(float_inits[original])
-                        init.name = target
-                        model.graph.initializer.append(init)
-                        have.add(target)
-                    original = target
-                node.input[k] = original
-    _prune(model)
-    return model
 
 
-def _prune(model) -> None:
-    """Drop nodes and initializers no graph output depends on (the Q/DQ left behind by the surgery)."""
-    needed = {o.name for o in model.graph.output}
-    keep = []
-    for node in reversed(list(model.graph.node)):
-        if any(o in needed for o in node.output):
-            keep.append(node)
-            needed.update(i for i in node.input if i)
-            for attr in node.attribute:  # subgraphs (If/Loop) read outer names
-                for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                    needed.update(i for n in g.node for i in n.input)
-    keep.reverse()
-    del model.graph.node[:]
-    model.graph.node.extend(keep)
-    inits = [i for i in model.graph.initializer if i.name in needed]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(inits)
 
 
 class Evaluator:
@@ -454,7 +398,7 @@ def quantize_int8_with_budget(
         "sensitivity": sens.to_dict(),
     }
     if evaluate.targets is not None:
-        from vla_export.verify.evaluate import dim_names, discrimination
+        from vla_export.compare.actions import dim_names, discrimination
 
         d = evaluate.dims
         options["mae_discrimination"] = discrimination(evaluate.reference["actions"][:, :d], evaluate.targets[:, :d], dim_names(d),

@@ -25,7 +25,15 @@ from typing import Any
 import numpy as np
 
 from vla_export.errors import ArtifactError, ConfigError
-from vla_export.manifest import SCHEMA, SPLIT_KIND, build_manifest, manifest_path, split_paths, versions, write_manifest
+from vla_export.artifacts.manifest import (
+    SCHEMA,
+    SPLIT_KIND,
+    build_manifest,
+    manifest_path,
+    split_paths,
+    versions,
+    write_manifest,
+)
 from vla_export.export.onnx import (
     DEFAULT_OPSET,
     EXPORT_BATCH,
@@ -36,14 +44,14 @@ from vla_export.export.onnx import (
     stage_module,
     static_checks,
 )
-from vla_export.onnxfile import data_file, written_opset
+from vla_export.artifacts.onnxfile import data_file, written_opset
 from vla_export.data.iospec import BACKBONE, HEAD, POLICY, dummy_inputs
 from vla_export import interrupts
 from vla_export.fileio import check_output_path, output_errors, staging_dir
 from vla_export.models.finite import require_finite_weights
 from vla_export.models.memory import check_window_memory
 from vla_export.runtime.policy import BACKBONE_INPUTS, BACKBONE_OUTPUTS, HEAD_INPUTS, HEAD_OUTPUTS
-from vla_export.verify.parity import compare_runners
+from vla_export.compare.comparator import compare_runners
 from vla_export.progress import step
 
 log = logging.getLogger(__name__)
@@ -271,7 +279,7 @@ def stream_check(loaded, backbone: Path, head: Path, *, window: int, seed: int =
     from vla_export.backends.onnxrt import OnnxrtRunner
     from vla_export.backends.torch_runner import TorchRunner
     from vla_export.data.source import SyntheticSource
-    from vla_export.precision import tolerance_for
+    from vla_export.compare.tolerance import tolerance_for
     from vla_export.runtime.policy import FixedPrompt, Policy
     from vla_export.runtime.replay import replay_frames
 

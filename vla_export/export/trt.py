@@ -36,8 +36,8 @@ from typing import Any
 
 from vla_export.data.iospec import axis_role
 from vla_export.backends.tensorrt import INSTALL_TRT, CapturingLogger, engine_version, flavor_label, import_tensorrt
-from vla_export.onnxfile import io_signature
-from vla_export.manifest import build_manifest, read_manifest, versions, write_manifest
+from vla_export.artifacts.onnxfile import io_signature
+from vla_export.artifacts.manifest import build_manifest, read_manifest, versions, write_manifest
 from vla_export.errors import ArtifactError, ConfigError, DataError, MissingDependencyError
 from vla_export.fileio import atomic_write
 from vla_export.precision import PRECISIONS
@@ -186,8 +186,9 @@ class OnnxFacts:
 
 def read_onnx_facts(path: str | Path) -> OnnxFacts:
     """Read the facts from an ONNX file (weights not loaded) and its manifest, if any."""
-    from vla_export.export.quantize import ensure_node_names, precision_sensitive_nodes
-    from vla_export.onnxfile import load_graph
+    from vla_export.artifacts.graph import ensure_node_names
+    from vla_export.export.quantize import precision_sensitive_nodes
+    from vla_export.artifacts.onnxfile import load_graph
     from vla_export.lazy import lazy_import
 
     onnx = lazy_import("onnx", purpose="reading ONNX models")

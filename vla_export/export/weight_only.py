@@ -17,15 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from vla_export.export.quantize import (
-    QuantizeResult,
-    _needs_external_data,
-    _publish,
-    ensure_node_names,
-    precision_sensitive_nodes,
-    save_onnx,
-)
-from vla_export.onnxfile import load_onnx
+from vla_export.export.quantize import QuantizeResult, _publish, precision_sensitive_nodes
+from vla_export.artifacts.onnxfile import _needs_external_data, save_onnx
+from vla_export.artifacts.graph import ensure_node_names
+from vla_export.artifacts.onnxfile import load_onnx
 from vla_export.lazy import lazy_import
 
 WEIGHT_ONLY_OP_TYPES = ("MatMul", "Gemm", "Conv")

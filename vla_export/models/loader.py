@@ -250,3 +250,18 @@ def save_training_checkpoint(policy, path: str | Path, *, epoch: int = 0, val_ma
     }
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
     return path
+
+
+class PresetPolicy:
+    """A lazy loader: a preset's policy with seeded random weights, built on ``device`` directly."""
+
+    def __init__(self, config: PolicyConfig, *, device: str = "cpu", seed: int = 0):
+        self.config, self.device, self.seed = config, device, seed
+
+    def __call__(self):
+        import torch
+
+        from vla_export.models.loader import build_policy
+
+        torch.manual_seed(self.seed)
+        return build_policy(self.config, device=self.device)

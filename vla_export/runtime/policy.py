@@ -167,7 +167,7 @@ class Policy:
         """
         from vla_export.backends.select import artifact_kind, runner_for_artifact
         from vla_export.data.tokenizer import tokenizer_for
-        from vla_export.manifest import read_split
+        from vla_export.artifacts.manifest import read_split
         from vla_export.models.config import PolicyConfig
 
         record = read_split(split)

@@ -17,7 +17,8 @@ import numpy as np
 from vla_export.backends.base import Runner
 from vla_export.data.preprocess import DEFAULT_INSTRUCTION, preprocess_frames
 from vla_export.runtime.policy import Policy, window_indices
-from vla_export.precision import DISCRIMINATION, loosest
+from vla_export.compare.tolerance import DISCRIMINATION
+from vla_export.precision import loosest
 from vla_export.progress import reported
 
 DEFAULT_ATOL = 1e-3
@@ -164,7 +165,7 @@ def replay_episode(policy: Policy, reference: Runner, episode: Any, *, atol: flo
 
 def parts_precision(policy: Policy) -> str:
     """The loosest precision the parts' manifests record (ONNX parts without one are fp32)."""
-    from vla_export.manifest import read_manifest
+    from vla_export.artifacts.manifest import read_manifest
 
     found = []
     for runner in (policy.backbone, policy.head):
@@ -197,7 +198,7 @@ def replay_check(
     from vla_export.data.episodes import open_episode
     from vla_export.errors import ArtifactError
     from vla_export.models.config import check_same_config
-    from vla_export.precision import tolerance_for
+    from vla_export.compare.tolerance import tolerance_for
 
     episode = open_episode(episode_path)
     loaded = policy_loader()

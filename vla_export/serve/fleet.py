@@ -170,7 +170,7 @@ def policy_from_serving(folder: str | Path, settings: Mapping[str, Any], *, back
 
         device = settings.get("device", "cpu")
         if settings.get("preset"):  # random weights for benchmarks: the built-in tokenizer fits any vocabulary
-            from vla_export.bench.targets import PresetPolicy
+            from vla_export.models.loader import PresetPolicy
             from vla_export.models.config import get_preset
 
             cfg = get_preset(settings["preset"])

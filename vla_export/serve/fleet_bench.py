@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from vla_export.bench.stats import LatencyStats
+from vla_export.stats import LatencyStats
 from vla_export.errors import DataError, RunnerError
 from vla_export.lazy import lazy_import
 from vla_export.runtime.batch import step_batch

@@ -30,14 +30,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vla_export.artifacts import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES, ONNX_SUFFIXES
+from vla_export.artifacts.kinds import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES, ONNX_SUFFIXES
 from vla_export.backends.torch_runner import COMPILE_MODES, INDUCTOR_GRAPH_MODES
-from vla_export.bench.targets import PRESET_PREFIX
+from vla_export.artifacts.kinds import PRESET_PREFIX
 from vla_export import interrupts
 from vla_export.errors import ArtifactError, ConfigError
 from vla_export.fileio import remove_tree, staging_dir
 from vla_export.lazy import lazy_import
-from vla_export.manifest import read_manifest, read_split, validate_files, versions
+from vla_export.artifacts.manifest import read_manifest, read_split, validate_files, versions
 from vla_export.serve.fleet import RELEASE, SERVING_FILE, SERVING_SCHEMA
 
 REPOSITORY_FILE = "vla-export-repository.json"

@@ -41,19 +41,16 @@ import numpy as np
 
 from vla_export.errors import ArtifactError, ConfigError, DataError
 from vla_export.progress import step
+from vla_export.compare.actions import RESOLUTION_Z
+from vla_export.compare.actions import _finite_or_none
+from vla_export.compare.actions import _se
+from vla_export.compare.actions import action_metrics
+from vla_export.compare.actions import dim_names
+from vla_export.compare.actions import discrimination
 
 log = logging.getLogger(__name__)
 
 SCHEMA = "vla-export/evaluate/1"
-#: The recorded action columns of a Mobile VLA episode, in order.
-DIM_NAMES = ("linear_x", "linear_y", "angular_z")
-#: Fewer windows than this and the standard errors the rule rests on are themselves too noisy
-#: (their relative error is about 1/sqrt(2(n-1)), ~24% at 10).
-MIN_WINDOWS = 10
-#: Standard errors by which the checkpoint must beat the best constant action (~97.7% one-sided).
-RESOLUTION_Z = 2.0
-#: A recorded value above this magnitude is a key press (presses are +-1.15 on the robot; released is 0).
-KEY_PRESS = 0.1
 #: Artifact kinds evaluate runs (a split export through the streaming runtime).
 KINDS = ("onnx", "engine", "checkpoint", "split")
 
@@ -71,72 +68,14 @@ class EvalWindow:
         return {"episode": self.episode, "step": self.step, "instruction": self.instruction, "recorded": list(self.recorded)}
 
 
-def dim_names(n: int) -> list[str]:
-    return [DIM_NAMES[i] if i < len(DIM_NAMES) else f"action_{i}" for i in range(n)]
 
 
-def _finite_or_none(x: float) -> float | None:
-    return float(x) if math.isfinite(x) else None
 
 
-def action_metrics(pred: np.ndarray, target: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
-    """MAE, RMSE and key-press sign agreement of ``pred`` [N, D] against ``target`` [N, D], per dimension
-    and overall (MAE: mean over dimensions; RMSE: over all elements). Non-finite predictions make the
-    figures they enter NaN (reported as null) and are counted."""
-    err = pred.astype(np.float64) - target.astype(np.float64)
-    mae = np.abs(err).mean(axis=0)
-    rmse = np.sqrt((err ** 2).mean(axis=0))
-    pressed = np.abs(target) > KEY_PRESS
-    signs: dict[str, float | None] = {}
-    for d, name in enumerate(names):
-        rows = pressed[:, d]
-        signs[name] = float((np.sign(pred[rows, d]) == np.sign(target[rows, d])).mean()) if rows.any() else None
-    return {
-        "mae": {**{n: _finite_or_none(v) for n, v in zip(names, mae)}, "overall": _finite_or_none(float(mae.mean()))},
-        "rmse": {**{n: _finite_or_none(v) for n, v in zip(names, rmse)}, "overall": _finite_or_none(float(np.sqrt((err ** 2).mean())))},
-        "sign_agreement": signs,
-        "pressed_windows": {n: int(pressed[:, d].sum()) for d, n in enumerate(names)},
-        "nonfinite": int((~np.isfinite(pred)).sum()),
-    }
 
 
-def _se(x: np.ndarray) -> float:
-    return float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else float("inf")
 
 
-def discrimination(reference: np.ndarray, target: np.ndarray, names: Sequence[str], gate: float | None) -> dict[str, Any]:
-    """Can these windows tell a broken artifact apart? (see the module docstring for the rule)."""
-    n = len(target)
-    dims: dict[str, Any] = {}
-    for d, name in enumerate(names):
-        y, p = target[:, d].astype(np.float64), reference[:, d].astype(np.float64)
-        const = float(np.median(y))
-        paired = np.abs(y - const) - np.abs(y - p)  # per window: how much better than the best constant
-        headroom, se = float(paired.mean()), _se(paired)
-        if np.ptp(y) == 0:
-            status, why = "constant", f"the recorded {name} is {const:g} in every window: it cannot show whether an artifact follows the scene"
-        elif n < MIN_WINDOWS:
-            status, why = "undiscriminating", f"{n} windows, fewer than {MIN_WINDOWS}"
-        elif not headroom > 0:
-            status, why = "undiscriminating", (f"the checkpoint's MAE is {-headroom:.3g} above the best constant action's "
-                                                f"(always {const:g}): an artifact that outputs one action would score as well or better")
-        elif not headroom > RESOLUTION_Z * se:
-            status, why = "undiscriminating", (f"the checkpoint beats the best constant action by {headroom:.3g} MAE, within "
-                                                f"{RESOLUTION_Z:g} standard errors ({RESOLUTION_Z * se:.3g}): an artifact that outputs one action would score the same")
-        elif gate is not None and not headroom > gate:
-            status, why = "undiscriminating", (f"the checkpoint beats the best constant action by {headroom:.3g} MAE, no more than the "
-                                                f"gate {gate:g}: an artifact that outputs one action would pass it")
-        else:
-            status, why = "discriminating", f"the checkpoint beats the best constant action by {headroom:.3g} MAE (standard error {se:.2g})"
-        dims[name] = {"status": status, "why": why, "constant_action": const, "constant_mae": float(np.abs(y - const).mean()),
-                      "headroom": headroom, "headroom_se": se if math.isfinite(se) else None}
-    varying = [v for v in dims.values() if v["status"] != "constant"]
-    conclusive = bool(varying) and all(v["status"] == "discriminating" for v in varying)
-    return {"rule": (f"per dimension: at least {MIN_WINDOWS} windows, and the checkpoint's MAE below the best constant action's "
-                     f"(the recorded median) by more than {RESOLUTION_Z:g} standard errors of the paired difference"
-                     + (" and by more than the gate" if gate is not None else "")
-                     + "; dimensions constant in the recording are left out; conclusive when at least one dimension is left and all left discriminate"),
-            "min_windows": MIN_WINDOWS, "z": RESOLUTION_Z, "windows": n, "conclusive": conclusive, "dims": dims}
 
 
 @dataclass
@@ -245,8 +184,8 @@ class _Planned:
 
 def _plan(path: Path, config) -> _Planned:
     """Read what the artifact records and refuse one of another config (nothing runs yet)."""
-    from vla_export.artifacts import detect_kind
-    from vla_export.manifest import read_manifest, read_split
+    from vla_export.artifacts.kinds import detect_kind
+    from vla_export.artifacts.manifest import read_manifest, read_split
     from vla_export.models.config import check_same_config
 
     kind = detect_kind(path, allowed=KINDS)
@@ -316,7 +255,8 @@ def evaluate(
     from vla_export.backends.torch_runner import TorchRunner
     from vla_export.data.episodes import find_episodes, open_episode
     from vla_export.data.tokenizer import tokenizer_for
-    from vla_export.verify.parity import artifact_window, check_against_config
+    from vla_export.verify.parity import artifact_window
+    from vla_export.compare.comparator import check_against_config
 
     if max_mae_increase is not None and not (math.isfinite(max_mae_increase) and max_mae_increase >= 0):
         raise ConfigError(f"--max-mae-increase must be a finite number >= 0, got {max_mae_increase}")

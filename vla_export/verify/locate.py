@@ -38,18 +38,19 @@ from typing import Any
 
 import numpy as np
 
-from vla_export.artifacts import detect_kind
+from vla_export.artifacts.kinds import detect_kind
 from vla_export.backends.onnxrt import OnnxrtRunner
 from vla_export.data.episodes import EpisodeSource
 from vla_export.data.source import SyntheticSource
 from vla_export.errors import ArtifactError, ConfigError
-from vla_export.export.inspect_artifacts import SCOPE_KEY, component_of_onnx_name, node_module_scopes
-from vla_export.export.quantize import ensure_node_names, save_onnx
-from vla_export.export.sensitivity import quantized_nodes, with_float_nodes
-from vla_export.onnxfile import load_onnx
-from vla_export.manifest import read_manifest
+from vla_export.artifacts.graph import SCOPE_KEY, component_of_onnx_name, node_module_scopes
+from vla_export.artifacts.graph import ensure_node_names
+from vla_export.artifacts.onnxfile import save_onnx
+from vla_export.artifacts.graph import quantized_nodes, with_float_nodes
+from vla_export.artifacts.onnxfile import load_onnx
+from vla_export.artifacts.manifest import read_manifest
 from vla_export.lazy import lazy_import
-from vla_export.verify.parity import Tolerance, tolerance_for
+from vla_export.compare.tolerance import Tolerance, tolerance_for
 
 SCHEMA = "vla-export/locate/1"
 LEVELS = ("boundaries", "all")

@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vla_export.export.quantize import default_output
-from vla_export.precision import Tolerance
+from vla_export.artifacts.kinds import default_output
+from vla_export.compare.tolerance import Tolerance
 
 QUANTIZED = ("int8", "int8w")
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from vla_export.errors import ArtifactError, ConfigError
-from vla_export.precision import Tolerance, loosest, tolerance_for
+from vla_export.compare.tolerance import Tolerance, tolerance_for
+from vla_export.precision import loosest
 
 log = logging.getLogger(__name__)
 KINDS = ("onnx", "engine")
@@ -27,7 +28,7 @@ def check_pair(reference: str | Path, candidate: str | Path) -> tuple[dict[str, 
     """Both manifests, after checking the pair can be compared: whole policies (not split parts), each with a
     recorded config, the same config. Raises ArtifactError naming what differs and what to do."""
     from vla_export.backends.select import artifact_kind
-    from vla_export.manifest import read_manifest
+    from vla_export.artifacts.manifest import read_manifest
     from vla_export.models.config import config_differences
 
     manifests = []
@@ -83,7 +84,8 @@ def parity_artifacts(
     from vla_export.backends.select import artifact_kind, runner_for_artifact
     from vla_export.data.source import SyntheticSource
     from vla_export.models.config import PolicyConfig
-    from vla_export.verify.parity import artifact_window, check_against_config, compare_runners, feeds_from, held_out_source
+    from vla_export.verify.parity import artifact_window, feeds_from, held_out_source
+    from vla_export.compare.comparator import check_against_config, compare_runners
 
     if qdq not in ("exact", "kernels"):
         raise ConfigError(f"--qdq {qdq}: with two artifacts pick exact or kernels (both measures onnxruntime's kernels beside a "

@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from vla_export.artifacts import detect_kind
+from vla_export.artifacts.kinds import detect_kind
 from vla_export.errors import ArtifactError
-from vla_export.manifest import read_manifest, recorded_checkpoint
+from vla_export.artifacts.manifest import read_manifest, recorded_checkpoint
 
 ARTIFACT_KINDS = ("onnx", "engine", "split")
 

@@ -14,26 +14,22 @@ inputs it was made from. NumPy only: no torch import here.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from vla_export.artifacts.reference import SavedReference, load_reference, save_reference
 from vla_export.backends.base import Runner
 from vla_export.errors import ArtifactError, ConfigError
-from vla_export.fileio import atomic_write
 
 log = logging.getLogger(__name__)
 
-SCHEMAS = {"parity": "vla-export/parity-reference/1", "replay": "vla-export/replay-reference/1"}
 #: Float inputs may differ this much from the recorded ones (preprocessing on another CPU); integers must match.
 INPUT_ATOL = 1e-5
-META_KEY = "__meta__"
 
 
 class RecordingRunner(Runner):
@@ -125,111 +121,9 @@ class PlaybackRunner(Runner):
         return {k: v.copy() for k, v in outputs.items()}
 
 
-@dataclass
-class SavedReference:
-    """A reference file's records and its metadata (``meta['schema']``, config, checkpoint, ...)."""
-
-    path: Path
-    meta: dict[str, Any]
-    records: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]
-
-    @property
-    def kind(self) -> str:
-        return self.meta["kind"]
-
-    @property
-    def config(self) -> dict[str, Any]:
-        return self.meta["config"]
-
-    @property
-    def checkpoint(self) -> dict[str, Any]:
-        """The checkpoint the reference was made from (path, sha256), ``{}`` when not recorded."""
-        return dict(self.meta.get("checkpoint") or {})
-
-    def playback(self) -> PlaybackRunner:
-        return PlaybackRunner(self.records, describe=self.meta.get("reference_runner", {}), source=self.path)
-
-
-def save_reference(path: str | Path, kind: str, records: Sequence[tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]]],
-                   meta: Mapping[str, Any]) -> Path:
-    """Write ``records`` (feed, outputs) and ``meta`` (needs ``config``) to ``path`` (.npz), atomically."""
-    if kind not in SCHEMAS:
-        raise ConfigError(f"reference kind must be one of {sorted(SCHEMAS)}, got {kind!r}")
-    if not records:
-        raise ConfigError("nothing was recorded: the reference would be empty")
-    if "config" not in meta:
-        raise ConfigError("a reference needs the policy config")
-    arrays: dict[str, np.ndarray] = {}
-    for i, (feed, outputs) in enumerate(records):
-        arrays |= {f"in/{i}/{k}": np.asarray(v) for k, v in feed.items()}
-        arrays |= {f"out/{i}/{k}": np.asarray(v) for k, v in outputs.items()}
-    full = {"schema": SCHEMAS[kind], "kind": kind, "samples": len(records),
-            "inputs": list(records[0][0]), "outputs": list(records[0][1])} | dict(meta)
-    arrays[META_KEY] = np.frombuffer(json.dumps(full, default=str).encode(), dtype=np.uint8)
-    path = Path(path)
-    if path.suffix != ".npz":
-        raise ConfigError(f"{path}: a reference is an .npz file")
-
-    def write(tmp: Path) -> None:
-        buf = io.BytesIO()
-        np.savez_compressed(buf, **arrays)
-        tmp.write_bytes(buf.getvalue())
-
-    return atomic_write(path, write)
-
-
-def load_reference(path: str | Path, kind: str) -> SavedReference:
-    """Read a reference of ``kind`` ('parity' or 'replay'); one ArtifactError, saying what is wrong, for anything else.
-
-    A ``.json`` parity reference is Polygraphy's outputs file written by ``parity --save-outputs`` (with the
-    inputs file it names; see :mod:`vla_export.data.interop`)."""
-    from vla_export.data.saved import read_npz
-
-    path = Path(path)
-    if kind not in SCHEMAS:
-        raise ConfigError(f"reference kind must be one of {sorted(SCHEMAS)}, got {kind!r}")
-    if path.suffix == ".json":
-        if kind != "parity":
-            raise ArtifactError(f"{path}: a {kind} reference is an .npz (`{kind} ... --save-reference REF.npz`); Polygraphy's "
-                                "JSON files hold parity references")
-        from vla_export.data.interop import load_polygraphy_reference
-
-        loaded = load_polygraphy_reference(path)
-        return SavedReference(loaded.path, loaded.meta, loaded.records)
-    try:
-        arrays, meta = read_npz(path, f"{kind}-reference", ArtifactError)
-    except ArtifactError as exc:
-        other = "replay" if kind == "parity" else "parity"
-        if f"saved {other} reference, not" in str(exc):  # the historical wording, kept for scripts
-            raise ArtifactError(f"{path}: a {other} reference, not a {kind} one") from None
-        raise
-    schema = meta.get("schema")
-    if schema not in SCHEMAS.values():
-        raise ArtifactError(f"{path}: unknown reference schema {schema!r} (this vla-export reads {sorted(SCHEMAS.values())})")
-    problems = []
-    samples = meta.get("samples")
-    if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
-        problems.append(f"'samples' is {samples!r}, not a count")
-    for key in ("inputs", "outputs"):
-        names = meta.get(key)
-        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-            problems.append(f"'{key}' is {names!r}, not a list of tensor names")
-    if not isinstance(meta.get("config"), dict):
-        problems.append("no policy 'config'")
-    if not isinstance(meta.get("checkpoint", {}), dict):
-        problems.append("its 'checkpoint' record is not a record")
-    if problems:
-        raise ArtifactError(f"{path}: a damaged {kind} reference, its record is incomplete: {'; '.join(problems)}")
-    records = []
-    for i in range(samples):
-        try:
-            feed = {k: arrays[f"in/{i}/{k}"] for k in meta["inputs"]}
-            outputs = {k: arrays[f"out/{i}/{k}"] for k in meta["outputs"]}
-        except KeyError as exc:
-            raise ArtifactError(f"{path}: sample {i} is incomplete ({exc})") from None
-        records.append((feed, outputs))
-    return SavedReference(path, meta, records)
-
+def playback(reference: SavedReference) -> PlaybackRunner:
+    """A runner that plays ``reference``'s recorded outputs back for its recorded inputs."""
+    return PlaybackRunner(reference.records, describe=reference.meta.get("reference_runner", {}), source=reference.path)
 
 def check_reference_path(path: str | Path) -> Path:
     """Where ``--save-reference`` writes: an .npz, refused before any work (the load and the comparison take minutes)."""
@@ -260,7 +154,7 @@ def checkpoint_record(checkpoint_path: str | Path) -> dict[str, Any]:
 
 
 def versions_record() -> dict[str, str | None]:
-    from vla_export.manifest import versions
+    from vla_export.artifacts.manifest import versions
 
     return versions(("vla-export", "torch", "transformers", "numpy"))
 
@@ -327,9 +221,11 @@ def parity_against_reference(reference_path: str | Path, artifact: str | Path, *
     ``qdq`` and ``strict`` as in :func:`~vla_export.verify.parity.parity_check` ("both": the verdict on
     exact, onnxruntime's fused kernels measured on the same saved inputs beside it)."""
     from vla_export.backends.select import runner_for_artifact
-    from vla_export.manifest import read_manifest
+    from vla_export.artifacts.manifest import read_manifest
     from vla_export.models.config import PolicyConfig
-    from vla_export.verify.parity import candidate_options, check_against_config, compare_runners, tolerance_for
+    from vla_export.verify.parity import candidate_options
+    from vla_export.compare.comparator import check_against_config, compare_runners
+    from vla_export.compare.tolerance import tolerance_for
 
     ref = load_reference(reference_path, "parity")
     manifest = read_manifest(artifact, required=False) or {}
@@ -338,13 +234,13 @@ def parity_against_reference(reference_path: str | Path, artifact: str | Path, *
     tol = tolerance or tolerance_for(precision)
     opts, is_onnx = candidate_options(artifact, qdq, runner_opts)
     feeds = [feed for feed, _ in ref.records]
-    with runner_for_artifact(artifact, **opts) as cand, ref.playback() as played:
+    with runner_for_artifact(artifact, **opts) as cand, playback(ref) as played:
         check_against_config(cand, PolicyConfig.from_dict(ref.config))
         if "features" in ref.meta["outputs"] and "features" not in cand.output_names:
             log.warning("%s has features, %s does not: comparing actions only", reference_path, artifact)
         result = compare_runners(played, cand, feeds, precision=precision, tolerance=tol, output_tolerances=output_tolerances)
     if qdq == "both" and is_onnx:
-        with runner_for_artifact(artifact, **(opts | {"qdq": "kernels"})) as kernels, ref.playback() as played:
+        with runner_for_artifact(artifact, **(opts | {"qdq": "kernels"})) as kernels, playback(ref) as played:
             other = compare_runners(played, kernels, feeds, precision=precision, tolerance=tol, output_tolerances=output_tolerances)
         result.also_measured["qdq_kernels"] = {
             "note": "onnxruntime's fused int8 kernels on this CPU; not used for the verdict",
@@ -384,7 +280,7 @@ def replay_against_reference(reference_path: str | Path, split: Any, episode_pat
     """Replay ``episode_path`` through the split artifacts against the per-step actions of a saved replay reference."""
     from vla_export.data.episodes import open_episode
     from vla_export.fileio import sha256_file
-    from vla_export.verify.parity import tolerance_for
+    from vla_export.compare.tolerance import tolerance_for
     from vla_export.runtime.policy import Policy
     from vla_export.runtime.replay import parts_precision, replay_episode
 
@@ -395,7 +291,7 @@ def replay_against_reference(reference_path: str | Path, split: Any, episode_pat
     episode = open_episode(episode_path)
     policy = Policy.from_artifacts(split, backbone=backbone, head=head, tokenizer_dir=tokenizer_dir, text_len=text_len, providers=providers)
     check_config(ref, policy.config.to_dict() if policy.config is not None else None, split)
-    with policy, ref.playback() as played:
+    with policy, playback(ref) as played:
         tol = atol if atol is not None else tolerance_for(precision or parts_precision(policy)).atol
         result = replay_episode(policy, played, episode, atol=tol)
     result.reference["checkpoint"] = ref.checkpoint.get("path")

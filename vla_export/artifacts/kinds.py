@@ -44,3 +44,12 @@ def detect_kind(path: str | Path, *, allowed: tuple[str, ...] = KINDS) -> str:
         raise ArtifactError(f"{path}: is a folder, not an artifact file; give one file ending in {known}")
     suffix = Path(path).suffix.lower()
     raise ArtifactError(f"{path}: unknown artifact type {suffix or '(no suffix)'!r}; expected one of {known}")
+
+
+def default_output(onnx_path: str | Path, precision: str) -> Path:
+    """``model.onnx`` -> ``model.int8.onnx`` / ``model.int8w.onnx`` (weight-only) / ``model.fp16.onnx``."""
+    p = Path(onnx_path)
+    return p.with_name(f"{p.stem}.{precision}.onnx")
+
+
+PRESET_PREFIX = "preset:"

@@ -9,7 +9,6 @@ weights (``load_external_data=False``).
 
 from __future__ import annotations
 
-import ast
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,19 +16,19 @@ from typing import Any
 
 import numpy as np
 
-from vla_export.artifacts import detect_kind
+from vla_export.artifacts.kinds import detect_kind
 from vla_export.errors import ArtifactError
-from vla_export.manifest import manifest_path, read_manifest
+from vla_export.artifacts.manifest import manifest_path, read_manifest
 from vla_export.fileio import sha256_file
 from vla_export.lazy import lazy_import
-from vla_export.models.components import COMPONENTS, OTHER, component_of
+from vla_export.models.components import COMPONENTS, OTHER
+from vla_export.artifacts.graph import QDQ_OPS
+from vla_export.artifacts.graph import QUANTIZABLE_OPS
+from vla_export.artifacts.graph import component_of_onnx_name
+from vla_export.artifacts.graph import has_module_scopes
+from vla_export.artifacts.graph import node_module_scopes
 
 SCHEMA = "vla-export/inspect/1"
-#: Ops whose inputs the INT8 quantizer may feed through DequantizeLinear (the compute-heavy ones).
-QUANTIZABLE_OPS = ("MatMul", "Conv", "Gemm", "ConvTranspose")
-QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
-#: The wrapper module the ONNX exporter puts around the policy (its parameters are ``policy.<name>``).
-GRAPH_PREFIX = "policy."
 LIST_LIMIT = 50  # node names listed in full up to this many; the counts are always complete
 
 
@@ -57,7 +56,7 @@ def inspect_artifact(path: str | Path, **checkpoint_options: Any) -> dict[str, A
 def inspect_reference(path: str | Path) -> dict[str, Any]:
     """A saved reference: its kind, samples, inputs and outputs (shapes), config, checkpoint and how it was made."""
     from vla_export.data.saved import peek_kind
-    from vla_export.verify.reference import load_reference
+    from vla_export.artifacts.reference import load_reference
 
     kind = (peek_kind(path) or "parity-reference").split("-")[0]  # "parity" or "replay"
     ref = load_reference(path, kind)
@@ -100,9 +99,6 @@ def _tensor_bytes(onnx, t) -> int:
     return numel * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
 
 
-def component_of_onnx_name(name: str) -> str:
-    """The policy component an initializer belongs to, from its name (the exporter keeps parameter names)."""
-    return component_of(name[len(GRAPH_PREFIX):] if name.startswith(GRAPH_PREFIX) else name)
 
 
 def _external_files(onnx, model, folder: Path) -> list[dict[str, Any]]:
@@ -256,25 +252,10 @@ def _components_by_consumer(model) -> dict[str, str]:
     return found
 
 
-def has_module_scopes(model) -> bool:
-    """Whether the nodes carry the dynamo exporter's module scopes (what ``parity --locate`` needs)."""
-    return any(p.key == SCOPE_KEY for n in model.graph.node for p in n.metadata_props)
 
 
-SCOPE_KEY = "pkg.torch.onnx.name_scopes"
 
 
-def node_module_scopes(node) -> list[str]:
-    """Module paths (outermost first) of the dynamo-exported ``node``; ``[]`` without metadata."""
-    raw = next((p.value for p in node.metadata_props if p.key == SCOPE_KEY), None)
-    if raw is None:
-        return []
-    try:
-        scopes = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        return []
-    # ['', 'policy', 'policy.kosmos_model', ..., '<fx node name>']: the first is the root, the last the op.
-    return [s for s in scopes[1:-1] if isinstance(s, str)]
 
 
 # --- TensorRT engine -------------------------------------------------------------------------------
