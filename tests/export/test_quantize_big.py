@@ -30,7 +30,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from vla_export.data.calibration import FORMAT, META_KEY
 from vla_export.artifacts.onnxfile import PROTOBUF_LIMIT
-from vla_export.artifacts.onnxfile import _needs_external_data
+from vla_export.artifacts.onnxfile import needs_external_data
 from vla_export.artifacts.onnxfile import check_model, file_tensor_bytes, tensor_bytes
 
 pytestmark = pytest.mark.slow
@@ -200,4 +200,4 @@ def test_size_is_counted_without_serialising(big):
         for t in onnx.load(str(big), load_external_data=False).graph.initializer if not t.external_data)
     loaded = onnx.load(str(big))
     assert not any(t.external_data for t in loaded.graph.initializer)  # loading drops the external marks
-    assert _needs_external_data(loaded)
+    assert needs_external_data(loaded)

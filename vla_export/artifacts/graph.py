@@ -64,13 +64,13 @@ def ensure_node_names(model) -> None:
             taken.add(name)
 
 
-def _producers(model) -> dict[str, Any]:
+def producers(model) -> dict[str, Any]:
     return {out: node for node in model.graph.node for out in node.output}
 
 
 def quantized_nodes(model) -> list[str]:
     """Names of the nodes an input of which comes from a DequantizeLinear (the quantized layers)."""
-    prod = _producers(model)
+    prod = producers(model)
     return [n.name for n in model.graph.node if n.op_type != "DequantizeLinear"
             and any(i in prod and prod[i].op_type == "DequantizeLinear" for i in n.input)]
 
@@ -82,7 +82,7 @@ def with_float_nodes(qdq_model, float_model, nodes: Iterable[str]):
     float_nodes = {n.name: n for n in float_model.graph.node}
     float_inits = {i.name: i for i in float_model.graph.initializer}
     have = {i.name for i in model.graph.initializer}
-    prod = _producers(model)
+    prod = producers(model)
     for node in model.graph.node:
         if node.name not in nodes:
             continue

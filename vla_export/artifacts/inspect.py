@@ -16,17 +16,19 @@ from typing import Any
 
 import numpy as np
 
+from vla_export.artifacts.graph import (
+    component_of_onnx_name,
+    has_module_scopes,
+    node_module_scopes,
+    QDQ_OPS,
+    QUANTIZABLE_OPS,
+)
 from vla_export.artifacts.kinds import detect_kind
-from vla_export.errors import ArtifactError
 from vla_export.artifacts.manifest import manifest_path, read_manifest
+from vla_export.errors import ArtifactError
 from vla_export.fileio import sha256_file
 from vla_export.lazy import lazy_import
 from vla_export.models.components import COMPONENTS, OTHER
-from vla_export.artifacts.graph import QDQ_OPS
-from vla_export.artifacts.graph import QUANTIZABLE_OPS
-from vla_export.artifacts.graph import component_of_onnx_name
-from vla_export.artifacts.graph import has_module_scopes
-from vla_export.artifacts.graph import node_module_scopes
 
 SCHEMA = "vla-export/inspect/1"
 LIST_LIMIT = 50  # node names listed in full up to this many; the counts are always complete

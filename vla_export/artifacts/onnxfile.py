@@ -208,25 +208,25 @@ def load_onnx(path: str | Path, *, load_external_data: bool = True):
         raise ArtifactError(f"{path}: cannot load its weights ({type(exc).__name__}: {exc})") from None
 
 
-def _has_external(model) -> bool:
+def has_external_data(model) -> bool:
     return any(i.external_data for i in model.graph.initializer)
 
 
-def _needs_external_data(model, source: Path | None = None) -> bool:
+def needs_external_data(model, source: Path | None = None) -> bool:
     """True when the model or its ``source`` file keeps weights outside, or its protobuf would pass the 2 GB limit.
 
     Loading a model drops the external marks of its tensors, hence ``source``: a quantized model keeps its
     source's layout. The size is counted from the tensors (:func:`~vla_export.artifacts.onnxfile.tensor_bytes`), never
     by ``ModelProto.ByteSize()``, which raises EncodeError on exactly the models over the limit; 64 MB are
     left for the graph itself."""
-    return (_has_external(model) or (source is not None and bool(external_data_files(source)))
+    return (has_external_data(model) or (source is not None and bool(external_data_files(source)))
             or tensor_bytes(model) > PROTOBUF_LIMIT - (64 << 20))
 
 
 def save_onnx(model, path: Path, *, external: bool | None = None) -> list[Path]:
     """Save ``model`` to ``path``; weights go to ``data_file(path)`` when over the protobuf limit."""
     onnx = lazy_import("onnx", purpose="writing ONNX models")
-    external = _needs_external_data(model) if external is None else external
+    external = needs_external_data(model) if external is None else external
     if external:
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=data_file(path).name, size_threshold=1024)

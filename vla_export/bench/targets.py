@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vla_export.artifacts.kinds import PRESET_PREFIX
 from vla_export.backends.base import Runner
 from vla_export.errors import ArtifactError, ConfigError
-from vla_export.models.config import PolicyConfig, get_preset
-from vla_export.artifacts.kinds import PRESET_PREFIX
+from vla_export.models.config import get_preset, PolicyConfig
 from vla_export.models.loader import PresetPolicy
 
 #: Which backends run which artifact kind; the first is the default.

@@ -131,7 +131,8 @@ def undiscriminating_outputs(result: ParityResult) -> list[str]:
             if o.rule == "elementwise" and not o.ref_std > DISCRIMINATION * result.tolerance_of(o.name).atol]
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two flat arrays; 1.0 when both are zero, 0.0 when only one is."""
     na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
     if na == 0.0 or nb == 0.0:
         return 1.0 if na == nb else 0.0
@@ -166,7 +167,7 @@ def compare_output(name: str, ref: np.ndarray, cand: np.ndarray, tol: Tolerance,
     diff = np.abs(cand - ref)
     bound = tol.atol + tol.rtol * np.abs(ref)
     violations = int(np.count_nonzero(~(diff <= bound)))  # NaN counts as a violation
-    cos = _cosine(ref.ravel(), cand.ravel())
+    cos = cosine(ref.ravel(), cand.ravel())
     rel = diff / np.maximum(np.abs(ref), 1e-6)
     violations += int(np.count_nonzero(~(finite_r & finite_c))) if any(nonfinite.values()) else 0
     max_row_rel = _max_row_rel(ref, cand)

@@ -20,15 +20,13 @@ from typing import Any
 import numpy as np
 
 from vla_export import interrupts
+from vla_export.artifacts.graph import ensure_node_names
+from vla_export.artifacts.onnxfile import needs_external_data, data_file, io_signature, load_onnx, op_counts, save_onnx
 from vla_export.data.calibration import CalibrationSet
 from vla_export.errors import ArtifactError, DataError, MissingDependencyError
 from vla_export.fileio import staging_dir
 from vla_export.lazy import lazy_import
-from vla_export.artifacts.onnxfile import data_file, io_signature, load_onnx, op_counts
 from vla_export.progress import reported
-from vla_export.artifacts.graph import ensure_node_names
-from vla_export.artifacts.onnxfile import _needs_external_data
-from vla_export.artifacts.onnxfile import save_onnx
 
 FP16_MAX = 65504.0
 #: Op types whose inputs get Q/DQ by default: the backbones' matrix products and patch embeddings carry
@@ -296,7 +294,7 @@ def convert_fp16(onnx_path: str | Path, output: str | Path, *, keep_sensitive_fp
     model.graph.value_info.extend(value_info)
     ensure_node_names(model)
     reasons = precision_sensitive_nodes(model, int8=False) if keep_sensitive_fp32 else {}
-    external = _needs_external_data(model, onnx_path)
+    external = needs_external_data(model, onnx_path)
     # The converter's own shape inference serialises the whole model (fails over 2 GB): types come from
     # the weightless graph above instead, the same value infos for a model of any size.
     model = f16.convert_float_to_float16(
@@ -386,7 +384,7 @@ def quantize_int8(
     ensure_node_names(model)
     reasons = precision_sensitive_nodes(model) if keep_sensitive_fp32 else {}
     reasons.update({name: "user" for name in exclude})
-    external = _needs_external_data(model, onnx_path)
+    external = needs_external_data(model, onnx_path)
     methods = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy, "percentile": q.CalibrationMethod.Percentile}
 
     options = {

@@ -17,7 +17,6 @@ the budget on the held-out windows (or none are left).
 
 from __future__ import annotations
 
-import ast
 import math
 import re
 import tempfile
@@ -29,18 +28,14 @@ from typing import Any
 
 import numpy as np
 
+from vla_export.artifacts.graph import producers, ensure_node_names, node_module_scopes, quantized_nodes, with_float_nodes
+from vla_export.artifacts.onnxfile import needs_external_data, load_onnx, save_onnx, tensor_bytes
 from vla_export.backends.onnxrt import EXACT_QDQ_CONFIG
-from vla_export.errors import ConfigError, DataError
-from vla_export.artifacts.onnxfile import _needs_external_data, save_onnx
-from vla_export.export.quantize import _publish, precision_sensitive_nodes, quantize_int8
-from vla_export.artifacts.graph import ensure_node_names
-from vla_export.artifacts.onnxfile import load_onnx, tensor_bytes
-from vla_export.lazy import lazy_import
 from vla_export.compare.comparator import compare_output
 from vla_export.compare.tolerance import tolerance_for
-from vla_export.artifacts.graph import _producers
-from vla_export.artifacts.graph import quantized_nodes
-from vla_export.artifacts.graph import with_float_nodes
+from vla_export.errors import ConfigError, DataError
+from vla_export.export.quantize import _publish, precision_sensitive_nodes, quantize_int8
+from vla_export.lazy import lazy_import
 
 SCHEMA = "vla-export/sensitivity/1"
 GRANULARITIES = ("layer", "block", "auto")
@@ -137,20 +132,6 @@ class SensitivityResult:
         }
 
 
-
-
-
-
-def _scopes(node) -> list[str]:
-    for p in node.metadata_props:
-        if p.key == "pkg.torch.onnx.name_scopes":
-            try:
-                return [s for s in ast.literal_eval(p.value) if isinstance(s, str)]
-            except (ValueError, SyntaxError):
-                return []
-    return []
-
-
 def units_of(model, granularity: str = "layer") -> list[Unit]:
     """The quantized nodes grouped by layer (module path from the exporter's scopes, else node name) or block."""
     if granularity not in ("layer", "block"):
@@ -158,15 +139,15 @@ def units_of(model, granularity: str = "layer") -> list[Unit]:
     from onnx import numpy_helper
 
     by_name = {n.name: n for n in model.graph.node}
-    prod = _producers(model)
+    prod = producers(model)
     inits = {i.name: i for i in model.graph.initializer}
     groups: dict[str, list[str]] = {}
     blocks: dict[str, str] = {}
     elements: dict[str, int] = {}
     for name in quantized_nodes(model):
         node = by_name[name]
-        scopes = [s for s in _scopes(node) if s]
-        layer = scopes[-2] if len(scopes) >= 2 else name  # the last scope is the op ("linear"), before it the module
+        scopes = node_module_scopes(node)
+        layer = scopes[-1] if scopes else name  # the innermost module
         block = next((s for s in reversed(scopes) if BLOCK_SCOPE.search(s)), layer.rsplit(".", 1)[0] if "." in layer else layer)
         key = layer if granularity == "layer" else block
         groups.setdefault(key, []).append(name)
@@ -176,10 +157,6 @@ def units_of(model, granularity: str = "layer") -> list[Unit]:
             if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in inits:
                 elements[key] = elements.get(key, 0) + int(np.prod(numpy_helper.to_array(inits[dq.input[0]]).shape))
     return [Unit(k, blocks[k], tuple(v), elements.get(k, 0)) for k, v in groups.items()]
-
-
-
-
 
 
 class Evaluator:
@@ -213,7 +190,7 @@ class Evaluator:
         opts = ort.SessionOptions()
         for k, v in EXACT_QDQ_CONFIG.items():
             opts.add_session_config_entry(k, v)
-        if _needs_external_data(model):  # handed over in memory: one protobuf, which cannot pass 2 GB
+        if needs_external_data(model):  # handed over in memory: one protobuf, which cannot pass 2 GB
             raise ConfigError(f"layer sensitivity runs each model variant from memory, and this one holds "
                               f"{tensor_bytes(model) / 1e9:.2f} GB of tensors, over protobuf's 2 GB limit: quantize it "
                               "without a budget (--int8) and check it with `vla-export parity`")
@@ -403,6 +380,6 @@ def quantize_int8_with_budget(
         d = evaluate.dims
         options["mae_discrimination"] = discrimination(evaluate.reference["actions"][:, :d], evaluate.targets[:, :d], dim_names(d),
                                                        budget.max_mae_increase)
-    external = _needs_external_data(model, Path(onnx_path))
+    external = needs_external_data(model, Path(onnx_path))
     result = _publish(Path(onnx_path), output, "int8", lambda tmp: save_onnx(model, tmp, external=external), reasons, options, start)
     return result, search, sens

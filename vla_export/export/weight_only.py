@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from vla_export.export.quantize import QuantizeResult, _publish, precision_sensitive_nodes
-from vla_export.artifacts.onnxfile import _needs_external_data, save_onnx
+from vla_export.artifacts.onnxfile import needs_external_data, save_onnx
 from vla_export.artifacts.graph import ensure_node_names
 from vla_export.artifacts.onnxfile import load_onnx
 from vla_export.lazy import lazy_import
@@ -127,7 +127,7 @@ def quantize_int8_weights(
         "quantized_tensors": len(chosen),
         "quantized_nodes": len(quantized_nodes),
     }
-    external = _needs_external_data(model, onnx_path)
+    external = needs_external_data(model, onnx_path)
     options: dict[str, Any] = {
         "mode": "weight-only", "weights": "int8 symmetric per-channel (output axis), zero point 0",
         "activations": "float32 (as exported)", "op_types": list(op_types), "keep_sensitive_fp32": keep_sensitive_fp32,

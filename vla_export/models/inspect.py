@@ -13,8 +13,8 @@ from vla_export.models.checkpoint import read_checkpoint, tensor_bytes
 from vla_export.models.components import COMPONENTS, OTHER, component_of
 from vla_export.models.config import PolicyConfig
 from vla_export.models.layouts import map_keys
-from vla_export.models.loader import check_keys, load_policy, model_shapes
-from vla_export.models.resolve import LayoutError, LoadOptions, resolve_model
+from vla_export.models.loader import check_keys, load_policy
+from vla_export.models.resolve import LayoutError, LoadOptions, meta_shapes, resolve_model
 from vla_export.models.finite import nonfinite_by_component
 
 
@@ -77,7 +77,7 @@ def inspect_checkpoint(
     report["warnings"] = resolved.warning_lines()
     report["summary"] = resolved.summary_line()
     report["record"] = resolved.record(ckpt)
-    shapes = model_shapes(cfg)
+    shapes = meta_shapes(cfg)
     check = check_keys(shapes, sd)
     report["load_check"] = check.to_dict()
     report["loadable"] = check.ok

@@ -91,11 +91,6 @@ def check_keys(model_shapes: Mapping[str, tuple], ckpt: Mapping[str, Any]) -> Ke
     return result
 
 
-def model_shapes(cfg: PolicyConfig) -> dict[str, tuple]:
-    meta = build_policy(cfg, device="meta")
-    return {k: tuple(v.shape) for k, v in meta.state_dict().items()}
-
-
 def _materialize_buffers(policy) -> None:
     """Recreate the non-persistent buffers a meta-built model leaves behind (position tables, prefix ids)."""
     import torch

@@ -39,14 +39,9 @@ from typing import Any
 
 import numpy as np
 
+from vla_export.compare.actions import _finite_or_none, _se, action_metrics, dim_names, discrimination, RESOLUTION_Z
 from vla_export.errors import ArtifactError, ConfigError, DataError
 from vla_export.progress import step
-from vla_export.compare.actions import RESOLUTION_Z
-from vla_export.compare.actions import _finite_or_none
-from vla_export.compare.actions import _se
-from vla_export.compare.actions import action_metrics
-from vla_export.compare.actions import dim_names
-from vla_export.compare.actions import discrimination
 
 log = logging.getLogger(__name__)
 

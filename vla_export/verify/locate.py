@@ -20,7 +20,7 @@ was quantized from (its manifest's ``quantized_from``) with only that point's ow
 (those of no deeper compared module) taken from the quantized graph, by the graph surgery of
 :func:`vla_export.export.sensitivity.with_float_nodes`. Everything before the point is then float,
 so the point sees the reference's own input and its error is what it *adds*; the points are ranked
-by the share of their tolerance (``atol + rtol * max|ref|``) that error takes, and the report names
+by the share of their tolerance (``atol + rtol * max|ref|``, :mod:`vla_export.compare.layers`) that error takes, and the report names
 the one that adds the most. Both runs use exact Q/DQ
 arithmetic (onnxruntime's Q/DQ fusions off), as the parity verdict does.
 """
@@ -28,7 +28,6 @@ arithmetic (onnxruntime's Q/DQ fusions off), as the parity verdict does.
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -38,19 +37,24 @@ from typing import Any
 
 import numpy as np
 
+from vla_export.artifacts.graph import (
+    component_of_onnx_name,
+    ensure_node_names,
+    node_module_scopes,
+    quantized_nodes,
+    SCOPE_KEY,
+    with_float_nodes,
+)
 from vla_export.artifacts.kinds import detect_kind
+from vla_export.artifacts.manifest import read_manifest
+from vla_export.artifacts.onnxfile import load_onnx, save_onnx
 from vla_export.backends.onnxrt import OnnxrtRunner
+from vla_export.compare.layers import layer_error, share_of_bound
+from vla_export.compare.tolerance import Tolerance, tolerance_for
 from vla_export.data.episodes import EpisodeSource
 from vla_export.data.source import SyntheticSource
 from vla_export.errors import ArtifactError, ConfigError
-from vla_export.artifacts.graph import SCOPE_KEY, component_of_onnx_name, node_module_scopes
-from vla_export.artifacts.graph import ensure_node_names
-from vla_export.artifacts.onnxfile import save_onnx
-from vla_export.artifacts.graph import quantized_nodes, with_float_nodes
-from vla_export.artifacts.onnxfile import load_onnx
-from vla_export.artifacts.manifest import read_manifest
 from vla_export.lazy import lazy_import
-from vla_export.compare.tolerance import Tolerance, tolerance_for
 
 SCHEMA = "vla-export/locate/1"
 LEVELS = ("boundaries", "all")
@@ -66,7 +70,6 @@ BOUNDARY_MODULES = (
     "action",
 )
 _LAYER = re.compile(r"\.layers\.\d+$")
-_TINY = 1e-12
 #: The smallest relative error the curve's jumps are measured from (float32 rounding), so noise is no jump.
 JUMP_FLOOR = float(np.finfo(np.float32).eps)
 
@@ -323,26 +326,10 @@ class _Hooks:
 
 # --- the comparison --------------------------------------------------------------------------------
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
-    if na == 0.0 or nb == 0.0:
-        return 1.0 if na == nb else 0.0
-    return float(np.dot(a, b) / (na * nb))
-
-
 def _point(module: str, tensor: str, refs: list[np.ndarray], cands: list[np.ndarray], tol: Tolerance) -> LayerPoint:
-    ref = np.concatenate([r.ravel() for r in refs]).astype(np.float64)
-    cand = np.concatenate([c.ravel() for c in cands]).astype(np.float64)
-    diff = np.abs(cand - ref)
-    max_abs = math.inf if np.isnan(diff).any() else float(diff.max()) if diff.size else 0.0
-    ref_max = float(np.abs(ref).max()) if ref.size else 0.0
-    cos = _cosine(ref, cand) if np.isfinite(cand).all() else 0.0
-    return LayerPoint(
-        module=module, component=component_of_onnx_name(module + "."), onnx_tensor=tensor, shape=list(refs[0].shape[1:]),
-        max_abs=max_abs, mean_abs=float(np.nanmean(diff)) if diff.size else 0.0, ref_max_abs=ref_max,
-        rel_err=max_abs / max(ref_max, _TINY), cosine=cos,
-        over=bool(not max_abs <= tol.atol + tol.rtol * ref_max or cos < tol.min_cosine),
-    )
+    err = layer_error(refs, cands, tol)
+    return LayerPoint(module=module, component=component_of_onnx_name(module + "."), onnx_tensor=tensor,
+                      shape=list(refs[0].shape[1:]), **dataclasses.asdict(err))
 
 
 def locate(
@@ -505,7 +492,7 @@ def _added_errors(artifact: Path, float_path: Path, model, marked_tensors: Seque
             f.unlink()
         a = _point(p.module, p.onnx_tensor, refs[p.module], alone, tol)
         where = sorted({_deepest_module(by_name[n], scopes.root) for n in nodes})
-        share = a.max_abs / max(tol.atol + tol.rtol * a.ref_max_abs, _TINY)
+        share = share_of_bound(a.max_abs, a.ref_max_abs, tol)
         out.append(dataclasses.replace(p, added={"max_abs": a.max_abs, "rel_err": a.rel_err, "of_tolerance": share, "cosine": a.cosine,
                                                  "int8_nodes": len(nodes), "int8_modules": where}))
     return out

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from vla_export.artifacts.reference import SavedReference, load_reference, save_reference
+from vla_export.artifacts.reference import load_reference, save_reference, SavedReference
 from vla_export.backends.base import Runner
 from vla_export.errors import ArtifactError, ConfigError
 
