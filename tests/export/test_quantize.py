@@ -287,10 +287,11 @@ def test_fp16_graph_is_sorted_for_the_checker(tmp_path):
     onnx.checker.check_model(model)
 
 
-@pytest.mark.parametrize("flag", ["--fp16", "--int8-weights"])
-def test_quantize_parses_its_onnx_once(cli, tiny_onnx, tmp_path, monkeypatch, flag):
+@pytest.mark.parametrize("flag", ["--fp16", "--int8-weights", "--int8"])
+def test_quantize_parses_its_onnx_once(cli, tiny_onnx, calib, tmp_path, monkeypatch, flag):
     """`vla-export quantize` opens the source once (an OnnxFile) and hands the model from step to step:
-    before issue 22 the checks, the transform and the manifest each re-read the file (4 parses for --fp16)."""
+    before issue 22 the checks, the transform and the manifest each re-read the file (4 parses for --fp16,
+    3 for --int8-weights, 4 for --int8)."""
     real = onnx.load
     reads = []
 
@@ -300,7 +301,8 @@ def test_quantize_parses_its_onnx_once(cli, tiny_onnx, tmp_path, monkeypatch, fl
         return real(f, *args, **kwargs)
 
     monkeypatch.setattr(onnx, "load", counting)
-    r = cli("quantize", tiny_onnx, flag, "-o", tmp_path / "t.q.onnx")
+    extra = ["--calib", calib.path] if flag == "--int8" else []
+    r = cli("quantize", tiny_onnx, flag, *extra, "-o", tmp_path / "t.q.onnx")
     assert r.exit_code == 0, r
     assert len(reads) == 1, reads
 
