@@ -144,13 +144,16 @@ def test_export_module_is_generic_and_dynamic(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lin.onnx"]
 
 
-def test_failed_export_leaves_nothing(tmp_path):
-    def boom(tmp: Path):
+def test_failed_export_leaves_nothing(tmp_path, monkeypatch):
+    from vla_export.export import onnx as E
+
+    def boom(tmp: Path, dynamic_axes):
         assert tmp.exists() and tmp.parent != tmp_path  # the export sits in a temporary directory
         raise ArtifactError("verification failed")
 
+    monkeypatch.setattr(E, "_check_dynamic_axes", boom)  # the last check on the staged file
     with pytest.raises(ArtifactError, match="verification failed"):
-        _linear_export(tmp_path / "lin.onnx", external_data=True, verify=boom)
+        _linear_export(tmp_path / "lin.onnx", external_data=True)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -13,6 +13,7 @@ from onnx import TensorProto, helper
 from vla_export.data.calibration import load_calibration_set, make_calibration_set
 from vla_export.data.episodes import write_synthetic_episodes
 from vla_export.errors import ArtifactError, DataError
+from vla_export.artifacts.onnxfile import load_onnx
 from vla_export.export import quantize as Q
 from vla_export.artifacts.manifest import read_manifest
 from vla_export.models.config import get_preset
@@ -49,7 +50,7 @@ def test_int8_graph_has_qdq_and_keeps_sensitive_ops_out(int8_onnx, tiny_onnx):
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("QuantizeLinear") > 10 and ops.count("DequantizeLinear") > 10
     producers = _producers(model)
-    reasons = Q.precision_sensitive_nodes(Q.load_onnx(tiny_onnx))
+    reasons = Q.precision_sensitive_nodes(load_onnx(tiny_onnx))
     assert {"layernorm", "softmax", "mask", "residual-add", "attention-matmul", "head"} <= set(reasons.values())
     for node in model.graph.node:
         fed_by_dq = [i for i in node.input if i in producers and producers[i].op_type == "DequantizeLinear"]
@@ -129,7 +130,7 @@ def test_external_data_is_written_and_runs(tiny_onnx, calib, tmp_path, monkeypat
 def test_missing_external_data_and_mismatched_calibration_are_clear_errors(tiny_onnx, calib, tmp_path, monkeypatch):
     src = tmp_path / "src"
     src.mkdir()
-    model = Q.load_onnx(tiny_onnx)
+    model = load_onnx(tiny_onnx)
     Q.save_onnx(model, src / "m.onnx", external=True)
     (src / "m.onnx.data").unlink()
     with pytest.raises(ArtifactError, match="external data file .*m.onnx.data is missing"):
@@ -284,3 +285,42 @@ def test_fp16_graph_is_sorted_for_the_checker(tmp_path):
     del model.graph.node[0]
     assert sort_topologically(model) is True
     onnx.checker.check_model(model)
+
+
+@pytest.mark.parametrize("flag", ["--fp16", "--int8-weights", "--int8"])
+def test_quantize_parses_its_onnx_once(cli, tiny_onnx, calib, tmp_path, monkeypatch, flag):
+    """`vla-export quantize` opens the source once (an OnnxFile) and hands the model from step to step:
+    before issue 22 the checks, the transform and the manifest each re-read the file (4 parses for --fp16,
+    3 for --int8-weights, 4 for --int8)."""
+    real = onnx.load
+    reads = []
+
+    def counting(f, *args, **kwargs):
+        if Path(str(f)) == Path(tiny_onnx):
+            reads.append(kwargs)
+        return real(f, *args, **kwargs)
+
+    monkeypatch.setattr(onnx, "load", counting)
+    extra = ["--calib", calib.path] if flag == "--int8" else []
+    r = cli("quantize", tiny_onnx, flag, *extra, "-o", tmp_path / "t.q.onnx")
+    assert r.exit_code == 0, r
+    assert len(reads) == 1, reads
+
+
+def test_onnx_file_loads_external_weights_once_and_checks_them(tiny_onnx, tmp_path):
+    """The weights of an external-data model load into the parsed model on demand, after the data file is
+    checked; the structure is refused once they are in (it would no longer serialise at any size)."""
+    from vla_export.artifacts.onnxfile import OnnxFile
+
+    Q.save_onnx(load_onnx(tiny_onnx), tmp_path / "m.onnx", external=True)
+    source = OnnxFile(tmp_path / "m.onnx")
+    assert source.external and source.io() == OnnxFile(tiny_onnx).io()
+    assert source.structure() is not None
+    model = source.model()
+    assert not any(i.external_data for i in model.graph.initializer) and source.model() is model
+    with pytest.raises(RuntimeError, match="weights are loaded already"):
+        source.structure()
+    data = tmp_path / "m.onnx.data"
+    data.write_bytes(data.read_bytes()[:100])
+    with pytest.raises(ArtifactError, match="truncated"):
+        OnnxFile(tmp_path / "m.onnx").model()

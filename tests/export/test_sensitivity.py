@@ -11,6 +11,7 @@ from onnx import numpy_helper
 
 from vla_export.data.calibration import make_calibration_set
 from vla_export.errors import ConfigError
+from vla_export.artifacts.onnxfile import load_onnx
 from vla_export.export import quantize as Q
 from vla_export.export import sensitivity as S
 from vla_export.artifacts.manifest import read_manifest
@@ -32,9 +33,9 @@ def setup(fitted_tiny_onnx, fit_episodes, held_out_episodes, tmp_path_factory):
     calib = make_calibration_set(fit_episodes, get_preset("tiny"), root / "calib.npz", count=4)
     qdq = Q.quantize_int8(root / "tiny.onnx", calib, root / "tiny.int8.onnx")
     feeds, record = S.held_out_feeds([root / "held-out"], get_preset("tiny"), calib.frames_used(), count=3, window=4)
-    float_model = Q.load_onnx(root / "tiny.onnx")
+    float_model = load_onnx(root / "tiny.onnx")
     Q.ensure_node_names(float_model)
-    return {"root": root, "calib": calib, "float": float_model, "qdq": Q.load_onnx(qdq.output), "feeds": feeds,
+    return {"root": root, "calib": calib, "float": float_model, "qdq": load_onnx(qdq.output), "feeds": feeds,
             "evaluate": S.Evaluator(float_model, feeds)}
 
 
@@ -101,7 +102,7 @@ def test_quantize_with_budget_records_the_choice_in_the_manifest(setup):
     assert manifest["quantization"]["kept_fp32"]["budget"] == len(search.float_nodes)
     assert opts["calibration"]["frames"] == setup["calib"].frames_used() and opts["sensitivity"]["ranking"]
     # The written model is the one measured: evaluating it again gives the recorded error.
-    again = setup["evaluate"](Q.load_onnx(result.output))
+    again = setup["evaluate"](load_onnx(result.output))
     assert again.actions_max_abs == pytest.approx(search.final.actions_max_abs, abs=1e-6)
 
 

@@ -30,9 +30,20 @@ def _model_proto(path: Path):
         raise ArtifactError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
 
 
+def _structure(source):
+    """The ModelProto of ``source``: a path is parsed without its external data, a ModelProto is itself."""
+    if isinstance(source, (str, Path)):
+        return lazy_import("onnx", purpose="reading ONNX models").load(str(source), load_external_data=False)
+    return source
+
+
 def external_data_extents(path: str | Path) -> dict[str, int]:
     """External data file name -> the bytes its tensors need (the largest offset + length); weights are not loaded."""
-    onnx, model = _model_proto(Path(path))
+    return _extents(_model_proto(Path(path))[1])
+
+
+def _extents(model) -> dict[str, int]:
+    onnx = lazy_import("onnx", purpose="reading ONNX models")
     needed: dict[str, int] = {}
     for t in model.graph.initializer:
         if t.data_location != onnx.TensorProto.EXTERNAL:
@@ -50,14 +61,16 @@ def external_data_files(path: str | Path) -> list[str]:
     return list(external_data_extents(path))
 
 
-def require_external_data(path: str | Path, recorded: Mapping[str, int] | None = None) -> list[str]:
+def require_external_data(path: str | Path, recorded: Mapping[str, int] | None = None,
+                          needed: Mapping[str, int] | None = None) -> list[str]:
     """Refuse an ONNX file whose external data is missing or shorter than its tensors need.
 
     ``recorded``: file name -> bytes, as a manifest records them; a data file of another size is
-    refused too (changed or truncated). Returns the external data file names.
+    refused too (changed or truncated). ``needed``: the file's :func:`external_data_extents` where
+    the caller has them (else the file is read for them). Returns the external data file names.
     """
     path = Path(path)
-    needed = external_data_extents(path)
+    needed = external_data_extents(path) if needed is None else needed
     for loc, need in needed.items():
         f = path.parent / loc
         if not f.is_file():
@@ -127,10 +140,10 @@ def check_model(path: str | Path) -> None:
         os.unlink(inferred)
 
 
-def io_signature(path: str | Path) -> dict[str, list[dict[str, Any]]]:
-    """Inputs and outputs of an ONNX file: name, shape (ints, or dim names for dynamic axes), dtype."""
+def io_signature(path) -> dict[str, list[dict[str, Any]]]:
+    """Inputs and outputs of an ONNX file (or an in-memory ModelProto): name, shape (ints, or dim names for dynamic axes), dtype."""
     onnx = lazy_import("onnx", purpose="reading ONNX models")
-    model = onnx.load(str(path), load_external_data=False)
+    model = _structure(path)
 
     def describe(values):
         out = []
@@ -143,10 +156,10 @@ def io_signature(path: str | Path) -> dict[str, list[dict[str, Any]]]:
     return {"inputs": describe(model.graph.input), "outputs": describe(model.graph.output)}
 
 
-def op_counts(path: str | Path) -> dict[str, int]:
-    onnx = lazy_import("onnx", purpose="reading ONNX models")
+def op_counts(path) -> dict[str, int]:
+    """Op type -> nodes of an ONNX file (or an in-memory ModelProto), the most frequent first."""
     counts: dict[str, int] = {}
-    for node in onnx.load(str(path), load_external_data=False).graph.node:
+    for node in _structure(path).graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
@@ -212,15 +225,15 @@ def has_external_data(model) -> bool:
     return any(i.external_data for i in model.graph.initializer)
 
 
-def needs_external_data(model, source: Path | None = None) -> bool:
-    """True when the model or its ``source`` file keeps weights outside, or its protobuf would pass the 2 GB limit.
+def needs_external_data(model, source_external: bool = False) -> bool:
+    """True when the model or its source file (``source_external``: :attr:`OnnxFile.external`) keeps weights
+    outside, or its protobuf would pass the 2 GB limit.
 
-    Loading a model drops the external marks of its tensors, hence ``source``: a quantized model keeps its
+    Loading a model drops the external marks of its tensors, hence ``source_external``: a quantized model keeps its
     source's layout. The size is counted from the tensors (:func:`~vla_export.artifacts.onnxfile.tensor_bytes`), never
     by ``ModelProto.ByteSize()``, which raises EncodeError on exactly the models over the limit; 64 MB are
     left for the graph itself."""
-    return (has_external_data(model) or (source is not None and bool(external_data_files(source)))
-            or tensor_bytes(model) > PROTOBUF_LIMIT - (64 << 20))
+    return has_external_data(model) or source_external or tensor_bytes(model) > PROTOBUF_LIMIT - (64 << 20)
 
 
 def save_onnx(model, path: Path, *, external: bool | None = None) -> list[Path]:
@@ -236,3 +249,82 @@ def save_onnx(model, path: Path, *, external: bool | None = None) -> list[Path]:
 
 
 PROTOBUF_LIMIT = 2**31 - 1
+
+
+class OnnxFile:
+    """An ONNX file read once for a whole command, handed from step to step instead of its path.
+
+    The protobuf is parsed once; weights in external data stay on disk until :meth:`model` asks for
+    them, and are then loaded into the same ModelProto (after the data files are checked against the
+    manifest, which is read once too). The file-level facts (its manifest, its external data files
+    and their extents) are taken at opening, before any step changes the model: loading weights
+    drops their external marks. As Polygraphy's loaders chain over an in-memory model, the steps
+    of ``vla-export quantize`` (I/O checks, the transforms, the manifest of the result) read these
+    instead of the file. A step that transforms :meth:`model` changes it in place: a step that
+    needs the original afterwards takes a :meth:`copy` first.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        _, self._proto = _model_proto(self.path)
+        #: External data file name -> bytes its tensors need, as the file declares them.
+        self.extents: dict[str, int] = _extents(self._proto)
+        #: The manifest beside the file (any kind; None without one).
+        self.manifest: dict[str, Any] | None = read_manifest(self.path, required=False)
+        self._weights = not self.extents
+
+    def require_manifest(self, kind: str = "onnx") -> dict[str, Any]:
+        """The manifest, which must be there and of ``kind``; else :func:`read_manifest`'s error."""
+        if self.manifest is None or self.manifest.get("kind") != kind:
+            return read_manifest(self.path, kind=kind)  # raises, naming what is wrong
+        return self.manifest
+
+    @property
+    def external(self) -> bool:
+        """The file keeps its weights in external data files."""
+        return bool(self.extents)
+
+    def io(self) -> dict[str, list[dict[str, Any]]]:
+        """:func:`io_signature` of the model."""
+        return io_signature(self._proto)
+
+    def ops(self) -> dict[str, int]:
+        """:func:`op_counts` of the model."""
+        return op_counts(self._proto)
+
+    def tensor_bytes(self) -> int:
+        """:func:`tensor_bytes` of the model, its external weights counted by their recorded length."""
+        return tensor_bytes(self._proto)
+
+    def structure(self):
+        """The ModelProto without its external weights; only before :meth:`model` loaded them (so it can be
+        serialised, e.g. for shape inference, at any size)."""
+        if self._weights and self.external:
+            raise RuntimeError(f"{self.path}: its weights are loaded already; take the structure before model()")
+        return self._proto
+
+    def model(self):
+        """The ModelProto with every weight; external data is checked and loaded on the first call."""
+        if not self._weights:
+            sizes = {f["name"]: int(f["bytes"]) for f in (self.manifest or {}).get("files", []) if "name" in f and "bytes" in f}
+            require_external_data(self.path, sizes, self.extents)
+            external_data_helper = lazy_import("onnx.external_data_helper", purpose="reading ONNX models")
+            try:
+                external_data_helper.load_external_data_for_model(self._proto, str(self.path.parent))
+            except Exception as exc:  # a short or corrupt external data file
+                raise ArtifactError(f"{self.path}: cannot load its weights ({type(exc).__name__}: {exc})") from None
+            self._weights = True
+        return self._proto
+
+    def copy(self) -> "OnnxFile":
+        """Another handle on the same file with its own ModelProto (weights loaded as here)."""
+        other = object.__new__(OnnxFile)
+        other.__dict__.update(self.__dict__)
+        other._proto = type(self._proto)()
+        other._proto.CopyFrom(self._proto)
+        return other
+
+
+def open_onnx(source: str | Path | OnnxFile) -> OnnxFile:
+    """``source`` as an :class:`OnnxFile`: a path is opened (read once), an OnnxFile passes through."""
+    return source if isinstance(source, OnnxFile) else OnnxFile(source)

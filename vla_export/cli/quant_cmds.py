@@ -8,7 +8,7 @@ from typing import Any, Optional
 import typer
 
 from vla_export.cli.common import console, write_json
-from vla_export.errors import ConfigError, DataError
+from vla_export.errors import ConfigError
 
 
 def parity_command(artifact: Path) -> str:
@@ -29,31 +29,6 @@ def parity_command(artifact: Path) -> str:
         split = record if record.is_file() else "NAME.split.json"
         return f"vla-export replay {ckpt} {shlex.quote(str(split))} EPISODE.h5 --{part} {shlex.quote(str(artifact))}{note}"
     return f"vla-export parity {ckpt} {shlex.quote(str(artifact))}{note}"
-
-
-def eval_feeds(onnx: Path, data: Optional[list[Path]], calib_frames, samples: int, *, calib_meta=None, option: str = "--samples",
-               at_most: bool = False):
-    # calib_meta: the calibration set's meta (its windows name the episode files it sampled)
-    """Held-out windows for ``onnx``'s policy: from ``data``, else the calibration set's own episodes,
-    in both cases disjoint from ``calib_frames``. Config and window come from the ONNX manifest."""
-    from vla_export.artifacts.manifest import read_manifest
-    from vla_export.export.sensitivity import held_out_feeds
-    from vla_export.models.config import PolicyConfig
-
-    manifest = read_manifest(onnx, kind="onnx")
-    if not manifest.get("config"):
-        raise ConfigError(f"{onnx}: its manifest records no policy config")
-    config = PolicyConfig.from_dict(manifest["config"])
-    window = manifest.get("window") or config.window
-    if not data:
-        episodes = sorted({w["episode"] for w in (calib_meta or {}).get("windows", [])})
-        if not episodes:
-            raise ConfigError("give --data EPISODES to evaluate on (held-out windows)")
-        data = [Path(e) for e in episodes]
-    try:
-        return held_out_feeds(list(data), config, calib_frames, count=samples, window=window, option=option, at_most=at_most)
-    except DataError as exc:
-        raise DataError(f"{exc}; pass --data with episodes the calibration set did not use") from None
 
 
 def render_sensitivity(r: dict[str, Any], limit: int = 20) -> None:
@@ -137,8 +112,8 @@ def sensitivity(
     from vla_export.cli import checks
     from vla_export.artifacts.manifest import read_manifest
     from vla_export.artifacts.graph import ensure_node_names
-    from vla_export.artifacts.onnxfile import load_onnx
-    from vla_export.export.sensitivity import layer_sensitivity
+    from vla_export.artifacts.onnxfile import OnnxFile, load_onnx
+    from vla_export.export.sensitivity import eval_feeds, layer_sensitivity
 
     from vla_export.export.sensitivity import GRANULARITIES
 
@@ -160,8 +135,9 @@ def sensitivity(
         from vla_export.data.calibration import load_calibration_set
 
         meta = load_calibration_set(calib["path"]).meta
-    feeds, record = eval_feeds(float_onnx, data, calib.get("frames"), samples, calib_meta=meta)
-    float_model = load_onnx(float_onnx)
+    float_file = OnnxFile(float_onnx)  # read once: the manifest for the windows, the model for the ranking
+    feeds, record = eval_feeds(float_file, data, calib.get("frames"), samples, calib_meta=meta)
+    float_model = float_file.model()
     ensure_node_names(float_model)
     result = layer_sensitivity(float_model, load_onnx(qdq_onnx), feeds, granularity=granularity, refine=refine,
                                names=(str(float_onnx), str(qdq_onnx)))

@@ -174,39 +174,39 @@ def quantize(
     checks.input_file(onnx, "ONNX")
     checks.input_file(calib_path, "calibration set")
     checks.artifact_output(output, json_path)
+    if int8 and calib_path is None:
+        raise ConfigError("--int8 needs --calib DATA (make it with `vla-export calib`): INT8 without calibration data is guesswork")
+    from vla_export.artifacts.onnxfile import OnnxFile
+
+    source = OnnxFile(onnx)  # read once: every step below takes it (the weights load when a transform asks)
     if budget is not None:
         from vla_export.artifacts.onnxfile import PROTOBUF_LIMIT
-        from vla_export.artifacts.onnxfile import file_tensor_bytes
 
-        size = file_tensor_bytes(onnx)
+        size = source.tensor_bytes()
         if size > PROTOBUF_LIMIT - (64 << 20):
             raise ConfigError(f"{', '.join(budget_given)}: the budget search runs every model variant from memory, and {onnx} holds "
                               f"{size / 1e9:.2f} GB of weights, over protobuf's 2 GB limit: quantize it with --int8 alone and "
                               f"check it with `vla-export parity CHECKPOINT {output}`")
     if max_feature_rel_error is not None:
-        from vla_export.artifacts.onnxfile import io_signature
-
-        outputs = [o["name"] for o in io_signature(onnx)["outputs"]]
+        outputs = [o["name"] for o in source.io()["outputs"]]
         if "features" not in outputs:
             raise ConfigError(f"--max-feature-rel-error measures the features output, and {onnx} has only {', '.join(outputs)}: "
                               "export it with --debug-outputs, or use --max-action-error/--min-cosine")
     if int8_weights:
         from vla_export.export.weight_only import quantize_int8_weights
 
-        result = quantize_int8_weights(onnx, output, keep_sensitive_fp32=keep_fp32, exclude=exclude or ())
+        result = quantize_int8_weights(source, output, keep_sensitive_fp32=keep_fp32, exclude=exclude or ())
     elif int8:
-        if calib_path is None:
-            raise ConfigError("--int8 needs --calib DATA (make it with `vla-export calib`): INT8 without calibration data is guesswork")
         from vla_export.data.calibration import load_calibration_set
 
         calib_set = load_calibration_set(calib_path)
         if budget is not None:
-            from vla_export.cli.quant_cmds import eval_feeds, render_budget
-            from vla_export.export.sensitivity import quantize_int8_with_budget
+            from vla_export.cli.quant_cmds import render_budget
+            from vla_export.export.sensitivity import eval_feeds, quantize_int8_with_budget
 
             mae_budget = max_mae_increase is not None
             samples = eval_samples or (MAE_BUDGET_WINDOWS if mae_budget else 8)
-            feeds, record = eval_feeds(onnx, data, calib_set.frames_used(), samples, calib_meta=calib_set.meta,
+            feeds, record = eval_feeds(source, data, calib_set.frames_used(), samples, calib_meta=calib_set.meta,
                                        option="--eval-samples", at_most=mae_budget and eval_samples is None)
             targets = None
             if mae_budget:
@@ -215,7 +215,7 @@ def quantize(
                 record["action_scale"] = action_scale or 1.0
                 targets = np.asarray(record["recorded_actions"], dtype=np.float64) / record["action_scale"]
             result, search, _ = quantize_int8_with_budget(
-                onnx, calib_set, output, budget, feeds, data=record, granularity=granularity or "auto", per_channel=per_channel,
+                source, calib_set, output, budget, feeds, data=record, granularity=granularity or "auto", per_channel=per_channel,
                 method=method, keep_sensitive_fp32=keep_fp32, exclude=exclude or (), targets=targets)
             render_quantize(result.to_dict())
             if mae_budget:
@@ -232,10 +232,10 @@ def quantize(
             if not search.met:
                 raise typer.Exit(1)
             return
-        result = quantize_int8(onnx, calib_set, output, per_channel=per_channel, method=method,
+        result = quantize_int8(source, calib_set, output, per_channel=per_channel, method=method,
                                keep_sensitive_fp32=keep_fp32, exclude=exclude or ())
     else:
-        result = convert_fp16(onnx, output, keep_sensitive_fp32=keep_fp32)
+        result = convert_fp16(source, output, keep_sensitive_fp32=keep_fp32)
     render_quantize(result.to_dict())
     from vla_export.cli.quant_cmds import parity_command
 

@@ -24,7 +24,7 @@ from vla_export.errors import ArtifactError, ConfigError
 from vla_export import interrupts
 from vla_export.fileio import check_output_path, staging_dir
 from vla_export.lazy import lazy_import
-from vla_export.progress import reported
+from vla_export.progress import reported, step
 from vla_export.models.finite import require_finite_weights
 from vla_export.models.memory import check_window_memory
 
@@ -88,25 +88,22 @@ def export_module(
     exporter: str = "dynamo",
     external_data: bool | None = None,
     optimize: bool = True,
-    verify: Callable[[Path], None] | None = None,
-    extra_files: Callable[[Path], Sequence[Path]] | None = None,
 ) -> Path:
     """Export ``module`` (called with ``example_inputs`` as positional arguments, in order) to ``path``.
 
     ``dynamic_axes`` maps input and output names to ``{axis: dim name}``; a name shared by several
     axes makes them one dimension. ``external_data``: ``None`` puts the weights in ONE file
     ``path.data`` beside the model when they exceed 2 GB, ``True`` always, ``False`` never.
-    ``verify(tmp_onnx)`` runs on the export in its temporary directory and may raise to abort;
-    ``extra_files(tmp_onnx)`` returns more files to move into place (e.g. a manifest). The ``.onnx``
-    is moved last, so it only appears when everything else is in place.
+    The export is staged in a temporary directory and moved into place whole. The policy exports
+    (:func:`export_policy`, :func:`~vla_export.export.split.export_split`) run the same steps
+    (:func:`check_target`, :func:`stage_module`, their checks, :func:`move_into_place`) one by one.
     """
     path = check_target(path, opset, exporter)
     with staging_dir(path) as tmpdir:
         tmp = tmpdir / path.name
-        extras = stage_module(module, example_inputs, tmp, output_names=output_names, dynamic_axes=dynamic_axes, opset=opset,
-                              exporter=exporter, external_data=external_data, optimize=optimize, verify=verify,
-                              extra_files=extra_files)
-        move_into_place(tmp, path, extras)
+        stage_module(module, example_inputs, tmp, output_names=output_names, dynamic_axes=dynamic_axes, opset=opset,
+                     exporter=exporter, external_data=external_data, optimize=optimize)
+        move_into_place(tmp, path, [])
     return path
 
 
@@ -130,14 +127,12 @@ def stage_module(
     exporter: str = "dynamo",
     external_data: bool | None = None,
     optimize: bool = True,
-    verify: Callable[[Path], None] | None = None,
-    extra_files: Callable[[Path], Sequence[Path]] | None = None,
-) -> list[Path]:
-    """Export and verify ``module`` at ``tmp``, alone in a fresh staging folder; publish nothing.
+) -> None:
+    """Export ``module`` to ``tmp``, alone in a fresh staging folder; publish nothing.
 
-    Returns the extra files (``extra_files(tmp)``) to move into place with it. Raises
-    :class:`ArtifactError` when the exporter wrote other files than expected, fixed a dynamic axis, or
-    wrote another opset than ``opset``.
+    Raises :class:`ArtifactError` when the exporter wrote other files than expected, fixed a dynamic
+    axis, or wrote another opset than ``opset``. The caller checks the staged file next
+    (:func:`static_checks`, parity) and moves it into place (:func:`move_into_place`).
     """
     import torch
 
@@ -165,9 +160,6 @@ def stage_module(
     if got != opset:
         raise ArtifactError(f"{tmp.name}: asked for opset {opset}, the {exporter} exporter wrote opset {got}; use --opset {got}")
     _check_dynamic_axes(tmp, dynamic_axes)
-    if verify is not None:
-        verify(tmp)
-    return list(extra_files(tmp)) if extra_files else []
 
 
 def _check_dynamic_axes(path: Path, dynamic_axes: Mapping[str, Mapping[int, str]]) -> None:
@@ -273,6 +265,15 @@ class OnnxExportOptions:
         return dataclasses.asdict(self)
 
 
+@dataclass(frozen=True)
+class StaticChecks:
+    """What :func:`static_checks` found in a staged export, for its manifest and result."""
+
+    completeness: Any  # Completeness
+    ops: dict[str, int]
+    io: dict[str, Any]
+
+
 @dataclass
 class OnnxExportResult:
     path: Path
@@ -331,8 +332,7 @@ def export_policy(loaded, path: str | Path, options: OnnxExportOptions = OnnxExp
     import torch
 
     from vla_export.data.iospec import POLICY, dummy_inputs
-    from vla_export.artifacts.manifest import build_manifest, manifest_path, versions, write_manifest
-    from vla_export.fileio import sha256_file
+    from vla_export.artifacts.manifest import manifest_path
 
     path = Path(path)
     cfg, policy = loaded.config, loaded.policy
@@ -346,55 +346,72 @@ def export_policy(loaded, path: str | Path, options: OnnxExportOptions = OnnxExp
     example_t = {k: torch.from_numpy(v) for k, v in example.items()}
     dyn = POLICY.dynamic_axes(dynamic_window=options.dynamic_window)
     outputs = POLICY.output_names(debug=options.debug_outputs)
-    state: dict[str, Any] = {"parity": []}
     start = time.perf_counter()
-
-    def verify(tmp: Path) -> None:
-        state["export_seconds"] = time.perf_counter() - start
-        _verify_stage(tmp, loaded, options, window, state, "export")
-        if options.simplify:
-            simplify(tmp)
-            _verify_stage(tmp, loaded, options, window, state, "simplified")
-
-    def manifest(tmp: Path) -> list[Path]:
-        files = [tmp] + ([data_file(tmp)] if data_file(tmp).exists() else [])
-        ckpt = loaded.checkpoint.path
-        data = build_manifest(
-            MANIFEST_KIND, tmp, files,
-            source={"checkpoint": str(ckpt), "sha256": sha256_file(ckpt), "bytes": Path(ckpt).stat().st_size},
-            config=cfg.to_dict(),
-            model=model_record(loaded),
-            window=window,
-            options=options.to_dict(),
-            opset=written_opset(tmp),
-            exporter=options.exporter,
-            parameters=state["completeness"].to_dict(),
-            io=state["io"],
-            ops=state["ops"],
-            parity={p.label: p.to_dict() for p in state["parity"]},
-            export_seconds=state["export_seconds"],
-            versions=versions(),
-        )
-        out = manifest_path(tmp)
-        write_manifest(tmp, data, path=out)
-        state["files"] = data["files"]
-        return [out]
-
-    export_module(
-        policy_graph(policy, options.debug_outputs), example_t, path, output_names=outputs, dynamic_axes=dyn,
-        opset=options.opset, exporter=options.exporter, external_data=options.external_data, optimize=options.optimize,
-        verify=verify, extra_files=manifest,
-    )
+    with step("exporting to ONNX and verifying"):
+        target = check_target(path, options.opset, options.exporter)
+        with staging_dir(target) as tmpdir:
+            tmp = tmpdir / target.name
+            stage_module(
+                policy_graph(policy, options.debug_outputs), example_t, tmp, output_names=outputs, dynamic_axes=dyn,
+                opset=options.opset, exporter=options.exporter, external_data=options.external_data, optimize=options.optimize,
+            )
+            export_seconds = time.perf_counter() - start
+            checks, parity = verify_policy_export(tmp, loaded, options, window)
+            manifest, files = write_policy_manifest(tmp, loaded, options, window, checks, parity, export_seconds)
+            move_into_place(tmp, target, [manifest])
     return OnnxExportResult(
-        path=path, files=state["files"], seconds=time.perf_counter() - start, completeness=state["completeness"],
-        parity=state["parity"], ops=state["ops"], io=state["io"], manifest_path=manifest_path(path),
+        path=path, files=files, seconds=time.perf_counter() - start, completeness=checks.completeness,
+        parity=parity, ops=checks.ops, io=checks.io, manifest_path=manifest_path(path),
     )
+
+
+def verify_policy_export(tmp: Path, loaded, options: OnnxExportOptions, window: int) -> tuple[StaticChecks, list[Any]]:
+    """The staged policy export checked (and, with ``options.simplify``, simplified and checked again).
+
+    Returns the last stage's :class:`StaticChecks` and the parity result of each stage checked with
+    ONNX Runtime; raises :class:`ArtifactError` at the first stage that fails."""
+    checks, parity = _verify_stage(tmp, loaded, options, window, "export")
+    results = [parity] if parity is not None else []
+    if options.simplify:
+        simplify(tmp)
+        checks, parity = _verify_stage(tmp, loaded, options, window, "simplified")
+        results += [parity] if parity is not None else []
+    return checks, results
+
+
+def write_policy_manifest(tmp: Path, loaded, options: OnnxExportOptions, window: int, checks: StaticChecks, parity: Sequence[Any],
+                          export_seconds: float) -> tuple[Path, list[dict[str, Any]]]:
+    """Write the staged export's manifest beside it; returns its path and the files it records."""
+    from vla_export.artifacts.manifest import build_manifest, manifest_path, versions, write_manifest
+    from vla_export.fileio import sha256_file
+
+    files = [tmp] + ([data_file(tmp)] if data_file(tmp).exists() else [])
+    ckpt = loaded.checkpoint.path
+    data = build_manifest(
+        MANIFEST_KIND, tmp, files,
+        source={"checkpoint": str(ckpt), "sha256": sha256_file(ckpt), "bytes": Path(ckpt).stat().st_size},
+        config=loaded.config.to_dict(),
+        model=model_record(loaded),
+        window=window,
+        options=options.to_dict(),
+        opset=written_opset(tmp),
+        exporter=options.exporter,
+        parameters=checks.completeness.to_dict(),
+        io=checks.io,
+        ops=checks.ops,
+        parity={p.label: p.to_dict() for p in parity},
+        export_seconds=export_seconds,
+        versions=versions(),
+    )
+    out = manifest_path(tmp)
+    write_manifest(tmp, data, path=out)
+    return out, data["files"]
 
 
 @reported("checking the graph (checker, shape inference, completeness)")
-def static_checks(path: Path, module) -> dict[str, Any]:
+def static_checks(path: Path, module) -> StaticChecks:
     """Checks that need no inference: checker, shape inference, completeness against ``module``, no
-    TensorRT-unfriendly ops. Returns ``completeness``, ``ops`` and ``io`` for the manifest.
+    TensorRT-unfriendly ops. Returns what the manifest records of them.
     """
     from vla_export.export.completeness import require_complete
 
@@ -404,18 +421,19 @@ def static_checks(path: Path, module) -> dict[str, Any]:
     bad = [op for op in UNFRIENDLY_OPS if op in ops]
     if bad:
         raise ArtifactError(f"{path.name}: the graph contains {bad}, which TensorRT handles badly")
-    return {"completeness": completeness, "ops": ops, "io": io_signature(path)}
+    return StaticChecks(completeness, ops, io_signature(path))
 
 
-def _verify_stage(tmp: Path, loaded, options: OnnxExportOptions, window: int, state: dict[str, Any], label: str) -> None:
-    state.update(static_checks(tmp, loaded.policy))
-    if options.ort_check:
-        state["parity"].append(ort_parity(tmp, loaded, window=window, debug_outputs=options.debug_outputs,
-                                          samples=options.parity_samples, seed=options.seed, label=label,
-                                          other_window=window + 1 if options.dynamic_window else window))
-        result = state["parity"][-1]
-        if not result.passed:
-            raise ArtifactError(f"{tmp.name}: ONNX Runtime disagrees with PyTorch after {label}: {result.summary()}")
+def _verify_stage(tmp: Path, loaded, options: OnnxExportOptions, window: int, label: str) -> tuple[StaticChecks, Any]:
+    """One stage's checks: the static ones, then (``options.ort_check``) parity; the parity result is None without it."""
+    checks = static_checks(tmp, loaded.policy)
+    if not options.ort_check:
+        return checks, None
+    result = ort_parity(tmp, loaded, window=window, debug_outputs=options.debug_outputs, samples=options.parity_samples,
+                        seed=options.seed, label=label, other_window=window + 1 if options.dynamic_window else window)
+    if not result.passed:
+        raise ArtifactError(f"{tmp.name}: ONNX Runtime disagrees with PyTorch after {label}: {result.summary()}")
+    return checks, result
 
 
 @reported("ONNX Runtime vs PyTorch")

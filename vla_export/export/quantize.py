@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ import numpy as np
 
 from vla_export import interrupts
 from vla_export.artifacts.graph import ensure_node_names
-from vla_export.artifacts.onnxfile import needs_external_data, data_file, io_signature, load_onnx, op_counts, save_onnx
+from vla_export.artifacts.onnxfile import data_file, needs_external_data, OnnxFile, open_onnx, save_onnx
 from vla_export.data.calibration import CalibrationSet
 from vla_export.errors import ArtifactError, DataError, MissingDependencyError
 from vla_export.fileio import staging_dir
@@ -114,16 +114,15 @@ def precision_sensitive_nodes(model, *, int8: bool = True) -> dict[str, str]:
 
 
 
-def _typed_structure(onnx_path: Path):
+def _typed_structure(source: OnnxFile):
     """The model's graph with its intermediate tensors typed by ONNX shape inference, run on the graph
     without its weights (they stay on disk), so it works on models over 2 GB; ``infer_shapes`` of the loaded
     model would serialise it whole. Returns the inferred value infos."""
     onnx = lazy_import("onnx", purpose="ONNX shape inference")
-    structure = onnx.load(str(onnx_path), load_external_data=False)
     try:
-        inferred = onnx.shape_inference.infer_shapes(structure)
+        inferred = onnx.shape_inference.infer_shapes(source.structure())
     except Exception as exc:  # onnx raises InferenceError and RuntimeError
-        raise ArtifactError(f"{onnx_path}: shape inference failed: {str(exc).splitlines()[0]}") from None
+        raise ArtifactError(f"{source.path}: shape inference failed: {str(exc).splitlines()[0]}") from None
     return list(inferred.graph.value_info)
 
 
@@ -207,22 +206,20 @@ def sort_topologically(model) -> bool:
 
 
 
-def publish_files(output: Path, write) -> list[Path]:
-    """Atomically publish a model that may span files: ``write(tmp_model_path)`` inside a temporary
-    folder beside ``output``; external data files move first and the ``.onnx`` last, so a model file
-    never points at data that is not there yet. Returns the final paths."""
-    with staging_dir(output) as tmpdir:  # a file-system error names the output, the folder goes in any case
-        write(tmpdir / output.name)
-        produced = sorted(tmpdir.iterdir(), key=lambda p: p.name == output.name)
-        if not produced or produced[-1].name != output.name:
-            raise ArtifactError(f"{output}: the writer produced no model file")
-        final = []
-        with interrupts.deferred():  # never after Ctrl-C or SIGTERM, never half
-            for p in produced:
-                target = output.parent / p.name
-                p.replace(target)
-                final.append(target)
-        return final
+def publish_staged(tmpdir: Path, output: Path) -> list[Path]:
+    """Move a model staged as ``tmpdir / output.name`` (with its data and manifest) into place: the external
+    data files first and the ``.onnx`` last, so a model file never points at data that is not there yet.
+    Returns the final paths."""
+    produced = sorted(tmpdir.iterdir(), key=lambda p: p.name == output.name)
+    if not produced or produced[-1].name != output.name:
+        raise ArtifactError(f"{output}: the writer produced no model file")
+    final = []
+    with interrupts.deferred():  # never after Ctrl-C or SIGTERM, never half
+        for p in produced:
+            target = output.parent / p.name
+            p.replace(target)
+            final.append(target)
+    return final
 
 
 @dataclass
@@ -243,36 +240,45 @@ class QuantizeResult:
         return asdict(self)
 
 
-def _publish(source: Path, output: Path, precision: str, write_model, reasons: Mapping[str, str], options: dict[str, Any], start: float) -> QuantizeResult:
-    """Write the model (``write_model(tmp_path)``) and its manifest in a temporary folder, then move
-    them into place, the ``.onnx`` last. The manifest carries the source's (config, window, ...) with
-    this precision, so ``vla-export parity`` applies the right tolerance."""
-    from vla_export.artifacts.manifest import build_manifest, manifest_path, read_manifest, versions, write_manifest
+def _publish(source: OnnxFile, output: Path, precision: str, write_model: Callable[[Path], Any], reasons: Mapping[str, str],
+             options: dict[str, Any], start: float) -> QuantizeResult:
+    """Write the model (``write_model(tmp_path)``) and its manifest in a temporary folder beside ``output``,
+    then move them into place, the ``.onnx`` last (a file-system error names the output; the folder goes
+    in any case). The manifest carries the source's (config, window, ...) with this precision, so
+    ``vla-export parity`` applies the right tolerance."""
+    with staging_dir(output) as tmpdir:
+        tmp = tmpdir / output.name
+        write_model(tmp)
+        if not tmp.is_file():
+            raise ArtifactError(f"{output}: the writer produced no model file")
+        written = OnnxFile(tmp)  # the result, read once for its op counts and I/O
+        files = [tmp] + ([data_file(tmp)] if data_file(tmp).exists() else [])
+        result = QuantizeResult(
+            source=str(source.path), output=str(output), precision=precision, files=[str(output.parent / f.name) for f in files],
+            bytes=sum(f.stat().st_size for f in files), seconds=round(time.perf_counter() - start, 3),
+            kept_fp32=_reason_counts(reasons), nodes=written.ops(), options=options,
+        )
+        _write_manifest(tmp, files, source, precision, result, written.io())
+        publish_staged(tmpdir, output)
+    return result
+
+
+def _write_manifest(tmp: Path, files: Sequence[Path], source: OnnxFile, precision: str, result: QuantizeResult,
+                    io: Mapping[str, Any]) -> None:
+    """The quantized model's manifest: the source's own fields, with this precision and the quantization."""
+    from vla_export.artifacts.manifest import build_manifest, manifest_path, versions, write_manifest
     from vla_export.fileio import sha256_file
 
-    state: dict[str, Any] = {}
-
-    def write(tmp: Path) -> None:
-        write_model(tmp)
-        files = [tmp] + ([data_file(tmp)] if data_file(tmp).exists() else [])
-        state["result"] = QuantizeResult(
-            source=str(source), output=str(output), precision=precision, files=[str(output.parent / f.name) for f in files],
-            bytes=sum(f.stat().st_size for f in files), seconds=round(time.perf_counter() - start, 3),
-            kept_fp32=_reason_counts(reasons), nodes=op_counts(tmp), options=options,
-        )
-        inherited = read_manifest(source, kind="onnx", required=False) or {}
-        keep = {k: v for k, v in inherited.items() if k not in ("schema", "kind", "artifact", "files", "parity", "ops", "io", "versions")}
-        data = build_manifest(
-            "onnx", tmp, files, **keep,
-            precision=precision,
-            quantized_from={"path": str(source), "sha256": sha256_file(source)},
-            quantization=state["result"].to_dict(),
-            io=io_signature(tmp), ops=state["result"].nodes, parity={}, versions=versions(),
-        )
-        write_manifest(tmp, data, path=manifest_path(tmp))
-
-    publish_files(output, write)
-    return state["result"]
+    inherited = source.require_manifest("onnx") if source.manifest is not None else {}
+    keep = {k: v for k, v in inherited.items() if k not in ("schema", "kind", "artifact", "files", "parity", "ops", "io", "versions")}
+    data = build_manifest(
+        "onnx", tmp, list(files), **keep,
+        precision=precision,
+        quantized_from={"path": str(source.path), "sha256": sha256_file(source.path)},
+        quantization=result.to_dict(),
+        io=dict(io), ops=result.nodes, parity={}, versions=versions(),
+    )
+    write_manifest(tmp, data, path=manifest_path(tmp))
 
 
 def _reason_counts(reasons: Mapping[str, str]) -> dict[str, int]:
@@ -283,18 +289,20 @@ def _reason_counts(reasons: Mapping[str, str]) -> dict[str, int]:
 
 
 @reported("converting to FP16")
-def convert_fp16(onnx_path: str | Path, output: str | Path, *, keep_sensitive_fp32: bool = True) -> QuantizeResult:
-    """FP16 weights and compute, fp32 inputs and outputs; LayerNorm, Softmax and mask arithmetic stay FP32."""
+def convert_fp16(onnx_path: str | Path | OnnxFile, output: str | Path, *, keep_sensitive_fp32: bool = True) -> QuantizeResult:
+    """FP16 weights and compute, fp32 inputs and outputs; LayerNorm, Softmax and mask arithmetic stay FP32.
+
+    ``onnx_path``: a path, or the :class:`OnnxFile` opened for the command (its model is converted in place)."""
     f16 = lazy_import("onnxruntime.transformers.float16", purpose="FP16 conversion")
     start = time.perf_counter()
-    onnx_path, output = Path(onnx_path), Path(output)
-    value_info = _typed_structure(onnx_path)
-    model = load_onnx(onnx_path)
+    source, output = open_onnx(onnx_path), Path(output)
+    value_info = _typed_structure(source)  # before the weights load: the structure alone is inferred
+    model = source.model()
     del model.graph.value_info[:]
     model.graph.value_info.extend(value_info)
     ensure_node_names(model)
     reasons = precision_sensitive_nodes(model, int8=False) if keep_sensitive_fp32 else {}
-    external = needs_external_data(model, onnx_path)
+    external = needs_external_data(model, source.external)
     # The converter's own shape inference serialises the whole model (fails over 2 GB): types come from
     # the weightless graph above instead, the same value infos for a model of any size.
     model = f16.convert_float_to_float16(
@@ -303,7 +311,7 @@ def convert_fp16(onnx_path: str | Path, output: str | Path, *, keep_sensitive_fp
     )
     options = {"keep_sensitive_fp32": keep_sensitive_fp32, "external_data": external,
                "duplicate_casts_removed": drop_duplicate_nodes(model), "nodes_reordered": sort_topologically(model)}
-    return _publish(onnx_path, output, "fp16", lambda tmp: save_onnx(model, tmp, external=external), reasons, options, start)
+    return _publish(source, output, "fp16", lambda tmp: save_onnx(model, tmp, external=external), reasons, options, start)
 
 
 class _Reader:
@@ -363,7 +371,7 @@ def calibration_record(calib: CalibrationSet) -> dict[str, Any]:
 
 @reported("quantizing to INT8 (calibrating)")
 def quantize_int8(
-    onnx_path: str | Path,
+    onnx_path: str | Path | OnnxFile,
     calib: CalibrationSet,
     output: str | Path,
     *,
@@ -373,18 +381,21 @@ def quantize_int8(
     keep_sensitive_fp32: bool = True,
     exclude: Iterable[str] = (),
 ) -> QuantizeResult:
-    """Static INT8 Q/DQ: symmetric int8 weights (per channel) and activations, calibrated on ``calib``."""
+    """Static INT8 Q/DQ: symmetric int8 weights (per channel) and activations, calibrated on ``calib``.
+
+    ``onnx_path``: a path, or the :class:`OnnxFile` opened for the command (its nodes get names; a model with
+    external data gives its weights up to the file onnxruntime reads: take a :meth:`OnnxFile.copy` to keep them)."""
     q = lazy_import("onnxruntime.quantization", purpose="INT8 quantization")
     if method not in CALIBRATION_METHODS:
         raise DataError(f"calibration method must be one of {CALIBRATION_METHODS}, got {method!r}")
     start = time.perf_counter()
-    onnx_path, output = Path(onnx_path), Path(output)
-    model = load_onnx(onnx_path)
-    calib.check_inputs(io_signature(onnx_path)["inputs"], onnx_path)
+    source, output = open_onnx(onnx_path), Path(output)
+    model = source.model()
+    calib.check_inputs(source.io()["inputs"], source.path)
     ensure_node_names(model)
     reasons = precision_sensitive_nodes(model) if keep_sensitive_fp32 else {}
     reasons.update({name: "user" for name in exclude})
-    external = needs_external_data(model, onnx_path)
+    external = needs_external_data(model, source.external)
     methods = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy, "percentile": q.CalibrationMethod.Percentile}
 
     options = {
@@ -418,6 +429,6 @@ def quantize_int8(
                 **cache,
             )
 
-        return _publish(onnx_path, output, "int8", write, reasons, options, start)
+        return _publish(source, output, "int8", write, reasons, options, start)
 
 

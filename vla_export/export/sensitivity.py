@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from vla_export.artifacts.graph import producers, ensure_node_names, node_module_scopes, quantized_nodes, with_float_nodes
-from vla_export.artifacts.onnxfile import needs_external_data, load_onnx, save_onnx, tensor_bytes
+from vla_export.artifacts.graph import ensure_node_names, node_module_scopes, producers, quantized_nodes, with_float_nodes
+from vla_export.artifacts.onnxfile import OnnxFile, load_onnx, needs_external_data, open_onnx, save_onnx, tensor_bytes
 from vla_export.backends.onnxrt import EXACT_QDQ_CONFIG
 from vla_export.compare.comparator import compare_output
 from vla_export.compare.tolerance import tolerance_for
@@ -323,6 +323,32 @@ def held_out_feeds(episodes, config, calib_frames: Mapping[str, Sequence[int]] |
     return feeds, record
 
 
+def eval_feeds(onnx: str | Path | OnnxFile, data: Sequence[Path] | None, calib_frames: Mapping[str, Sequence[int]] | None,
+               samples: int, *, calib_meta: Mapping[str, Any] | None = None, option: str = "--samples",
+               at_most: bool = False) -> tuple[list[dict[str, np.ndarray]], dict[str, Any]]:
+    """Held-out windows for ``onnx``'s policy: from ``data``, else the calibration set's own episodes (the
+    windows of ``calib_meta``, the set's meta, name the episode files it sampled), in both cases disjoint
+    from ``calib_frames``. Config and window come from the ONNX manifest; returns :func:`held_out_feeds`'s
+    feeds and record."""
+    from vla_export.artifacts.manifest import read_manifest
+    from vla_export.models.config import PolicyConfig
+
+    manifest = onnx.require_manifest("onnx") if isinstance(onnx, OnnxFile) else read_manifest(onnx, kind="onnx")
+    if not manifest.get("config"):
+        raise ConfigError(f"{onnx.path if isinstance(onnx, OnnxFile) else onnx}: its manifest records no policy config")
+    config = PolicyConfig.from_dict(manifest["config"])
+    window = manifest.get("window") or config.window
+    if not data:
+        episodes = sorted({w["episode"] for w in (calib_meta or {}).get("windows", [])})
+        if not episodes:
+            raise ConfigError("give --data EPISODES to evaluate on (held-out windows)")
+        data = [Path(e) for e in episodes]
+    try:
+        return held_out_feeds(list(data), config, calib_frames, count=samples, window=window, option=option, at_most=at_most)
+    except DataError as exc:
+        raise DataError(f"{exc}; pass --data with episodes the calibration set did not use") from None
+
+
 def _weight_elements(model) -> int:
     from onnx import TensorProto
 
@@ -330,7 +356,7 @@ def _weight_elements(model) -> int:
 
 
 def quantize_int8_with_budget(
-    onnx_path, calib, output, budget: Budget, feeds: Sequence[Mapping[str, np.ndarray]], *, data: Mapping[str, Any] | None = None,
+    onnx_path: str | Path | OnnxFile, calib, output, budget: Budget, feeds: Sequence[Mapping[str, np.ndarray]], *, data: Mapping[str, Any] | None = None,
     granularity: str = "auto", refine: int = 2, targets: np.ndarray | None = None, **quantize_options: Any,
 ):
     """W8A8 Q/DQ as :func:`~vla_export.export.quantize.quantize_int8`, then the most sensitive units kept
@@ -342,19 +368,23 @@ def quantize_int8_with_budget(
     ``targets``: the recorded action of each window, for ``budget.max_mae_increase`` (MAE per dimension against
     them, its rise over the float ONNX's, which equals the checkpoint's within fp32 parity); the manifest then
     also records whether those windows can tell a collapsed model apart
-    (:func:`vla_export.verify.evaluate.discrimination`)."""
+    (:func:`vla_export.verify.evaluate.discrimination`).
+
+    ``onnx_path``: a path, or the :class:`OnnxFile` opened for the command (read once: the float model and
+    the full W8A8 pass both come from it)."""
     start = time.perf_counter()
-    output = Path(output)
-    float_model = load_onnx(onnx_path)
+    source, output = open_onnx(onnx_path), Path(output)
+    float_model = source.model()
     ensure_node_names(float_model)
     if budget.max_mae_increase is not None and targets is None:
         raise ConfigError("--max-mae-increase needs the recorded actions of the evaluation windows")
     evaluate = Evaluator(float_model, feeds, targets=targets)
     with tempfile.TemporaryDirectory(prefix="vla-budget-") as work:
-        full = quantize_int8(onnx_path, calib, Path(work) / "full.int8.onnx", **quantize_options)
+        # a copy: quantize_int8 may give the weights of its model up to the file it hands onnxruntime
+        full = quantize_int8(source.copy(), calib, Path(work) / "full.int8.onnx", **quantize_options)
         qdq = load_onnx(full.output)
     sens = layer_sensitivity(float_model, qdq, feeds, granularity=granularity, refine=refine, evaluator=evaluate,
-                             names=(str(onnx_path), "W8A8"))
+                             names=(str(source.path), "W8A8"))
     sens.data = dict(data or {})
     model, search = budget_search(float_model, qdq, sens, budget, evaluate)
     total = _weight_elements(float_model)
@@ -380,6 +410,6 @@ def quantize_int8_with_budget(
         d = evaluate.dims
         options["mae_discrimination"] = discrimination(evaluate.reference["actions"][:, :d], evaluate.targets[:, :d], dim_names(d),
                                                        budget.max_mae_increase)
-    external = needs_external_data(model, Path(onnx_path))
-    result = _publish(Path(onnx_path), output, "int8", lambda tmp: save_onnx(model, tmp, external=external), reasons, options, start)
+    external = needs_external_data(model, source.external)
+    result = _publish(source, output, "int8", lambda tmp: save_onnx(model, tmp, external=external), reasons, options, start)
     return result, search, sens

@@ -1,6 +1,6 @@
 """Split export for streaming: ``NAME.backbone.onnx`` (one frame + prompt -> feature) and ``NAME.head.onnx``.
 
-Each part goes through :func:`~vla_export.export.onnx.export_module` and is verified in its
+Each part goes through the steps of :func:`~vla_export.export.onnx.export_module` and is verified in its
 temporary directory before it appears: onnx.checker and shape inference, a completeness proof
 against the part's own parameters, no TensorRT-unfriendly ops, and ONNX Runtime vs the PyTorch part.
 Each part gets a manifest (``NAME.backbone.onnx.json``, kind ``onnx``, with ``part``). Then:
@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from vla_export.export.onnx import (
     DEFAULT_OPSET,
     EXPORT_BATCH,
     MANIFEST_KIND,
+    StaticChecks,
     check_opset,
     model_record,
     move_into_place,
@@ -169,9 +171,7 @@ def _export_split_staged(loaded, paths: dict[str, Path], tmpdir: Path, window: i
     """
     import torch
 
-    from vla_export.backends.onnxrt import OnnxrtRunner
     from vla_export.fileio import sha256_file
-    from vla_export.backends.torch_runner import ModuleRunner
     from vla_export.runtime.parts import split_policy
 
     cfg, policy = loaded.config, loaded.policy
@@ -191,40 +191,19 @@ def _export_split_staged(loaded, paths: dict[str, Path], tmpdir: Path, window: i
     results: dict[str, PartExport] = {}
     extras: dict[str, list[Path]] = {}
     for part in reversed(PARTS):  # the small head first: a failure there costs seconds, not a backbone export
-        module, path = modules[part], paths[part]
-        state: dict[str, Any] = {}
-
-        def verify(tmp: Path, part=part, module=module, state=state) -> None:
-            state.update(static_checks(tmp, module))
-            inputs, outputs = names[part]
-            with ModuleRunner(module, inputs, outputs, label=part) as ref, OnnxrtRunner(tmp) as cand:
-                state["parity"] = compare_runners(ref, cand, feeds[part], label=f"{part} part")
-            if not state["parity"].passed:
-                raise ArtifactError(f"{tmp.name}: ONNX Runtime disagrees with the PyTorch {part}: {state['parity'].summary()}")
-
-        def manifest(tmp: Path, part=part, state=state) -> list[Path]:
-            files = [tmp] + ([data_file(tmp)] if data_file(tmp).exists() else [])
-            data = build_manifest(
-                MANIFEST_KIND, tmp, files, part=part, source=source, config=cfg.to_dict(), model=model_record(loaded), window=window,
-                options=options.to_dict(), opset=written_opset(tmp), exporter=options.head_exporter if part == "head" else options.exporter,
-                parameters=state["completeness"].to_dict(), io=state["io"], ops=state["ops"],
-                parity={"fp32": state["parity"].to_dict()}, versions=versions(),
-            )
-            out = manifest_path(tmp)
-            write_manifest(tmp, data, path=out)
-            return [out]
-
-        log.info("exporting the %s part to %s", part, path)
+        module, tmp = modules[part], staged[part]
         exporter = options.head_exporter if part == "head" else options.exporter
-        staged[part].parent.mkdir()
-        extras[part] = stage_module(
-            module, example[part], staged[part], output_names=names[part][1], dynamic_axes=dynamic[part], opset=options.opset,
+        log.info("exporting the %s part to %s", part, paths[part])
+        tmp.parent.mkdir()
+        stage_module(
+            module, example[part], tmp, output_names=names[part][1], dynamic_axes=dynamic[part], opset=options.opset,
             exporter=exporter, external_data=options.external_data, optimize=options.optimize,
-            verify=verify, extra_files=manifest,
         )
-        results[part] = PartExport(
-            part, path, state["completeness"], state["parity"], state["io"], state["ops"], state["completeness"].total_parameters
-        )
+        checks = static_checks(tmp, module)
+        parity = part_parity(part, module, tmp, names[part], feeds[part])
+        extras[part] = [write_part_manifest(tmp, part, loaded, window, options, exporter, source, checks, parity)]
+        results[part] = PartExport(part, paths[part], checks.completeness, parity, checks.io, checks.ops,
+                                   checks.completeness.total_parameters)
 
     total = sum(p.numel() for p in policy.parameters())
     summed = results["backbone"].parameters + results["head"].parameters
@@ -258,6 +237,34 @@ def _export_split_staged(loaded, paths: dict[str, Path], tmpdir: Path, window: i
     write_manifest(staged_record, record, path=staged_record)
     publish_split(paths, staged, extras, staged_record)
     return SplitExportResult(results["backbone"], results["head"], total, check, paths["split"], time.perf_counter() - start)
+
+
+def part_parity(part: str, module, tmp: Path, names: tuple[Sequence[str], Sequence[str]], feeds: Sequence[Mapping[str, np.ndarray]]):
+    """ONNX Runtime on the staged part vs the PyTorch part on ``feeds``; ArtifactError when they disagree."""
+    from vla_export.backends.onnxrt import OnnxrtRunner
+    from vla_export.backends.torch_runner import ModuleRunner
+
+    inputs, outputs = names
+    with ModuleRunner(module, inputs, outputs, label=part) as ref, OnnxrtRunner(tmp) as cand:
+        parity = compare_runners(ref, cand, feeds, label=f"{part} part")
+    if not parity.passed:
+        raise ArtifactError(f"{tmp.name}: ONNX Runtime disagrees with the PyTorch {part}: {parity.summary()}")
+    return parity
+
+
+def write_part_manifest(tmp: Path, part: str, loaded, window: int, options: SplitOptions, exporter: str, source: dict[str, Any],
+                        checks: StaticChecks, parity) -> Path:
+    """Write the staged part's manifest (kind ``onnx``, with ``part``) beside it; returns its path."""
+    files = [tmp] + ([data_file(tmp)] if data_file(tmp).exists() else [])
+    data = build_manifest(
+        MANIFEST_KIND, tmp, files, part=part, source=source, config=loaded.config.to_dict(), model=model_record(loaded), window=window,
+        options=options.to_dict(), opset=written_opset(tmp), exporter=exporter,
+        parameters=checks.completeness.to_dict(), io=checks.io, ops=checks.ops,
+        parity={"fp32": parity.to_dict()}, versions=versions(),
+    )
+    out = manifest_path(tmp)
+    write_manifest(tmp, data, path=out)
+    return out
 
 
 def publish_split(paths: dict[str, Path], staged: dict[str, Path], extras: dict[str, list[Path]], record: Path) -> None:

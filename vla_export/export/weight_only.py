@@ -17,10 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from vla_export.export.quantize import QuantizeResult, _publish, precision_sensitive_nodes
-from vla_export.artifacts.onnxfile import needs_external_data, save_onnx
 from vla_export.artifacts.graph import ensure_node_names
-from vla_export.artifacts.onnxfile import load_onnx
+from vla_export.artifacts.onnxfile import needs_external_data, OnnxFile, open_onnx, save_onnx
+from vla_export.export.quantize import _publish, precision_sensitive_nodes, QuantizeResult
 from vla_export.lazy import lazy_import
 
 WEIGHT_ONLY_OP_TYPES = ("MatMul", "Gemm", "Conv")
@@ -57,7 +56,7 @@ def quantize_weight(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def quantize_int8_weights(
-    onnx_path: str | Path,
+    onnx_path: str | Path | OnnxFile,
     output: str | Path,
     *,
     op_types: Sequence[str] = WEIGHT_ONLY_OP_TYPES,
@@ -65,13 +64,14 @@ def quantize_int8_weights(
     exclude: Iterable[str] = (),
 ) -> QuantizeResult:
     """Weight-only INT8 of every MatMul/Gemm/Conv weight (except the policy head by default and
-    ``exclude``d nodes); the manifest records the weight bytes before and after."""
+    ``exclude``d nodes); the manifest records the weight bytes before and after. ``onnx_path``: a path, or the
+    :class:`OnnxFile` opened for the command (its model is changed in place)."""
     onnx = lazy_import("onnx", purpose="weight-only INT8")
     from onnx import helper, numpy_helper
 
     start = time.perf_counter()
-    onnx_path, output = Path(onnx_path), Path(output)
-    model = load_onnx(onnx_path)
+    source, output = open_onnx(onnx_path), Path(output)
+    model = source.model()
     ensure_node_names(model)
     sensitive = precision_sensitive_nodes(model) if keep_sensitive_fp32 else {}
     reasons = {n: r for n, r in sensitive.items() if r == "head"} | {name: "user" for name in exclude}
@@ -127,10 +127,10 @@ def quantize_int8_weights(
         "quantized_tensors": len(chosen),
         "quantized_nodes": len(quantized_nodes),
     }
-    external = needs_external_data(model, onnx_path)
+    external = needs_external_data(model, source.external)
     options: dict[str, Any] = {
         "mode": "weight-only", "weights": "int8 symmetric per-channel (output axis), zero point 0",
         "activations": "float32 (as exported)", "op_types": list(op_types), "keep_sensitive_fp32": keep_sensitive_fp32,
         "external_data": external, "weight_bytes": weights,
     }
-    return _publish(onnx_path, output, "int8", lambda tmp: save_onnx(model, tmp, external=external), reasons, options, start)
+    return _publish(source, output, "int8", lambda tmp: save_onnx(model, tmp, external=external), reasons, options, start)
