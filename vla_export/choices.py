@@ -61,6 +61,11 @@ class Precision(Choice):
         """The ``tensorrt.BuilderFlag`` that enables this precision in a weakly typed build (None for FP32)."""
         return _DTYPES[self][3]
 
+    @property
+    def compute_dtype_name(self) -> str:
+        """The element type the heavy math runs in, as the roofline floor prices it (``vla_export.bench.floor``)."""
+        return _DTYPES[self][4]
+
     def torch_dtype(self) -> Any:
         """The ``torch.dtype`` (imports torch: call it only where torch runs)."""
         import torch
@@ -77,14 +82,14 @@ class Precision(Choice):
         return Precision.INT8 if self is Precision.INT8W else self
 
 
-#: precision -> (torch dtype name, NumPy dtype name, TensorRT DataType name, TensorRT BuilderFlag name). INT8 kinds
-#: compute their activations (and so take their inputs) in float: torch and NumPy see float32, TensorRT the INT8 flag.
-_DTYPES: dict[Precision, tuple[str, str, str, str | None]] = {
-    Precision.FP32: ("float32", "float32", "FLOAT", None),
-    Precision.FP16: ("float16", "float16", "HALF", "FP16"),
-    Precision.BF16: ("bfloat16", "float32", "BF16", "BF16"),
-    Precision.INT8: ("float32", "float32", "INT8", "INT8"),
-    Precision.INT8W: ("float32", "float32", "INT8", "INT8"),
+#: precision -> (torch dtype name, NumPy dtype name, TensorRT DataType name, TensorRT BuilderFlag name, compute dtype
+#: name). INT8 kinds take their inputs in float (torch and NumPy see float32) and run their GEMMs in int8.
+_DTYPES: dict[Precision, tuple[str, str, str, str | None, str]] = {
+    Precision.FP32: ("float32", "float32", "FLOAT", None, "float32"),
+    Precision.FP16: ("float16", "float16", "HALF", "FP16", "float16"),
+    Precision.BF16: ("bfloat16", "float32", "BF16", "BF16", "bfloat16"),
+    Precision.INT8: ("float32", "float32", "INT8", "INT8", "int8"),
+    Precision.INT8W: ("float32", "float32", "INT8", "INT8", "int8"),
 }
 
 #: torch's spelling of the float precisions, accepted on input (``--dtype float16``) by :func:`parse_precision`.

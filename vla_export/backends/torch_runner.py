@@ -19,13 +19,14 @@ from typing import Any
 
 import numpy as np
 
+from vla_export.choices import TORCH_PRECISIONS
 from vla_export.backends.base import Runner
 from vla_export.data.iospec import POLICY
 from vla_export.backends.torch_frames import FrameStaging
 from vla_export.backends.torch_fast import QUANT_KINDS, fuse_qkv, quantize_linears
 from vla_export.errors import RunnerError
 
-DTYPES = ("float32", "float16", "bfloat16")
+DTYPES = tuple(p.torch_dtype_name for p in TORCH_PRECISIONS)
 #: torch.compile modes; the two with inductor's CUDA graphs cannot be combined with ``cuda_graph``.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 INDUCTOR_GRAPH_MODES = ("reduce-overhead", "max-autotune")

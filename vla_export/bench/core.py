@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from vla_export.choices import Precision
 from vla_export.backends.base import Runner
 from vla_export.system import peak_rss_bytes
 from vla_export.bench.monitor import Monitor, RowWatch
@@ -306,7 +307,8 @@ def parity_against(runner: Runner, cfg: PolicyConfig, settings: BenchSettings, r
     from vla_export.compare.comparator import compare_output
 
     outs = [runner.infer(feed) for feed in parity_feeds(cfg, settings)]
-    precision = "int8" if getattr(spec, "quantize", None) else "fp32" if getattr(spec, "dtype", "float32") == "float32" else "fp16"
+    precision = (Precision.INT8 if getattr(spec, "quantize", None)
+                 else Precision.FP32 if getattr(spec, "dtype", "float32") == Precision.FP32.torch_dtype_name else Precision.FP16)
     tol = tolerance_for(precision)
     result: dict[str, Any] = {"reference": "torch float32 eager, same weights, same device", "inputs": len(outs), "tolerance": precision, "outputs": {}}
     for name in reference[0]:
@@ -339,7 +341,7 @@ def _resolve_config(target: Target, runner: Runner) -> PolicyConfig:
 
 
 #: Fastest first: when a runtime may compute in several precisions, the floor takes the fastest, so it stays a lower bound.
-_FASTEST = ("int8", "float16", "bfloat16", "float32")
+_FASTEST = tuple(p.compute_dtype_name for p in (Precision.INT8, Precision.FP16, Precision.BF16, Precision.FP32))
 
 
 def _cost(target: Target, cfg: PolicyConfig, runner: Runner, settings: BenchSettings) -> ModelCost:
@@ -351,7 +353,7 @@ def _cost(target: Target, cfg: PolicyConfig, runner: Runner, settings: BenchSett
     """
     dtype = runner.precision if runner.precision in DTYPE_BYTES else None
     if getattr(runner, "quantize", None):  # 8-bit weights (int8 or float8: one byte each, the same Hopper peak): the lowest floor
-        dtype = "int8"
+        dtype = Precision.INT8.compute_dtype_name
     if target.kind == "onnx":
         by_type = onnx_weight_bytes(target.artifact)
         present = [d for d in _FASTEST if any(f"({d})" in k for k in by_type)] or ["float32"]

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vla_export.choices import TORCH_PRECISIONS, Precision
 from vla_export.backends.base import Runner
 from vla_export.errors import ArtifactError, ConfigError
 from vla_export.models.config import PolicyConfig, get_preset
@@ -28,7 +29,7 @@ from vla_export.models.loader import PresetPolicy
 
 #: Which backends run which artifact kind; the first is the default.
 BACKENDS_FOR_KIND = {"checkpoint": ("torch",), "preset": ("torch",), "onnx": ("onnxrt",), "engine": ("trt",)}
-DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+DTYPE_ALIASES = {p.value: p.torch_dtype_name for p in TORCH_PRECISIONS}
 _ORT_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "trt": "TensorrtExecutionProvider"}
 
 
@@ -63,7 +64,7 @@ class BackendSpec:
                     fields["patch_matmul"] = True
                 elif opt == "fuseqkv":
                     fields["fuse_qkv"] = True
-                elif opt in ("int8", "fp8"):
+                elif opt in (Precision.INT8, "fp8"):
                     if fields.get("quantize", opt) != opt:
                         raise ConfigError(f"backend {text!r}: give one of int8 and fp8, not both")
                     fields["quantize"] = opt

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from vla_export.choices import Precision
 from vla_export.compare.tolerance import DISCRIMINATION, Tolerance, tolerance_for
 from vla_export.errors import ArtifactError, ConfigError
 from vla_export.progress import counted
@@ -217,7 +218,7 @@ def compare_runners(
     candidate,
     feeds: Iterable[Mapping[str, np.ndarray]],
     *,
-    precision: str = "fp32",
+    precision: str = Precision.FP32,
     tolerance: Tolerance | None = None,
     label: str = "parity",
     output_tolerances: Mapping[str, Tolerance] | None = None,

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from vla_export.choices import CalibrationMethod, Precision
 from vla_export import interrupts
 from vla_export.data.calibration import CalibrationSet
 from vla_export.errors import ArtifactError, DataError, MissingDependencyError
@@ -41,7 +42,7 @@ NORM_OPS = ("LayerNormalization", "SimplifiedLayerNormalization", "SkipLayerNorm
 SOFTMAX_OPS = ("Softmax", "LogSoftmax")
 #: The mask closure stops at these ops: past them values are activations again, not mask arithmetic.
 MASK_STOP_OPS = (*SOFTMAX_OPS, "MatMul", "Gemm", *NORM_OPS)
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+CALIBRATION_METHODS = CalibrationMethod.values()
 #: Entropy calibration histogram: 1024 bins searched for the 128-bin window of least KL divergence
 #: (TensorRT's entropy calibrator uses 2048; the search is quadratic in pure Python, and 1024 keeps tiny
 #: under a minute on 2 cores). onnxruntime's quantize_static cannot pass these
@@ -305,7 +306,7 @@ def convert_fp16(onnx_path: str | Path, output: str | Path, *, keep_sensitive_fp
     )
     options = {"keep_sensitive_fp32": keep_sensitive_fp32, "external_data": external,
                "duplicate_casts_removed": drop_duplicate_nodes(model), "nodes_reordered": sort_topologically(model)}
-    return _publish(onnx_path, output, "fp16", lambda tmp: save_onnx(model, tmp, external=external), reasons, options, start)
+    return _publish(onnx_path, output, Precision.FP16, lambda tmp: save_onnx(model, tmp, external=external), reasons, options, start)
 
 
 class _Reader:
@@ -370,7 +371,7 @@ def quantize_int8(
     output: str | Path,
     *,
     per_channel: bool = True,
-    method: str = "minmax",
+    method: str = CalibrationMethod.MINMAX,
     op_types: Sequence[str] = INT8_OP_TYPES,
     keep_sensitive_fp32: bool = True,
     exclude: Iterable[str] = (),
@@ -387,12 +388,13 @@ def quantize_int8(
     reasons = precision_sensitive_nodes(model) if keep_sensitive_fp32 else {}
     reasons.update({name: "user" for name in exclude})
     external = _needs_external_data(model, onnx_path)
-    methods = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy, "percentile": q.CalibrationMethod.Percentile}
+    methods = {CalibrationMethod.MINMAX: q.CalibrationMethod.MinMax, CalibrationMethod.ENTROPY: q.CalibrationMethod.Entropy,
+               CalibrationMethod.PERCENTILE: q.CalibrationMethod.Percentile}
 
     options = {
         "per_channel": per_channel, "method": method, "op_types": list(op_types), "calibration": calibration_record(calib),
         "calibration_samples": len(calib), "keep_sensitive_fp32": keep_sensitive_fp32, "external_data": external,
-        **({"entropy_bins": ENTROPY_BINS, "entropy_quantized_bins": ENTROPY_QUANTIZED_BINS} if method == "entropy" else {}),
+        **({"entropy_bins": ENTROPY_BINS, "entropy_quantized_bins": ENTROPY_QUANTIZED_BINS} if method == CalibrationMethod.ENTROPY else {}),
     }
     with tempfile.TemporaryDirectory(prefix="vla-quant-") as work:
         named = Path(work) / "named.onnx"
@@ -401,7 +403,7 @@ def quantize_int8(
 
         def write(tmp: Path) -> None:
             cache = {}
-            if method == "entropy":
+            if method == CalibrationMethod.ENTROPY:
                 cache["calibration_cache_path"] = _entropy_ranges(named, calib, op_types, Path(work), external)
             q.quantize_static(
                 str(named), str(tmp), calibration_reader(calib),
@@ -420,6 +422,6 @@ def quantize_int8(
                 **cache,
             )
 
-        return _publish(onnx_path, output, "int8", write, reasons, options, start)
+        return _publish(onnx_path, output, Precision.INT8, write, reasons, options, start)
 
 

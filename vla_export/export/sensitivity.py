@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from vla_export.choices import Precision
 from vla_export.backends.onnxrt import EXACT_QDQ_CONFIG
 from vla_export.errors import ConfigError, DataError
 from vla_export.artifacts.onnxfile import _needs_external_data, save_onnx
@@ -230,7 +231,7 @@ class Evaluator:
 
     def __call__(self, model) -> Errors:
         out = self._run(model)
-        tol = tolerance_for("int8")
+        tol = tolerance_for(Precision.INT8)
         a = compare_output("actions", self.reference["actions"], out["actions"], tol)
         f = compare_output("features", self.reference["features"], out["features"], tol) if "features" in out else None
         rise = None
@@ -390,7 +391,7 @@ def quantize_int8_with_budget(
         "budget": search.to_dict(),
         "held_out": sens.data,
         "layers": {
-            "int8": [s.unit.name for s in sens.units if s.unit.name not in out_units],
+            Precision.INT8: [s.unit.name for s in sens.units if s.unit.name not in out_units],
             "float": {name: "kept out by the accuracy budget (most sensitive first)" for name in search.kept_float},
         },
         "int8_share_of_weight_elements": int8_elements / total if total else 0.0,
@@ -404,5 +405,5 @@ def quantize_int8_with_budget(
         options["mae_discrimination"] = discrimination(evaluate.reference["actions"][:, :d], evaluate.targets[:, :d], dim_names(d),
                                                        budget.max_mae_increase)
     external = _needs_external_data(model, Path(onnx_path))
-    result = _publish(Path(onnx_path), output, "int8", lambda tmp: save_onnx(model, tmp, external=external), reasons, options, start)
+    result = _publish(Path(onnx_path), output, Precision.INT8, lambda tmp: save_onnx(model, tmp, external=external), reasons, options, start)
     return result, search, sens

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from vla_export.choices import Exporter, Precision
 from vla_export.errors import ArtifactError, ConfigError
 from vla_export.artifacts.manifest import (
     SCHEMA,
@@ -63,11 +64,11 @@ STREAM_CHECK_EXTRA_FRAMES = 2  # frames past the window in the composed check, s
 @dataclass(frozen=True)
 class SplitOptions:
     opset: int = DEFAULT_OPSET
-    exporter: str = "dynamo"  # the backbone's
+    exporter: str = Exporter.DYNAMO  # the backbone's
     # The head's exporter. With torch 2.13 the dynamo exporter fixed the head's window axis at the
     # example's T whenever a whole policy had been exported earlier in the same process (dynamo and
     # compiler resets did not help); the legacy exporter keeps it dynamic, and its LSTM is the ONNX LSTM op.
-    head_exporter: str = "torchscript"
+    head_exporter: str = Exporter.TORCHSCRIPT
     window: int | None = None  # the runtime window recorded in the manifest (default: the config's)
     external_data: bool | None = None
     optimize: bool = True
@@ -208,7 +209,7 @@ def _export_split_staged(loaded, paths: dict[str, Path], tmpdir: Path, window: i
                 MANIFEST_KIND, tmp, files, part=part, source=source, config=cfg.to_dict(), model=model_record(loaded), window=window,
                 options=options.to_dict(), opset=written_opset(tmp), exporter=options.head_exporter if part == "head" else options.exporter,
                 parameters=state["completeness"].to_dict(), io=state["io"], ops=state["ops"],
-                parity={"fp32": state["parity"].to_dict()}, versions=versions(),
+                parity={Precision.FP32: state["parity"].to_dict()}, versions=versions(),
             )
             out = manifest_path(tmp)
             write_manifest(tmp, data, path=out)
@@ -292,5 +293,5 @@ def stream_check(loaded, backbone: Path, head: Path, *, window: int, seed: int =
     policy = Policy(OnnxrtRunner(backbone), OnnxrtRunner(head), tokenizer=prompt, window=window,
                     image_size=cfg.image_size, action_dim=cfg.action_dim)
     with policy, TorchRunner(loaded.policy) as reference, step(f"stream check: {len(frames)} synthetic frames through the parts vs the full policy"):
-        return replay_frames(policy, reference, frames, instruction=None, atol=atol or tolerance_for("fp32").atol,
+        return replay_frames(policy, reference, frames, instruction=None, atol=atol or tolerance_for(Precision.FP32).atol,
                              info={"frames": f"synthetic (seed {seed + 7})", "num_frames": len(frames)})

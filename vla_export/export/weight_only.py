@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from vla_export.choices import Precision
 from vla_export.export.quantize import QuantizeResult, _publish, precision_sensitive_nodes
 from vla_export.artifacts.onnxfile import _needs_external_data, save_onnx
 from vla_export.artifacts.graph import ensure_node_names
@@ -133,4 +134,4 @@ def quantize_int8_weights(
         "activations": "float32 (as exported)", "op_types": list(op_types), "keep_sensitive_fp32": keep_sensitive_fp32,
         "external_data": external, "weight_bytes": weights,
     }
-    return _publish(onnx_path, output, "int8", lambda tmp: save_onnx(model, tmp, external=external), reasons, options, start)
+    return _publish(onnx_path, output, Precision.INT8, lambda tmp: save_onnx(model, tmp, external=external), reasons, options, start)

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from vla_export.choices import Precision
 from vla_export.backends.base import Runner
 from vla_export.data.preprocess import DEFAULT_INSTRUCTION, preprocess_frames
 from vla_export.runtime.policy import Policy, window_indices
@@ -171,7 +172,7 @@ def parts_precision(policy: Policy) -> str:
     for runner in (policy.backbone, policy.head):
         path = runner.path
         manifest = read_manifest(path, required=False) if path is not None else None
-        found.append((manifest or {}).get("precision") or "fp32")
+        found.append((manifest or {}).get("precision") or Precision.FP32)
     return loosest(found)
 
 

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vla_export.choices import TORCH_PRECISIONS
 from vla_export.artifacts.kinds import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES, ONNX_SUFFIXES
 from vla_export.backends.torch_runner import COMPILE_MODES, INDUCTOR_GRAPH_MODES
 from vla_export.artifacts.kinds import PRESET_PREFIX
@@ -43,7 +44,7 @@ from vla_export.serve.fleet import RELEASE, SERVING_FILE, SERVING_SCHEMA
 REPOSITORY_FILE = "vla-export-repository.json"
 REPOSITORY_SCHEMA = "vla-export/triton-repository/1"
 BACKENDS = ("onnxrt", "trt", "torch", "tensorrt_plan")
-TORCH_DTYPES = ("float32", "float16", "bfloat16")
+TORCH_DTYPES = tuple(p.torch_dtype_name for p in TORCH_PRECISIONS)
 SERVE_INSTALL = "`pip install 'tritonclient[http,grpc]'` (the part of the serve extra that this needs)"
 TEMPLATE = Path(__file__).with_name("templates") / "policy_model.py"
 #: Inputs and outputs of the policy model (robots send and receive these).

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from vla_export.choices import Precision, QdqMode
 from vla_export.artifacts.kinds import detect_kind
 from vla_export.backends.onnxrt import OnnxrtRunner
 from vla_export.data.episodes import EpisodeSource
@@ -383,7 +384,7 @@ def locate(
     except ArtifactError as exc:
         raise ArtifactError(f"{artifact}: {exc}") from None
     manifest = read_manifest(artifact, required=False) or {}
-    precision = precision or manifest.get("precision", "fp32")
+    precision = precision or manifest.get("precision", Precision.FP32)
     tol = tolerance or tolerance_for(precision)
 
     torch = lazy_import("torch", purpose="running the PyTorch reference")
@@ -399,7 +400,7 @@ def locate(
         except ArtifactError as exc:
             raise ArtifactError(f"{artifact}: {exc}") from None
         feeds: list[dict[str, np.ndarray]] = []
-        with OnnxrtRunner(marked, providers=providers, qdq="exact") as cand:
+        with OnnxrtRunner(marked, providers=providers, qdq=QdqMode.EXACT) as cand:
             pv = cand.input_shapes["pixel_values"]
             window = pv[1] if len(pv) == 5 and isinstance(pv[1], int) else cfg.window
             if data:
@@ -499,7 +500,7 @@ def _added_errors(artifact: Path, float_path: Path, model, marked_tensors: Seque
         variant = with_float_nodes(qdq, float_model, every - set(nodes))
         path = folder / f"alone_{k}.onnx"
         save_onnx(variant, path)
-        with OnnxrtRunner(path, providers=providers, qdq="exact") as runner:
+        with OnnxrtRunner(path, providers=providers, qdq=QdqMode.EXACT) as runner:
             alone = [np.asarray(runner.infer(dict(feed))[p.onnx_tensor]) for feed in feeds]
         for f in path.parent.glob(f"{path.name}*"):
             f.unlink()

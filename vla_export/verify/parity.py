@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from vla_export.choices import Precision, QdqMode
 from vla_export.compare.comparator import ParityResult, check_against_config, compare_runners
 from vla_export.compare.tolerance import Tolerance, tolerance_for
 from vla_export.errors import ConfigError
@@ -40,12 +41,12 @@ def candidate_options(artifact, qdq: str, runner_opts: dict | None) -> tuple[dic
     run with the verdict's Q/DQ arithmetic (exact unless kernels; ``both`` adds the kernels run after)."""
     from vla_export.backends.select import artifact_kind
 
-    if qdq not in ("exact", "kernels", "both"):
+    if qdq not in QdqMode.values():
         raise ConfigError(f"qdq must be exact, kernels or both, got {qdq!r}")
     opts = dict(runner_opts or {})
     is_onnx = artifact_kind(artifact) == "onnx"
     if is_onnx:
-        opts.setdefault("qdq", "kernels" if qdq == "kernels" else "exact")
+        opts.setdefault("qdq", QdqMode.KERNELS if qdq == QdqMode.KERNELS else QdqMode.EXACT)
     return opts, is_onnx
 
 
@@ -61,7 +62,7 @@ def parity_check(
     tolerance: Tolerance | None = None,
     runner_opts: Mapping[str, Any] | None = None,
     strict: bool = False,
-    qdq: str = "exact",
+    qdq: str = QdqMode.EXACT,
     wrap_reference: Any = None,
     output_tolerances: Mapping[str, Tolerance] | None = None,
 ) -> ParityResult:
@@ -88,7 +89,7 @@ def parity_check(
     from vla_export.artifacts.manifest import read_manifest
 
     manifest = read_manifest(artifact, required=False)
-    precision = precision or (manifest or {}).get("precision", "fp32")
+    precision = precision or (manifest or {}).get("precision", Precision.FP32)
     tol = tolerance or tolerance_for(precision)
     opts, is_onnx = candidate_options(artifact, qdq, runner_opts)
     loaded = policy_loader()
@@ -112,8 +113,8 @@ def parity_check(
         torch_ref = TorchRunner(loaded.policy, debug_outputs="features" in cand.output_names)
         with (wrap_reference(torch_ref) if wrap_reference else torch_ref) as ref:
             result = compare_runners(ref, cand, feeds, precision=precision, tolerance=tol, output_tolerances=output_tolerances)
-            if qdq == "both" and is_onnx:
-                with runner_for_artifact(artifact, **(opts | {"qdq": "kernels"})) as kernels:
+            if qdq == QdqMode.BOTH and is_onnx:
+                with runner_for_artifact(artifact, **(opts | {"qdq": QdqMode.KERNELS})) as kernels:
                     other = compare_runners(ref, kernels, feeds, precision=precision, tolerance=tol,
                                             output_tolerances=output_tolerances)
                 result.also_measured["qdq_kernels"] = {
