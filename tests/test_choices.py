@@ -76,8 +76,8 @@ def test_the_torch_and_bench_vocabularies_derive_from_the_enum():
 
 # --- no precision literal outside the enum's module -------------------------------------------------------------
 
-def precision_literals(source: str) -> list[tuple[int, str]]:
-    """(line, value) of each string constant spelling a precision, docstrings and f-string text excepted."""
+def precision_literals(source: str, names: frozenset[str] = frozenset(Precision.values())) -> list[tuple[int, str]]:
+    """(line, value) of each string constant spelling one of ``names`` (a precision), docstrings and f-string text excepted."""
     tree = ast.parse(source)
     skip: set[int] = set()
     for node in ast.walk(tree):
@@ -87,7 +87,6 @@ def precision_literals(source: str) -> list[tuple[int, str]]:
                 skip.add(id(first.value))
         if isinstance(node, ast.JoinedStr):
             skip.update(id(v) for v in node.values if isinstance(v, ast.Constant))
-    names = set(Precision.values())
     return [(n.lineno, n.value) for n in ast.walk(tree)
             if isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value in names and id(n) not in skip]
 
@@ -132,3 +131,29 @@ def test_the_existing_spellings_still_parse(cli, args):
     """Past the parser: the command then stops at the missing input file, not at the choice."""
     line = assert_one_error(cli(*args), ExitCode.BAD_INPUT, "not found")
     assert "is not one of" not in line
+
+
+# --- the policy's I/O names: data/iospec.py is the one table ------------------------------------------------------
+
+#: Modules that may spell the input names: iospec itself; data/source.py, which iospec builds its dummy inputs on
+#: (importing iospec there would be an import cycle); the Triton model template, which runs inside Triton's Python
+#: backend without vla_export installed.
+IO_NAME_HOLDERS = {"data/iospec.py", "data/source.py", "serve/templates/policy_model.py"}
+
+
+def test_the_input_names_are_iospecs():
+    from vla_export.data import iospec
+
+    assert iospec.INPUT_NAMES == (iospec.PIXEL_VALUES, iospec.INPUT_IDS, iospec.ATTENTION_MASK)
+    assert iospec.POLICY.output_names(debug=True) == (iospec.ACTIONS, iospec.FEATURES)
+    assert iospec.BACKBONE.output_names() == (iospec.FEATURE,) and iospec.HEAD.input_names == (iospec.FEATURES,)
+
+
+def test_pixel_values_is_spelt_only_in_iospec():
+    assert precision_literals('x = {"pixel_values": 1}', frozenset({"pixel_values"})) == [(1, "pixel_values")]  # the scan sees it
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE).as_posix()
+        if rel not in IO_NAME_HOLDERS:
+            found += [f"{rel}:{line}" for line, _ in precision_literals(path.read_text(), frozenset({"pixel_values", "attention_mask"}))]
+    assert not found, "use vla_export.data.iospec's names:\n" + "\n".join(found)

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from vla_export.data.iospec import ACTIONS, PIXEL_VALUES
 from vla_export.choices import Precision
 from vla_export.backends.base import Runner
 from vla_export.system import peak_rss_bytes
@@ -234,8 +235,8 @@ class EndToEnd:
     def __init__(self, runner: Runner, feed: dict[str, np.ndarray], config: PolicyConfig, settings: BenchSettings):
         self.runner, self.config, self.settings = runner, config, settings
         self.frames = _raw_frames(settings)
-        self.window = np.array(feed["pixel_values"], copy=True)  # [B, T, 3, S, S], the last T preprocessed frames
-        self.prompt = {k: v for k, v in feed.items() if k != "pixel_values"}  # tokenised once per session
+        self.window = np.array(feed[PIXEL_VALUES], copy=True)  # [B, T, 3, S, S], the last T preprocessed frames
+        self.prompt = {k: v for k, v in feed.items() if k != PIXEL_VALUES}  # tokenised once per session
         self.i = 0
         self.phases: dict[str, list[float]] = {"preprocess": [], "stage": [], "execute+sync": [], "to_host": []}
         self.record = False
@@ -247,7 +248,7 @@ class EndToEnd:
         self.window[:, :-1] = self.window[:, 1:]
         self.window[:, -1] = pix
         t.append(time.perf_counter())
-        staged = self.runner.stage({"pixel_values": self.window, **self.prompt})
+        staged = self.runner.stage({PIXEL_VALUES: self.window, **self.prompt})
         t.append(time.perf_counter())
         return staged
 
@@ -276,7 +277,7 @@ class EndToEndDevice(EndToEnd):
         pix = self.runner.preprocess([self.frames[self.i % N_FRAMES]], self.config.image_size)  # [1, 3, S, S] on the device
         self.i += 1
         t.append(time.perf_counter())
-        window = self.staged["pixel_values"]  # [B, T, 3, S, S]
+        window = self.staged[PIXEL_VALUES]  # [B, T, 3, S, S]
         if window.shape[1] > 1:
             window[:, :-1] = window[:, 1:].clone()
         window[:, -1] = pix
@@ -364,7 +365,7 @@ def _cost(target: Target, cfg: PolicyConfig, runner: Runner, settings: BenchSett
 
 def _check_fixed_shapes(target: Target, runner: Runner, settings: BenchSettings) -> None:
     """A graph exported with a fixed batch or window runs only at that size: say so instead of failing inside the runtime."""
-    pixels = runner.input_shapes.get("pixel_values")
+    pixels = runner.input_shapes.get(PIXEL_VALUES)
     if not pixels or len(pixels) != 5:
         return
     for axis, (name, wanted) in enumerate((("--batch", settings.batch), ("--window", settings.window))):
@@ -399,7 +400,7 @@ def bench_target(target: Target, settings: BenchSettings, peak: DevicePeak, *, p
         check_window_memory(cfg, settings.window, batch=settings.batch, text_len=settings.text_len, factor=1.5)
         feed = SyntheticSource(cfg, seed=settings.seed, batch=settings.batch, window=settings.window, text_len=settings.text_len).sample(0)
         info = runner.describe()
-        if "actions" not in runner.output_names:
+        if ACTIONS not in runner.output_names:
             raise ConfigError(f"{target.artifact}: outputs {list(runner.output_names)} have no 'actions': not a whole policy (time a split part with --streaming)")
         cost = _cost(target, cfg, runner, settings)
         t0 = time.perf_counter()

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vla_export.data.iospec import PIXEL_VALUES
 from vla_export.choices import TORCH_PRECISIONS, Precision
 from vla_export.backends.base import Runner
 from vla_export.errors import ArtifactError, ConfigError
@@ -157,7 +158,7 @@ def artifact_window(artifact: str) -> int | None:
 
         require_external_data(artifact)  # a readable model with its weights, or one line saying why not
         shapes = {v["name"]: v["shape"] for v in io_signature(artifact)["inputs"]}
-        pixels = shapes.get("pixel_values", [])
+        pixels = shapes.get(PIXEL_VALUES, [])
         if len(pixels) == 5 and isinstance(pixels[1], int):
             return pixels[1]
     window = (read_manifest(artifact, required=False) or {}).get("window")

@@ -9,6 +9,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
+from vla_export.data.iospec import FEATURES
 from vla_export.choices import CalibrationMethod, Precision
 from vla_export.errors import ExitCode
 from vla_export.cli.common import console, err_console, write_json
@@ -188,7 +189,7 @@ def quantize(
         from vla_export.artifacts.onnxfile import io_signature
 
         outputs = [o["name"] for o in io_signature(onnx)["outputs"]]
-        if "features" not in outputs:
+        if FEATURES not in outputs:
             raise ConfigError(f"--max-feature-rel-error measures the features output, and {onnx} has only {', '.join(outputs)}: "
                               "export it with --debug-outputs, or use --max-action-error/--min-cosine")
     if int8_weights:

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from vla_export.data.iospec import ACTIONS, FEATURES
 from vla_export.choices import Precision
 from vla_export.backends.onnxrt import EXACT_QDQ_CONFIG
 from vla_export.errors import ConfigError, DataError
@@ -186,7 +187,7 @@ def units_of(model, granularity: str = "layer") -> list[Unit]:
 class Evaluator:
     """Runs model variants (exact Q/DQ arithmetic) on fixed feeds against the float model's outputs."""
 
-    def __init__(self, float_model, feeds: Sequence[Mapping[str, np.ndarray]], *, outputs: tuple[str, ...] = ("actions", "features"),
+    def __init__(self, float_model, feeds: Sequence[Mapping[str, np.ndarray]], *, outputs: tuple[str, ...] = (ACTIONS, FEATURES),
                  targets: np.ndarray | None = None):
         """``outputs``: the graph outputs standing for (actions, features); a model that is not a policy
         (e.g. a trained ViT used to measure quantization on realistic weights) names its own.
@@ -195,16 +196,16 @@ class Evaluator:
         if not feeds:
             raise DataError("sensitivity needs at least one evaluation window")
         self.feeds = list(feeds)
-        self.outputs = dict(zip(outputs, ("actions", "features")))
+        self.outputs = dict(zip(outputs, (ACTIONS, FEATURES)))
         self.count = 0
         self.reference = self._run(float_model)
         self.count = 0
         self.targets = None if targets is None else np.asarray(targets, dtype=np.float64)
         if self.targets is not None:
-            if self.targets.ndim != 2 or len(self.targets) != len(self.reference["actions"]):
+            if self.targets.ndim != 2 or len(self.targets) != len(self.reference[ACTIONS]):
                 raise DataError(f"{len(self.reference['actions'])} action rows but recorded targets of shape {self.targets.shape}")
-            self.dims = min(self.targets.shape[1], self.reference["actions"].shape[1])
-            self.reference_mae = self._mae(self.reference["actions"])
+            self.dims = min(self.targets.shape[1], self.reference[ACTIONS].shape[1])
+            self.reference_mae = self._mae(self.reference[ACTIONS])
 
     def _mae(self, actions: np.ndarray) -> np.ndarray:
         return np.abs(actions[:, : self.dims].astype(np.float64) - self.targets[:, : self.dims]).mean(axis=0)
@@ -232,11 +233,11 @@ class Evaluator:
     def __call__(self, model) -> Errors:
         out = self._run(model)
         tol = tolerance_for(Precision.INT8)
-        a = compare_output("actions", self.reference["actions"], out["actions"], tol)
-        f = compare_output("features", self.reference["features"], out["features"], tol) if "features" in out else None
+        a = compare_output(ACTIONS, self.reference[ACTIONS], out[ACTIONS], tol)
+        f = compare_output(FEATURES, self.reference[FEATURES], out[FEATURES], tol) if FEATURES in out else None
         rise = None
         if self.targets is not None:
-            mae = self._mae(out["actions"])
+            mae = self._mae(out[ACTIONS])
             rise = float(np.max(mae - self.reference_mae)) if np.isfinite(mae).all() else float("inf")
         return Errors(a.max_abs, a.mean_abs, a.cosine, f.max_row_rel if f else None, f.cosine if f else None, rise)
 
@@ -402,7 +403,7 @@ def quantize_int8_with_budget(
         from vla_export.compare.actions import dim_names, discrimination
 
         d = evaluate.dims
-        options["mae_discrimination"] = discrimination(evaluate.reference["actions"][:, :d], evaluate.targets[:, :d], dim_names(d),
+        options["mae_discrimination"] = discrimination(evaluate.reference[ACTIONS][:, :d], evaluate.targets[:, :d], dim_names(d),
                                                        budget.max_mae_increase)
     external = _needs_external_data(model, Path(onnx_path))
     result = _publish(Path(onnx_path), output, Precision.INT8, lambda tmp: save_onnx(model, tmp, external=external), reasons, options, start)

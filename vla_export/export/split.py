@@ -46,7 +46,7 @@ from vla_export.export.onnx import (
     static_checks,
 )
 from vla_export.artifacts.onnxfile import data_file, written_opset
-from vla_export.data.iospec import BACKBONE, HEAD, POLICY, dummy_inputs
+from vla_export.data.iospec import ATTENTION_MASK, BACKBONE, FEATURES, HEAD, INPUT_IDS, PIXEL_VALUES, POLICY, dummy_inputs
 from vla_export import interrupts
 from vla_export.fileio import check_output_path, output_errors, staging_dir
 from vla_export.models.finite import require_finite_weights
@@ -133,7 +133,7 @@ def _part_inputs(loaded, *, seed: int, batch: int, window: int, text_len: int | 
     s = dummy_inputs(POLICY, cfg, batch=batch, window=window, text_len=text_len and min(text_len, cfg.max_text_len), seed=seed)
     with torch.no_grad():
         _, feats = loaded.policy(*(torch.from_numpy(s[k]) for k in BACKBONE_INPUTS), return_features=True)
-    return {"backbone": {**s, "pixel_values": s["pixel_values"][:, 0]}, "head": {"features": feats.numpy()}}
+    return {"backbone": {**s, PIXEL_VALUES: s[PIXEL_VALUES][:, 0]}, "head": {FEATURES: feats.numpy()}}
 
 
 #: Parity feeds (batch, text length, window as a multiple of the runtime window), other than the export's.
@@ -289,7 +289,7 @@ def stream_check(loaded, backbone: Path, head: Path, *, window: int, seed: int =
     sample = source.sample(0)
     rng = np.random.default_rng(seed + 7)
     frames = np.stack([source.frame(rng) for _ in range(window + STREAM_CHECK_EXTRA_FRAMES)])
-    prompt = FixedPrompt(sample["input_ids"], sample["attention_mask"])
+    prompt = FixedPrompt(sample[INPUT_IDS], sample[ATTENTION_MASK])
     policy = Policy(OnnxrtRunner(backbone), OnnxrtRunner(head), tokenizer=prompt, window=window,
                     image_size=cfg.image_size, action_dim=cfg.action_dim)
     with policy, TorchRunner(loaded.policy) as reference, step(f"stream check: {len(frames)} synthetic frames through the parts vs the full policy"):

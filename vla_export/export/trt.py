@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vla_export.data.iospec import axis_role
+from vla_export.data.iospec import INPUT_IDS, axis_role
 from vla_export.backends.tensorrt import INSTALL_TRT, CapturingLogger, engine_version, flavor_label, import_tensorrt
 from vla_export.artifacts.onnxfile import io_signature
 from vla_export.artifacts.manifest import build_manifest, read_manifest, versions, write_manifest
@@ -444,7 +444,7 @@ def make_plan(facts: OnnxFacts, options: TrtBuildOptions, *, trt_version: str = 
         flags.append("VERSION_COMPATIBLE")
     if options.exclude_lean_runtime:
         flags.append("EXCLUDE_LEAN_RUNTIME")
-    profiles = derive_profiles(facts, options, text_opt=(calib_shapes or {}).get("input_ids", (0, None))[-1])
+    profiles = derive_profiles(facts, options, text_opt=(calib_shapes or {}).get(INPUT_IDS, (0, None))[-1])
     calib_profile = None
     if p == Precision.INT8 and not strong and not facts.has_qdq and calib_shapes:
         # Implicit calibration runs at one shape per input: the calibration set's.

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from vla_export.data.iospec import ACTIONS, ATTENTION_MASK, INPUT_IDS, PIXEL_VALUES
 from vla_export.choices import Precision, QdqMode, RUNNER_QDQ_MODES
 from vla_export.errors import ArtifactError, ConfigError, DataError
 from vla_export.progress import step
@@ -146,7 +147,7 @@ def _prompt(tokenizer, instruction: str) -> dict[str, np.ndarray]:
     from vla_export.data.preprocess import prompt_for
 
     ids, mask = tokenizer.encode(prompt_for(instruction), None)
-    return {"input_ids": np.asarray(ids, dtype=np.int64).reshape(1, -1), "attention_mask": np.asarray(mask, dtype=np.int64).reshape(1, -1)}
+    return {INPUT_IDS: np.asarray(ids, dtype=np.int64).reshape(1, -1), ATTENTION_MASK: np.asarray(mask, dtype=np.int64).reshape(1, -1)}
 
 
 def run_full_window(runner, episodes, *, window: int, image_size: int, tokenizer, dims: int) -> np.ndarray:
@@ -159,7 +160,7 @@ def run_full_window(runner, episodes, *, window: int, image_size: int, tokenizer
         pixels = preprocess_frames(ep.frames(), image_size)
         prompt = _prompt(tokenizer, ep.instruction)
         for k in range(ep.num_frames):
-            actions = runner.infer({"pixel_values": pixels[window_indices(k, window)][None], **prompt})["actions"]
+            actions = runner.infer({PIXEL_VALUES: pixels[window_indices(k, window)][None], **prompt})[ACTIONS]
             out.append(np.asarray(actions, dtype=np.float32).reshape(-1)[:dims])
     return np.stack(out)
 

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from vla_export.data.iospec import ACTIONS, INPUT_NAMES, PIXEL_VALUES
 from vla_export.choices import Precision, QdqMode
 from vla_export.artifacts.kinds import detect_kind
 from vla_export.backends.onnxrt import OnnxrtRunner
@@ -55,7 +56,6 @@ from vla_export.compare.tolerance import Tolerance, tolerance_for
 
 SCHEMA = "vla-export/locate/1"
 LEVELS = ("boundaries", "all")
-POLICY_INPUTS = ("pixel_values", "input_ids", "attention_mask")
 #: Component roots compared at the ``boundaries`` level, besides every ``...layers.N`` module.
 BOUNDARY_MODULES = (
     "kosmos_model.vision_model",
@@ -377,8 +377,8 @@ def locate(
     if not artifact.is_file():
         raise ArtifactError(f"{artifact}: not found")
     model = onnx.load(str(artifact), load_external_data=False)
-    if [i.name for i in model.graph.input] != list(POLICY_INPUTS) or "actions" not in {o.name for o in model.graph.output}:
-        raise ArtifactError(f"{artifact}: --locate takes a whole-policy graph (inputs {list(POLICY_INPUTS)}, output 'actions')")
+    if [i.name for i in model.graph.input] != list(INPUT_NAMES) or ACTIONS not in {o.name for o in model.graph.output}:
+        raise ArtifactError(f"{artifact}: --locate takes a whole-policy graph (inputs {list(INPUT_NAMES)}, output 'actions')")
     try:
         scopes = graph_scopes(model)
     except ArtifactError as exc:
@@ -401,7 +401,7 @@ def locate(
             raise ArtifactError(f"{artifact}: {exc}") from None
         feeds: list[dict[str, np.ndarray]] = []
         with OnnxrtRunner(marked, providers=providers, qdq=QdqMode.EXACT) as cand:
-            pv = cand.input_shapes["pixel_values"]
+            pv = cand.input_shapes[PIXEL_VALUES]
             window = pv[1] if len(pv) == 5 and isinstance(pv[1], int) else cfg.window
             if data:
                 source = EpisodeSource(data, cfg, seed=seed, window=window)
@@ -417,7 +417,7 @@ def locate(
                     feeds.append(feed)
                     hooks.reset()
                     with torch.inference_mode():
-                        policy(*(torch.from_numpy(np.ascontiguousarray(feed[k])) for k in POLICY_INPUTS))
+                        policy(*(torch.from_numpy(np.ascontiguousarray(feed[k])) for k in INPUT_NAMES))
                     outs = cand.infer(feed)
                     if i == 0:
                         pairs = _pair(names, hooks, scopes, outs, result.skipped)

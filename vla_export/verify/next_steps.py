@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vla_export.data.iospec import ACTIONS, FEATURES
 from vla_export.choices import Precision
 from vla_export.artifacts.kinds import default_output
 from vla_export.compare.tolerance import Tolerance
@@ -48,7 +49,7 @@ def _cmd(*words: Any) -> str:
 
 
 def int8_next_steps(artifact: str | Path, manifest: Mapping[str, Any], *, reference: str | Path, tolerance: Tolerance,
-                    data: Sequence[str | Path] | None = None, outputs: Sequence[str] = ("actions",), located: bool = False) -> NextSteps:
+                    data: Sequence[str | Path] | None = None, outputs: Sequence[str] = (ACTIONS,), located: bool = False) -> NextSteps:
     """The next steps after a failed parity check of the quantized ``artifact`` against ``reference`` (the
     checkpoint or saved reference the check used), with the tolerance it failed and the ``data`` it ran on."""
     artifact = Path(artifact)
@@ -68,7 +69,7 @@ def int8_next_steps(artifact: str | Path, manifest: Mapping[str, Any], *, refere
         return _cmd("vla-export", "parity", reference, candidate, *data_args)
 
     budget = ["--max-action-error", f"{tolerance.atol:g}", "--min-cosine", f"{tolerance.min_cosine:g}"]
-    if "features" in outputs and tolerance.max_row_rel_error is not None:
+    if FEATURES in outputs and tolerance.max_row_rel_error is not None:
         budget += ["--max-feature-rel-error", f"{tolerance.max_row_rel_error:g}"]
     budgeted = float_path.with_name(f"{float_path.stem}.int8-budget.onnx")
     if not located:

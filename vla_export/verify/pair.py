@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from vla_export.data.iospec import FEATURES
 from vla_export.choices import Precision, QdqMode, RUNNER_QDQ_MODES
 from vla_export.errors import ArtifactError, ConfigError
 from vla_export.compare.tolerance import Tolerance, tolerance_for
@@ -124,7 +125,7 @@ def parity_artifacts(
             if quantized:
                 held_out = {"status": "synthetic", "note": "seeded synthetic inputs, not calibration frames"}
         feeds = feeds_from(source, samples)
-        if "features" in ref_runner.output_names and "features" not in cand.output_names:
+        if FEATURES in ref_runner.output_names and FEATURES not in cand.output_names:
             log.warning("%s has features, %s does not: comparing actions only", reference, candidate)
         ref_runner.config = cfg  # what a recording of the reference saves
         with (wrap_reference(ref_runner) if wrap_reference else _Active(ref_runner)) as ref:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from vla_export.data.iospec import FEATURES, PIXEL_VALUES
 from vla_export.choices import Precision, QdqMode
 from vla_export.compare.comparator import ParityResult, check_against_config, compare_runners
 from vla_export.compare.tolerance import Tolerance, tolerance_for
@@ -30,7 +31,7 @@ def feeds_from(source, samples: int) -> list[dict[str, np.ndarray]]:
 
 def artifact_window(candidate, default: int) -> int:
     """The fixed window of the candidate's ``pixel_values`` when it declares one, else ``default``."""
-    shapes: Sequence[Any] = candidate.input_shapes.get("pixel_values", [])
+    shapes: Sequence[Any] = candidate.input_shapes.get(PIXEL_VALUES, [])
     if len(shapes) == 5 and isinstance(shapes[1], int):
         return shapes[1]
     return default
@@ -110,7 +111,7 @@ def parity_check(
             if (manifest or {}).get("quantization"):
                 held_out = {"status": "synthetic", "note": "seeded synthetic inputs, not calibration frames"}
         feeds = feeds_from(source, samples)
-        torch_ref = TorchRunner(loaded.policy, debug_outputs="features" in cand.output_names)
+        torch_ref = TorchRunner(loaded.policy, debug_outputs=FEATURES in cand.output_names)
         with (wrap_reference(torch_ref) if wrap_reference else torch_ref) as ref:
             result = compare_runners(ref, cand, feeds, precision=precision, tolerance=tol, output_tolerances=output_tolerances)
             if qdq == QdqMode.BOTH and is_onnx:

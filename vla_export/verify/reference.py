@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from vla_export.data.iospec import FEATURES
 from vla_export.choices import Precision, QdqMode
 from vla_export.artifacts.reference import SavedReference, load_reference, save_reference
 from vla_export.backends.base import Runner
@@ -237,7 +238,7 @@ def parity_against_reference(reference_path: str | Path, artifact: str | Path, *
     feeds = [feed for feed, _ in ref.records]
     with runner_for_artifact(artifact, **opts) as cand, playback(ref) as played:
         check_against_config(cand, PolicyConfig.from_dict(ref.config))
-        if "features" in ref.meta["outputs"] and "features" not in cand.output_names:
+        if FEATURES in ref.meta["outputs"] and FEATURES not in cand.output_names:
             log.warning("%s has features, %s does not: comparing actions only", reference_path, artifact)
         result = compare_runners(played, cand, feeds, precision=precision, tolerance=tol, output_tolerances=output_tolerances)
     if qdq == QdqMode.BOTH and is_onnx:
