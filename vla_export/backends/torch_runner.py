@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from vla_export.choices import TORCH_PRECISIONS
+from vla_export.choices import TORCH_PRECISIONS, parse_precision
 from vla_export.backends.base import Runner
 from vla_export.data.iospec import POLICY
 from vla_export.backends.torch_frames import FrameStaging
@@ -142,7 +142,7 @@ class ModuleRunner(Runner):
         self.rewrites: dict[str, int] = {}  # what the re-packings replaced, counted at activation
         mode = ("+patchmm" if patch_matmul else "") + ("+fuseqkv" if fuse_qkv else "") + (f"+{quantize}" if quantize else "")
         mode += ("+compile" + ("" if compile_mode == "default" else f"-{compile_mode}") if compile_mode else "") + ("+cudagraph" if cuda_graph else "")
-        name = f"torch-{device.split(':')[0]}-{dtype.replace('float', 'fp').replace('bfp', 'bf')}{mode}"
+        name = f"torch-{device.split(':')[0]}-{parse_precision(dtype)}{mode}"
         self.name = f"{label}:{name}" if label else name
         self.module: Any = None
         self._graphs: dict[tuple, tuple[Any, dict[str, Any], Any]] = {}  # input shapes -> (graph, static in, static out)
