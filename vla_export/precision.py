@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from vla_export.choices import TOLERANCE_PRECISIONS, Precision
 
 #: From the most to the least exact: the "loosest" of several is the last one present.
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = TOLERANCE_PRECISIONS
 
 
 
@@ -19,9 +20,9 @@ PRECISIONS = ("fp32", "fp16", "int8")
 
 
 
-def loosest(precisions: Iterable[str]) -> str:
+def loosest(precisions: Iterable[str]) -> Precision:
     """The least exact of ``precisions`` (fp32 when none is given)."""
-    return max(["fp32", *precisions], key=PRECISIONS.index)
+    return max([Precision.FP32, *(Precision(p) for p in precisions)], key=PRECISIONS.index)
 
 
 

@@ -23,6 +23,7 @@ from vla_export.artifacts.graph import (
     QDQ_OPS,
     QUANTIZABLE_OPS,
 )
+from vla_export.choices import Precision
 from vla_export.artifacts.kinds import detect_kind
 from vla_export.artifacts.manifest import manifest_path, read_manifest
 from vla_export.errors import ArtifactError
@@ -134,9 +135,9 @@ def _precision(model) -> dict[str, Any]:
     if qdq["QuantizeLinear"] or qdq["DequantizeLinear"]:
         label = "int8 (Q/DQ)"
     elif fp16_inits:
-        label = "fp16"
+        label = Precision.FP16
     else:
-        label = "fp32"
+        label = Precision.FP32
     return {
         "label": label,
         "qdq_nodes": qdq,
@@ -345,7 +346,7 @@ def inspect_split(path: str | Path) -> dict[str, Any]:
         m = read_manifest(f, required=False) if f.exists() else None
         parts[part] = {
             "path": str(f), "exists": f.exists(), "bytes": f.stat().st_size if f.exists() else None,
-            "parameters": entry.get("parameters"), "precision": (m or {}).get("precision", "fp32" if m else None),
+            "parameters": entry.get("parameters"), "precision": (m or {}).get("precision", Precision.FP32 if m else None),
             "manifest_check": _manifest_check(f, m) if f.exists() else None,
         }
     cfg = record.get("config") or {}

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from vla_export.choices import RUNNER_QDQ_MODES, QdqMode
 from vla_export.backends.base import Runner
 from vla_export.artifacts.onnxfile import require_external_data
 from vla_export.errors import ArtifactError, RunnerError
@@ -23,7 +24,7 @@ GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 #: own, e.g. int16 saturation in the AVX2 u8s8 path). "exact": the Q/DQ fusions are off, so every
 #: DequantizeLinear is computed in float and the result is the quantized model's own arithmetic
 #: (what TensorRT's INT8 GEMMs approximate), the same on every CPU: what accuracy checks must measure.
-QDQ_MODES = ("kernels", "exact")
+QDQ_MODES = tuple(m.value for m in RUNNER_QDQ_MODES)
 EXACT_QDQ_CONFIG = {"session.disable_quant_qdq": "1"}
 
 
@@ -40,7 +41,7 @@ class OnnxrtRunner(Runner):
     """
 
     def __init__(self, path: str | Path, providers: Sequence[str] | None = None, *, threads: int | None = None,
-                 qdq: str = "kernels"):
+                 qdq: str = QdqMode.KERNELS):
         super().__init__()
         if qdq not in QDQ_MODES:
             raise RunnerError(f"qdq must be one of {QDQ_MODES}, got {qdq!r}")
@@ -81,7 +82,7 @@ class OnnxrtRunner(Runner):
 
     def session_config(self) -> dict[str, str]:
         """The onnxruntime session config entries this runner sets (see :data:`QDQ_MODES`)."""
-        return dict(EXACT_QDQ_CONFIG) if self.qdq == "exact" else {}
+        return dict(EXACT_QDQ_CONFIG) if self.qdq == QdqMode.EXACT else {}
 
     def _deactivate(self) -> None:
         self.session = None

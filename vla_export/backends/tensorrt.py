@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from vla_export.choices import Precision, TOLERANCE_PRECISIONS
 from vla_export.backends.base import Runner
 from vla_export.errors import ArtifactError, EnvironmentProblem, MissingDependencyError, RunnerError
 from vla_export.lazy import lazy_import
@@ -400,7 +401,7 @@ class TrtRunner(Runner):
     def precision(self) -> str | None:
         """The build's precision from the engine manifest (int8 or fp16 builds keep some layers wider)."""
         recorded = (self.manifest or {}).get("precision")
-        return {"fp32": "float32", "fp16": "float16", "int8": "int8"}.get(recorded) if recorded else None
+        return Precision(recorded).compute_dtype_name if recorded in TOLERANCE_PRECISIONS else None
 
     @property
     def input_names(self) -> Sequence[str]:

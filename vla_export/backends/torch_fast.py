@@ -22,11 +22,12 @@ running, not for saving.
 
 from __future__ import annotations
 
+from vla_export.choices import Precision
 import functools
 import sys
 from typing import Any
 
-QUANT_KINDS = ("int8", "fp8")
+QUANT_KINDS = (Precision.INT8, "fp8")
 #: Below this many rows (tokens x batch) a GEMM keeps the dequantised weights: cuBLAS int8 needs M > 16,
 #: and the per-frame projection and head (M = batch) are too small to matter.
 MIN_ROWS = 17
@@ -90,18 +91,18 @@ def _classes():
             super().__init__()
             self.kind, self.in_features, self.out_features = kind, linear.in_features, linear.out_features
             w = linear.weight.detach().float()
-            top = 127.0 if kind == "int8" else 448.0
+            top = 127.0 if kind == Precision.INT8 else 448.0
             scale = w.abs().amax(dim=1).clamp(min=1e-12) / top
             q = w / scale[:, None]
             # float8 kept as its bytes (uint8): a later module.to(dtype) casts floating buffers, not integer ones
-            q = q.round().clamp(-127, 127).to(torch.int8) if kind == "int8" else q.to(torch.float8_e4m3fn).view(torch.uint8)
+            q = q.round().clamp(-127, 127).to(torch.int8) if kind == Precision.INT8 else q.to(torch.float8_e4m3fn).view(torch.uint8)
             self.register_buffer("weight_q", q.contiguous())
             self.register_buffer("weight_scale", scale.reshape(1, -1).contiguous())  # float32 [1, N]
             self.bias = linear.bias
             self.out_dtype = linear.weight.dtype
 
         def _weight(self):
-            return self.weight_q if self.kind == "int8" else self.weight_q.view(torch.float8_e4m3fn)
+            return self.weight_q if self.kind == Precision.INT8 else self.weight_q.view(torch.float8_e4m3fn)
 
         def forward(self, x):
             shape = x.shape[:-1]
@@ -111,9 +112,9 @@ def _classes():
                 w = (self._weight().float() * self.weight_scale.t()).to(x.dtype)
                 return nn.functional.linear(x, w, self.bias)
             xf = x2.float()
-            top = 127.0 if self.kind == "int8" else 448.0
+            top = 127.0 if self.kind == Precision.INT8 else 448.0
             sx = xf.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / top  # float32 [M, 1]
-            if self.kind == "int8":
+            if self.kind == Precision.INT8:
                 xq = (xf / sx).round().clamp(-127, 127).to(torch.int8)
                 y = torch._int_mm(xq, self._weight().t()).float() * sx * self.weight_scale
             else:

@@ -19,13 +19,14 @@ from typing import Any
 
 import numpy as np
 
+from vla_export.choices import TORCH_PRECISIONS, parse_precision
 from vla_export.backends.base import Runner
 from vla_export.data.iospec import POLICY
 from vla_export.backends.torch_frames import FrameStaging
 from vla_export.backends.torch_fast import QUANT_KINDS, fuse_qkv, quantize_linears
 from vla_export.errors import RunnerError
 
-DTYPES = ("float32", "float16", "bfloat16")
+DTYPES = tuple(p.torch_dtype_name for p in TORCH_PRECISIONS)
 #: torch.compile modes; the two with inductor's CUDA graphs cannot be combined with ``cuda_graph``.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 INDUCTOR_GRAPH_MODES = ("reduce-overhead", "max-autotune")
@@ -141,7 +142,7 @@ class ModuleRunner(Runner):
         self.rewrites: dict[str, int] = {}  # what the re-packings replaced, counted at activation
         mode = ("+patchmm" if patch_matmul else "") + ("+fuseqkv" if fuse_qkv else "") + (f"+{quantize}" if quantize else "")
         mode += ("+compile" + ("" if compile_mode == "default" else f"-{compile_mode}") if compile_mode else "") + ("+cudagraph" if cuda_graph else "")
-        name = f"torch-{device.split(':')[0]}-{dtype.replace('float', 'fp').replace('bfp', 'bf')}{mode}"
+        name = f"torch-{device.split(':')[0]}-{parse_precision(dtype)}{mode}"
         self.name = f"{label}:{name}" if label else name
         self.module: Any = None
         self._graphs: dict[tuple, tuple[Any, dict[str, Any], Any]] = {}  # input shapes -> (graph, static in, static out)

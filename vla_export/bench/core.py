@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from vla_export.data.iospec import ACTIONS, PIXEL_VALUES
+from vla_export.choices import Precision
 from vla_export.backends.base import Runner
 from vla_export.system import peak_rss_bytes
 from vla_export.bench.monitor import Monitor, RowWatch
@@ -233,8 +235,8 @@ class EndToEnd:
     def __init__(self, runner: Runner, feed: dict[str, np.ndarray], config: PolicyConfig, settings: BenchSettings):
         self.runner, self.config, self.settings = runner, config, settings
         self.frames = _raw_frames(settings)
-        self.window = np.array(feed["pixel_values"], copy=True)  # [B, T, 3, S, S], the last T preprocessed frames
-        self.prompt = {k: v for k, v in feed.items() if k != "pixel_values"}  # tokenised once per session
+        self.window = np.array(feed[PIXEL_VALUES], copy=True)  # [B, T, 3, S, S], the last T preprocessed frames
+        self.prompt = {k: v for k, v in feed.items() if k != PIXEL_VALUES}  # tokenised once per session
         self.i = 0
         self.phases: dict[str, list[float]] = {"preprocess": [], "stage": [], "execute+sync": [], "to_host": []}
         self.record = False
@@ -246,7 +248,7 @@ class EndToEnd:
         self.window[:, :-1] = self.window[:, 1:]
         self.window[:, -1] = pix
         t.append(time.perf_counter())
-        staged = self.runner.stage({"pixel_values": self.window, **self.prompt})
+        staged = self.runner.stage({PIXEL_VALUES: self.window, **self.prompt})
         t.append(time.perf_counter())
         return staged
 
@@ -275,7 +277,7 @@ class EndToEndDevice(EndToEnd):
         pix = self.runner.preprocess([self.frames[self.i % N_FRAMES]], self.config.image_size)  # [1, 3, S, S] on the device
         self.i += 1
         t.append(time.perf_counter())
-        window = self.staged["pixel_values"]  # [B, T, 3, S, S]
+        window = self.staged[PIXEL_VALUES]  # [B, T, 3, S, S]
         if window.shape[1] > 1:
             window[:, :-1] = window[:, 1:].clone()
         window[:, -1] = pix
@@ -306,7 +308,8 @@ def parity_against(runner: Runner, cfg: PolicyConfig, settings: BenchSettings, r
     from vla_export.compare.comparator import compare_output
 
     outs = [runner.infer(feed) for feed in parity_feeds(cfg, settings)]
-    precision = "int8" if getattr(spec, "quantize", None) else "fp32" if getattr(spec, "dtype", "float32") == "float32" else "fp16"
+    precision = (Precision.INT8 if getattr(spec, "quantize", None)
+                 else Precision.FP32 if getattr(spec, "dtype", "float32") == Precision.FP32.torch_dtype_name else Precision.FP16)
     tol = tolerance_for(precision)
     result: dict[str, Any] = {"reference": "torch float32 eager, same weights, same device", "inputs": len(outs), "tolerance": precision, "outputs": {}}
     for name in reference[0]:
@@ -339,7 +342,7 @@ def _resolve_config(target: Target, runner: Runner) -> PolicyConfig:
 
 
 #: Fastest first: when a runtime may compute in several precisions, the floor takes the fastest, so it stays a lower bound.
-_FASTEST = ("int8", "float16", "bfloat16", "float32")
+_FASTEST = tuple(p.compute_dtype_name for p in (Precision.INT8, Precision.FP16, Precision.BF16, Precision.FP32))
 
 
 def _cost(target: Target, cfg: PolicyConfig, runner: Runner, settings: BenchSettings) -> ModelCost:
@@ -351,7 +354,7 @@ def _cost(target: Target, cfg: PolicyConfig, runner: Runner, settings: BenchSett
     """
     dtype = runner.precision if runner.precision in DTYPE_BYTES else None
     if getattr(runner, "quantize", None):  # 8-bit weights (int8 or float8: one byte each, the same Hopper peak): the lowest floor
-        dtype = "int8"
+        dtype = Precision.INT8.compute_dtype_name
     if target.kind == "onnx":
         by_type = onnx_weight_bytes(target.artifact)
         present = [d for d in _FASTEST if any(f"({d})" in k for k in by_type)] or ["float32"]
@@ -362,7 +365,7 @@ def _cost(target: Target, cfg: PolicyConfig, runner: Runner, settings: BenchSett
 
 def _check_fixed_shapes(target: Target, runner: Runner, settings: BenchSettings) -> None:
     """A graph exported with a fixed batch or window runs only at that size: say so instead of failing inside the runtime."""
-    pixels = runner.input_shapes.get("pixel_values")
+    pixels = runner.input_shapes.get(PIXEL_VALUES)
     if not pixels or len(pixels) != 5:
         return
     for axis, (name, wanted) in enumerate((("--batch", settings.batch), ("--window", settings.window))):
@@ -397,7 +400,7 @@ def bench_target(target: Target, settings: BenchSettings, peak: DevicePeak, *, p
         check_window_memory(cfg, settings.window, batch=settings.batch, text_len=settings.text_len, factor=1.5)
         feed = SyntheticSource(cfg, seed=settings.seed, batch=settings.batch, window=settings.window, text_len=settings.text_len).sample(0)
         info = runner.describe()
-        if "actions" not in runner.output_names:
+        if ACTIONS not in runner.output_names:
             raise ConfigError(f"{target.artifact}: outputs {list(runner.output_names)} have no 'actions': not a whole policy (time a split part with --streaming)")
         cost = _cost(target, cfg, runner, settings)
         t0 = time.perf_counter()

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from vla_export.data.iospec import ATTENTION_MASK, INPUT_IDS, PIXEL_VALUES
 from vla_export.backends.base import Runner
 from vla_export.bench.env import capture_environment
 from vla_export.stats import LatencyStats
@@ -127,11 +128,11 @@ def bench_streaming(
     """
     source = SyntheticSource(config, seed=seed, frame_hw=frame_hw)
     sample = source.sample(0)
-    prompt = FixedPrompt(sample["input_ids"], sample["attention_mask"])
+    prompt = FixedPrompt(sample[INPUT_IDS], sample[ATTENTION_MASK])
     rng = np.random.default_rng(seed)
     frames = [source.frame(rng) for _ in range(4)]
     pixels = preprocess_frame(frames[0], config.image_size)[None]  # the full-window input: T copies
-    text = {"input_ids": sample["input_ids"], "attention_mask": sample["attention_mask"]}
+    text = {INPUT_IDS: sample[INPUT_IDS], ATTENTION_MASK: sample[ATTENTION_MASK]}
     policies = {
         t: Policy(backbone, head, tokenizer=prompt, window=t, image_size=config.image_size, action_dim=config.action_dim)
         for t, head in heads.items()
@@ -146,7 +147,7 @@ def bench_streaming(
         # Preprocess (untimed) first, as a step does: a step's backbone call follows the NumPy resize,
         # which cools caches and lets idle intra-op threads sleep; the reference sees the same.
         frame_pixels = preprocess_frame(frames[i % len(frames)], config.image_size)[None]
-        dt = _timed(lambda: backbone.infer({"pixel_values": frame_pixels, **text}))
+        dt = _timed(lambda: backbone.infer({PIXEL_VALUES: frame_pixels, **text}))
         if keep:
             samples["backbone"].append(dt)
         for t, policy in policies.items():
@@ -157,7 +158,7 @@ def bench_streaming(
                 samples.setdefault(f"total{t}", []).append(timing.total_ms / 1e3)
                 samples.setdefault(f"head{t}", []).append(timing.head_ms / 1e3)
             if full is not None and t in full:
-                dt = _timed(lambda: full[t].infer({"pixel_values": windows[t], **text}))
+                dt = _timed(lambda: full[t].infer({PIXEL_VALUES: windows[t], **text}))
                 if keep:
                     samples.setdefault(f"full{t}", []).append(dt)
 
@@ -178,7 +179,7 @@ def bench_streaming(
         ],
         runners={"backbone": backbone.describe(), "head": next(iter(heads.values())).describe()}
         | ({"full_window": next(iter(full.values())).describe()} if full else {}),
-        settings={"warmup": warmup, "iters": iters, "seed": seed, "frame_hw": list(frame_hw), "text_len": int(sample["input_ids"].shape[-1]),
+        settings={"warmup": warmup, "iters": iters, "seed": seed, "frame_hw": list(frame_hw), "text_len": int(sample[INPUT_IDS].shape[-1]),
                   "interleaved": True, "timer": "perf_counter around synchronous infer()"},
         environment=capture_environment(),
         command=command,

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from vla_export.artifacts.kinds import PRESET_PREFIX
+from vla_export.data.iospec import PIXEL_VALUES
+from vla_export.choices import TORCH_PRECISIONS, Precision
 from vla_export.backends.base import Runner
 from vla_export.errors import ArtifactError, ConfigError
 from vla_export.models.config import get_preset, PolicyConfig
@@ -28,7 +30,7 @@ from vla_export.models.loader import PresetPolicy
 
 #: Which backends run which artifact kind; the first is the default.
 BACKENDS_FOR_KIND = {"checkpoint": ("torch",), "preset": ("torch",), "onnx": ("onnxrt",), "engine": ("trt",)}
-DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+DTYPE_ALIASES = {p.value: p.torch_dtype_name for p in TORCH_PRECISIONS}
 _ORT_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "trt": "TensorrtExecutionProvider"}
 
 
@@ -63,7 +65,7 @@ class BackendSpec:
                     fields["patch_matmul"] = True
                 elif opt == "fuseqkv":
                     fields["fuse_qkv"] = True
-                elif opt in ("int8", "fp8"):
+                elif opt in (Precision.INT8, "fp8"):
                     if fields.get("quantize", opt) != opt:
                         raise ConfigError(f"backend {text!r}: give one of int8 and fp8, not both")
                     fields["quantize"] = opt
@@ -156,7 +158,7 @@ def artifact_window(artifact: str) -> int | None:
 
         require_external_data(artifact)  # a readable model with its weights, or one line saying why not
         shapes = {v["name"]: v["shape"] for v in io_signature(artifact)["inputs"]}
-        pixels = shapes.get("pixel_values", [])
+        pixels = shapes.get(PIXEL_VALUES, [])
         if len(pixels) == 5 and isinstance(pixels[1], int):
             return pixels[1]
     window = (read_manifest(artifact, required=False) or {}).get("window")

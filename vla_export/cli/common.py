@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import enum
 from contextvars import ContextVar
 import io
 import json
@@ -10,6 +11,7 @@ import logging
 import sys
 import time
 import traceback
+import typing
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -238,7 +240,21 @@ def _streams(pass_through: bool, json_to_stdout: bool) -> Iterator[None]:
         console.report_file = None
 
 
+def _is_choice(param: Any) -> bool:
+    """Whether a Typer parameter takes an enum (a closed choice), ``Optional`` or not."""
+    annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+    candidates = (annotation, *typing.get_args(annotation))
+    return any(isinstance(a, type) and issubclass(a, enum.Enum) for a in candidates)
+
+
 def _usage_error(exc: typer.TyperException) -> int:
+    if isinstance(exc, typer.BadParameter) and _is_choice(exc.param):
+        # A closed choice (an enum option, vla_export.choices): the usage lines as Click prints them, then the
+        # project's one `error:` line naming the choices.
+        if exc.ctx is not None:
+            typer.echo(f"{exc.ctx.get_usage()}\nTry '{exc.ctx.command_path} {exc.ctx.help_option_names[0]}' for help.\n", err=True)
+        err_console.print(f"error: {exc.format_message().replace('Value error, ', '')}", style="red", markup=False, soft_wrap=True)
+        return ExitCode.BAD_INPUT
     exc.show()
     return ExitCode.BAD_INPUT if exc.exit_code not in (0, ExitCode.BAD_INPUT) else exc.exit_code
 

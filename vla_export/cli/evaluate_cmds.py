@@ -8,6 +8,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
+from vla_export.choices import EvaluateQdq
 from vla_export.cli import checks
 from vla_export.cli.common import JunitOpt, console
 from vla_export.cli.junit import evaluate_cases, write_reports
@@ -107,7 +108,7 @@ def evaluate(
     max_mae_increase: Optional[float] = typer.Option(None, "--max-mae-increase", help="Gate: fail (exit 1) when an artifact's MAE of any action dimension rises more than this over the checkpoint's."),
     strict: bool = typer.Option(False, "--strict", help="Fail (exit 1) when the episodes cannot tell a broken artifact apart (see the README's honesty rule); for CI."),
     action_scale: Optional[float] = typer.Option(None, "--action-scale", help="Divide the recorded actions by this before comparing (default: the checkpoint's fit record's action_scale, else 1)."),
-    qdq: str = typer.Option("exact", "--qdq", help="Q/DQ ONNX: exact (the quantization's own arithmetic, as parity) or kernels (onnxruntime's fused int8 CPU kernels)."),
+    qdq: EvaluateQdq = typer.Option(EvaluateQdq.EXACT, "--qdq", help="Q/DQ ONNX: exact (the quantization's own arithmetic, as parity) or kernels (onnxruntime's fused int8 CPU kernels)."),
     providers: Optional[list[str]] = typer.Option(None, "--provider", help="onnxruntime execution provider for ONNX artifacts and parts (repeatable)."),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Local Kosmos-2 tokenizer directory (the tiny and small presets have their own)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the result as JSON (- for standard output)."),

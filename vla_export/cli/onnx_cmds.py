@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from vla_export.choices import Exporter, ParityPrecision, Precision, QdqMode
 from vla_export.cli import checks
 from vla_export.cli.common import JunitOpt, console, write_json, wrote
 from vla_export.cli.junit import parity_cases, write_reports
@@ -25,7 +26,7 @@ def onnx(
     checkpoint: Path = typer.Argument(..., help="Policy checkpoint (.pt/.pth/.ckpt or .safetensors)."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="ONNX file to write (default engines/CHECKPOINT.onnx)."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset."),
-    exporter: str = typer.Option("dynamo", "--exporter", help="dynamo (torch.onnx.export(dynamo=True)) or torchscript (fallback)."),
+    exporter: Exporter = typer.Option(Exporter.DYNAMO, "--exporter", help="dynamo (torch.onnx.export(dynamo=True)) or torchscript (fallback)."),
     window: Optional[int] = typer.Option(None, "--window", help="Frames per window T (default: the config's window)."),
     dynamic_window: bool = typer.Option(False, "--dynamic-window", help="Make T a dynamic axis too."),
     debug_outputs: bool = typer.Option(False, "--debug-outputs", help="Also output per-frame features [B, T, F] (parity compares them)."),
@@ -85,13 +86,13 @@ def parity(
     data: Optional[list[Path]] = typer.Option(None, "--data", help="Episode files or folders (HDF5) instead of synthetic inputs."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the input source (default 0)."),
     batch: Optional[int] = typer.Option(None, "--batch", help="Batch size per sample (default 1)."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="fp32, fp16 or int8: picks default tolerances (default: from the manifest, else fp32)."),
+    precision: Optional[ParityPrecision] = typer.Option(None, "--precision", help="fp32, fp16 or int8: picks default tolerances (default: from the manifest, else fp32)."),
     atol: Optional[list[str]] = typer.Option(None, "--atol", metavar="[OUTPUT:]VALUE", help="Override the absolute tolerance: VALUE for every output, or OUTPUT:VALUE for one (repeatable; Polygraphy's spelling, e.g. --atol actions:0.05)."),
     rtol: Optional[list[str]] = typer.Option(None, "--rtol", metavar="[OUTPUT:]VALUE", help="Override the relative tolerance: VALUE or OUTPUT:VALUE, as --atol."),
     min_cosine: Optional[float] = typer.Option(None, "--min-cosine", help="Override the minimum cosine similarity."),
     min_sign_agreement: Optional[float] = typer.Option(None, "--min-sign-agreement", help="Override the minimum sign agreement of actions."),
     max_rel_error: Optional[float] = typer.Option(None, "--max-rel-error", help="Override the per-row relative error bound of intermediate outputs (INT8 features)."),
-    qdq: str = typer.Option("exact", "--qdq", help="Q/DQ ONNX: exact (the quantization's own arithmetic, the default), kernels (onnxruntime's fused int8 CPU kernels) or both (verdict on exact)."),
+    qdq: QdqMode = typer.Option(QdqMode.EXACT, "--qdq", help="Q/DQ ONNX: exact (the quantization's own arithmetic, the default), kernels (onnxruntime's fused int8 CPU kernels) or both (verdict on exact)."),
     providers: Optional[list[str]] = typer.Option(None, "--provider", help="onnxruntime execution provider (repeatable; default CUDA if available, else CPU)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the result as JSON (- for standard output)."),
     junit: Optional[Path] = JunitOpt,
@@ -165,7 +166,7 @@ def parity(
         from vla_export.artifacts.manifest import read_manifest
         from vla_export.precision import loosest
 
-        recorded = [(read_manifest(p, required=False) or {}).get("precision", "fp32") for p in ((checkpoint, artifact) if pair else (artifact,))]
+        recorded = [(read_manifest(p, required=False) or {}).get("precision", Precision.FP32) for p in ((checkpoint, artifact) if pair else (artifact,))]
         base = precision or loosest(recorded)
         tolerance = tolerance_for(base, atol=atol_all, rtol=rtol_all, min_cosine=min_cosine, min_sign_agreement=min_sign_agreement,
                                   max_row_rel_error=max_rel_error)
@@ -221,7 +222,7 @@ def parity(
             from vla_export.plots import plot_locate
 
             console.print(f"wrote {plot_locate(report['locate'], plot)}")
-    if not result.passed and report["precision"] in ("int8", "int8w"):
+    if not result.passed and report["precision"] in (Precision.INT8, Precision.INT8W):
         from vla_export.artifacts.manifest import read_manifest
         from vla_export.verify.next_steps import int8_next_steps
 

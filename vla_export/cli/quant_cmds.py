@@ -7,6 +7,7 @@ from typing import Any, Optional
 
 import typer
 
+from vla_export.choices import Precision
 from vla_export.cli.common import console, write_json
 from vla_export.errors import ConfigError
 
@@ -68,14 +69,14 @@ def model_role(manifest: dict[str, Any]) -> str:
     """What an ONNX manifest says the model is: float, w8a8 (static Q/DQ), int8-weights or fp16."""
     precision = manifest.get("precision")
     options = (manifest.get("quantization") or {}).get("options") or {}
-    if precision == "fp16":
-        return "fp16"
-    if precision == "int8":
+    if precision == Precision.FP16:
+        return Precision.FP16
+    if precision == Precision.INT8:
         return "int8-weights" if "weights" in options and "calibration" not in options else "w8a8"
     return "float" if not manifest.get("quantized_from") else str(precision)
 
 
-ROLE_NAMES = {"float": "a float ONNX", "w8a8": "a W8A8 Q/DQ model (quantize --int8)", "fp16": "an FP16 model (quantize --fp16)",
+ROLE_NAMES = {"float": "a float ONNX", "w8a8": "a W8A8 Q/DQ model (quantize --int8)", Precision.FP16: "an FP16 model (quantize --fp16)",
               "int8-weights": "a weight-only INT8 model (quantize --int8-weights: its activations are float, nothing to rank)"}
 
 

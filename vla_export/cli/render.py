@@ -7,6 +7,7 @@ from typing import Any
 
 from rich.table import Table
 
+from vla_export.choices import Precision
 from vla_export.cli.common import console
 
 
@@ -74,7 +75,7 @@ def render_parity(p: dict[str, Any]) -> None:
     if held_out:
         style = None if held_out["status"] in ("held out", "synthetic", "no calibration") else "yellow"
         console.print(f"{'warning: ' if style else ''}inputs vs calibration: {held_out['status']}: {held_out['note']}", style=style, markup=False)
-    if p["candidate"].get("qdq_arithmetic") and p["precision"] == "int8":
+    if p["candidate"].get("qdq_arithmetic") and p["precision"] == Precision.INT8:
         console.print(f"Q/DQ arithmetic: {p['candidate']['qdq_arithmetic']} (the verdict's)", markup=False)
     kernels = p.get("also_measured", {}).get("qdq_kernels")
     if kernels:

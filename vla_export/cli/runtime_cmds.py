@@ -8,6 +8,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
+from vla_export.choices import ParityPrecision
 from vla_export.cli.common import JunitOpt, console, write_json, wrote
 from vla_export.cli.junit import replay_cases, write_reports
 from vla_export.cli.render import render_completeness, render_parity
@@ -62,7 +63,7 @@ def replay(
     episode: Path = typer.Argument(..., help="A recorded episode (HDF5, Mobile VLA format)."),
     backbone: Optional[Path] = typer.Option(None, "--backbone", help="Run this artifact as the backbone instead (e.g. NAME.backbone.engine)."),
     head: Optional[Path] = typer.Option(None, "--head", help="Run this artifact as the head instead (e.g. NAME.head.engine)."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="fp32, fp16 or int8: picks the default tolerance (default: from the parts' manifests)."),
+    precision: Optional[ParityPrecision] = typer.Option(None, "--precision", help="fp32, fp16 or int8: picks the default tolerance (default: from the parts' manifests)."),
     atol: Optional[float] = typer.Option(None, "--atol", help="Maximum absolute action error per step (overrides --precision)."),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Local Kosmos-2 tokenizer directory (the tiny and small presets have their own)."),
     text_len: Optional[int] = typer.Option(None, "--text-len", help="Pad the prompt to this many tokens (engines with a static text shape)."),

@@ -9,6 +9,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
+from vla_export.choices import CalibrationMethod, Precision
 from vla_export.errors import ExitCode
 from vla_export.cli.common import console, err_console, write_json
 from vla_export.cli.render import fmt_bytes, render_parity
@@ -109,7 +110,7 @@ def calib(
 def render_quantize(r: dict[str, Any]) -> None:
     kept = ", ".join(f"{n} {k}" for k, n in r["kept_fp32"].items()) or "none"
     q, dq = r["nodes"].get("QuantizeLinear", 0), r["nodes"].get("DequantizeLinear", 0)
-    extra = f"; {q} QuantizeLinear, {dq} DequantizeLinear" if r["precision"] == "int8" else ""
+    extra = f"; {q} QuantizeLinear, {dq} DequantizeLinear" if r["precision"] == Precision.INT8 else ""
     w = r["options"].get("weight_bytes")
     if w:
         extra += (f"; weight-only: {w['quantized_tensors']} weights INT8 ({100 * w['int8_share_of_weight_elements']:.1f}% of weight "
@@ -124,7 +125,7 @@ def quantize(
     fp16: bool = typer.Option(False, "--fp16", help="FP16 weights and compute with fp32 inputs/outputs."),
     calib_path: Optional[Path] = typer.Option(None, "--calib", help="Calibration set (.npz from `vla-export calib`)."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output ONNX (default MODEL.int8.onnx / MODEL.fp16.onnx)."),
-    method: str = typer.Option("minmax", "--method", help="INT8 calibration: minmax, entropy or percentile."),
+    method: CalibrationMethod = typer.Option(CalibrationMethod.MINMAX, "--method", help="INT8 calibration: minmax, entropy or percentile."),
     per_channel: bool = typer.Option(True, "--per-channel/--per-tensor", help="Per-channel INT8 weights."),
     keep_fp32: bool = typer.Option(True, "--keep-fp32/--all-low-precision", help="Keep LayerNorm, Softmax, mask arithmetic (and residual adds for INT8) out of low precision."),
     exclude: Optional[list[str]] = typer.Option(None, "--exclude", help="Also keep this ONNX node out of INT8 (repeatable)."),
@@ -144,7 +145,7 @@ def quantize(
 
     if int8 + fp16 + int8_weights != 1:
         raise ConfigError("choose one of --int8, --int8-weights or --fp16")
-    precision = "int8" if int8 else "int8w" if int8_weights else "fp16"
+    precision = Precision.INT8 if int8 else Precision.INT8W if int8_weights else Precision.FP16
     output = output or default_output(onnx, precision)
     if int8_weights and calib_path is not None:
         raise ConfigError("--int8-weights needs no --calib: only the weights are quantized")
@@ -154,7 +155,7 @@ def quantize(
     search_given = [flag for flag, v in (("--data", data), ("--eval-samples", eval_samples), ("--granularity", granularity)) if v is not None]
     if not int8 and budget_given + search_given:
         raise ConfigError(f"{', '.join(budget_given + search_given)}: only with --int8 (the budget search keeps layers of a W8A8 model "
-                          f"float); --{precision.replace('int8w', 'int8-weights')} has no budget: check the result with "
+                          f"float); --{'int8-weights' if precision == Precision.INT8W else precision} has no budget: check the result with "
                           "`vla-export parity CHECKPOINT OUTPUT`")
     if search_given and not budget_given:
         raise ConfigError(f"{', '.join(search_given)}: only with a budget (--max-action-error, --min-cosine, --max-feature-rel-error, "
@@ -329,7 +330,7 @@ def trt(
     if not print_trtexec:
         checks.artifact_output(output, json_path, calib_cache, timing_cache)
     options = TrtBuildOptions(
-        precision="int8" if int8 else "fp16" if fp16 else "fp32", fp16_all=fp16_all, typing=typing_,
+        precision=Precision.INT8 if int8 else Precision.FP16 if fp16 else Precision.FP32, fp16_all=fp16_all, typing=typing_,
         shapes=dict(parse_profile(s) for s in shape or []), max_batch=max_batch, workspace_mib=workspace,
         timing_cache=timing_cache, optimization_level=opt_level, version_compatible=version_compatible,
         exclude_lean_runtime=exclude_lean_runtime, hardware_compatibility=hardware_compat, dla_core=dla_core,

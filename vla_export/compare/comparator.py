@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from vla_export.data.iospec import ACTIONS, FEATURES, PIXEL_VALUES
+from vla_export.choices import Precision
 from vla_export.compare.tolerance import DISCRIMINATION, Tolerance, tolerance_for
 from vla_export.errors import ArtifactError, ConfigError
 from vla_export.progress import counted
@@ -171,14 +173,14 @@ def compare_output(name: str, ref: np.ndarray, cand: np.ndarray, tol: Tolerance,
     rel = diff / np.maximum(np.abs(ref), 1e-6)
     violations += int(np.count_nonzero(~(finite_r & finite_c))) if any(nonfinite.values()) else 0
     max_row_rel = _max_row_rel(ref, cand)
-    rule = "relative" if name != "actions" and tol.max_row_rel_error is not None else "elementwise"
+    rule = "relative" if name != ACTIONS and tol.max_row_rel_error is not None else "elementwise"
     if rule == "relative":
         passed = bool(max_row_rel <= tol.max_row_rel_error) and cos >= tol.min_cosine
     else:
         passed = violations == 0 and cos >= tol.min_cosine
     passed = passed and not any(nonfinite.values())
     mae = signs = None
-    if name == "actions":
+    if name == ACTIONS:
         flat_r, flat_c = ref.reshape(ref.shape[0], -1), cand.reshape(cand.shape[0], -1)
         mae = np.abs(flat_c - flat_r).mean(axis=0).tolist()
         signs = []
@@ -218,7 +220,7 @@ def compare_runners(
     candidate,
     feeds: Iterable[Mapping[str, np.ndarray]],
     *,
-    precision: str = "fp32",
+    precision: str = Precision.FP32,
     tolerance: Tolerance | None = None,
     label: str = "parity",
     output_tolerances: Mapping[str, Tolerance] | None = None,
@@ -265,10 +267,10 @@ def compare_runners(
 def check_against_config(candidate, config) -> None:
     """Static checks that an artifact fits a policy config, where the runner exposes shapes."""
     ins, outs = candidate.input_shapes, candidate.output_shapes
-    pv = ins.get("pixel_values")
+    pv = ins.get(PIXEL_VALUES)
     if pv and len(pv) == 5 and all(isinstance(d, int) for d in pv[2:]) and tuple(pv[2:]) != (3, config.image_size, config.image_size):
         raise ArtifactError(f"{candidate.name}: takes images {pv[2:]}, the checkpoint's policy takes [3, {config.image_size}, {config.image_size}]")
-    checks = (("actions", config.action_dim, "action_dim"), ("features", config.frame_feature_dim, "feature width"))
+    checks = ((ACTIONS, config.action_dim, "action_dim"), (FEATURES, config.frame_feature_dim, "feature width"))
     for name, expected, what in checks:
         shape = outs.get(name)
         if shape and isinstance(shape[-1], int) and shape[-1] != expected:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import dataclasses
 
 from vla_export.errors import ConfigError
+from vla_export.choices import Precision
 from vla_export.precision import PRECISIONS
 
 
@@ -29,18 +30,18 @@ class Tolerance:
 
 
 DEFAULT_TOLERANCES: Mapping[str, Tolerance] = {
-    "fp32": Tolerance(atol=1e-4, rtol=1e-3, min_cosine=0.9999, min_sign_agreement=1.0),
-    "fp16": Tolerance(atol=1e-2, rtol=1e-2, min_cosine=0.999, min_sign_agreement=0.99),
+    Precision.FP32: Tolerance(atol=1e-4, rtol=1e-3, min_cosine=0.9999, min_sign_agreement=1.0),
+    Precision.FP16: Tolerance(atol=1e-2, rtol=1e-2, min_cosine=0.999, min_sign_agreement=0.99),
     # INT8 features: 5% relative error per frame; the clean tiny W8A8 model measures ~0.8%, a layer
     # whose weight scale is off by 1.5x measures 8% (tests/test_parity.py, README "INT8 parity").
-    "int8": Tolerance(atol=5e-2, rtol=5e-2, min_cosine=0.99, min_sign_agreement=0.95, max_row_rel_error=0.05),
+    Precision.INT8: Tolerance(atol=5e-2, rtol=5e-2, min_cosine=0.99, min_sign_agreement=0.95, max_row_rel_error=0.05),
 }
 
 
 def tolerance_for(precision: str, **overrides: float | None) -> Tolerance:
     """The default tolerance for ``precision`` with any non-None overrides applied."""
     if precision not in DEFAULT_TOLERANCES:
-        raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        raise ConfigError(f"precision must be one of {tuple(p.value for p in PRECISIONS)}, got {str(precision)!r}")
     return dataclasses.replace(DEFAULT_TOLERANCES[precision], **{k: v for k, v in overrides.items() if v is not None})
 
 

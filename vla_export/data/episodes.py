@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from vla_export.data.iospec import ATTENTION_MASK, INPUT_IDS, PIXEL_VALUES
 from vla_export.data.preprocess import DEFAULT_INSTRUCTION, preprocess_frames, prompt_for
 from vla_export.data.tokenizer import Tokenizer, tokenizer_for
 from vla_export.errors import DataError
@@ -383,7 +384,7 @@ class EpisodeSource:
             i, m = self._prompts[ref.instruction]
             ids.append(i)
             masks.append(m)
-        return {"pixel_values": np.stack(pixels).astype(np.float32), "input_ids": np.stack(ids), "attention_mask": np.stack(masks)}
+        return {PIXEL_VALUES: np.stack(pixels).astype(np.float32), INPUT_IDS: np.stack(ids), ATTENTION_MASK: np.stack(masks)}
 
     def __iter__(self):
         index = 0

@@ -20,6 +20,16 @@ import numpy as np
 from vla_export.data.source import SyntheticSource
 from vla_export.models.config import PolicyConfig
 
+#: The policy's tensor names: every module that feeds or reads a graph spells them with these.
+PIXEL_VALUES = "pixel_values"
+INPUT_IDS = "input_ids"
+ATTENTION_MASK = "attention_mask"
+ACTIONS = "actions"
+#: The per-frame features of a window (the whole policy's debug output, the head's input).
+FEATURES = "features"
+#: One frame's feature (the backbone's output).
+FEATURE = "feature"
+
 #: The name each dynamic role gets in an exported graph.
 DIM_NAMES = {"batch": "batch", "text": "text_len", "window": "window"}
 
@@ -67,24 +77,24 @@ class GraphSpec:
 
 
 _PIXELS = ("channel", "height", "width")
-_IDS = TensorSpec("input_ids", "int64", ("batch", "text"))
-_MASK = TensorSpec("attention_mask", "int64", ("batch", "text"))
+_IDS = TensorSpec(INPUT_IDS, "int64", ("batch", "text"))
+_MASK = TensorSpec(ATTENTION_MASK, "int64", ("batch", "text"))
 
 POLICY = GraphSpec(
     "policy",
-    inputs=(TensorSpec("pixel_values", "float32", ("batch", "window", *_PIXELS)), _IDS, _MASK),
-    outputs=(TensorSpec("actions", "float32", ("batch", "action")),),
-    debug_outputs=(TensorSpec("features", "float32", ("batch", "window", "feature")),),
+    inputs=(TensorSpec(PIXEL_VALUES, "float32", ("batch", "window", *_PIXELS)), _IDS, _MASK),
+    outputs=(TensorSpec(ACTIONS, "float32", ("batch", "action")),),
+    debug_outputs=(TensorSpec(FEATURES, "float32", ("batch", "window", "feature")),),
 )
 BACKBONE = GraphSpec(
     "backbone",
-    inputs=(TensorSpec("pixel_values", "float32", ("batch", *_PIXELS)), _IDS, _MASK),
-    outputs=(TensorSpec("feature", "float32", ("batch", "feature")),),
+    inputs=(TensorSpec(PIXEL_VALUES, "float32", ("batch", *_PIXELS)), _IDS, _MASK),
+    outputs=(TensorSpec(FEATURE, "float32", ("batch", "feature")),),
 )
 HEAD = GraphSpec(
     "head",
-    inputs=(TensorSpec("features", "float32", ("batch", "window", "feature")),),
-    outputs=(TensorSpec("actions", "float32", ("batch", "action")),),
+    inputs=(TensorSpec(FEATURES, "float32", ("batch", "window", "feature")),),
+    outputs=(TensorSpec(ACTIONS, "float32", ("batch", "action")),),
     dynamic_roles=("batch", "window"),
 )
 GRAPHS: Mapping[str, GraphSpec] = {g.name: g for g in (POLICY, BACKBONE, HEAD)}
@@ -111,8 +121,8 @@ def dummy_inputs(graph: GraphSpec, config: PolicyConfig, *, batch: int = 1, wind
     if graph is HEAD:
         rng = np.random.default_rng([seed, index])
         t = config.window if window is None else window
-        return {"features": rng.standard_normal((batch, t, config.frame_feature_dim), dtype=np.float32)}
+        return {FEATURES: rng.standard_normal((batch, t, config.frame_feature_dim), dtype=np.float32)}
     sample = SyntheticSource(config, seed=seed, batch=batch, window=window, text_len=text_len).sample(index)
     if graph is BACKBONE:
-        sample = {**sample, "pixel_values": sample["pixel_values"][:, 0]}
+        sample = {**sample, PIXEL_VALUES: sample[PIXEL_VALUES][:, 0]}
     return {name: sample[name] for name in graph.input_names}

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vla_export.choices import Exporter, Precision
 from vla_export.artifacts.onnxfile import check_model, data_file, io_signature, op_counts, written_opset
 from vla_export.errors import ArtifactError, ConfigError
 from vla_export import interrupts
@@ -30,7 +31,7 @@ from vla_export.models.memory import check_window_memory
 
 log = logging.getLogger(__name__)
 
-EXPORTERS = ("dynamo", "torchscript")
+EXPORTERS = Exporter.values()
 DEFAULT_OPSET = 18
 TWO_GB = 2**31 - 1  # protobuf's hard limit for one serialised message
 MANIFEST_KIND = "onnx"
@@ -62,7 +63,7 @@ def _dynamo_shapes(example_inputs: Mapping[str, Any], dynamic: Mapping[str, Mapp
 #: The opsets each exporter can write (torch 2.13): the dynamo exporter builds opset 18 and converts
 #: upwards only; the legacy exporter covers 7 to 20. A requested opset is also compared with the one
 #: the written file declares, so another torch that cannot honour it is refused too.
-OPSET_RANGE = {"dynamo": (18, 23), "torchscript": (7, 20)}
+OPSET_RANGE = {Exporter.DYNAMO: (18, 23), Exporter.TORCHSCRIPT: (7, 20)}
 
 
 def check_opset(opset: int, exporter: str) -> None:
@@ -85,7 +86,7 @@ def export_module(
     output_names: Sequence[str],
     dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
     opset: int = DEFAULT_OPSET,
-    exporter: str = "dynamo",
+    exporter: str = Exporter.DYNAMO,
     external_data: bool | None = None,
     optimize: bool = True,
 ) -> Path:
@@ -124,7 +125,7 @@ def stage_module(
     output_names: Sequence[str],
     dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
     opset: int = DEFAULT_OPSET,
-    exporter: str = "dynamo",
+    exporter: str = Exporter.DYNAMO,
     external_data: bool | None = None,
     optimize: bool = True,
 ) -> None:
@@ -143,7 +144,7 @@ def stage_module(
     tmpdir = tmp.parent
     args = tuple(example_inputs.values())
     with torch.no_grad():
-        if exporter == "dynamo":
+        if exporter == Exporter.DYNAMO:
             program = torch.onnx.export(
                 module, args, dynamo=True, input_names=list(example_inputs), output_names=list(output_names),
                 dynamic_shapes=_dynamo_shapes(example_inputs, dynamic_axes), opset_version=opset, optimize=optimize,
@@ -248,7 +249,7 @@ class OnnxExportOptions:
     """How to export a policy. ``window=None`` uses the config's window."""
 
     opset: int = DEFAULT_OPSET
-    exporter: str = "dynamo"
+    exporter: str = Exporter.DYNAMO
     window: int | None = None
     dynamic_window: bool = False
     debug_outputs: bool = False
@@ -452,7 +453,7 @@ def ort_parity(path: Path, loaded, *, window: int, debug_outputs: bool, samples:
     feeds += [SyntheticSource(cfg, seed=seed + 2, batch=3, window=other_window or window, text_len=min(11, cfg.max_text_len)).sample(i)
               for i in range(samples)]
     with TorchRunner(loaded.policy, debug_outputs=debug_outputs) as ref, OnnxrtRunner(path) as cand:
-        return compare_runners(ref, cand, feeds, precision="fp32", label=label)
+        return compare_runners(ref, cand, feeds, precision=Precision.FP32, label=label)
 
 
 class OnnxFromPolicy:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from vla_export.choices import CalibrationMethod, Precision
 from vla_export import interrupts
 from vla_export.artifacts.graph import ensure_node_names
 from vla_export.artifacts.onnxfile import data_file, needs_external_data, OnnxFile, open_onnx, save_onnx
@@ -39,7 +40,7 @@ NORM_OPS = ("LayerNormalization", "SimplifiedLayerNormalization", "SkipLayerNorm
 SOFTMAX_OPS = ("Softmax", "LogSoftmax")
 #: The mask closure stops at these ops: past them values are activations again, not mask arithmetic.
 MASK_STOP_OPS = (*SOFTMAX_OPS, "MatMul", "Gemm", *NORM_OPS)
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+CALIBRATION_METHODS = CalibrationMethod.values()
 #: Entropy calibration histogram: 1024 bins searched for the 128-bin window of least KL divergence
 #: (TensorRT's entropy calibrator uses 2048; the search is quadratic in pure Python, and 1024 keeps tiny
 #: under a minute on 2 cores). onnxruntime's quantize_static cannot pass these
@@ -311,7 +312,7 @@ def convert_fp16(onnx_path: str | Path | OnnxFile, output: str | Path, *, keep_s
     )
     options = {"keep_sensitive_fp32": keep_sensitive_fp32, "external_data": external,
                "duplicate_casts_removed": drop_duplicate_nodes(model), "nodes_reordered": sort_topologically(model)}
-    return _publish(source, output, "fp16", lambda tmp: save_onnx(model, tmp, external=external), reasons, options, start)
+    return _publish(source, output, Precision.FP16, lambda tmp: save_onnx(model, tmp, external=external), reasons, options, start)
 
 
 class _Reader:
@@ -376,7 +377,7 @@ def quantize_int8(
     output: str | Path,
     *,
     per_channel: bool = True,
-    method: str = "minmax",
+    method: str = CalibrationMethod.MINMAX,
     op_types: Sequence[str] = INT8_OP_TYPES,
     keep_sensitive_fp32: bool = True,
     exclude: Iterable[str] = (),
@@ -401,7 +402,7 @@ def quantize_int8(
     options = {
         "per_channel": per_channel, "method": method, "op_types": list(op_types), "calibration": calibration_record(calib),
         "calibration_samples": len(calib), "keep_sensitive_fp32": keep_sensitive_fp32, "external_data": external,
-        **({"entropy_bins": ENTROPY_BINS, "entropy_quantized_bins": ENTROPY_QUANTIZED_BINS} if method == "entropy" else {}),
+        **({"entropy_bins": ENTROPY_BINS, "entropy_quantized_bins": ENTROPY_QUANTIZED_BINS} if method == CalibrationMethod.ENTROPY else {}),
     }
     with tempfile.TemporaryDirectory(prefix="vla-quant-") as work:
         named = Path(work) / "named.onnx"
@@ -410,7 +411,7 @@ def quantize_int8(
 
         def write(tmp: Path) -> None:
             cache = {}
-            if method == "entropy":
+            if method == CalibrationMethod.ENTROPY:
                 cache["calibration_cache_path"] = _entropy_ranges(named, calib, op_types, Path(work), external)
             q.quantize_static(
                 str(named), str(tmp), calibration_reader(calib),
@@ -429,6 +430,6 @@ def quantize_int8(
                 **cache,
             )
 
-        return _publish(source, output, "int8", write, reasons, options, start)
+        return _publish(source, output, Precision.INT8, write, reasons, options, start)
 
 

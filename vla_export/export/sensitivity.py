@@ -30,6 +30,8 @@ import numpy as np
 
 from vla_export.artifacts.graph import ensure_node_names, node_module_scopes, producers, quantized_nodes, with_float_nodes
 from vla_export.artifacts.onnxfile import OnnxFile, load_onnx, needs_external_data, open_onnx, save_onnx, tensor_bytes
+from vla_export.data.iospec import ACTIONS, FEATURES
+from vla_export.choices import Precision
 from vla_export.backends.onnxrt import EXACT_QDQ_CONFIG
 from vla_export.compare.comparator import compare_output
 from vla_export.compare.tolerance import tolerance_for
@@ -162,7 +164,7 @@ def units_of(model, granularity: str = "layer") -> list[Unit]:
 class Evaluator:
     """Runs model variants (exact Q/DQ arithmetic) on fixed feeds against the float model's outputs."""
 
-    def __init__(self, float_model, feeds: Sequence[Mapping[str, np.ndarray]], *, outputs: tuple[str, ...] = ("actions", "features"),
+    def __init__(self, float_model, feeds: Sequence[Mapping[str, np.ndarray]], *, outputs: tuple[str, ...] = (ACTIONS, FEATURES),
                  targets: np.ndarray | None = None):
         """``outputs``: the graph outputs standing for (actions, features); a model that is not a policy
         (e.g. a trained ViT used to measure quantization on realistic weights) names its own.
@@ -171,16 +173,16 @@ class Evaluator:
         if not feeds:
             raise DataError("sensitivity needs at least one evaluation window")
         self.feeds = list(feeds)
-        self.outputs = dict(zip(outputs, ("actions", "features")))
+        self.outputs = dict(zip(outputs, (ACTIONS, FEATURES)))
         self.count = 0
         self.reference = self._run(float_model)
         self.count = 0
         self.targets = None if targets is None else np.asarray(targets, dtype=np.float64)
         if self.targets is not None:
-            if self.targets.ndim != 2 or len(self.targets) != len(self.reference["actions"]):
+            if self.targets.ndim != 2 or len(self.targets) != len(self.reference[ACTIONS]):
                 raise DataError(f"{len(self.reference['actions'])} action rows but recorded targets of shape {self.targets.shape}")
-            self.dims = min(self.targets.shape[1], self.reference["actions"].shape[1])
-            self.reference_mae = self._mae(self.reference["actions"])
+            self.dims = min(self.targets.shape[1], self.reference[ACTIONS].shape[1])
+            self.reference_mae = self._mae(self.reference[ACTIONS])
 
     def _mae(self, actions: np.ndarray) -> np.ndarray:
         return np.abs(actions[:, : self.dims].astype(np.float64) - self.targets[:, : self.dims]).mean(axis=0)
@@ -207,12 +209,12 @@ class Evaluator:
 
     def __call__(self, model) -> Errors:
         out = self._run(model)
-        tol = tolerance_for("int8")
-        a = compare_output("actions", self.reference["actions"], out["actions"], tol)
-        f = compare_output("features", self.reference["features"], out["features"], tol) if "features" in out else None
+        tol = tolerance_for(Precision.INT8)
+        a = compare_output(ACTIONS, self.reference[ACTIONS], out[ACTIONS], tol)
+        f = compare_output(FEATURES, self.reference[FEATURES], out[FEATURES], tol) if FEATURES in out else None
         rise = None
         if self.targets is not None:
-            mae = self._mae(out["actions"])
+            mae = self._mae(out[ACTIONS])
             rise = float(np.max(mae - self.reference_mae)) if np.isfinite(mae).all() else float("inf")
         return Errors(a.max_abs, a.mean_abs, a.cosine, f.max_row_rel if f else None, f.cosine if f else None, rise)
 
@@ -397,7 +399,7 @@ def quantize_int8_with_budget(
         "budget": search.to_dict(),
         "held_out": sens.data,
         "layers": {
-            "int8": [s.unit.name for s in sens.units if s.unit.name not in out_units],
+            Precision.INT8: [s.unit.name for s in sens.units if s.unit.name not in out_units],
             "float": {name: "kept out by the accuracy budget (most sensitive first)" for name in search.kept_float},
         },
         "int8_share_of_weight_elements": int8_elements / total if total else 0.0,
@@ -408,8 +410,8 @@ def quantize_int8_with_budget(
         from vla_export.compare.actions import dim_names, discrimination
 
         d = evaluate.dims
-        options["mae_discrimination"] = discrimination(evaluate.reference["actions"][:, :d], evaluate.targets[:, :d], dim_names(d),
+        options["mae_discrimination"] = discrimination(evaluate.reference[ACTIONS][:, :d], evaluate.targets[:, :d], dim_names(d),
                                                        budget.max_mae_increase)
     external = needs_external_data(model, source.external)
-    result = _publish(source, output, "int8", lambda tmp: save_onnx(model, tmp, external=external), reasons, options, start)
+    result = _publish(source, output, Precision.INT8, lambda tmp: save_onnx(model, tmp, external=external), reasons, options, start)
     return result, search, sens

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from vla_export.choices import Exporter, Precision
 from vla_export.errors import ArtifactError, ConfigError
 from vla_export.artifacts.manifest import (
     SCHEMA,
@@ -47,7 +48,7 @@ from vla_export.export.onnx import (
     static_checks,
 )
 from vla_export.artifacts.onnxfile import data_file, written_opset
-from vla_export.data.iospec import BACKBONE, HEAD, POLICY, dummy_inputs
+from vla_export.data.iospec import ATTENTION_MASK, BACKBONE, FEATURES, HEAD, INPUT_IDS, PIXEL_VALUES, POLICY, dummy_inputs
 from vla_export import interrupts
 from vla_export.fileio import check_output_path, output_errors, staging_dir
 from vla_export.models.finite import require_finite_weights
@@ -65,11 +66,11 @@ STREAM_CHECK_EXTRA_FRAMES = 2  # frames past the window in the composed check, s
 @dataclass(frozen=True)
 class SplitOptions:
     opset: int = DEFAULT_OPSET
-    exporter: str = "dynamo"  # the backbone's
+    exporter: str = Exporter.DYNAMO  # the backbone's
     # The head's exporter. With torch 2.13 the dynamo exporter fixed the head's window axis at the
     # example's T whenever a whole policy had been exported earlier in the same process (dynamo and
     # compiler resets did not help); the legacy exporter keeps it dynamic, and its LSTM is the ONNX LSTM op.
-    head_exporter: str = "torchscript"
+    head_exporter: str = Exporter.TORCHSCRIPT
     window: int | None = None  # the runtime window recorded in the manifest (default: the config's)
     external_data: bool | None = None
     optimize: bool = True
@@ -134,7 +135,7 @@ def _part_inputs(loaded, *, seed: int, batch: int, window: int, text_len: int | 
     s = dummy_inputs(POLICY, cfg, batch=batch, window=window, text_len=text_len and min(text_len, cfg.max_text_len), seed=seed)
     with torch.no_grad():
         _, feats = loaded.policy(*(torch.from_numpy(s[k]) for k in BACKBONE_INPUTS), return_features=True)
-    return {"backbone": {**s, "pixel_values": s["pixel_values"][:, 0]}, "head": {"features": feats.numpy()}}
+    return {"backbone": {**s, PIXEL_VALUES: s[PIXEL_VALUES][:, 0]}, "head": {FEATURES: feats.numpy()}}
 
 
 #: Parity feeds (batch, text length, window as a multiple of the runtime window), other than the export's.
@@ -260,7 +261,7 @@ def write_part_manifest(tmp: Path, part: str, loaded, window: int, options: Spli
         MANIFEST_KIND, tmp, files, part=part, source=source, config=loaded.config.to_dict(), model=model_record(loaded), window=window,
         options=options.to_dict(), opset=written_opset(tmp), exporter=exporter,
         parameters=checks.completeness.to_dict(), io=checks.io, ops=checks.ops,
-        parity={"fp32": parity.to_dict()}, versions=versions(),
+        parity={Precision.FP32: parity.to_dict()}, versions=versions(),
     )
     out = manifest_path(tmp)
     write_manifest(tmp, data, path=out)
@@ -295,9 +296,9 @@ def stream_check(loaded, backbone: Path, head: Path, *, window: int, seed: int =
     sample = source.sample(0)
     rng = np.random.default_rng(seed + 7)
     frames = np.stack([source.frame(rng) for _ in range(window + STREAM_CHECK_EXTRA_FRAMES)])
-    prompt = FixedPrompt(sample["input_ids"], sample["attention_mask"])
+    prompt = FixedPrompt(sample[INPUT_IDS], sample[ATTENTION_MASK])
     policy = Policy(OnnxrtRunner(backbone), OnnxrtRunner(head), tokenizer=prompt, window=window,
                     image_size=cfg.image_size, action_dim=cfg.action_dim)
     with policy, TorchRunner(loaded.policy) as reference, step(f"stream check: {len(frames)} synthetic frames through the parts vs the full policy"):
-        return replay_frames(policy, reference, frames, instruction=None, atol=atol or tolerance_for("fp32").atol,
+        return replay_frames(policy, reference, frames, instruction=None, atol=atol or tolerance_for(Precision.FP32).atol,
                              info={"frames": f"synthetic (seed {seed + 7})", "num_frames": len(frames)})

@@ -34,12 +34,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vla_export.data.iospec import axis_role
+from vla_export.data.iospec import INPUT_IDS, axis_role
 from vla_export.backends.tensorrt import INSTALL_TRT, CapturingLogger, engine_version, flavor_label, import_tensorrt
 from vla_export.artifacts.onnxfile import io_signature
 from vla_export.artifacts.manifest import build_manifest, read_manifest, versions, write_manifest
 from vla_export.errors import ArtifactError, ConfigError, DataError, MissingDependencyError
 from vla_export.fileio import atomic_write
+from vla_export.choices import Precision
 from vla_export.precision import PRECISIONS
 from vla_export.progress import reported
 
@@ -119,7 +120,7 @@ class TrtBuildOptions:
     precision constraints unless ``fp16_all``; ``int8`` also enables FP16 for the layers that stay out of
     INT8 and needs ``calib`` (a calibration set) unless the ONNX has Q/DQ nodes."""
 
-    precision: str = "fp32"
+    precision: str = Precision.FP32
     fp16_all: bool = False
     typing: str = "auto"
     shapes: Mapping[str, Profile] = field(default_factory=dict)
@@ -144,7 +145,7 @@ class TrtBuildOptions:
             raise ConfigError(f"--compute-capability {','.join(unknown)}: TensorRT-RTX targets {', '.join(RTX_COMPUTE_CAPABILITIES)} "
                               "(no 87 Jetson Orin, no 90 H100/H200)")
         if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+            raise ConfigError(f"precision must be one of {tuple(p.value for p in PRECISIONS)}, got {str(self.precision)!r}")
         if self.typing not in TYPINGS:
             raise ConfigError(f"typing must be one of {TYPINGS}, got {self.typing!r}")
         if self.hardware_compatibility not in HARDWARE_COMPAT:
@@ -237,7 +238,7 @@ def _non_float_nodes(model, onnx) -> set[str]:
 class LayerRule:
     """Keep matching layers at ``precision``: by TensorRT layer type or by ONNX node name."""
 
-    precision: str  # "fp32" or "fp16"
+    precision: str  # Precision.FP32 or Precision.FP16
     layer_types: tuple[str, ...] = ()
     names: tuple[str, ...] = ()
     reason: str = ""
@@ -347,8 +348,8 @@ def trt_major(version: str) -> int:
 
 #: Options TensorRT-RTX cannot act on, and why (each refused in one line, never dropped).
 RTX_REFUSED = (
-    ("--fp16", lambda opts: opts.precision == "fp16", "builds strongly typed only: FP16 comes from the ONNX (`vla-export quantize MODEL.onnx --fp16`, then build that ONNX)"),
-    ("--int8", lambda opts: opts.precision == "int8", "builds strongly typed only: INT8 comes from Q/DQ nodes (`vla-export quantize MODEL.onnx --int8 --calib DATA`, then build that ONNX)"),
+    ("--fp16", lambda opts: opts.precision == Precision.FP16, "builds strongly typed only: FP16 comes from the ONNX (`vla-export quantize MODEL.onnx --fp16`, then build that ONNX)"),
+    ("--int8", lambda opts: opts.precision == Precision.INT8, "builds strongly typed only: INT8 comes from Q/DQ nodes (`vla-export quantize MODEL.onnx --int8 --calib DATA`, then build that ONNX)"),
     ("--fp16-all", lambda opts: opts.fp16_all, "builds strongly typed only: layer types come from the ONNX"),
     ("--calib", lambda opts: opts.calib is not None, "has no INT8 calibrator: quantize with `vla-export quantize --int8 --calib DATA`"),
     ("--calib-cache", lambda opts: opts.calib_cache is not None, "has no INT8 calibrator: quantize with `vla-export quantize --int8 --calib DATA`"),
@@ -371,7 +372,7 @@ def _make_rtx_plan(facts: OnnxFacts, options: TrtBuildOptions, trt_version: str)
     return BuildPlan(
         strongly_typed=True, flags=[], workspace_bytes=options.workspace_mib << 20, profiles=derive_profiles(facts, options),
         calibration_profile=None, layer_rules=[], timing_cache=None, optimization_level=options.optimization_level,
-        hardware_compatibility="none", dla_core=None, calib=None, calib_cache=None, precision="fp32", tensorrt=trt_version,
+        hardware_compatibility="none", dla_core=None, calib=None, calib_cache=None, precision=Precision.FP32, tensorrt=trt_version,
         flavor="rtx", compute_capabilities=list(options.compute_capabilities), detailed_profiling=True,
     )
 
@@ -395,61 +396,61 @@ def make_plan(facts: OnnxFacts, options: TrtBuildOptions, *, trt_version: str = 
     major = trt_major(trt_version)
     if major and major < 10:
         raise ConfigError(f"TensorRT {trt_version} is too old: vla-export builds with the TensorRT 10 API (JetPack 6 ships 10.3)")
-    p = options.precision
-    qdq_int8 = facts.has_qdq and p == "int8" and options.typing != "weak"
-    if options.typing == "strong" or (options.typing == "auto" and (major >= 11 or (facts.typed and p == "fp32") or qdq_int8)):
+    p = Precision(options.precision)
+    qdq_int8 = facts.has_qdq and p == Precision.INT8 and options.typing != "weak"
+    if options.typing == "strong" or (options.typing == "auto" and (major >= 11 or (facts.typed and p == Precision.FP32) or qdq_int8)):
         strong = True
     else:
         strong = False
-    if strong and p != "fp32" and not (qdq_int8 and major < 11):
+    if strong and p != Precision.FP32 and not (qdq_int8 and major < 11):
         why = f"TensorRT {trt_version} has no FP16/INT8 builder flags" if major >= 11 else "a strongly typed build takes its precision from the ONNX"
         raise ConfigError(
-            f"{why}: run `vla-export quantize {facts.path.name} --{p}{' --calib DATA' if p == 'int8' else ''}` "
+            f"{why}: run `vla-export quantize {facts.path.name} --{p}{' --calib DATA' if p == Precision.INT8 else ''}` "
             "and build the ONNX it writes without --fp16/--int8"
         )
     if major >= 11 and options.typing == "weak":
         raise ConfigError(f"TensorRT {trt_version} builds strongly typed networks only; drop --weakly-typed")
     flags: list[str] = []
     rules: list[LayerRule] = []
-    if p in ("fp16", "int8") and not strong:
-        flags.append("FP16")
-    if p == "int8" and not strong:
-        flags.append("INT8")
+    if p in (Precision.FP16, Precision.INT8) and not strong:
+        flags.append(Precision.FP16.trt_flag)
+    if p == Precision.INT8 and not strong:
+        flags.append(Precision.INT8.trt_flag)
         if not facts.has_qdq and options.calib is None:
             raise DataError(
                 f"INT8 without Q/DQ nodes in {facts.path.name} needs calibration data: pass --calib DATA "
                 "(make it with `vla-export calib`), or quantize explicitly with `vla-export quantize --int8`"
             )
-    if p != "fp32" and not options.fp16_all and not strong:
+    if p != Precision.FP32 and not options.fp16_all and not strong:
         # By exact ONNX node name only (trtexec's --layerPrecisions matches names, so both paths pin the same
         # layers), float nodes only, never a quantized one.
         by_reason: dict[str, list[str]] = {}
         for name, reason in facts.sensitive.items():
             if name not in facts.quantized and name not in facts.non_float:
                 by_reason.setdefault(reason, []).append(name)
-        rules.append(LayerRule("fp32", names=tuple(sorted(by_reason.get("layernorm", []) + by_reason.get("softmax", []))),
+        rules.append(LayerRule(Precision.FP32, names=tuple(sorted(by_reason.get("layernorm", []) + by_reason.get("softmax", []))),
                                reason="layernorm+softmax"))
-        rules.append(LayerRule("fp32", names=tuple(sorted(by_reason.get("mask", []))), reason="attention-mask arithmetic"))
-        if p == "int8":
-            rules.append(LayerRule("fp16", names=tuple(sorted(by_reason.get("residual-add", []))), reason="residual adds out of INT8"))
-            rules.append(LayerRule("fp16", names=tuple(sorted(by_reason.get("head", []))), reason="policy head out of INT8"))
-            rules.append(LayerRule("fp16", names=tuple(sorted(by_reason.get("attention-matmul", []))), reason="attention matmuls out of INT8"))
+        rules.append(LayerRule(Precision.FP32, names=tuple(sorted(by_reason.get("mask", []))), reason="attention-mask arithmetic"))
+        if p == Precision.INT8:
+            rules.append(LayerRule(Precision.FP16, names=tuple(sorted(by_reason.get("residual-add", []))), reason="residual adds out of INT8"))
+            rules.append(LayerRule(Precision.FP16, names=tuple(sorted(by_reason.get("head", []))), reason="policy head out of INT8"))
+            rules.append(LayerRule(Precision.FP16, names=tuple(sorted(by_reason.get("attention-matmul", []))), reason="attention matmuls out of INT8"))
         flags.append("OBEY_PRECISION_CONSTRAINTS")
     if options.dla_core is not None:
-        if p == "fp32" and not (strong and facts.typed):
+        if p == Precision.FP32 and not (strong and facts.typed):
             raise ConfigError("DLA runs FP16 or INT8 only: add --fp16 or --int8 to use --dla-core")
         flags.append("GPU_FALLBACK")
     if options.version_compatible:
         flags.append("VERSION_COMPATIBLE")
     if options.exclude_lean_runtime:
         flags.append("EXCLUDE_LEAN_RUNTIME")
-    profiles = derive_profiles(facts, options, text_opt=(calib_shapes or {}).get("input_ids", (0, None))[-1])
+    profiles = derive_profiles(facts, options, text_opt=(calib_shapes or {}).get(INPUT_IDS, (0, None))[-1])
     calib_profile = None
-    if p == "int8" and not strong and not facts.has_qdq and calib_shapes:
+    if p == Precision.INT8 and not strong and not facts.has_qdq and calib_shapes:
         # Implicit calibration runs at one shape per input: the calibration set's.
         calib_profile = {n: Profile(s, s, s) for n, s in calib_shapes.items()}
     calib_cache = options.calib_cache
-    if p == "int8" and not strong and options.calib is not None and calib_cache is None:
+    if p == Precision.INT8 and not strong and options.calib is not None and calib_cache is None:
         calib_cache = default_calib_cache(options.calib, facts.path, trt_version)
     return BuildPlan(
         strongly_typed=strong, flags=flags, workspace_bytes=options.workspace_mib << 20, profiles=profiles,
@@ -541,7 +542,7 @@ def apply_layer_rules(rules: Sequence[LayerRule], network, trt) -> dict[str, int
         if not outputs or not all(_is_float(o.dtype, trt) for o in outputs):
             log.warning("layer %s: output not FP32/FP16 in TensorRT's network, precision rule %r not applied", layer.name, rule.reason)
             continue
-        dtype = trt.float32 if rule.precision == "fp32" else trt.float16
+        dtype = trt.float32 if rule.precision == Precision.FP32 else trt.float16
         layer.precision = dtype
         for j in range(layer.num_outputs):
             layer.set_output_type(j, dtype)
@@ -745,7 +746,7 @@ def build_engine(onnx: str | Path, output: str | Path, options: TrtBuildOptions 
     builder_kind, flavor = find_builder()
     facts = read_onnx_facts(onnx)
     calib_shapes = None
-    if options.precision == "int8" and flavor != "rtx":
+    if options.precision == Precision.INT8 and flavor != "rtx":
         calib, calib_shapes = _calib_shapes(options.calib, facts)
     else:
         calib = None
@@ -847,11 +848,11 @@ def onnx_precision(facts: OnnxFacts) -> str:
     """The ONNX's precision as built: its manifest's (int8, fp16; int8w for weight-only INT8), else from its nodes."""
     manifest = read_manifest(facts.path, kind="onnx", required=False) or {}
     recorded = manifest.get("precision")
-    if recorded == "int8" and ((manifest.get("quantization") or {}).get("options") or {}).get("weight_bytes"):
-        return "int8w"
+    if recorded == Precision.INT8 and ((manifest.get("quantization") or {}).get("options") or {}).get("weight_bytes"):
+        return Precision.INT8W
     if recorded:
         return str(recorded)
-    return "int8" if facts.has_qdq else "fp16" if facts.has_fp16 else "fp32"
+    return Precision.INT8 if facts.has_qdq else Precision.FP16 if facts.has_fp16 else Precision.FP32
 
 
 def write_engine_manifest(engine: Path, facts: OnnxFacts, plan: BuildPlan, version: str, gpu: Mapping[str, Any],
@@ -871,7 +872,7 @@ def write_engine_manifest(engine: Path, facts: OnnxFacts, plan: BuildPlan, versi
         compute_capabilities_note=("the library's default targets (TensorRT-RTX 1.7: portable to 8.0, 8.6, 8.9, 12.0 per "
                                    "NVIDIA's documentation; not read from the engine)") if rtx and not plan.compute_capabilities else None,
         gpu=dict(gpu),
-        precision=("int8" if as_built == "int8w" else as_built) if rtx else plan.precision,  # the parity tolerance class
+        precision=(Precision.INT8 if as_built == Precision.INT8W else as_built) if rtx else plan.precision,  # the parity tolerance class
         strongly_typed=plan.strongly_typed,
         flags=plan.flags,
         profiles={k: v.to_dict() for k, v in plan.profiles.items()},

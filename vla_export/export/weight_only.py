@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from vla_export.artifacts.graph import ensure_node_names
-from vla_export.artifacts.onnxfile import needs_external_data, OnnxFile, open_onnx, save_onnx
-from vla_export.export.quantize import _publish, precision_sensitive_nodes, QuantizeResult
+from vla_export.artifacts.onnxfile import OnnxFile, needs_external_data, open_onnx, save_onnx
+from vla_export.choices import Precision
+from vla_export.export.quantize import QuantizeResult, _publish, precision_sensitive_nodes
 from vla_export.lazy import lazy_import
 
 WEIGHT_ONLY_OP_TYPES = ("MatMul", "Gemm", "Conv")
@@ -133,4 +134,4 @@ def quantize_int8_weights(
         "activations": "float32 (as exported)", "op_types": list(op_types), "keep_sensitive_fp32": keep_sensitive_fp32,
         "external_data": external, "weight_bytes": weights,
     }
-    return _publish(source, output, "int8", lambda tmp: save_onnx(model, tmp, external=external), reasons, options, start)
+    return _publish(source, output, Precision.INT8, lambda tmp: save_onnx(model, tmp, external=external), reasons, options, start)

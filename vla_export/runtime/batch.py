@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from vla_export.data.iospec import INPUT_IDS, PIXEL_VALUES
 from vla_export.data.preprocess import check_frame
 from vla_export.errors import RunnerError
 from vla_export.runtime.policy import BACKBONE_OUTPUTS, HEAD_INPUTS, HEAD_OUTPUTS, Policy, finish_steps, step_on_device
@@ -39,7 +40,7 @@ def step_batch(policies: Sequence[Policy], frames: Sequence[np.ndarray]) -> list
             raise RunnerError("step_batch: the policies must share one backbone runner and one head runner")
         if p.prompt is None:
             raise RunnerError("Policy.step() before Policy.reset(instruction): call reset() at the start of each episode")
-        if p.prompt["input_ids"].shape != first.prompt["input_ids"].shape:
+        if p.prompt[INPUT_IDS].shape != first.prompt[INPUT_IDS].shape:
             raise RunnerError(
                 f"step_batch: prompts of {p.prompt['input_ids'].shape[1]} and {first.prompt['input_ids'].shape[1]} tokens "
                 "cannot share a batch; tokenise with a fixed text_len"
@@ -55,7 +56,7 @@ def step_batch(policies: Sequence[Policy], frames: Sequence[np.ndarray]) -> list
     t0 = time.perf_counter()
     pixels = first.backbone.preprocess(frames, first.image_size)  # the shared preprocessing, where the backbone runs
     t1 = time.perf_counter()
-    feed = {"pixel_values": pixels}
+    feed = {PIXEL_VALUES: pixels}
     for name in first.prompt:
         feed[name] = np.concatenate([p.prompt[name] for p in policies])
     features = first.backbone.infer(feed)[BACKBONE_OUTPUTS[0]]

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from vla_export.backends.base import Runner
-from vla_export.data.iospec import BACKBONE, HEAD
+from vla_export.data.iospec import ATTENTION_MASK, BACKBONE, HEAD, INPUT_IDS, PIXEL_VALUES
 from vla_export.data.preprocess import DEFAULT_INSTRUCTION, check_frame, prompt_for
 from vla_export.errors import DataError, RunnerError
 
@@ -224,7 +224,7 @@ class Policy:
     def prompt_feed(self, instruction: str | None) -> dict[str, np.ndarray]:
         """The backbone's text inputs [1, L] for ``instruction`` (the shared prompt template)."""
         ids, mask = self.tokenizer.encode(prompt_for(instruction), self.text_len)
-        return {"input_ids": np.asarray(ids, dtype=np.int64).reshape(1, -1), "attention_mask": np.asarray(mask, dtype=np.int64).reshape(1, -1)}
+        return {INPUT_IDS: np.asarray(ids, dtype=np.int64).reshape(1, -1), ATTENTION_MASK: np.asarray(mask, dtype=np.int64).reshape(1, -1)}
 
     @property
     def prompt(self) -> dict[str, np.ndarray] | None:
@@ -249,7 +249,7 @@ class Policy:
             )
         prompt = self.prompt_feed(instruction)
         limit = self.max_prompt_tokens()
-        tokens = int(prompt["attention_mask"].sum())
+        tokens = int(prompt[ATTENTION_MASK].sum())
         if limit is not None and tokens > limit:
             raise DataError(
                 f"the instruction is {tokens} tokens with the prompt template, more than the policy's text length of "
@@ -285,7 +285,7 @@ class Policy:
         t0 = time.perf_counter()
         pixels = self.backbone.preprocess([frame], self.image_size)
         t1 = time.perf_counter()
-        feature = self.backbone.infer({"pixel_values": pixels, **self._prompt})[BACKBONE_OUTPUTS[0]]
+        feature = self.backbone.infer({PIXEL_VALUES: pixels, **self._prompt})[BACKBONE_OUTPUTS[0]]
         t2 = time.perf_counter()
         self.ring.push(feature[0])
         actions = self.head.infer({HEAD_INPUTS[0]: self.ring.array()[None]})[HEAD_OUTPUTS[0]]
@@ -327,7 +327,7 @@ def step_on_device(policies: Sequence[Policy], frames: Sequence[np.ndarray]) -> 
     t0 = time.perf_counter()
     pixels = backbone.preprocess(frames, first.image_size)
     t1 = time.perf_counter()
-    feed = {"pixel_values": pixels, **{name: np.concatenate([p.prompt[name] for p in policies]) for name in first.prompt}}
+    feed = {PIXEL_VALUES: pixels, **{name: np.concatenate([p.prompt[name] for p in policies]) for name in first.prompt}}
     features = backbone.execute(backbone.stage(feed))[BACKBONE_OUTPUTS[0]]
     backbone.synchronize()  # so the phase times say which part took the time
     t2 = time.perf_counter()

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from vla_export.data.iospec import ACTIONS, PIXEL_VALUES
+from vla_export.choices import Precision
 from vla_export.backends.base import Runner
 from vla_export.data.preprocess import DEFAULT_INSTRUCTION, preprocess_frames
 from vla_export.runtime.policy import Policy, window_indices
@@ -142,7 +144,7 @@ def replay_frames(
     for k, frame in enumerate(frames):
         action = policy.step(frame)
         window = window_indices(k, policy.window)
-        ref = np.asarray(reference.infer({"pixel_values": pixels[window][None], **prompt})["actions"][0], dtype=np.float32)
+        ref = np.asarray(reference.infer({PIXEL_VALUES: pixels[window][None], **prompt})[ACTIONS][0], dtype=np.float32)
         result.steps.append(
             ReplayStep(
                 index=k, window=window, action=action.tolist(), reference=ref.tolist(),
@@ -171,7 +173,7 @@ def parts_precision(policy: Policy) -> str:
     for runner in (policy.backbone, policy.head):
         path = runner.path
         manifest = read_manifest(path, required=False) if path is not None else None
-        found.append((manifest or {}).get("precision") or "fp32")
+        found.append((manifest or {}).get("precision") or Precision.FP32)
     return loosest(found)
 
 

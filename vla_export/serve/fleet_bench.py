@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from vla_export.data.iospec import PIXEL_VALUES
 from vla_export.stats import LatencyStats
 from vla_export.errors import DataError, RunnerError
 from vla_export.lazy import lazy_import
@@ -210,7 +211,7 @@ def raw_backbone_rate(template: Policy, batch: int, *, seconds: float = 2.0, fra
     p = template.sibling()
     p.reset("go to the cup")
     backbone = template.backbone
-    feed = {"pixel_values": backbone.preprocess(frames, template.image_size), **{k: np.repeat(v, batch, 0) for k, v in p.prompt.items()}}
+    feed = {PIXEL_VALUES: backbone.preprocess(frames, template.image_size), **{k: np.repeat(v, batch, 0) for k, v in p.prompt.items()}}
     staged = backbone.stage(feed)
     for _ in range(3):
         backbone.execute(staged)

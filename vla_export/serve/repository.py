@@ -30,6 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vla_export.data.iospec import ACTIONS, ATTENTION_MASK, FEATURE, FEATURES, INPUT_IDS, PIXEL_VALUES
+from vla_export.choices import TORCH_PRECISIONS
 from vla_export.artifacts.kinds import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES, ONNX_SUFFIXES
 from vla_export.backends.torch_runner import COMPILE_MODES, INDUCTOR_GRAPH_MODES
 from vla_export.artifacts.kinds import PRESET_PREFIX
@@ -43,7 +45,7 @@ from vla_export.serve.fleet import RELEASE, SERVING_FILE, SERVING_SCHEMA
 REPOSITORY_FILE = "vla-export-repository.json"
 REPOSITORY_SCHEMA = "vla-export/triton-repository/1"
 BACKENDS = ("onnxrt", "trt", "torch", "tensorrt_plan")
-TORCH_DTYPES = ("float32", "float16", "bfloat16")
+TORCH_DTYPES = tuple(p.torch_dtype_name for p in TORCH_PRECISIONS)
 SERVE_INSTALL = "`pip install 'tritonclient[http,grpc]'` (the part of the serve extra that this needs)"
 TEMPLATE = Path(__file__).with_name("templates") / "policy_model.py"
 #: Inputs and outputs of the policy model (robots send and receive these).
@@ -193,12 +195,12 @@ def backbone_plan_config(name: str, *, image_size: int, feature_dim: int, option
         'platform: "tensorrt_plan"',
         f"max_batch_size: {options.max_batch}",
         "input [",
-        _tensor("pixel_values", "TYPE_FP32", [3, image_size, image_size]) + ",",
-        _tensor("input_ids", "TYPE_INT64", [-1]) + ",",
-        _tensor("attention_mask", "TYPE_INT64", [-1]),
+        _tensor(PIXEL_VALUES, "TYPE_FP32", [3, image_size, image_size]) + ",",
+        _tensor(INPUT_IDS, "TYPE_INT64", [-1]) + ",",
+        _tensor(ATTENTION_MASK, "TYPE_INT64", [-1]),
         "]",
         "output [",
-        _tensor("feature", "TYPE_FP32", [feature_dim]),
+        _tensor(FEATURE, "TYPE_FP32", [feature_dim]),
         "]",
         f"dynamic_batching {{ preferred_batch_size: [ {preferred} ] max_queue_delay_microseconds: {options.queue_delay_us} }}",
         "instance_group [ { count: 1 kind: KIND_GPU } ]",
@@ -216,7 +218,7 @@ def _place(src: Path, dst: Path) -> None:
 
 
 #: What each part's I/O is (``data.iospec``'s names): the backbone maps a frame to one feature, the head a window of them to the action.
-PART_IO = {"backbone": ({"pixel_values", "input_ids", "attention_mask"}, {"feature"}), "head": ({"features"}, {"actions"})}
+PART_IO = {"backbone": ({PIXEL_VALUES, INPUT_IDS, ATTENTION_MASK}, {FEATURE}), "head": ({FEATURES}, {ACTIONS})}
 
 
 def check_part(path: Path, part: str, manifest: Mapping[str, Any]) -> None:
@@ -227,7 +229,7 @@ def check_part(path: Path, part: str, manifest: Mapping[str, Any]) -> None:
     want_in, want_out = PART_IO[part]
     recorded = manifest.get("part")
     if (recorded is not None and recorded != part) or (io and (not want_in <= inputs or outputs != want_out)):
-        what = f"the {recorded} part" if recorded else "a whole policy" if "actions" in outputs and "pixel_values" in inputs else "another model"
+        what = f"the {recorded} part" if recorded else "a whole policy" if ACTIONS in outputs and PIXEL_VALUES in inputs else "another model"
         raise ArtifactError(f"{path}: --{part} is {what} (inputs {sorted(inputs)}, outputs {sorted(outputs)}), not the {part} part "
                             f"({sorted(want_in)} -> {sorted(want_out)}): pass NAME.{part}.onnx of a split export "
                             f"(`vla-export onnx CKPT --split`) or an engine built from it")

@@ -40,6 +40,8 @@ from typing import Any
 import numpy as np
 
 from vla_export.compare.actions import _finite_or_none, _se, action_metrics, dim_names, discrimination, RESOLUTION_Z
+from vla_export.data.iospec import ACTIONS, ATTENTION_MASK, INPUT_IDS, PIXEL_VALUES
+from vla_export.choices import Precision, QdqMode, RUNNER_QDQ_MODES
 from vla_export.errors import ArtifactError, ConfigError, DataError
 from vla_export.progress import step
 
@@ -140,7 +142,7 @@ def _prompt(tokenizer, instruction: str) -> dict[str, np.ndarray]:
     from vla_export.data.preprocess import prompt_for
 
     ids, mask = tokenizer.encode(prompt_for(instruction), None)
-    return {"input_ids": np.asarray(ids, dtype=np.int64).reshape(1, -1), "attention_mask": np.asarray(mask, dtype=np.int64).reshape(1, -1)}
+    return {INPUT_IDS: np.asarray(ids, dtype=np.int64).reshape(1, -1), ATTENTION_MASK: np.asarray(mask, dtype=np.int64).reshape(1, -1)}
 
 
 def run_full_window(runner, episodes, *, window: int, image_size: int, tokenizer, dims: int) -> np.ndarray:
@@ -153,7 +155,7 @@ def run_full_window(runner, episodes, *, window: int, image_size: int, tokenizer
         pixels = preprocess_frames(ep.frames(), image_size)
         prompt = _prompt(tokenizer, ep.instruction)
         for k in range(ep.num_frames):
-            actions = runner.infer({"pixel_values": pixels[window_indices(k, window)][None], **prompt})["actions"]
+            actions = runner.infer({PIXEL_VALUES: pixels[window_indices(k, window)][None], **prompt})[ACTIONS]
             out.append(np.asarray(actions, dtype=np.float32).reshape(-1)[:dims])
     return np.stack(out)
 
@@ -195,7 +197,7 @@ def _plan(path: Path, config) -> _Planned:
 
         other = PolicyFromCheckpoint(path)()
         check = check_same_config(path, other.config.to_dict(), config)
-        return _Planned(path, kind, "fp32", check, {"loaded": other})
+        return _Planned(path, kind, Precision.FP32, check, {"loaded": other})
     manifest = read_manifest(path, required=False) or {}
     check = check_same_config(path, manifest.get("config"), config)
     return _Planned(path, kind, _precision_label(manifest), check, manifest)
@@ -203,10 +205,10 @@ def _plan(path: Path, config) -> _Planned:
 
 def _precision_label(manifest: dict[str, Any]) -> str:
     """fp32, fp16, int8 (W8A8) or int8w (weight-only INT8, which manifests record as int8 without calibration)."""
-    precision = str(manifest.get("precision") or "fp32")
+    precision = str(manifest.get("precision") or Precision.FP32)
     options = (manifest.get("quantization") or {}).get("options") or {}
-    if precision == "int8" and (options.get("mode") == "weight-only" or ("weights" in options and "calibration" not in options)):
-        return "int8w"
+    if precision == Precision.INT8 and (options.get("mode") == "weight-only" or ("weights" in options and "calibration" not in options)):
+        return Precision.INT8W
     return precision
 
 
@@ -235,7 +237,7 @@ def evaluate(
     max_mae_increase: float | None = None,
     strict: bool = False,
     action_scale: float | None = None,
-    qdq: str = "exact",
+    qdq: str = QdqMode.EXACT,
     providers: Sequence[str] | None = None,
     tokenizer_dir: str | Path | None = None,
 ) -> EvaluateResult:
@@ -257,7 +259,7 @@ def evaluate(
         raise ConfigError(f"--max-mae-increase must be a finite number >= 0, got {max_mae_increase}")
     if action_scale is not None and not (math.isfinite(action_scale) and action_scale > 0):
         raise ConfigError(f"--action-scale must be a finite number > 0, got {action_scale}")
-    if qdq not in ("exact", "kernels"):
+    if qdq not in RUNNER_QDQ_MODES:
         raise ConfigError(f"--qdq must be exact or kernels, got {qdq!r}")
     episodes = [open_episode(p) for p in find_episodes(list(data))]
     recorded = [ep.actions() for ep in episodes]
@@ -283,7 +285,7 @@ def evaluate(
     start = time.perf_counter()
     with step(f"running the checkpoint over {len(windows)} windows"), TorchRunner(loaded.policy) as ref:
         preds, window = full_window(ref)
-        scores.append(ArtifactScore("checkpoint", str(loaded.checkpoint.path), "checkpoint", "fp32", window, ref.describe(),
+        scores.append(ArtifactScore("checkpoint", str(loaded.checkpoint.path), "checkpoint", Precision.FP32, window, ref.describe(),
                                     "the reference", preds, seconds=time.perf_counter() - start))
     for plan in planned:
         start = time.perf_counter()

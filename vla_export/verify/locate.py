@@ -45,6 +45,8 @@ from vla_export.artifacts.graph import (
     SCOPE_KEY,
     with_float_nodes,
 )
+from vla_export.data.iospec import ACTIONS, INPUT_NAMES, PIXEL_VALUES
+from vla_export.choices import Precision, QdqMode
 from vla_export.artifacts.kinds import detect_kind
 from vla_export.artifacts.manifest import read_manifest
 from vla_export.artifacts.onnxfile import load_onnx, save_onnx
@@ -58,7 +60,6 @@ from vla_export.lazy import lazy_import
 
 SCHEMA = "vla-export/locate/1"
 LEVELS = ("boundaries", "all")
-POLICY_INPUTS = ("pixel_values", "input_ids", "attention_mask")
 #: Component roots compared at the ``boundaries`` level, besides every ``...layers.N`` module.
 BOUNDARY_MODULES = (
     "kosmos_model.vision_model",
@@ -363,14 +364,14 @@ def locate(
     if not artifact.is_file():
         raise ArtifactError(f"{artifact}: not found")
     model = onnx.load(str(artifact), load_external_data=False)
-    if [i.name for i in model.graph.input] != list(POLICY_INPUTS) or "actions" not in {o.name for o in model.graph.output}:
-        raise ArtifactError(f"{artifact}: --locate takes a whole-policy graph (inputs {list(POLICY_INPUTS)}, output 'actions')")
+    if [i.name for i in model.graph.input] != list(INPUT_NAMES) or ACTIONS not in {o.name for o in model.graph.output}:
+        raise ArtifactError(f"{artifact}: --locate takes a whole-policy graph (inputs {list(INPUT_NAMES)}, output 'actions')")
     try:
         scopes = graph_scopes(model)
     except ArtifactError as exc:
         raise ArtifactError(f"{artifact}: {exc}") from None
     manifest = read_manifest(artifact, required=False) or {}
-    precision = precision or manifest.get("precision", "fp32")
+    precision = precision or manifest.get("precision", Precision.FP32)
     tol = tolerance or tolerance_for(precision)
 
     torch = lazy_import("torch", purpose="running the PyTorch reference")
@@ -386,8 +387,8 @@ def locate(
         except ArtifactError as exc:
             raise ArtifactError(f"{artifact}: {exc}") from None
         feeds: list[dict[str, np.ndarray]] = []
-        with OnnxrtRunner(marked, providers=providers, qdq="exact") as cand:
-            pv = cand.input_shapes["pixel_values"]
+        with OnnxrtRunner(marked, providers=providers, qdq=QdqMode.EXACT) as cand:
+            pv = cand.input_shapes[PIXEL_VALUES]
             window = pv[1] if len(pv) == 5 and isinstance(pv[1], int) else cfg.window
             if data:
                 source = EpisodeSource(data, cfg, seed=seed, window=window)
@@ -403,7 +404,7 @@ def locate(
                     feeds.append(feed)
                     hooks.reset()
                     with torch.inference_mode():
-                        policy(*(torch.from_numpy(np.ascontiguousarray(feed[k])) for k in POLICY_INPUTS))
+                        policy(*(torch.from_numpy(np.ascontiguousarray(feed[k])) for k in INPUT_NAMES))
                     outs = cand.infer(feed)
                     if i == 0:
                         pairs = _pair(names, hooks, scopes, outs, result.skipped)
@@ -486,7 +487,7 @@ def _added_errors(artifact: Path, float_path: Path, model, marked_tensors: Seque
         variant = with_float_nodes(qdq, float_model, every - set(nodes))
         path = folder / f"alone_{k}.onnx"
         save_onnx(variant, path)
-        with OnnxrtRunner(path, providers=providers, qdq="exact") as runner:
+        with OnnxrtRunner(path, providers=providers, qdq=QdqMode.EXACT) as runner:
             alone = [np.asarray(runner.infer(dict(feed))[p.onnx_tensor]) for feed in feeds]
         for f in path.parent.glob(f"{path.name}*"):
             f.unlink()

@@ -16,10 +16,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vla_export.data.iospec import ACTIONS, FEATURES
+from vla_export.choices import Precision
 from vla_export.artifacts.kinds import default_output
 from vla_export.compare.tolerance import Tolerance
 
-QUANTIZED = ("int8", "int8w")
+QUANTIZED = (Precision.INT8, Precision.INT8W)
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ def _cmd(*words: Any) -> str:
 
 
 def int8_next_steps(artifact: str | Path, manifest: Mapping[str, Any], *, reference: str | Path, tolerance: Tolerance,
-                    data: Sequence[str | Path] | None = None, outputs: Sequence[str] = ("actions",), located: bool = False) -> NextSteps:
+                    data: Sequence[str | Path] | None = None, outputs: Sequence[str] = (ACTIONS,), located: bool = False) -> NextSteps:
     """The next steps after a failed parity check of the quantized ``artifact`` against ``reference`` (the
     checkpoint or saved reference the check used), with the tolerance it failed and the ``data`` it ran on."""
     artifact = Path(artifact)
@@ -67,13 +69,13 @@ def int8_next_steps(artifact: str | Path, manifest: Mapping[str, Any], *, refere
         return _cmd("vla-export", "parity", reference, candidate, *data_args)
 
     budget = ["--max-action-error", f"{tolerance.atol:g}", "--min-cosine", f"{tolerance.min_cosine:g}"]
-    if "features" in outputs and tolerance.max_row_rel_error is not None:
+    if FEATURES in outputs and tolerance.max_row_rel_error is not None:
         budget += ["--max-feature-rel-error", f"{tolerance.max_row_rel_error:g}"]
     budgeted = float_path.with_name(f"{float_path.stem}.int8-budget.onnx")
     if not located:
         out.steps.append(NextStep("see where it diverges and which layer adds the most error",
                                   [_cmd("vla-export", "parity", reference, artifact, *data_args, "--locate")]))
-    if precision == "int8":
+    if precision == Precision.INT8:
         if not calib:
             out.missing.append("the calibration set (quantization.options.calibration): CALIB.npz below")
             calib = "CALIB.npz"
@@ -84,7 +86,7 @@ def int8_next_steps(artifact: str | Path, manifest: Mapping[str, Any], *, refere
             [_cmd("vla-export", "quantize", float_onnx, "--int8", "--calib", calib, *budget, *data_args, "-o", budgeted), check(budgeted)],
             note=("the budget picks its layers on these --data windows: check parity on other held-out episodes too for an independent verdict"
                   if data else "the budget is judged on the calibration episodes' other frames (--data EPISODES to choose)")))
-        weight_only = default_output(float_onnx, "int8w")
+        weight_only = default_output(float_onnx, Precision.INT8W)
         out.steps.append(NextStep("weight-only INT8 (activations stay float, no calibration; most of INT8's batch-1 speed)",
                                   [_cmd("vla-export", "quantize", float_onnx, "--int8-weights"), check(weight_only)]))
     else:  # weight-only failed: W8A8 will not do better without a budget, and needs a calibration set
@@ -98,5 +100,5 @@ def int8_next_steps(artifact: str | Path, manifest: Mapping[str, Any], *, refere
              _cmd("vla-export", "quantize", float_onnx, "--int8", "--calib", calib_path, *budget, *data_args, "-o", budgeted), check(budgeted)],
             note="use episodes for calibration other than the ones parity evaluates on"))
     out.steps.append(NextStep("FP16 (no calibration; half the weight bytes)",
-                              [_cmd("vla-export", "quantize", float_onnx, "--fp16"), check(default_output(float_onnx, "fp16"))]))
+                              [_cmd("vla-export", "quantize", float_onnx, "--fp16"), check(default_output(float_onnx, Precision.FP16))]))
     return out

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from vla_export.data.iospec import FEATURES
+from vla_export.choices import Precision, QdqMode, RUNNER_QDQ_MODES
 from vla_export.errors import ArtifactError, ConfigError
 from vla_export.compare.tolerance import Tolerance, tolerance_for
 from vla_export.precision import loosest
@@ -56,7 +58,7 @@ def check_pair(reference: str | Path, candidate: str | Path) -> tuple[dict[str, 
 
 def pair_precision(ref_manifest: Mapping[str, Any], cand_manifest: Mapping[str, Any]) -> str:
     """The less exact of the two recorded precisions (fp32 where none is recorded)."""
-    return loosest(m.get("precision", "fp32") for m in (ref_manifest, cand_manifest))
+    return loosest(m.get("precision", Precision.FP32) for m in (ref_manifest, cand_manifest))
 
 
 def parity_artifacts(
@@ -72,7 +74,7 @@ def parity_artifacts(
     output_tolerances: Mapping[str, Tolerance] | None = None,
     runner_opts: Mapping[str, Any] | None = None,
     strict: bool = False,
-    qdq: str = "exact",
+    qdq: str = QdqMode.EXACT,
     wrap_reference: Any = None,
 ):
     """``candidate`` against ``reference`` (both .onnx or .engine) on ``samples`` inputs; a ParityResult.
@@ -87,7 +89,7 @@ def parity_artifacts(
     from vla_export.verify.parity import artifact_window, feeds_from, held_out_source
     from vla_export.compare.comparator import check_against_config, compare_runners
 
-    if qdq not in ("exact", "kernels"):
+    if qdq not in RUNNER_QDQ_MODES:
         raise ConfigError(f"--qdq {qdq}: with two artifacts pick exact or kernels (both measures onnxruntime's kernels beside a "
                           "PyTorch reference)")
     ref_manifest, cand_manifest = check_pair(reference, candidate)
@@ -123,7 +125,7 @@ def parity_artifacts(
             if quantized:
                 held_out = {"status": "synthetic", "note": "seeded synthetic inputs, not calibration frames"}
         feeds = feeds_from(source, samples)
-        if "features" in ref_runner.output_names and "features" not in cand.output_names:
+        if FEATURES in ref_runner.output_names and FEATURES not in cand.output_names:
             log.warning("%s has features, %s does not: comparing actions only", reference, candidate)
         ref_runner.config = cfg  # what a recording of the reference saves
         with (wrap_reference(ref_runner) if wrap_reference else _Active(ref_runner)) as ref:

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from vla_export.data.iospec import FEATURES, PIXEL_VALUES
+from vla_export.choices import Precision, QdqMode
 from vla_export.compare.comparator import ParityResult, check_against_config, compare_runners
 from vla_export.compare.tolerance import Tolerance, tolerance_for
 from vla_export.errors import ConfigError
@@ -29,7 +31,7 @@ def feeds_from(source, samples: int) -> list[dict[str, np.ndarray]]:
 
 def artifact_window(candidate, default: int) -> int:
     """The fixed window of the candidate's ``pixel_values`` when it declares one, else ``default``."""
-    shapes: Sequence[Any] = candidate.input_shapes.get("pixel_values", [])
+    shapes: Sequence[Any] = candidate.input_shapes.get(PIXEL_VALUES, [])
     if len(shapes) == 5 and isinstance(shapes[1], int):
         return shapes[1]
     return default
@@ -40,12 +42,12 @@ def candidate_options(artifact, qdq: str, runner_opts: dict | None) -> tuple[dic
     run with the verdict's Q/DQ arithmetic (exact unless kernels; ``both`` adds the kernels run after)."""
     from vla_export.backends.select import artifact_kind
 
-    if qdq not in ("exact", "kernels", "both"):
+    if qdq not in QdqMode.values():
         raise ConfigError(f"qdq must be exact, kernels or both, got {qdq!r}")
     opts = dict(runner_opts or {})
     is_onnx = artifact_kind(artifact) == "onnx"
     if is_onnx:
-        opts.setdefault("qdq", "kernels" if qdq == "kernels" else "exact")
+        opts.setdefault("qdq", QdqMode.KERNELS if qdq == QdqMode.KERNELS else QdqMode.EXACT)
     return opts, is_onnx
 
 
@@ -61,7 +63,7 @@ def parity_check(
     tolerance: Tolerance | None = None,
     runner_opts: Mapping[str, Any] | None = None,
     strict: bool = False,
-    qdq: str = "exact",
+    qdq: str = QdqMode.EXACT,
     wrap_reference: Any = None,
     output_tolerances: Mapping[str, Tolerance] | None = None,
 ) -> ParityResult:
@@ -88,7 +90,7 @@ def parity_check(
     from vla_export.artifacts.manifest import read_manifest
 
     manifest = read_manifest(artifact, required=False)
-    precision = precision or (manifest or {}).get("precision", "fp32")
+    precision = precision or (manifest or {}).get("precision", Precision.FP32)
     tol = tolerance or tolerance_for(precision)
     opts, is_onnx = candidate_options(artifact, qdq, runner_opts)
     loaded = policy_loader()
@@ -109,11 +111,11 @@ def parity_check(
             if (manifest or {}).get("quantization"):
                 held_out = {"status": "synthetic", "note": "seeded synthetic inputs, not calibration frames"}
         feeds = feeds_from(source, samples)
-        torch_ref = TorchRunner(loaded.policy, debug_outputs="features" in cand.output_names)
+        torch_ref = TorchRunner(loaded.policy, debug_outputs=FEATURES in cand.output_names)
         with (wrap_reference(torch_ref) if wrap_reference else torch_ref) as ref:
             result = compare_runners(ref, cand, feeds, precision=precision, tolerance=tol, output_tolerances=output_tolerances)
-            if qdq == "both" and is_onnx:
-                with runner_for_artifact(artifact, **(opts | {"qdq": "kernels"})) as kernels:
+            if qdq == QdqMode.BOTH and is_onnx:
+                with runner_for_artifact(artifact, **(opts | {"qdq": QdqMode.KERNELS})) as kernels:
                     other = compare_runners(ref, kernels, feeds, precision=precision, tolerance=tol,
                                             output_tolerances=output_tolerances)
                 result.also_measured["qdq_kernels"] = {

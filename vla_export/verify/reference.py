@@ -22,7 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from vla_export.artifacts.reference import load_reference, save_reference, SavedReference
+from vla_export.artifacts.reference import SavedReference, load_reference, save_reference
+from vla_export.choices import Precision, QdqMode
+from vla_export.data.iospec import FEATURES
 from vla_export.backends.base import Runner
 from vla_export.errors import ArtifactError, ConfigError
 
@@ -214,7 +216,7 @@ def parity_with_saved_reference(policy_loader: Any, artifact: str | Path, save_t
 
 
 def parity_against_reference(reference_path: str | Path, artifact: str | Path, *, precision: str | None = None,
-                             tolerance: Any = None, runner_opts: Mapping[str, Any] | None = None, qdq: str = "exact",
+                             tolerance: Any = None, runner_opts: Mapping[str, Any] | None = None, qdq: str = QdqMode.EXACT,
                              strict: bool = False, output_tolerances: Mapping[str, Any] | None = None):
     """The artifact against a saved parity reference: the same comparison as ``parity CKPT ARTIFACT``, no torch.
 
@@ -230,17 +232,17 @@ def parity_against_reference(reference_path: str | Path, artifact: str | Path, *
     ref = load_reference(reference_path, "parity")
     manifest = read_manifest(artifact, required=False) or {}
     check_config(ref, manifest.get("config"), artifact)
-    precision = precision or manifest.get("precision", "fp32")
+    precision = precision or manifest.get("precision", Precision.FP32)
     tol = tolerance or tolerance_for(precision)
     opts, is_onnx = candidate_options(artifact, qdq, runner_opts)
     feeds = [feed for feed, _ in ref.records]
     with runner_for_artifact(artifact, **opts) as cand, playback(ref) as played:
         check_against_config(cand, PolicyConfig.from_dict(ref.config))
-        if "features" in ref.meta["outputs"] and "features" not in cand.output_names:
+        if FEATURES in ref.meta["outputs"] and FEATURES not in cand.output_names:
             log.warning("%s has features, %s does not: comparing actions only", reference_path, artifact)
         result = compare_runners(played, cand, feeds, precision=precision, tolerance=tol, output_tolerances=output_tolerances)
-    if qdq == "both" and is_onnx:
-        with runner_for_artifact(artifact, **(opts | {"qdq": "kernels"})) as kernels, playback(ref) as played:
+    if qdq == QdqMode.BOTH and is_onnx:
+        with runner_for_artifact(artifact, **(opts | {"qdq": QdqMode.KERNELS})) as kernels, playback(ref) as played:
             other = compare_runners(played, kernels, feeds, precision=precision, tolerance=tol, output_tolerances=output_tolerances)
         result.also_measured["qdq_kernels"] = {
             "note": "onnxruntime's fused int8 kernels on this CPU; not used for the verdict",
