@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vla_export.artifacts.kinds import is_kind
 from vla_export.artifacts.onnxfile import check_model, data_file, io_signature, op_counts, written_opset
 from vla_export.errors import ArtifactError, ConfigError
 from vla_export import interrupts
@@ -114,7 +115,7 @@ def check_target(path: str | Path, opset: int, exporter: str) -> Path:
     """The checks of an export's target that need no work: exporter, opset, a writable ``.onnx`` path."""
     check_opset(opset, exporter)
     path = check_output_path(path)
-    if path.suffix != ".onnx":
+    if not is_kind(path, "onnx"):
         raise ConfigError(f"{path}: the output must end in .onnx")
     return path
 
