@@ -53,9 +53,9 @@ def tiny_split(tmp_path_factory, tiny_ckpt):
     Read-only: copy the files before modifying them.
     """
     from vla_export.export.split import export_split
-    from vla_export.models.loader import load_policy
+    from vla_export.models.loader import PolicyFromCheckpoint
 
-    return export_split(load_policy(tiny_ckpt), tmp_path_factory.mktemp("split") / "tiny")
+    return export_split(PolicyFromCheckpoint(tiny_ckpt)(), tmp_path_factory.mktemp("split") / "tiny")
 
 
 # --- fitted policies: checks whose reference varies enough to fail on a wrong answer ----------------------
@@ -136,9 +136,9 @@ def fitted_tiny_int8(tmp_path_factory, fitted_tiny_onnx, fitted_tiny_calib) -> P
 def fitted_tiny_split(tmp_path_factory, fitted_tiny_ckpt):
     """`fitted_tiny_ckpt` split-exported (backbone + head) once per session: the SplitExportResult. Read-only."""
     from vla_export.export.split import export_split
-    from vla_export.models.loader import load_policy
+    from vla_export.models.loader import PolicyFromCheckpoint
 
-    return export_split(load_policy(fitted_tiny_ckpt), tmp_path_factory.mktemp("fitted-split") / "tiny")
+    return export_split(PolicyFromCheckpoint(fitted_tiny_ckpt)(), tmp_path_factory.mktemp("fitted-split") / "tiny")
 
 
 class CliResult:

@@ -60,7 +60,7 @@ def test_foreign_export_with_guessed_heads_is_refused_against_the_right_config(t
     ckpt = save_foreign(foreign_policy(), tmp_path / "foreign.pt")
     renames = tuple(parse_renames(FOREIGN_RENAMES))
     onnx = tmp_path / "guessed.onnx"
-    OnnxFromPolicy(PolicyFromCheckpoint(ckpt, renames=renames), onnx, OnnxExportOptions(parity_samples=1, ort_check=False))()
+    OnnxFromPolicy(PolicyFromCheckpoint(ckpt, options=LoadOptions(renames=renames)), onnx, OnnxExportOptions(parity_samples=1, ort_check=False))()
     right = LoadOptions(renames=renames, sets=(("kosmos_vision.num_heads", 4), ("kosmos_text.num_heads", 4), ("clip_vision.num_heads", 4)))
     with pytest.raises(ArtifactError, match=r"3 different fields.*clip_vision\.num_heads: artifact 1, checkpoint 4"):
         parity_check(PolicyFromCheckpoint(ckpt, options=right), onnx, samples=2, precision="fp16")

@@ -22,10 +22,10 @@ SAMPLES = 24
 
 def _mean_action(ckpt, data) -> np.ndarray:
     """The reference's mean action over the parity windows: the best constant a broken artifact could return."""
-    from vla_export.models.loader import load_policy
+    from vla_export.models.loader import PolicyFromCheckpoint
     import torch
 
-    policy = load_policy(ckpt).policy
+    policy = PolicyFromCheckpoint(ckpt)().policy
     src = EpisodeSource(data, get_preset("tiny"))
     with torch.no_grad():
         acts = [policy(**{k: torch.from_numpy(v) for k, v in src.sample(i).items()}).numpy()[0] for i in range(SAMPLES)]

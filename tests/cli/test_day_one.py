@@ -18,7 +18,7 @@ def no_load(monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("the policy was loaded before the pair was checked")
 
-    monkeypatch.setattr(loader, "load_policy", refuse)
+    monkeypatch.setattr(loader, "_load_policy", refuse)
 
 
 def test_parity_swapped_arguments_name_the_right_order(cli, tiny_ckpt, tiny_onnx, no_load):

@@ -13,7 +13,7 @@ from vla_export.data.fit import FitOptions, fit_policy, measure, read_episode_se
 from vla_export.errors import ConfigError, DataError
 from vla_export.models.checkpoint import read_checkpoint
 from vla_export.models.config import get_preset
-from vla_export.models.loader import load_policy
+from vla_export.models.loader import PolicyFromCheckpoint
 from vla_export.compare.tolerance import DISCRIMINATION, tolerance_for
 
 HW = (48, 64)
@@ -56,7 +56,7 @@ def test_fitted_checkpoint_is_in_the_training_format_and_records_how_it_was_made
     assert len(fit["episodes"]) == 32 and all(len(e["sha256"]) == 64 for e in fit["episodes"])
     assert fit["loss_curve"]["last"] < fit["loss_curve"]["first"] and fit["untrained_val"]["mae"] > fit["val"]["mae"]
     # loads strictly and computes what was measured
-    loaded = load_policy(fitted_tiny_ckpt).policy
+    loaded = PolicyFromCheckpoint(fitted_tiny_ckpt)().policy
     again = measure(loaded, read_episode_set(held_out_episodes, get_preset("tiny")))
     assert again.mae == pytest.approx(fitted_tiny.val.mae, abs=1e-5)
 

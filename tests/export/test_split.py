@@ -82,7 +82,7 @@ def test_missing_or_foreign_records_are_clear_errors(tmp_path, tiny_onnx):
 def test_a_failed_export_leaves_no_record(tmp_path, tiny_ckpt, monkeypatch):
     """A part that disagrees with PyTorch aborts the export: no part file, no NAME.split.json."""
     from vla_export.export import split
-    from vla_export.models.loader import load_policy
+    from vla_export.models.loader import PolicyFromCheckpoint
     from vla_export.compare.tolerance import Tolerance
 
     monkeypatch.setattr(split, "PARITY_CASES", ((1, 7, 1.0),))
@@ -90,7 +90,7 @@ def test_a_failed_export_leaves_no_record(tmp_path, tiny_ckpt, monkeypatch):
         "vla_export.compare.comparator.tolerance_for", lambda precision, **kw: Tolerance(atol=0.0, rtol=0.0, min_cosine=1.1, min_sign_agreement=1.0)
     )
     with pytest.raises(ArtifactError, match="disagrees with the PyTorch head"):
-        split.export_split(load_policy(tiny_ckpt), tmp_path / "tiny")
+        split.export_split(PolicyFromCheckpoint(tiny_ckpt)(), tmp_path / "tiny")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
@@ -132,7 +132,7 @@ def test_the_stream_check_is_not_labelled_as_an_episode_replay(tiny_split, tiny_
     import contextlib
 
     from vla_export.export.split import stream_check
-    from vla_export.models.loader import load_policy
+    from vla_export.models.loader import PolicyFromCheckpoint
     from vla_export.progress import listening
 
     labels: list[str] = []
@@ -144,7 +144,7 @@ def test_the_stream_check_is_not_labelled_as_an_episode_replay(tiny_split, tiny_
 
     record = tiny_split.manifest_path
     parts = {p: record.with_name(record.name.replace(".split.json", f".{p}.onnx")) for p in ("backbone", "head")}
-    loaded = load_policy(tiny_ckpt)
+    loaded = PolicyFromCheckpoint(tiny_ckpt)()
     with listening(listener):
         result = stream_check(loaded, parts["backbone"], parts["head"], window=loaded.config.window)
     assert result.passed

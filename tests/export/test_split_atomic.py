@@ -28,9 +28,9 @@ def _interrupt_at_backbone(monkeypatch, exc):
 
 @pytest.fixture(scope="module")
 def loaded(tiny_ckpt):
-    from vla_export.models.loader import load_policy
+    from vla_export.models.loader import PolicyFromCheckpoint
 
-    return load_policy(tiny_ckpt)
+    return PolicyFromCheckpoint(tiny_ckpt)()
 
 
 def test_interrupt_between_parts_leaves_nothing(tmp_path, loaded, monkeypatch):

@@ -11,7 +11,7 @@ import torch
 from vla_export.errors import CheckpointError
 from vla_export.models.checkpoint import normalize_keys, parse_renames, read_checkpoint
 from vla_export.models.config import get_preset
-from vla_export.models.loader import load_policy
+from vla_export.models.loader import PolicyFromCheckpoint
 from vla_export.models.resolve import LoadOptions
 
 
@@ -29,7 +29,7 @@ def inputs(tiny_policy):
 
 def _assert_same_policy(path, tiny_policy, inputs, renames=()):
     # Files without vla-export's config record are inferred with the Tanh off: the tiny preset has one, so say so.
-    loaded = load_policy(path, options=LoadOptions(renames=tuple(renames), sets=(("head_tanh", True),)))
+    loaded = PolicyFromCheckpoint(path, options=LoadOptions(renames=tuple(renames), sets=(("head_tanh", True),)))()
     assert loaded.config.replace(name="tiny") == get_preset("tiny")
     with torch.no_grad():
         torch.testing.assert_close(loaded.policy(**inputs), tiny_policy(**inputs), rtol=0, atol=0)

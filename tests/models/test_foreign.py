@@ -12,7 +12,7 @@ from tests.foreign import (
 from vla_export.errors import StrictLoadError
 from vla_export.models.checkpoint import parse_renames
 from vla_export.models.inspect import inspect_checkpoint
-from vla_export.models.loader import load_policy
+from vla_export.models.loader import PolicyFromCheckpoint
 from vla_export.models.resolve import LayoutError, LoadOptions
 
 HEADS_4 = (("kosmos_vision.num_heads", 4), ("kosmos_text.num_heads", 4), ("clip_vision.num_heads", 4))
@@ -61,7 +61,7 @@ def test_a_partial_rename_gets_the_full_proposal_not_a_width_symptom(foreign):
     """Renaming only the head used to end in 'the LSTM takes 92 features but the backbone gives 56; pass --config'."""
     _, path = foreign
     with pytest.raises(LayoutError) as err:
-        load_policy(path, renames=[("policy_head.", "action.")])
+        PolicyFromCheckpoint(path, options=LoadOptions(renames=(("policy_head.", "action."),)))()
     assert "instead of your --rename options" in str(err.value) and "--rename image_encoder.=clip." in str(err.value)
     assert "LSTM takes" not in str(err.value)
 
@@ -89,12 +89,12 @@ def test_foreign_heads_guess_changes_outputs_and_set_makes_it_exact(foreign, cap
     x = _inputs(FOREIGN_CONFIG)
     want_a, want_f = _outputs(policy, x)
     with caplog.at_level("WARNING", logger="vla_export"):
-        guessed = load_policy(path, options=LoadOptions(renames=renames))
+        guessed = PolicyFromCheckpoint(path, options=LoadOptions(renames=renames))()
     assert guessed.config.kosmos_text.num_heads != 4  # shapes cannot tell, and the guess is wrong here ...
     assert any("kosmos_text.num_heads" in r.getMessage() and "--set kosmos_text.num_heads=" in r.getMessage() for r in caplog.records)
     got_a, got_f = _outputs(guessed.policy, x)
     assert not torch.allclose(got_f, want_f, atol=1e-3)  # ... and it changes the features: hence the warning
-    exact = load_policy(path, options=LoadOptions(renames=renames, sets=HEADS_4))
+    exact = PolicyFromCheckpoint(path, options=LoadOptions(renames=renames, sets=HEADS_4))()
     got_a, got_f = _outputs(exact.policy, x)
     assert torch.equal(got_a, want_a) and torch.equal(got_f, want_f)
     assert exact.config.replace(name="foreign") == FOREIGN_CONFIG.replace(max_text_len=exact.config.max_text_len, window=exact.config.window)
@@ -112,7 +112,7 @@ def test_save_config_record_loads_exactly_with_nothing_assumed(foreign, tmp_path
     assert data["schema"] == "vla-export/model-config/1" and data["renames"] == FOREIGN_RENAMES
     assert data["config"]["kosmos_text"]["num_heads"] == 4 and data["config"]["head_tanh"] is False
     # The record alone (no --rename, no --set) gives the same model, every value now given.
-    loaded = load_policy(path, options=LoadOptions.from_cli(rec))
+    loaded = PolicyFromCheckpoint(path, options=LoadOptions.from_cli(rec))()
     x = _inputs(FOREIGN_CONFIG)
     assert torch.equal(_outputs(loaded.policy, x)[0], _outputs(policy, x)[0])
     assert {f.basis for f in loaded.resolved.fields} == {"given"} and not loaded.resolved.warnings
@@ -122,7 +122,7 @@ def test_save_config_record_loads_exactly_with_nothing_assumed(foreign, tmp_path
 
 def test_robovlms_layout_is_recognised(robovlms):
     policy, path = robovlms
-    loaded = load_policy(path, options=LoadOptions(sets=HEADS_4[:2]))
+    loaded = PolicyFromCheckpoint(path, options=LoadOptions(sets=HEADS_4[:2]))()
     m = loaded.resolved.mapping
     assert (m.layout, m.wrapper) == ("robovlms", "model.")
     assert ("model.act_head.actions.mlp.", "action.") in m.renames
@@ -138,7 +138,7 @@ def test_robovlms_layout_is_recognised(robovlms):
 def test_robovlms_gripper_and_action_token_have_no_place(tmp_path):
     path = save_robovlms(robovlms_policy(), tmp_path / "gripper.ckpt", gripper=True)
     with pytest.raises(StrictLoadError, match=r"(?s)recognised as layout robovlms.*act_head\.\*: 2 tensors.*action_token.*no counterpart"):
-        load_policy(path)
+        PolicyFromCheckpoint(path)()
 
 
 def test_parameter_counts_are_explained(robovlms, tmp_path, cli):

@@ -88,7 +88,7 @@ def test_torch_parts_with_batch_buckets_warm_up_then_equal_policy_step(tiny_ckpt
     """The settings `vla-export triton --cuda-graphs` writes, minus the GPU: buckets padded, every size warmed
     up largest first before a robot arrives, and batched steps still equal one robot's Policy.step."""
     from vla_export.data.tokenizer import tokenizer_for
-    from vla_export.models.loader import load_policy
+    from vla_export.models.loader import PolicyFromCheckpoint
     from vla_export.runtime.batch import warm_up
     from vla_export.runtime.parts import torch_streaming_policy
     from vla_export.serve.repository import TritonOptions, runner_settings
@@ -96,7 +96,7 @@ def test_torch_parts_with_batch_buckets_warm_up_then_equal_policy_step(tiny_ckpt
     runner = runner_settings(TritonOptions(max_batch=4, device="cuda", cuda_graphs=True))
     assert runner["batch_buckets"] == [1, 2, 4] and runner["cuda_graph"] and runner["head_opts"] == {"compile": False, "patch_matmul": False}
     cpu = {k: v for k, v in runner.items() if k != "cuda_graph"}
-    loaded = load_policy(tiny_ckpt)
+    loaded = PolicyFromCheckpoint(tiny_ckpt)()
     tokenizer = tokenizer_for(loaded.config)
     with torch_streaming_policy(loaded, tokenizer=tokenizer, text_len=TEXT_LEN, **cpu) as template:
         seen: list[int] = []
@@ -111,7 +111,7 @@ def test_torch_parts_with_batch_buckets_warm_up_then_equal_policy_step(tiny_ckpt
         got = np.stack([step_batch(policies, [s[k] for s in streams]) for k in range(4)], axis=1)
         assert seen == [4] * 4  # three robots padded to the bucket of 4
         hook.remove()
-    with torch_streaming_policy(load_policy(tiny_ckpt), tokenizer=tokenizer, text_len=TEXT_LEN) as plain:
+    with torch_streaming_policy(PolicyFromCheckpoint(tiny_ckpt)(), tokenizer=tokenizer, text_len=TEXT_LEN) as plain:
         for robot, (instruction, stream) in enumerate(zip(INSTRUCTIONS, streams)):
             plain.reset(instruction)
             np.testing.assert_allclose(got[robot], np.stack([plain.step(f) for f in stream]), atol=1e-4, rtol=0)
@@ -124,3 +124,73 @@ def test_compiled_anchor_needs_a_cuda_torch_backbone(template):
 
     with pytest.raises(RunnerError, match="PyTorch module on CUDA"):
         anchor_rates(template, [4])
+
+
+def _template_module(monkeypatch, exec_request):
+    """The Triton model template, imported with a stand-in for the stub's ``triton_python_backend_utils``:
+    ``exec_request(model_name, inputs)`` answers each BLS request (inputs as name -> array)."""
+    import importlib.util
+    import sys
+    import types
+
+    from vla_export.serve.repository import TEMPLATE
+
+    class Response:
+        def __init__(self, outputs=None, error=None):
+            self.outputs, self._error = outputs or {}, error
+
+        def has_error(self):
+            return self._error is not None
+
+        def error(self):
+            return types.SimpleNamespace(message=lambda: self._error)
+
+    class InferenceRequest:
+        def __init__(self, model_name, requested_output_names, inputs):
+            self.model_name, self.inputs = model_name, {name: array for name, array in inputs}
+
+        def exec(self):
+            return exec_request(self.model_name, self.inputs, Response)
+
+    stub = types.SimpleNamespace(InferenceRequest=InferenceRequest, get_output_tensor_by_name=lambda r, name: r.outputs.get(name))
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", stub)
+    spec = importlib.util.spec_from_file_location("vla_export_policy_model_under_test", TEMPLATE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "_tensor", lambda name, array: (name, np.asarray(array)))  # the stub's tensors: plain arrays here
+    monkeypatch.setattr(module, "_array", lambda tensor: tensor)
+    return module
+
+
+def test_the_bls_backbone_is_a_runner_and_steps_like_the_onnx_part(tiny_split, monkeypatch):
+    """tensorrt_plan's backbone (a call to Triton's model) keeps the Runner contract: in a Policy it gives the
+    actions of the split's own backbone; a feed that does not fit and an error answer are RunnerErrors."""
+    from vla_export.backends.base import Runner
+    from vla_export.backends.select import runner_for_artifact
+
+    onnx_backbone = runner_for_artifact(tiny_split.manifest_path.with_name("tiny.backbone.onnx")).activate()
+    asked = []
+
+    def answer(model_name, inputs, response):
+        asked.append(model_name)
+        if model_name == "broken":
+            return response(error="model broken is not ready")
+        return response(outputs=onnx_backbone.infer(inputs))
+
+    module = _template_module(monkeypatch, answer)
+    bls = module.BackboneModelRunner("tiny_backbone")
+    assert isinstance(bls, Runner) and not bls.is_active
+    with Policy.from_artifacts(tiny_split.manifest_path, backbone=bls, text_len=TEXT_LEN) as policy:
+        assert policy.backbone is bls and bls.is_active  # activated by the Policy, like any part
+        policy.reset(INSTRUCTIONS[0])
+        got = np.stack([policy.step(f) for f in frames(3, 5)])
+        assert policy.describe()["backbone"]["model"] == "tiny_backbone"
+        with pytest.raises(RunnerError, match="inputs do not match"):
+            bls.infer({"pixel_values": np.zeros((1, 3, 32, 32), np.float32)})
+    assert asked == ["tiny_backbone"] * 5 and not bls.is_active
+    np.testing.assert_allclose(got, reference_actions(tiny_split.manifest_path, INSTRUCTIONS[0], frames(3, 5)), atol=ATOL, rtol=0)
+    with module.BackboneModelRunner("broken") as broken, pytest.raises(RunnerError, match="broken: model broken is not ready"):
+        with Policy.from_artifacts(tiny_split.manifest_path, backbone=broken, text_len=TEXT_LEN) as policy:
+            policy.reset(INSTRUCTIONS[0])
+            policy.step(frames(3, 1)[0])
+    onnx_backbone.deactivate()

@@ -198,3 +198,40 @@ def test_cuda_graph_and_compile_options(cli, tiny_ckpt, tiny_split, tmp_path):
     assert not (tmp_path / "bad").exists()
     r = cli("triton", tiny_ckpt, "-o", tmp_path / "bad", "--cuda-graphs")
     assert r.exit_code == 2 and "--cuda-graphs needs --device cuda" in r.stderr and not (tmp_path / "bad").exists()
+
+
+def test_triton_records_and_applies_the_loading_options(cli, tiny_ckpt, tiny_split, tmp_path):
+    """--config/--set reach the serving settings, and the model instance loads the checkpoint with them."""
+    from vla_export.models.config import get_preset
+    from vla_export.serve.fleet import policy_from_serving, read_serving
+
+    repo = tmp_path / "repo"
+    r = cli("triton", tiny_ckpt, "-o", repo, "--set", "window=2", "--set", "head_tanh=false")
+    assert r.exit_code == 0, r
+    version = repo / "tiny" / "1"
+    settings = read_serving(version)
+    assert settings["load"]["sets"] == [["window", 2], ["head_tanh", False]] and settings["load"]["config"] is None
+    assert settings["window"] == 2 and settings["config"]["head_tanh"] is False
+    policy = policy_from_serving(version, settings)
+    assert policy.window == 2 and policy.config.head_tanh is False and policy.config.window == 2
+    settings.pop("load")  # what a server would load without the recorded options: the checkpoint as it is
+    plain = policy_from_serving(version, settings).config
+    assert plain.window == 4 and plain.head_tanh is True
+
+    config = tmp_path / "cfg.json"
+    config.write_text(json.dumps(get_preset("tiny").to_dict() | {"head_tanh": False}))
+    r = cli("triton", tiny_ckpt, "-o", repo, "--config", config)
+    assert r.exit_code == 0, r
+    settings = read_serving(version)
+    assert settings["load"]["config_file"] == str(config) and settings["load"]["config"]["head_tanh"] is False
+    assert policy_from_serving(version, settings).config.head_tanh is False
+
+    r = cli("triton", tiny_ckpt, "-o", tmp_path / "plain")
+    assert r.exit_code == 0 and "load" not in read_serving(tmp_path / "plain" / "tiny" / "1")  # nothing given, nothing recorded
+
+
+@pytest.mark.parametrize("artifact", ["split", "preset:tiny"])
+def test_triton_refuses_loading_options_for_what_is_not_a_checkpoint(cli, tiny_split, tmp_path, artifact):
+    target = tiny_split.manifest_path if artifact == "split" else artifact
+    assert_one_error(cli("triton", target, "-o", tmp_path / "repo", "--set", "head_tanh=true"), 2, "load a checkpoint")
+    assert not (tmp_path / "repo").exists()

@@ -53,3 +53,30 @@ def default_output(onnx_path: str | Path, precision: str) -> Path:
 
 
 PRESET_PREFIX = "preset:"
+#: The file-name endings of a split export's two ONNX parts (``NAME.backbone.onnx``, ``NAME.head.onnx``).
+SPLIT_PART_SUFFIXES = {"backbone": ".backbone.onnx", "head": ".head.onnx"}
+
+
+def is_kind(path: str | Path, *kinds: str) -> bool:
+    """Whether ``path``'s name ends as one of ``kinds`` (no error for anything else)."""
+    name = Path(path).name.lower()
+    return any(kind in kinds and name.endswith(suffixes) for kind, suffixes in KIND_SUFFIXES)
+
+
+def strip_kind_suffix(path: str | Path, kinds: tuple[str, ...] = KINDS) -> str:
+    """``path``'s file name without the ending of its kind among ``kinds`` (``tiny.split.json`` -> ``tiny``); unchanged when none fits."""
+    name = Path(path).name
+    for kind, suffixes in KIND_SUFFIXES:
+        for suffix in suffixes if kind in kinds else ():
+            if name.lower().endswith(suffix):
+                return name[: -len(suffix)]
+    return name
+
+
+def split_part(path: str | Path) -> tuple[str, str] | None:
+    """``(NAME, part)`` for a split export's part file ``NAME.backbone.onnx``/``NAME.head.onnx``; None for any other name."""
+    name = Path(path).name
+    for part, suffix in SPLIT_PART_SUFFIXES.items():
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)], part
+    return None

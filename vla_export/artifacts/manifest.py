@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from vla_export.artifacts.kinds import is_kind
 from vla_export.errors import ArtifactError
 from vla_export.fileio import atomic_write
 from vla_export.system import versions  # noqa: F401 - manifests record them
@@ -84,7 +85,7 @@ SPLIT_KIND = "split"
 def split_paths(prefix: str | Path) -> dict[str, Path]:
     """``out/tiny`` (or ``out/tiny.onnx``) -> the part files and ``out/tiny.split.json``."""
     prefix = Path(prefix)
-    if prefix.suffix == ".onnx":
+    if is_kind(prefix, "onnx"):
         prefix = prefix.with_suffix("")
     return {
         "backbone": prefix.with_name(prefix.name + ".backbone.onnx"),
@@ -101,7 +102,7 @@ def read_split(path: str | Path) -> dict[str, Any]:
         if len(found) != 1:
             raise ArtifactError(f"{path}: expected one *.split.json in the folder, found {len(found)} (run `vla-export onnx --split`)")
         path = found[0]
-    elif not path.name.endswith(".split.json"):
+    elif not is_kind(path, "split"):
         path = split_paths(path)["split"]
     if not path.exists():
         raise ArtifactError(f"{path}: split export not found (write one with `vla-export onnx CKPT --split -o NAME.onnx`)")

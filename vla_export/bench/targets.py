@@ -20,13 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vla_export.artifacts.kinds import PRESET_PREFIX
-from vla_export.data.iospec import PIXEL_VALUES
-from vla_export.choices import TORCH_PRECISIONS, Precision
 from vla_export.backends.base import Runner
+from vla_export.backends.select import artifact_kind as select_kind, preset_name, runner_for_artifact
+from vla_export.choices import Precision, TORCH_PRECISIONS
+from vla_export.data.iospec import PIXEL_VALUES
 from vla_export.errors import ArtifactError, ConfigError
 from vla_export.models.config import get_preset, PolicyConfig
-from vla_export.models.loader import PresetPolicy
 
 #: Which backends run which artifact kind; the first is the default.
 BACKENDS_FOR_KIND = {"checkpoint": ("torch",), "preset": ("torch",), "onnx": ("onnxrt",), "engine": ("trt",)}
@@ -89,10 +88,8 @@ class BackendSpec:
 
 
 def artifact_kind(artifact: str) -> str:
-    """'preset' for ``preset:NAME``, else the runner selector's kind from the suffix."""
-    from vla_export.backends.select import artifact_kind as file_kind
-
-    return "preset" if artifact.startswith(PRESET_PREFIX) else file_kind(artifact)
+    """The runner selector's kind, ``preset`` included (``preset:NAME``)."""
+    return select_kind(artifact, allowed=("preset", "onnx", "engine", "checkpoint"))
 
 
 
@@ -117,26 +114,20 @@ class Target:
 
 def _runner_factory(artifact: str, kind: str, spec: BackendSpec, config: PolicyConfig | None, seed: int, load: Any = None,
                     *, features: bool = False) -> Callable[[], Runner]:
-    """``features``: torch runners also return the per-frame features (for the parity check)."""
+    """``features``: torch runners also return the per-frame features (for the parity check). Every runner
+    comes from :func:`~vla_export.backends.select.runner_for_artifact`."""
+    allowed = ("preset", "onnx", "engine", "checkpoint")
     if spec.kind == "torch":
-        from vla_export.backends.torch_runner import TorchRunner
+        if load is None and config is not None and kind == "checkpoint":
+            from vla_export.models.resolve import LoadOptions
 
+            load = LoadOptions(config=config)
         if kind == "preset":
-            loader: Any = PresetPolicy(config, device=spec.device, seed=seed)  # type: ignore[arg-type]
-        else:
-            from vla_export.models.loader import PolicyFromCheckpoint
-
-            loader = PolicyFromCheckpoint(artifact, config=config) if load is None else PolicyFromCheckpoint(artifact, options=load)
-        return lambda: TorchRunner(loader, device=spec.device, dtype=spec.dtype, cuda_graph=spec.cuda_graph, compile=spec.compile or False,
-                                   patch_matmul=spec.patch_matmul, fuse_qkv=spec.fuse_qkv, quantize=spec.quantize, debug_outputs=features)
-
-    def artifact_runner() -> Runner:
-        from vla_export.backends.select import runner_for_artifact
-
-        opts = {"providers": [spec.provider]} if spec.provider else {}
-        return runner_for_artifact(artifact, **opts)
-
-    return artifact_runner
+            load = None  # a preset's config is its own (plan_targets took it from the preset)
+        return lambda: runner_for_artifact(artifact, load=load, seed=seed, allowed=allowed, device=spec.device, dtype=spec.dtype,
+                                           cuda_graph=spec.cuda_graph, compile=spec.compile or False, patch_matmul=spec.patch_matmul,
+                                           fuse_qkv=spec.fuse_qkv, quantize=spec.quantize, debug_outputs=features)
+    return lambda: runner_for_artifact(artifact, providers=[spec.provider] if spec.provider else None)
 
 
 #: The window when no artifact fixes one: one new frame per inference.
@@ -193,7 +184,7 @@ def plan_targets(
         kind = artifact_kind(artifact)
         if kind not in ("preset",) and not Path(artifact).exists():
             raise ArtifactError(f"{artifact}: file not found")
-        cfg = get_preset(artifact[len(PRESET_PREFIX):]) if kind == "preset" else config
+        cfg = get_preset(preset_name(artifact) or "") if kind == "preset" else config
         allowed = BACKENDS_FOR_KIND[kind]
         chosen = [s for s in specs if s.kind in allowed] if specs else [BackendSpec.parse(allowed[0])]
         for spec in chosen:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from vla_export.artifacts.kinds import SPLIT_SUFFIX
+from vla_export.artifacts.kinds import is_kind, strip_kind_suffix
 from vla_export.errors import ArtifactError, CheckpointError, ConfigError, DataError, VlaExportError
 from vla_export.fileio import check_output_path
 
@@ -25,10 +25,10 @@ def input_file(path: Path | None, what: str = "file") -> Path | None:
         raise error(f"{path}: {what} not found")
     if path.is_dir():
         raise error(f"{path}: is a folder, not a {what} file")
-    if what == "ONNX" and path.name.endswith(SPLIT_SUFFIX):
+    if what == "ONNX" and is_kind(path, "split"):
         from vla_export.artifacts.manifest import split_paths
 
-        parts = split_paths(path.with_name(path.name[: -len(SPLIT_SUFFIX)]))
+        parts = split_paths(path.with_name(strip_kind_suffix(path, ("split",))))
         raise error(f"{path}: the record of a split export, not an ONNX model: give one part at a time "
                     f"({parts['backbone']} or {parts['head']})")
     return path

@@ -56,7 +56,7 @@ def onnx(
         check_target(output, opset, exporter)
     if split:
         return export_split_cmd(
-            checkpoint, output, loader_options={"options": load},
+            checkpoint, output, load=load,
             unsupported={"--dynamic-window": dynamic_window, "--debug-outputs": debug_outputs, "--simplify": simplify, "--no-ort-check": not ort_check},
             json_path=json_path, opset=opset, exporter=exporter, window=window, external_data=external_data, optimize=optimize,
         )

@@ -7,6 +7,7 @@ from typing import Any
 
 from rich.table import Table
 
+from vla_export.artifacts.kinds import is_kind
 from vla_export.choices import Precision
 from vla_export.cli.common import console
 
@@ -142,11 +143,11 @@ def render_saved(saved: dict[str, Any], artifact: Any, result: Any) -> None:
     if saved.get("outputs"):
         tols = {name: result.tolerance_of(name) for name in result.outputs}
         spelled = " ".join(f"--atol {n}:{t.atol:g} --rtol {n}:{t.rtol:g}" for n, t in tols.items())
-        model = artifact if str(artifact).endswith(".onnx") else "MODEL.onnx"
+        model = artifact if is_kind(str(artifact), "onnx") else "MODEL.onnx"
         console.print(f"wrote {saved['outputs']} (the reference's outputs as Polygraphy RunResults); check an ONNX with: "
                       f"polygraphy run {model} --onnxrt --load-inputs {saved['inputs']} --load-outputs {saved['outputs']} {spelled}; "
                       f"or: vla-export parity {saved['outputs']} ARTIFACT", markup=False)
     if saved.get("trtexec"):
         t = saved["trtexec"]
         console.print(f"wrote {t['folder']} (the first sample's inputs as raw .bin files); run an engine on them with: "
-                      f"trtexec --loadEngine={artifact if str(artifact).endswith(('.engine', '.plan')) else 'MODEL.engine'} {t['load_inputs']} {t['shapes']}", markup=False)
+                      f"trtexec --loadEngine={artifact if is_kind(str(artifact), 'engine') else 'MODEL.engine'} {t['load_inputs']} {t['shapes']}", markup=False)

@@ -15,7 +15,6 @@ from vla_export.cli.render import render_completeness, render_parity
 from vla_export.errors import ExitCode
 from vla_export.cli.loading import with_loading_options
 from vla_export.models.resolve import LoadOptions
-from vla_export.artifacts.kinds import CHECKPOINT_SUFFIXES
 from vla_export.cli import checks
 from vla_export.artifacts.manifest import read_split
 
@@ -118,7 +117,7 @@ def replay(
 
 
 def export_split_cmd(
-    checkpoint: Path, output: Path, *, loader_options: dict[str, Any], unsupported: dict[str, bool], json_path: Optional[Path], **options: Any
+    checkpoint: Path, output: Path, *, load: LoadOptions, unsupported: dict[str, bool], json_path: Optional[Path], **options: Any
 ) -> None:
     """``vla-export onnx --split``: the backbone and head parts, verified, with their manifests and NAME.split.json."""
     from vla_export.errors import ConfigError
@@ -128,7 +127,7 @@ def export_split_cmd(
     given = [flag for flag, on in unsupported.items() if on]
     if given:
         raise ConfigError(f"--split does not take {', '.join(given)} (each part is always checked against PyTorch)")
-    result = export_split(PolicyFromCheckpoint(checkpoint, **loader_options)(), output, SplitOptions(**options))
+    result = export_split(PolicyFromCheckpoint(checkpoint, options=load)(), output, SplitOptions(**options))
     report = result.to_dict()
     for part, p in report["parts"].items():
         console.print(f"[bold]{part}[/]: {p['path']}")
@@ -173,13 +172,10 @@ def bench_streaming_cmd(
     load: LoadOptions, json_path: Optional[Path], command: str,
 ) -> int:
     """``vla-bench --streaming``: one control step per window T, for each (artifact, backend)."""
+    from vla_export.backends.select import is_model_artifact, model_loader, preset_name
     from vla_export.bench.streaming import bench_split_streaming, bench_torch_streaming
-    from vla_export.artifacts.kinds import PRESET_PREFIX
     from vla_export.bench.targets import BackendSpec
-    from vla_export.models.loader import PresetPolicy
     from vla_export.errors import ConfigError
-    from vla_export.models.config import get_preset
-    from vla_export.models.loader import PolicyFromCheckpoint
 
     try:
         ts = [int(t) for t in windows.split(",")] if windows else []
@@ -190,16 +186,13 @@ def bench_streaming_cmd(
     specs = [BackendSpec.parse(b) for b in backends]
     reports = []
     for artifact in artifacts:
-        is_model = artifact.startswith(PRESET_PREFIX) or Path(artifact).suffix.lower() in CHECKPOINT_SUFFIXES
-        kinds = ("torch",) if is_model else ("onnxrt", "trt")
+        kinds = ("torch",) if is_model_artifact(artifact) else ("onnxrt", "trt")
         chosen = [s for s in specs if s.kind in kinds] or [BackendSpec.parse(kinds[0])]
         for spec in chosen:
             common = {"warmup": warmup, "iters": iters, "seed": seed, "command": command}
             if spec.kind == "torch":
-                if artifact.startswith(PRESET_PREFIX):
-                    policy = PresetPolicy(get_preset(artifact[len(PRESET_PREFIX):]), device=spec.device, seed=seed)()
-                else:
-                    policy = PolicyFromCheckpoint(artifact, options=load)().policy
+                loaded = model_loader(artifact, load=None if preset_name(artifact) else load, device=spec.device, seed=seed)()
+                policy = getattr(loaded, "policy", loaded)
                 opts = {"device": spec.device, "dtype": spec.dtype, "cuda_graph": spec.cuda_graph,
                         "compile": spec.compile or False, "patch_matmul": spec.patch_matmul}
                 result = bench_torch_streaming(policy, windows=ts or [policy.cfg.window], runner_opts=opts, **common)

@@ -9,9 +9,12 @@ import typer
 
 from vla_export.cli import checks
 from vla_export.cli.common import console, err_console, write_json
+from vla_export.cli.loading import with_loading_options
 from vla_export.errors import ConfigError
+from vla_export.models.resolve import LoadOptions
 
 
+@with_loading_options
 def triton(
     artifact: str = typer.Argument(..., help="A split export (NAME.split.json, its prefix or folder), a checkpoint (--backend torch), or preset:NAME (random weights, for benchmarks)."),
     output: Path = typer.Option(..., "-o", "--output", help="The model repository folder to write (replaced as a whole if written by this command)."),
@@ -36,6 +39,7 @@ def triton(
     perf_data: Optional[Path] = typer.Option(None, "--perf-data", help="Also write input data for Triton's perf_analyzer in sequence mode (JSON: uint8 FRAME, the INSTRUCTION bytes; perf_analyzer sets START/END/CORRID), checked against the model config, and print the command."),
     perf_frame: Optional[str] = typer.Option(None, "--perf-frame", help="With --perf-data: the camera frame HxW (default 480x640)."),
     perf_steps: Optional[int] = typer.Option(None, "--perf-steps", help="With --perf-data: steps per sequence (default 8; two sequences)."),
+    load: LoadOptions = LoadOptions(),
 ) -> None:
     """Write a Triton model repository serving many robots: one sequence (state) per robot, several robots per batch."""
     from vla_export.serve.repository import TritonOptions, write_repository
@@ -54,7 +58,7 @@ def triton(
         backbone=str(backbone) if backbone else None, head=str(head) if head else None, providers=tuple(providers or ()), device=device,
         dtype=dtype, cuda_graphs=cuda_graphs, compile=compile_mode, bucket_step=bucket_step,
     )
-    result = write_repository(artifact, output, options)
+    result = write_repository(artifact, output, options, load=load)
     for model in result.models:
         console.print(f"{output}/{model}/config.pbtxt: valid Triton model config", markup=False)
     s = result.settings

@@ -19,15 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vla_export.choices import Exporter, Precision
-from vla_export.artifacts.onnxfile import check_model, data_file, io_signature, op_counts, written_opset
-from vla_export.errors import ArtifactError, ConfigError
 from vla_export import interrupts
+from vla_export.artifacts.kinds import is_kind
+from vla_export.artifacts.onnxfile import check_model, data_file, io_signature, op_counts, written_opset
+from vla_export.choices import Exporter, Precision
+from vla_export.errors import ArtifactError, ConfigError
 from vla_export.fileio import check_output_path, staging_dir
 from vla_export.lazy import lazy_import
-from vla_export.progress import reported, step
 from vla_export.models.finite import require_finite_weights
 from vla_export.models.memory import check_window_memory
+from vla_export.progress import reported, step
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ def check_target(path: str | Path, opset: int, exporter: str) -> Path:
     """The checks of an export's target that need no work: exporter, opset, a writable ``.onnx`` path."""
     check_opset(opset, exporter)
     path = check_output_path(path)
-    if path.suffix != ".onnx":
+    if not is_kind(path, "onnx"):
         raise ConfigError(f"{path}: the output must end in .onnx")
     return path
 

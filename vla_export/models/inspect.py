@@ -13,7 +13,7 @@ from vla_export.models.checkpoint import read_checkpoint, tensor_bytes
 from vla_export.models.components import COMPONENTS, OTHER, component_of
 from vla_export.models.config import PolicyConfig
 from vla_export.models.layouts import map_keys
-from vla_export.models.loader import check_keys, load_policy
+from vla_export.models.loader import PolicyFromCheckpoint, check_keys
 from vla_export.models.resolve import LayoutError, LoadOptions, meta_shapes, resolve_model
 from vla_export.models.finite import nonfinite_by_component
 
@@ -90,7 +90,7 @@ def inspect_checkpoint(
         import torch
 
         t1 = time.perf_counter()
-        loaded = load_policy(ckpt, options=options)
+        loaded = PolicyFromCheckpoint(ckpt, options=options)()
         # Memory-mapped weights cost nothing until read: read every one so the peak RSS is honest.
         checksum = float(sum(p.detach().sum(dtype=torch.float64) for p in loaded.policy.parameters()))
         report["load"] = {

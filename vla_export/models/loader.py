@@ -127,24 +127,34 @@ def resolve_config(state_dict: Mapping[str, Any], config: PolicyConfig | None) -
     return inferred.config, inferred
 
 
+class PolicyFromCheckpoint:
+    """The one way to load a checkpoint: a lazy loader that, when called, strictly loads the policy.
+
+    ``PolicyFromCheckpoint(path, options=load)()`` loads now; commands that check their inputs first
+    pass the loader itself and call it when the policy is needed (as Polygraphy's loaders do).
+    ``checkpoint`` is a path or an already read :class:`Checkpoint`; ``options`` (the CLI's shared
+    loading options ``--config/--rename/--set/--trust-checkpoint``) say how it is resolved; ``dtype``
+    is the floating-point type the weights are loaded in.
+    """
+
+    def __init__(self, checkpoint: Checkpoint | str | Path, *, options: LoadOptions | None = None, dtype: str = "float32"):
+        self.checkpoint = checkpoint
+        self.path = checkpoint.path if isinstance(checkpoint, Checkpoint) else Path(checkpoint)
+        self.options = options or LoadOptions()
+        self.dtype = dtype
+
+    def __call__(self) -> LoadedPolicy:
+        return _load_policy(self.checkpoint, self.options, self.dtype)
+
+
 @reported("loading the checkpoint")
-def load_policy(
-    checkpoint: Checkpoint | str | Path,
-    *,
-    config: PolicyConfig | None = None,
-    renames: Sequence[tuple[str, str]] = (),
-    trust: bool = False,
-    dtype: str = "float32",
-    options: LoadOptions | None = None,
-):
+def _load_policy(checkpoint: Checkpoint | str | Path, options: LoadOptions, dtype: str) -> LoadedPolicy:
     """Strictly load a policy; raise :class:`StrictLoadError` listing any key problem.
 
-    ``options`` (the CLI's shared loading options) replaces ``config``/``renames``/``trust``. The
-    resolved model is logged as one line, and every unconfirmed guess that changes outputs as a warning.
+    The resolved model is logged as one line, and every unconfirmed guess that changes outputs as a warning.
     """
     import torch
 
-    options = options or LoadOptions(config=config, renames=tuple(renames), trust=trust)
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else read_checkpoint(checkpoint, trust=options.trust)
     resolved, sd = resolve_model(ckpt, options)
     log.info("%s", resolved.summary_line())
@@ -160,19 +170,6 @@ def load_policy(
     policy.load_state_dict(sd, strict=True, assign=True)
     _materialize_buffers(policy)
     return LoadedPolicy(policy.eval(), cfg, ckpt, resolved)
-
-
-class PolicyFromCheckpoint:
-    """A lazy loader: calling it reads the checkpoint and returns the strictly loaded policy."""
-
-    def __init__(self, path: str | Path, *, config: PolicyConfig | None = None, renames: Sequence[tuple[str, str]] = (), trust: bool = False,
-                 options: LoadOptions | None = None):
-        self.path = Path(path)
-        self.options = options or LoadOptions(config=config, renames=tuple(renames), trust=trust)
-        self.config, self.renames, self.trust = self.options.config, self.options.renames, self.options.trust
-
-    def __call__(self) -> LoadedPolicy:
-        return load_policy(self.path, options=self.options)
 
 
 # --- writing ---------------------------------------------------------------------------------------

@@ -46,6 +46,24 @@ class LoadOptions:
         cfg, file_renames = (read_model_record(config) if config else (None, []))
         return cls(cfg, str(config) if config else None, tuple(file_renames) + tuple(parse_renames(renames)), parse_sets(sets), trust)
 
+    @property
+    def given(self) -> bool:
+        """Whether any option differs from loading the checkpoint as it is."""
+        return self != LoadOptions()
+
+    def to_record(self) -> dict[str, Any]:
+        """These options as JSON (``vla-export triton`` records them so the served model loads as the command line said)."""
+        return {"config": self.config.to_dict() if self.config is not None else None, "config_file": self.config_file,
+                "renames": [f"{a}={b}" for a, b in self.renames], "sets": [[name, value] for name, value in self.sets], "trust": self.trust}
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> LoadOptions:
+        """The options :meth:`to_record` wrote."""
+        cfg = record.get("config")
+        return cls(PolicyConfig.from_dict(dict(cfg)) if cfg is not None else None, record.get("config_file"),
+                   tuple(parse_renames(record.get("renames") or [])), tuple((str(n), v) for n, v in record.get("sets") or []),
+                   bool(record.get("trust")))
+
 
 # --- --set -------------------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from vla_export.runtime.policy import (
     StepTiming,
     window_indices,
 )
+from vla_export.runtime.select import policy_for_artifact
 
 __all__ = [
     "BACKBONE_INPUTS",
@@ -25,5 +26,6 @@ __all__ = [
     "FixedPrompt",
     "Policy",
     "StepTiming",
+    "policy_for_artifact",
     "window_indices",
 ]

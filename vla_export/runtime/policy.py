@@ -151,8 +151,8 @@ class Policy:
         cls,
         split: str | Path,
         *,
-        backbone: str | Path | None = None,
-        head: str | Path | None = None,
+        backbone: str | Path | Runner | None = None,
+        head: str | Path | Runner | None = None,
         tokenizer: Any = None,
         tokenizer_dir: str | Path | None = None,
         window: int | None = None,
@@ -162,10 +162,12 @@ class Policy:
         """A policy over the parts of a split export (``NAME.split.json``, its prefix ``NAME``, or its folder).
 
         ``backbone``/``head`` replace a part's ONNX file by another artifact, e.g. a TensorRT engine built
-        from it (``.engine``); the runner follows the suffix. ``providers`` go to ONNX Runtime parts.
+        from it (``.engine``), or by a runner (Triton's backbone model); each part's runner comes from
+        :func:`~vla_export.backends.select.runner_for_artifact`. ``providers`` go to ONNX Runtime parts.
+        :func:`vla_export.runtime.select.policy_for_artifact` also takes a checkpoint or preset.
         Not activated: use it as a context manager.
         """
-        from vla_export.backends.select import artifact_kind, runner_for_artifact
+        from vla_export.backends.select import runner_for_artifact
         from vla_export.data.tokenizer import tokenizer_for
         from vla_export.artifacts.manifest import read_split
         from vla_export.models.config import PolicyConfig
@@ -176,9 +178,12 @@ class Policy:
         chosen = {"backbone": backbone, "head": head}
         runners = {}
         for part in ("backbone", "head"):
-            path = Path(chosen[part]) if chosen[part] is not None else folder / record["parts"][part]["path"]
-            opts = {"providers": list(providers)} if providers and artifact_kind(path) == "onnx" else {}
-            runners[part] = runner_for_artifact(path, **opts)
+            given = chosen[part]
+            if isinstance(given, Runner):
+                runners[part] = given
+                continue
+            path = Path(given) if given is not None else folder / record["parts"][part]["path"]
+            runners[part] = runner_for_artifact(path, providers=providers)
         return cls(
             runners["backbone"], runners["head"], tokenizer=tokenizer or tokenizer_for(cfg, tokenizer_dir),
             window=window or int(record["window"]), image_size=cfg.image_size, action_dim=cfg.action_dim, text_len=text_len,
@@ -312,7 +317,6 @@ class Policy:
             "backbone": self.backbone.describe(),
             "head": self.head.describe(),
         }
-
 
 
 def step_on_device(policies: Sequence[Policy], frames: Sequence[np.ndarray]) -> list[np.ndarray]:

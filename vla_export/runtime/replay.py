@@ -19,6 +19,7 @@ from vla_export.choices import Precision
 from vla_export.backends.base import Runner
 from vla_export.data.preprocess import DEFAULT_INSTRUCTION, preprocess_frames
 from vla_export.runtime.policy import Policy, window_indices
+from vla_export.runtime.select import policy_for_artifact
 from vla_export.compare.tolerance import DISCRIMINATION
 from vla_export.precision import loosest
 from vla_export.progress import reported
@@ -204,7 +205,7 @@ def replay_check(
 
     episode = open_episode(episode_path)
     loaded = policy_loader()
-    policy = Policy.from_artifacts(
+    policy = policy_for_artifact(
         split, backbone=backbone, head=head, tokenizer_dir=tokenizer_dir, text_len=text_len, providers=providers
     )
     cfg, art = loaded.config, policy.config

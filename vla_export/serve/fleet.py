@@ -154,41 +154,31 @@ def policy_from_serving(folder: str | Path, settings: Mapping[str, Any], *, back
     """The template :class:`Policy` a model instance serves, from the files in its version folder.
 
     ``settings["backend"]``: ``onnxrt`` (the split's ONNX parts), ``trt`` (engines run in the Python
-    backend) or ``torch`` (the checkpoint's parts in PyTorch). ``backbone`` replaces the backbone runner
-    (the ``tensorrt_plan`` variant calls Triton's TensorRT model for it).
+    backend) or ``torch`` (the checkpoint's parts in PyTorch, loaded with the recorded loading options,
+    see :func:`serving_load_options`). ``backbone`` replaces the backbone runner (the ``tensorrt_plan``
+    variant calls Triton's TensorRT model for it). Built by :func:`vla_export.runtime.select.policy_for_artifact`.
     """
-    from vla_export.backends.select import runner_for_artifact
-    from vla_export.data.tokenizer import tokenizer_for
-    from vla_export.models.config import PolicyConfig
+    from vla_export.artifacts.kinds import PRESET_PREFIX
+    from vla_export.runtime.select import policy_for_artifact
 
     folder = Path(folder)
     files = settings["files"]
     text_len, window = int(settings["text_len"]), int(settings["window"])
     if settings["backend"] == "torch":
-        from vla_export.data.tokenizer import BuiltinTokenizer
-        from vla_export.runtime.parts import torch_streaming_policy
+        artifact = f"{PRESET_PREFIX}{settings['preset']}" if settings.get("preset") else folder / files["checkpoint"]
+        runner_opts = {"device": settings.get("device", "cpu"), "dtype": settings.get("dtype", "float32"), **settings.get("runner", {})}
+        return policy_for_artifact(artifact, window=window, text_len=text_len, load=serving_load_options(settings), runner_opts=runner_opts)
+    parts = {part: folder / files[part] for part in ("backbone", "head") if part in files}
+    return policy_for_artifact(folder / files["split"], backbone=backbone if backbone is not None else parts["backbone"], head=parts["head"],
+                               window=window, text_len=text_len, providers=list(settings.get("providers") or []) or None)
 
-        device = settings.get("device", "cpu")
-        if settings.get("preset"):  # random weights for benchmarks: the built-in tokenizer fits any vocabulary
-            from vla_export.models.loader import PresetPolicy
-            from vla_export.models.config import get_preset
 
-            cfg = get_preset(settings["preset"])
-            loaded, tokenizer = PresetPolicy(cfg, device=device)(), BuiltinTokenizer(cfg)
-        else:
-            from vla_export.models.loader import load_policy
+def serving_load_options(settings: Mapping[str, Any]) -> Any:
+    """The loading options (``--config/--rename/--set``) that ``vla-export triton`` recorded for a checkpoint;
+    None when it recorded none (a preset, a split export, or a checkpoint loaded as it is)."""
+    recorded = settings.get("load")
+    if not recorded:
+        return None
+    from vla_export.models.resolve import LoadOptions
 
-            loaded = load_policy(folder / files["checkpoint"])
-            tokenizer = tokenizer_for(loaded.config)
-        return torch_streaming_policy(loaded, tokenizer=tokenizer, window=window, text_len=text_len, device=device,
-                                      dtype=settings.get("dtype", "float32"), **settings.get("runner", {}))
-    cfg = PolicyConfig.from_dict(settings["config"])
-    opts = {"providers": list(settings["providers"])} if settings.get("providers") else {}
-    runners = {}
-    for part in ("backbone", "head"):
-        path = folder / files[part]
-        runners[part] = runner_for_artifact(path, **(opts if path.suffix == ".onnx" else {}))
-    if backbone is not None:
-        runners["backbone"] = backbone
-    return Policy(runners["backbone"], runners["head"], tokenizer=tokenizer_for(cfg), window=window, image_size=cfg.image_size,
-                  action_dim=cfg.action_dim, text_len=text_len, config=cfg)
+    return LoadOptions.from_record(recorded)

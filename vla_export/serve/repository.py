@@ -30,16 +30,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vla_export.data.iospec import ACTIONS, ATTENTION_MASK, FEATURE, FEATURES, INPUT_IDS, PIXEL_VALUES
-from vla_export.choices import TORCH_PRECISIONS
-from vla_export.artifacts.kinds import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES, ONNX_SUFFIXES
-from vla_export.backends.torch_runner import COMPILE_MODES, INDUCTOR_GRAPH_MODES
-from vla_export.artifacts.kinds import PRESET_PREFIX
 from vla_export import interrupts
+from vla_export.artifacts.kinds import strip_kind_suffix
+from vla_export.artifacts.manifest import read_manifest, read_split, validate_files, versions
+from vla_export.backends.select import artifact_kind, model_loader, preset_name
+from vla_export.backends.torch_runner import COMPILE_MODES, INDUCTOR_GRAPH_MODES
+from vla_export.choices import TORCH_PRECISIONS
+from vla_export.data.iospec import ACTIONS, ATTENTION_MASK, FEATURE, FEATURES, INPUT_IDS, PIXEL_VALUES
 from vla_export.errors import ArtifactError, ConfigError
 from vla_export.fileio import remove_tree, staging_dir
 from vla_export.lazy import lazy_import
-from vla_export.artifacts.manifest import read_manifest, read_split, validate_files, versions
 from vla_export.serve.fleet import RELEASE, SERVING_FILE, SERVING_SCHEMA
 
 REPOSITORY_FILE = "vla-export-repository.json"
@@ -253,28 +253,30 @@ def _engine_info(path: Path, part: str | None = None) -> dict[str, Any]:
             "tensorrt_flavor": manifest.get("tensorrt_flavor") or "tensorrt", "plan": manifest.get("plan") or {}}
 
 
-def _sources(artifact: Path, options: TritonOptions) -> tuple[str, dict[str, Any], dict[str, list[Path]], dict[str, Any]]:
-    """(backend, config dict, files to place per role, engines info) for ``artifact``, all checked."""
-    suffix = artifact.suffix.lower()
-    if str(artifact).startswith(PRESET_PREFIX):  # seeded random weights, for benchmarks (as in vla-bench)
-        from vla_export.models.config import get_preset
+def _sources(artifact: Path, options: TritonOptions, load: Any = None) -> tuple[str, dict[str, Any], dict[str, list[Path]], dict[str, Any]]:
+    """(backend, config dict, files to place per role, engines info) for ``artifact``, all checked.
 
+    The kind is the runner selector's (:func:`~vla_export.backends.select.artifact_kind`); a name of no
+    other kind is a split export's record, prefix or folder, which :func:`read_split` checks. ``load``
+    (the checkpoint loading options) gives the checkpoint's config, as the served model will load it.
+    """
+    kind = artifact_kind(artifact, allowed=("preset", "checkpoint", "split", "onnx", "engine"), otherwise="split")
+    if load is not None and kind != "checkpoint":
+        why = "a preset has its own config" if kind == "preset" else "its config is the one recorded with it"
+        raise ConfigError(f"--config, --rename, --set and --trust-checkpoint load a checkpoint; {artifact} is not one ({why})")
+    if kind == "preset":  # seeded random weights, for benchmarks (as in vla-bench)
         if (options.backend or "torch") != "torch":
             raise ConfigError(f"{artifact}: a preset serves with --backend torch")
-        return "torch", get_preset(str(artifact)[len(PRESET_PREFIX):]).to_dict(), {}, {}
-    if suffix in CHECKPOINT_SUFFIXES:
+        return "torch", model_loader(str(artifact)).config.to_dict(), {}, {}
+    if kind == "checkpoint":
         backend = options.backend or "torch"
         if backend != "torch":
             raise ConfigError(f"{artifact}: a checkpoint serves with --backend torch; for {backend}, export it first "
                               f"(`vla-export onnx {artifact} --split`) and pass the split export")
-        if not artifact.exists():
-            raise ArtifactError(f"{artifact}: not found")
-        from vla_export.models.loader import load_policy
-
-        cfg = load_policy(artifact).config
+        cfg = model_loader(artifact, load=load)().config
         return backend, cfg.to_dict(), {"checkpoint": [artifact]}, {}
-    if suffix in ONNX_SUFFIXES + ENGINE_SUFFIXES and not artifact.name.endswith(".split.json"):
-        raise ArtifactError(f"{artifact}: a whole-policy {suffix} cannot keep per-robot state; serve a split export "
+    if kind in ("onnx", "engine"):
+        raise ArtifactError(f"{artifact}: a whole-policy {artifact.suffix.lower()} cannot keep per-robot state; serve a split export "
                             f"(`vla-export onnx CKPT --split -o NAME.onnx`, then NAME.split.json) or a checkpoint")
     record = read_split(artifact)
     backend = options.backend or "onnxrt"
@@ -290,7 +292,7 @@ def _sources(artifact: Path, options: TritonOptions) -> tuple[str, dict[str, Any
         if not path.exists():
             raise ArtifactError(f"{path}: the {part} part is missing (listed in {split_file.name})" if not chosen[part]
                                 else f"{path}: --{part} not found")
-        if path.suffix.lower() in ENGINE_SUFFIXES:
+        if artifact_kind(path, allowed=("onnx", "engine")) == "engine":
             engines[part] = _engine_info(path, part)
             files[part] = [path, path.with_name(path.name + ".json")]
         else:
@@ -336,15 +338,18 @@ def runner_settings(options: TritonOptions) -> dict[str, Any]:
             "head_opts": {"compile": False, "patch_matmul": False}}
 
 
-def write_repository(artifact: str | Path, output: str | Path, options: TritonOptions = TritonOptions()) -> TritonRepository:
+def write_repository(artifact: str | Path, output: str | Path, options: TritonOptions = TritonOptions(), *, load: Any = None) -> TritonRepository:
     """Check ``artifact``, generate and validate every config, and publish the repository at ``output`` atomically.
 
     ``output`` may hold an earlier repository written by this command (replaced as a whole); any other
-    existing non-empty folder is refused.
+    existing non-empty folder is refused. ``load`` (:class:`~vla_export.models.resolve.LoadOptions`, a
+    checkpoint's ``--config/--rename/--set/--trust-checkpoint``) is recorded in the serving settings
+    (``"load"``, only when given), so the served model loads the checkpoint as the command line said.
     """
     from vla_export.models.config import PolicyConfig
 
-    preset = str(artifact)[len(PRESET_PREFIX):] if str(artifact).startswith(PRESET_PREFIX) else None
+    load = load if load is not None and load.given else None
+    preset = preset_name(artifact)
     artifact, output = Path(artifact), Path(output)
     if options.backend is not None and options.backend not in BACKENDS:
         raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, got {options.backend!r}")
@@ -360,7 +365,7 @@ def write_repository(artifact: str | Path, output: str | Path, options: TritonOp
         raise ConfigError("--idle-seconds must be positive and --queue-delay-us not negative")
     if output.exists() and any(output.iterdir()) and not (output / REPOSITORY_FILE).exists():
         raise ConfigError(f"{output}: exists and is not a repository written by `vla-export triton`; choose an empty or new folder")
-    backend, config, files, engines = _sources(artifact, options)
+    backend, config, files, engines = _sources(artifact, options, load)
     if options.dtype != "float32" and backend != "torch":
         raise ConfigError(f"--dtype applies to --backend torch; the {backend} parts run in the precision they were exported or built in")
     if (options.cuda_graphs or options.compile) and backend != "torch":
@@ -410,6 +415,8 @@ def write_repository(artifact: str | Path, output: str | Path, options: TritonOp
         "warm_up": runner.get("batch_buckets", []),  # every bucket captured (and compiled) at load
         "options": asdict(options),
     }
+    if load is not None:
+        settings["load"] = load.to_record()
     with staging_dir(output) as tmp:  # a file-system error names the repository; nothing is left behind
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700: another user's server (a container) must read it
         version = tmp / name / "1"
@@ -439,12 +446,9 @@ def _umask() -> int:
 
 
 def _default_name(artifact: Path) -> str:
-    if str(artifact).startswith(PRESET_PREFIX):
-        return str(artifact)[len(PRESET_PREFIX):].replace("-", "_")
-    stem = artifact.name
-    for tail in (".split.json", *CHECKPOINT_SUFFIXES):
-        if stem.endswith(tail):
-            stem = stem[: -len(tail)]
+    if preset_name(artifact) is not None:
+        return str(preset_name(artifact)).replace("-", "_")
+    stem = strip_kind_suffix(artifact, ("split", "checkpoint"))
     if artifact.is_dir():
         stem = read_split(artifact)["_path"].rsplit("/", 1)[-1][: -len(".split.json")]
     return stem.replace(".", "_") or "policy"

@@ -291,10 +291,10 @@ def evaluate(
         start = time.perf_counter()
         with step(f"running {plan.path.name} over {len(windows)} windows"):
             if plan.kind == "split":
-                from vla_export.runtime.policy import Policy
+                from vla_export.runtime.select import policy_for_artifact
                 from vla_export.runtime.replay import parts_precision
 
-                policy = Policy.from_artifacts(plan.path, tokenizer=tokenizer, providers=providers)
+                policy = policy_for_artifact(plan.path, tokenizer=tokenizer, providers=providers)
                 _check_split(plan.path, policy.config, cfg)
                 with policy:
                     preds = run_streaming(policy, episodes, dims=n_dims)

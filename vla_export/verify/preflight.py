@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from vla_export.artifacts.kinds import detect_kind
+from vla_export.artifacts.kinds import SPLIT_SUFFIX, detect_kind, split_part
 from vla_export.errors import ArtifactError
 from vla_export.artifacts.manifest import read_manifest, recorded_checkpoint
 
@@ -38,11 +38,8 @@ def _manifest(path: Path) -> dict[str, Any] | None:
 
 
 def _split_record_of(part: Path) -> Path:
-    name = part.name
-    for tail in (".backbone.onnx", ".head.onnx"):
-        if name.endswith(tail):
-            return part.with_name(name[: -len(tail)] + ".split.json")
-    return part.with_name(part.stem + ".split.json")
+    found = split_part(part)
+    return part.with_name((found[0] if found else part.stem) + SPLIT_SUFFIX)
 
 
 def whole_policy_problem(artifact: Path, checkpoint: str) -> str | None:

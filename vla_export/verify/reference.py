@@ -283,7 +283,7 @@ def replay_against_reference(reference_path: str | Path, split: Any, episode_pat
     from vla_export.data.episodes import open_episode
     from vla_export.fileio import sha256_file
     from vla_export.compare.tolerance import tolerance_for
-    from vla_export.runtime.policy import Policy
+    from vla_export.runtime.select import policy_for_artifact
     from vla_export.runtime.replay import parts_precision, replay_episode
 
     ref = load_reference(reference_path, "replay")
@@ -291,7 +291,7 @@ def replay_against_reference(reference_path: str | Path, split: Any, episode_pat
     if recorded.get("sha256") and recorded["sha256"] != sha256_file(episode_path):
         raise ArtifactError(f"{reference_path} was recorded on episode {recorded.get('path')}, not on {episode_path} (sha256 differs)")
     episode = open_episode(episode_path)
-    policy = Policy.from_artifacts(split, backbone=backbone, head=head, tokenizer_dir=tokenizer_dir, text_len=text_len, providers=providers)
+    policy = policy_for_artifact(split, backbone=backbone, head=head, tokenizer_dir=tokenizer_dir, text_len=text_len, providers=providers)
     check_config(ref, policy.config.to_dict() if policy.config is not None else None, split)
     with policy, playback(ref) as played:
         tol = atol if atol is not None else tolerance_for(precision or parts_precision(policy)).atol

@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from vla_export.data.preprocess import preprocess_frames
-from vla_export.errors import DataError, VlaExportError
+from vla_export.backends.base import Runner
+from vla_export.errors import DataError, RunnerError, VlaExportError
 from vla_export.runtime.batch import warm_up
+from vla_export.runtime.policy import BACKBONE_INPUTS, BACKBONE_OUTPUTS
 from vla_export.serve.fleet import FAILURE_METRIC, PHASES, RELEASE, Fleet, StepRequest, policy_from_serving, read_serving
 
 NUMPY2 = int(np.__version__.split(".")[0]) >= 2
@@ -70,35 +71,39 @@ def _instruction(request):
     return text or None
 
 
-class BackboneModelRunner:
-    """The backbone as a call to Triton's TensorRT model (BLS): used by the tensorrt_plan variant."""
+class BackboneModelRunner(Runner):
+    """The backbone as a call to Triton's TensorRT model (BLS): used by the tensorrt_plan variant.
+
+    A :class:`~vla_export.backends.base.Runner` like every other part: the Policy activates it, checks
+    its inputs and outputs, and ``infer`` checks each feed before ``_execute`` sends it to the model.
+    """
 
     name = "triton-bls"
-    is_active = True
-    input_names = ("pixel_values", "input_ids", "attention_mask")
-    output_names = ("feature",)
 
     def __init__(self, model_name):
+        super().__init__()
         self.model_name = model_name
 
-    def activate(self):
-        return self
+    @property
+    def input_names(self):
+        return BACKBONE_INPUTS
 
-    def deactivate(self):
-        pass
+    @property
+    def output_names(self):
+        return BACKBONE_OUTPUTS
 
     def describe(self):
-        return {"name": self.name, "device": "triton", "model": self.model_name}
+        return super().describe() | {"device": "triton", "model": self.model_name}
 
-    def preprocess(self, frames, image_size):
-        return preprocess_frames(frames, image_size)
+    def _activate(self):
+        pass  # the TensorRT model is Triton's: loaded by the server, called per request
 
-    def infer(self, feed):
-        inputs = [_tensor(name, feed[name]) for name in self.input_names]
-        response = pb_utils.InferenceRequest(model_name=self.model_name, requested_output_names=["feature"], inputs=inputs).exec()
+    def _execute(self, staged):
+        inputs = [_tensor(name, staged[name]) for name in self.input_names]
+        response = pb_utils.InferenceRequest(model_name=self.model_name, requested_output_names=list(self.output_names), inputs=inputs).exec()
         if response.has_error():
-            raise RuntimeError(f"{self.model_name}: {response.error().message()}")
-        return {"feature": np.array(_array(pb_utils.get_output_tensor_by_name(response, "feature")))}
+            raise RunnerError(f"{self.model_name}: {response.error().message()}")
+        return {name: np.array(_array(pb_utils.get_output_tensor_by_name(response, name))) for name in self.output_names}
 
 
 class TritonPythonModel:
