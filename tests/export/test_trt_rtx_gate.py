@@ -181,7 +181,7 @@ def graph(dynamic_window_export, tiny_onnx, tiny_ckpt, tiny_split, calib_set, ga
 
 def _budgeted(onnx: Path, calib, output: Path) -> Path:
     """`quantize --int8 --max-action-error` on held-out windows of the calibration episodes."""
-    from vla_export.cli.quant_cmds import eval_feeds
+    from vla_export.cli.sensitivity import eval_feeds
     from vla_export.export.sensitivity import Budget, quantize_int8_with_budget
 
     from vla_export.data.episodes import write_synthetic_episodes
