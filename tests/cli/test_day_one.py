@@ -102,7 +102,7 @@ def test_quantize_hint_names_the_recorded_checkpoint(cli, tiny_onnx, tmp_path, m
 
 
 def test_quantize_hint_says_when_the_checkpoint_is_not_found(tmp_path):
-    from vla_export.cli.quant_cmds import parity_command
+    from vla_export.cli.quantize import parity_command
     from vla_export.artifacts.manifest import build_manifest, write_manifest
 
     onnx = tmp_path / "m.onnx"

@@ -19,7 +19,7 @@ The target is ``step p50 <= 1.10 x backbone p50`` for every T.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -258,3 +258,37 @@ def bench_split_streaming(split: Any, *, windows: Sequence[int], backend: str = 
     finally:
         for r in runners:
             r.deactivate()
+
+
+def streaming_runs(
+    artifacts: Sequence[str], backends: Sequence[str], *, windows: Sequence[int], warmup: int, iters: int, seed: int,
+    load: Any, command: str,
+) -> Iterator[tuple[str, str, StreamingResult]]:
+    """``vla-bench --streaming``: one control step per window T, for each (artifact, backend), as ``(artifact, backend, result)``.
+
+    A checkpoint or ``preset:NAME`` runs on torch, a split export on onnxrt or trt; a ``--backend`` of the other kind is
+    skipped for it, and an artifact no backend fits gets its kind's default. ``windows`` empty: the policy's (or the
+    split record's) window. ``load`` is the checkpoint's :class:`~vla_export.models.resolve.LoadOptions`."""
+    from vla_export.backends.select import is_model_artifact, model_loader, preset_name
+    from vla_export.bench.targets import BackendSpec
+
+    specs = [BackendSpec.parse(b) for b in backends]
+    for artifact in artifacts:
+        kinds = ("torch",) if is_model_artifact(artifact) else ("onnxrt", "trt")
+        chosen = [s for s in specs if s.kind in kinds] or [BackendSpec.parse(kinds[0])]
+        for spec in chosen:
+            common = {"warmup": warmup, "iters": iters, "seed": seed, "command": command}
+            if spec.kind == "torch":
+                loaded = model_loader(artifact, load=None if preset_name(artifact) else load, device=spec.device, seed=seed)()
+                policy = getattr(loaded, "policy", loaded)
+                opts = {"device": spec.device, "dtype": spec.dtype, "cuda_graph": spec.cuda_graph,
+                        "compile": spec.compile or False, "patch_matmul": spec.patch_matmul}
+                result = bench_torch_streaming(policy, windows=list(windows) or [policy.cfg.window], runner_opts=opts, **common)
+            else:
+                from vla_export.artifacts.manifest import read_split
+
+                result = bench_split_streaming(
+                    artifact, windows=list(windows) or [int(read_split(artifact)["window"])], backend=spec.kind,
+                    providers=[spec.provider] if spec.provider else None, **common,
+                )
+            yield artifact, spec.text, result

@@ -16,9 +16,9 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from vla_export.cli.common import DEBUG_FLAG, STDOUT, JunitOpt, console, err_console, new_app, run_app, write_json, wrote
+from vla_export.cli.common import DEBUG_FLAG, STDOUT, console, err_console, new_app, run_app, write_json, wrote
 from vla_export.cli.junit import bench_cases, write_reports
-from vla_export.cli.loading import with_loading_options
+from vla_export.cli.options import BenchReportOptions, with_loading_options, with_option_groups
 from vla_export.cli import checks
 from vla_export.errors import ExitCode
 from vla_export.models.resolve import LoadOptions
@@ -127,6 +127,7 @@ def _peak(name: Optional[str]):
 
 @app.command()
 @with_loading_options
+@with_option_groups
 def bench(
     artifacts: list[str] = typer.Argument(..., metavar="ARTIFACT_OR_CKPT...", help="Checkpoints, .onnx files, TensorRT engines, or preset:NAME (random weights built on the device)."),
     backend: Optional[list[str]] = typer.Option(
@@ -143,8 +144,7 @@ def bench(
     device_peak: Optional[str] = typer.Option(None, "--device-peak", help="Device for the floor: h200, agx-orin-64gb, orin-nx-16gb, orin-nano-8gb, orin-nano-super, cpu (measured). Default: detected."),
     load: LoadOptions = LoadOptions(),
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic inputs and preset weights."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the report JSON here (e.g. benchmarks/results/NAME.json; - for standard output)."),
-    junit: Optional[Path] = JunitOpt,
+    reports: BenchReportOptions = BenchReportOptions(),
     parity: int = typer.Option(0, "--parity", help="Compare each torch row's actions and features with the same weights in float32 (eager, same device) on this many synthetic inputs; 0: off."),
     profile: bool = typer.Option(False, "--profile", help="Also profile each row's compute loop (torch.profiler): kernel time, kernel count, top ops."),
     streaming: bool = typer.Option(False, "--streaming", help="Time one control step of the split runtime (backbone on one frame + head on the window) against the single-frame backbone, per window T. Artifacts: checkpoints/preset:NAME (torch) or split exports (NAME.split.json, onnxrt or trt)."),
@@ -153,6 +153,7 @@ def bench(
     debug: bool = typer.Option(False, DEBUG_FLAG, help="Show full tracebacks on errors."),
 ) -> int:
     """Time each artifact on each backend; one table with ratios to the first row and the physical floor."""
+    json_path, junit = reports.json_path, reports.junit
     from vla_export.bench.core import DEFAULT_MODES, BenchSettings, run_benchmark
     from vla_export.bench.env import capture_environment
     from vla_export.bench.targets import default_window, plan_targets
@@ -174,8 +175,6 @@ def bench(
         duration_s=duration, modes=tuple(mode or DEFAULT_MODES), seed=seed, text_len=text_len, parity_inputs=parity,
     )
     if streaming:
-        from vla_export.cli.runtime_cmds import bench_streaming_cmd
-
         if plot:
             raise ConfigError("--plot draws the per-backend benchmark, not --streaming")
         if parity:
@@ -183,8 +182,8 @@ def bench(
 
         words = ["vla-bench", "--streaming", *artifacts, *(w for b in backend or [] for w in ("-b", b)), *(("--windows", windows) if windows else ()),
                  "--warmup", warmup, "--iters", settings.iters, "--seed", seed, *(("--json", json_path) if json_path else ())]
-        return bench_streaming_cmd(artifacts, backend or [], windows=windows, warmup=warmup, iters=settings.iters or 100, seed=seed,
-                                   load=load, json_path=json_path, command=" ".join(shlex.quote(str(w)) for w in words))
+        return _bench_streaming(artifacts, backend or [], windows=windows, warmup=warmup, iters=settings.iters or 100, seed=seed,
+                                load=load, json_path=json_path, command=" ".join(shlex.quote(str(w)) for w in words))
     targets = plan_targets(artifacts, backend or [], config=load.config, seed=seed, load=load, parity=parity > 0)
     peak = _peak(device_peak)
     # The command as an explicit, reproducible line (every setting spelled out), not whatever argv held.
@@ -239,6 +238,51 @@ def bench(
         err_console.print(f"error: not valid measurements of the full model: {', '.join(invalid)}", style="red", markup=False)
         return INVALID_EXIT
     return 0
+
+
+def _bench_streaming(
+    artifacts: list[str], backends: list[str], *, windows: Optional[str], warmup: int, iters: int, seed: int,
+    load: LoadOptions, json_path: Optional[Path], command: str,
+) -> int:
+    """``vla-bench --streaming``: each (artifact, backend) run of vla_export.bench.streaming, rendered as it ends."""
+    from vla_export.bench.streaming import streaming_runs
+    from vla_export.errors import ConfigError
+
+    try:
+        ts = [int(t) for t in windows.split(",")] if windows else []
+    except ValueError:
+        raise ConfigError(f"--windows takes comma-separated integers, e.g. 1,8,16, got {windows!r}") from None
+    if any(t < 1 for t in ts):
+        raise ConfigError("--windows must be positive")
+    reports = []
+    for artifact, backend, result in streaming_runs(artifacts, backends, windows=ts, warmup=warmup, iters=iters, seed=seed,
+                                                    load=load, command=command):
+        render_streaming(result.to_dict())
+        reports.append(result.to_dict() | {"artifact": artifact, "backend": backend})
+    if json_path:
+        write_json(json_path, reports[0] if len(reports) == 1 else {"kind": "streaming", "runs": reports}, "bench-streaming")
+        wrote(json_path)
+    return 0
+
+
+def render_streaming(r: dict[str, Any]) -> None:
+    b = r["backbone_single_frame"]
+    table = Table(title=f"vla-bench --streaming: {r['model']}, backbone {r['runners']['backbone']['name']}, head {r['runners']['head']['name']}\n"
+                        f"single-frame backbone p50 {b['p50_ms']:.3f} ms (p90 {b['p90_ms']:.3f}); target: step <= {r['target'].split('<= ')[1]}")
+    for col in ("window T", "step p50 ms", "p90", "p99", "head p50", "step / backbone", "full window p50", "speed-up", ""):
+        table.add_column(col, justify="right" if col else "left")
+    for w in r["windows"]:
+        full = w["full_window"]
+        table.add_row(
+            str(w["window"]), f"{w['step']['p50_ms']:.3f}", f"{w['step']['p90_ms']:.3f}", f"{w['step']['p99_ms']:.3f}",
+            f"{w['head']['p50_ms']:.3f}", f"{w['ratio_step_to_backbone']:.3f}x", "-" if full is None else f"{full['p50_ms']:.3f}",
+            "-" if w["speedup_vs_full_window"] is None else f"{w['speedup_vs_full_window']:.2f}x",
+            "[green]within target[/]" if w["within_target"] else "[red]over target[/]",
+        )
+    console.print(table)
+    s = r["settings"]
+    console.print(f"{s['iters']} timed steps per window after {s['warmup']} warm-up, interleaved; step = backbone + head inside "
+                  f"Policy.step (preprocessing of a {s['frame_hw'][0]}x{s['frame_hw'][1]} frame reported apart in the JSON)", markup=False)
 
 
 def main() -> None:

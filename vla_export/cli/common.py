@@ -67,8 +67,6 @@ class _Console(Console):
         super().print(*shown, **kwargs)
 
 
-JunitOpt = typer.Option(None, "--junit", help="Also write the checks as JUnit XML (one test case per checked output, step or row) for CI.")
-
 console = _Console(highlight=False)
 console.report_file = None  # where ``--json -`` goes while a command runs (the real standard output)
 err_console = _Console(stderr=True, highlight=False)

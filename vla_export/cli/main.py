@@ -4,25 +4,25 @@ from __future__ import annotations
 
 import sys
 
-from vla_export.cli import bench as bench_cmd, checkpoint_cmds, evaluate_cmds, inspect_cmds, onnx_cmds, quant_cmds, runtime_cmds, serve_cmds, trt_cmds
+from vla_export.cli import bench, calib, episodes, evaluate, init, inspect, onnx, parity, quantize, replay, sensitivity, serve, triton, trt
 from vla_export.cli.common import debug_option_callback, new_app, run_app
 
 app = new_app("Export a VLA policy checkpoint to verified ONNX and TensorRT artifacts.")
 app.callback()(debug_option_callback)
-app.command("init")(checkpoint_cmds.init)
-app.command("inspect")(inspect_cmds.inspect)
-app.command("onnx")(onnx_cmds.onnx)
-app.command("parity")(onnx_cmds.parity)
-app.command("replay")(runtime_cmds.replay)
-app.command("evaluate")(evaluate_cmds.evaluate)
-app.command("episodes")(trt_cmds.episodes)
-app.command("calib")(trt_cmds.calib)
-app.command("quantize")(trt_cmds.quantize)
-app.command("sensitivity")(quant_cmds.sensitivity)
-app.command("trt")(trt_cmds.trt)
-app.command("bench")(bench_cmd.bench)  # the same command as `vla-bench`, which stays as an alias
-app.command("triton")(serve_cmds.triton)
-app.command("serve")(serve_cmds.serve)
+app.command("init")(init.init)
+app.command("inspect")(inspect.inspect)
+app.command("onnx")(onnx.onnx)
+app.command("parity")(parity.parity)
+app.command("replay")(replay.replay)
+app.command("evaluate")(evaluate.evaluate)
+app.command("episodes")(episodes.episodes)
+app.command("calib")(calib.calib)
+app.command("quantize")(quantize.quantize)
+app.command("sensitivity")(sensitivity.sensitivity)
+app.command("trt")(trt.trt)
+app.command("bench")(bench.bench)  # the same command as `vla-bench`, which stays as an alias
+app.command("triton")(triton.triton)
+app.command("serve")(serve.serve)
 
 
 def main() -> None:

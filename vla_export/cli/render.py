@@ -151,3 +151,28 @@ def render_saved(saved: dict[str, Any], artifact: Any, result: Any) -> None:
         t = saved["trtexec"]
         console.print(f"wrote {t['folder']} (the first sample's inputs as raw .bin files); run an engine on them with: "
                       f"trtexec --loadEngine={artifact if is_kind(str(artifact), 'engine') else 'MODEL.engine'} {t['load_inputs']} {t['shapes']}", markup=False)
+
+
+def render_layers(layers: dict[str, Any] | None) -> None:
+    """The engine's layers by precision (TensorRT-RTX build log), one line each for all layers and the GEMMs."""
+    if not layers:
+        return
+    fmt = lambda d: ", ".join(f"{n} {k}" for k, n in sorted(d.items(), key=lambda kv: -kv[1])) or "none"  # noqa: E731
+    console.print(f"engine layers by precision ({layers['total']}): {fmt(layers['by_precision'])}", markup=False)
+    console.print(f"  GEMM/convolution layers: {fmt(layers['gemm_by_precision'])}", markup=False)
+
+
+def render_evaluate_discrimination(r: dict[str, Any], *, what: str = "artifact", strict_hint: bool = True) -> None:
+    """Whether the windows can tell a broken (collapsed) model apart, per dimension (the honesty rule)."""
+    disc = r["discrimination"]
+    for name, dim in disc["dims"].items():
+        if dim["status"] == "constant":
+            console.print(f"note: {name}: {dim['why']}; left out of the verdict", style="yellow", markup=False)
+    if disc["conclusive"]:
+        found = "; ".join(f"{n}: {v['why']}" for n, v in disc["dims"].items() if v["status"] == "discriminating")
+        console.print(f"conclusive: {found}", markup=False)
+        return
+    reasons = "; ".join(f"{n}: {v['why']}" for n, v in disc["dims"].items() if v["status"] == "undiscriminating") or "no action dimension varies"
+    hint = ("; --strict makes this a failure" if r["strict"] else "; --strict fails here") if strict_hint else ""
+    console.print(f"inconclusive: these episodes cannot tell a broken {what} apart ({reasons}); use more or more varied episodes, "
+                  f"or a checkpoint that has learned them{hint}", style="red" if r["strict"] else "yellow", markup=False)

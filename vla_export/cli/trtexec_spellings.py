@@ -5,15 +5,37 @@ and ``--dla-core``. The three below take trtexec's own value formats and are tur
 ``--minShapes/--optShapes/--maxShapes=NAME:DIMS,...`` into ``--shape NAME=MIN:OPT:MAX``,
 ``--memPoolSize=workspace:SIZE[K|M|G]`` into ``--workspace`` (MiB), ``--stronglyTyped`` into
 ``--typing strong``. Giving both spellings of one setting is refused, never resolved silently.
+:class:`TrtexecSpellings` declares those five options as one group for ``trt``.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from typing import Annotated, Optional
 
+import typer
+
+from vla_export.cli.options import OptionGroup
 from vla_export.errors import ConfigError
 
 _UNITS = {"K": 1 / 1024, "M": 1, "G": 1024}
+
+MinShapes = Annotated[Optional[str], typer.Option("--minShapes", help="trtexec's spelling: NAME:DIMS,... (with --optShapes and --maxShapes; becomes --shape).")]
+OptShapes = Annotated[Optional[str], typer.Option("--optShapes", help="trtexec's spelling, see --minShapes.")]
+MaxShapes = Annotated[Optional[str], typer.Option("--maxShapes", help="trtexec's spelling, see --minShapes.")]
+MemPoolSize = Annotated[Optional[str], typer.Option("--memPoolSize", help="trtexec's spelling of --workspace: workspace:SIZE[K|M|G] (default unit M).")]
+StronglyTyped = Annotated[bool, typer.Option("--stronglyTyped", help="trtexec's spelling of --typing strong.")]
+
+
+@dataclass(frozen=True)
+class TrtexecSpellings(OptionGroup):
+    """The trtexec-format options of ``trt`` (None/False: not given)."""
+    min_shapes: MinShapes = None
+    opt_shapes: OptShapes = None
+    max_shapes: MaxShapes = None
+    mem_pool: MemPoolSize = None
+    strongly_typed: StronglyTyped = False
 
 
 def _shape_list(flag: str, spec: str) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""``vla-export sensitivity`` and the accuracy-budget part of ``quantize``: thin layers over vla_export.export.sensitivity."""
+"""``vla-export sensitivity``: a thin layer over vla_export.export.sensitivity (``eval_feeds`` is shared with ``quantize``'s budget)."""
 
 from __future__ import annotations
 
@@ -12,24 +12,6 @@ from vla_export.cli.common import console, write_json
 from vla_export.errors import ConfigError
 
 
-def parity_command(artifact: Path) -> str:
-    """``vla-export parity CKPT ARTIFACT`` with the checkpoint that ``artifact``'s manifest records, where it is found here."""
-    import shlex
-
-    from vla_export.artifacts.manifest import read_manifest, recorded_checkpoint
-
-    manifest = read_manifest(artifact, required=False) or {}
-    found = recorded_checkpoint(artifact, manifest)
-    recorded = (manifest.get("source") or {}).get("checkpoint")
-    why = (f"the manifest records {recorded!r}, not found here" if recorded else "the manifest records no checkpoint")
-    ckpt, note = (shlex.quote(str(found)), "") if found is not None else ("CHECKPOINT", f" (CHECKPOINT: the one it was exported from; {why})")
-    part = manifest.get("part")
-    if part in ("backbone", "head"):  # a split part runs in the streaming policy: replay checks it
-        origin = Path(str((manifest.get("quantized_from") or {}).get("path") or artifact))
-        record = origin.with_name(origin.name.removesuffix(f".{part}.onnx") + ".split.json")
-        split = record if record.is_file() else "NAME.split.json"
-        return f"vla-export replay {ckpt} {shlex.quote(str(split))} EPISODE.h5 --{part} {shlex.quote(str(artifact))}{note}"
-    return f"vla-export parity {ckpt} {shlex.quote(str(artifact))}{note}"
 
 
 def render_sensitivity(r: dict[str, Any], limit: int = 20) -> None:
@@ -46,23 +28,6 @@ def render_sensitivity(r: dict[str, Any], limit: int = 20) -> None:
     if len(r["ranking"]) > limit:
         console.print(f"     ({len(r['ranking']) - limit} more units in the JSON)", markup=False)
     console.print(f"all INT8: {errs(r['full_int8'])}; {r['evaluations']} evaluations in {r['seconds']:.1f} s", markup=False)
-
-
-def render_budget(search: dict[str, Any], share: float, before: float) -> None:
-    b = search["budget"]
-    want = ", ".join(f"{k} {v:g}" for k, v in b.items() if v is not None)
-    for step in search["steps"]:
-        out = ", ".join(step["kept_float"][-1:]) or "(all INT8)"
-        rel = step["features_max_row_rel"]
-        feats = "" if rel is None else f", features rel {rel:.3g}"
-        rise = step.get("actions_mae_increase")
-        mae = "" if rise is None else f", MAE rise {rise:+.4g}"
-        console.print(f"  {len(step['kept_float'])} out: +{out}: actions max abs {step['actions_max_abs']:.4g}, "
-                      f"cosine {step['actions_cosine']:.6f}{feats}{mae} -> {'holds' if step['holds'] else 'over budget'}", markup=False)
-    verdict = "met" if search["met"] else "NOT met (every unit is out and it still does not hold)"
-    console.print(f"budget ({want}) {verdict}: {len(search['kept_float'])} units kept out of INT8; "
-                  f"{100 * share:.1f}% of weight elements INT8 (W8A8 before the budget: {100 * before:.1f}%)",
-                  style=None if search["met"] else "red", markup=False)
 
 
 def model_role(manifest: dict[str, Any]) -> str:

@@ -7,12 +7,12 @@ from typing import Any, Optional
 
 import typer
 
-from vla_export.cli.checkpoint_cmds import inspect_checkpoint_cmd
-from vla_export.cli.loading import with_loading_options
+from vla_export.cli.options import with_loading_options
 from vla_export.models.resolve import LoadOptions
-from vla_export.cli.common import console, write_json, wrote
-from vla_export.cli.render import fmt_bytes, render_components
-from vla_export.errors import ConfigError
+from vla_export.cli import checks
+from vla_export.cli.common import console, err_console, write_json, wrote
+from vla_export.cli.render import fmt_bytes, render_components, render_layers
+from vla_export.errors import ConfigError, VlaExportError
 
 
 def _shape(v: dict[str, Any]) -> str:
@@ -94,7 +94,6 @@ def render_engine(r: dict[str, Any]) -> None:
         console.print("inputs (from the ONNX):  " + "; ".join(_shape(v) for v in r["io_from_onnx"]["inputs"]), markup=False)
         console.print("outputs (from the ONNX): " + "; ".join(_shape(v) for v in r["io_from_onnx"]["outputs"]), markup=False)
     if r.get("layers_from_build_log"):
-        from vla_export.cli.trt_cmds import render_layers
 
         targets = r.get("compute_capabilities")
         targets = ", ".join(targets) if isinstance(targets, list) else "the library's defaults"
@@ -185,3 +184,79 @@ def inspect(
     if json_path:
         write_json(json_path, report, "inspect")
         wrote(json_path)
+
+
+def render_inspect(report: dict[str, Any]) -> None:
+    console.print(f"[bold]{report['path']}[/]  {fmt_bytes(report['file_size'])}  format={report['format']}  layout={report['layout']}")
+    if report["metadata"]:
+        meta = ", ".join(f"{k}={v}" for k, v in report["metadata"].items())
+        console.print(f"training metadata: {meta}", markup=False)
+    if report.get("key_layout"):
+        kl = report["key_layout"]
+        renames = f" (renames: {' '.join(kl['renames'])})" if kl["renames"] else ""
+        console.print(f"key layout: {kl['description']}{renames}", markup=False)
+    render_components("parameters by component", report["components"], report["component_bytes"], report["total_params"], report["total_bytes"])
+    dtypes = ", ".join(f"{k}: {v:,}" for k, v in report["dtypes"].items())
+    console.print(f"dtypes: {dtypes}; optimizer state: {fmt_bytes(report['optimizer_state_bytes'])}")
+    if report.get("params_note"):
+        console.print(f"parameters: {report['params_note']}", markup=False)
+    if report["config"]:
+        c = report["config"]
+        clip = c["clip_vision"]
+        heads = "/".join(str(t["num_heads"]) for t in (c["kosmos_vision"], c["kosmos_text"], clip) if t)
+        console.print(
+            f"config ({report.get('config_source')}; preset structure: {report['matched_preset'] or 'none'}): "
+            f"Kosmos-2 vision {c['kosmos_vision']['hidden_size']}x{c['kosmos_vision']['num_layers']}, "
+            f"text {c['kosmos_text']['embed_dim']}x{c['kosmos_text']['num_layers']} vocab {c['kosmos_text']['vocab_size']}, "
+            f"CLIP {str(clip['hidden_size']) + 'x' + str(clip['num_layers']) if clip else 'none'}, heads {heads}, "
+            f"LSTM {c['lstm_hidden']}x{c['lstm_layers']}, head {c['head_hidden']}, action_dim {c['action_dim']}, "
+            f"tanh {c['head_tanh']}, pooling {c['pooling']}, window {c['window']}, image {c['kosmos_vision']['image_size']}",
+            markup=False,
+        )
+    for f in report["assumptions"]:
+        style = "yellow" if f["warn"] else "dim" if f["basis"] == "derived" else None
+        note = f"  -> unconfirmed; confirm or correct with {f['confirm_with']}" if f["warn"] else ""
+        console.print(f"  {f['basis']}: {f['field']} = {_assumed_value(f['value'])} ({f['source']}){note}", style=style, markup=False)
+    if report["config"] and not report["assumptions"]:
+        console.print(f"  nothing assumed: the config was {report['config_source']}", markup=False)
+    if "load" in report:
+        ld = report["load"]
+        ratio = ld["peak_rss_bytes"] / max(ld["weights_bytes"], 1)
+        console.print(f"full load (all weights read): {ld['seconds']:.2f} s, peak RSS {fmt_bytes(ld['peak_rss_bytes'])} ({ratio:.2f}x the weights)")
+    verdict = "[green]loadable (strict)[/]" if report["loadable"] else "[red]NOT loadable[/]"
+    bad = report.get("nonfinite") or {}
+    if bad:
+        per = ", ".join(f"{comp} {n:,}" for comp, n in bad.items())
+        verdict += f", [red]but {sum(bad.values()):,} non-finite weights (NaN/Inf): {per}[/]"
+    console.print(f"verdict: {verdict}")
+
+
+def _assumed_value(v: Any) -> str:
+    import json
+
+    return v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
+
+
+def inspect_checkpoint_cmd(checkpoint: Path, *, json_path: Optional[Path], save_config: Optional[Path], load: LoadOptions, full_load: bool) -> None:
+    """``vla-export inspect CHECKPOINT``: sizes per component, training metadata, the key layout, the
+    resolved config (every assumption listed) and the strict-load verdict."""
+    from vla_export.models.inspect import inspect_checkpoint
+
+    checks.input_file(checkpoint, "checkpoint")
+    checks.output_file(json_path, save_config)
+    report = inspect_checkpoint(checkpoint, options=load, load=full_load)
+    render_inspect(report)
+    if json_path:
+        write_json(json_path, report, "inspect")
+        wrote(json_path)
+    if not report["loadable"]:
+        reason = report["reason"].removeprefix(f"{report['path']}: ")  # layout errors already name the file
+        raise VlaExportError(f"{checkpoint}: cannot be loaded as a policy: {reason}")
+    if report["nonfinite"]:
+        raise VlaExportError(f"{checkpoint}: {sum(report['nonfinite'].values()):,} non-finite weights (NaN/Inf); "
+                             "exports of it are refused")
+    for line in report["warnings"]:
+        err_console.print(f"warning: {line}", style="yellow", markup=False)
+    if save_config:
+        write_json(save_config, report["record"])
+        console.print(f"wrote {save_config}: pass it as --config to every command to load exactly this model")

@@ -1,101 +1,36 @@
-"""``vla-export onnx`` and ``vla-export parity``: thin layers over vla_export.export.onnx and vla_export.verify.parity."""
+"""``vla-export parity`` (and its ``--locate`` table): a thin layer over vla_export.verify.parity, pair, reference and locate."""
 
 from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
-from vla_export.choices import Exporter, ParityPrecision, Precision, QdqMode
+from vla_export.choices import ParityPrecision, Precision, QdqMode
 from vla_export.cli import checks
-from vla_export.cli.common import JunitOpt, console, write_json, wrote
+from vla_export.cli.common import console
 from vla_export.cli.junit import parity_cases, write_reports
-from vla_export.cli.render import fmt_bytes, render_completeness, render_next_steps, render_parity, render_saved
-from vla_export.cli.runtime_cmds import export_split_cmd
+from vla_export.cli.render import render_next_steps, render_parity, render_saved
 from vla_export.errors import ConfigError, ExitCode
-from vla_export.cli.loading import with_loading_options
+from vla_export.cli.options import InputOptions, ReportOptions, ToleranceOptions, with_loading_options, with_option_groups
 from vla_export.models.resolve import LoadOptions
 
 
-
-
 @with_loading_options
-def onnx(
-    checkpoint: Path = typer.Argument(..., help="Policy checkpoint (.pt/.pth/.ckpt or .safetensors)."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="ONNX file to write (default engines/CHECKPOINT.onnx)."),
-    opset: int = typer.Option(18, "--opset", help="ONNX opset."),
-    exporter: Exporter = typer.Option(Exporter.DYNAMO, "--exporter", help="dynamo (torch.onnx.export(dynamo=True)) or torchscript (fallback)."),
-    window: Optional[int] = typer.Option(None, "--window", help="Frames per window T (default: the config's window)."),
-    dynamic_window: bool = typer.Option(False, "--dynamic-window", help="Make T a dynamic axis too."),
-    debug_outputs: bool = typer.Option(False, "--debug-outputs", help="Also output per-frame features [B, T, F] (parity compares them)."),
-    external_data: Optional[bool] = typer.Option(None, "--external-data/--no-external-data", help="Weights in one NAME.onnx.data file (default: only over 2 GB)."),
-    simplify: bool = typer.Option(False, "--simplify", help="Simplify with onnxslim, then re-check parity."),
-    optimize: bool = typer.Option(True, "--optimize/--no-optimize", help="Run the dynamo exporter's graph optimiser."),
-    ort_check: bool = typer.Option(True, "--ort-check/--no-ort-check", help="Run ONNX Runtime at batch 1 and 3 and compare with PyTorch."),
-    samples: int = typer.Option(2, "--samples", help="Parity samples per batch size in the ORT check."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the export report as JSON."),
-    split: bool = typer.Option(False, "--split", help="Streaming parts instead: NAME.backbone.onnx (one frame -> feature), NAME.head.onnx (window of features -> action), NAME.split.json."),
-    load: LoadOptions = LoadOptions(),
-) -> None:
-    """Export the whole policy to ONNX, prove the graph holds all its weights, check it and record a manifest."""
-    from vla_export.export.onnx import OnnxExportOptions, OnnxFromPolicy, check_opset, check_target
-    from vla_export.models.loader import PolicyFromCheckpoint
-
-    checks.at_least(1, window=window, samples=samples)
-    checks.input_file(checkpoint, "checkpoint")
-    output = output or Path("engines") / f"{checkpoint.stem}.onnx"
-    if split:
-        from vla_export.export.split import split_paths
-
-        check_opset(opset, exporter)
-        checks.output_file(json_path, *split_paths(output).values())
-    else:
-        checks.artifact_output(output, json_path)
-        check_target(output, opset, exporter)
-    if split:
-        return export_split_cmd(
-            checkpoint, output, load=load,
-            unsupported={"--dynamic-window": dynamic_window, "--debug-outputs": debug_outputs, "--simplify": simplify, "--no-ort-check": not ort_check},
-            json_path=json_path, opset=opset, exporter=exporter, window=window, external_data=external_data, optimize=optimize,
-        )
-    options = OnnxExportOptions(
-        opset=opset, exporter=exporter, window=window, dynamic_window=dynamic_window, debug_outputs=debug_outputs,
-        external_data=external_data, simplify=simplify, optimize=optimize, ort_check=ort_check, parity_samples=samples,
-    )
-    result = OnnxFromPolicy(PolicyFromCheckpoint(checkpoint, options=load), output, options)()
-    report = result.to_dict()
-    render_completeness(report["completeness"])
-    for p in report["parity"]:
-        render_parity(p)
-    if not ort_check:
-        console.print("ONNX Runtime check skipped (--no-ort-check): run `vla-export parity` before trusting this model", style="yellow")
-    files = ", ".join(f"{f['name']} ({fmt_bytes(f['bytes'])})" for f in report["files"])
-    console.print(f"wrote {result.path} in {result.seconds:.1f} s: {files}; manifest {result.manifest_path}")
-    if json_path:
-        write_json(json_path, report, "onnx-export")
-        wrote(json_path)
-
-
-@with_loading_options
+@with_option_groups
 def parity(
     checkpoint: Path = typer.Argument(..., help="The reference: the PyTorch policy checkpoint, a saved reference (.npz from --save-reference, or the Polygraphy outputs .json from --save-outputs), or another artifact (.onnx, .engine: artifact against artifact)."),
     artifact: Path = typer.Argument(..., help="The artifact to check: .onnx, .engine/.plan, or another checkpoint."),
-    samples: Optional[int] = typer.Option(None, "--samples", help="Number of samples (default 8; with a saved reference: the saved ones)."),
-    data: Optional[list[Path]] = typer.Option(None, "--data", help="Episode files or folders (HDF5) instead of synthetic inputs."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the input source (default 0)."),
-    batch: Optional[int] = typer.Option(None, "--batch", help="Batch size per sample (default 1)."),
+    inputs: InputOptions = InputOptions(),
     precision: Optional[ParityPrecision] = typer.Option(None, "--precision", help="fp32, fp16 or int8: picks default tolerances (default: from the manifest, else fp32)."),
-    atol: Optional[list[str]] = typer.Option(None, "--atol", metavar="[OUTPUT:]VALUE", help="Override the absolute tolerance: VALUE for every output, or OUTPUT:VALUE for one (repeatable; Polygraphy's spelling, e.g. --atol actions:0.05)."),
-    rtol: Optional[list[str]] = typer.Option(None, "--rtol", metavar="[OUTPUT:]VALUE", help="Override the relative tolerance: VALUE or OUTPUT:VALUE, as --atol."),
-    min_cosine: Optional[float] = typer.Option(None, "--min-cosine", help="Override the minimum cosine similarity."),
-    min_sign_agreement: Optional[float] = typer.Option(None, "--min-sign-agreement", help="Override the minimum sign agreement of actions."),
-    max_rel_error: Optional[float] = typer.Option(None, "--max-rel-error", help="Override the per-row relative error bound of intermediate outputs (INT8 features)."),
+    tol: ToleranceOptions = ToleranceOptions(),
     qdq: QdqMode = typer.Option(QdqMode.EXACT, "--qdq", help="Q/DQ ONNX: exact (the quantization's own arithmetic, the default), kernels (onnxruntime's fused int8 CPU kernels) or both (verdict on exact)."),
     providers: Optional[list[str]] = typer.Option(None, "--provider", help="onnxruntime execution provider (repeatable; default CUDA if available, else CPU)."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the result as JSON (- for standard output)."),
-    junit: Optional[Path] = JunitOpt,
+    reports: ReportOptions = ReportOptions(),
     strict: bool = typer.Option(False, "--strict", help="Fail (exit 1) when the comparison cannot tell a broken artifact apart (reference outputs vary too little across samples); for CI."),
     load: LoadOptions = LoadOptions(),
     save_reference: Optional[Path] = typer.Option(None, "--save-reference", help="Also save the inputs and PyTorch outputs (+ config, checkpoint sha256) to this .npz, for `vla-export parity REF.npz ARTIFACT` on the device."),
@@ -111,6 +46,9 @@ def parity(
     """Compare an artifact with the PyTorch policy (or a saved reference) on the same inputs; exit 0 on pass, 1 on fail.
 
     A pair exported with a different config (heads, Tanh, widths, window, ...) is refused first (exit 2)."""
+    samples, data, seed, batch = inputs.samples, inputs.data, inputs.seed, inputs.batch
+    atol, rtol, min_cosine, min_sign_agreement, max_rel_error = tol.atol, tol.rtol, tol.min_cosine, tol.min_sign_agreement, tol.max_rel_error
+    json_path, junit = reports.json_path, reports.junit
     from vla_export.backends.select import artifact_kind
     from vla_export.compare.tolerance import output_tolerances, tolerance_specs
     from vla_export.verify.parity import parity_check
@@ -207,7 +145,6 @@ def parity(
     if result.candidate.get("saved"):
         render_saved(result.candidate["saved"], artifact, result)
     if locate:
-        from vla_export.cli.locate_cmds import render_locate
         from vla_export.verify.locate import locate as locate_layers
         from vla_export.models.loader import PolicyFromCheckpoint
 
@@ -234,3 +171,34 @@ def parity(
                   what="parity")
     if not result.passed:
         raise typer.Exit(ExitCode.CHECK_FAILED)
+
+
+def render_locate(r: dict[str, Any]) -> None:
+    tol = r["tolerance"]
+    ranked = r.get("ranking_by_added_error") or []
+    rank = {m: i for i, m in enumerate(ranked, 1)}
+    table = Table(title=f"where does it diverge? {r['level']}, {r['samples']} samples, {r['precision']} "
+                        f"(over: max abs > {tol['atol']:g} + {tol['rtol']:g} x max|ref|, or cosine < {tol['min_cosine']:g})")
+    columns = ["#", "module", "component", "max abs", "max |ref|", "relative", "cosine", *(("adds alone", "of tol", "rank") if ranked else ()), ""]
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("module", "component", "") else "right", no_wrap=True)
+    first = r["first_over"]
+    for i, p in enumerate(r["points"]):
+        flag = "[red]FIRST OVER[/]" if p["module"] == first else "[red]over[/]" if p["over"] else ""
+        added = p.get("added")
+        extra = () if not ranked else (
+            (f"{added['rel_err']:.2e}", f"{added['of_tolerance']:.2f}x",
+             f"[bold]{rank[p['module']]}[/]" if rank[p["module"]] == 1 else str(rank[p["module"]]))
+            if added else ("-", "-", "-"))
+        table.add_row(str(i), p["module"], p["component"], f"{p['max_abs']:.2e}", f"{p['ref_max_abs']:.3g}", f"{p['rel_err']:.2e}",
+                      f"{p['cosine']:.6f}", *extra, flag)
+    # Piped into a log, Rich would squeeze the module names out of an 80-column table: give it room there.
+    (console if console.is_terminal else Console(file=console.file, width=max(console.width, 160), highlight=False)).print(table)
+    for module, why in r["skipped"].items():
+        console.print(f"  not compared: {module}: {why}", style="dim", markup=False)
+    if r.get("added_note"):
+        console.print(f"  {'adds alone' if ranked else 'note'}: {r['added_note']}" + ("; adds alone = its relative error (max abs / max|ref|), "
+                      "of tol = its max abs over its tolerance atol + rtol x max|ref|, ranked by that" if ranked else ""),
+                      style="dim" if ranked else "yellow", markup=False)
+    style = "red" if first or ranked else "green"
+    console.print(f"locate: [{style}]{r['summary']}[/]")

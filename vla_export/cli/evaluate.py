@@ -10,9 +10,10 @@ from rich.table import Table
 
 from vla_export.choices import EvaluateQdq
 from vla_export.cli import checks
-from vla_export.cli.common import JunitOpt, console
+from vla_export.cli.common import console
 from vla_export.cli.junit import evaluate_cases, write_reports
-from vla_export.cli.loading import with_loading_options
+from vla_export.cli.render import render_evaluate_discrimination
+from vla_export.cli.options import ReportOptions, with_loading_options, with_option_groups
 from vla_export.errors import ArtifactError, ConfigError, ExitCode
 from vla_export.models.resolve import LoadOptions
 
@@ -83,23 +84,8 @@ def render_evaluate(r: dict[str, Any]) -> None:
     console.print(f"evaluate: {'[green]pass[/]' if r['passed'] else '[red]FAIL[/]'}")
 
 
-def render_evaluate_discrimination(r: dict[str, Any], *, what: str = "artifact", strict_hint: bool = True) -> None:
-    """Whether the windows can tell a broken (collapsed) model apart, per dimension (the honesty rule)."""
-    disc = r["discrimination"]
-    for name, dim in disc["dims"].items():
-        if dim["status"] == "constant":
-            console.print(f"note: {name}: {dim['why']}; left out of the verdict", style="yellow", markup=False)
-    if disc["conclusive"]:
-        found = "; ".join(f"{n}: {v['why']}" for n, v in disc["dims"].items() if v["status"] == "discriminating")
-        console.print(f"conclusive: {found}", markup=False)
-        return
-    reasons = "; ".join(f"{n}: {v['why']}" for n, v in disc["dims"].items() if v["status"] == "undiscriminating") or "no action dimension varies"
-    hint = ("; --strict makes this a failure" if r["strict"] else "; --strict fails here") if strict_hint else ""
-    console.print(f"inconclusive: these episodes cannot tell a broken {what} apart ({reasons}); use more or more varied episodes, "
-                  f"or a checkpoint that has learned them{hint}", style="red" if r["strict"] else "yellow", markup=False)
-
-
 @with_loading_options
+@with_option_groups
 def evaluate(
     checkpoint: Path = typer.Argument(..., help="The PyTorch policy checkpoint (the reference)."),
     artifacts: Optional[list[Path]] = typer.Argument(None, help="Artifacts to score beside it: .onnx (fp32, fp16, int8, int8w), "
@@ -111,11 +97,11 @@ def evaluate(
     qdq: EvaluateQdq = typer.Option(EvaluateQdq.EXACT, "--qdq", help="Q/DQ ONNX: exact (the quantization's own arithmetic, as parity) or kernels (onnxruntime's fused int8 CPU kernels)."),
     providers: Optional[list[str]] = typer.Option(None, "--provider", help="onnxruntime execution provider for ONNX artifacts and parts (repeatable)."),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Local Kosmos-2 tokenizer directory (the tiny and small presets have their own)."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the result as JSON (- for standard output)."),
-    junit: Optional[Path] = JunitOpt,
+    reports: ReportOptions = ReportOptions(),
     load: LoadOptions = LoadOptions(),
 ) -> None:
     """Score the checkpoint and each artifact against the recorded actions of episodes, per action dimension; exit 1 on a failed gate."""
+    json_path, junit = reports.json_path, reports.junit
     from vla_export.artifacts.kinds import detect_kind
     from vla_export.verify.evaluate import KINDS, evaluate as run_evaluate
 

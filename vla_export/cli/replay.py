@@ -1,4 +1,4 @@
-"""``vla-export replay`` and ``vla-bench --streaming``: thin layers over vla_export.runtime and vla_export.bench.streaming."""
+"""``vla-export replay``: a thin layer over vla_export.runtime.replay (and vla_export.verify.reference for saved references)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,14 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from vla_export.choices import ParityPrecision
-from vla_export.cli.common import JunitOpt, console, write_json, wrote
-from vla_export.cli.junit import replay_cases, write_reports
-from vla_export.cli.render import render_completeness, render_parity
-from vla_export.errors import ExitCode
-from vla_export.cli.loading import with_loading_options
-from vla_export.models.resolve import LoadOptions
-from vla_export.cli import checks
 from vla_export.artifacts.manifest import read_split
+from vla_export.choices import ParityPrecision
+from vla_export.cli import checks
+from vla_export.cli.common import console, wrote
+from vla_export.cli.junit import replay_cases, write_reports
+from vla_export.cli.options import ReplayReportOptions, with_loading_options, with_option_groups
+from vla_export.errors import ExitCode
+from vla_export.models.resolve import LoadOptions
 
 
 def _vec(values: list[float]) -> str:
@@ -56,6 +55,7 @@ def render_replay(r: dict[str, Any]) -> None:
 
 
 @with_loading_options
+@with_option_groups
 def replay(
     checkpoint: Path = typer.Argument(..., help="The PyTorch policy checkpoint (the full-window reference), or a saved replay reference (.npz)."),
     artifacts: Path = typer.Argument(..., help="The split export: NAME.split.json, its prefix NAME, or its folder (`vla-export onnx --split`)."),
@@ -67,14 +67,14 @@ def replay(
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Local Kosmos-2 tokenizer directory (the tiny and small presets have their own)."),
     text_len: Optional[int] = typer.Option(None, "--text-len", help="Pad the prompt to this many tokens (engines with a static text shape)."),
     providers: Optional[list[str]] = typer.Option(None, "--provider", help="onnxruntime execution provider for ONNX parts (repeatable)."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the per-step result as JSON (- for standard output)."),
-    junit: Optional[Path] = JunitOpt,
+    reports: ReplayReportOptions = ReplayReportOptions(),
     load: LoadOptions = LoadOptions(),
     save_reference: Optional[Path] = typer.Option(None, "--save-reference", help="Also save the per-step full-window PyTorch actions (+ config, checkpoint sha256) to this .npz, for `vla-export replay REF.npz ...` on the device."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Draw streaming vs reference actions per step and the per-step error against the tolerance into this PNG (needs matplotlib)."),
     strict: bool = typer.Option(False, "--strict", help="Fail (exit 1) when the reference's actions vary too little across the steps to tell a broken runtime apart; for CI."),
 ) -> None:
     """Stream an episode through the split runtime; at every step compare with the full-window PyTorch policy (or a saved reference). Exit 1 on a failed step."""
+    json_path, junit = reports.json_path, reports.junit
     from vla_export.verify import reference as saved
 
     checks.input_file(checkpoint, "saved reference" if checkpoint.suffix == ".npz" else "checkpoint")
@@ -114,98 +114,3 @@ def replay(
         wrote(plot_replay(report, plot), "plot")
     if not result.passed:
         raise typer.Exit(ExitCode.CHECK_FAILED)
-
-
-def export_split_cmd(
-    checkpoint: Path, output: Path, *, load: LoadOptions, unsupported: dict[str, bool], json_path: Optional[Path], **options: Any
-) -> None:
-    """``vla-export onnx --split``: the backbone and head parts, verified, with their manifests and NAME.split.json."""
-    from vla_export.errors import ConfigError
-    from vla_export.export.split import SplitOptions, export_split
-    from vla_export.models.loader import PolicyFromCheckpoint
-
-    given = [flag for flag, on in unsupported.items() if on]
-    if given:
-        raise ConfigError(f"--split does not take {', '.join(given)} (each part is always checked against PyTorch)")
-    result = export_split(PolicyFromCheckpoint(checkpoint, options=load)(), output, SplitOptions(**options))
-    report = result.to_dict()
-    for part, p in report["parts"].items():
-        console.print(f"[bold]{part}[/]: {p['path']}")
-        render_completeness(p["completeness"])
-        render_parity(p["parity"])
-    n = report["parameters"]
-    console.print(f"parameters: backbone {n['backbone']:,} + head {n['head']:,} = {n['backbone'] + n['head']:,} = the policy's {n['policy']:,} "
-                  "(all tensors; the tables above count each part's distinct tensors)")
-    check = report["stream_check"]
-    console.print(
-        f"streaming check (ONNX parts in the runtime vs the full PyTorch policy, {len(check['steps'])} steps incl. warm-up): "
-        f"max abs error {check['max_abs_err']:.3g} <= {check['atol']:g}"
-    )
-    console.print(f"wrote {result.manifest_path} in {result.seconds:.1f} s")
-    if json_path:
-        write_json(json_path, report, "split-export")
-        wrote(json_path)
-
-
-def render_streaming(r: dict[str, Any]) -> None:
-    b = r["backbone_single_frame"]
-    table = Table(title=f"vla-bench --streaming: {r['model']}, backbone {r['runners']['backbone']['name']}, head {r['runners']['head']['name']}\n"
-                        f"single-frame backbone p50 {b['p50_ms']:.3f} ms (p90 {b['p90_ms']:.3f}); target: step <= {r['target'].split('<= ')[1]}")
-    for col in ("window T", "step p50 ms", "p90", "p99", "head p50", "step / backbone", "full window p50", "speed-up", ""):
-        table.add_column(col, justify="right" if col else "left")
-    for w in r["windows"]:
-        full = w["full_window"]
-        table.add_row(
-            str(w["window"]), f"{w['step']['p50_ms']:.3f}", f"{w['step']['p90_ms']:.3f}", f"{w['step']['p99_ms']:.3f}",
-            f"{w['head']['p50_ms']:.3f}", f"{w['ratio_step_to_backbone']:.3f}x", "-" if full is None else f"{full['p50_ms']:.3f}",
-            "-" if w["speedup_vs_full_window"] is None else f"{w['speedup_vs_full_window']:.2f}x",
-            "[green]within target[/]" if w["within_target"] else "[red]over target[/]",
-        )
-    console.print(table)
-    s = r["settings"]
-    console.print(f"{s['iters']} timed steps per window after {s['warmup']} warm-up, interleaved; step = backbone + head inside "
-                  f"Policy.step (preprocessing of a {s['frame_hw'][0]}x{s['frame_hw'][1]} frame reported apart in the JSON)", markup=False)
-
-
-def bench_streaming_cmd(
-    artifacts: list[str], backends: list[str], *, windows: Optional[str], warmup: int, iters: int, seed: int,
-    load: LoadOptions, json_path: Optional[Path], command: str,
-) -> int:
-    """``vla-bench --streaming``: one control step per window T, for each (artifact, backend)."""
-    from vla_export.backends.select import is_model_artifact, model_loader, preset_name
-    from vla_export.bench.streaming import bench_split_streaming, bench_torch_streaming
-    from vla_export.bench.targets import BackendSpec
-    from vla_export.errors import ConfigError
-
-    try:
-        ts = [int(t) for t in windows.split(",")] if windows else []
-    except ValueError:
-        raise ConfigError(f"--windows takes comma-separated integers, e.g. 1,8,16, got {windows!r}") from None
-    if any(t < 1 for t in ts):
-        raise ConfigError("--windows must be positive")
-    specs = [BackendSpec.parse(b) for b in backends]
-    reports = []
-    for artifact in artifacts:
-        kinds = ("torch",) if is_model_artifact(artifact) else ("onnxrt", "trt")
-        chosen = [s for s in specs if s.kind in kinds] or [BackendSpec.parse(kinds[0])]
-        for spec in chosen:
-            common = {"warmup": warmup, "iters": iters, "seed": seed, "command": command}
-            if spec.kind == "torch":
-                loaded = model_loader(artifact, load=None if preset_name(artifact) else load, device=spec.device, seed=seed)()
-                policy = getattr(loaded, "policy", loaded)
-                opts = {"device": spec.device, "dtype": spec.dtype, "cuda_graph": spec.cuda_graph,
-                        "compile": spec.compile or False, "patch_matmul": spec.patch_matmul}
-                result = bench_torch_streaming(policy, windows=ts or [policy.cfg.window], runner_opts=opts, **common)
-            else:
-                from vla_export.artifacts.manifest import read_split
-
-                result = bench_split_streaming(
-                    artifact, windows=ts or [int(read_split(artifact)["window"])], backend=spec.kind,
-                    providers=[spec.provider] if spec.provider else None, **common,
-                )
-            render_streaming(result.to_dict())
-            reports.append(result.to_dict() | {"artifact": artifact, "backend": spec.text})
-    if json_path:
-        write_json(json_path, reports[0] if len(reports) == 1 else {"kind": "streaming", "runs": reports}, "bench-streaming")
-        wrote(json_path)
-    return 0
