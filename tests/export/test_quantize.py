@@ -320,6 +320,10 @@ def test_onnx_file_loads_external_weights_once_and_checks_them(tiny_onnx, tmp_pa
     assert not any(i.external_data for i in model.graph.initializer) and source.model() is model
     with pytest.raises(RuntimeError, match="weights are loaded already"):
         source.structure()
+    source.release()  # a step that wrote the model elsewhere lets go of it; the file's facts stay
+    assert source.external and source.path == tmp_path / "m.onnx"
+    with pytest.raises(RuntimeError, match="released"):
+        source.model()
     data = tmp_path / "m.onnx.data"
     data.write_bytes(data.read_bytes()[:100])
     with pytest.raises(ArtifactError, match="truncated"):

@@ -305,6 +305,8 @@ class OnnxFile:
 
     def model(self):
         """The ModelProto with every weight; external data is checked and loaded on the first call."""
+        if self._proto is None:
+            raise RuntimeError(f"{self.path}: its model was released; open the file again")
         if not self._weights:
             sizes = {f["name"]: int(f["bytes"]) for f in (self.manifest or {}).get("files", []) if "name" in f and "bytes" in f}
             require_external_data(self.path, sizes, self.extents)
@@ -315,6 +317,12 @@ class OnnxFile:
                 raise ArtifactError(f"{self.path}: cannot load its weights ({type(exc).__name__}: {exc})") from None
             self._weights = True
         return self._proto
+
+    def release(self) -> None:
+        """Let go of the model, for a step that has handed it on to a file: protobuf frees a message's memory
+        only with the whole message (clearing its weights frees nothing), so this handle must not keep it alive.
+        The file-level facts (path, manifest, external data) stay."""
+        self._proto = None
 
     def copy(self) -> "OnnxFile":
         """Another handle on the same file with its own ModelProto (weights loaded as here)."""

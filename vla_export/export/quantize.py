@@ -384,8 +384,8 @@ def quantize_int8(
 ) -> QuantizeResult:
     """Static INT8 Q/DQ: symmetric int8 weights (per channel) and activations, calibrated on ``calib``.
 
-    ``onnx_path``: a path, or the :class:`OnnxFile` opened for the command (its nodes get names; a model with
-    external data gives its weights up to the file onnxruntime reads: take a :meth:`OnnxFile.copy` to keep them)."""
+    ``onnx_path``: a path, or the :class:`OnnxFile` opened for the command: its model is written for onnxruntime
+    and then released (one copy of the weights in memory, not two); pass a :meth:`OnnxFile.copy` to keep it."""
     q = lazy_import("onnxruntime.quantization", purpose="INT8 quantization")
     if method not in CALIBRATION_METHODS:
         raise DataError(f"calibration method must be one of {CALIBRATION_METHODS}, got {method!r}")
@@ -407,6 +407,7 @@ def quantize_int8(
     with tempfile.TemporaryDirectory(prefix="vla-quant-") as work:
         named = Path(work) / "named.onnx"
         save_onnx(model, named, external=external)
+        source.release()
         del model  # onnxruntime reloads it from the file: one copy of the weights in memory, not two
 
         def write(tmp: Path) -> None:

@@ -382,7 +382,7 @@ def quantize_int8_with_budget(
         raise ConfigError("--max-mae-increase needs the recorded actions of the evaluation windows")
     evaluate = Evaluator(float_model, feeds, targets=targets)
     with tempfile.TemporaryDirectory(prefix="vla-budget-") as work:
-        # a copy: quantize_int8 may give the weights of its model up to the file it hands onnxruntime
+        # a copy: quantize_int8 hands its model on to onnxruntime's file and releases it
         full = quantize_int8(source.copy(), calib, Path(work) / "full.int8.onnx", **quantize_options)
         qdq = load_onnx(full.output)
     sens = layer_sensitivity(float_model, qdq, feeds, granularity=granularity, refine=refine, evaluator=evaluate,
