@@ -163,8 +163,8 @@ def written_opset(path: str | Path) -> int:
 
 def recorded_sizes(path: str | Path) -> dict[str, int]:
     """File name -> bytes, as the manifest beside ``path`` records them (empty without one)."""
-    manifest = read_manifest(path, required=False) or {}
-    return {f["name"]: int(f["bytes"]) for f in manifest.get("files", []) if "name" in f and "bytes" in f}
+    manifest = read_manifest(path, required=False)
+    return {f.name: f.bytes for f in manifest.files} if manifest else {}
 
 
 #: Where :func:`load_graph` says a dropped initializer's values are (nowhere: they were not kept).

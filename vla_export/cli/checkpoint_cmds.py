@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 import typer
 
+from vla_export import schemas
 from vla_export.cli.common import console, err_console, write_json, wrote
 from vla_export.cli.render import fmt_bytes, render_components
 from vla_export.data.fit import FitOptions, FitResult, fit_policy
@@ -130,7 +131,7 @@ def inspect_checkpoint_cmd(checkpoint: Path, *, json_path: Optional[Path], save_
     report = inspect_checkpoint(checkpoint, options=load, load=full_load)
     render_inspect(report)
     if json_path:
-        write_json(json_path, report, "inspect")
+        write_json(json_path, report, schemas.INSPECT)
         wrote(json_path)
     if not report["loadable"]:
         reason = report["reason"].removeprefix(f"{report['path']}: ")  # layout errors already name the file

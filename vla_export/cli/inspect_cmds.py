@@ -7,6 +7,7 @@ from typing import Any, Optional
 
 import typer
 
+from vla_export import schemas
 from vla_export.cli.checkpoint_cmds import inspect_checkpoint_cmd
 from vla_export.cli.loading import with_loading_options
 from vla_export.models.resolve import LoadOptions
@@ -183,5 +184,5 @@ def inspect(
     report = inspect_artifact(artifact)
     RENDERERS[report["kind"]](report)
     if json_path:
-        write_json(json_path, report, "inspect")
+        write_json(json_path, report, schemas.INSPECT)
         wrote(json_path)

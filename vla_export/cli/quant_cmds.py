@@ -7,6 +7,7 @@ from typing import Any, Optional
 
 import typer
 
+from vla_export.artifacts.manifest import Manifest
 from vla_export.cli.common import console, write_json
 from vla_export.errors import ConfigError, DataError
 
@@ -17,14 +18,14 @@ def parity_command(artifact: Path) -> str:
 
     from vla_export.artifacts.manifest import read_manifest, recorded_checkpoint
 
-    manifest = read_manifest(artifact, required=False) or {}
+    manifest = read_manifest(artifact, required=False)
     found = recorded_checkpoint(artifact, manifest)
-    recorded = (manifest.get("source") or {}).get("checkpoint")
+    recorded = ((manifest.source if manifest else None) or {}).get("checkpoint")
     why = (f"the manifest records {recorded!r}, not found here" if recorded else "the manifest records no checkpoint")
     ckpt, note = (shlex.quote(str(found)), "") if found is not None else ("CHECKPOINT", f" (CHECKPOINT: the one it was exported from; {why})")
-    part = manifest.get("part")
+    part = manifest.part if manifest else None
     if part in ("backbone", "head"):  # a split part runs in the streaming policy: replay checks it
-        origin = Path(str((manifest.get("quantized_from") or {}).get("path") or artifact))
+        origin = Path(str((manifest.extra.get("quantized_from") or {}).get("path") or artifact))
         record = origin.with_name(origin.name.removesuffix(f".{part}.onnx") + ".split.json")
         split = record if record.is_file() else "NAME.split.json"
         return f"vla-export replay {ckpt} {shlex.quote(str(split))} EPISODE.h5 --{part} {shlex.quote(str(artifact))}{note}"
@@ -38,13 +39,12 @@ def eval_feeds(onnx: Path, data: Optional[list[Path]], calib_frames, samples: in
     in both cases disjoint from ``calib_frames``. Config and window come from the ONNX manifest."""
     from vla_export.artifacts.manifest import read_manifest
     from vla_export.export.sensitivity import held_out_feeds
-    from vla_export.models.config import PolicyConfig
 
     manifest = read_manifest(onnx, kind="onnx")
-    if not manifest.get("config"):
+    if manifest.config is None:
         raise ConfigError(f"{onnx}: its manifest records no policy config")
-    config = PolicyConfig.from_dict(manifest["config"])
-    window = manifest.get("window") or config.window
+    config = manifest.config
+    window = manifest.window or config.window
     if not data:
         episodes = sorted({w["episode"] for w in (calib_meta or {}).get("windows", [])})
         if not episodes:
@@ -89,22 +89,22 @@ def render_budget(search: dict[str, Any], share: float, before: float) -> None:
                   style=None if search["met"] else "red", markup=False)
 
 
-def model_role(manifest: dict[str, Any]) -> str:
+def model_role(manifest: Manifest) -> str:
     """What an ONNX manifest says the model is: float, w8a8 (static Q/DQ), int8-weights or fp16."""
-    precision = manifest.get("precision")
-    options = (manifest.get("quantization") or {}).get("options") or {}
+    precision = manifest.precision
+    options = (manifest.quantization or {}).get("options") or {}
     if precision == "fp16":
         return "fp16"
     if precision == "int8":
         return "int8-weights" if "weights" in options and "calibration" not in options else "w8a8"
-    return "float" if not manifest.get("quantized_from") else str(precision)
+    return "float" if not manifest.extra.get("quantized_from") else str(precision)
 
 
 ROLE_NAMES = {"float": "a float ONNX", "w8a8": "a W8A8 Q/DQ model (quantize --int8)", "fp16": "an FP16 model (quantize --fp16)",
               "int8-weights": "a weight-only INT8 model (quantize --int8-weights: its activations are float, nothing to rank)"}
 
 
-def check_pair(float_onnx: Path, float_manifest: dict[str, Any], qdq_onnx: Path, manifest: dict[str, Any]) -> None:
+def check_pair(float_onnx: Path, float_manifest: Manifest, qdq_onnx: Path, manifest: Manifest) -> None:
     """``sensitivity FLOAT QDQ``: the first a float ONNX, the second a W8A8 model quantized from it; else say what each is."""
     roles = model_role(float_manifest), model_role(manifest)
     if roles == ("w8a8", "float"):
@@ -116,7 +116,7 @@ def check_pair(float_onnx: Path, float_manifest: dict[str, Any], qdq_onnx: Path,
     if roles[1] != "w8a8":
         raise ConfigError(f"{qdq_onnx}: {ROLE_NAMES.get(roles[1], roles[1])}; the second argument is a W8A8 Q/DQ model "
                           f"(vla-export quantize {float_onnx} --int8 --calib SET)")
-    source = manifest.get("quantized_from") or {}
+    source = manifest.extra.get("quantized_from") or {}
     if source.get("sha256"):
         from vla_export.fileio import sha256_file
 
@@ -152,7 +152,7 @@ def sensitivity(
     checks.output_file(json_path)
     float_manifest, manifest = read_manifest(float_onnx, kind="onnx"), read_manifest(qdq_onnx, kind="onnx")
     check_pair(float_onnx, float_manifest, qdq_onnx, manifest)
-    calib = ((manifest.get("quantization") or {}).get("options") or {}).get("calibration")
+    calib = ((manifest.quantization or {}).get("options") or {}).get("calibration")
     if not isinstance(calib, dict):
         raise ConfigError(f"{qdq_onnx}: a W8A8 model whose manifest records no calibration set (quantize it again with this version)")
     meta = None

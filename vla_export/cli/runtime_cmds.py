@@ -8,6 +8,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
+from vla_export import schemas
 from vla_export.cli.common import JunitOpt, console, write_json, wrote
 from vla_export.cli.junit import replay_cases, write_reports
 from vla_export.cli.render import render_completeness, render_parity
@@ -107,7 +108,7 @@ def replay(
     report = result.to_dict()
     render_replay(report)
     write_reports(report, json_path, junit, suite=f"replay {episode.name}", cases=replay_cases, classname="vla-export.replay",
-                  what="replay")
+                  schema=schemas.REPLAY)
     if plot:
         from vla_export.plots import plot_replay
 
@@ -143,7 +144,7 @@ def export_split_cmd(
     )
     console.print(f"wrote {result.manifest_path} in {result.seconds:.1f} s")
     if json_path:
-        write_json(json_path, report, "split-export")
+        write_json(json_path, report, schemas.SPLIT_EXPORT)
         wrote(json_path)
 
 
@@ -206,12 +207,12 @@ def bench_streaming_cmd(
                 from vla_export.artifacts.manifest import read_split
 
                 result = bench_split_streaming(
-                    artifact, windows=ts or [int(read_split(artifact)["window"])], backend=spec.kind,
+                    artifact, windows=ts or [read_split(artifact).window], backend=spec.kind,
                     providers=[spec.provider] if spec.provider else None, **common,
                 )
             render_streaming(result.to_dict())
             reports.append(result.to_dict() | {"artifact": artifact, "backend": spec.text})
     if json_path:
-        write_json(json_path, reports[0] if len(reports) == 1 else {"kind": "streaming", "runs": reports}, "bench-streaming")
+        write_json(json_path, reports[0] if len(reports) == 1 else {"kind": "streaming", "runs": reports}, schemas.BENCH_STREAMING)
         wrote(json_path)
     return 0

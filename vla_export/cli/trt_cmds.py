@@ -9,6 +9,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
+from vla_export import schemas
 from vla_export.errors import ExitCode
 from vla_export.cli.common import console, err_console, write_json
 from vla_export.cli.render import fmt_bytes, render_parity
@@ -50,7 +51,7 @@ def episodes(
 
 def _calib_config(onnx: Optional[Path], preset: Optional[str], config: Optional[Path]):
     """The policy config a calibration set is made for: from the ONNX manifest, a preset or a config file."""
-    from vla_export.models.config import PolicyConfig, get_preset, load_config
+    from vla_export.models.config import get_preset, load_config
 
     if sum(x is not None for x in (onnx, preset, config)) != 1:
         raise ConfigError("give exactly one of --onnx MODEL.onnx, --preset NAME or --config FILE")
@@ -61,9 +62,9 @@ def _calib_config(onnx: Optional[Path], preset: Optional[str], config: Optional[
     from vla_export.artifacts.manifest import read_manifest
 
     manifest = read_manifest(onnx, kind="onnx")
-    if not manifest.get("config"):
+    if manifest.config is None:
         raise ConfigError(f"{onnx}: its manifest records no policy config; pass --preset or --config")
-    return PolicyConfig.from_dict(manifest["config"]), manifest.get("window")
+    return manifest.config, manifest.window
 
 
 def calib(
@@ -103,7 +104,7 @@ def calib(
     console.print(f"wrote {output} ({fmt_bytes(output.stat().st_size)}): {len(calib_set)} samples from "
                   f"{len(report['episodes'])} episodes, tokenizer {report['tokenizer']}; per sample {shapes}", markup=False)
     if json_path:
-        write_json(json_path, report, "calib")
+        write_json(json_path, report, schemas.CALIB)
 
 
 def render_quantize(r: dict[str, Any]) -> None:
@@ -228,7 +229,7 @@ def quantize(
                                                what="quantized model", strict_hint=False)
             render_budget(search.to_dict(), result.options["int8_share_of_weight_elements"], result.options["int8_share_before_budget"])
             if json_path:
-                write_json(json_path, result.to_dict())
+                write_json(json_path, result.to_dict(), schemas.QUANTIZE)
             if not search.met:
                 raise typer.Exit(1)
             return
@@ -241,7 +242,7 @@ def quantize(
 
     console.print(f"check it: {parity_command(output)}", style="dim", markup=False)
     if json_path:
-        write_json(json_path, result.to_dict(), "quantize")
+        write_json(json_path, result.to_dict(), schemas.QUANTIZE)
 
 
 def render_layers(layers: dict[str, Any] | None) -> None:
@@ -363,6 +364,6 @@ def trt(
         report["parity"] = parity.to_dict()
         render_parity(report["parity"])
     if json_path:  # written before the verdict, so a failed parity still leaves the report
-        write_json(json_path, report, "trt-build")
+        write_json(json_path, report, schemas.TRT_BUILD)
     if not report.get("parity", {"passed": True})["passed"]:
         raise typer.Exit(ExitCode.CHECK_FAILED)

@@ -377,7 +377,7 @@ def export_policy(loaded, path: str | Path, options: OnnxExportOptions = OnnxExp
         )
         out = manifest_path(tmp)
         write_manifest(tmp, data, path=out)
-        state["files"] = data["files"]
+        state["files"] = [f.to_dict() for f in data.files]
         return [out]
 
     export_module(

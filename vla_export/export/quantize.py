@@ -262,8 +262,8 @@ def _publish(source: Path, output: Path, precision: str, write_model, reasons: M
             bytes=sum(f.stat().st_size for f in files), seconds=round(time.perf_counter() - start, 3),
             kept_fp32=_reason_counts(reasons), nodes=op_counts(tmp), options=options,
         )
-        inherited = read_manifest(source, kind="onnx", required=False) or {}
-        keep = {k: v for k, v in inherited.items() if k not in ("schema", "kind", "artifact", "files", "parity", "ops", "io", "versions")}
+        inherited = read_manifest(source, kind="onnx", required=False)
+        keep = {k: v for k, v in (inherited.to_dict() if inherited else {}).items() if k not in ("schema", "kind", "artifact", "files", "parity", "ops", "io", "versions")}
         data = build_manifest(
             "onnx", tmp, files, **keep,
             precision=precision,

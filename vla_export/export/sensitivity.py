@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from vla_export import schemas
 from vla_export.backends.onnxrt import EXACT_QDQ_CONFIG
 from vla_export.errors import ConfigError, DataError
 from vla_export.artifacts.onnxfile import _needs_external_data, save_onnx
@@ -42,7 +43,7 @@ from vla_export.artifacts.graph import _producers
 from vla_export.artifacts.graph import quantized_nodes
 from vla_export.artifacts.graph import with_float_nodes
 
-SCHEMA = "vla-export/sensitivity/1"
+SCHEMA = schemas.SENSITIVITY
 GRANULARITIES = ("layer", "block", "auto")
 #: A transformer block in the exporter's module scopes: ``...encoder.layers.3``, ``...model.layers.0``.
 BLOCK_SCOPE = re.compile(r"\.layers\.\d+$")

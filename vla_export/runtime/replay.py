@@ -171,7 +171,7 @@ def parts_precision(policy: Policy) -> str:
     for runner in (policy.backbone, policy.head):
         path = runner.path
         manifest = read_manifest(path, required=False) if path is not None else None
-        found.append((manifest or {}).get("precision") or "fp32")
+        found.append((manifest.precision if manifest else None) or "fp32")
     return loosest(found)
 
 

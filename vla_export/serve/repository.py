@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vla_export import schemas
 from vla_export.artifacts.kinds import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES, ONNX_SUFFIXES
 from vla_export.backends.torch_runner import COMPILE_MODES, INDUCTOR_GRAPH_MODES
 from vla_export.artifacts.kinds import PRESET_PREFIX
@@ -37,11 +38,11 @@ from vla_export import interrupts
 from vla_export.errors import ArtifactError, ConfigError
 from vla_export.fileio import remove_tree, staging_dir
 from vla_export.lazy import lazy_import
-from vla_export.artifacts.manifest import read_manifest, read_split, validate_files, versions
+from vla_export.artifacts.manifest import Manifest, read_manifest, read_split, validate_files, versions
 from vla_export.serve.fleet import RELEASE, SERVING_FILE, SERVING_SCHEMA
 
 REPOSITORY_FILE = "vla-export-repository.json"
-REPOSITORY_SCHEMA = "vla-export/triton-repository/1"
+REPOSITORY_SCHEMA = schemas.TRITON_REPOSITORY
 BACKENDS = ("onnxrt", "trt", "torch", "tensorrt_plan")
 TORCH_DTYPES = ("float32", "float16", "bfloat16")
 SERVE_INSTALL = "`pip install 'tritonclient[http,grpc]'` (the part of the serve extra that this needs)"
@@ -219,13 +220,13 @@ def _place(src: Path, dst: Path) -> None:
 PART_IO = {"backbone": ({"pixel_values", "input_ids", "attention_mask"}, {"feature"}), "head": ({"features"}, {"actions"})}
 
 
-def check_part(path: Path, part: str, manifest: Mapping[str, Any]) -> None:
+def check_part(path: Path, part: str, manifest: Manifest) -> None:
     """``path`` (--backbone/--head) must be that part of a split export: a whole policy there loads and
     fails only when the first robot is served."""
-    io = manifest.get("io") or {}
+    io = manifest.io or {}
     inputs, outputs = ({v["name"] for v in io.get(k, [])} for k in ("inputs", "outputs"))
     want_in, want_out = PART_IO[part]
-    recorded = manifest.get("part")
+    recorded = manifest.part
     if (recorded is not None and recorded != part) or (io and (not want_in <= inputs or outputs != want_out)):
         what = f"the {recorded} part" if recorded else "a whole policy" if "actions" in outputs and "pixel_values" in inputs else "another model"
         raise ArtifactError(f"{path}: --{part} is {what} (inputs {sorted(inputs)}, outputs {sorted(outputs)}), not the {part} part "
@@ -239,7 +240,7 @@ def _with_manifest(path: Path, kind: str, part: str | None = None) -> list[Path]
     validate_files(path, manifest)
     if part is not None:
         check_part(path, part, manifest)
-    return [path, path.with_name(path.name + ".json")] + [path.parent / f["name"] for f in manifest.get("files", []) if f["name"] != path.name]
+    return [path, path.with_name(path.name + ".json")] + [path.parent / f.name for f in manifest.files if f.name != path.name]
 
 
 def _engine_info(path: Path, part: str | None = None) -> dict[str, Any]:
@@ -247,8 +248,9 @@ def _engine_info(path: Path, part: str | None = None) -> dict[str, Any]:
     validate_files(path, manifest)
     if part is not None:
         check_part(path, part, manifest)
-    return {"file": path.name, "gpu": manifest.get("gpu") or {}, "tensorrt": manifest.get("tensorrt"),
-            "tensorrt_flavor": manifest.get("tensorrt_flavor") or "tensorrt", "plan": manifest.get("plan") or {}}
+    extra = manifest.extra
+    return {"file": path.name, "gpu": extra.get("gpu") or {}, "tensorrt": extra.get("tensorrt"),
+            "tensorrt_flavor": extra.get("tensorrt_flavor") or "tensorrt", "plan": extra.get("plan") or {}}
 
 
 def _sources(artifact: Path, options: TritonOptions) -> tuple[str, dict[str, Any], dict[str, list[Path]], dict[str, Any]]:
@@ -278,13 +280,12 @@ def _sources(artifact: Path, options: TritonOptions) -> tuple[str, dict[str, Any
     backend = options.backend or "onnxrt"
     if backend == "torch":
         raise ConfigError(f"{artifact}: --backend torch serves a checkpoint; pass the checkpoint instead of the split export")
-    folder = Path(record["_path"]).parent
-    split_file = Path(record["_path"])
+    split_file = record.path
     chosen = {"backbone": options.backbone, "head": options.head}
     files: dict[str, list[Path]] = {"split": [split_file]}
     engines: dict[str, Any] = {}
     for part in ("backbone", "head"):
-        path = Path(chosen[part]) if chosen[part] else folder / record["parts"][part]["path"]
+        path = Path(chosen[part]) if chosen[part] else record.parts[part]
         if not path.exists():
             raise ArtifactError(f"{path}: the {part} part is missing (listed in {split_file.name})" if not chosen[part]
                                 else f"{path}: --{part} not found")
@@ -306,7 +307,7 @@ def _sources(artifact: Path, options: TritonOptions) -> tuple[str, dict[str, Any
                               "GPU), or build the backbone with TensorRT for --backend tensorrt_plan")
     elif engines:
         raise ConfigError(f"--backend {backend} runs ONNX parts; engines given for {sorted(engines)}: use --backend trt")
-    return backend, record["config"], files, engines
+    return backend, record.config.to_dict(), files, engines
 
 
 def batch_buckets(max_batch: int, step: int = 8) -> tuple[int, ...]:
@@ -394,7 +395,7 @@ def write_repository(artifact: str | Path, output: str | Path, options: TritonOp
         "backend": backend,
         "files": role_files,
         "config": config,
-        "window": int(cfg.window if backend == "torch" else read_split(files["split"][0])["window"]),
+        "window": int(cfg.window if backend == "torch" else read_split(files["split"][0]).window),
         "text_len": text_len,
         "max_robots": options.max_robots,
         "idle_seconds": options.idle_seconds,
@@ -444,7 +445,7 @@ def _default_name(artifact: Path) -> str:
         if stem.endswith(tail):
             stem = stem[: -len(tail)]
     if artifact.is_dir():
-        stem = read_split(artifact)["_path"].rsplit("/", 1)[-1][: -len(".split.json")]
+        stem = read_split(artifact).stem
     return stem.replace(".", "_") or "policy"
 
 

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from vla_export import schemas
 from vla_export.artifacts.kinds import detect_kind
 from vla_export.backends.onnxrt import OnnxrtRunner
 from vla_export.data.episodes import EpisodeSource
@@ -52,7 +53,7 @@ from vla_export.artifacts.manifest import read_manifest
 from vla_export.lazy import lazy_import
 from vla_export.compare.tolerance import Tolerance, tolerance_for
 
-SCHEMA = "vla-export/locate/1"
+SCHEMA = schemas.LOCATE
 LEVELS = ("boundaries", "all")
 POLICY_INPUTS = ("pixel_values", "input_ids", "attention_mask")
 #: Component roots compared at the ``boundaries`` level, besides every ``...layers.N`` module.
@@ -382,8 +383,8 @@ def locate(
         scopes = graph_scopes(model)
     except ArtifactError as exc:
         raise ArtifactError(f"{artifact}: {exc}") from None
-    manifest = read_manifest(artifact, required=False) or {}
-    precision = precision or manifest.get("precision", "fp32")
+    manifest = read_manifest(artifact, required=False)
+    precision = precision or (manifest.precision if manifest else None) or "fp32"
     tol = tolerance or tolerance_for(precision)
 
     torch = lazy_import("torch", purpose="running the PyTorch reference")
