@@ -51,10 +51,10 @@ def _check_schema(data: Any, where: Path) -> dict[str, Any]:
     return data
 
 
-def _typed(data: Mapping[str, Any], where: Path, name: str, types: type | tuple[type, ...], what: str) -> Any:
-    """``data[name]`` when absent or null (``None``) or of ``types``; else one error naming the file and field."""
+def _typed(data: Mapping[str, Any], where: Path, name: str, kind: type, what: str) -> Any:
+    """``data[name]`` when absent, null (``None``) or a ``kind`` (a bool is no int); else one error naming the file and field."""
     value = data.get(name)
-    if value is None or (isinstance(value, types) and not (isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)))):
+    if value is None or (isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool)):
         return value
     raise _problem(where, f"field {name!r} must be {what}, got {type(value).__name__} {value!r}"[:300])
 

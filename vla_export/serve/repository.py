@@ -307,7 +307,7 @@ def _sources(artifact: Path, options: TritonOptions) -> tuple[str, dict[str, Any
                               "GPU), or build the backbone with TensorRT for --backend tensorrt_plan")
     elif engines:
         raise ConfigError(f"--backend {backend} runs ONNX parts; engines given for {sorted(engines)}: use --backend trt")
-    return backend, record.config.to_dict(), files, engines
+    return backend, record.to_dict()["config"], files, engines
 
 
 def batch_buckets(max_batch: int, step: int = 8) -> tuple[int, ...]:

@@ -49,7 +49,7 @@ from vla_export.artifacts.graph import ensure_node_names
 from vla_export.artifacts.onnxfile import save_onnx
 from vla_export.artifacts.graph import quantized_nodes, with_float_nodes
 from vla_export.artifacts.onnxfile import load_onnx
-from vla_export.artifacts.manifest import read_manifest
+from vla_export.artifacts.manifest import Manifest, read_manifest
 from vla_export.lazy import lazy_import
 from vla_export.compare.tolerance import Tolerance, tolerance_for
 
@@ -442,9 +442,9 @@ def locate(
     return result
 
 
-def _recorded_float_onnx(artifact: Path, manifest: Mapping[str, Any]) -> Path | None:
+def _recorded_float_onnx(artifact: Path, manifest: Manifest | None) -> Path | None:
     """The float ONNX the manifest says ``artifact`` was quantized from (as recorded, else beside it)."""
-    recorded = (manifest.get("quantized_from") or {}).get("path")
+    recorded = ((manifest.extra if manifest else {}).get("quantized_from") or {}).get("path")
     if not recorded:
         return None
     path = Path(recorded)
