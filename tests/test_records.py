@@ -29,8 +29,30 @@ def _rewritten(record, artifact, original, tmp_path):
     return original.read_bytes(), out.read_bytes()
 
 
+#: The keys `vla-export onnx` wrote, in order, before manifests were typed (commit dabc58d).
+ONNX_KEYS = ["schema", "kind", "artifact", "files", "source", "config", "model", "window", "options", "opset", "exporter",
+             "parameters", "io", "ops", "parity", "export_seconds", "versions"]
+SPLIT_KEYS = ["schema", "kind", "parts", "parameters", "window", "warmup", "config", "model", "source", "stream_check", "versions"]
+
+
+def test_a_hand_written_manifest_round_trips_byte_for_byte(tmp_path):
+    """Independent of the writers: any order, unknown keys, nulls and a file's sha256 come back as they were."""
+    art = tmp_path / "m.onnx"
+    art.write_bytes(b"x")
+    raw = {"schema": schemas.MANIFEST, "kind": "onnx", "zeta": [1, {"a": None}], "window": 3, "artifact": "m.onnx",
+           "precision": None, "files": [{"name": "m.onnx", "bytes": 1, "sha256": "ab"}], "io": {"inputs": []}, "alpha": 1.5}
+    text = json.dumps(raw, indent=2) + "\n"
+    manifest_path(art).write_text(text)
+    m = read_manifest(art)
+    assert m.window == 3 and m.precision is None and m.files[0].sha256 == "ab" and m.extra == {"zeta": [1, {"a": None}], "alpha": 1.5}
+    assert json.dumps(m.to_dict(), indent=2) + "\n" == text
+    write_manifest(art, m)
+    assert manifest_path(art).read_text() == text
+
+
 def test_onnx_manifest_round_trips_byte_for_byte(tiny_onnx, tmp_path):
     m = read_manifest(tiny_onnx, kind="onnx")
+    assert list(json.loads(manifest_path(tiny_onnx).read_text())) == ONNX_KEYS
     assert isinstance(m.config, PolicyConfig) and m.config.name == "tiny"
     assert m.path == tiny_onnx and m.kind == "onnx" and m.window == 4 and m.precision is None
     assert [f.name for f in m.files] == ["tiny.onnx"] and m.io["outputs"][0]["name"] == "actions"
@@ -50,6 +72,8 @@ def test_quantized_manifest_round_trips_byte_for_byte(fitted_tiny_int8, tmp_path
 def test_split_record_round_trips_byte_for_byte(tiny_split, tmp_path):
     path = tiny_split.manifest_path
     record = read_split(path)
+    assert list(json.loads(path.read_text())) == SPLIT_KEYS
+    assert list(json.loads(path.read_text())["parts"]["head"]) == ["path", "parameters"]
     assert isinstance(record, SplitRecord) and record.path == path and record.stem == "tiny"
     assert record.parts == {part: path.parent / f"tiny.{part}.onnx" for part in ("backbone", "head")}
     assert all(p.is_file() for p in record.parts.values())
