@@ -180,7 +180,8 @@ def write_fake_engine(path: str | Path, onnx: str | Path, *, precision: str = "f
     path, onnx = Path(path), Path(onnx)
     path.write_bytes(MAGIC + str(onnx.resolve()).encode())
     if config is None:
-        config = (read_manifest(onnx, required=False) or {}).get("config")
+        recorded = read_manifest(onnx, required=False)
+        config = recorded.config if recorded else None
     m = build_manifest("engine", path, [path], tensorrt=tensorrt, gpu=dict(GPU), precision=precision, flags=[],
                        plan=plan or {"flags": [], "hardware_compatibility": "none", "dla_core": None},
                        onnx={"path": str(onnx)}, config=config, **extra)

@@ -168,6 +168,6 @@ def test_quantized_and_engine_manifests_carry_the_model_record(tiny_onnx, tmp_pa
     from vla_export.artifacts.manifest import read_manifest
 
     out = Q.convert_fp16(tiny_onnx, tmp_path / "tiny.fp16.onnx").output
-    record = read_manifest(tiny_onnx)["model"]
-    assert read_manifest(out)["model"] == record and record["config_source"]
+    record = read_manifest(tiny_onnx).to_dict()["model"]
+    assert read_manifest(out).to_dict()["model"] == record and record["config_source"]
     assert read_onnx_facts(tiny_onnx).model == record  # what the engine manifest copies

@@ -266,7 +266,7 @@ def test_quantize_mae_budget_on_a_fitted_policy(cli, tmp_path, fitted_tiny_onnx,
     assert r.exit_code == 0, r
     measured = re.search(r"MAE budget measured on (\d+) held-out windows", r.stdout)
     assert measured and int(measured.group(1)) >= 10, r.stdout
-    options = read_manifest(out)["quantization"]["options"]
+    options = read_manifest(out).to_dict()["quantization"]["options"]
     assert options["budget"]["budget"]["max_mae_increase"] == 0.05 and options["budget"]["met"]
     assert options["budget"]["final"]["actions_mae_increase"] <= 0.05
     assert options["held_out"]["action_scale"] == ACTION_SCALE

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import shlex
 
+from vla_export.artifacts.manifest import SCHEMA, Manifest
 from vla_export.compare.tolerance import tolerance_for
 from vla_export.verify.next_steps import int8_next_steps
 
-W8A8 = {"precision": "int8", "quantized_from": {"path": "engines/small.onnx"},
-        "quantization": {"options": {"calibration": {"path": "calibration/small.npz"}}}}
+
+def _manifest(**fields) -> Manifest:
+    return Manifest.from_dict({"schema": SCHEMA, "kind": "onnx", "artifact": "x.onnx", "files": [], **fields}, "x.onnx")
+
+
+W8A8 = _manifest(precision="int8", quantized_from={"path": "engines/small.onnx"},
+                 quantization={"options": {"calibration": {"path": "calibration/small.npz"}}})
 
 
 def _commands(steps):
@@ -32,7 +38,7 @@ def test_w8a8_steps_come_from_the_manifest():
 
 
 def test_weight_only_failure_offers_a_budgeted_w8a8_and_fp16():
-    manifest = {"precision": "int8w", "quantized_from": {"path": "engines/small.onnx"}}
+    manifest = _manifest(precision="int8w", quantized_from={"path": "engines/small.onnx"})
     steps = int8_next_steps("engines/small.int8w.onnx", manifest, reference="ref.npz", tolerance=tolerance_for("int8"), located=True)
     commands = _commands(steps)
     assert not any("--int8-weights" in c or " sensitivity " in c for c in commands)
@@ -42,7 +48,13 @@ def test_weight_only_failure_offers_a_budgeted_w8a8_and_fp16():
 
 
 def test_what_the_manifest_lacks_is_a_placeholder_and_said():
-    steps = int8_next_steps("x.int8.onnx", {"precision": "int8"}, reference="x.pt", tolerance=tolerance_for("int8"))
+    steps = int8_next_steps("x.int8.onnx", _manifest(precision="int8"), reference="x.pt", tolerance=tolerance_for("int8"))
     assert len(steps.missing) == 2 and "FLOAT.onnx" in steps.missing[0] and "CALIB.npz" in steps.missing[1]
     assert any("--calib CALIB.npz" in c for c in _commands(steps))
-    assert int8_next_steps("x.fp16.onnx", {"precision": "fp16"}, reference="x.pt", tolerance=tolerance_for("fp16")).steps == []
+    assert int8_next_steps("x.fp16.onnx", _manifest(precision="fp16"), reference="x.pt", tolerance=tolerance_for("fp16")).steps == []
+
+
+def test_without_a_manifest_the_checks_precision_stands_in():
+    steps = int8_next_steps("x.int8.onnx", None, precision="int8", reference="x.pt", tolerance=tolerance_for("int8"))
+    assert steps.steps and len(steps.missing) == 2
+    assert int8_next_steps("x.int8.onnx", None, precision="fp16", reference="x.pt", tolerance=tolerance_for("fp16")).steps == []

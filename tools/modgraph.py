@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[1] / "vla_export"
 #: serve) are siblings: one floor, over the shared services below them, and none imports another.
 LAYERS = (
     ("base", ("vla_export", "vla_export.errors", "vla_export.lazy", "vla_export.fileio", "vla_export.progress",
-              "vla_export.system", "vla_export.precision", "vla_export.choices", "vla_export.interrupts", "vla_export.stats", "vla_export.plots")),
+              "vla_export.system", "vla_export.precision", "vla_export.choices", "vla_export.interrupts", "vla_export.stats",
+              "vla_export.plots", "vla_export.schemas")),
     ("models", ("vla_export.models",)),
     ("data", ("vla_export.data",)),
     ("artifacts", ("vla_export.artifacts",)),

@@ -12,7 +12,7 @@ import pytest
 from vla_export.backends import tensorrt as B
 from vla_export.backends.select import runner_for_artifact
 from vla_export.errors import ArtifactError, MissingDependencyError, RunnerError
-from vla_export.artifacts.manifest import build_manifest, read_manifest as read_manifest_json, write_manifest
+from vla_export.artifacts.manifest import SCHEMA as MANIFEST_SCHEMA, FileEntry, Manifest, build_manifest, read_manifest as read_manifest_json, write_manifest
 
 GPU = {"name": "Orin", "compute_capability": "8.7"}
 ENGINE_BYTES = b"FAKE-ENGINE"
@@ -146,7 +146,7 @@ def write_engine(path, data=ENGINE_BYTES, *, tensorrt="10.3.0", gpu=GPU, flags=(
     m = build_manifest("engine", path, [path], tensorrt=tensorrt, gpu=dict(gpu), precision="fp16", flags=list(flags),
                        plan={"flags": list(flags), "hardware_compatibility": hw}, onnx={"path": "engines/tiny.onnx"})
     if recorded_bytes is not None:
-        m["files"][0]["bytes"] = recorded_bytes
+        m = m.replace(files=(FileEntry(path.name, recorded_bytes),))
     write_manifest(path, m)
     return path
 
@@ -227,7 +227,8 @@ def test_undeserializable_engine_without_manifest(fake_stack, tmp_path):
 
 
 def test_compat_rules():
-    m = {"tensorrt": "10.3.0", "gpu": GPU, "plan": {"flags": ["VERSION_COMPATIBLE"], "hardware_compatibility": "none"}}
+    m = Manifest.from_dict({"schema": MANIFEST_SCHEMA, "kind": "engine", "artifact": "e", "tensorrt": "10.3.0", "gpu": GPU,
+                            "plan": {"flags": ["VERSION_COMPATIBLE"], "hardware_compatibility": "none"}}, "e")
     B.check_engine_compat("e", m, "10.3.0", GPU)
     B.check_engine_compat("e", m, "10.8.0", GPU)
     with pytest.raises(ArtifactError):
@@ -338,8 +339,7 @@ def test_dla_core_is_set_before_deserialising(fake_stack, tmp_path, monkeypatch)
     made = _runtime_recorder(monkeypatch, fake_stack())
     engine = write_engine(tmp_path / "dla.engine")
     m = read_manifest_json(engine)
-    m["plan"]["dla_core"] = 1
-    write_manifest(engine, m)
+    write_manifest(engine, m.replace(plan={**m.extra["plan"], "dla_core": 1}))
     with B.TrtRunner(engine):
         pass
     assert made[0].log[:2] == [("DLA_core", 1), ("deserialize_cuda_engine",)]

@@ -29,7 +29,7 @@ def test_artifacts_of_different_windows_need_window(tiny_onnx, tmp_path):
     other = tmp_path / "dyn.onnx"
     onnx.save(model, str(other))
     assert artifact_window(str(other)) is None
-    write_manifest(other, read_manifest(tiny_onnx) | {"window": 8})
+    write_manifest(other, read_manifest(tiny_onnx).replace(window=8))
     assert artifact_window(str(other)) == 8
     with pytest.raises(ConfigError, match=r"different windows \(tiny.onnx: 4, dyn.onnx: 8\); pass --window"):
         default_window([str(tiny_onnx), str(other)])

@@ -45,7 +45,7 @@ def test_written_opset_is_what_the_manifest_records(tiny_onnx):
     from vla_export.artifacts.manifest import read_manifest
     from vla_export.artifacts.onnxfile import written_opset
 
-    assert read_manifest(tiny_onnx)["opset"] == written_opset(tiny_onnx) == 18
+    assert read_manifest(tiny_onnx).to_dict()["opset"] == written_opset(tiny_onnx) == 18
 
 
 def test_an_exporter_that_writes_another_opset_is_refused(tmp_path, monkeypatch):

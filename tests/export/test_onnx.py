@@ -45,6 +45,7 @@ def test_tiny_export_io_and_manifest(tiny_onnx, tiny_ckpt):
     assert not set(UNFRIENDLY_OPS) & set(op_counts(tiny_onnx))
     m = read_manifest(tiny_onnx, kind="onnx")
     validate_files(tiny_onnx, m)
+    m = m.to_dict()
     assert m["source"]["sha256"] == sha256_file(tiny_ckpt)
     assert m["parameters"]["passed"] and m["parameters"]["coverage"] >= 0.999
     assert m["parity"]["export"]["passed"]
@@ -188,7 +189,7 @@ def test_manifest_checks(tmp_path):
         read_manifest(art)
     assert read_manifest(art, required=False) is None
     write_manifest(art, build_manifest("onnx", art, [art], opset=18))
-    assert read_manifest(art, kind="onnx")["opset"] == 18
+    assert read_manifest(art, kind="onnx").to_dict()["opset"] == 18
     with pytest.raises(ArtifactError, match="kind 'onnx'"):
         read_manifest(art, kind="engine")
     art.write_bytes(b"123")

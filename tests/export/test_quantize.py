@@ -67,7 +67,7 @@ def test_int8_graph_has_qdq_and_keeps_sensitive_ops_out(int8_onnx, tiny_onnx):
 
 
 def test_int8_manifest_and_parity_in_onnx_runtime(int8_onnx, fitted_tiny_ckpt, fitted_tiny_int8, held_out_episodes):
-    manifest = read_manifest(int8_onnx.output, kind="onnx")
+    manifest = read_manifest(int8_onnx.output, kind="onnx").to_dict()
     assert manifest["precision"] == "int8" and manifest["config"]["name"] == "tiny"
     assert manifest["quantization"]["kept_fp32"]["layernorm"] > 0 and manifest["parity"] == {}
     # Against the fitted policy (a random one's actions vary too little for INT8's atol: inconclusive).
@@ -150,7 +150,7 @@ def test_quantize_command(cli, tiny_onnx, calib, tmp_path):
     assert r.exit_code == 2 and "--calib" in r.stderr
     r = cli("quantize", onnx_copy, "--fp16")
     assert r.exit_code == 0, r
-    assert (tmp_path / "tiny.fp16.onnx").exists() and read_manifest(tmp_path / "tiny.fp16.onnx")["precision"] == "fp16"
+    assert (tmp_path / "tiny.fp16.onnx").exists() and read_manifest(tmp_path / "tiny.fp16.onnx").to_dict()["precision"] == "fp16"
     r = cli("quantize", onnx_copy, "--int8", "--calib", calib.path, "--per-tensor", "-o", tmp_path / "q.onnx")
     assert r.exit_code == 0 and "QuantizeLinear" in r.stdout, r
 
@@ -191,7 +191,7 @@ def test_int8_parity_measures_the_quantization_and_fails_on_a_perturbed_qdq_grap
 def test_int8_manifest_records_calibration_and_parity_holds_its_frames_out(int8_onnx, calib, tiny_ckpt, tmp_path):
     import json
 
-    record = read_manifest(int8_onnx.output)["quantization"]["options"]["calibration"]
+    record = read_manifest(int8_onnx.output).to_dict()["quantization"]["options"]["calibration"]
     assert record["frames"] == calib.frames_used() and record["samples"] == len(calib) and len(record["sha256"]) == 64
     episodes = sorted({w["episode"] for w in calib.meta["windows"]} | {str(p) for p in (calib.path.parent / "episodes").glob("*.h5")})
     held_out = write_synthetic_episodes(tmp_path / "held-out", 1, seed=7, frames=8, frame_hw=(48, 64))
@@ -200,7 +200,7 @@ def test_int8_manifest_records_calibration_and_parity_holds_its_frames_out(int8_
     # A copy whose manifest says every frame was calibrated on: parity says loudly it could not hold out.
     copy = tmp_path / "all.int8.onnx"
     shutil.copy(int8_onnx.output, copy)
-    manifest = read_manifest(int8_onnx.output)
+    manifest = read_manifest(int8_onnx.output).to_dict()
     manifest["quantization"]["options"]["calibration"]["frames"] = {Path(e).name: list(range(8)) for e in episodes}
     (tmp_path / "all.int8.onnx.json").write_text(json.dumps(manifest))
     overlap = parity_check(PolicyFromCheckpoint(tiny_ckpt), copy, samples=2, data=episodes)
@@ -222,7 +222,7 @@ def test_entropy_calibration_is_not_minmax(int8_onnx, tiny_onnx, calib, tmp_path
     # KL thresholds lie inside the observed range: never wider, and narrower for some tensors.
     assert all(clipped[k] <= minmax[k] * (1 + 1e-6) for k in minmax)
     assert sum(clipped[k] < 0.95 * minmax[k] for k in minmax) >= 1
-    assert read_manifest(entropy.output)["quantization"]["options"]["entropy_bins"] == Q.ENTROPY_BINS
+    assert read_manifest(entropy.output).to_dict()["quantization"]["options"]["entropy_bins"] == Q.ENTROPY_BINS
 
 
 def test_trtexec_line_for_the_fp16_graph(fp16_onnx, cli, tmp_path):

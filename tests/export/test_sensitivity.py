@@ -93,7 +93,7 @@ def test_quantize_with_budget_records_the_choice_in_the_manifest(setup):
     budget = S.Budget(max_action_error=0.6 * setup["evaluate"](setup["qdq"]).actions_max_abs, min_cosine=0.99)
     result, search, sens = S.quantize_int8_with_budget(root / "tiny.onnx", setup["calib"], root / "budget.int8.onnx", budget,
                                                        setup["feeds"], data={"episodes": ["held-out"]}, granularity="layer")
-    manifest = read_manifest(root / "budget.int8.onnx")
+    manifest = read_manifest(root / "budget.int8.onnx").to_dict()
     opts = manifest["quantization"]["options"]
     assert manifest["precision"] == "int8" and opts["budget"]["met"] and search.met
     assert list(opts["layers"]["float"]) == search.kept_float and set(opts["layers"]["int8"]).isdisjoint(search.kept_float)
@@ -118,7 +118,7 @@ def test_sensitivity_and_budget_commands(cli, setup, tmp_path):
             "--eval-samples", "2", "--max-action-error", "0", "--granularity", "block", "-o", tmp_path / "b.int8.onnx")
     # A zero budget takes every unit out of INT8: the search ends at the float model, which meets it.
     assert r.exit_code == 0 and "0.0% of weight elements INT8" in " ".join(r.stdout.split()), r
-    opts = read_manifest(tmp_path / "b.int8.onnx")["quantization"]["options"]
+    opts = read_manifest(tmp_path / "b.int8.onnx").to_dict()["quantization"]["options"]
     assert opts["budget"]["met"] and opts["layers"]["int8"] == [] and opts["int8_share_of_weight_elements"] == 0
     r = cli("quantize", root / "tiny.onnx", "--int8", "--calib", setup["calib"].path, "--min-cosine", "1.5")
     assert r.exit_code == 2 and "min-cosine" in r.stderr, r

@@ -49,18 +49,19 @@ def test_composed_parts_match_the_full_policy_through_warm_up(tiny_split, tiny_p
 
 def test_manifests(tiny_split):
     record = read_split(tiny_split.manifest_path)
-    assert record["kind"] == "split"
-    assert record["parameters"]["sum_of_parts"] == record["parameters"]["policy"]
-    assert record["window"] == 4 and record["config"]["name"] == "tiny"
+    assert record.path == tiny_split.manifest_path
+    assert record.extra["parameters"]["sum_of_parts"] == record.extra["parameters"]["policy"]
+    assert record.window == 4 and record.config.name == "tiny"
     for part in ("backbone", "head"):
-        path = tiny_split.manifest_path.parent / record["parts"][part]["path"]
+        path = record.parts[part]
+        assert path == tiny_split.manifest_path.parent / f"tiny.{part}.onnx"
         manifest = read_manifest(path, kind="onnx")
-        assert manifest["part"] == part and manifest["config"]["name"] == "tiny"
-        assert manifest["exporter"] == {"backbone": "dynamo", "head": "torchscript"}[part]
+        assert manifest.part == part and manifest.config.name == "tiny"
+        assert manifest.extra["exporter"] == {"backbone": "dynamo", "head": "torchscript"}[part]
         validate_files(path, manifest)
     # the prefix and the folder find the same record
     prefix = tiny_split.manifest_path.with_name("tiny")
-    assert read_split(prefix)["parts"] == record["parts"] == read_split(prefix.parent)["parts"]
+    assert read_split(prefix) == record == read_split(prefix.parent)
 
 
 def test_split_paths():

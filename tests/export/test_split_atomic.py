@@ -48,7 +48,7 @@ def test_failed_reexport_keeps_the_old_export_whole(tmp_path, loaded, tiny_split
     with pytest.raises(ArtifactError, match="injected"):
         split.export_split(loaded, tmp_path / "tiny")
     assert _snapshot(tmp_path) == before
-    assert read_split(tmp_path / "tiny.split.json")["window"] == tiny_split.to_dict()["stream_check"]["policy"]["window"]
+    assert read_split(tmp_path / "tiny.split.json").to_dict()["window"] == tiny_split.to_dict()["stream_check"]["policy"]["window"]
 
 
 def test_failure_while_publishing_leaves_no_record(tmp_path, loaded, tiny_split, monkeypatch):
@@ -76,5 +76,5 @@ def test_split_record_describes_what_was_published(tmp_path, loaded):
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["tiny.backbone.onnx", "tiny.backbone.onnx.json", "tiny.head.onnx", "tiny.head.onnx.json", "tiny.split.json"]
     record = read_split(result.manifest_path)
-    assert {p["path"] for p in record["parts"].values()} == {"tiny.backbone.onnx", "tiny.head.onnx"}
+    assert {p.name for p in record.parts.values()} == {"tiny.backbone.onnx", "tiny.head.onnx"}
     assert ".partial" not in (tmp_path / "tiny.split.json").read_text()

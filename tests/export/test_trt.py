@@ -31,7 +31,7 @@ def test_profile_parsing():
 
 
 def test_facts_and_default_profiles_from_the_tiny_onnx(facts):
-    assert not facts.typed and facts.config["name"] == "tiny"
+    assert not facts.typed and facts.config.name == "tiny"
     assert {"layernorm", "softmax", "mask"} <= set(facts.sensitive.values())
     profiles = T.derive_profiles(facts, T.TrtBuildOptions(max_batch=4))
     assert profiles["pixel_values"] == T.Profile((1, 4, 3, 224, 224), (1, 4, 3, 224, 224), (4, 4, 3, 224, 224))
@@ -261,13 +261,13 @@ def test_build_through_trtexec_writes_engine_and_manifest(no_tensorrt, fake_trte
     assert result.builder == "trtexec" and result.tensorrt == "10.3.0" and engine.read_bytes() == b"ENGINE"
     args = (fake_trtexec / "last_args").read_text()
     assert "--fp16" in args and "--precisionConstraints=obey" in args and f"--timingCacheFile={tmp_path / 'timing.cache'}" in args
-    m = read_manifest(engine, kind="engine")
+    m = read_manifest(engine, kind="engine").to_dict()
     assert m["tensorrt"] == "10.3.0" and m["precision"] == "fp16" and "FP16" in m["flags"]
     assert m["onnx"]["sha256"] == sha256_file(tiny_onnx) and m["config"]["name"] == "tiny"
     assert m["profiles"]["input_ids"] == {"min": [1, 1], "opt": [1, 16], "max": [1, 32]}
     assert "gpu" in m and "build_seconds" in m and m["parity"] is None
     T.record_parity(engine, {"passed": True})
-    assert read_manifest(engine)["parity"] == {"passed": True}
+    assert read_manifest(engine).to_dict()["parity"] == {"passed": True}
 
 
 def test_failed_or_impossible_trtexec_builds_leave_nothing(no_tensorrt, fake_trtexec, tiny_onnx, tmp_path, monkeypatch):

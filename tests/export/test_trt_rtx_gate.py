@@ -33,7 +33,7 @@ FLOAT_ONLY = {"Float", "Int64", "Int32", "Bool", "UInt8", "none"}
 
 def allowed_warnings(onnx: Path) -> list[str]:
     """The warnings a clean build may give: one per INT64 input (TensorRT asks for an INT64 binding)."""
-    io = read_manifest(onnx, kind="onnx")["io"]
+    io = read_manifest(onnx, kind="onnx").to_dict()["io"]
     return [f"Make sure input {i['name']} has Int64 binding." for i in io["inputs"] if i["dtype"] == "int64"]
 
 
@@ -44,7 +44,7 @@ def unexpected_warnings(warnings: list[str], onnx: Path) -> list[str]:
 
 def io_mismatch(layers: dict, onnx: Path) -> list[str]:
     """Engine I/O (name, mode, dtype from the build log) against the ONNX manifest's."""
-    io = read_manifest(onnx, kind="onnx")["io"]
+    io = read_manifest(onnx, kind="onnx").to_dict()["io"]
     want = [(t["name"], mode, DTYPES.get(t["dtype"], t["dtype"])) for mode in ("input", "output") for t in io[f"{mode}s"]]
     got = [(t["name"], t["mode"], t["dtype"]) for t in layers["io"]]
     return [] if sorted(got) == sorted(want) else [f"engine I/O {sorted(got)} != ONNX manifest {sorted(want)}"]
@@ -72,7 +72,7 @@ def gate(onnx: Path, engine: Path) -> dict:
     result = T.build_engine(onnx, engine)
     assert result.flavor == "rtx" and engine.stat().st_size > 0
     layers = result.layers
-    claimed = read_manifest(engine, kind="engine")["onnx"]["precision"]
+    claimed = read_manifest(engine, kind="engine").to_dict()["onnx"]["precision"]
     problems = unexpected_warnings(result.warnings, onnx) + io_mismatch(layers, onnx) + precision_problems(layers, claimed)
     assert not problems, f"{onnx.name}: " + "; ".join(problems)
     return {"claimed": claimed, "layers": layers, "seconds": result.seconds}
@@ -212,7 +212,7 @@ def test_every_graph_kind_parses_builds_and_computes_as_claimed(kind, built, gat
     report = built(kind)
     expected = {"fp16": "fp16", "int8": "int8", "int8w": "int8w", "int8-budget": "int8"}.get(kind, "fp32")
     assert report["claimed"] == expected
-    m = read_manifest(gate_dir / "engines" / f"{kind}.engine", kind="engine")
+    m = read_manifest(gate_dir / "engines" / f"{kind}.engine", kind="engine").to_dict()
     assert m["tensorrt_flavor"] == "rtx" and m["tensorrt"] == trt.__version__ and m["onnx"]["precision"] == expected
     if kind == "int8":
         assert report["layers"]["gemm_by_precision"][T.INT8_X_INT8] >= 20  # tiny: 26 (24 GEMMs + 2 convolutions)

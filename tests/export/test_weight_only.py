@@ -61,7 +61,7 @@ def test_graph_has_the_weight_only_form_and_the_manifest_records_bytes(int8w, de
     # The policy head stays float by default.
     head = [i for i in inits if i.startswith("policy.action.") and i.endswith("weight")]
     assert head and all(inits[h].data_type == TensorProto.FLOAT for h in head)
-    manifest = read_manifest(int8w.output)
+    manifest = read_manifest(int8w.output).to_dict()
     w = manifest["quantization"]["options"]["weight_bytes"]
     assert manifest["precision"] == "int8" and manifest["quantization"]["options"]["mode"] == "weight-only"
     assert w["bytes_saved"] > 0.4 * w["float_bytes_before"] and w["bytes_after"] == w["float_bytes_before"] - w["bytes_saved"]

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from vla_export import schemas
 from vla_export.artifacts.graph import (
     component_of_onnx_name,
     has_module_scopes,
@@ -23,15 +24,15 @@ from vla_export.artifacts.graph import (
     QDQ_OPS,
     QUANTIZABLE_OPS,
 )
-from vla_export.choices import Precision
 from vla_export.artifacts.kinds import detect_kind
-from vla_export.artifacts.manifest import manifest_path, read_manifest
+from vla_export.artifacts.manifest import manifest_path, read_manifest, read_split
+from vla_export.choices import Precision
 from vla_export.errors import ArtifactError
 from vla_export.fileio import sha256_file
 from vla_export.lazy import lazy_import
 from vla_export.models.components import COMPONENTS, OTHER
 
-SCHEMA = "vla-export/inspect/1"
+SCHEMA = schemas.INSPECT
 LIST_LIMIT = 50  # node names listed in full up to this many; the counts are always complete
 
 
@@ -166,6 +167,12 @@ def _manifest_check(path: Path, manifest: Mapping[str, Any] | None) -> dict[str,
     return {"manifest": str(manifest_path(path)), "matches": not problems, "problems": problems}
 
 
+def _manifest_dict(path: Path) -> dict[str, Any] | None:
+    """The manifest beside ``path`` as its JSON (checked by :func:`read_manifest`), ``None`` without one."""
+    manifest = read_manifest(path, required=False)
+    return manifest.to_dict() if manifest is not None else None
+
+
 def _manifest_summary(manifest: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if manifest is None:
         return None
@@ -213,7 +220,7 @@ def inspect_onnx(path: str | Path) -> dict[str, Any]:
         dt = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).name
         dtypes[dt] = dtypes.get(dt, 0) + _tensor_bytes(onnx, t)
     constants = sum(1 for n in model.graph.node if n.op_type == "Constant")
-    manifest = read_manifest(path, required=False)
+    manifest = _manifest_dict(path)
     return {
         "path": str(path),
         "file_size": path.stat().st_size,
@@ -298,7 +305,7 @@ def _engine_layers(path: Path, flavor: str = "tensorrt") -> dict[str, Any]:
 def inspect_engine(path: str | Path) -> dict[str, Any]:
     """The manifest (TensorRT version, GPU, precision, profiles, source ONNX), I/O and, with TensorRT, the layers."""
     path = Path(path)
-    manifest = read_manifest(path, required=False)
+    manifest = _manifest_dict(path)
     source = (manifest or {}).get("onnx") or {}
     onnx_path = Path(source["path"]) if source.get("path") else None
     onnx_match = None
@@ -340,10 +347,11 @@ def inspect_split(path: str | Path) -> dict[str, Any]:
         raise ArtifactError(f"{path}: not a readable split record ({exc})") from None
     if not isinstance(record, dict) or record.get("kind") != "split":
         raise ArtifactError(f"{path}: not a vla-export split record (kind {record.get('kind') if isinstance(record, dict) else None!r})")
+    record = read_split(path).to_dict()  # schema, config, window and parts checked
     parts = {}
     for part, entry in record.get("parts", {}).items():
         f = path.parent / entry["path"]
-        m = read_manifest(f, required=False) if f.exists() else None
+        m = _manifest_dict(f) if f.exists() else None
         parts[part] = {
             "path": str(f), "exists": f.exists(), "bytes": f.stat().st_size if f.exists() else None,
             "parameters": entry.get("parameters"), "precision": (m or {}).get("precision", Precision.FP32 if m else None),

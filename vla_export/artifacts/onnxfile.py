@@ -17,7 +17,7 @@ from typing import Any
 
 from vla_export.errors import ArtifactError
 from vla_export.lazy import lazy_import
-from vla_export.artifacts.manifest import read_manifest
+from vla_export.artifacts.manifest import Manifest, read_manifest
 
 
 def _model_proto(path: Path):
@@ -176,8 +176,8 @@ def written_opset(path: str | Path) -> int:
 
 def recorded_sizes(path: str | Path) -> dict[str, int]:
     """File name -> bytes, as the manifest beside ``path`` records them (empty without one)."""
-    manifest = read_manifest(path, required=False) or {}
-    return {f["name"]: int(f["bytes"]) for f in manifest.get("files", []) if "name" in f and "bytes" in f}
+    manifest = read_manifest(path, required=False)
+    return {f.name: f.bytes for f in manifest.files} if manifest else {}
 
 
 #: Where :func:`load_graph` says a dropped initializer's values are (nowhere: they were not kept).
@@ -270,12 +270,12 @@ class OnnxFile:
         #: External data file name -> bytes its tensors need, as the file declares them.
         self.extents: dict[str, int] = _extents(self._proto)
         #: The manifest beside the file (any kind; None without one).
-        self.manifest: dict[str, Any] | None = read_manifest(self.path, required=False)
+        self.manifest: Manifest | None = read_manifest(self.path, required=False)
         self._weights = not self.extents
 
-    def require_manifest(self, kind: str = "onnx") -> dict[str, Any]:
+    def require_manifest(self, kind: str = "onnx") -> Manifest:
         """The manifest, which must be there and of ``kind``; else :func:`read_manifest`'s error."""
-        if self.manifest is None or self.manifest.get("kind") != kind:
+        if self.manifest is None or self.manifest.kind != kind:
             return read_manifest(self.path, kind=kind)  # raises, naming what is wrong
         return self.manifest
 

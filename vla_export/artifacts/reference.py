@@ -15,11 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from vla_export import schemas
 from vla_export.errors import ArtifactError, ConfigError
 from vla_export.fileio import atomic_write
 
 
-SCHEMAS = {"parity": "vla-export/parity-reference/1", "replay": "vla-export/replay-reference/1"}
+SCHEMAS = {"parity": schemas.PARITY_REFERENCE, "replay": schemas.REPLAY_REFERENCE}
 
 
 META_KEY = "__meta__"

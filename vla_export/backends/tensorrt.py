@@ -31,7 +31,7 @@ from vla_export.choices import Precision, TOLERANCE_PRECISIONS
 from vla_export.backends.base import Runner
 from vla_export.errors import ArtifactError, EnvironmentProblem, MissingDependencyError, RunnerError
 from vla_export.lazy import lazy_import
-from vla_export.artifacts.manifest import read_manifest, validate_files
+from vla_export.artifacts.manifest import Manifest, read_manifest, validate_files
 from vla_export.system import INSTALL_CUDA, cudart, gpu_info
 
 log = logging.getLogger(__name__)
@@ -105,22 +105,22 @@ def numpy_dtype(trt_dtype: Any, tensor: str, engine: Path) -> np.dtype:
     return np.dtype(NUMPY_DTYPES[name])
 
 
-def check_engine_compat(engine: Path, manifest: Mapping[str, Any], trt_version: str, gpu: Mapping[str, Any],
+def check_engine_compat(engine: Path, manifest: Manifest, trt_version: str, gpu: Mapping[str, Any],
                         flavor: str = "tensorrt") -> None:
     """Refuse an engine built by the other flavour (TensorRT vs TensorRT-RTX), by another version of the same one, or
     for another GPU (ArtifactError saying how to rebuild). A manifest without a flavour is TensorRT's."""
-    onnx = (manifest.get("onnx") or {}).get("path", "MODEL.onnx")
+    onnx = (manifest.extra.get("onnx") or {}).get("path", "MODEL.onnx")
     rebuild = f"rebuild it on this machine: vla-export trt {onnx} -o {engine}"
-    built_flavor = manifest.get("tensorrt_flavor") or "tensorrt"
+    built_flavor = manifest.extra.get("tensorrt_flavor") or "tensorrt"
     if built_flavor != flavor:
         raise ArtifactError(
-            f"{engine}: built with {flavor_label(built_flavor, manifest.get('tensorrt'))}, and this machine's library is "
+            f"{engine}: built with {flavor_label(built_flavor, manifest.extra.get('tensorrt'))}, and this machine's library is "
             f"{flavor_label(flavor, trt_version)}: the two do not load each other's engines; {rebuild}"
         )
-    built = engine_version(str(manifest.get("tensorrt", "unknown")))
+    built = engine_version(str(manifest.extra.get("tensorrt", "unknown")))
     trt_version = engine_version(trt_version)
-    plan = manifest.get("plan") or {}
-    version_compatible = "VERSION_COMPATIBLE" in (plan.get("flags") or manifest.get("flags") or [])
+    plan = manifest.extra.get("plan") or {}
+    version_compatible = "VERSION_COMPATIBLE" in (plan.get("flags") or manifest.extra.get("flags") or [])
     if built != trt_version:
         same_major = _version_tuple(built)[:1] == _version_tuple(trt_version)[:1]
         newer = _version_tuple(trt_version) >= _version_tuple(built)
@@ -129,20 +129,20 @@ def check_engine_compat(engine: Path, manifest: Mapping[str, Any], trt_version: 
                                 f"{flavor_label(flavor, trt_version)}; {rebuild}")
     if flavor == "rtx":
         return  # TensorRT-RTX engines target compute capabilities: get_engine_validity decides (rtx_validity)
-    built_cc = (manifest.get("gpu") or {}).get("compute_capability")
+    built_cc = (manifest.extra.get("gpu") or {}).get("compute_capability")
     here_cc = gpu.get("compute_capability")
     if built_cc and here_cc and built_cc != here_cc:
         hw = plan.get("hardware_compatibility", "none")
         portable = hw == "ampere+" and _version_tuple(here_cc) >= (8, 0)
         if not portable:
-            built_name = (manifest.get("gpu") or {}).get("name")
+            built_name = (manifest.extra.get("gpu") or {}).get("name")
             raise ArtifactError(
                 f"{engine}: built for {built_name} (compute capability {built_cc}), this GPU is {gpu.get('name')} "
                 f"({here_cc}); {rebuild}"
             )
 
 
-def rtx_validity(trt: Any, runtime: Any, data: bytes, engine: Path, manifest: Mapping[str, Any] | None,
+def rtx_validity(trt: Any, runtime: Any, data: bytes, engine: Path, manifest: Manifest | None,
                  gpu: Mapping[str, Any], messages: Sequence[str]) -> None:
     """Ask TensorRT-RTX whether it can run ``data`` here (``Runtime.get_engine_validity``, before deserialising):
     INVALID is an EnvironmentProblem (exit 3) naming the reasons (the diagnostics bits, else the library's own
@@ -155,7 +155,7 @@ def rtx_validity(trt: Any, runtime: Any, data: bytes, engine: Path, manifest: Ma
     reasons = [n.lower().replace("_", " ") for n, v in members.items() if int(diagnostics) & int(v)]
     if not reasons and messages:
         reasons = [messages[-1].split(" Ensure ")[0]]
-    targets = ", ".join(format_cc(c) for c in (manifest or {}).get("compute_capabilities") or []) or "the library's defaults"
+    targets = ", ".join(format_cc(c) for c in (manifest.extra if manifest else {}).get("compute_capabilities") or []) or "the library's defaults"
     here = f"{gpu.get('name')} (compute capability {gpu.get('compute_capability')})" if gpu.get("name") else "no CUDA GPU visible"
     line = (f"{engine}: TensorRT-RTX {engine_version(trt.__version__)} reports the engine {name}: {'; '.join(reasons) or 'no reason given'}; "
             f"the engine targets compute capability {targets}, this machine has {here}")
@@ -391,7 +391,7 @@ class TrtRunner(Runner):
         self.lean_runtime = lean_runtime  # for engines built --version-compatible --exclude-lean-runtime
         self.device_index, self.memory_pref, self.require_manifest = device, memory, require_manifest
         self.name = f"tensorrt:{self.path.name}"
-        self.manifest: dict[str, Any] | None = None
+        self.manifest: Manifest | None = None
         self._inputs: list[str] | None = None  # from the engine once active; before, from its manifest
         self._outputs: list[str] | None = None
         self.input_shapes: dict[str, list[Any]] = {}
@@ -400,7 +400,7 @@ class TrtRunner(Runner):
     @property
     def precision(self) -> str | None:
         """The build's precision from the engine manifest (int8 or fp16 builds keep some layers wider)."""
-        recorded = (self.manifest or {}).get("precision")
+        recorded = self.manifest.precision if self.manifest else None
         return Precision(recorded).compute_dtype_name if recorded in TOLERANCE_PRECISIONS else None
 
     @property
@@ -413,8 +413,8 @@ class TrtRunner(Runner):
 
     def _recorded_io(self, which: str) -> list[str]:
         """Before activation, the names the engine's manifest records; never a guess."""
-        manifest = self.manifest or read_manifest(self.path, kind="engine", required=False) or {}
-        recorded = (manifest.get("io") or {}).get(which)
+        manifest = self.manifest or read_manifest(self.path, kind="engine", required=False)
+        recorded = ((manifest.io if manifest else None) or {}).get(which)
         if recorded is None:
             raise RunnerError(f"{self.path.name}: its {which} are known once the runner is active (its manifest records none)")
         return [t["name"] for t in recorded]
@@ -426,7 +426,7 @@ class TrtRunner(Runner):
     def describe(self) -> dict[str, Any]:
         info = super().describe() | {"engine": str(self.path)}
         if self.manifest:
-            info |= {"precision": self.manifest.get("precision"), "built_with": self.manifest.get("tensorrt")}
+            info |= {"precision": self.manifest.precision, "built_with": self.manifest.extra.get("tensorrt")}
         if self.is_active:
             info |= {"tensorrt": self._trt.__version__, "tensorrt_flavor": self.flavor, "gpu": self._gpu.get("name"), "memory": self._mem.name}
         return info
@@ -464,10 +464,10 @@ class TrtRunner(Runner):
             raise
 
     def _plan(self) -> Mapping[str, Any]:
-        return (self.manifest or {}).get("plan") or {}
+        return (self.manifest.extra if self.manifest else {}).get("plan") or {}
 
     def _flags(self) -> list[str]:
-        return list(self._plan().get("flags") or (self.manifest or {}).get("flags") or [])
+        return list(self._plan().get("flags") or (self.manifest.extra if self.manifest else {}).get("flags") or [])
 
     def _runtime_for(self, trt, logger):
         """``trt.Runtime``, set up for how the engine was built: DLA core before deserialising; the lean runtime

@@ -35,6 +35,7 @@ import numpy as np
 
 from vla_export.data.iospec import ACTIONS, PIXEL_VALUES
 from vla_export.choices import Precision
+from vla_export import schemas
 from vla_export.backends.base import Runner
 from vla_export.system import peak_rss_bytes
 from vla_export.bench.monitor import Monitor, RowWatch
@@ -48,7 +49,7 @@ from vla_export.models.config import PolicyConfig
 from vla_export.models.memory import check_window_memory
 from vla_export.progress import counted
 
-SCHEMA = "vla-export/bench/1"
+SCHEMA = schemas.BENCH
 MODES = ("compute", "e2e", "e2e-gpu")
 DEFAULT_MODES = ("compute", "e2e")
 E2E_MODES = ("e2e", "e2e-gpu")
@@ -334,8 +335,8 @@ def _resolve_config(target: Target, runner: Runner) -> PolicyConfig:
         from vla_export.artifacts.manifest import read_manifest
 
         manifest = read_manifest(target.artifact, required=False)
-        if manifest and isinstance(manifest.get("config"), dict):
-            cfg = PolicyConfig.from_dict(manifest["config"])
+        if manifest and manifest.config is not None:
+            cfg = manifest.config
     if cfg is None:
         raise ConfigError(f"{target.artifact}: the policy config is unknown (no manifest with one); pass --config")
     return cfg

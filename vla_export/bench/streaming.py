@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from vla_export.data.iospec import ATTENTION_MASK, INPUT_IDS, PIXEL_VALUES
+from vla_export.artifacts.manifest import SplitRecord
 from vla_export.backends.base import Runner
 from vla_export.bench.env import capture_environment
 from vla_export.stats import LatencyStats
@@ -217,21 +218,20 @@ def bench_torch_streaming(
             r.deactivate()
 
 
-def part_paths(split: Any, backend: str) -> tuple[dict[str, Any], dict[str, Path]]:
+def part_paths(split: Any, backend: str) -> tuple[SplitRecord, dict[str, Path]]:
     """The split record and its part files for ``backend``: the ONNX parts, or for 'trt' the engines
     built from them beside them (``NAME.backbone.engine``, ``NAME.head.engine``)."""
     from vla_export.errors import ArtifactError
     from vla_export.artifacts.manifest import read_split
 
     record = read_split(split)
-    folder = Path(record["_path"]).parent
-    paths = {part: folder / record["parts"][part]["path"] for part in ("backbone", "head")}
+    paths = {part: record.parts[part] for part in ("backbone", "head")}
     if backend == "trt":
         paths = {part: p.with_suffix(".engine") for part, p in paths.items()}
         missing = [str(p) for p in paths.values() if not p.exists()]
         if missing:
             raise ArtifactError(
-                f"no engines {', '.join(missing)}: build each part first, e.g. `vla-export trt {folder / record['parts']['backbone']['path']} "
+                f"no engines {', '.join(missing)}: build each part first, e.g. `vla-export trt {record.parts['backbone']} "
                 f"--precision fp16 -o {paths['backbone']}` (see the README's streaming section)"
             )
     return record, paths
@@ -244,7 +244,6 @@ def bench_split_streaming(split: Any, *, windows: Sequence[int], backend: str = 
     PyTorch variant or from ``vla-bench`` on a whole-policy artifact.
     """
     from vla_export.backends.select import runner_for_artifact
-    from vla_export.models.config import PolicyConfig
 
     record, paths = part_paths(split, backend)
     opts = {"providers": list(providers)} if providers and backend == "onnxrt" else {}
@@ -254,7 +253,7 @@ def bench_split_streaming(split: Any, *, windows: Sequence[int], backend: str = 
     try:
         for r in runners:
             r.activate()
-        return bench_streaming(backbone, heads, config=PolicyConfig.from_dict(record["config"]), **kwargs)
+        return bench_streaming(backbone, heads, config=record.config, **kwargs)
     finally:
         for r in runners:
             r.deactivate()

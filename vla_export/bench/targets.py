@@ -152,8 +152,8 @@ def artifact_window(artifact: str) -> int | None:
         pixels = shapes.get(PIXEL_VALUES, [])
         if len(pixels) == 5 and isinstance(pixels[1], int):
             return pixels[1]
-    window = (read_manifest(artifact, required=False) or {}).get("window")
-    return int(window) if isinstance(window, int) else None
+    manifest = read_manifest(artifact, required=False)
+    return manifest.window if manifest else None
 
 
 def default_window(artifacts: Sequence[str]) -> int:

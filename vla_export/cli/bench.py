@@ -16,6 +16,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
+from vla_export import schemas
 from vla_export.cli.common import DEBUG_FLAG, STDOUT, console, err_console, new_app, run_app, write_json, wrote
 from vla_export.cli.junit import bench_cases, write_reports
 from vla_export.cli.options import BenchReportOptions, with_loading_options, with_option_groups
@@ -260,7 +261,7 @@ def _bench_streaming(
         render_streaming(result.to_dict())
         reports.append(result.to_dict() | {"artifact": artifact, "backend": backend})
     if json_path:
-        write_json(json_path, reports[0] if len(reports) == 1 else {"kind": "streaming", "runs": reports}, "bench-streaming")
+        write_json(json_path, reports[0] if len(reports) == 1 else {"kind": "streaming", "runs": reports}, schemas.BENCH_STREAMING)
         wrote(json_path)
     return 0
 

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from vla_export import schemas
 from vla_export.cli import checks
 from vla_export.cli.common import console, write_json
 from vla_export.cli.options import JsonOpt
@@ -16,7 +17,7 @@ from vla_export.errors import ConfigError
 
 def _calib_config(onnx: Optional[Path], preset: Optional[str], config: Optional[Path]):
     """The policy config a calibration set is made for: from the ONNX manifest, a preset or a config file."""
-    from vla_export.models.config import PolicyConfig, get_preset, load_config
+    from vla_export.models.config import get_preset, load_config
 
     if sum(x is not None for x in (onnx, preset, config)) != 1:
         raise ConfigError("give exactly one of --onnx MODEL.onnx, --preset NAME or --config FILE")
@@ -27,9 +28,9 @@ def _calib_config(onnx: Optional[Path], preset: Optional[str], config: Optional[
     from vla_export.artifacts.manifest import read_manifest
 
     manifest = read_manifest(onnx, kind="onnx")
-    if not manifest.get("config"):
+    if manifest.config is None:
         raise ConfigError(f"{onnx}: its manifest records no policy config; pass --preset or --config")
-    return PolicyConfig.from_dict(manifest["config"]), manifest.get("window")
+    return manifest.config, manifest.window
 
 
 def calib(
@@ -69,4 +70,4 @@ def calib(
     console.print(f"wrote {output} ({fmt_bytes(output.stat().st_size)}): {len(calib_set)} samples from "
                   f"{len(report['episodes'])} episodes, tokenizer {report['tokenizer']}; per sample {shapes}", markup=False)
     if json_path:
-        write_json(json_path, report, "calib")
+        write_json(json_path, report, schemas.CALIB)

@@ -23,7 +23,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from vla_export import __version__, interrupts
+from vla_export import __version__, interrupts, schemas
 from vla_export.errors import ExitCode, VlaExportError
 from vla_export.fileio import FS_ERRNOS, atomic_write, error_path, fs_error_message
 from vla_export.progress import listening
@@ -344,7 +344,7 @@ def _failure_report(options: list[str], exit_code: int, message: str) -> None:
     if path != STDOUT and str(path) in message:  # the error is about that very location (unwritable, or named twice)
         return
     command = next((a for a in options if not a.startswith("-")), None)
-    report = {"schema": "vla-export/failure/1", "command": command, "argv": options, "passed": False,
+    report = {"schema": schemas.FAILURE, "command": command, "argv": options, "passed": False,
               "exit_code": int(exit_code), "error": message}
     try:
         write_json(path, report)
@@ -377,13 +377,13 @@ STDOUT = "-"
 _reports_written: ContextVar[set[str] | None] = ContextVar("vla_export_reports_written", default=None)
 
 
-def write_json(path: str | Path, data: dict[str, Any], what: str = "report") -> Path:
+def write_json(path: str | Path, data: dict[str, Any], schema: str = schemas.REPORT) -> Path:
     """Write a JSON report atomically; ``-`` writes it to standard output instead.
 
-    Every report names its schema first (``vla-export/<what>/1`` unless ``data`` has its own), so
-    readers can tell what they hold.
+    Every report names its schema first (``schema``, one of :mod:`vla_export.schemas`, unless ``data``
+    has its own), so readers can tell what they hold.
     """
-    data = {"schema": f"vla-export/{what}/1", **data} if "schema" not in data else data
+    data = {"schema": schema, **data} if "schema" not in data else data
     text = json.dumps(data, indent=2, sort_keys=False, default=str) + "\n"
     written = _reports_written.get()
     if written is not None:

@@ -7,12 +7,13 @@ from typing import Any, Optional
 
 import typer
 
-from vla_export.cli.options import with_loading_options
-from vla_export.models.resolve import LoadOptions
+from vla_export import schemas
 from vla_export.cli import checks
 from vla_export.cli.common import console, err_console, write_json, wrote
+from vla_export.cli.options import with_loading_options
 from vla_export.cli.render import fmt_bytes, render_components, render_layers
 from vla_export.errors import ConfigError, VlaExportError
+from vla_export.models.resolve import LoadOptions
 
 
 def _shape(v: dict[str, Any]) -> str:
@@ -182,7 +183,7 @@ def inspect(
     report = inspect_artifact(artifact)
     RENDERERS[report["kind"]](report)
     if json_path:
-        write_json(json_path, report, "inspect")
+        write_json(json_path, report, schemas.INSPECT)
         wrote(json_path)
 
 
@@ -247,7 +248,7 @@ def inspect_checkpoint_cmd(checkpoint: Path, *, json_path: Optional[Path], save_
     report = inspect_checkpoint(checkpoint, options=load, load=full_load)
     render_inspect(report)
     if json_path:
-        write_json(json_path, report, "inspect")
+        write_json(json_path, report, schemas.INSPECT)
         wrote(json_path)
     if not report["loadable"]:
         reason = report["reason"].removeprefix(f"{report['path']}: ")  # layout errors already name the file

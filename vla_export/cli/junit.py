@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vla_export import schemas
 from vla_export.cli.common import STDOUT, console, write_json, wrote
 from vla_export.fileio import atomic_write
 
@@ -29,11 +30,11 @@ class Case:
 
 
 def write_reports(report: dict[str, Any], json_path: Path | None, junit: Path | None, *, suite: str,
-                  cases: Callable[[dict[str, Any]], list[Case]], classname: str, what: str = "report") -> None:
-    """A checking command's ``--json`` report (schema ``vla-export/<what>/1`` unless it names its own) and
+                  cases: Callable[[dict[str, Any]], list[Case]], classname: str, schema: str = schemas.REPORT) -> None:
+    """A checking command's ``--json`` report (``schema`` unless it names its own) and
     ``--junit`` XML (``cases(report)``), each where asked, each said."""
     if json_path:
-        write_json(json_path, report, what)
+        write_json(json_path, report, schema)
         wrote(json_path)
     if junit:
         write_junit(junit, suite, cases(report), classname=classname)

@@ -7,6 +7,7 @@ from typing import Any, Optional
 
 import typer
 
+from vla_export import schemas
 from vla_export.choices import Exporter
 from vla_export.cli import checks
 from vla_export.cli.common import console, write_json, wrote
@@ -62,7 +63,7 @@ def onnx(
         render_split_export(split_report)
         console.print(f"wrote {split_result.manifest_path} in {split_result.seconds:.1f} s")
         if json_path:
-            write_json(json_path, split_report, "split-export")
+            write_json(json_path, split_report, schemas.SPLIT_EXPORT)
             wrote(json_path)
         return
     options = OnnxExportOptions(
@@ -79,7 +80,7 @@ def onnx(
     files = ", ".join(f"{f['name']} ({fmt_bytes(f['bytes'])})" for f in report["files"])
     console.print(f"wrote {result.path} in {result.seconds:.1f} s: {files}; manifest {result.manifest_path}")
     if json_path:
-        write_json(json_path, report, "onnx-export")
+        write_json(json_path, report, schemas.ONNX_EXPORT)
         wrote(json_path)
 
 

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vla_export.choices import ParityPrecision, Precision, QdqMode
+from vla_export import schemas
 from vla_export.cli import checks
 from vla_export.cli.common import console
 from vla_export.cli.junit import parity_cases, write_reports
@@ -99,14 +100,16 @@ def parity(
     from vla_export.verify.preflight import check_parity_pair
 
     check_parity_pair(checkpoint, artifact, load)  # a wrong pair is told before the checkpoint loads, with the right command
-    tolerance = per_output = None
-    if precision or atol_per or rtol_per or any(v is not None for v in (atol_all, rtol_all, min_cosine, min_sign_agreement, max_rel_error)):
-        from vla_export.artifacts.manifest import read_manifest
-        from vla_export.precision import loosest
+    from vla_export.artifacts.manifest import read_manifest
+    from vla_export.precision import loosest
 
-        recorded = [(read_manifest(p, required=False) or {}).get("precision", Precision.FP32) for p in ((checkpoint, artifact) if pair else (artifact,))]
-        base = precision or loosest(recorded)
-        tolerance = tolerance_for(base, atol=atol_all, rtol=rtol_all, min_cosine=min_cosine, min_sign_agreement=min_sign_agreement,
+    # The manifest is read once here; the precision it records (the loosest of a pair's, fp32 where none) decides the tolerance.
+    manifest = read_manifest(artifact, required=False)
+    recorded = [(m.precision if m else None) or Precision.FP32 for m in ((read_manifest(checkpoint, required=False), manifest) if pair else (manifest,))]
+    precision = precision or loosest(recorded)
+    tolerance = per_output = None
+    if atol_per or rtol_per or any(v is not None for v in (atol_all, rtol_all, min_cosine, min_sign_agreement, max_rel_error)):
+        tolerance = tolerance_for(precision, atol=atol_all, rtol=rtol_all, min_cosine=min_cosine, min_sign_agreement=min_sign_agreement,
                                   max_row_rel_error=max_rel_error)
         per_output = output_tolerances(tolerance, atol=atol_per, rtol=rtol_per) or None
     runner_opts = {"providers": providers} if providers and (artifact_kind(artifact) == "onnx" or pair) else {}
@@ -129,7 +132,7 @@ def parity(
         from vla_export.verify.reference import parity_against_reference
 
         result = parity_against_reference(checkpoint, artifact, precision=precision, tolerance=tolerance, runner_opts=runner_opts,
-                                          qdq=qdq, strict=strict, output_tolerances=per_output)
+                                          qdq=qdq, strict=strict, output_tolerances=per_output, manifest=manifest)
     else:
         from vla_export.models.loader import PolicyFromCheckpoint
         from vla_export.verify.reference import parity_with_saved_reference
@@ -138,7 +141,7 @@ def parity(
         result = run(
             PolicyFromCheckpoint(checkpoint, options=load), artifact,
             samples=samples, data=list(data) if data else None, seed=seed, batch=batch, precision=precision,
-            tolerance=tolerance, runner_opts=runner_opts, qdq=qdq, strict=strict, output_tolerances=per_output,
+            tolerance=tolerance, runner_opts=runner_opts, qdq=qdq, strict=strict, output_tolerances=per_output, manifest=manifest,
         )
     report = result.to_dict()
     render_parity(report)
@@ -160,15 +163,14 @@ def parity(
 
             console.print(f"wrote {plot_locate(report['locate'], plot)}")
     if not result.passed and report["precision"] in (Precision.INT8, Precision.INT8W):
-        from vla_export.artifacts.manifest import read_manifest
         from vla_export.verify.next_steps import int8_next_steps
 
-        steps = int8_next_steps(artifact, read_manifest(artifact, required=False) or {"precision": report["precision"]}, reference=checkpoint,
+        steps = int8_next_steps(artifact, manifest, precision=report["precision"], reference=checkpoint,
                                 tolerance=result.tolerance, data=data, outputs=list(report["outputs"]), located=locate)
         report["next_steps"] = steps.to_dict()
         render_next_steps(report["next_steps"])
     write_reports(report, json_path, junit, suite=f"parity {artifact.name}", cases=parity_cases, classname="vla-export.parity",
-                  what="parity")
+                  schema=schemas.PARITY)
     if not result.passed:
         raise typer.Exit(ExitCode.CHECK_FAILED)
 

@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 import typer
 
+from vla_export import schemas
 from vla_export.choices import CalibrationMethod, Precision
 from vla_export.cli import checks
 from vla_export.cli.common import console, write_json
@@ -140,7 +141,7 @@ def quantize(
                                                what="quantized model", strict_hint=False)
             render_budget(search.to_dict(), result.options["int8_share_of_weight_elements"], result.options["int8_share_before_budget"])
             if json_path:
-                write_json(json_path, result.to_dict())
+                write_json(json_path, result.to_dict(), schemas.QUANTIZE)
             if not search.met:
                 raise typer.Exit(1)
             return
@@ -151,7 +152,7 @@ def quantize(
     render_quantize(result.to_dict())
     console.print(f"check it: {parity_command(output)}", style="dim", markup=False)
     if json_path:
-        write_json(json_path, result.to_dict(), "quantize")
+        write_json(json_path, result.to_dict(), schemas.QUANTIZE)
 
 
 def parity_command(artifact: Path) -> str:
@@ -160,14 +161,14 @@ def parity_command(artifact: Path) -> str:
 
     from vla_export.artifacts.manifest import read_manifest, recorded_checkpoint
 
-    manifest = read_manifest(artifact, required=False) or {}
+    manifest = read_manifest(artifact, required=False)
     found = recorded_checkpoint(artifact, manifest)
-    recorded = (manifest.get("source") or {}).get("checkpoint")
+    recorded = ((manifest.source if manifest else None) or {}).get("checkpoint")
     why = (f"the manifest records {recorded!r}, not found here" if recorded else "the manifest records no checkpoint")
     ckpt, note = (shlex.quote(str(found)), "") if found is not None else ("CHECKPOINT", f" (CHECKPOINT: the one it was exported from; {why})")
-    part = manifest.get("part")
+    part = manifest.part if manifest else None
     if part in ("backbone", "head"):  # a split part runs in the streaming policy: replay checks it
-        origin = Path(str((manifest.get("quantized_from") or {}).get("path") or artifact))
+        origin = Path(str((manifest.extra.get("quantized_from") or {}).get("path") or artifact))
         record = origin.with_name(origin.name.removesuffix(f".{part}.onnx") + ".split.json")
         split = record if record.is_file() else "NAME.split.json"
         return f"vla-export replay {ckpt} {shlex.quote(str(split))} EPISODE.h5 --{part} {shlex.quote(str(artifact))}{note}"

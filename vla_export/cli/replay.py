@@ -8,6 +8,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
+from vla_export import schemas
 from vla_export.artifacts.manifest import read_split
 from vla_export.choices import ParityPrecision
 from vla_export.cli import checks
@@ -107,7 +108,7 @@ def replay(
     report = result.to_dict()
     render_replay(report)
     write_reports(report, json_path, junit, suite=f"replay {episode.name}", cases=replay_cases, classname="vla-export.replay",
-                  what="replay")
+                  schema=schemas.REPLAY)
     if plot:
         from vla_export.plots import plot_replay
 

@@ -8,6 +8,7 @@ from typing import Any, Optional
 import typer
 
 from vla_export.choices import Precision
+from vla_export.artifacts.manifest import Manifest
 from vla_export.cli.common import console, write_json
 from vla_export.errors import ConfigError
 
@@ -30,22 +31,22 @@ def render_sensitivity(r: dict[str, Any], limit: int = 20) -> None:
     console.print(f"all INT8: {errs(r['full_int8'])}; {r['evaluations']} evaluations in {r['seconds']:.1f} s", markup=False)
 
 
-def model_role(manifest: dict[str, Any]) -> str:
+def model_role(manifest: Manifest) -> str:
     """What an ONNX manifest says the model is: float, w8a8 (static Q/DQ), int8-weights or fp16."""
-    precision = manifest.get("precision")
-    options = (manifest.get("quantization") or {}).get("options") or {}
+    precision = manifest.precision
+    options = (manifest.quantization or {}).get("options") or {}
     if precision == Precision.FP16:
         return Precision.FP16
     if precision == Precision.INT8:
         return "int8-weights" if "weights" in options and "calibration" not in options else "w8a8"
-    return "float" if not manifest.get("quantized_from") else str(precision)
+    return "float" if not manifest.extra.get("quantized_from") else str(precision)
 
 
 ROLE_NAMES = {"float": "a float ONNX", "w8a8": "a W8A8 Q/DQ model (quantize --int8)", Precision.FP16: "an FP16 model (quantize --fp16)",
               "int8-weights": "a weight-only INT8 model (quantize --int8-weights: its activations are float, nothing to rank)"}
 
 
-def check_pair(float_onnx: Path, float_manifest: dict[str, Any], qdq_onnx: Path, manifest: dict[str, Any]) -> None:
+def check_pair(float_onnx: Path, float_manifest: Manifest, qdq_onnx: Path, manifest: Manifest) -> None:
     """``sensitivity FLOAT QDQ``: the first a float ONNX, the second a W8A8 model quantized from it; else say what each is."""
     roles = model_role(float_manifest), model_role(manifest)
     if roles == ("w8a8", "float"):
@@ -57,7 +58,7 @@ def check_pair(float_onnx: Path, float_manifest: dict[str, Any], qdq_onnx: Path,
     if roles[1] != "w8a8":
         raise ConfigError(f"{qdq_onnx}: {ROLE_NAMES.get(roles[1], roles[1])}; the second argument is a W8A8 Q/DQ model "
                           f"(vla-export quantize {float_onnx} --int8 --calib SET)")
-    source = manifest.get("quantized_from") or {}
+    source = manifest.extra.get("quantized_from") or {}
     if source.get("sha256"):
         from vla_export.fileio import sha256_file
 
@@ -93,7 +94,7 @@ def sensitivity(
     checks.output_file(json_path)
     float_manifest, manifest = read_manifest(float_onnx, kind="onnx"), read_manifest(qdq_onnx, kind="onnx")
     check_pair(float_onnx, float_manifest, qdq_onnx, manifest)
-    calib = ((manifest.get("quantization") or {}).get("options") or {}).get("calibration")
+    calib = ((manifest.quantization or {}).get("options") or {}).get("calibration")
     if not isinstance(calib, dict):
         raise ConfigError(f"{qdq_onnx}: a W8A8 model whose manifest records no calibration set (quantize it again with this version)")
     meta = None

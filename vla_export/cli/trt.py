@@ -8,6 +8,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
+from vla_export import schemas
 from vla_export.choices import Precision
 from vla_export.errors import ExitCode
 from vla_export.cli.common import console, err_console, write_json
@@ -129,6 +130,6 @@ def trt(
         report["parity"] = parity.to_dict()
         render_parity(report["parity"])
     if json_path:  # written before the verdict, so a failed parity still leaves the report
-        write_json(json_path, report, "trt-build")
+        write_json(json_path, report, schemas.TRT_BUILD)
     if not report.get("parity", {"passed": True})["passed"]:
         raise typer.Exit(ExitCode.CHECK_FAILED)

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from vla_export import schemas
 from vla_export.data.episodes import EpisodeSource
 from vla_export.data.iospec import INPUT_NAMES
 from vla_export.data.tokenizer import Tokenizer
@@ -25,7 +26,7 @@ from vla_export.models.config import PolicyConfig
 from vla_export.progress import reported
 
 META_KEY = "__meta__"
-FORMAT = "vla-export/calibration/1"
+FORMAT = schemas.CALIBRATION
 
 
 @dataclass(frozen=True)

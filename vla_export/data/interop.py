@@ -26,13 +26,14 @@ from typing import Any
 
 import numpy as np
 
+from vla_export import schemas
 from vla_export.errors import ArtifactError, ConfigError
 from vla_export.fileio import atomic_write, sha256_file
 from vla_export.lazy import lazy_import
 
 POLYGRAPHY_INSTALL = "`pip install polygraphy` (NVIDIA's, pure Python; also in `pip install -e '.[trt]'`)"
 RECORD_KEY = "vla_export"
-SCHEMA = "vla-export/polygraphy-reference/1"
+SCHEMA = schemas.POLYGRAPHY_REFERENCE
 #: The runner name the reference's outputs are saved under (Polygraphy prints it beside its own runners').
 RUNNER_NAME = "vla-export-reference"
 
@@ -207,7 +208,7 @@ def save_trtexec_inputs(folder: str | Path, feed: Mapping[str, np.ndarray]) -> d
             safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
             (tmp / f"{safe}.bin").write_bytes(array.tobytes(order="C"))
             files[name] = {"file": f"{safe}.bin", "shape": list(array.shape), "dtype": str(array.dtype), "bytes": int(array.nbytes)}
-        (tmp / "inputs.json").write_text(json.dumps({"schema": "vla-export/trtexec-inputs/1", "inputs": files}, indent=1) + "\n")
+        (tmp / "inputs.json").write_text(json.dumps({"schema": schemas.TRTEXEC_INPUTS, "inputs": files}, indent=1) + "\n")
         if folder.exists():
             folder.rmdir()
         tmp.rename(folder)

@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from vla_export import schemas
 from vla_export.errors import VlaExportError
 
 META_KEY = "__meta__"
-CALIBRATION_FORMAT = "vla-export/calibration/1"
+CALIBRATION_FORMAT = schemas.CALIBRATION
 #: kind -> (what it is called, how it is made)
 KINDS = {
     "calibration": ("a calibration set", "`vla-export calib`"),

@@ -407,7 +407,7 @@ def write_policy_manifest(tmp: Path, loaded, options: OnnxExportOptions, window:
     )
     out = manifest_path(tmp)
     write_manifest(tmp, data, path=out)
-    return out, data["files"]
+    return out, [f.to_dict() for f in data.files]
 
 
 @reported("checking the graph (checker, shape inference, completeness)")

@@ -270,7 +270,7 @@ def _write_manifest(tmp: Path, files: Sequence[Path], source: OnnxFile, precisio
     from vla_export.artifacts.manifest import build_manifest, manifest_path, versions, write_manifest
     from vla_export.fileio import sha256_file
 
-    inherited = source.require_manifest("onnx") if source.manifest is not None else {}
+    inherited = source.require_manifest("onnx").to_dict() if source.manifest is not None else {}
     keep = {k: v for k, v in inherited.items() if k not in ("schema", "kind", "artifact", "files", "parity", "ops", "io", "versions")}
     data = build_manifest(
         "onnx", tmp, list(files), **keep,

@@ -32,6 +32,7 @@ from vla_export.artifacts.graph import ensure_node_names, node_module_scopes, pr
 from vla_export.artifacts.onnxfile import OnnxFile, load_onnx, needs_external_data, open_onnx, save_onnx, tensor_bytes
 from vla_export.data.iospec import ACTIONS, FEATURES
 from vla_export.choices import Precision
+from vla_export import schemas
 from vla_export.backends.onnxrt import EXACT_QDQ_CONFIG
 from vla_export.compare.comparator import compare_output
 from vla_export.compare.tolerance import tolerance_for
@@ -39,7 +40,7 @@ from vla_export.errors import ConfigError, DataError
 from vla_export.export.quantize import _publish, precision_sensitive_nodes, quantize_int8
 from vla_export.lazy import lazy_import
 
-SCHEMA = "vla-export/sensitivity/1"
+SCHEMA = schemas.SENSITIVITY
 GRANULARITIES = ("layer", "block", "auto")
 #: A transformer block in the exporter's module scopes: ``...encoder.layers.3``, ``...model.layers.0``.
 BLOCK_SCOPE = re.compile(r"\.layers\.\d+$")
@@ -333,13 +334,12 @@ def eval_feeds(onnx: str | Path | OnnxFile, data: Sequence[Path] | None, calib_f
     from ``calib_frames``. Config and window come from the ONNX manifest; returns :func:`held_out_feeds`'s
     feeds and record."""
     from vla_export.artifacts.manifest import read_manifest
-    from vla_export.models.config import PolicyConfig
 
     manifest = onnx.require_manifest("onnx") if isinstance(onnx, OnnxFile) else read_manifest(onnx, kind="onnx")
-    if not manifest.get("config"):
+    if manifest.config is None:
         raise ConfigError(f"{onnx.path if isinstance(onnx, OnnxFile) else onnx}: its manifest records no policy config")
-    config = PolicyConfig.from_dict(manifest["config"])
-    window = manifest.get("window") or config.window
+    config = manifest.config
+    window = manifest.window or config.window
     if not data:
         episodes = sorted({w["episode"] for w in (calib_meta or {}).get("windows", [])})
         if not episodes:

@@ -30,6 +30,7 @@ from vla_export.errors import ArtifactError, ConfigError
 from vla_export.artifacts.manifest import (
     SCHEMA,
     SPLIT_KIND,
+    SplitRecord,
     build_manifest,
     manifest_path,
     split_paths,
@@ -235,7 +236,7 @@ def _export_split_staged(loaded, paths: dict[str, Path], tmpdir: Path, window: i
         "versions": versions(),
     }
     staged_record = tmpdir / paths["split"].name
-    write_manifest(staged_record, record, path=staged_record)
+    write_manifest(staged_record, SplitRecord.from_dict(record, paths["split"]), path=staged_record)
     publish_split(paths, staged, extras, staged_record)
     return SplitExportResult(results["backbone"], results["head"], total, check, paths["split"], time.perf_counter() - start)
 

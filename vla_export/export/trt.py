@@ -38,6 +38,7 @@ from vla_export.data.iospec import INPUT_IDS, axis_role
 from vla_export.backends.tensorrt import INSTALL_TRT, CapturingLogger, engine_version, flavor_label, import_tensorrt
 from vla_export.artifacts.onnxfile import io_signature
 from vla_export.artifacts.manifest import build_manifest, read_manifest, versions, write_manifest
+from vla_export.models.config import PolicyConfig
 from vla_export.errors import ArtifactError, ConfigError, DataError, MissingDependencyError
 from vla_export.fileio import atomic_write
 from vla_export.choices import Precision
@@ -175,7 +176,7 @@ class OnnxFacts:
     has_qdq: bool
     has_fp16: bool
     sensitive: dict[str, str]  # node name -> reason (see quantize.precision_sensitive_nodes)
-    config: dict[str, Any] | None = None  # the policy config from the ONNX manifest, when there is one
+    config: PolicyConfig | None = None  # the policy config from the ONNX manifest, when there is one
     model: dict[str, Any] | None = None  # how that config was obtained (layout, assumptions), from the ONNX manifest
     quantized: frozenset[str] = frozenset()  # Q/DQ nodes and the nodes that take a DequantizeLinear output
     non_float: frozenset[str] = frozenset()  # nodes with an output that is not floating point (or of unknown type)
@@ -201,7 +202,7 @@ def read_onnx_facts(path: str | Path) -> OnnxFacts:
     has_fp16 = any(t.data_type == fp16 for t in model.graph.initializer) or any(
         n.op_type == "Cast" and any(a.name == "to" and a.i == fp16 for a in n.attribute) for n in model.graph.node
     )
-    manifest = read_manifest(path, kind="onnx", required=False) or {}
+    manifest = read_manifest(path, kind="onnx", required=False)
     dq_outputs = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     quantized = {n.name for n in model.graph.node
                  if n.op_type in ("QuantizeLinear", "DequantizeLinear") or dq_outputs.intersection(n.input)}
@@ -211,8 +212,8 @@ def read_onnx_facts(path: str | Path) -> OnnxFacts:
         has_qdq=bool({"QuantizeLinear", "DequantizeLinear"} & ops),
         has_fp16=has_fp16,
         sensitive=precision_sensitive_nodes(model),
-        config=manifest.get("config"),
-        model=manifest.get("model"),
+        config=manifest.config if manifest else None,
+        model=manifest.extra.get("model") if manifest else None,
         quantized=frozenset(quantized),
         non_float=frozenset(_non_float_nodes(model, onnx)),
     )
@@ -304,9 +305,9 @@ def derive_profiles(facts: OnnxFacts, options: TrtBuildOptions, text_opt: int | 
     unknown = sorted(set(options.shapes) - names)
     if unknown:
         raise ConfigError(f"--shape for {unknown}, but {facts.path.name} has inputs {sorted(names)}")
-    cfg = facts.config or {}
-    window = int(cfg.get("window", 8))
-    max_text = int(cfg.get("max_text_len", 256))
+    cfg = facts.config
+    window = cfg.window if cfg else 8
+    max_text = cfg.max_text_len if cfg else 256
     profiles: dict[str, Profile] = {}
     for spec in facts.inputs:
         name, dims = spec["name"], spec["shape"]
@@ -846,9 +847,9 @@ def _build_trtexec(plan: BuildPlan, facts: OnnxFacts, output: Path) -> None:
 
 def onnx_precision(facts: OnnxFacts) -> str:
     """The ONNX's precision as built: its manifest's (int8, fp16; int8w for weight-only INT8), else from its nodes."""
-    manifest = read_manifest(facts.path, kind="onnx", required=False) or {}
-    recorded = manifest.get("precision")
-    if recorded == Precision.INT8 and ((manifest.get("quantization") or {}).get("options") or {}).get("weight_bytes"):
+    manifest = read_manifest(facts.path, kind="onnx", required=False)
+    recorded = manifest.precision if manifest else None
+    if recorded == Precision.INT8 and ((manifest.quantization or {}).get("options") or {}).get("weight_bytes"):
         return Precision.INT8W
     if recorded:
         return str(recorded)
@@ -896,8 +897,7 @@ def record_parity(engine: str | Path, parity: Mapping[str, Any]) -> Path:
     """Store a parity result (``ParityResult.to_dict()``) in the engine's manifest."""
 
     data = read_manifest(engine, kind=MANIFEST_KIND)
-    data["parity"] = dict(parity)
-    return write_manifest(engine, data)
+    return write_manifest(engine, data.replace(parity=dict(parity)))
 
 
 class EngineFromOnnx:

@@ -194,7 +194,7 @@ def config_differences(recorded: dict[str, Any], actual: dict[str, Any], prefix:
     return out
 
 
-def check_same_config(artifact: Any, recorded: Mapping[str, Any] | None, config: PolicyConfig) -> str:
+def check_same_config(artifact: Any, recorded: PolicyConfig | Mapping[str, Any] | None, config: PolicyConfig) -> str:
     """Refuse an artifact whose recorded policy config differs from the reference's, before any number is compared.
 
     A different head count, Tanh, width, window, action_dim, pooling, image size or token id makes the
@@ -206,6 +206,7 @@ def check_same_config(artifact: Any, recorded: Mapping[str, Any] | None, config:
         msg = f"{artifact}: no manifest with a policy config beside it, so it cannot be checked that it was exported with the reference's config"
         log.warning("%s", msg)
         return "not possible: " + msg.split(": ", 1)[1]
+    recorded = recorded.to_dict() if isinstance(recorded, PolicyConfig) else recorded
     diffs = config_differences(dict(recorded), config.to_dict())
     if diffs:
         shown = "; ".join(f"{k}: artifact {a!r}, checkpoint {b!r}" for k, a, b in diffs)

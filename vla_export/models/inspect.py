@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from vla_export import schemas
 from vla_export.system import peak_rss_bytes
 from vla_export.errors import ArchitectureError, ConfigError
 from vla_export.models.checkpoint import read_checkpoint, tensor_bytes
@@ -38,7 +39,7 @@ def inspect_checkpoint(
     t0 = time.perf_counter()
     ckpt = read_checkpoint(path, trust=options.trust)
     report: dict[str, Any] = {
-        "schema": "vla-export/inspect/1",
+        "schema": schemas.INSPECT,
         "path": str(ckpt.path),
         "file_size": ckpt.file_size,
         "format": ckpt.file_format,

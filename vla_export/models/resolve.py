@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vla_export import schemas
 from vla_export.errors import ArchitectureError, ConfigError, StrictLoadError
 from vla_export.models.checkpoint import Checkpoint, parse_renames, strip_and_rename
 from vla_export.models.config import PRESETS, PolicyConfig, TextConfig, TokenIds, VisionConfig, read_config_json
@@ -25,7 +26,7 @@ from vla_export.models.layouts import (
     KNOWN_LAYOUTS, WRAPPERS, KeyMapping, PrefixGroup, group_prefixes, map_keys, propose_renames, render_renames, unrecognised,
 )
 
-MODEL_RECORD_SCHEMA = "vla-export/model-config/1"
+MODEL_RECORD_SCHEMA = schemas.MODEL_CONFIG
 #: The metadata key under which vla-export records the config in the checkpoints it writes.
 RECORD_KEY = "vla_export"
 
@@ -113,7 +114,7 @@ def read_model_record(path: str | Path) -> tuple[PolicyConfig, list[tuple[str, s
         raise ConfigError(f"{path}: expected a JSON object")
     renames: list[tuple[str, str]] = []
     if "schema" in data and data["schema"] != MODEL_RECORD_SCHEMA and "config" in data and "kosmos_vision" not in data:
-        if str(data["schema"]).startswith("vla-export/model-config/"):
+        if str(data["schema"]).startswith(schemas.MODEL_CONFIG_PREFIX):
             raise ConfigError(f"{path}: model-config schema {data['schema']!r} is not supported (expected {MODEL_RECORD_SCHEMA!r})")
     if data.get("schema") == MODEL_RECORD_SCHEMA:
         renames = parse_renames(data.get("renames") or [])

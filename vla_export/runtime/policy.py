@@ -170,11 +170,9 @@ class Policy:
         from vla_export.backends.select import runner_for_artifact
         from vla_export.data.tokenizer import tokenizer_for
         from vla_export.artifacts.manifest import read_split
-        from vla_export.models.config import PolicyConfig
 
         record = read_split(split)
-        cfg = PolicyConfig.from_dict(record["config"])
-        folder = Path(record["_path"]).parent
+        cfg = record.config
         chosen = {"backbone": backbone, "head": head}
         runners = {}
         for part in ("backbone", "head"):
@@ -182,11 +180,11 @@ class Policy:
             if isinstance(given, Runner):
                 runners[part] = given
                 continue
-            path = Path(given) if given is not None else folder / record["parts"][part]["path"]
+            path = Path(given) if given is not None else record.parts[part]
             runners[part] = runner_for_artifact(path, providers=providers)
         return cls(
             runners["backbone"], runners["head"], tokenizer=tokenizer or tokenizer_for(cfg, tokenizer_dir),
-            window=window or int(record["window"]), image_size=cfg.image_size, action_dim=cfg.action_dim, text_len=text_len,
+            window=window or record.window, image_size=cfg.image_size, action_dim=cfg.action_dim, text_len=text_len,
             config=cfg,
         )
 

@@ -174,7 +174,7 @@ def parts_precision(policy: Policy) -> str:
     for runner in (policy.backbone, policy.head):
         path = runner.path
         manifest = read_manifest(path, required=False) if path is not None else None
-        found.append((manifest or {}).get("precision") or Precision.FP32)
+        found.append((manifest.precision if manifest else None) or Precision.FP32)
     return loosest(found)
 
 

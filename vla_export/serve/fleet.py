@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from vla_export import schemas
 from vla_export.data.preprocess import check_frame
 from vla_export.errors import ArtifactError, DataError
 from vla_export.runtime.batch import step_batch
@@ -26,7 +27,7 @@ from vla_export.runtime.policy import Policy, StepTiming
 SERVING_FILE = "serving.json"
 #: The phases of a model instance's execute() that it counts in Prometheus (``vla_export_<phase>_us``).
 PHASES = ("parse", "preprocess", "backbone", "head", "respond")
-SERVING_SCHEMA = "vla-export/triton-serving/1"
+SERVING_SCHEMA = schemas.TRITON_SERVING
 #: The requests a model instance answered with an error (Triton's own failure counter cannot see them).
 FAILURE_METRIC = "vla_export_request_failure"
 #: The optional input marking the END a model sends itself to close a refused START's sequence.

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from vla_export.data.iospec import PIXEL_VALUES
+from vla_export import schemas
 from vla_export.stats import LatencyStats
 from vla_export.errors import DataError, RunnerError
 from vla_export.lazy import lazy_import
@@ -32,7 +33,7 @@ from vla_export.backends.torch_runner import ModuleRunner
 from vla_export.runtime.policy import BACKBONE_INPUTS, BACKBONE_OUTPUTS, Policy
 from vla_export.serve.fleet import FAILURE_METRIC, PHASES
 
-SCHEMA = "vla-export/fleet-bench/1"
+SCHEMA = schemas.FLEET_BENCH
 METRICS = ("nv_inference_request_success", "nv_inference_request_failure", "nv_inference_exec_count",
            "nv_inference_count", "nv_inference_queue_duration_us", "nv_inference_compute_infer_duration_us",
            "nv_inference_compute_input_duration_us", "nv_inference_compute_output_duration_us", "nv_inference_request_duration_us")

@@ -30,9 +30,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vla_export import interrupts
+from vla_export import interrupts, schemas
 from vla_export.artifacts.kinds import strip_kind_suffix
-from vla_export.artifacts.manifest import read_manifest, read_split, validate_files, versions
+from vla_export.artifacts.manifest import Manifest, read_manifest, read_split, validate_files, versions
 from vla_export.backends.select import artifact_kind, model_loader, preset_name
 from vla_export.backends.torch_runner import COMPILE_MODES, INDUCTOR_GRAPH_MODES
 from vla_export.choices import TORCH_PRECISIONS
@@ -43,7 +43,7 @@ from vla_export.lazy import lazy_import
 from vla_export.serve.fleet import RELEASE, SERVING_FILE, SERVING_SCHEMA
 
 REPOSITORY_FILE = "vla-export-repository.json"
-REPOSITORY_SCHEMA = "vla-export/triton-repository/1"
+REPOSITORY_SCHEMA = schemas.TRITON_REPOSITORY
 BACKENDS = ("onnxrt", "trt", "torch", "tensorrt_plan")
 TORCH_DTYPES = tuple(p.torch_dtype_name for p in TORCH_PRECISIONS)
 SERVE_INSTALL = "`pip install 'tritonclient[http,grpc]'` (the part of the serve extra that this needs)"
@@ -221,13 +221,13 @@ def _place(src: Path, dst: Path) -> None:
 PART_IO = {"backbone": ({PIXEL_VALUES, INPUT_IDS, ATTENTION_MASK}, {FEATURE}), "head": ({FEATURES}, {ACTIONS})}
 
 
-def check_part(path: Path, part: str, manifest: Mapping[str, Any]) -> None:
+def check_part(path: Path, part: str, manifest: Manifest) -> None:
     """``path`` (--backbone/--head) must be that part of a split export: a whole policy there loads and
     fails only when the first robot is served."""
-    io = manifest.get("io") or {}
+    io = manifest.io or {}
     inputs, outputs = ({v["name"] for v in io.get(k, [])} for k in ("inputs", "outputs"))
     want_in, want_out = PART_IO[part]
-    recorded = manifest.get("part")
+    recorded = manifest.part
     if (recorded is not None and recorded != part) or (io and (not want_in <= inputs or outputs != want_out)):
         what = f"the {recorded} part" if recorded else "a whole policy" if ACTIONS in outputs and PIXEL_VALUES in inputs else "another model"
         raise ArtifactError(f"{path}: --{part} is {what} (inputs {sorted(inputs)}, outputs {sorted(outputs)}), not the {part} part "
@@ -241,7 +241,7 @@ def _with_manifest(path: Path, kind: str, part: str | None = None) -> list[Path]
     validate_files(path, manifest)
     if part is not None:
         check_part(path, part, manifest)
-    return [path, path.with_name(path.name + ".json")] + [path.parent / f["name"] for f in manifest.get("files", []) if f["name"] != path.name]
+    return [path, path.with_name(path.name + ".json")] + [path.parent / f.name for f in manifest.files if f.name != path.name]
 
 
 def _engine_info(path: Path, part: str | None = None) -> dict[str, Any]:
@@ -249,8 +249,9 @@ def _engine_info(path: Path, part: str | None = None) -> dict[str, Any]:
     validate_files(path, manifest)
     if part is not None:
         check_part(path, part, manifest)
-    return {"file": path.name, "gpu": manifest.get("gpu") or {}, "tensorrt": manifest.get("tensorrt"),
-            "tensorrt_flavor": manifest.get("tensorrt_flavor") or "tensorrt", "plan": manifest.get("plan") or {}}
+    extra = manifest.extra
+    return {"file": path.name, "gpu": extra.get("gpu") or {}, "tensorrt": extra.get("tensorrt"),
+            "tensorrt_flavor": extra.get("tensorrt_flavor") or "tensorrt", "plan": extra.get("plan") or {}}
 
 
 def _sources(artifact: Path, options: TritonOptions, load: Any = None) -> tuple[str, dict[str, Any], dict[str, list[Path]], dict[str, Any]]:
@@ -282,13 +283,12 @@ def _sources(artifact: Path, options: TritonOptions, load: Any = None) -> tuple[
     backend = options.backend or "onnxrt"
     if backend == "torch":
         raise ConfigError(f"{artifact}: --backend torch serves a checkpoint; pass the checkpoint instead of the split export")
-    folder = Path(record["_path"]).parent
-    split_file = Path(record["_path"])
+    split_file = record.path
     chosen = {"backbone": options.backbone, "head": options.head}
     files: dict[str, list[Path]] = {"split": [split_file]}
     engines: dict[str, Any] = {}
     for part in ("backbone", "head"):
-        path = Path(chosen[part]) if chosen[part] else folder / record["parts"][part]["path"]
+        path = Path(chosen[part]) if chosen[part] else record.parts[part]
         if not path.exists():
             raise ArtifactError(f"{path}: the {part} part is missing (listed in {split_file.name})" if not chosen[part]
                                 else f"{path}: --{part} not found")
@@ -310,7 +310,7 @@ def _sources(artifact: Path, options: TritonOptions, load: Any = None) -> tuple[
                               "GPU), or build the backbone with TensorRT for --backend tensorrt_plan")
     elif engines:
         raise ConfigError(f"--backend {backend} runs ONNX parts; engines given for {sorted(engines)}: use --backend trt")
-    return backend, record["config"], files, engines
+    return backend, record.to_dict()["config"], files, engines
 
 
 def batch_buckets(max_batch: int, step: int = 8) -> tuple[int, ...]:
@@ -401,7 +401,7 @@ def write_repository(artifact: str | Path, output: str | Path, options: TritonOp
         "backend": backend,
         "files": role_files,
         "config": config,
-        "window": int(cfg.window if backend == "torch" else read_split(files["split"][0])["window"]),
+        "window": int(cfg.window if backend == "torch" else read_split(files["split"][0]).window),
         "text_len": text_len,
         "max_robots": options.max_robots,
         "idle_seconds": options.idle_seconds,
@@ -450,7 +450,7 @@ def _default_name(artifact: Path) -> str:
         return str(preset_name(artifact)).replace("-", "_")
     stem = strip_kind_suffix(artifact, ("split", "checkpoint"))
     if artifact.is_dir():
-        stem = read_split(artifact)["_path"].rsplit("/", 1)[-1][: -len(".split.json")]
+        stem = read_split(artifact).stem
     return stem.replace(".", "_") or "policy"
 
 

@@ -42,12 +42,14 @@ import numpy as np
 from vla_export.compare.actions import _finite_or_none, _se, action_metrics, dim_names, discrimination, RESOLUTION_Z
 from vla_export.data.iospec import ACTIONS, ATTENTION_MASK, INPUT_IDS, PIXEL_VALUES
 from vla_export.choices import Precision, QdqMode, RUNNER_QDQ_MODES
+from vla_export import schemas
+from vla_export.artifacts.manifest import Manifest, SplitRecord
 from vla_export.errors import ArtifactError, ConfigError, DataError
 from vla_export.progress import step
 
 log = logging.getLogger(__name__)
 
-SCHEMA = "vla-export/evaluate/1"
+SCHEMA = schemas.EVALUATE
 #: Artifact kinds evaluate runs (a split export through the streaming runtime).
 KINDS = ("onnx", "engine", "checkpoint", "split")
 
@@ -176,7 +178,8 @@ class _Planned:
     kind: str
     precision: str
     config_check: str
-    record: dict[str, Any] | None  # the manifest or split record
+    record: Manifest | SplitRecord | None  # the manifest or split record
+    loaded: Any = None  # a checkpoint's LoadedPolicy
 
 
 def _plan(path: Path, config) -> _Planned:
@@ -190,23 +193,23 @@ def _plan(path: Path, config) -> _Planned:
         raise ArtifactError(f"{path}: not found")
     if kind == "split":
         record = read_split(path)
-        check = check_same_config(path, record.get("config"), config)
+        check = check_same_config(path, record.config, config)
         return _Planned(path, kind, "split", check, record)
     if kind == "checkpoint":
         from vla_export.models.loader import PolicyFromCheckpoint
 
         other = PolicyFromCheckpoint(path)()
-        check = check_same_config(path, other.config.to_dict(), config)
-        return _Planned(path, kind, Precision.FP32, check, {"loaded": other})
-    manifest = read_manifest(path, required=False) or {}
-    check = check_same_config(path, manifest.get("config"), config)
+        check = check_same_config(path, other.config, config)
+        return _Planned(path, kind, Precision.FP32, check, None, loaded=other)
+    manifest = read_manifest(path, required=False)
+    check = check_same_config(path, manifest.config if manifest else None, config)
     return _Planned(path, kind, _precision_label(manifest), check, manifest)
 
 
-def _precision_label(manifest: dict[str, Any]) -> str:
+def _precision_label(manifest: Manifest | None) -> str:
     """fp32, fp16, int8 (W8A8) or int8w (weight-only INT8, which manifests record as int8 without calibration)."""
-    precision = str(manifest.get("precision") or Precision.FP32)
-    options = (manifest.get("quantization") or {}).get("options") or {}
+    precision = str((manifest.precision if manifest else None) or Precision.FP32)
+    options = ((manifest.quantization if manifest else None) or {}).get("options") or {}
     if precision == Precision.INT8 and (options.get("mode") == "weight-only" or ("weights" in options and "calibration" not in options)):
         return Precision.INT8W
     return precision
@@ -301,7 +304,7 @@ def evaluate(
                     precision, window, described = f"split ({parts_precision(policy)})", policy.window, policy.describe()
             else:
                 if plan.kind == "checkpoint":
-                    runner = TorchRunner(plan.record["loaded"].policy)
+                    runner = TorchRunner(plan.loaded.policy)
                 else:
                     opts: dict[str, Any] = {}
                     if plan.kind == "onnx":

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from vla_export import schemas
 from vla_export.artifacts.graph import (
     component_of_onnx_name,
     ensure_node_names,
@@ -45,20 +46,20 @@ from vla_export.artifacts.graph import (
     SCOPE_KEY,
     with_float_nodes,
 )
-from vla_export.data.iospec import ACTIONS, INPUT_NAMES, PIXEL_VALUES
-from vla_export.choices import Precision, QdqMode
 from vla_export.artifacts.kinds import detect_kind
-from vla_export.artifacts.manifest import read_manifest
+from vla_export.artifacts.manifest import Manifest, read_manifest
 from vla_export.artifacts.onnxfile import load_onnx, save_onnx
 from vla_export.backends.onnxrt import OnnxrtRunner
+from vla_export.choices import Precision, QdqMode
 from vla_export.compare.layers import layer_error, share_of_bound
 from vla_export.compare.tolerance import Tolerance, tolerance_for
 from vla_export.data.episodes import EpisodeSource
+from vla_export.data.iospec import ACTIONS, INPUT_NAMES, PIXEL_VALUES
 from vla_export.data.source import SyntheticSource
 from vla_export.errors import ArtifactError, ConfigError
 from vla_export.lazy import lazy_import
 
-SCHEMA = "vla-export/locate/1"
+SCHEMA = schemas.LOCATE
 LEVELS = ("boundaries", "all")
 #: Component roots compared at the ``boundaries`` level, besides every ``...layers.N`` module.
 BOUNDARY_MODULES = (
@@ -370,8 +371,8 @@ def locate(
         scopes = graph_scopes(model)
     except ArtifactError as exc:
         raise ArtifactError(f"{artifact}: {exc}") from None
-    manifest = read_manifest(artifact, required=False) or {}
-    precision = precision or manifest.get("precision", Precision.FP32)
+    manifest = read_manifest(artifact, required=False)
+    precision = precision or (manifest.precision if manifest else None) or Precision.FP32
     tol = tolerance or tolerance_for(precision)
 
     torch = lazy_import("torch", purpose="running the PyTorch reference")
@@ -429,9 +430,9 @@ def locate(
     return result
 
 
-def _recorded_float_onnx(artifact: Path, manifest: Mapping[str, Any]) -> Path | None:
+def _recorded_float_onnx(artifact: Path, manifest: Manifest | None) -> Path | None:
     """The float ONNX the manifest says ``artifact`` was quantized from (as recorded, else beside it)."""
-    recorded = (manifest.get("quantized_from") or {}).get("path")
+    recorded = ((manifest.extra if manifest else {}).get("quantized_from") or {}).get("path")
     if not recorded:
         return None
     path = Path(recorded)

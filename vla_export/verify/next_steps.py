@@ -11,13 +11,14 @@ A value the manifest does not hold is written as a placeholder in capitals and s
 from __future__ import annotations
 
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vla_export.data.iospec import ACTIONS, FEATURES
 from vla_export.choices import Precision
+from vla_export.artifacts.manifest import Manifest
 from vla_export.artifacts.kinds import default_output
 from vla_export.compare.tolerance import Tolerance
 
@@ -48,20 +49,23 @@ def _cmd(*words: Any) -> str:
     return shlex.join(str(w) for w in words if w is not None)
 
 
-def int8_next_steps(artifact: str | Path, manifest: Mapping[str, Any], *, reference: str | Path, tolerance: Tolerance,
-                    data: Sequence[str | Path] | None = None, outputs: Sequence[str] = (ACTIONS,), located: bool = False) -> NextSteps:
+def int8_next_steps(artifact: str | Path, manifest: Manifest | None, *, reference: str | Path, tolerance: Tolerance,
+                    data: Sequence[str | Path] | None = None, outputs: Sequence[str] = (ACTIONS,), located: bool = False,
+                    precision: str | None = None) -> NextSteps:
     """The next steps after a failed parity check of the quantized ``artifact`` against ``reference`` (the
-    checkpoint or saved reference the check used), with the tolerance it failed and the ``data`` it ran on."""
+    checkpoint or saved reference the check used), with the tolerance it failed and the ``data`` it ran on.
+    ``precision`` (the check's) stands in for the manifest's only where there is no manifest."""
     artifact = Path(artifact)
-    precision = manifest.get("precision")
+    precision = manifest.precision if manifest is not None else precision
+    recorded = {} if manifest is None else {"quantized_from": manifest.extra.get("quantized_from"), "quantization": manifest.quantization}
     out = NextSteps(str(artifact))
     if precision not in QUANTIZED:
         return out
-    float_onnx = (manifest.get("quantized_from") or {}).get("path")
+    float_onnx = (recorded.get("quantized_from") or {}).get("path")
     if not float_onnx:
         out.missing.append("the float ONNX it was quantized from (quantized_from): FLOAT.onnx below")
         float_onnx = "FLOAT.onnx"
-    calib = (((manifest.get("quantization") or {}).get("options") or {}).get("calibration") or {}).get("path")
+    calib = (((recorded.get("quantization") or {}).get("options") or {}).get("calibration") or {}).get("path")
     data_args = [w for d in data or [] for w in ("--data", str(d))]
     float_path = Path(float_onnx)
 

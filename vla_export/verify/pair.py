@@ -18,6 +18,7 @@ from typing import Any
 
 from vla_export.data.iospec import FEATURES
 from vla_export.choices import Precision, QdqMode, RUNNER_QDQ_MODES
+from vla_export.artifacts.manifest import Manifest, read_manifest
 from vla_export.errors import ArtifactError, ConfigError
 from vla_export.compare.tolerance import Tolerance, tolerance_for
 from vla_export.precision import loosest
@@ -26,11 +27,10 @@ log = logging.getLogger(__name__)
 KINDS = ("onnx", "engine")
 
 
-def check_pair(reference: str | Path, candidate: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def check_pair(reference: str | Path, candidate: str | Path) -> tuple[Manifest, Manifest]:
     """Both manifests, after checking the pair can be compared: whole policies (not split parts), each with a
     recorded config, the same config. Raises ArtifactError naming what differs and what to do."""
     from vla_export.backends.select import artifact_kind
-    from vla_export.artifacts.manifest import read_manifest
     from vla_export.models.config import config_differences
 
     manifests = []
@@ -39,16 +39,16 @@ def check_pair(reference: str | Path, candidate: str | Path) -> tuple[dict[str, 
         if kind not in KINDS:
             raise ArtifactError(f"{path}: parity of two artifacts compares ONNX models and TensorRT engines; a {kind} is the "
                                 "reference only as the first argument of `parity CKPT ARTIFACT`")
-        manifest = read_manifest(path, required=False) or {}
-        if manifest.get("part"):
-            raise ArtifactError(f"{path}: the {manifest['part']} part of a split export; parity compares whole policies "
+        manifest = read_manifest(path, required=False)
+        if manifest is not None and manifest.part:
+            raise ArtifactError(f"{path}: the {manifest.part} part of a split export; parity compares whole policies "
                                 "(check split parts with `vla-export replay CKPT NAME.split.json EPISODE`)")
-        if not isinstance(manifest.get("config"), dict):
+        if manifest is None or manifest.config is None:
             raise ArtifactError(f"{path}: no manifest with a policy config beside it ({Path(str(path) + '.json').name}): the "
                                 "inputs are built from the config and the pair's configs must be checked; keep the manifest "
                                 "vla-export wrote beside the artifact")
         manifests.append(manifest)
-    diffs = config_differences(manifests[0]["config"], manifests[1]["config"])
+    diffs = config_differences(manifests[0].config.to_dict(), manifests[1].config.to_dict())
     if diffs:
         shown = "; ".join(f"{k}: {Path(reference).name} {a!r}, {Path(candidate).name} {b!r}" for k, a, b in diffs[:6])
         raise ArtifactError(f"{reference} and {candidate} were exported from different policy configs ({len(diffs)} "
@@ -56,9 +56,9 @@ def check_pair(reference: str | Path, candidate: str | Path) -> tuple[dict[str, 
     return manifests[0], manifests[1]
 
 
-def pair_precision(ref_manifest: Mapping[str, Any], cand_manifest: Mapping[str, Any]) -> str:
+def pair_precision(ref_manifest: Manifest, cand_manifest: Manifest) -> str:
     """The less exact of the two recorded precisions (fp32 where none is recorded)."""
-    return loosest(m.get("precision", Precision.FP32) for m in (ref_manifest, cand_manifest))
+    return loosest(m.precision or Precision.FP32 for m in (ref_manifest, cand_manifest))
 
 
 def parity_artifacts(
@@ -85,7 +85,6 @@ def parity_artifacts(
     """
     from vla_export.backends.select import artifact_kind, runner_for_artifact
     from vla_export.data.source import SyntheticSource
-    from vla_export.models.config import PolicyConfig
     from vla_export.verify.parity import artifact_window, feeds_from, held_out_source
     from vla_export.compare.comparator import check_against_config, compare_runners
 
@@ -95,7 +94,7 @@ def parity_artifacts(
     ref_manifest, cand_manifest = check_pair(reference, candidate)
     precision = precision or pair_precision(ref_manifest, cand_manifest)
     tol = tolerance or tolerance_for(precision)
-    cfg = PolicyConfig.from_dict(ref_manifest["config"])
+    cfg = ref_manifest.require_config()
 
     def opts_for(path: str | Path) -> dict[str, Any]:
         opts = dict(runner_opts or {})
@@ -113,7 +112,7 @@ def parity_artifacts(
         if window != other:
             raise ArtifactError(f"{reference} takes windows of {window} frames, {candidate} of {other}: export both with the same --window")
         held_out = None
-        quantized = next((m for m in (cand_manifest, ref_manifest) if m.get("quantization")), None)
+        quantized = next((m for m in (cand_manifest, ref_manifest) if m.quantization), None)
         if data:
             from vla_export.data.episodes import EpisodeSource
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from vla_export.data.iospec import FEATURES, PIXEL_VALUES
 from vla_export.choices import Precision, QdqMode
+from vla_export.artifacts.manifest import Manifest, read_manifest
 from vla_export.compare.comparator import ParityResult, check_against_config, compare_runners
 from vla_export.compare.tolerance import Tolerance, tolerance_for
 from vla_export.errors import ConfigError
@@ -66,6 +67,7 @@ def parity_check(
     qdq: str = QdqMode.EXACT,
     wrap_reference: Any = None,
     output_tolerances: Mapping[str, Tolerance] | None = None,
+    manifest: Manifest | None = None,
 ) -> ParityResult:
     """PyTorch policy (from ``policy_loader()``) vs the runner for ``artifact`` on ``samples`` inputs.
 
@@ -75,7 +77,8 @@ def parity_check(
 
     Inputs come from :class:`~vla_export.data.source.SyntheticSource` or, with ``data`` (episode files
     or folders), from recorded frames. ``precision`` defaults to the one the artifact's manifest
-    records, else fp32. Per-frame ``features`` are compared too when the artifact exports them.
+    records, else fp32; ``manifest`` is that manifest when the caller has read it (read here otherwise).
+    Per-frame ``features`` are compared too when the artifact exports them.
 
     ``qdq`` (ONNX artifacts): "exact" runs Q/DQ graphs with onnxruntime's int8 fusions off, so the
     verdict measures the quantization and not the CPU's int8 kernels (see
@@ -87,15 +90,14 @@ def parity_check(
     from vla_export.backends.select import runner_for_artifact
     from vla_export.backends.torch_runner import TorchRunner
     from vla_export.data.source import SyntheticSource
-    from vla_export.artifacts.manifest import read_manifest
 
-    manifest = read_manifest(artifact, required=False)
-    precision = precision or (manifest or {}).get("precision", Precision.FP32)
+    manifest = manifest if manifest is not None else read_manifest(artifact, required=False)
+    precision = precision or (manifest.precision if manifest else None) or Precision.FP32
     tol = tolerance or tolerance_for(precision)
     opts, is_onnx = candidate_options(artifact, qdq, runner_opts)
     loaded = policy_loader()
     cfg = loaded.config
-    config_check = check_same_config(artifact, (manifest or {}).get("config"), cfg)
+    config_check = check_same_config(artifact, manifest.config if manifest else None, cfg)
     with runner_for_artifact(artifact, **opts) as cand:
         check_against_config(cand, cfg)
         window = artifact_window(cand, cfg.window)
@@ -104,11 +106,11 @@ def parity_check(
             from vla_export.data.episodes import EpisodeSource
 
             source = EpisodeSource(data, cfg, seed=seed, window=window, batch=batch)
-            if (manifest or {}).get("quantization"):
+            if manifest is not None and manifest.quantization:
                 source, held_out = held_out_source(source, manifest)
         else:
             source = SyntheticSource(cfg, seed=seed, window=window, batch=batch)
-            if (manifest or {}).get("quantization"):
+            if manifest is not None and manifest.quantization:
                 held_out = {"status": "synthetic", "note": "seeded synthetic inputs, not calibration frames"}
         feeds = feeds_from(source, samples)
         torch_ref = TorchRunner(loaded.policy, debug_outputs=FEATURES in cand.output_names)
@@ -132,13 +134,13 @@ def parity_check(
     return result
 
 
-def held_out_source(source, manifest: Mapping[str, Any]):
+def held_out_source(source, manifest: Manifest):
     """``(source, record)``: for a quantized artifact, the episode source restricted to windows that
     share no frame with the calibration set its manifest records. When that is impossible (no such
     window, or no record) the unrestricted source and a record saying so, loudly, in ``status``."""
     from vla_export.errors import DataError
 
-    options = (manifest.get("quantization") or {}).get("options") or {}
+    options = (manifest.quantization or {}).get("options") or {}
     if options.get("mode") == "weight-only":
         return source, {"status": "no calibration", "note": "weight-only INT8 is made without calibration data"}
     calib = options.get("calibration")

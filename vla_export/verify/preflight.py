@@ -8,13 +8,12 @@ memory-mapped, no model built), and each error says what to pass instead.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from vla_export.artifacts.kinds import SPLIT_SUFFIX, detect_kind, split_part
 from vla_export.errors import ArtifactError
-from vla_export.artifacts.manifest import read_manifest, recorded_checkpoint
+from vla_export.artifacts.manifest import Manifest, read_manifest, recorded_checkpoint
 
 ARTIFACT_KINDS = ("onnx", "engine", "split")
 
@@ -30,7 +29,7 @@ def _kind(path: Path) -> str | None:
         return None
 
 
-def _manifest(path: Path) -> dict[str, Any] | None:
+def _manifest(path: Path) -> Manifest | None:
     try:
         return read_manifest(path, required=False)
     except ArtifactError:
@@ -55,7 +54,8 @@ def whole_policy_problem(artifact: Path, checkpoint: str) -> str | None:
                 f"policy with `vla-export onnx {_q(checkpoint)} -o {_q(artifact.with_name(whole))}` and give that")
     if kind != "onnx":
         return None
-    part = (_manifest(artifact) or {}).get("part")
+    manifest = _manifest(artifact)
+    part = manifest.part if manifest else None
     if not part:
         return None
     record = _split_record_of(artifact)
@@ -83,19 +83,19 @@ def check_parity_pair(reference: Path, artifact: Path, load_options: Any = None)
         raise ArtifactError(problem)
     if art_kind not in ("onnx", "engine"):
         return
-    manifest = _manifest(artifact) or {}
-    recorded = manifest.get("config")
-    if not isinstance(recorded, Mapping) or not reference.is_file():
+    manifest = _manifest(artifact)
+    recorded = manifest.config if manifest else None
+    if recorded is None or not reference.is_file():
         return  # no config to compare (said later by parity itself), or a missing file (its own error)
     held = checkpoint_config(reference, load_options)
     from vla_export.models.config import config_differences
 
-    diffs = config_differences(dict(recorded), held.to_dict())
+    diffs = config_differences(recorded.to_dict(), held.to_dict())
     if not diffs:
         return
     shown = "; ".join(f"{k}: artifact {a!r}, checkpoint {b!r}" for k, a, b in diffs)
     source = recorded_checkpoint(artifact, manifest)
-    recorded_as = (manifest.get("source") or {}).get("checkpoint")
+    recorded_as = (manifest.source or {}).get("checkpoint")
     if source is not None and source.resolve() == reference.resolve():
         instead = "it was exported from this file, loaded another way: give the same --config/--set as at export"
     elif source is not None:
@@ -103,7 +103,7 @@ def check_parity_pair(reference: Path, artifact: Path, load_options: Any = None)
     else:
         instead = (f"check it against the checkpoint it was exported from ({'recorded as ' + repr(recorded_as) + ', not found here' if recorded_as else 'not recorded in its manifest'})")
     raise ArtifactError(
-        f"{artifact}: not exported from this checkpoint's config: exported from a '{recorded.get('name')}' policy, {reference} "
+        f"{artifact}: not exported from this checkpoint's config: exported from a '{recorded.name}' policy, {reference} "
         f"holds a '{held.name}' policy, {len(diffs)} different field{'s' if len(diffs) > 1 else ''} ({shown}): {instead}; "
         f"or export this checkpoint (`vla-export onnx {_q(reference)} -o {_q(reference.with_suffix('.onnx'))}`), "
         f"or load it with the artifact's config (--config, --set)")

@@ -26,7 +26,9 @@ from vla_export.artifacts.reference import SavedReference, load_reference, save_
 from vla_export.choices import Precision, QdqMode
 from vla_export.data.iospec import FEATURES
 from vla_export.backends.base import Runner
+from vla_export.artifacts.manifest import Manifest, read_manifest
 from vla_export.errors import ArtifactError, ConfigError
+from vla_export.models.config import PolicyConfig
 
 log = logging.getLogger(__name__)
 
@@ -135,12 +137,13 @@ def check_reference_path(path: str | Path) -> Path:
     return path
 
 
-def check_config(reference: SavedReference, config: Mapping[str, Any] | None, what: str | Path) -> None:
+def check_config(reference: SavedReference, config: PolicyConfig | Mapping[str, Any] | None, what: str | Path) -> None:
     """Refuse a reference made for another policy config than ``what``'s (its manifest's ``config``)."""
     if config is None:
         log.warning("%s: no policy config recorded beside it; the reference's config (%s) cannot be checked", what,
                     reference.config.get("name"))
         return
+    config = config.to_dict() if isinstance(config, PolicyConfig) else config
     config = json.loads(json.dumps(dict(config), default=str))  # tuples -> lists, as the file holds them
     keys = sorted(set(config) | set(reference.config))
     differ = [k for k in keys if config.get(k) != reference.config.get(k)]
@@ -217,22 +220,21 @@ def parity_with_saved_reference(policy_loader: Any, artifact: str | Path, save_t
 
 def parity_against_reference(reference_path: str | Path, artifact: str | Path, *, precision: str | None = None,
                              tolerance: Any = None, runner_opts: Mapping[str, Any] | None = None, qdq: str = QdqMode.EXACT,
-                             strict: bool = False, output_tolerances: Mapping[str, Any] | None = None):
+                             strict: bool = False, output_tolerances: Mapping[str, Any] | None = None,
+                             manifest: Manifest | None = None):
     """The artifact against a saved parity reference: the same comparison as ``parity CKPT ARTIFACT``, no torch.
 
-    ``qdq`` and ``strict`` as in :func:`~vla_export.verify.parity.parity_check` ("both": the verdict on
+    ``qdq``, ``strict`` and ``manifest`` as in :func:`~vla_export.verify.parity.parity_check` ("both": the verdict on
     exact, onnxruntime's fused kernels measured on the same saved inputs beside it)."""
     from vla_export.backends.select import runner_for_artifact
-    from vla_export.artifacts.manifest import read_manifest
-    from vla_export.models.config import PolicyConfig
     from vla_export.verify.parity import candidate_options
     from vla_export.compare.comparator import check_against_config, compare_runners
     from vla_export.compare.tolerance import tolerance_for
 
     ref = load_reference(reference_path, "parity")
-    manifest = read_manifest(artifact, required=False) or {}
-    check_config(ref, manifest.get("config"), artifact)
-    precision = precision or manifest.get("precision", Precision.FP32)
+    manifest = manifest if manifest is not None else read_manifest(artifact, required=False)
+    check_config(ref, manifest.config if manifest else None, artifact)
+    precision = precision or (manifest.precision if manifest else None) or Precision.FP32
     tol = tolerance or tolerance_for(precision)
     opts, is_onnx = candidate_options(artifact, qdq, runner_opts)
     feeds = [feed for feed, _ in ref.records]
@@ -292,7 +294,7 @@ def replay_against_reference(reference_path: str | Path, split: Any, episode_pat
         raise ArtifactError(f"{reference_path} was recorded on episode {recorded.get('path')}, not on {episode_path} (sha256 differs)")
     episode = open_episode(episode_path)
     policy = policy_for_artifact(split, backbone=backbone, head=head, tokenizer_dir=tokenizer_dir, text_len=text_len, providers=providers)
-    check_config(ref, policy.config.to_dict() if policy.config is not None else None, split)
+    check_config(ref, policy.config, split)
     with policy, playback(ref) as played:
         tol = atol if atol is not None else tolerance_for(precision or parts_precision(policy)).atol
         result = replay_episode(policy, played, episode, atol=tol)
