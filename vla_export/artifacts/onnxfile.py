@@ -308,7 +308,7 @@ class OnnxFile:
         if self._proto is None:
             raise RuntimeError(f"{self.path}: its model was released; open the file again")
         if not self._weights:
-            sizes = {f["name"]: int(f["bytes"]) for f in (self.manifest or {}).get("files", []) if "name" in f and "bytes" in f}
+            sizes = {f.name: f.bytes for f in (self.manifest.files if self.manifest else ())}
             require_external_data(self.path, sizes, self.extents)
             external_data_helper = lazy_import("onnx.external_data_helper", purpose="reading ONNX models")
             try:

@@ -287,7 +287,7 @@ def streaming_runs(
                 from vla_export.artifacts.manifest import read_split
 
                 result = bench_split_streaming(
-                    artifact, windows=list(windows) or [int(read_split(artifact)["window"])], backend=spec.kind,
+                    artifact, windows=list(windows) or [read_split(artifact).window], backend=spec.kind,
                     providers=[spec.provider] if spec.provider else None, **common,
                 )
             yield artifact, spec.text, result
