@@ -39,15 +39,17 @@ def test_truncated_data_refused_by_every_reader(external_copy):
 
 def test_data_of_another_size_than_the_manifest_records(external_copy):
     from vla_export.artifacts.manifest import build_manifest, write_manifest
-    from vla_export.artifacts.onnxfile import check_model
+    from vla_export.artifacts.onnxfile import OnnxFile, check_model
 
     data = external_copy.with_name("tiny.onnx.data")
     write_manifest(external_copy, build_manifest("onnx", external_copy, [external_copy, data]))
     check_model(external_copy)
+    assert OnnxFile(external_copy).model().graph.initializer  # the typed manifest's file sizes, checked and loaded
     with data.open("ab") as fh:
         fh.write(b"\0" * 16)  # long enough for the tensors, but not the file that was exported
-    with pytest.raises(ArtifactError, match="the manifest records"):
-        check_model(external_copy)
+    for read in (check_model, lambda p: OnnxFile(p).model()):  # the one-pass reader of quantize checks the same
+        with pytest.raises(ArtifactError, match="the manifest records"):
+            read(external_copy)
 
 
 def test_cli_parity_truncated_data_is_one_line(cli, tiny_ckpt, external_copy):
