@@ -14,6 +14,7 @@ A new TensorRT call, trtexec flag or op that the real artifacts do not have fail
 from __future__ import annotations
 
 import ast
+import re
 from functools import cache
 from pathlib import Path
 
@@ -77,11 +78,20 @@ def used_names(source: str) -> set[str]:
             found.add(node.attr)
         elif base.startswith("trt.") and base.count(".") in (1, 2):  # trt.A.B and trt.A.B.C (nested enums)
             found.add(f"{base.split('.', 1)[1].rsplit('.', 1)[-1] if base.count('.') == 2 else base[4:]}.{node.attr}")
-    # builder flags are plan data, looked up with getattr(trt.BuilderFlag, flag): the plan's flags.append("X")
+    # builder flags are plan data, looked up with getattr(trt.BuilderFlag, flag): the plan's flags.append("X") or
+    # flags.append(Precision.X.trt_flag) (the flag name from vla_export.choices' one table)
+    from vla_export.choices import Precision
+
     for node in ast.walk(ast.parse(source)):
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and ast.unparse(node.func) == "flags.append"
-                and isinstance(node.args[0], ast.Constant)):
-            found.add(f"BuilderFlag.{node.args[0].value}")
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and ast.unparse(node.func) == "flags.append"):
+            continue
+        arg = node.args[0]
+        if isinstance(arg, ast.Constant):
+            found.add(f"BuilderFlag.{arg.value}")
+        elif (m := re.fullmatch(r"Precision\.(\w+)\.trt_flag", ast.unparse(arg))):
+            found.add(f"BuilderFlag.{Precision[m.group(1)].trt_flag}")
+        else:
+            raise AssertionError(f"flags.append({ast.unparse(arg)}): the scan cannot tell which BuilderFlag this is")
     return found
 
 

@@ -76,11 +76,6 @@ class Precision(Choice):
     def quantized(self) -> bool:
         return self in (Precision.INT8, Precision.INT8W)
 
-    @property
-    def tolerance_class(self) -> Precision:
-        """The precision whose default parity tolerance applies (weight-only INT8 is judged as INT8)."""
-        return Precision.INT8 if self is Precision.INT8W else self
-
 
 #: precision -> (torch dtype name, NumPy dtype name, TensorRT DataType name, TensorRT BuilderFlag name, compute dtype
 #: name). INT8 kinds take their inputs in float (torch and NumPy see float32) and run their GEMMs in int8.

@@ -56,11 +56,6 @@ def _extents(model) -> dict[str, int]:
     return needed
 
 
-def external_data_files(path: str | Path) -> list[str]:
-    """Locations of the external data files an ONNX file refers to."""
-    return list(external_data_extents(path))
-
-
 def require_external_data(path: str | Path, recorded: Mapping[str, int] | None = None,
                           needed: Mapping[str, int] | None = None) -> list[str]:
     """Refuse an ONNX file whose external data is missing or shorter than its tensors need.

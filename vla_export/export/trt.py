@@ -414,9 +414,9 @@ def make_plan(facts: OnnxFacts, options: TrtBuildOptions, *, trt_version: str = 
     flags: list[str] = []
     rules: list[LayerRule] = []
     if p in (Precision.FP16, Precision.INT8) and not strong:
-        flags.append("FP16")  # tensorrt.BuilderFlag names: plan data (tests/test_trt_conformance.py reads them)
+        flags.append(Precision.FP16.trt_flag)
     if p == Precision.INT8 and not strong:
-        flags.append("INT8")
+        flags.append(Precision.INT8.trt_flag)
         if not facts.has_qdq and options.calib is None:
             raise DataError(
                 f"INT8 without Q/DQ nodes in {facts.path.name} needs calibration data: pass --calib DATA "
