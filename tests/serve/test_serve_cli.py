@@ -78,54 +78,13 @@ def test_serve_reports_a_model_that_does_not_load(cli, repo, tmp_path):
     assert "tiny.backbone.onnx" in r.stderr and "not a readable ONNX model" in r.stderr  # the log's last lines
 
 
-def test_checkpoint_served_with_torch_parts(triton_here, tiny_ckpt, tmp_path):
-    """--backend torch: the checkpoint's parts in PyTorch inside the Python backend, equal to the in-process policy."""
+def _served_actions(repo, frames, *, sequence_id):
+    """One robot's actions from a real tritonserver serving ``repo``: ``frames`` as one sequence, instruction first."""
     import numpy as np
     import tritonclient.grpc as grpcclient
 
-    from vla_export.data.tokenizer import tokenizer_for
-    from vla_export.models.loader import PolicyFromCheckpoint
-    from vla_export.runtime.parts import torch_streaming_policy
     from vla_export.serve.server import TritonServer, free_port
 
-    torch_repo = write_repository(tiny_ckpt, tmp_path / "repo", TritonOptions(max_robots=2)).path
-    frames = np.random.default_rng(5).integers(0, 256, (5, 40, 56, 3), dtype=np.uint8)
-    got = []
-    with TritonServer(torch_repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), ready_timeout=90) as srv:
-        client = grpcclient.InferenceServerClient(srv.grpc_url)
-        for k, frame in enumerate(frames):
-            inp = grpcclient.InferInput("FRAME", [1, *frame.shape], "UINT8")
-            inp.set_data_from_numpy(frame[None])
-            ins = [inp]
-            if k == 0:
-                text = np.frombuffer(b"go to the cup", dtype=np.uint8)[None]
-                ins.append(grpcclient.InferInput("INSTRUCTION", list(text.shape), "UINT8"))
-                ins[-1].set_data_from_numpy(text)
-            res = client.infer("tiny", ins, sequence_id=7, sequence_start=k == 0, sequence_end=k == len(frames) - 1, client_timeout=20)
-            got.append(res.as_numpy("ACTION")[0])
-    loaded = PolicyFromCheckpoint(tiny_ckpt)()
-    with torch_streaming_policy(loaded, tokenizer=tokenizer_for(loaded.config), text_len=32) as policy:
-        policy.reset("go to the cup")
-        want = [policy.step(f) for f in frames]
-    np.testing.assert_allclose(np.stack(got), np.stack(want), atol=1e-4, rtol=0)
-    assert np.abs(np.diff(np.stack(got), axis=0)).max() > 1e-3
-
-
-def test_checkpoint_served_with_set_loads_as_the_command_line_said(cli, triton_here, tiny_ckpt, tmp_path):
-    """`vla-export triton CKPT --set ...`: the served model is the checkpoint loaded with those options, not as it is."""
-    import numpy as np
-    import tritonclient.grpc as grpcclient
-
-    from vla_export.data.tokenizer import tokenizer_for
-    from vla_export.models.loader import PolicyFromCheckpoint
-    from vla_export.models.resolve import LoadOptions
-    from vla_export.runtime.parts import torch_streaming_policy
-    from vla_export.serve.server import TritonServer, free_port
-
-    repo = tmp_path / "repo"
-    r = cli("triton", tiny_ckpt, "-o", repo, "--max-robots", "2", "--set", "head_tanh=false", "--set", "window=2")
-    assert r.exit_code == 0, r
-    frames = np.random.default_rng(5).integers(0, 256, (5, 40, 56, 3), dtype=np.uint8)
     got = []
     with TritonServer(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), ready_timeout=90) as srv:
         client = grpcclient.InferenceServerClient(srv.grpc_url)
@@ -137,8 +96,45 @@ def test_checkpoint_served_with_set_loads_as_the_command_line_said(cli, triton_h
                 text = np.frombuffer(b"go to the cup", dtype=np.uint8)[None]
                 ins.append(grpcclient.InferInput("INSTRUCTION", list(text.shape), "UINT8"))
                 ins[-1].set_data_from_numpy(text)
-            res = client.infer("tiny", ins, sequence_id=3, sequence_start=k == 0, sequence_end=k == len(frames) - 1, client_timeout=20)
+            res = client.infer("tiny", ins, sequence_id=sequence_id, sequence_start=k == 0, sequence_end=k == len(frames) - 1,
+                               client_timeout=20)
             got.append(res.as_numpy("ACTION")[0])
+    return got
+
+
+def test_checkpoint_served_with_torch_parts(triton_here, tiny_ckpt, tmp_path):
+    """--backend torch: the checkpoint's parts in PyTorch inside the Python backend, equal to the in-process policy."""
+    import numpy as np
+
+    from vla_export.data.tokenizer import tokenizer_for
+    from vla_export.models.loader import PolicyFromCheckpoint
+    from vla_export.runtime.parts import torch_streaming_policy
+
+    torch_repo = write_repository(tiny_ckpt, tmp_path / "repo", TritonOptions(max_robots=2)).path
+    frames = np.random.default_rng(5).integers(0, 256, (5, 40, 56, 3), dtype=np.uint8)
+    got = _served_actions(torch_repo, frames, sequence_id=7)
+    loaded = PolicyFromCheckpoint(tiny_ckpt)()
+    with torch_streaming_policy(loaded, tokenizer=tokenizer_for(loaded.config), text_len=32) as policy:
+        policy.reset("go to the cup")
+        want = [policy.step(f) for f in frames]
+    np.testing.assert_allclose(np.stack(got), np.stack(want), atol=1e-4, rtol=0)
+    assert np.abs(np.diff(np.stack(got), axis=0)).max() > 1e-3
+
+
+def test_checkpoint_served_with_set_loads_as_the_command_line_said(cli, triton_here, tiny_ckpt, tmp_path):
+    """`vla-export triton CKPT --set ...`: the served model is the checkpoint loaded with those options, not as it is."""
+    import numpy as np
+
+    from vla_export.data.tokenizer import tokenizer_for
+    from vla_export.models.loader import PolicyFromCheckpoint
+    from vla_export.models.resolve import LoadOptions
+    from vla_export.runtime.parts import torch_streaming_policy
+
+    repo = tmp_path / "repo"
+    r = cli("triton", tiny_ckpt, "-o", repo, "--max-robots", "2", "--set", "head_tanh=false", "--set", "window=2")
+    assert r.exit_code == 0, r
+    frames = np.random.default_rng(5).integers(0, 256, (5, 40, 56, 3), dtype=np.uint8)
+    got = _served_actions(repo, frames, sequence_id=3)
 
     def actions(options):
         loaded = PolicyFromCheckpoint(tiny_ckpt, options=options)()
